@@ -1,0 +1,108 @@
+"""infinstruct curation: raw instruction sources -> a versioned Infinity-Instruct-shaped release.
+
+start_run -> plan_partitions -> ingest[partition] -> check_ingested[partition] -> deduplicate
+          -> check_release -> export_release
+
+Every task is one call into `infinstruct.pipeline`; XCom carries only partition ids and counts.
+Data errors (a partition that is mostly malformed, a failed quality gate) fail the task at once
+without retries, fail the run and hold back the export.
+"""
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+from pathlib import Path
+
+import pendulum
+from airflow.sdk import Param, dag, get_current_context, task
+from airflow.sdk.exceptions import AirflowFailException
+
+PROJECT = Path(__file__).resolve().parents[1]
+DEFAULT_RECIPE = os.environ.get("INFINSTRUCT_RECIPE", str(PROJECT / "include" / "recipes" / "sample.yaml"))
+DEFAULT_OUT = os.environ.get("INFINSTRUCT_OUT", str(PROJECT / "releases"))
+
+
+def _run_id() -> str:
+    return get_current_context()["run_id"]
+
+
+def _data_errors():
+    from infinstruct.ingest import IngestError
+    from infinstruct.quality import GateFailed
+    from infinstruct.config import RecipeError
+    from infinstruct.partitions import SourceError
+    return IngestError, GateFailed, RecipeError, SourceError
+
+
+def _call(step, *args):
+    """Run a pipeline step; bad data or config fails the task without pointless retries."""
+    try:
+        return step(*args)
+    except _data_errors() as exc:
+        raise AirflowFailException(f"{type(exc).__name__}: {exc}") from exc
+
+
+def _mark_failed(context) -> None:
+    from infinstruct.pipeline import mark_failed
+    mark_failed(context["run_id"])
+
+
+@dag(
+    dag_id="infinstruct_curation",
+    schedule=os.environ.get("INFINSTRUCT_SCHEDULE", "0 2 * * *"),
+    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    catchup=False,
+    max_active_runs=1,  # runs of one dataset share its partitions and decisions
+    default_args={"retries": 2, "retry_delay": timedelta(seconds=30), "retry_exponential_backoff": True},
+    params={
+        "recipe": Param(DEFAULT_RECIPE, type="string", description="Path of the recipe YAML"),
+        "out_dir": Param(DEFAULT_OUT, type="string", description="Folder that receives <dataset>/vNNNN releases"),
+    },
+    on_failure_callback=_mark_failed,
+    tags=["infinstruct", "phase1"],
+    doc_md=__doc__,
+)
+def infinstruct_curation():
+    @task
+    def start_run() -> dict:
+        from infinstruct import pipeline
+        return _call(pipeline.start_run, _run_id(), get_current_context()["params"]["recipe"])
+
+    @task
+    def plan_partitions() -> list[str]:
+        from infinstruct import pipeline
+        return _call(pipeline.plan, _run_id())
+
+    @task(map_index_template="{{ task.op_kwargs['partition_id'] }}")
+    def ingest(partition_id: str) -> dict:
+        from infinstruct import pipeline
+        return _call(pipeline.ingest_partition, _run_id(), partition_id)
+
+    @task(map_index_template="{{ task.op_kwargs['ingested']['partition_id'] }}")
+    def check_ingested(ingested: dict) -> dict:
+        from infinstruct import pipeline
+        return _call(pipeline.check_partition, _run_id(), ingested["partition_id"])
+
+    @task
+    def deduplicate() -> dict:
+        from infinstruct import pipeline
+        return _call(pipeline.deduplicate, _run_id())
+
+    @task
+    def check_release() -> dict:
+        from infinstruct import pipeline
+        return _call(pipeline.check_release, _run_id())
+
+    @task
+    def export_release() -> dict:
+        from infinstruct import pipeline
+        return _call(pipeline.export_release, _run_id(), get_current_context()["params"]["out_dir"])
+
+    partitions = plan_partitions()
+    start_run() >> partitions
+    checked = check_ingested.expand(ingested=ingest.expand(partition_id=partitions))
+    # default trigger rule all_success: one failed partition stops dedup, the gate and the export
+    checked >> deduplicate() >> check_release() >> export_release()
+
+
+infinstruct_curation()

@@ -1,0 +1,108 @@
+"""`infinstruct` command line.
+
+    infinstruct run [--recipe PATH] [--out DIR]   run the curation DAG once, in this process (dag.test)
+    infinstruct migrate                           create / upgrade the metadata store schema
+    infinstruct database-url                      print the metadata store URL (starts the embedded server)
+
+`run` needs no Airflow services: it uses $AIRFLOW_HOME if set, else <INFINSTRUCT_HOME>/airflow with a
+SQLite metadata database, migrated on first use.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from .config import DEFAULT_RECIPE, PROJECT_ROOT, infinstruct_home, load_recipe
+
+DAG_ID = "infinstruct_curation"
+
+
+def _airflow_env() -> dict[str, str]:
+    """Point Airflow at the project's dags and a local home, unless the user already did."""
+    home = os.environ.get("AIRFLOW_HOME") or str(infinstruct_home() / "airflow")
+    defaults = {
+        "AIRFLOW_HOME": home,
+        "AIRFLOW__CORE__DAGS_FOLDER": str(PROJECT_ROOT / "dags"),
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(PROJECT_ROOT / "plugins"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+    }
+    for key, value in defaults.items():
+        os.environ.setdefault(key, value)
+    Path(os.environ["AIRFLOW_HOME"]).mkdir(parents=True, exist_ok=True)
+    return defaults
+
+
+def ensure_airflow_db() -> None:
+    """Migrate Airflow's own metadata database once per Airflow version."""
+    from importlib.metadata import version
+
+    marker = Path(os.environ["AIRFLOW_HOME"]) / f".infinstruct-migrated-{version('apache-airflow-core')}"
+    if not marker.exists():
+        subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], check=True, stdout=subprocess.DEVNULL)
+        marker.touch()
+
+
+def run(recipe_path: str, out_dir: str) -> int:
+    recipe, path = load_recipe(recipe_path)  # fail fast, with a clear message, before Airflow starts
+    _airflow_env()
+    ensure_airflow_db()
+    from airflow.dag_processing.dagbag import DagBag
+
+    bag = DagBag(dag_folder=os.environ["AIRFLOW__CORE__DAGS_FOLDER"])
+    if bag.import_errors:
+        raise SystemExit(f"DAG import errors: {bag.import_errors}")
+    dag_run = bag.dags[DAG_ID].test(run_conf={"recipe": str(path), "out_dir": str(Path(out_dir).resolve())})
+    states = {}
+    for ti in dag_run.get_task_instances():
+        states.setdefault(ti.state, []).append(ti.task_id + (f"[{ti.map_index}]" if ti.map_index >= 0 else ""))
+    print(f"\nrun {dag_run.run_id}: {dag_run.state}")
+    for state, tasks in sorted(states.items(), key=lambda kv: str(kv[0])):
+        print(f"  {state}: {len(tasks)} task(s) {' '.join(sorted(tasks)) if state != 'success' else ''}")
+    if str(dag_run.state) != "success":
+        from .pipeline import mark_failed
+        mark_failed(dag_run.run_id)
+        return 1
+    release = _release_of(dag_run.run_id)
+    if release:
+        print(f"release {recipe.name} v{release['version']:04d}: {release['path']}")
+        print(json.dumps(release["manifest"]["totals"]))
+    return 0
+
+
+def _release_of(run_id: str) -> dict | None:
+    import sqlalchemy as sa
+    from .db import get_engine
+
+    with get_engine().connect() as conn:
+        row = conn.execute(sa.text("select version, path, manifest from releases where run_id = :r order by version desc limit 1"),
+                           {"r": run_id}).mappings().first()
+    return dict(row) if row else None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="infinstruct", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    run_cmd = commands.add_parser("run", help="run the curation DAG once on a recipe (no Airflow services needed)")
+    run_cmd.add_argument("--recipe", default=str(DEFAULT_RECIPE), help="recipe YAML (default: the bundled sample)")
+    run_cmd.add_argument("--out", default="releases", help="release folder (default: ./releases)")
+    commands.add_parser("migrate", help="create or upgrade the metadata store schema")
+    commands.add_parser("database-url", help="print the metadata store URL")
+    args = parser.parse_args(argv)
+
+    if args.command == "run":
+        return run(args.recipe, args.out)
+    from .db import get_engine, schema_version
+    engine = get_engine()
+    if args.command == "migrate":
+        print(f"schema version {schema_version(engine)}")
+    else:
+        print(engine.url.render_as_string(hide_password=False))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

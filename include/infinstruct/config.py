@@ -1,0 +1,133 @@
+"""Settings and recipes.
+
+A recipe is a YAML file validated into strict pydantic models: an unknown or misspelt key is an
+error naming the key, never a silently ignored setting.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_RECIPE = PROJECT_ROOT / "include" / "recipes" / "sample.yaml"
+
+SourceFormat = Literal["alpaca", "sharegpt", "messages", "custom"]
+CUSTOM_FIELDS = ("system", "user", "input", "assistant")
+
+
+class RecipeError(ValueError):
+    """The recipe file is missing, not YAML, or does not match the recipe schema."""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Source(Strict):
+    """One raw instruction source: files (a path or glob) in one format."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    path: str
+    format: SourceFormat
+    # custom format only: conversation field -> dotted path in the raw record (e.g. instances.0.output)
+    fields: dict[str, str] | None = None
+    # lower wins when the same instruction comes from several sources; default: order in the recipe
+    priority: int | None = None
+
+    @model_validator(mode="after")
+    def _fields_match_format(self) -> "Source":
+        if self.format == "custom":
+            if not self.fields or "user" not in self.fields or "assistant" not in self.fields:
+                raise ValueError(f"source {self.name!r}: format 'custom' needs fields with at least 'user' and 'assistant'")
+            unknown = set(self.fields) - set(CUSTOM_FIELDS)
+            if unknown:
+                raise ValueError(f"source {self.name!r}: unknown custom field(s) {sorted(unknown)}; allowed: {list(CUSTOM_FIELDS)}")
+        elif self.fields:
+            raise ValueError(f"source {self.name!r}: 'fields' only applies to format 'custom'")
+        return self
+
+
+class IngestSettings(Strict):
+    shard_lines: int = Field(100_000, ge=1)           # JSONL lines / Parquet rows per partition
+    batch_size: int = Field(5_000, ge=1)              # rows per COPY batch
+    max_record_chars: int = Field(200_000, ge=1)      # longer records are quarantined as too_long
+    max_quarantine_ratio: float = Field(0.5, ge=0, le=1)  # above it the partition fails: likely a wrong mapping
+
+
+class GateSettings(Strict):
+    min_turn_chars: int = Field(1, ge=1)
+    max_record_chars: int = Field(200_000, ge=1)
+
+
+class Recipe(Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    description: str = ""
+    sources: list[Source] = Field(min_length=1)
+    ingest: IngestSettings = IngestSettings()
+    gates: GateSettings = GateSettings()
+
+    @model_validator(mode="after")
+    def _unique_source_names(self) -> "Recipe":
+        names = [s.name for s in self.sources]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"source names must be unique; repeated: {dupes}")
+        return self
+
+    def source(self, name: str) -> Source:
+        for s in self.sources:
+            if s.name == name:
+                return s
+        raise KeyError(f"recipe {self.name!r} has no source {name!r}")
+
+    def priority(self, name: str) -> int:
+        for position, s in enumerate(self.sources):
+            if s.name == name:
+                return s.priority if s.priority is not None else position
+        raise KeyError(name)
+
+
+def load_recipe(path: str | os.PathLike) -> tuple[Recipe, Path]:
+    """Load and validate a recipe; source paths are resolved relative to the recipe file."""
+    path = Path(path).expanduser().resolve()
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise RecipeError(f"recipe not found: {path}") from None
+    except yaml.YAMLError as exc:
+        raise RecipeError(f"recipe {path} is not valid YAML: {exc}") from None
+    return parse_recipe(raw, base_dir=path.parent, origin=str(path)), path
+
+
+def parse_recipe(raw: object, base_dir: Path, origin: str = "recipe") -> Recipe:
+    """Validate a recipe mapping and make its source paths absolute."""
+    if not isinstance(raw, dict):
+        raise RecipeError(f"{origin}: a recipe is a YAML mapping, got {type(raw).__name__}")
+    try:
+        recipe = Recipe.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}" for err in exc.errors()
+        )
+        raise RecipeError(f"{origin}: {problems}") from None
+    sources = [s.model_copy(update={"path": str((base_dir / os.path.expanduser(s.path)).resolve())
+                                    if not os.path.isabs(os.path.expanduser(s.path)) else os.path.expanduser(s.path)})
+               for s in recipe.sources]
+    return recipe.model_copy(update={"sources": sources})
+
+
+def recipe_hash(recipe: Recipe) -> str:
+    """Hash of everything that shapes the output, so a release says which recipe produced it."""
+    canonical = json.dumps(recipe.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def infinstruct_home() -> Path:
+    """Where local state lives (embedded Postgres data, Airflow home): $INFINSTRUCT_HOME or <project>/.infinstruct."""
+    return Path(os.environ.get("INFINSTRUCT_HOME") or PROJECT_ROOT / ".infinstruct").resolve()

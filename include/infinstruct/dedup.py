@@ -1,0 +1,62 @@
+"""Exact deduplication over every partition of the run's dataset, in PostgreSQL.
+
+Two rules, applied together and recorded in the decision ledger (stage `dedup`):
+
+1. `exact_duplicate`: lines with the same record id (the same normalised conversation). Kept: the
+   copy from the source with the lowest recipe priority, then the earliest partition and line.
+2. `duplicate_instruction`: among the survivors, records asking the same instruction (the same user
+   turns, case and whitespace folded) with another answer, e.g. one prompt answered by several
+   models. Kept: lowest source priority, then the longest conversation (the most complete answer),
+   then the smallest record id.
+
+The stage replaces its own decisions for the run's partitions in one transaction, so it is safe to
+re-run and, fed the same records, always decides the same way.
+"""
+from __future__ import annotations
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from .config import Recipe
+from .reasons import Drop, Stage
+
+_DEDUP = sa.text("""
+with scoped as (
+    select r.partition_id, r.line_no, r.record_id, r.instruction_key, r.total_chars, sp.priority, p.path, p.shard
+    from records r
+    join run_partitions rp on rp.partition_id = r.partition_id and rp.run_id = :run
+    join partitions p on p.partition_id = r.partition_id
+    join source_priority sp on sp.source = r.source
+), exact as (
+    select *, row_number() over w as copy_rank, first_value(record_id) over w as kept_id
+    from scoped
+    window w as (partition by record_id order by priority, path, shard, line_no)
+), instruction as (
+    select *, row_number() over w as answer_rank, first_value(record_id) over w as kept_answer
+    from exact where copy_rank = 1
+    window w as (partition by instruction_key order by priority, total_chars desc, record_id)
+)
+insert into decisions (partition_id, line_no, stage, verdict, reason, duplicate_of, run_id)
+select partition_id, line_no, :stage, 'dropped', :exact_reason, kept_id, :run from exact where copy_rank > 1
+union all
+select partition_id, line_no, :stage, 'dropped', :instruction_reason, kept_answer, :run from instruction where answer_rank > 1
+""")
+
+
+def exact_dedup(engine: Engine, recipe: Recipe, run_id: str) -> dict[str, int]:
+    """Decide exact and same-instruction duplicates for the run; returns counts per reason."""
+    with engine.begin() as conn:
+        conn.execute(sa.text("create temp table source_priority (source text primary key, priority int not null) on commit drop"))
+        conn.execute(sa.text("insert into source_priority values (:source, :priority)"),
+                     [{"source": s.name, "priority": recipe.priority(s.name)} for s in recipe.sources])
+        conn.execute(sa.text(
+            "delete from decisions d using run_partitions rp"
+            " where rp.run_id = :run and d.partition_id = rp.partition_id and d.stage = :stage"),
+            {"run": run_id, "stage": Stage.DEDUP.value})
+        conn.execute(_DEDUP, {"run": run_id, "stage": Stage.DEDUP.value, "exact_reason": Drop.EXACT_DUPLICATE.value,
+                              "instruction_reason": Drop.DUPLICATE_INSTRUCTION.value})
+        counts = dict(conn.execute(sa.text(
+            "select d.reason, count(*) from decisions d join run_partitions rp on rp.partition_id = d.partition_id"
+            " where rp.run_id = :run and d.stage = :stage group by d.reason"),
+            {"run": run_id, "stage": Stage.DEDUP.value}).all())
+    return {reason.value: counts.get(reason.value, 0) for reason in Drop}

@@ -1,0 +1,164 @@
+"""Write a versioned release in the public Infinity-Instruct record shape.
+
+    <out>/<dataset>/v0001/
+        data.jsonl       one record per line: id, conversations[{from, value}], label, langdetect, source, reward
+        data.parquet     the same records
+        ledger.parquet   one row per input line: why it is, or is not, in the release
+        manifest.json    counts per source / stage / reason, recipe hash, run id, checksums, diff to the last release
+    <out>/<dataset>/LATEST   the newest version's folder name
+
+A release's version is a sequence number per dataset; a run whose kept set and recipe are unchanged
+re-writes the same version instead of minting a new one. Files are written to a temporary folder and
+moved into place, so a crash never leaves a half-written release behind.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from collections import Counter, defaultdict
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from .config import Recipe, recipe_hash
+from .conversation import EXPORT_ROLE
+from .db import records
+from .ledger import LEDGER_COLUMNS, accounting, kept_records, ledger_query
+
+BATCH = 10_000
+LABEL_FIELDS = ("ability_en", "ability_zh", "cate_ability_en", "cate_ability_zh")
+RECORD_SCHEMA = pa.schema([
+    ("id", pa.string()),
+    ("conversations", pa.list_(pa.struct([("from", pa.string()), ("value", pa.string())]))),
+    ("label", pa.struct([(f, pa.list_(pa.string())) for f in LABEL_FIELDS])),
+    ("langdetect", pa.string()),
+    ("source", pa.string()),
+    ("reward", pa.float64()),
+])
+LEDGER_SCHEMA = pa.schema([
+    ("source", pa.string()), ("file", pa.string()), ("line", pa.int64()), ("partition_id", pa.string()),
+    ("record_id", pa.string()), ("verdict", pa.string()), ("stage", pa.string()), ("reason", pa.string()),
+    ("score", pa.float64()), ("duplicate_of", pa.string()), ("error", pa.string()), ("run_id", pa.string()),
+])
+assert tuple(LEDGER_SCHEMA.names) == LEDGER_COLUMNS
+
+
+def release_record(record_id: str, conversation: list[dict], source: str) -> dict[str, Any]:
+    """One kept record in the Infinity-Instruct shape (labels, language and reward come with later stages)."""
+    return {
+        "id": record_id,
+        "conversations": [{"from": EXPORT_ROLE[t["role"]], "value": t["content"]} for t in conversation],
+        "label": {f: [] for f in LABEL_FIELDS},
+        "langdetect": None,
+        "source": source,
+        "reward": None,
+    }
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _write_records(conn, run_id: str, folder: Path) -> tuple[int, str]:
+    """Stream the kept records into data.jsonl and data.parquet; returns (count, hash of the ids in order)."""
+    query = kept_records(run_id, records.c.record_id, records.c.conversation, records.c.source).order_by(records.c.record_id)
+    ids, count = hashlib.sha256(), 0
+    with open(folder / "data.jsonl", "w", encoding="utf-8") as jsonl, pq.ParquetWriter(folder / "data.parquet", RECORD_SCHEMA) as parquet:
+        for rows in conn.execution_options(stream_results=True, yield_per=BATCH).execute(query).partitions():
+            batch = [release_record(r.record_id, r.conversation, r.source) for r in rows]
+            jsonl.writelines(json.dumps(rec, ensure_ascii=False) + "\n" for rec in batch)
+            parquet.write_table(pa.Table.from_pylist(batch, schema=RECORD_SCHEMA))
+            for rec in batch:
+                ids.update(rec["id"].encode())
+            count += len(batch)
+    return count, ids.hexdigest()
+
+
+def _write_ledger(conn, run_id: str, folder: Path) -> tuple[dict, dict]:
+    """Stream the ledger into ledger.parquet; returns reason counts per source and per stage."""
+    by_source: dict[str, Counter] = defaultdict(Counter)
+    by_stage: dict[str, Counter] = defaultdict(Counter)
+    with pq.ParquetWriter(folder / "ledger.parquet", LEDGER_SCHEMA) as writer:
+        for rows in conn.execution_options(stream_results=True, yield_per=BATCH * 5).execute(ledger_query(run_id)).partitions():
+            batch = [dict(r._mapping) for r in rows]
+            writer.write_table(pa.Table.from_pylist(batch, schema=LEDGER_SCHEMA))
+            for row in batch:
+                if row["reason"]:
+                    by_source[row["source"]][row["reason"]] += 1
+                    by_stage[row["stage"]][row["reason"]] += 1
+    return ({k: dict(sorted(v.items())) for k, v in by_source.items()},
+            {k: dict(sorted(v.items())) for k, v in sorted(by_stage.items())})
+
+
+def _previous_ids(path: str | None) -> set[str] | None:
+    file = Path(path or "") / "data.parquet"
+    return set(pq.read_table(file, columns=["id"]).column("id").to_pylist()) if path and file.exists() else None
+
+
+def export_release(engine: Engine, recipe: Recipe, run_id: str, out_dir: str | os.PathLike) -> dict[str, Any]:
+    """Write the run's release under out_dir/<dataset>/; returns the manifest."""
+    dataset_dir = Path(out_dir).resolve() / recipe.name
+    dataset_dir.mkdir(parents=True, exist_ok=True)
+    staging = dataset_dir / f".staging-{hashlib.sha256(run_id.encode()).hexdigest()[:12]}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    counts = accounting(engine, run_id)
+    with engine.connect() as conn:
+        kept, ids_hash = _write_records(conn, run_id, staging)
+        reasons, stages = _write_ledger(conn, run_id, staging)
+    content_hash = hashlib.sha256(f"{ids_hash}:{recipe_hash(recipe)}".encode()).hexdigest()[:16]
+
+    with engine.begin() as conn:
+        conn.execute(sa.text("select pg_advisory_xact_lock(hashtext(:d))"), {"d": recipe.name})
+        last = conn.execute(sa.text(
+            "select version, content_hash, path from releases where dataset = :d order by version desc limit 1"),
+            {"d": recipe.name}).mappings().first()
+        same = last is not None and last["content_hash"] == content_hash
+        version = last["version"] if same else (last["version"] + 1 if last else 1)
+        previous = None if same else last
+        folder = dataset_dir / f"v{version:04d}"
+        before = _previous_ids(previous["path"]) if previous else None
+        if before is not None:
+            after = set(pq.read_table(staging / "data.parquet", columns=["id"]).column("id").to_pylist())
+            diff = {"previous_version": previous["version"], "added": len(after - before), "removed": len(before - after),
+                    "unchanged": len(after & before)}
+        else:
+            diff = {"previous_version": previous["version"] if previous else None, "added": kept, "removed": None, "unchanged": None}
+        manifest = {
+            "dataset": recipe.name,
+            "version": version,
+            "run_id": run_id,
+            "recipe_hash": recipe_hash(recipe),
+            "content_hash": content_hash,
+            "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "totals": {key: sum(c[key] for c in counts.values()) for key in ("lines", "kept", "dropped", "quarantined")},
+            "sources": {source: {**c, "reasons": reasons.get(source, {})} for source, c in sorted(counts.items())},
+            "stages": stages,
+            "diff": diff,
+            "files": {name: {"sha256": _sha256(staging / name), "bytes": (staging / name).stat().st_size}
+                      for name in ("data.jsonl", "data.parquet", "ledger.parquet")},
+        }
+        (staging / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        shutil.rmtree(folder, ignore_errors=True)
+        staging.rename(folder)
+        (dataset_dir / "LATEST").write_text(folder.name + "\n")
+        conn.execute(sa.text(
+            "insert into releases (dataset, version, run_id, content_hash, path, manifest)"
+            " values (:d, :v, :run, :h, :path, cast(:m as jsonb))"
+            " on conflict (dataset, version) do update set run_id = excluded.run_id, path = excluded.path,"
+            " manifest = excluded.manifest, created_at = now()"),
+            {"d": recipe.name, "v": version, "run": run_id, "h": content_hash, "path": str(folder), "m": json.dumps(manifest)})
+        conn.execute(sa.text("update runs set status = 'succeeded', finished_at = now() where run_id = :run"), {"run": run_id})
+    return {**manifest, "path": str(folder)}
+

@@ -1,0 +1,177 @@
+"""Ingest one partition: stream its items, parse each into a record or quarantine it, COPY both.
+
+Re-running a partition replaces exactly its own rows in one transaction, so retries and backfills
+never duplicate or lose rows; a partition whose content is already in the store is skipped.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from .config import Recipe
+from .conversation import ConversationError, Record, Turn, build_record
+from .formats import mapper_for
+from .readers import read_json_array, read_jsonl, read_parquet
+from .reasons import Quarantine
+
+log = logging.getLogger(__name__)
+
+EXCERPT_CHARS = 500
+RECORD_COLUMNS = ("partition_id", "line_no", "record_id", "instruction_key", "source", "conversation",
+                  "role_pattern", "min_turn_chars", "total_chars")
+QUARANTINE_COLUMNS = ("partition_id", "line_no", "source", "reason", "error", "excerpt")
+
+
+class IngestError(RuntimeError):
+    """A partition could not be ingested as a whole (unreadable file, or mostly malformed lines)."""
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    partition_id: str
+    lines: int
+    records: int
+    quarantined: int
+    skipped: bool  # True when the store already held this exact content
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"partition_id": self.partition_id, "lines": self.lines, "records": self.records,
+                "quarantined": self.quarantined, "skipped": self.skipped}
+
+
+def parse_item(item: Any, mapper: Callable[[dict], list[Turn]], max_chars: int) -> Record:
+    """One raw item (a JSONL line as bytes, or an already decoded value) to a Record.
+
+    Raises ConversationError naming the quarantine reason.
+    """
+    if isinstance(item, ConversationError):
+        raise item
+    if isinstance(item, bytes):
+        if b"\x00" in item:
+            raise ConversationError(Quarantine.NUL_BYTE, "line contains a NUL byte")
+        if not item.strip():
+            raise ConversationError(Quarantine.BLANK_LINE, "blank line")
+        if len(item) > 4 * max_chars:
+            raise ConversationError(Quarantine.TOO_LONG, f"line has {len(item)} bytes, far over {max_chars} characters")
+        try:
+            item = json.loads(item)
+        except UnicodeDecodeError as exc:
+            raise ConversationError(Quarantine.INVALID_UTF8, f"not UTF-8 at byte {exc.start}") from None
+        except json.JSONDecodeError as exc:
+            raise ConversationError(Quarantine.INVALID_JSON, f"{exc.msg}: column {exc.colno}") from None
+    if not isinstance(item, dict):
+        raise ConversationError(Quarantine.NOT_AN_OBJECT, f"a record must be a JSON object, got {type(item).__name__}")
+    return build_record(mapper(item), max_chars)
+
+
+def excerpt(item: Any) -> str:
+    if isinstance(item, bytes):
+        text = item.decode("utf-8", errors="replace")
+    elif isinstance(item, ConversationError):
+        text = ""
+    else:
+        text = json.dumps(item, ensure_ascii=True, default=str)
+    return text[:EXCERPT_CHARS].replace("\x00", "\\0").rstrip("\r\n")
+
+
+def partition_items(part: dict, batch_size: int, max_chars: int) -> Iterator[tuple[int, Any]]:
+    path, kind = part["path"], part["format"]
+    try:
+        if kind == "jsonl":
+            yield from read_jsonl(path, part["start_offset"], part["end_offset"], part["first_line"])
+        elif kind == "parquet":
+            yield from read_parquet(path, part["start_offset"], part["end_offset"], part["first_line"], batch_size)
+        else:
+            yield from read_json_array(path, max_chars)
+    except OSError as exc:
+        raise IngestError(f"cannot read {path}: {exc}") from exc
+    except Exception as exc:  # pyarrow raises its own types for corrupt files; name the file
+        if kind != "parquet":
+            raise
+        raise IngestError(f"cannot read Parquet file {path}: {exc}") from exc
+
+
+class _CopyBuffer:
+    """Rows collected as CSV and flushed to PostgreSQL with COPY every `batch_size` rows."""
+
+    def __init__(self, cursor, table: str, columns: tuple[str, ...], batch_size: int):
+        self.cursor, self.batch_size, self.rows = cursor, batch_size, 0
+        self.sql = f"COPY {table} ({', '.join(columns)}) FROM STDIN WITH (FORMAT csv)"
+        self._reset()
+
+    def _reset(self) -> None:
+        self.buffer = io.StringIO()
+        self.writer = csv.writer(self.buffer, lineterminator="\n", quoting=csv.QUOTE_NONNUMERIC)  # "" stays "", not NULL
+        self.pending = 0
+
+    def add(self, row: tuple) -> None:
+        self.writer.writerow(row)
+        self.pending += 1
+        if self.pending >= self.batch_size:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.pending:
+            self.buffer.seek(0)
+            self.cursor.copy_expert(self.sql, self.buffer)
+            self.rows += self.pending
+        self._reset()
+
+
+def ingest_partition(engine: Engine, recipe: Recipe, run_id: str, partition_id: str, *, force: bool = False) -> IngestResult:
+    """Ingest one planned partition; skip it when its content is already ingested (unless force)."""
+    with engine.connect() as conn:
+        part = conn.execute(sa.text("select * from partitions where partition_id = :p"), {"p": partition_id}).mappings().first()
+    if part is None:
+        raise IngestError(f"partition {partition_id} is not planned; run the plan step first")
+    if not force and part["status"] == "ingested" and part["ingested_checksum"] == part["checksum"]:
+        log.info("partition %s (%s shard %s) unchanged since run %s: skipped", partition_id, part["path"], part["shard"], part["run_id"])
+        return IngestResult(partition_id, part["lines"], part["records"], part["quarantined"], skipped=True)
+
+    source = recipe.source(part["source"])
+    mapper, settings = mapper_for(source), recipe.ingest
+    reasons: Counter[str] = Counter()
+    with engine.begin() as conn:
+        conn.execute(sa.text("select pg_advisory_xact_lock(hashtext(:p))"), {"p": partition_id})
+        conn.execute(sa.text("delete from records where partition_id = :p"), {"p": partition_id})
+        conn.execute(sa.text("delete from quarantine where partition_id = :p"), {"p": partition_id})
+        cursor = conn.connection.dbapi_connection.cursor()
+        records = _CopyBuffer(cursor, "records", RECORD_COLUMNS, settings.batch_size)
+        quarantine = _CopyBuffer(cursor, "quarantine", QUARANTINE_COLUMNS, settings.batch_size)
+        lines = 0
+        for line_no, item in partition_items(part, settings.batch_size, settings.max_record_chars):
+            lines += 1
+            try:
+                rec = parse_item(item, mapper, settings.max_record_chars)
+            except ConversationError as err:
+                reasons[err.reason.code] += 1
+                quarantine.add((partition_id, line_no, source.name, err.reason.code, err.detail, excerpt(item)))
+                continue
+            records.add((partition_id, line_no, rec.record_id, rec.instruction_key, source.name, rec.conversation_json,
+                         rec.role_pattern, rec.min_turn_chars, rec.total_chars))
+        records.flush()
+        quarantine.flush()
+        too_bad = lines > 0 and quarantine.rows / lines > settings.max_quarantine_ratio
+        conn.execute(sa.text(
+            "update partitions set status = :status, ingested_checksum = :checksum, lines = :lines, records = :records,"
+            " quarantined = :quarantined, run_id = :run, updated_at = now() where partition_id = :p"),
+            {"status": "failed" if too_bad else "ingested", "checksum": None if too_bad else part["checksum"],
+             "lines": lines, "records": records.rows, "quarantined": quarantine.rows, "run": run_id, "p": partition_id})
+    log.info("partition %s (%s shard %s): %d lines, %d records, %d quarantined %s", partition_id, part["path"],
+             part["shard"], lines, records.rows, quarantine.rows, dict(reasons))
+    if too_bad:
+        top = ", ".join(f"{code} x{n}" for code, n in reasons.most_common(3))
+        raise IngestError(
+            f"{part['path']} shard {part['shard']}: {quarantine.rows} of {lines} lines quarantined ({top}), over "
+            f"ingest.max_quarantine_ratio={settings.max_quarantine_ratio}; is format {source.format!r} right for this file? "
+            f"See table quarantine where partition_id = '{partition_id}'.")
+    return IngestResult(partition_id, lines, records.rows, quarantine.rows, skipped=False)

@@ -1,0 +1,97 @@
+"""The steps of the curation pipeline, one function per Airflow task.
+
+Each step takes the run id (and a partition id where it is mapped), reads what it needs from the
+metadata store, and returns a small JSON-able summary: ids and counts, never data. The recipe is
+snapshotted into `runs` when the run starts, so every task of a run sees the same recipe even if the
+file changes meanwhile.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from typing import Any
+
+import sqlalchemy as sa
+
+from . import dedup, export, ingest, quality
+from .config import Recipe, load_recipe, recipe_hash
+from .db import get_engine
+from .partitions import plan_recipe
+
+log = logging.getLogger(__name__)
+
+
+def run_recipe(run_id: str) -> Recipe:
+    """The recipe snapshot a run started with."""
+    with get_engine().connect() as conn:
+        raw = conn.execute(sa.text("select recipe from runs where run_id = :run"), {"run": run_id}).scalar()
+    if raw is None:
+        raise LookupError(f"run {run_id!r} was never started (no row in runs); start it with start_run first")
+    return Recipe.model_validate(raw)
+
+
+def start_run(run_id: str, recipe_path: str | os.PathLike) -> dict[str, Any]:
+    """Validate the recipe and record the run with a snapshot of it (a retry updates the snapshot)."""
+    recipe, path = load_recipe(recipe_path)
+    with get_engine().begin() as conn:
+        conn.execute(sa.text(
+            "insert into runs (run_id, dataset, recipe, recipe_hash) values (:run, :d, cast(:r as jsonb), :h)"
+            " on conflict (run_id) do update set recipe = excluded.recipe, recipe_hash = excluded.recipe_hash,"
+            " status = 'running', finished_at = null"),
+            {"run": run_id, "d": recipe.name, "r": json.dumps(recipe.model_dump(mode="json")), "h": recipe_hash(recipe)})
+    log.info("run %s: recipe %s (%s), %d sources", run_id, path, recipe_hash(recipe), len(recipe.sources))
+    return {"run_id": run_id, "dataset": recipe.name, "recipe_hash": recipe_hash(recipe)}
+
+
+def plan(run_id: str) -> list[str]:
+    """Partition every source file; record the partitions and the run's scope; return partition ids."""
+    recipe = run_recipe(run_id)
+    plans = plan_recipe(recipe)
+    with get_engine().begin() as conn:
+        if plans:
+            conn.execute(sa.text(
+                "insert into partitions (partition_id, dataset, source, path, shard, format, start_offset, end_offset,"
+                " first_line, checksum) values (:partition_id, :dataset, :source, :path, :shard, :format, :start_offset,"
+                " :end_offset, :first_line, :checksum)"
+                " on conflict (partition_id) do update set format = excluded.format, start_offset = excluded.start_offset,"
+                " end_offset = excluded.end_offset, first_line = excluded.first_line, checksum = excluded.checksum,"
+                " updated_at = now()"), [vars(p) for p in plans])
+        conn.execute(sa.text("delete from run_partitions where run_id = :run"), {"run": run_id})
+        conn.execute(sa.text("insert into run_partitions (run_id, partition_id) values (:run, :p)"),
+                     [{"run": run_id, "p": p.partition_id} for p in plans])
+    log.info("run %s: %d partitions over %d sources", run_id, len(plans), len(recipe.sources))
+    return [p.partition_id for p in plans]
+
+
+def ingest_partition(run_id: str, partition_id: str) -> dict[str, Any]:
+    return ingest.ingest_partition(get_engine(), run_recipe(run_id), run_id, partition_id).as_dict()
+
+
+def check_partition(run_id: str, partition_id: str) -> dict[str, Any]:
+    result = quality.check_partition(get_engine(), run_recipe(run_id), run_id, partition_id)
+    return {"partition_id": partition_id, "gate": result.gate, "success": result.success}
+
+
+def deduplicate(run_id: str) -> dict[str, int]:
+    counts = dedup.exact_dedup(get_engine(), run_recipe(run_id), run_id)
+    log.info("run %s: dedup dropped %s", run_id, counts)
+    return counts
+
+
+def check_release(run_id: str) -> dict[str, Any]:
+    result = quality.check_release(get_engine(), run_recipe(run_id), run_id)
+    return {"gate": result.gate, "success": result.success, "statistics": result.statistics}
+
+
+def export_release(run_id: str, out_dir: str | os.PathLike) -> dict[str, Any]:
+    manifest = export.export_release(get_engine(), run_recipe(run_id), run_id, out_dir)
+    log.info("run %s: release %s v%04d at %s: %s", run_id, manifest["dataset"], manifest["version"], manifest["path"], manifest["totals"])
+    return {"path": manifest["path"], "version": manifest["version"], "totals": manifest["totals"]}
+
+
+def mark_failed(run_id: str) -> None:
+    """Record that a run ended without a release (called from the DAG's failure callback and the CLI)."""
+    with get_engine().begin() as conn:
+        conn.execute(sa.text("update runs set status = 'failed', finished_at = now() where run_id = :run and status <> 'succeeded'"),
+                     {"run": run_id})

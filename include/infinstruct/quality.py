@@ -1,0 +1,123 @@
+"""Great Expectations quality gates between stages.
+
+A gate validates a SQL query over the metadata store with a GX 1.x suite, inside PostgreSQL (so a
+gate over millions of records never loads them into memory), stores its result in `gate_results`,
+and raises GateFailed when any expectation fails, which fails the Airflow task and stops every
+downstream task.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from .config import Recipe
+from .conversation import ROLE_PATTERN
+from .db import literal_sql, records
+from .ledger import kept_records
+
+log = logging.getLogger(__name__)
+
+RECORD_ID_PATTERN = r"^[0-9a-f]{32}$"
+
+
+class GateFailed(RuntimeError):
+    """A quality gate found data that violates its expectations; see gate_results for details."""
+
+
+@dataclass
+class GateResult:
+    gate: str
+    scope: str
+    success: bool
+    statistics: dict[str, Any]
+    failures: list[dict[str, Any]] = field(default_factory=list)
+
+    def summary(self) -> str:
+        failed = "; ".join(f"{f['expectation']}({f.get('column') or ''}): {f['unexpected_count']} unexpected, e.g. {f['sample']}"
+                           for f in self.failures)
+        return f"gate {self.gate} on {self.scope}: {'passed' if self.success else 'FAILED'} " + (
+            f"({self.statistics.get('successful_expectations')}/{self.statistics.get('evaluated_expectations')})" + (f" — {failed}" if failed else ""))
+
+
+def record_expectations(recipe: Recipe) -> list:
+    """What every stored conversation must satisfy: schema, ids, role alternation, non-empty turns, lengths."""
+    import great_expectations.expectations as gxe
+
+    return [
+        *(gxe.ExpectColumnToExist(column=c) for c in ("record_id", "instruction_key", "role_pattern", "min_turn_chars", "total_chars")),
+        gxe.ExpectColumnValuesToNotBeNull(column="record_id"),
+        gxe.ExpectColumnValuesToMatchRegex(column="record_id", regex=RECORD_ID_PATTERN),
+        gxe.ExpectColumnValuesToNotBeNull(column="instruction_key"),
+        gxe.ExpectColumnValuesToMatchRegex(column="role_pattern", regex=ROLE_PATTERN),
+        gxe.ExpectColumnValuesToBeBetween(column="min_turn_chars", min_value=recipe.gates.min_turn_chars),
+        gxe.ExpectColumnValuesToBeBetween(column="total_chars", min_value=1, max_value=recipe.gates.max_record_chars),
+    ]
+
+
+def release_expectations(recipe: Recipe) -> list:
+    """The release: every record expectation, no duplicate record or instruction, and not empty."""
+    import great_expectations.expectations as gxe
+
+    return [
+        *record_expectations(recipe),
+        gxe.ExpectColumnValuesToBeUnique(column="record_id"),
+        gxe.ExpectColumnValuesToBeUnique(column="instruction_key"),
+        gxe.ExpectTableRowCountToBeBetween(min_value=1),
+    ]
+
+
+def validate_query(engine: Engine, query: sa.Select, expectations: list, name: str) -> tuple[bool, dict, list]:
+    """Run GX expectations on a query, evaluated by PostgreSQL. Returns (success, statistics, failures)."""
+    import great_expectations as gx
+
+    context = gx.get_context(mode="ephemeral")
+    context.variables.progress_bars = {"globally": False}
+    datasource = context.data_sources.add_sql("infinstruct", connection_string=engine.url.render_as_string(hide_password=False))
+    batch = datasource.add_query_asset(name, query=literal_sql(query, engine)).add_batch_definition_whole_table("all").get_batch()
+    suite = context.suites.add(gx.ExpectationSuite(name=name))
+    for expectation in expectations:
+        suite.add_expectation(expectation)
+    result = batch.validate(suite).to_json_dict()
+    failures = [{
+        "expectation": r["expectation_config"]["type"],
+        "column": r["expectation_config"]["kwargs"].get("column"),
+        "unexpected_count": r["result"].get("unexpected_count", r["result"].get("observed_value")),
+        "sample": (r["result"].get("partial_unexpected_list") or [])[:5],
+        "error": (r.get("exception_info") or {}).get("exception_message"),
+    } for r in result["results"] if not r["success"]]
+    return bool(result["success"]), result["statistics"], failures
+
+
+def run_gate(engine: Engine, run_id: str, gate: str, scope: str, query: sa.Select, expectations: list) -> GateResult:
+    """Validate, store the result, and raise GateFailed if it failed."""
+    success, statistics, failures = validate_query(engine, query, expectations, gate)
+    result = GateResult(gate, scope, success, statistics, failures)
+    with engine.begin() as conn:
+        conn.execute(sa.text(
+            "insert into gate_results (run_id, gate, scope, success, statistics, failures)"
+            " values (:run, :gate, :scope, :success, cast(:statistics as jsonb), cast(:failures as jsonb))"),
+            {"run": run_id, "gate": gate, "scope": scope, "success": success,
+             "statistics": json.dumps(statistics), "failures": json.dumps(failures, default=str)})
+    log.info(result.summary())
+    if not success:
+        raise GateFailed(result.summary())
+    return result
+
+
+def check_partition(engine: Engine, recipe: Recipe, run_id: str, partition_id: str) -> GateResult:
+    """Gate `ingested`: the records one partition produced."""
+    query = sa.select(records.c.record_id, records.c.instruction_key, records.c.role_pattern, records.c.min_turn_chars,
+                      records.c.total_chars).where(records.c.partition_id == partition_id)
+    return run_gate(engine, run_id, "ingested", partition_id, query, record_expectations(recipe))
+
+
+def check_release(engine: Engine, recipe: Recipe, run_id: str) -> GateResult:
+    """Gate `release`: the kept set that export is about to write."""
+    query = kept_records(run_id, records.c.record_id, records.c.instruction_key, records.c.role_pattern,
+                         records.c.min_turn_chars, records.c.total_chars)
+    return run_gate(engine, run_id, "release", "release", query, release_expectations(recipe))
