@@ -1,0 +1,88 @@
+"""Shared fixtures: a real PostgreSQL for the store, a private Airflow home, sample recipes.
+
+The store is a fresh database: on the server named by INFINSTRUCT_TEST_DATABASE_URL when set (e.g. the
+machine's PostgreSQL 15), else in an embedded PostgreSQL started under a temporary folder, so the
+suite needs no running service.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import uuid
+from pathlib import Path
+
+import pytest
+
+# Before anything imports Airflow or the library: private state for this test session.
+_SESSION_HOME = Path(tempfile.mkdtemp(prefix="infinstruct-test-"))
+os.environ["INFINSTRUCT_HOME"] = str(_SESSION_HOME)
+os.environ.pop("AIRFLOW_HOME", None)
+os.environ.setdefault("XDG_RUNTIME_DIR", str(_SESSION_HOME))  # quiets platformdirs warnings from pgserver
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLE_RECIPE = ROOT / "include" / "recipes" / "sample.yaml"
+SHARED_DATA = ROOT.parent / "shared" / "data"
+
+
+def _server_database_url(server: str) -> str:
+    import sqlalchemy as sa
+    from infinstruct.runtime import normalise_url
+
+    name = f"infinstruct_test_{uuid.uuid4().hex[:8]}"
+    admin = sa.create_engine(normalise_url(server), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'create database "{name}"'))
+    admin.dispose()
+    return str(sa.engine.make_url(normalise_url(server)).set(database=name).render_as_string(hide_password=False))
+
+
+@pytest.fixture(scope="session")
+def database_url():
+    server_url = os.environ.get("INFINSTRUCT_TEST_DATABASE_URL")
+    embedded = None
+    if server_url:
+        url = _server_database_url(server_url)
+    else:
+        import pgserver
+        from infinstruct.runtime import embedded_database_url
+        logging.getLogger("pgserver").setLevel(logging.WARNING)
+        # registered first with cleanup 'delete', so the server stops and its folder goes at the end
+        embedded = pgserver.get_server(_SESSION_HOME / "pgdata", cleanup_mode="delete")
+        url = embedded_database_url("infinstruct_test", pgdata=_SESSION_HOME / "pgdata")
+    os.environ["INFINSTRUCT_DATABASE_URL"] = url  # what pipeline steps (and DAG tasks) connect to
+    yield url
+    from infinstruct.db import _migrated_engine
+    _migrated_engine.cache_clear()
+    if embedded is not None:
+        embedded.cleanup()
+
+
+@pytest.fixture(scope="session")
+def engine(database_url):
+    from infinstruct.db import get_engine
+    return get_engine(database_url)
+
+
+@pytest.fixture(scope="session")
+def airflow_home(database_url) -> Path:
+    """A migrated Airflow home (SQLite) whose DAG folder is the project's dags/."""
+    from infinstruct.cli import _airflow_env, ensure_airflow_db
+    _airflow_env()
+    ensure_airflow_db()
+    return Path(os.environ["AIRFLOW_HOME"])
+
+
+def write_recipe(folder: Path, name: str, sources: list[dict], **extra) -> Path:
+    """A recipe file in `folder` (source paths may be relative to it)."""
+    import yaml
+    path = folder / f"{name}.yaml"
+    path.write_text(yaml.safe_dump({"name": name, "sources": sources, **extra}))
+    return path
+
+
+def write_jsonl(path: Path, lines: list) -> Path:
+    """Write items as JSONL; str items are written verbatim (for malformed lines)."""
+    import json
+    path.write_text("".join((l if isinstance(l, str) else json.dumps(l)) + "\n" for l in lines))
+    return path

@@ -1,0 +1,86 @@
+"""The curation DAG: it imports cleanly, has the expected shape, runs end to end on the bundled
+sample with `dag.test()`, and a failed partition fails the run and holds back the export."""
+from __future__ import annotations
+
+import json
+import uuid
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from conftest import ROOT, SAMPLE_RECIPE, write_recipe
+
+DAG_ID = "infinstruct_curation"
+TASKS = {"start_run", "plan_partitions", "ingest", "check_ingested", "deduplicate", "check_release", "export_release"}
+
+
+@pytest.fixture(scope="module")
+def dag(airflow_home):
+    from airflow.dag_processing.dagbag import DagBag
+    bag = DagBag(dag_folder=str(ROOT / "dags"))
+    assert bag.import_errors == {}
+    return bag.dags[DAG_ID]
+
+
+def states(dag_run) -> dict[tuple[str, int], str]:
+    return {(ti.task_id, ti.map_index): str(ti.state) for ti in dag_run.get_task_instances()}
+
+
+def test_dag_shape(dag):
+    assert set(dag.task_dict) == TASKS
+    assert dag.task_dict["ingest"].is_mapped and dag.task_dict["check_ingested"].is_mapped
+    assert dag.task_dict["export_release"].upstream_task_ids == {"check_release"}
+    assert dag.task_dict["deduplicate"].upstream_task_ids == {"check_ingested"}
+    assert all(t.trigger_rule == "all_success" for t in dag.tasks)
+    assert set(dag.params.keys()) == {"recipe", "out_dir"}
+
+
+def test_sample_run_writes_a_release_that_adds_up(dag, tmp_path):
+    dag_run = dag.test(run_conf={"recipe": str(SAMPLE_RECIPE), "out_dir": str(tmp_path)})
+    assert str(dag_run.state) == "success", states(dag_run)
+    # shards of 6 lines: chat 16 lines -> 3, tasks 15 -> 3, the JSON array and the Parquet file -> 1 each
+    assert len([k for k in states(dag_run) if k[0] == "ingest"]) == 8
+    release = tmp_path / "sample" / (tmp_path / "sample" / "LATEST").read_text().strip()
+    manifest = json.loads((release / "manifest.json").read_text())
+    ledger = pd.read_parquet(release / "ledger.parquet")
+    data = pd.read_parquet(release / "data.parquet")
+
+    # every input line of every source is in the ledger exactly once, and the verdicts add up
+    assert manifest["totals"] == {"lines": 42, "kept": 28, "dropped": 3, "quarantined": 11}
+    assert len(ledger) == 42 and not ledger.duplicated(["file", "line"]).any()
+    for source, counts in manifest["sources"].items():
+        rows = ledger[ledger.source == source]
+        assert counts["lines"] == len(rows) == counts["kept"] + counts["dropped"] + counts["quarantined"]
+    assert sorted(data.id) == sorted(ledger[ledger.verdict == "kept"].record_id)
+    # drops say why and which kept record they duplicate
+    dropped = ledger[ledger.verdict == "dropped"]
+    assert set(dropped.reason) == {"exact_duplicate", "duplicate_instruction"}
+    assert dropped.duplicate_of.isin(data.id).all()
+    assert set(ledger[ledger.verdict == "quarantined"].reason) == {
+        "quarantine:invalid_json", "quarantine:bad_role", "quarantine:empty_turn", "quarantine:nul_byte",
+        "quarantine:no_response", "quarantine:missing_field", "quarantine:bad_role_order", "quarantine:blank_line",
+        "quarantine:wrong_type", "quarantine:not_an_object"}
+    # the public Infinity-Instruct record shape
+    first = json.loads((release / "data.jsonl").read_text().splitlines()[0])
+    assert set(first) == {"id", "conversations", "label", "langdetect", "source", "reward"}
+    assert {t["from"] for line in (release / "data.jsonl").read_text().splitlines()
+            for t in json.loads(line)["conversations"]} == {"system", "human", "gpt"}
+    assert manifest["files"]["data.parquet"]["bytes"] == (release / "data.parquet").stat().st_size
+
+
+def test_failed_partition_fails_the_run_and_holds_back_the_export(dag, tmp_path):
+    (tmp_path / "good.jsonl").write_text(json.dumps({"instruction": "Hi?", "input": "", "output": "Hello."}) + "\n")
+    (tmp_path / "broken.json").write_text('{"this is": "not an array"}')
+    recipe = write_recipe(tmp_path, f"broken-{uuid.uuid4().hex[:6]}", [
+        {"name": "good", "path": "good.jsonl", "format": "alpaca"},
+        {"name": "broken", "path": "broken.json", "format": "alpaca"},
+    ])
+    out = tmp_path / "out"
+    dag_run = dag.test(run_conf={"recipe": str(recipe), "out_dir": str(out)})
+    result = states(dag_run)
+    assert str(dag_run.state) == "failed"
+    assert sorted(state for (task, _), state in result.items() if task == "ingest") == ["failed", "success"]
+    for task in ("deduplicate", "check_release", "export_release"):
+        assert result[(task, -1)] == "upstream_failed"
+    assert not out.exists() or not any(out.rglob("manifest.json"))

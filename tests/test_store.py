@@ -1,0 +1,135 @@
+"""Integration: the pipeline steps against a real PostgreSQL, without Airflow.
+
+Each test builds its own small dataset (a unique recipe name), runs the steps the DAG would run, and
+checks what is in the store.
+"""
+from __future__ import annotations
+
+import uuid
+
+import pytest
+import sqlalchemy as sa
+
+from conftest import write_jsonl, write_recipe
+from infinstruct import pipeline
+from infinstruct.ingest import IngestError
+from infinstruct.ledger import accounting
+
+GOOD = [{"instruction": f"Question number {i}?", "input": "", "output": f"Answer {i}."} for i in range(10)]
+
+
+def start(recipe_path) -> str:
+    run_id = f"test-{uuid.uuid4().hex[:8]}"
+    pipeline.start_run(run_id, recipe_path)
+    return run_id
+
+
+def ingest_all(run_id: str) -> list[dict]:
+    return [pipeline.ingest_partition(run_id, p) for p in pipeline.plan(run_id)]
+
+
+def count(engine, sql: str, **params) -> int:
+    with engine.connect() as conn:
+        return conn.execute(sa.text(sql), params).scalar_one()
+
+
+def test_ingest_accounts_for_every_line(engine, tmp_path):
+    lines = GOOD[:5] + ["{not json", "", {"instruction": "no answer"}, ["a list"]] + GOOD[5:]
+    write_jsonl(tmp_path / "a.jsonl", lines)
+    recipe = write_recipe(tmp_path, f"acct-{uuid.uuid4().hex[:6]}", [{"name": "a", "path": "a.jsonl", "format": "alpaca"}],
+                          ingest={"shard_lines": 4, "max_quarantine_ratio": 1.0})
+    run_id = start(recipe)
+    results = ingest_all(run_id)
+
+    assert len(results) == 4  # 14 lines in shards of 4
+    assert sum(r["lines"] for r in results) == 14
+    assert sum(r["records"] for r in results) == 10
+    assert sum(r["quarantined"] for r in results) == 4
+    pipeline.deduplicate(run_id)
+    assert accounting(engine, run_id) == {"a": {"lines": 14, "kept": 10, "dropped": 0, "quarantined": 4}}
+    reasons = dict(engine.connect().execute(sa.text(
+        "select line_no, reason from quarantine q join run_partitions rp using (partition_id) where rp.run_id = :r"),
+        {"r": run_id}).all())
+    assert reasons == {6: "quarantine:invalid_json", 7: "quarantine:blank_line", 8: "quarantine:missing_field",
+                       9: "quarantine:not_an_object"}
+
+
+def test_rerun_skips_unchanged_partitions_and_duplicates_nothing(engine, tmp_path):
+    write_jsonl(tmp_path / "a.jsonl", GOOD)
+    recipe = write_recipe(tmp_path, f"rerun-{uuid.uuid4().hex[:6]}", [{"name": "a", "path": "a.jsonl", "format": "alpaca"}],
+                          ingest={"shard_lines": 3})
+    first = start(recipe)
+    assert all(not r["skipped"] for r in ingest_all(first))
+    second = start(recipe)
+    again = ingest_all(second)
+    assert all(r["skipped"] for r in again)
+    parts = pipeline.plan(second)
+    assert count(engine, "select count(*) from records where partition_id = any(:p)", p=parts) == 10
+
+    # a retry that forces the work again replaces the partition's rows instead of adding to them
+    from infinstruct.db import get_engine
+    from infinstruct.ingest import ingest_partition
+    ingest_partition(get_engine(), pipeline.run_recipe(second), second, parts[0], force=True)
+    assert count(engine, "select count(*) from records where partition_id = any(:p)", p=parts) == 10
+
+
+def test_changed_file_is_reingested_and_new_tail_added(engine, tmp_path):
+    path = write_jsonl(tmp_path / "a.jsonl", GOOD[:6])
+    recipe = write_recipe(tmp_path, f"grow-{uuid.uuid4().hex[:6]}", [{"name": "a", "path": "a.jsonl", "format": "alpaca"}],
+                          ingest={"shard_lines": 4})
+    ingest_all(start(recipe))
+    write_jsonl(path, GOOD)  # 4 lines appended: shard 0 unchanged, shard 1 grows, shard 2 is new
+    run_id = start(recipe)
+    results = ingest_all(run_id)
+    assert [r["skipped"] for r in results] == [True, False, False]
+    pipeline.deduplicate(run_id)
+    assert accounting(engine, run_id)["a"] == {"lines": 10, "kept": 10, "dropped": 0, "quarantined": 0}
+
+
+def test_exact_and_instruction_duplicates_keep_one_by_priority(engine, tmp_path):
+    same_q = {"instruction": "Name a prime number.", "input": "", "output": "7"}
+    longer = {"instruction": "name a  PRIME number.", "input": "", "output": "2 is the smallest prime number."}
+    write_jsonl(tmp_path / "first.jsonl", [same_q, same_q, GOOD[0]])
+    write_jsonl(tmp_path / "second.jsonl", [longer, GOOD[0], GOOD[1]])
+    recipe = write_recipe(tmp_path, f"dedup-{uuid.uuid4().hex[:6]}", [
+        {"name": "first", "path": "first.jsonl", "format": "alpaca"},
+        {"name": "second", "path": "second.jsonl", "format": "alpaca"},
+    ])
+    run_id = start(recipe)
+    ingest_all(run_id)
+    counts = pipeline.deduplicate(run_id)
+    assert counts == {"exact_duplicate": 2, "duplicate_instruction": 1}
+
+    with engine.connect() as conn:
+        drops = {(source, line): (reason, dup) for source, line, reason, dup in conn.execute(sa.text(
+            "select r.source, r.line_no, d.reason, d.duplicate_of from decisions d join records r using (partition_id, line_no)"
+            " join run_partitions rp using (partition_id) where rp.run_id = :r"), {"r": run_id})}
+        kept_same_q = conn.execute(sa.text(
+            "select record_id from records r join run_partitions rp using (partition_id)"
+            " where rp.run_id = :r and r.source = 'first' and r.line_no = 1"), {"r": run_id}).scalar_one()
+    # the second copy in `first` and the copy in `second` are exact duplicates of the earlier kept lines;
+    # the longer answer in `second` loses to the higher-priority source listed first
+    assert drops[("first", 2)] == ("exact_duplicate", kept_same_q)
+    assert drops[("second", 2)][0] == "exact_duplicate"
+    assert drops[("second", 1)] == ("duplicate_instruction", kept_same_q)
+    assert len(drops) == 3
+    # re-running the stage decides the same and adds no rows
+    assert pipeline.deduplicate(run_id) == counts
+
+
+def test_mostly_malformed_partition_fails_with_a_clear_error(engine, tmp_path):
+    write_jsonl(tmp_path / "wrong.jsonl", [{"question": f"q{i}", "answer": "a"} for i in range(5)])
+    recipe = write_recipe(tmp_path, f"bad-{uuid.uuid4().hex[:6]}", [{"name": "w", "path": "wrong.jsonl", "format": "alpaca"}])
+    run_id = start(recipe)
+    (part,) = pipeline.plan(run_id)
+    with pytest.raises(IngestError, match=r"5 of 5 lines quarantined \(quarantine:missing_field x5\).*format 'alpaca'"):
+        pipeline.ingest_partition(run_id, part)
+    # the evidence stays readable, and the partition is not considered done
+    assert count(engine, "select count(*) from quarantine where partition_id = :p", p=part) == 5
+    assert count(engine, "select count(*) from partitions where partition_id = :p and status = 'failed'", p=part) == 1
+
+
+def test_migrations_are_recorded_and_idempotent(engine):
+    from infinstruct.db import migrate, migrations, schema_version
+    assert schema_version(engine) == migrations()[-1][0]
+    assert migrate(engine) == []
