@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import codecs
 import json
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -16,6 +17,7 @@ from .partitions import READ_CHUNK
 from .reasons import Quarantine
 
 Item = tuple[int, Any]
+_NOT_UTF8 = re.compile("[\udc80-\udcff]")  # what surrogateescape makes of bytes that are not UTF-8
 
 
 def read_jsonl(path: str, start: int, end: int, first_line: int) -> Iterator[Item]:
@@ -46,7 +48,8 @@ def read_parquet(path: str, start_group: int, end_group: int, first_row: int, ba
 def read_json_array(path: str, max_chars: int) -> Iterator[Item]:
     """Elements of a top-level JSON array, decoded incrementally from a buffered text stream."""
     decoder = json.JSONDecoder()
-    text_chunks = codecs.getincrementaldecoder("utf-8")(errors="strict")
+    # bytes that are not UTF-8 become lone surrogates, so one bad byte spoils one element, not the file
+    text_chunks = codecs.getincrementaldecoder("utf-8")(errors="surrogateescape")
     with open(path, "rb") as fh:
         buf, pos, eof, element = "", 0, False, 1  # element: number of the next item
 
@@ -78,12 +81,18 @@ def read_json_array(path: str, max_chars: int) -> Iterator[Item]:
                 while True:
                     try:
                         value, end = decoder.raw_decode(buf, pos)
-                        break
                     except json.JSONDecodeError as exc:
                         if len(buf) - pos > max_chars * 2 + READ_CHUNK:
                             raise ConversationError(Quarantine.TOO_LONG, f"element {element} exceeds {max_chars} characters; rest of file unreadable") from None
                         if not fill():
                             raise ConversationError(Quarantine.INVALID_JSON, f"element {element}: {exc.msg}; rest of file unreadable") from None
+                        continue
+                    if end == len(buf) and not eof:  # a number cut at the buffer's end parses, but is not whole
+                        fill()
+                        continue
+                    break
+                if _NOT_UTF8.search(buf, pos, end):
+                    value = ConversationError(Quarantine.INVALID_UTF8, f"element {element} holds bytes that are not UTF-8")
                 pos = end
                 yield element, value
                 element += 1
@@ -93,7 +102,5 @@ def read_json_array(path: str, max_chars: int) -> Iterator[Item]:
                     return
                 if sep != ",":
                     raise ConversationError(Quarantine.INVALID_JSON, f"after element {element - 1}: expected ',' or ']', found {sep or 'end of file'!r}; rest of file unreadable")
-        except UnicodeDecodeError as exc:
-            yield element, ConversationError(Quarantine.INVALID_UTF8, f"not UTF-8 ({exc.reason}); rest of file unreadable")
         except ConversationError as exc:
             yield element, exc
