@@ -122,14 +122,16 @@ def export_release(engine: Engine, recipe: Recipe, run_id: str, out_dir: str | o
     with engine.begin() as conn:
         conn.execute(sa.text("select pg_advisory_xact_lock(hashtext(:d))"), {"d": recipe.name})
         last = conn.execute(sa.text(
-            "select version, content_hash, path from releases where dataset = :d order by version desc limit 1"),
+            "select version, content_hash, path, manifest from releases where dataset = :d order by version desc limit 1"),
             {"d": recipe.name}).mappings().first()
         same = last is not None and last["content_hash"] == content_hash
         version = last["version"] if same else (last["version"] + 1 if last else 1)
         previous = None if same else last
         folder = dataset_dir / f"v{version:04d}"
         before = _previous_ids(previous["path"]) if previous else None
-        if before is not None:
+        if same:  # the same release again: its diff to the one before still holds
+            diff = last["manifest"]["diff"]
+        elif before is not None:
             after = set(pq.read_table(staging / "data.parquet", columns=["id"]).column("id").to_pylist())
             diff = {"previous_version": previous["version"], "added": len(after - before), "removed": len(before - after),
                     "unchanged": len(after & before)}

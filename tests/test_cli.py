@@ -1,0 +1,42 @@
+"""`infinstruct run`: the same run from the shell, and a second run of a recipe changes nothing."""
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import sqlalchemy as sa
+
+from conftest import SAMPLE_RECIPE
+from infinstruct.cli import main
+
+
+def record_rows(engine) -> tuple[int, int]:
+    with engine.connect() as conn:
+        return tuple(conn.execute(sa.text("select count(*), count(distinct (partition_id, line_no)) from records")).one())
+
+
+def test_second_run_of_the_same_recipe_changes_nothing(airflow_home, engine, tmp_path, capsys):
+    assert main(["run", "--recipe", str(SAMPLE_RECIPE), "--out", str(tmp_path)]) == 0
+    first_version = (tmp_path / "sample" / "LATEST").read_text().strip()
+    first = pd.read_parquet(tmp_path / "sample" / first_version / "data.parquet")
+    rows = record_rows(engine)
+
+    assert main(["run", "--recipe", str(SAMPLE_RECIPE), "--out", str(tmp_path)]) == 0
+    assert "release sample v" in capsys.readouterr().out
+    assert (tmp_path / "sample" / "LATEST").read_text().strip() == first_version  # no new version minted
+    second = pd.read_parquet(tmp_path / "sample" / first_version / "data.parquet")
+    assert second.id.tolist() == first.id.tolist()
+    assert record_rows(engine) == rows and rows[0] == rows[1]  # no duplicate rows after the re-run
+    manifest = json.loads((tmp_path / "sample" / first_version / "manifest.json").read_text())
+    assert manifest["totals"]["lines"] == manifest["totals"]["kept"] + manifest["totals"]["dropped"] + manifest["totals"]["quarantined"]
+
+
+def test_a_bad_recipe_fails_before_airflow_starts(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\nsources: [{name: a, path: a.jsonl, format: alpaca, fromat: alpaca}]\n")
+    try:
+        main(["run", "--recipe", str(bad), "--out", str(tmp_path)])
+    except Exception as exc:  # RecipeError names the bad key
+        assert "fromat" in str(exc)
+    else:
+        raise AssertionError("a recipe with an unknown key must be rejected")
