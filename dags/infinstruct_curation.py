@@ -26,6 +26,12 @@ def _run_id() -> str:
     return get_current_context()["run_id"]
 
 
+def _param_path(name: str) -> str:
+    """A path param; relative paths are taken from the project folder, whatever the worker's cwd."""
+    path = Path(get_current_context()["params"][name]).expanduser()
+    return str(path if path.is_absolute() else PROJECT / path)
+
+
 def _data_errors():
     from infinstruct.ingest import IngestError
     from infinstruct.quality import GateFailed
@@ -66,7 +72,7 @@ def infinstruct_curation():
     @task
     def start_run() -> dict:
         from infinstruct import pipeline
-        return _call(pipeline.start_run, _run_id(), get_current_context()["params"]["recipe"])
+        return _call(pipeline.start_run, _run_id(), _param_path("recipe"))
 
     @task
     def plan_partitions() -> list[str]:
@@ -96,7 +102,7 @@ def infinstruct_curation():
     @task
     def export_release() -> dict:
         from infinstruct import pipeline
-        return _call(pipeline.export_release, _run_id(), get_current_context()["params"]["out_dir"])
+        return _call(pipeline.export_release, _run_id(), _param_path("out_dir"))
 
     partitions = plan_partitions()
     start_run() >> partitions
