@@ -272,6 +272,11 @@ def test_a_non_utf8_line_that_starts_like_a_utf16_bom_is_invalid_utf8():
     assert reason_of(b'\xff\xfe{"instruction": "a", "output": "b"}\n', ALPACA) == Quarantine.INVALID_UTF8
 
 
+def test_a_utf8_byte_order_mark_before_the_first_record_is_ignored():
+    with_bom = parse_item(b'\xef\xbb\xbf{"instruction": "a", "output": "b"}\n', ALPACA, MAX_CHARS)
+    assert with_bom == parse_item(b'{"instruction": "a", "output": "b"}\n', ALPACA, MAX_CHARS)
+
+
 # --------------------------------------------------------------------------------------------------
 # Identity: record_id (the whole normalised conversation) and instruction_key (the user turns)
 # --------------------------------------------------------------------------------------------------

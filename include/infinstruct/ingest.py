@@ -63,7 +63,8 @@ def parse_item(item: Any, mapper: Callable[[dict], list[Turn]], max_chars: int) 
         if len(item) > 4 * max_chars:
             raise ConversationError(Quarantine.TOO_LONG, f"line has {len(item)} bytes, far over {max_chars} characters")
         try:
-            item = json.loads(item.decode("utf-8"))  # decode first: json.loads(bytes) would guess UTF-16 from a BOM
+            # decode first: json.loads(bytes) would guess UTF-16 from a BOM; a UTF-8 BOM (Windows exports) is dropped
+            item = json.loads(item.decode("utf-8").removeprefix("\ufeff"))
         except UnicodeDecodeError as exc:
             raise ConversationError(Quarantine.INVALID_UTF8, f"not UTF-8 at byte {exc.start}") from None
         except json.JSONDecodeError as exc:
