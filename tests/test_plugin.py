@@ -1,0 +1,39 @@
+"""The Airflow UI plugin renders a run's funnel and gates from the store."""
+from __future__ import annotations
+
+import importlib.util
+import uuid
+
+from fastapi.testclient import TestClient
+
+from conftest import ROOT, write_jsonl, write_recipe
+from infinstruct import pipeline
+
+
+def load_plugin():
+    spec = importlib.util.spec_from_file_location("infinstruct_views", ROOT / "plugins" / "infinstruct_views.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_run_page_shows_funnel_and_gates(engine, tmp_path):
+    write_jsonl(tmp_path / "a.jsonl", [{"instruction": "Hi?", "input": "", "output": "Hello."}, "{oops",
+                                       {"instruction": "Hi?", "input": "", "output": "Hello."}])
+    recipe = write_recipe(tmp_path, f"plugin-{uuid.uuid4().hex[:6]}", [{"name": "greetings", "path": "a.jsonl", "format": "alpaca"}],
+                          ingest={"max_quarantine_ratio": 1.0})
+    run_id = f"plugin-{uuid.uuid4().hex[:8]}"
+    pipeline.start_run(run_id, recipe)
+    for part in pipeline.plan(run_id):
+        pipeline.ingest_partition(run_id, part)
+        pipeline.check_partition(run_id, part)
+    pipeline.deduplicate(run_id)
+
+    plugin = load_plugin()
+    assert plugin.InfinstructPlugin.fastapi_apps[0]["url_prefix"] == "/infinstruct"
+    client = TestClient(plugin.app)
+    assert run_id in client.get("/").text
+    page = client.get(f"/run/{run_id}").text
+    assert "greetings" in page and "quarantine:invalid_json</code> 1" in page and "exact_duplicate</code> 1" in page
+    assert "<b>1</b>" in page  # one kept record
+    assert "passed" in page
