@@ -8,7 +8,7 @@ from __future__ import annotations
 from html import escape
 
 from airflow.plugins_manager import AirflowPlugin
-from fastapi import FastAPI
+from fastapi import FastAPI, HTTPException
 from fastapi.responses import HTMLResponse
 
 app = FastAPI(title="infinstruct")
@@ -44,9 +44,11 @@ def runs() -> HTMLResponse:
 @app.get("/run/{run_id:path}", response_class=HTMLResponse)
 def run(run_id: str) -> HTMLResponse:
     from infinstruct.db import get_engine
-    from infinstruct.report import run_funnel, run_gates
+    from infinstruct.report import recent_runs, run_funnel, run_gates
 
     engine = get_engine()
+    if not any(r["run_id"] == run_id for r in recent_runs(engine, limit=10_000)):
+        raise HTTPException(status_code=404, detail=f"no run {run_id!r} in the infinstruct store")
     funnel = [[escape(f["source"]), str(f["lines"]), str(f["quarantined"]), str(f["dropped"]), f'<b>{f["kept"]}</b>',
                "<br>".join(f"<code>{escape(reason)}</code> {n}" for reason, n in f["reasons"].items())]
               for f in run_funnel(engine, run_id)]

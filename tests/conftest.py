@@ -18,6 +18,8 @@ import pytest
 _SESSION_HOME = Path(tempfile.mkdtemp(prefix="infinstruct-test-"))
 os.environ["INFINSTRUCT_HOME"] = str(_SESSION_HOME)
 os.environ.pop("AIRFLOW_HOME", None)
+from infinstruct.cli import _airflow_env  # noqa: E402  (no Airflow import; sets AIRFLOW_HOME etc. for whatever imports it)
+_airflow_env()
 os.environ.setdefault("XDG_RUNTIME_DIR", str(_SESSION_HOME))  # quiets platformdirs warnings from pgserver
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -67,8 +69,7 @@ def engine(database_url):
 @pytest.fixture(scope="session")
 def airflow_home(database_url) -> Path:
     """A migrated Airflow home (SQLite) whose DAG folder is the project's dags/."""
-    from infinstruct.cli import _airflow_env, ensure_airflow_db
-    _airflow_env()
+    from infinstruct.cli import ensure_airflow_db
     ensure_airflow_db()
     return Path(os.environ["AIRFLOW_HOME"])
 

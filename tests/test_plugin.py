@@ -37,3 +37,8 @@ def test_run_page_shows_funnel_and_gates(engine, tmp_path):
     assert "greetings" in page and "quarantine:invalid_json</code> 1" in page and "exact_duplicate</code> 1" in page
     assert "<b>1</b>" in page  # one kept record
     assert "passed" in page
+
+
+def test_unknown_run_is_404(engine):
+    client = TestClient(load_plugin().app)
+    assert client.get("/run/no-such-run").status_code == 404

@@ -106,6 +106,16 @@ def _previous_ids(path: str | None) -> set[str] | None:
     return set(pq.read_table(file, columns=["id"]).column("id").to_pylist()) if path and file.exists() else None
 
 
+def _folder_versions(dataset_dir: Path) -> list[int]:
+    return [int(p.name[1:]) for p in dataset_dir.glob("v[0-9][0-9][0-9][0-9]*") if p.name[1:].isdigit()]
+
+
+def _folder_holds(dataset_dir: Path, version: int, content_hash: str) -> bool:
+    """True when the version's folder is absent or holds this content (so rewriting it loses nothing)."""
+    manifest = dataset_dir / f"v{version:04d}" / "manifest.json"
+    return not manifest.exists() or json.loads(manifest.read_text()).get("content_hash") == content_hash
+
+
 def export_release(engine: Engine, recipe: Recipe, run_id: str, out_dir: str | os.PathLike) -> dict[str, Any]:
     """Write the run's release under out_dir/<dataset>/; returns the manifest."""
     dataset_dir = Path(out_dir).resolve() / recipe.name
@@ -124,8 +134,9 @@ def export_release(engine: Engine, recipe: Recipe, run_id: str, out_dir: str | o
         last = conn.execute(sa.text(
             "select version, content_hash, path, manifest from releases where dataset = :d order by version desc limit 1"),
             {"d": recipe.name}).mappings().first()
-        same = last is not None and last["content_hash"] == content_hash
-        version = last["version"] if same else (last["version"] + 1 if last else 1)
+        same = last is not None and last["content_hash"] == content_hash and _folder_holds(dataset_dir, last["version"], content_hash)
+        # a new version is numbered past both the store's and the folder's releases: never overwrite another's
+        version = last["version"] if same else max([last["version"] if last else 0, *_folder_versions(dataset_dir)]) + 1
         previous = None if same else last
         folder = dataset_dir / f"v{version:04d}"
         before = _previous_ids(previous["path"]) if previous else None
