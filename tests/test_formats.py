@@ -41,7 +41,7 @@ def line(obj) -> bytes:
 def turns(item, mapper_fn, max_chars: int = MAX_CHARS) -> list[tuple[str, str]]:
     """The (role, content) turns of the record `item` becomes."""
     record = parse_item(item, mapper_fn, max_chars)
-    return [(t["role"], t["content"]) for t in json.loads(record.conversation_json)]
+    return [(t["role"], t["content"]) for t in json.loads(record.conversation)]
 
 
 def reason_of(item, mapper_fn, max_chars: int = MAX_CHARS) -> Quarantine:

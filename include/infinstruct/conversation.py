@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 import unicodedata
 from dataclasses import dataclass
+
+import orjson
 
 from .reasons import Quarantine
 
@@ -15,6 +16,8 @@ EXPORT_ROLE = {SYSTEM: "system", USER: "human", ASSISTANT: "gpt"}
 ROLE_LETTER = {SYSTEM: "s", USER: "u", ASSISTANT: "a"}
 # An optional system turn, then user/assistant pairs: what the gates also expect.
 ROLE_PATTERN = r"^s?(ua)+$"
+_ROLE_PATTERN = re.compile(ROLE_PATTERN)
+_NO_RESPONSE = re.compile(r"^s?(ua)*u$")
 
 Turn = tuple[str, str]  # (role, content)
 
@@ -34,7 +37,7 @@ class Record:
 
     record_id: str
     instruction_key: str
-    conversation_json: str  # canonical JSON: [{"role": ..., "content": ...}], what the id hashes
+    conversation: bytes  # canonical compact JSON, UTF-8: [{"role": ..., "content": ...}]; what the id hashes
     role_pattern: str
     min_turn_chars: int
     total_chars: int
@@ -45,22 +48,22 @@ def clean_text(text: str) -> str:
     return unicodedata.normalize("NFC", text).strip()
 
 
-def _digest(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]
+def _digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()[:32]
 
 
-def canonical_json(turns: tuple[Turn, ...]) -> str:
-    """The normalised conversation as compact JSON; its hash is the record id."""
-    return json.dumps([{"role": r, "content": c} for r, c in turns], ensure_ascii=False, separators=(",", ":"))
+def canonical_json(turns: tuple[Turn, ...]) -> bytes:
+    """The normalised conversation as compact JSON; its hash is the record id.
 
-
-_SPACES = re.compile(r"\s+")
+    Raises TypeError for text that is not valid Unicode (lone surrogates from JSON escapes).
+    """
+    return orjson.dumps([{"role": r, "content": c} for r, c in turns])
 
 
 def instruction_key(turns: tuple[Turn, ...]) -> str:
     """Hash of the user turns (case and whitespace folded): equal when the same instruction was asked."""
-    asked = "\x1f".join(_SPACES.sub(" ", c).casefold() for r, c in turns if r == USER)
-    return _digest(asked)
+    asked = "\x1f".join(" ".join(c.split()).casefold() for r, c in turns if r == USER)
+    return _digest(asked.encode("utf-8", "surrogatepass"))
 
 
 def build_record(raw_turns: list[Turn], max_chars: int) -> Record:
@@ -81,8 +84,8 @@ def build_record(raw_turns: list[Turn], max_chars: int) -> Record:
             raise ConversationError(Quarantine.EMPTY_TURN, f"{role} turn {len(turns) + 1} is empty")
         turns.append((role, text))
     pattern = "".join(ROLE_LETTER[r] for r, _ in turns)
-    if not re.fullmatch(ROLE_PATTERN, pattern):
-        if re.fullmatch(r"^s?(ua)*u$", pattern):
+    if not _ROLE_PATTERN.match(pattern):
+        if _NO_RESPONSE.match(pattern):
             raise ConversationError(Quarantine.NO_RESPONSE, "conversation ends with a user turn and has no response")
         raise ConversationError(Quarantine.BAD_ROLE_ORDER,
                                 f"roles must be [system] user, assistant, user, assistant ...; got {pattern!r} (s/u/a)")
@@ -90,15 +93,14 @@ def build_record(raw_turns: list[Turn], max_chars: int) -> Record:
     if total > max_chars:
         raise ConversationError(Quarantine.TOO_LONG, f"conversation has {total} characters, more than {max_chars}")
     frozen = tuple(turns)
-    text = canonical_json(frozen)
     try:
-        record_id = _digest(text)  # encodes to UTF-8, which lone surrogates from JSON escapes cannot
-    except UnicodeEncodeError:
+        conversation = canonical_json(frozen)
+    except TypeError:
         raise ConversationError(Quarantine.INVALID_UNICODE, "text holds invalid code points (lone surrogates)") from None
     return Record(
-        record_id=record_id,
+        record_id=_digest(conversation),
         instruction_key=instruction_key(frozen),
-        conversation_json=text,
+        conversation=conversation,
         role_pattern=pattern,
         min_turn_chars=min(len(c) for _, c in frozen),
         total_chars=total,

@@ -5,8 +5,6 @@ never duplicate or lose rows; a partition whose content is already in the store 
 """
 from __future__ import annotations
 
-import csv
-import io
 import json
 import logging
 from collections import Counter
@@ -14,12 +12,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Callable
 
+import orjson
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from .config import Recipe
 from .conversation import ConversationError, Record, Turn, build_record
 from .formats import mapper_for
+from .pgcopy import Copier, CopyTable, json_field, text_field
 from .readers import read_json_array, read_jsonl, read_parquet
 from .reasons import Quarantine
 
@@ -63,15 +63,26 @@ def parse_item(item: Any, mapper: Callable[[dict], list[Turn]], max_chars: int) 
         if len(item) > 4 * max_chars:
             raise ConversationError(Quarantine.TOO_LONG, f"line has {len(item)} bytes, far over {max_chars} characters")
         try:
-            # decode first: json.loads(bytes) would guess UTF-16 from a BOM; a UTF-8 BOM (Windows exports) is dropped
-            item = json.loads(item.decode("utf-8").removeprefix("\ufeff"))
-        except UnicodeDecodeError as exc:
-            raise ConversationError(Quarantine.INVALID_UTF8, f"not UTF-8 at byte {exc.start}") from None
-        except json.JSONDecodeError as exc:
-            raise ConversationError(Quarantine.INVALID_JSON, f"{exc.msg}: column {exc.colno}") from None
+            item = orjson.loads(item.removeprefix(b"\xef\xbb\xbf"))  # a UTF-8 byte order mark is not junk
+        except orjson.JSONDecodeError:
+            item = _loads_strictly(item)
     if not isinstance(item, dict):
         raise ConversationError(Quarantine.NOT_AN_OBJECT, f"a record must be a JSON object, got {type(item).__name__}")
     return build_record(mapper(item), max_chars)
+
+
+def _loads_strictly(line: bytes) -> Any:
+    """The slow path for what orjson refuses: say exactly why, and accept what the JSON standard library
+    does (NaN, integers beyond 64 bits, lone surrogate escapes, which later stages judge)."""
+    try:
+        # decode first: json.loads(bytes) would guess UTF-16 from a BOM
+        text = line.decode("utf-8").removeprefix("\ufeff")
+    except UnicodeDecodeError as exc:
+        raise ConversationError(Quarantine.INVALID_UTF8, f"not UTF-8 at byte {exc.start}") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConversationError(Quarantine.INVALID_JSON, f"{exc.msg}: column {exc.colno}") from None
 
 
 def excerpt(item: Any) -> str:
@@ -101,33 +112,6 @@ def partition_items(part: dict, batch_size: int, max_chars: int) -> Iterator[tup
         raise IngestError(f"cannot read Parquet file {path}: {exc}") from exc
 
 
-class _CopyBuffer:
-    """Rows collected as CSV and flushed to PostgreSQL with COPY every `batch_size` rows."""
-
-    def __init__(self, cursor, table: str, columns: tuple[str, ...], batch_size: int):
-        self.cursor, self.batch_size, self.rows = cursor, batch_size, 0
-        self.sql = f"COPY {table} ({', '.join(columns)}) FROM STDIN WITH (FORMAT csv)"
-        self._reset()
-
-    def _reset(self) -> None:
-        self.buffer = io.StringIO()
-        self.writer = csv.writer(self.buffer, lineterminator="\n", quoting=csv.QUOTE_NONNUMERIC)  # "" stays "", not NULL
-        self.pending = 0
-
-    def add(self, row: tuple) -> None:
-        self.writer.writerow(row)
-        self.pending += 1
-        if self.pending >= self.batch_size:
-            self.flush()
-
-    def flush(self) -> None:
-        if self.pending:
-            self.buffer.seek(0)
-            self.cursor.copy_expert(self.sql, self.buffer)
-            self.rows += self.pending
-        self._reset()
-
-
 def ingest_partition(engine: Engine, recipe: Recipe, run_id: str, partition_id: str, *, force: bool = False) -> IngestResult:
     """Ingest one planned partition; skip it when its content is already ingested (unless force)."""
     with engine.connect() as conn:
@@ -145,22 +129,29 @@ def ingest_partition(engine: Engine, recipe: Recipe, run_id: str, partition_id: 
         conn.execute(sa.text("select pg_advisory_xact_lock(hashtext(:p))"), {"p": partition_id})
         conn.execute(sa.text("delete from records where partition_id = :p"), {"p": partition_id})
         conn.execute(sa.text("delete from quarantine where partition_id = :p"), {"p": partition_id})
-        cursor = conn.connection.dbapi_connection.cursor()
-        records = _CopyBuffer(cursor, "records", RECORD_COLUMNS, settings.batch_size)
-        quarantine = _CopyBuffer(cursor, "quarantine", QUARANTINE_COLUMNS, settings.batch_size)
-        lines = 0
-        for line_no, item in partition_items(part, settings.batch_size, settings.max_record_chars):
-            lines += 1
-            try:
-                rec = parse_item(item, mapper, settings.max_record_chars)
-            except ConversationError as err:
-                reasons[err.reason.code] += 1
-                quarantine.add((partition_id, line_no, source.name, err.reason.code, err.detail, excerpt(item)))
-                continue
-            records.add((partition_id, line_no, rec.record_id, rec.instruction_key, source.name, rec.conversation_json,
-                         rec.role_pattern, rec.min_turn_chars, rec.total_chars))
-        records.flush()
-        quarantine.flush()
+        copier = Copier(conn.connection.dbapi_connection.cursor())
+        records = CopyTable(copier, "records", RECORD_COLUMNS, settings.batch_size)
+        quarantine = CopyTable(copier, "quarantine", QUARANTINE_COLUMNS, settings.batch_size)
+        pid, src, lines = partition_id.encode(), text_field(source.name), 0
+        try:
+            for line_no, item in partition_items(part, settings.batch_size, settings.max_record_chars):
+                lines += 1
+                try:
+                    rec = parse_item(item, mapper, settings.max_record_chars)
+                except ConversationError as err:
+                    reasons[err.reason.code] += 1
+                    quarantine.add(pid, b"%d" % line_no, src, err.reason.code.encode(), text_field(err.detail),
+                                   text_field(excerpt(item)))
+                    continue
+                records.add(pid, b"%d" % line_no, rec.record_id.encode(), rec.instruction_key.encode(), src,
+                            json_field(rec.conversation), rec.role_pattern.encode(), b"%d" % rec.min_turn_chars,
+                            b"%d" % rec.total_chars)
+            records.flush()
+            quarantine.flush()
+        except BaseException:
+            copier.close(check=False)  # the error at hand is the one to report
+            raise
+        copier.close()  # waits for the last COPY; its error, if any, fails the transaction
         too_bad = lines > 0 and quarantine.rows / lines > settings.max_quarantine_ratio
         conn.execute(sa.text(
             "update partitions set status = :status, ingested_checksum = :checksum, lines = :lines, records = :records,"

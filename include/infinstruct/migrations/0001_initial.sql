@@ -39,26 +39,27 @@ create table run_partitions (
     primary key (run_id, partition_id)
 );
 
--- One row per input line that parsed into a conversation.
+-- One row per input line that parsed into a conversation. Tuned for bulk COPY (measured in
+-- bench/RESULTS.md): no foreign key to partitions (ingest writes a partition's rows in the transaction
+-- that checked it exists), `json` not `jsonb` (keeps the canonical bytes, so sha256(conversation)
+-- verifies record_id), and no index on the hashes until a query needs one (dedup sorts).
 create table records (
-    partition_id    text not null references partitions on delete cascade,
+    partition_id    text not null,
     line_no         bigint not null,
     record_id       text not null,                 -- content hash of the normalised conversation
     instruction_key text not null,                 -- hash of the user turns, case/whitespace folded
     source          text not null,
-    conversation    jsonb not null,                -- [{"role": system|user|assistant, "content": ...}]
+    conversation    json not null,                 -- [{"role": system|user|assistant, "content": ...}]
     role_pattern    text not null,                 -- e.g. "ua", "sua", "uaua"
     min_turn_chars  integer not null,
     total_chars     integer not null,
     created_at      timestamptz not null default now(),
     primary key (partition_id, line_no)
 );
-create index records_record_id on records (record_id);
-create index records_instruction_key on records (instruction_key);
 
 -- One row per input line that could not become a record.
 create table quarantine (
-    partition_id text not null references partitions on delete cascade,
+    partition_id text not null,
     line_no      bigint not null,
     source       text not null,
     reason       text not null,                    -- quarantine:<code>, see reasons.py
