@@ -40,8 +40,10 @@ def ensure_airflow_db() -> None:
     """Migrate Airflow's own metadata database once per Airflow version."""
     from importlib.metadata import version
 
-    marker = Path(os.environ["AIRFLOW_HOME"]) / f".infinstruct-migrated-{version('apache-airflow-core')}"
-    if not marker.exists():
+    home = Path(os.environ["AIRFLOW_HOME"])
+    marker = home / f".infinstruct-migrated-{version('apache-airflow-core')}"
+    default_sqlite = "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN" not in os.environ
+    if not marker.exists() or (default_sqlite and not (home / "airflow.db").exists()):
         subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], check=True, stdout=subprocess.DEVNULL)
         marker.touch()
 

@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import hashlib
 import re
-import unicodedata
 from dataclasses import dataclass
 
 import orjson
 
+from .normalise import normalise_text
 from .reasons import Quarantine
 
 SYSTEM, USER, ASSISTANT = "system", "user", "assistant"
@@ -43,11 +43,6 @@ class Record:
     total_chars: int
 
 
-def clean_text(text: str) -> str:
-    """The minimal normalisation identity is computed on: NFC and no surrounding whitespace."""
-    return unicodedata.normalize("NFC", text).strip()
-
-
 def _digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()[:32]
 
@@ -77,7 +72,7 @@ def build_record(raw_turns: list[Turn], max_chars: int) -> Record:
     for role, content in raw_turns:
         if "\x00" in content:
             raise ConversationError(Quarantine.NUL_BYTE, f"{role} turn contains a NUL character")
-        text = clean_text(content)
+        text = normalise_text(content)
         if not text:
             if role == SYSTEM:
                 continue  # an empty system prompt carries nothing; drop the turn, keep the record

@@ -1,0 +1,47 @@
+"""Text normalisation applied to every turn before a record gets its id.
+
+What it does, and why each step is safe:
+* Unicode NFC, then NFKC only where it changes no meaning: full-width / half-width forms
+  (`ＡＢＣ１２３` -> `ABC123`), compatibility spaces (no-break, ideographic, thin ...) and Latin
+  ligatures (`ﬁ` -> `fi`). Superscripts, fractions and circled numbers keep their form (x² is not x2).
+* Invisible characters that only break matching go: zero-width space, word joiner, BOM.
+  The zero-width joiner stays (it builds emoji).
+* Line endings become `\\n`, trailing spaces at line ends go, runs of 3+ blank lines become one blank
+  line; indentation inside lines is untouched (code).
+* Chat-template artefacts at the start or end of a turn go: special tokens such as `<|im_start|>user`,
+  `<|im_end|>`, `<|endoftext|>`, `</s>`, `[INST]`, `[/INST]`, `<<SYS>>`, and prompt-format headers such
+  as `### Instruction:`, `### Response:`, `Human:`, `Assistant:` that a scraped turn still carries.
+
+The original text stays where the ledger points (file and line), so nothing is lost by normalising.
+"""
+from __future__ import annotations
+
+import re
+import unicodedata
+
+_SAFE_NFKC = re.compile("[\uff01-\uff5e\uffe0-\uffe6\u00a0\u2000-\u200a\u202f\u205f\u3000\ufb00-\ufb06]")
+_INVISIBLE = re.compile("[\u200b\u2060\ufeff]")
+_TRAILING_SPACE = re.compile(r"[ \t]+\n")
+_BLANK_RUNS = re.compile(r"\n{3,}")
+_SPECIAL_TOKEN = r"(?:<\|[a-z_]+\|>(?:system|user|assistant)?|</?s>|\[/?INST\]|<</?SYS>>)"
+_HEADER = r"(?:#{2,4}\s*(?:Instruction|Input|Response|Output|Question|Answer)\s*:|(?:Human|Assistant|User|AI)\s*:)"
+_LEADING = re.compile(rf"^(?:\s*(?:{_SPECIAL_TOKEN}|{_HEADER}))+\s*", re.IGNORECASE)
+_TRAILING = re.compile(rf"(?:\s*{_SPECIAL_TOKEN})+\s*$", re.IGNORECASE)
+
+
+def normalise_text(text: str) -> str:
+    """Normalise one turn's text (see the module docstring for exactly what changes)."""
+    text = unicodedata.normalize("NFC", text)
+    if not text.isascii():
+        text = _SAFE_NFKC.sub(lambda m: unicodedata.normalize("NFKC", m.group()), text)
+        text = _INVISIBLE.sub("", text)
+    if "\r" in text:
+        text = text.replace("\r\n", "\n").replace("\r", "\n")
+    if " \n" in text or "\t\n" in text:  # substring tests first: a regex scan of every text costs 10x
+        text = _TRAILING_SPACE.sub("\n", text)
+    if "\n\n\n" in text:
+        text = _BLANK_RUNS.sub("\n\n", text)
+    text = _LEADING.sub("", text.strip())  # anchored at the start: one attempt
+    if text.endswith((">", "]")):  # only then can a special token end the turn (saves a scan of every text)
+        text = _TRAILING.sub("", text)
+    return text
