@@ -20,6 +20,8 @@ from sqlalchemy.engine import Engine
 from .config import Recipe
 from .reasons import Drop, Stage
 
+EARLIER_STAGES = [Stage.RULES.value, Stage.DECONTAM.value]
+
 _DEDUP = sa.text("""
 with scoped as (
     select r.partition_id, r.line_no, r.record_id, r.instruction_key, r.total_chars, sp.priority, p.path, p.shard
@@ -27,6 +29,9 @@ with scoped as (
     join run_partitions rp on rp.partition_id = r.partition_id and rp.run_id = :run
     join partitions p on p.partition_id = r.partition_id
     join source_priority sp on sp.source = r.source
+    where not exists (  -- a record an earlier stage (rules, decontamination) dropped is no one's original
+        select 1 from decisions d where d.partition_id = r.partition_id and d.line_no = r.line_no
+        and d.verdict = 'dropped' and d.stage = any(:earlier))
 ), exact as (
     select *, row_number() over w as copy_rank, first_value(record_id) over w as kept_id
     from scoped
@@ -54,9 +59,9 @@ def exact_dedup(engine: Engine, recipe: Recipe, run_id: str) -> dict[str, int]:
             " where rp.run_id = :run and d.partition_id = rp.partition_id and d.stage = :stage"),
             {"run": run_id, "stage": Stage.DEDUP.value})
         conn.execute(_DEDUP, {"run": run_id, "stage": Stage.DEDUP.value, "exact_reason": Drop.EXACT_DUPLICATE.value,
-                              "instruction_reason": Drop.DUPLICATE_INSTRUCTION.value})
+                              "instruction_reason": Drop.DUPLICATE_INSTRUCTION.value, "earlier": EARLIER_STAGES})
         counts = dict(conn.execute(sa.text(
             "select d.reason, count(*) from decisions d join run_partitions rp on rp.partition_id = d.partition_id"
             " where rp.run_id = :run and d.stage = :stage group by d.reason"),
             {"run": run_id, "stage": Stage.DEDUP.value}).all())
-    return {reason.value: counts.get(reason.value, 0) for reason in Drop}
+    return {reason: counts.get(reason, 0) for reason in (Drop.EXACT_DUPLICATE.value, Drop.DUPLICATE_INSTRUCTION.value)}

@@ -31,9 +31,10 @@ def kept_records(run_id: str, *columns) -> sa.Select:
 
 def ledger_query(run_id: str) -> sa.Select:
     """One row per input line (LEDGER_COLUMNS), ordered by source, file and line."""
-    # the first drop decision of a line is the one that decided it
+    # a line dropped by several stages is reported under the earliest stage of the pipeline
+    stage_rank = sa.func.array_position(sa.literal([s.value for s in Stage], sa.ARRAY(sa.Text)), decisions.c.stage)
     drop = (sa.select(decisions).where(decisions.c.verdict == Verdict.DROPPED.value)
-            .order_by(decisions.c.partition_id, decisions.c.line_no, decisions.c.decided_at)
+            .order_by(decisions.c.partition_id, decisions.c.line_no, stage_rank)
             .distinct(decisions.c.partition_id, decisions.c.line_no).subquery("drop"))
     parsed = (
         sa.select(

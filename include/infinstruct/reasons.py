@@ -15,8 +15,13 @@ class Verdict(StrEnum):
 
 
 class Stage(StrEnum):
+    """Pipeline stages in the order they run: a line dropped by several is reported under the first."""
+
     INGEST = "ingest"
+    RULES = "rules"
+    DECONTAM = "decontam"
     DEDUP = "dedup"
+    NEAR_DEDUP = "near_dedup"
 
 
 class Quarantine(StrEnum):
@@ -43,7 +48,18 @@ class Quarantine(StrEnum):
 
 
 class Drop(StrEnum):
-    """Why a parsed record was dropped from the release."""
+    """Why a parsed record was dropped from the release (besides `rule:<rule>` and `contaminated:<benchmark>`)."""
 
     EXACT_DUPLICATE = "exact_duplicate"              # same normalised conversation as the kept record
     DUPLICATE_INSTRUCTION = "duplicate_instruction"  # same user turns as the kept record, another answer
+    NEAR_DUPLICATE = "near_duplicate"                # MinHash-similar instruction to the kept record
+
+
+def rule_reason(rule: str) -> str:
+    """`rule:<name>`: a rule filter dropped the record (names: infinstruct.rules.Rule)."""
+    return f"rule:{rule}"
+
+
+def contamination_reason(benchmark: str) -> str:
+    """`contaminated:<benchmark>`: the record matches an item of that benchmark (names: the recipe's benchmarks)."""
+    return f"contaminated:{benchmark}"

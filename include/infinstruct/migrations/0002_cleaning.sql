@@ -1,0 +1,23 @@
+-- Phase 1 cleaning: measurements stored apart from thresholds, and the contamination audit.
+
+-- Per-record measurements, keyed by content: a conversation is measured once, whatever file it is in;
+-- a new `version` of the measuring code re-measures. Thresholds are applied to these at every run.
+create table record_stats (
+    record_id   text primary key,
+    version     integer not null,
+    stats       jsonb not null,
+    measured_at timestamptz not null default now()
+);
+
+-- Which benchmark item a record matched, how and how closely: why a `contaminated:<benchmark>` drop happened.
+create table contamination (
+    partition_id text not null,
+    line_no      bigint not null,
+    benchmark    text not null,
+    item_id      text not null,
+    method       text not null,                   -- ngram | containment | embedding
+    score        double precision not null,
+    run_id       text not null,
+    primary key (partition_id, line_no, benchmark, item_id, method)
+);
+create index contamination_item on contamination (benchmark, item_id);
