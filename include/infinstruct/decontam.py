@@ -18,27 +18,78 @@ Texts and items
 Normalisation (`normalise_words`)
     Unicode NFKC, casefold, then the words are the runs of `\\w` characters: punctuation and
     symbols become word breaks, whitespace collapses. `\\w` includes `_` and digits, so code
-    identifiers (`has_close_elements`) stay one word, and numbers stay words ("$80,000" → 80 000).
-    Case is folded in code too (`List` = `list`); a prompt with renamed identifiers loses only
-    the n-grams that contain a renamed name.
+    identifiers (`has_close_elements`) stay one word. Case is folded in code too (`List` = `list`);
+    a prompt with renamed identifiers loses only the n-grams that contain a renamed name. With
+    `mask_numbers` (default) every all-digit word reads as "0" ("$80,000" → "0 0"), so a copy with
+    the numbers changed, the commonest GSM8K-style rewrite, still matches in full.
 
 Hashing
     A word hashes to the first 8 bytes of its BLAKE2b digest; an n-gram to a polynomial over its
-    word hashes mod 2^64, finished with the MurmurHash3 64-bit mixer: stable across processes and
-    machines (never Python's salted `hash`), so a persisted index stays valid. Only words that occur
-    in some benchmark item are looked up on the record side (a dict hit); any other word can be in no
-    indexed n-gram and maps to a sentinel, so no record word is ever hashed with BLAKE2b.
+    word hashes mod 2^64 (computed for all windows at once with numpy, by doubling), finished with
+    the MurmurHash3 64-bit mixer: stable across processes and machines (never Python's salted
+    `hash`), so a persisted index stays valid. Only words that occur in some benchmark item are
+    looked up on the record side (a dict hit); any other word can be in no indexed n-gram and reads
+    as a sentinel, so no record word is hashed with BLAKE2b. A bitmap over the keys' low bits
+    rejects most record n-grams before any binary search.
 
 Scores and methods
     * `ngram` (items of at least n words): score = the fraction of the item's distinct n-grams that
-      occur in the text; any shared n-gram is reported as evidence.
-    * `containment` (items of `min_short_words` ≤ words < n, e.g. 40 of MT-Bench's 160 turns): the
-      item's whole normalised word sequence occurs contiguously in the text: score 1.0. Found by
-      indexing each short item under its first `min_short_words` words and verifying the rest.
-    * Items under `min_short_words` words are not indexed (listed in `NgramIndex.skipped`).
-    A text is contaminated by an item when its score ≥ `threshold` (`NgramSettings`).
+      occur in the text; every item sharing at least one n-gram is reported (`match`), as evidence
+      for the audit table.
+    * `containment` (items of `min_short_words` ≤ words < n: 40 of MT-Bench's 160 turns, e.g.
+      "Prove the Pythagorean theorem."): the item's whole normalised word sequence occurs
+      contiguously in the text; score 1.0. Found by indexing each short item under the hash of its
+      first `min_short_words` words and verifying the rest word by word. n-gram overlap alone never
+      sees these items.
+    * Items under `min_short_words` words (default 4, so every real MT-Bench turn is indexed) are
+      not indexed and are listed in `NgramIndex.skipped`.
+    A text is contaminated by an item when its score ≥ `threshold` (`contaminating`).
 
-Defaults, from the measurements below: n = 13, threshold = 0.5 ... (filled in below)
+Pass the record's user turns (optionally with the response: it costs little precision, see below).
+
+Defaults: n = 13, threshold = 0.1, min_short_words = 4, mask_numbers = True. The threshold is a
+share of the item's n-grams, not "any shared n-gram": with numbers masked, single shared 13-grams
+are common in arithmetic and code answers (runs like "0 0 0 ...", DP loops, hex digit strings):
+0.1 flags a seventh of the clean records "any" flags (24 vs 178 of 15,475) and keeps its recall
+on copies and changed numbers, giving up some on heavier edits (table below).
+
+Measurements (2-core dev VM, Python 3.11, numpy; 1,643 texts from gsm8k_test 1,319 + MT-Bench
+80 × 2 turns + HumanEval 164; each test record = variant + a real AlpacaEval answer; recall by
+score ≥ threshold against the planted item; measured with ad-hoc scripts, not yet in bench/):
+
+    n = 13, masked numbers                    n      any    ≥0.1   ≥0.2   ≥0.3   ≥0.5
+    verbatim                               1643    1.000  1.000  1.000  1.000  1.000
+    wrapped in a longer prompt             1643    1.000  1.000  1.000  1.000  1.000
+    short MT-Bench turn in a preamble        40    1.000  1.000  1.000  1.000  1.000  (containment)
+    GSM8K, numbers changed                 1319    1.000  1.000  0.999  0.999  0.996
+      (without mask_numbers)                       0.779  0.660  0.510  0.368  0.180
+    5% words substituted + numbers (*)     1479    0.944  0.920  0.858  0.781  0.562
+    10% words substituted + numbers        1479    0.804  0.701  0.577  0.436  0.214
+    20% words substituted + numbers        1479    0.448  0.254  0.130  0.070  0.023
+    HumanEval, function + args renamed      164    0.762  0.634  0.573  0.500  0.262
+    clean pool flagged: gsm8k_train        7473    1.65%  0.11%  0.08%  0.05%  0.03%
+                        alpaca_eval ×7     5635    0.75%  0.28%  0.25%  0.25%  0.25%
+                        code_alpaca_2k     2017    0.64%  0     0      0      0
+                        self_instruct ×2    350    0      0      0      0      0
+
+    (*) GSM8K + MT-Bench items: each word replaced with the given probability, every number changed.
+    * The alpaca_eval hits at ≥ 0.1 are true contamination: AlpacaEval carries two MT-Bench first
+      turns verbatim (81 "Compose an engaging travel blog post about ... Hawaii", 130 "Implement a
+      program to find the common elements in two arrays ...", 7 answers each), plus the 2 answers
+      to an LCS instruction sharing MT-Bench 124's DP code. Without them: 0.04%.
+    * The 8 gsm8k_train hits (0.11%) are train questions written on a test question's template
+      (e.g. test 603 "A plane travels 1200 miles in 3 hours. At the same rate, how many additional
+      hours ..." vs train "A train travels 270 miles ..."): near-duplicates by any reading.
+    * Clean records flagged at the defaults, all pool files: 24 of 15,475 (0.16%); 10 (0.06%)
+      without the 14 true MT-Bench copies.
+    * Misses: word substitutions every ~10 words and renamed code identifiers break most 13-grams;
+      the embedding matcher is for paraphrases, and renamed code needs a smaller n or code-aware
+      matching. For the recipe: n = 10 (threshold 0.1, masked) measured 1.000 / 0.964 / 0.864 /
+      0.476 / 0.713 on the five edited rows above with 26 clean records flagged (12 = 0.08% with the
+      14 true copies aside): more recall for about the same precision.
+    * Speed (match on the record side, one core, all three benchmarks indexed): 10,500-11,800
+      records/s on the AlpacaEval records (instruction + answer, 226 words on average: ~2.4 M
+      words/s), 14,000 records/s over the whole pool (141 words); building the index: 0.1 s.
 """
 from __future__ import annotations
 
@@ -57,7 +108,7 @@ from pydantic import Field
 from .config import Strict
 
 DEFAULT_N = 13
-DEFAULT_THRESHOLD = 0.5
+DEFAULT_THRESHOLD = 0.1
 DEFAULT_MIN_SHORT_WORDS = 4
 
 
@@ -81,6 +132,7 @@ class NgramSettings(Strict):
     n: int = Field(DEFAULT_N, ge=2)
     threshold: float = Field(DEFAULT_THRESHOLD, gt=0, le=1)
     min_short_words: int = Field(DEFAULT_MIN_SHORT_WORDS, ge=1)
+    mask_numbers: bool = True     # every all-digit word reads as "0": changed numbers still match
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,11 +220,11 @@ def load_items(spec: BenchmarkSpec, base_dir: Path | None = None) -> list[Benchm
 _WORD = re.compile(r"\w+")
 # ASCII text (most records) takes a faster path with the same result as _WORD: non-word → space
 _ASCII_BREAKS = str.maketrans({c: " " for c in map(chr, range(128)) if not (c.isalnum() or c == "_")})
-_MASK64 = (1 << 64) - 1
 _P = 0x9E3779B97F4A7C15                      # odd: multiplication by it is a bijection mod 2^64
 _M1, _M2 = np.uint64(0xFF51AFD7ED558CCD), np.uint64(0xC4CEB9FE1A85EC53)
 _S33 = np.uint64(33)
 _UNKNOWN = 0x6A09E667F3BCC908                 # a word in no benchmark item (fixed, not a BLAKE2b value)
+_NUMBER = "0"                                 # what every number reads as under mask_numbers
 
 
 def normalise_words(text: str) -> list[str]:
@@ -247,14 +299,48 @@ def _postings(keys: list[np.ndarray], owners: list[np.ndarray]) -> tuple[np.ndar
     return unique, np.append(starts, len(all_keys)).astype(np.int64), all_owners.astype(np.int32)
 
 
-def _lookup(keys: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Positions in `values` that are keys, and their key indices."""
-    if not keys.size or not values.size:
-        return np.empty(0, np.int64), np.empty(0, np.int64)
-    pos = np.searchsorted(keys, values)
-    pos[pos == keys.size] = 0
-    hit = np.flatnonzero(keys[pos] == values)
-    return hit, pos[hit]
+class _KeyTable:
+    """Sorted unique uint64 keys with a bitmap prefilter: most record n-grams are rejected by one
+    bitmap probe instead of a binary search over all keys."""
+
+    def __init__(self, keys: np.ndarray):
+        self.keys = keys
+        bits = int(np.clip(np.ceil(np.log2(max(keys.size, 1) * 64)), 16, 26))   # ≤ 1/64 occupancy up to 1M keys
+        self._mask = np.uint64((1 << bits) - 1)
+        self._bitmap = np.zeros(1 << bits, dtype=bool)
+        self._bitmap[(keys & self._mask).astype(np.intp)] = True
+
+    def find(self, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Positions in `values` that are keys, and the indices of those keys."""
+        if not self.keys.size or not values.size:
+            return np.empty(0, np.intp), np.empty(0, np.intp)
+        candidates = np.flatnonzero(self._bitmap[(values & self._mask).astype(np.intp)])
+        if not candidates.size:
+            return candidates, candidates
+        pos = np.searchsorted(self.keys, values[candidates])
+        pos[pos == self.keys.size] = 0
+        hit = self.keys[pos] == values[candidates]
+        return candidates[hit], pos[hit]
+
+
+class _Vocabulary(dict):
+    """Benchmark words and their hashes; any other word reads as the one `_UNKNOWN` hash, and with
+    `mask_numbers` any number as "0" (numbers are stored as "0" only, so a known word never is one)."""
+
+    def __init__(self, mask_numbers: bool):
+        super().__init__()
+        self.mask_numbers = mask_numbers
+        self._number = word_hash(_NUMBER) if mask_numbers else _UNKNOWN
+
+    def add(self, word: str) -> int:
+        if self.mask_numbers and word.isdigit():
+            word = _NUMBER
+        if word not in self:
+            self[word] = word_hash(word)
+        return self[word]
+
+    def __missing__(self, word: str) -> int:
+        return self._number if word.isdigit() else _UNKNOWN
 
 
 # --- the index ---------------------------------------------------------------------------------
@@ -266,7 +352,7 @@ class NgramIndex:
         self.settings = settings
         self.items: list[BenchmarkItem] = []          # indexed items
         self.skipped: list[BenchmarkItem] = []        # shorter than min_short_words: not indexed
-        self._vocab: dict[str, int] = {}
+        self._vocab = _Vocabulary(settings.mask_numbers)   # benchmark word → word hash
         n, k = settings.n, min(settings.min_short_words, settings.n)
         grams, gram_owner, totals = [], [], []
         heads, head_owner, self._short_words = [], [], {}
@@ -277,7 +363,7 @@ class NgramIndex:
                 continue
             index = len(self.items)
             self.items.append(item)
-            wh = np.array([self._vocab.setdefault(w, word_hash(w)) for w in words], dtype=np.uint64)
+            wh = np.array([self._vocab.add(w) for w in words], dtype=np.uint64)
             if len(words) >= n:
                 g = np.unique(window_hashes(wh, n))
                 grams.append(g)
@@ -290,14 +376,18 @@ class NgramIndex:
                 totals.append(0)
         self._k = k
         self._totals = np.array(totals, dtype=np.int64)
-        self._keys, self._starts, self._owners = _postings(grams, gram_owner)
-        self._heads, self._head_starts, self._head_owners = _postings(heads, head_owner)
+        keys, self._starts, self._owners = _postings(grams, gram_owner)
+        self._keys = _KeyTable(keys)
+        heads, self._head_starts, self._head_owners = _postings(heads, head_owner)
+        self._heads = _KeyTable(heads)
 
     @classmethod
     def build(cls, items: Iterable[BenchmarkItem], n: int = DEFAULT_N, *,
-              threshold: float = DEFAULT_THRESHOLD, min_short_words: int = DEFAULT_MIN_SHORT_WORDS) -> NgramIndex:
+              threshold: float = DEFAULT_THRESHOLD, min_short_words: int = DEFAULT_MIN_SHORT_WORDS,
+              mask_numbers: bool = True) -> NgramIndex:
         """Index benchmark items: n-grams of items with ≥ n words, heads of the shorter ones."""
-        return cls(list(items), NgramSettings(n=n, threshold=threshold, min_short_words=min_short_words))
+        return cls(list(items), NgramSettings(n=n, threshold=threshold, min_short_words=min_short_words,
+                                              mask_numbers=mask_numbers))
 
     @classmethod
     def from_specs(cls, specs: Iterable[BenchmarkSpec], settings: NgramSettings = NgramSettings(),
@@ -313,9 +403,13 @@ class NgramIndex:
         words = normalise_words(text)
         if len(words) < self._k:
             return []
-        get = self._vocab.get
-        wh = np.array([get(w, _UNKNOWN) for w in words], dtype=np.uint64)
-        matches = self._ngram_matches(wh) + self._containment_matches(wh)
+        wh = np.fromiter(map(self._vocab.__getitem__, words), dtype=np.uint64, count=len(words))
+        n, k = self.settings.n, self._k
+        polys = _window_polys(wh, {n, k})
+        heads = polys[k].copy() if polys[k] is wh else polys[k]
+        grams = _fmix(polys[n]) if n != k else heads   # fmix in place: every poly is computed by now
+        heads = _fmix(heads)
+        matches = self._ngram_matches(grams) + self._containment_matches(wh, heads)
         matches.sort(key=lambda m: (-m.score, m.benchmark, m.item_id))
         return matches
 
@@ -323,19 +417,20 @@ class NgramIndex:
         """The matches at or above the settings' threshold: the items that contaminate `text`."""
         return contaminating(self.match(text), self.settings.threshold)
 
-    def _ngram_matches(self, wh: np.ndarray) -> list[Match]:
-        hit, key = _lookup(self._keys, np.unique(window_hashes(wh, self.settings.n)))
+    def _ngram_matches(self, grams: np.ndarray) -> list[Match]:
+        hit, key = self._keys.find(grams)
         if not hit.size:
             return []
         starts, owners = self._starts, self._owners
-        found = np.concatenate([owners[starts[i]:starts[i + 1]] for i in key.tolist()])
+        # a repeated n-gram counts once: unique keys, then one owner entry per (key, item)
+        found = np.concatenate([owners[starts[i]:starts[i + 1]] for i in np.unique(key).tolist()])
         indices, shared = np.unique(found, return_counts=True)
         return [Match(self.items[i].benchmark, self.items[i].item_id, MatchMethod.NGRAM,
                       float(s / self._totals[i]), s)
                 for i, s in zip(indices.tolist(), shared.tolist())]
 
-    def _containment_matches(self, wh: np.ndarray) -> list[Match]:
-        positions, key = _lookup(self._heads, window_hashes(wh, self._k))
+    def _containment_matches(self, wh: np.ndarray, heads: np.ndarray) -> list[Match]:
+        positions, key = self._heads.find(heads)
         found: set[int] = set()
         starts, owners = self._head_starts, self._head_owners
         for p, i in zip(positions.tolist(), key.tolist()):
