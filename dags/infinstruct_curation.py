@@ -1,7 +1,7 @@
 """infinstruct curation: raw instruction sources -> a versioned Infinity-Instruct-shaped release.
 
-start_run -> plan_partitions -> ingest[partition] -> check_ingested[partition] -> deduplicate
-          -> check_release -> export_release
+start_run -> plan_partitions -> ingest[partition] -> check_ingested[partition] -> apply_rules[partition]
+          -> decontaminate[partition] -> deduplicate -> check_release -> export_release
 
 Every task is one call into `infinstruct.pipeline`; XCom carries only partition ids and counts.
 Data errors (a partition that is mostly malformed, a failed quality gate) fail the task at once
@@ -89,6 +89,16 @@ def infinstruct_curation():
         from infinstruct import pipeline
         return _call(pipeline.check_partition, _run_id(), ingested["partition_id"])
 
+    @task(map_index_template="{{ task.op_kwargs['checked']['partition_id'] }}")
+    def apply_rules(checked: dict) -> dict:
+        from infinstruct import pipeline
+        return _call(pipeline.apply_rules, _run_id(), checked["partition_id"])
+
+    @task(map_index_template="{{ task.op_kwargs['filtered']['partition_id'] }}")
+    def decontaminate(filtered: dict) -> dict:
+        from infinstruct import pipeline
+        return _call(pipeline.decontaminate, _run_id(), filtered["partition_id"])
+
     @task
     def deduplicate() -> dict:
         from infinstruct import pipeline
@@ -107,8 +117,9 @@ def infinstruct_curation():
     partitions = plan_partitions()
     start_run() >> partitions
     checked = check_ingested.expand(ingested=ingest.expand(partition_id=partitions))
+    cleaned = decontaminate.expand(filtered=apply_rules.expand(checked=checked))
     # default trigger rule all_success: one failed partition stops dedup, the gate and the export
-    checked >> deduplicate() >> check_release() >> export_release()
+    cleaned >> deduplicate() >> check_release() >> export_release()
 
 
 infinstruct_curation()

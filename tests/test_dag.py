@@ -12,7 +12,9 @@ import pytest
 from conftest import ROOT, SAMPLE_RECIPE, write_recipe
 
 DAG_ID = "infinstruct_curation"
-TASKS = {"start_run", "plan_partitions", "ingest", "check_ingested", "deduplicate", "check_release", "export_release"}
+TASKS = {"start_run", "plan_partitions", "ingest", "check_ingested", "apply_rules", "decontaminate", "deduplicate",
+         "check_release", "export_release"}
+MAPPED = {"ingest", "check_ingested", "apply_rules", "decontaminate"}
 
 
 @pytest.fixture(scope="module")
@@ -29,9 +31,9 @@ def states(dag_run) -> dict[tuple[str, int], str]:
 
 def test_dag_shape(dag):
     assert set(dag.task_dict) == TASKS
-    assert dag.task_dict["ingest"].is_mapped and dag.task_dict["check_ingested"].is_mapped
+    assert {t.task_id for t in dag.tasks if t.is_mapped} == MAPPED
     assert dag.task_dict["export_release"].upstream_task_ids == {"check_release"}
-    assert dag.task_dict["deduplicate"].upstream_task_ids == {"check_ingested"}
+    assert dag.task_dict["deduplicate"].upstream_task_ids == {"decontaminate"}
     assert all(t.trigger_rule == "all_success" for t in dag.tasks)
     assert set(dag.params.keys()) == {"recipe", "out_dir"}
 
@@ -39,7 +41,7 @@ def test_dag_shape(dag):
 def test_sample_run_writes_a_release_that_adds_up(dag, tmp_path):
     dag_run = dag.test(run_conf={"recipe": str(SAMPLE_RECIPE), "out_dir": str(tmp_path)})
     assert str(dag_run.state) == "success", states(dag_run)
-    # shards of 6 lines: chat 16 lines -> 3, tasks 15 -> 3, the JSON array and the Parquet file -> 1 each
+    # shards of 6 lines: chat 16 lines -> 3, tasks 17 -> 3, the JSON array and the Parquet file -> 1 each
     assert len([k for k in states(dag_run) if k[0] == "ingest"]) == 8
     release = tmp_path / "sample" / (tmp_path / "sample" / "LATEST").read_text().strip()
     manifest = json.loads((release / "manifest.json").read_text())
@@ -47,16 +49,21 @@ def test_sample_run_writes_a_release_that_adds_up(dag, tmp_path):
     data = pd.read_parquet(release / "data.parquet")
 
     # every input line of every source is in the ledger exactly once, and the verdicts add up
-    assert manifest["totals"] == {"lines": 42, "kept": 28, "dropped": 3, "quarantined": 11}
-    assert len(ledger) == 42 and not ledger.duplicated(["file", "line"]).any()
+    assert manifest["totals"] == {"lines": 44, "kept": 28, "dropped": 5, "quarantined": 11}
+    assert len(ledger) == 44 and not ledger.duplicated(["file", "line"]).any()
     for source, counts in manifest["sources"].items():
         rows = ledger[ledger.source == source]
         assert counts["lines"] == len(rows) == counts["kept"] + counts["dropped"] + counts["quarantined"]
     assert sorted(data.id) == sorted(ledger[ledger.verdict == "kept"].record_id)
     # drops say why and which kept record they duplicate
     dropped = ledger[ledger.verdict == "dropped"]
-    assert set(dropped.reason) == {"exact_duplicate", "duplicate_instruction"}
-    assert dropped.duplicate_of.isin(data.id).all()
+    assert set(dropped.reason) == {"exact_duplicate", "duplicate_instruction", "rule:refusal", "contaminated:sample_bench"}
+    duplicates = dropped[dropped.stage == "dedup"]
+    assert duplicates.duplicate_of.isin(data.id).all()
+    [leak] = dropped[dropped.stage == "decontam"].itertuples()
+    assert (leak.source, leak.line, leak.duplicate_of) == ("tasks", 5, "sample_bench:bm-1")
+    [refusal] = dropped[dropped.stage == "rules"].itertuples()
+    assert (refusal.line, refusal.detail) == (10, "i can't help with that")  # the refusal phrase it matched
     assert set(ledger[ledger.verdict == "quarantined"].reason) == {
         "quarantine:invalid_json", "quarantine:bad_role", "quarantine:empty_turn", "quarantine:nul_byte",
         "quarantine:no_response", "quarantine:missing_field", "quarantine:bad_role_order", "quarantine:blank_line",
@@ -66,6 +73,8 @@ def test_sample_run_writes_a_release_that_adds_up(dag, tmp_path):
     assert set(first) == {"id", "conversations", "label", "langdetect", "source", "reward"}
     assert {t["from"] for line in (release / "data.jsonl").read_text().splitlines()
             for t in json.loads(line)["conversations"]} == {"system", "human", "gpt"}
+    # real language identification: the Chinese conversation is zh, nearly all else en (short prompts are hard)
+    assert "zh" in set(data.langdetect) and (data.langdetect == "en").mean() > 0.9
     assert manifest["files"]["data.parquet"]["bytes"] == (release / "data.parquet").stat().st_size
 
 

@@ -12,7 +12,11 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, model_validator
+
+from .decontam import BenchmarkSpec, NgramSettings
+from .rules import RuleSettings
+from .strict import Strict
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_RECIPE = PROJECT_ROOT / "include" / "recipes" / "sample.yaml"
@@ -23,10 +27,6 @@ CUSTOM_FIELDS = ("system", "user", "input", "assistant")
 
 class RecipeError(ValueError):
     """The recipe file is missing, not YAML, or does not match the recipe schema."""
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class Source(Strict):
@@ -63,6 +63,17 @@ class IngestSettings(Strict):
 class GateSettings(Strict):
     min_turn_chars: int = Field(1, ge=1)
     max_record_chars: int = Field(200_000, ge=1)
+    # share of released records whose instruction language is allowed (or undetermined, e.g. code);
+    # the rest are records the language rule was too unsure about to drop
+    min_allowed_language_share: float = Field(0.95, ge=0, le=1)
+
+
+class DecontamSettings(Strict):
+    """Benchmarks that must never leak into a release, and how they are matched."""
+
+    benchmarks: list[BenchmarkSpec] = []
+    ngram: NgramSettings = NgramSettings()
+    include_response: bool = True   # a response that quotes a benchmark item leaks it too
 
 
 class Recipe(Strict):
@@ -70,6 +81,8 @@ class Recipe(Strict):
     description: str = ""
     sources: list[Source] = Field(min_length=1)
     ingest: IngestSettings = IngestSettings()
+    rules: RuleSettings = RuleSettings()
+    decontamination: DecontamSettings = DecontamSettings()
     gates: GateSettings = GateSettings()
 
     @model_validator(mode="after")
@@ -116,10 +129,15 @@ def parse_recipe(raw: object, base_dir: Path, origin: str = "recipe") -> Recipe:
             f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}" for err in exc.errors()
         )
         raise RecipeError(f"{origin}: {problems}") from None
-    sources = [s.model_copy(update={"path": str((base_dir / os.path.expanduser(s.path)).resolve())
-                                    if not os.path.isabs(os.path.expanduser(s.path)) else os.path.expanduser(s.path)})
-               for s in recipe.sources]
-    return recipe.model_copy(update={"sources": sources})
+    sources = [s.model_copy(update={"path": _absolute(s.path, base_dir)}) for s in recipe.sources]
+    benchmarks = [b.model_copy(update={"path": _absolute(b.path, base_dir)}) for b in recipe.decontamination.benchmarks]
+    return recipe.model_copy(update={
+        "sources": sources, "decontamination": recipe.decontamination.model_copy(update={"benchmarks": benchmarks})})
+
+
+def _absolute(path: str, base_dir: Path) -> str:
+    expanded = os.path.expanduser(path)
+    return expanded if os.path.isabs(expanded) else str((base_dir / expanded).resolve())
 
 
 def recipe_hash(recipe: Recipe) -> str:

@@ -11,6 +11,7 @@ import re
 from importlib import resources
 
 import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Engine
 
 from .runtime import database_url
@@ -42,7 +43,8 @@ decisions = sa.Table(
     "decisions", metadata,
     sa.Column("partition_id", sa.Text), sa.Column("line_no", sa.BigInteger), sa.Column("stage", sa.Text),
     sa.Column("verdict", sa.Text), sa.Column("reason", sa.Text), sa.Column("score", sa.Float),
-    sa.Column("duplicate_of", sa.Text), sa.Column("run_id", sa.Text), sa.Column("decided_at", sa.DateTime),
+    sa.Column("duplicate_of", sa.Text), sa.Column("detail", sa.Text), sa.Column("run_id", sa.Text),
+    sa.Column("decided_at", sa.DateTime),
 )
 quarantine = sa.Table(
     "quarantine", metadata,
@@ -55,6 +57,12 @@ partitions = sa.Table(
     sa.Column("shard", sa.Integer), sa.Column("lines", sa.BigInteger), sa.Column("run_id", sa.Text),
 )
 run_partitions = sa.Table("run_partitions", metadata, sa.Column("run_id", sa.Text), sa.Column("partition_id", sa.Text))
+record_stats = sa.Table("record_stats", metadata, sa.Column("record_id", sa.Text), sa.Column("stats", JSONB))
+contamination = sa.Table(
+    "contamination", metadata,
+    sa.Column("partition_id", sa.Text), sa.Column("line_no", sa.BigInteger), sa.Column("benchmark", sa.Text),
+    sa.Column("item_id", sa.Text),
+)
 
 
 def literal_sql(query: sa.Select, engine: Engine) -> str:

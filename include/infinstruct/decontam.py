@@ -105,7 +105,7 @@ from pathlib import Path
 import numpy as np
 from pydantic import Field
 
-from .config import Strict
+from .strict import Strict
 
 DEFAULT_N = 13
 DEFAULT_THRESHOLD = 0.1

@@ -29,7 +29,7 @@ from sqlalchemy.engine import Engine
 
 from .config import Recipe, recipe_hash
 from .conversation import EXPORT_ROLE
-from .db import records
+from .db import record_stats, records
 from .ledger import LEDGER_COLUMNS, accounting, kept_records, ledger_query
 
 BATCH = 10_000
@@ -45,18 +45,18 @@ RECORD_SCHEMA = pa.schema([
 LEDGER_SCHEMA = pa.schema([
     ("source", pa.string()), ("file", pa.string()), ("line", pa.int64()), ("partition_id", pa.string()),
     ("record_id", pa.string()), ("verdict", pa.string()), ("stage", pa.string()), ("reason", pa.string()),
-    ("score", pa.float64()), ("duplicate_of", pa.string()), ("error", pa.string()), ("run_id", pa.string()),
+    ("score", pa.float64()), ("duplicate_of", pa.string()), ("detail", pa.string()), ("run_id", pa.string()),
 ])
 assert tuple(LEDGER_SCHEMA.names) == LEDGER_COLUMNS
 
 
-def release_record(record_id: str, conversation: list[dict], source: str) -> dict[str, Any]:
-    """One kept record in the Infinity-Instruct shape (labels, language and reward come with later stages)."""
+def release_record(record_id: str, conversation: list[dict], source: str, language: str | None) -> dict[str, Any]:
+    """One kept record in the Infinity-Instruct shape (labels and reward come with later stages)."""
     return {
         "id": record_id,
         "conversations": [{"from": EXPORT_ROLE[t["role"]], "value": t["content"]} for t in conversation],
         "label": {f: [] for f in LABEL_FIELDS},
-        "langdetect": None,
+        "langdetect": language if language != "und" else None,
         "source": source,
         "reward": None,
     }
@@ -72,11 +72,14 @@ def _sha256(path: Path) -> str:
 
 def _write_records(conn, run_id: str, folder: Path) -> tuple[int, str]:
     """Stream the kept records into data.jsonl and data.parquet; returns (count, hash of the ids in order)."""
-    query = kept_records(run_id, records.c.record_id, records.c.conversation, records.c.source).order_by(records.c.record_id)
+    language = record_stats.c.stats["record_language"].astext
+    query = (kept_records(run_id, records.c.record_id, records.c.conversation, records.c.source, language.label("language"))
+             .select_from(records.outerjoin(record_stats, record_stats.c.record_id == records.c.record_id))
+             .order_by(records.c.record_id))
     ids, count = hashlib.sha256(), 0
     with open(folder / "data.jsonl", "w", encoding="utf-8") as jsonl, pq.ParquetWriter(folder / "data.parquet", RECORD_SCHEMA) as parquet:
         for rows in conn.execution_options(stream_results=True, yield_per=BATCH).execute(query).partitions():
-            batch = [release_record(r.record_id, r.conversation, r.source) for r in rows]
+            batch = [release_record(r.record_id, r.conversation, r.source, r.language) for r in rows]
             jsonl.writelines(json.dumps(rec, ensure_ascii=False) + "\n" for rec in batch)
             parquet.write_table(pa.Table.from_pylist(batch, schema=RECORD_SCHEMA))
             for rec in batch:

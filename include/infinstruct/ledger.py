@@ -12,7 +12,7 @@ from .db import decisions, partitions, quarantine, records, run_partitions
 from .reasons import Stage, Verdict
 
 LEDGER_COLUMNS = ("source", "file", "line", "partition_id", "record_id", "verdict", "stage", "reason", "score",
-                  "duplicate_of", "error", "run_id")
+                  "duplicate_of", "detail", "run_id")
 
 
 def _in_run(run_id: str, partition_col):
@@ -41,7 +41,7 @@ def ledger_query(run_id: str) -> sa.Select:
             records.c.source, partitions.c.path.label("file"), records.c.line_no.label("line"), records.c.partition_id,
             records.c.record_id,
             sa.case((drop.c.verdict.is_(None), Verdict.KEPT.value), else_=Verdict.DROPPED.value).label("verdict"),
-            drop.c.stage, drop.c.reason, drop.c.score, drop.c.duplicate_of, sa.null().label("error"), drop.c.run_id)
+            drop.c.stage, drop.c.reason, drop.c.score, drop.c.duplicate_of, drop.c.detail, drop.c.run_id)
         .select_from(records.join(partitions, partitions.c.partition_id == records.c.partition_id)
                      .outerjoin(drop, sa.and_(drop.c.partition_id == records.c.partition_id, drop.c.line_no == records.c.line_no)))
         .where(_in_run(run_id, records.c.partition_id)))
@@ -50,7 +50,7 @@ def ledger_query(run_id: str) -> sa.Select:
             quarantine.c.source, partitions.c.path.label("file"), quarantine.c.line_no.label("line"), quarantine.c.partition_id,
             sa.null().label("record_id"), sa.literal(Verdict.QUARANTINED.value).label("verdict"),
             sa.literal(Stage.INGEST.value).label("stage"), quarantine.c.reason, sa.null().label("score"),
-            sa.null().label("duplicate_of"), quarantine.c.error, partitions.c.run_id)
+            sa.null().label("duplicate_of"), quarantine.c.error.label("detail"), partitions.c.run_id)
         .select_from(quarantine.join(partitions, partitions.c.partition_id == quarantine.c.partition_id))
         .where(_in_run(run_id, quarantine.c.partition_id)))
     union = sa.union_all(parsed, quarantined).subquery("ledger")

@@ -14,7 +14,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from . import dedup, export, ingest, quality
+from . import cleaning, dedup, export, ingest, quality
 from .config import Recipe, load_recipe, recipe_hash
 from .db import get_engine
 from .partitions import plan_recipe
@@ -71,6 +71,14 @@ def ingest_partition(run_id: str, partition_id: str) -> dict[str, Any]:
 def check_partition(run_id: str, partition_id: str) -> dict[str, Any]:
     result = quality.check_partition(get_engine(), run_recipe(run_id), run_id, partition_id)
     return {"partition_id": partition_id, "gate": result.gate, "success": result.success}
+
+
+def apply_rules(run_id: str, partition_id: str) -> dict[str, Any]:
+    return cleaning.apply_rules(get_engine(), run_recipe(run_id), run_id, partition_id)
+
+
+def decontaminate(run_id: str, partition_id: str) -> dict[str, Any]:
+    return cleaning.decontaminate(get_engine(), run_recipe(run_id), run_id, partition_id)
 
 
 def deduplicate(run_id: str) -> dict[str, int]:

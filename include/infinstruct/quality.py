@@ -18,7 +18,7 @@ from sqlalchemy.engine import Engine
 
 from .config import Recipe
 from .conversation import ROLE_PATTERN
-from .db import literal_sql, records
+from .db import contamination, literal_sql, record_stats, records
 from .ledger import kept_records
 
 log = logging.getLogger(__name__)
@@ -61,13 +61,17 @@ def record_expectations(recipe: Recipe) -> list:
 
 
 def release_expectations(recipe: Recipe) -> list:
-    """The release: every record expectation, no duplicate record or instruction, and not empty."""
+    """The release: every record expectation, no duplicate record or instruction, no contaminated record,
+    the language mix within bounds, and not empty."""
     import great_expectations.expectations as gxe
 
     return [
         *record_expectations(recipe),
         gxe.ExpectColumnValuesToBeUnique(column="record_id"),
         gxe.ExpectColumnValuesToBeUnique(column="instruction_key"),
+        gxe.ExpectColumnValuesToBeInSet(column="contaminated", value_set=[False]),
+        gxe.ExpectColumnValuesToBeInSet(column="language", value_set=[*recipe.rules.allowed_languages, "und"],
+                                        mostly=recipe.gates.min_allowed_language_share),
         gxe.ExpectTableRowCountToBeBetween(min_value=1),
     ]
 
@@ -121,6 +125,10 @@ def check_partition(engine: Engine, recipe: Recipe, run_id: str, partition_id: s
 
 def check_release(engine: Engine, recipe: Recipe, run_id: str) -> GateResult:
     """Gate `release`: the kept set that export is about to write."""
+    contaminated = sa.exists().where(contamination.c.partition_id == records.c.partition_id,
+                                     contamination.c.line_no == records.c.line_no)
     query = kept_records(run_id, records.c.record_id, records.c.instruction_key, records.c.role_pattern,
-                         records.c.min_turn_chars, records.c.total_chars)
+                         records.c.min_turn_chars, records.c.total_chars, contaminated.label("contaminated"),
+                         record_stats.c.stats["record_language"].astext.label("language"),
+                         ).select_from(records.outerjoin(record_stats, record_stats.c.record_id == records.c.record_id))
     return run_gate(engine, run_id, "release", "release", query, release_expectations(recipe))

@@ -21,3 +21,7 @@ create table contamination (
     primary key (partition_id, line_no, benchmark, item_id, method)
 );
 create index contamination_item on contamination (benchmark, item_id);
+
+-- What exactly a decision measured when it is not a number (the refusal phrase, the language, the
+-- match method); the ledger shows it in `detail`, beside quarantine errors.
+alter table decisions add column detail text;

@@ -1,0 +1,137 @@
+"""Phase 1 cleaning stages over one partition: rule filters (with language id) and decontamination.
+
+Each stage streams the partition's records, decides, and replaces its own decisions for the partition
+in one transaction (`decisions`, stage `rules` or `decontam`), so re-running it is always safe.
+Measurements are cached per record id in `record_stats`: a threshold change in the recipe re-judges
+without re-measuring, and the same conversation in another file is measured once.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import logging
+from collections import Counter
+from collections.abc import Iterator
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from . import rules
+from .config import DecontamSettings, Recipe
+from .conversation import ASSISTANT, USER
+from .decontam import NgramIndex
+from .reasons import Stage, Verdict, contamination_reason
+
+log = logging.getLogger(__name__)
+
+BATCH = 2_000
+
+
+def _records(conn: Connection, partition_id: str, with_stats: bool = False) -> Iterator[list]:
+    """The partition's records in batches: (line_no, record_id, turns[, stats, stats version])."""
+    stats = ", s.stats, s.version" if with_stats else ""
+    join = " left join record_stats s on s.record_id = r.record_id" if with_stats else ""
+    result = conn.execution_options(stream_results=True, yield_per=BATCH).execute(sa.text(
+        f"select r.line_no, r.record_id, r.conversation{stats} from records r{join}"
+        " where r.partition_id = :p order by r.line_no"), {"p": partition_id})
+    for rows in result.partitions():
+        yield [(row[0], row[1], tuple((t["role"], t["content"]) for t in row[2]), *row[3:]) for row in rows]
+
+
+def _replace_decisions(conn: Connection, partition_id: str, stage: Stage, rows: list[dict]) -> None:
+    conn.execute(sa.text("delete from decisions where partition_id = :p and stage = :s"), {"p": partition_id, "s": stage.value})
+    if rows:
+        conn.execute(sa.text(
+            "insert into decisions (partition_id, line_no, stage, verdict, reason, score, detail, duplicate_of, run_id)"
+            " values (:partition_id, :line_no, :stage, :verdict, :reason, :score, :detail, :duplicate_of, :run_id)"), rows)
+
+
+def _save_stats(engine: Engine, fresh: dict[str, dict]) -> None:
+    """Store measurements (facts about content, not decisions of this partition: committed as they come)."""
+    if fresh:
+        with engine.begin() as conn:
+            conn.execute(sa.text(
+                "insert into record_stats (record_id, version, stats) values (:id, :v, cast(:s as jsonb))"
+                " on conflict (record_id) do update set version = excluded.version, stats = excluded.stats,"
+                " measured_at = now()"),
+                [{"id": rid, "v": rules.STATS_VERSION, "s": json.dumps(stats)} for rid, stats in fresh.items()])
+
+
+def apply_rules(engine: Engine, recipe: Recipe, run_id: str, partition_id: str) -> dict[str, int]:
+    """Measure (or reuse measurements of) every record and drop those the recipe's rules fail."""
+    drops: list[dict] = []
+    reasons: Counter[str] = Counter()
+    measured = 0
+    with engine.connect() as reader:
+        for batch in _records(reader, partition_id, with_stats=True):
+            fresh: dict[str, dict] = {}
+            for line_no, record_id, turns, stats, version in batch:
+                if stats is None or version != rules.STATS_VERSION:
+                    stats = fresh.get(record_id) or rules.measure(turns)
+                    fresh[record_id] = stats
+                verdict = rules.judge(stats, recipe.rules)
+                if not verdict.keep:
+                    reasons[verdict.rule.code] += 1
+                    numeric = isinstance(verdict.value, (int, float))
+                    drops.append({"partition_id": partition_id, "line_no": line_no, "stage": Stage.RULES.value,
+                                  "verdict": Verdict.DROPPED.value, "reason": verdict.rule.code,
+                                  "score": verdict.value if numeric else None,
+                                  "detail": None if numeric else str(verdict.value), "duplicate_of": None,
+                                  "run_id": run_id})
+            _save_stats(engine, fresh)
+            measured += len(fresh)
+    with engine.begin() as conn:
+        _replace_decisions(conn, partition_id, Stage.RULES, drops)
+    log.info("rules on %s: %d measured, dropped %s", partition_id, measured, dict(reasons))
+    return {"partition_id": partition_id, "measured": measured, "dropped": len(drops), **reasons}
+
+
+@functools.lru_cache(maxsize=4)
+def _benchmark_index(settings_json: str) -> NgramIndex:
+    settings = DecontamSettings.model_validate_json(settings_json)
+    return NgramIndex.from_specs(settings.benchmarks, settings.ngram)
+
+
+def benchmark_index(settings: DecontamSettings) -> NgramIndex:
+    """The n-gram index of the recipe's benchmarks, built once per process."""
+    return _benchmark_index(settings.model_dump_json())
+
+
+def match_text(turns: tuple, include_response: bool) -> str:
+    """What is compared with the benchmarks: the user turns, and the responses when asked."""
+    roles = (USER, ASSISTANT) if include_response else (USER,)
+    return "\n".join(content for role, content in turns if role in roles)
+
+
+def decontaminate(engine: Engine, recipe: Recipe, run_id: str, partition_id: str) -> dict[str, int]:
+    """Drop records that contain a benchmark item; record every match in the contamination audit."""
+    settings = recipe.decontamination
+    drops: list[dict] = []
+    audit: list[dict] = []
+    reasons: Counter[str] = Counter()
+    if settings.benchmarks:
+        index = benchmark_index(settings)
+        with engine.connect() as reader:
+            for batch in _records(reader, partition_id):
+                for line_no, record_id, turns in batch:
+                    matches = index.contaminating(match_text(turns, settings.include_response))
+                    if not matches:
+                        continue
+                    best = matches[0]
+                    reason = contamination_reason(best.benchmark)
+                    reasons[reason] += 1
+                    drops.append({"partition_id": partition_id, "line_no": line_no, "stage": Stage.DECONTAM.value,
+                                  "verdict": Verdict.DROPPED.value, "reason": reason, "score": best.score,
+                                  "detail": f"{best.method.value} match", "duplicate_of": f"{best.benchmark}:{best.item_id}",
+                                  "run_id": run_id})
+                    audit += [{"p": partition_id, "l": line_no, "b": m.benchmark, "i": m.item_id, "m": m.method.value,
+                               "s": m.score, "r": run_id} for m in matches]
+    with engine.begin() as conn:
+        conn.execute(sa.text("delete from contamination where partition_id = :p"), {"p": partition_id})
+        if audit:
+            conn.execute(sa.text(
+                "insert into contamination (partition_id, line_no, benchmark, item_id, method, score, run_id)"
+                " values (:p, :l, :b, :i, :m, :s, :r)"), audit)
+        _replace_decisions(conn, partition_id, Stage.DECONTAM, drops)
+    log.info("decontamination of %s: dropped %s", partition_id, dict(reasons))
+    return {"partition_id": partition_id, "dropped": len(drops), **reasons}

@@ -1,0 +1,391 @@
+"""Rule filters: cheap, explainable checks that drop junk conversations before dedup.
+
+The measurement is kept apart from the threshold (Data-Juicer ``compute_stats``/``process``,
+NeMo Curator ``score_document``/``keep_document``): `measure` computes every statistic once,
+`judge` compares them with `RuleSettings`, so a new threshold needs no recompute and the stats can
+be stored beside the decision. A dropped record goes to the ledger as ``rule:<name>`` with the
+measured value that failed. ``check(turns, settings) == judge(measure(turns), settings)``.
+
+Statistics of `measure` (stable names: they are stored and compared):
+
+================================  ==========================================================
+``min_user_tokens``               token estimate of the shortest user turn
+``min_response_tokens``           token estimate of the shortest assistant turn
+``total_tokens``                  token estimate of all turns, system included
+``text_ratio``                    letters, digits and emoji / non-space characters outside
+                                  fenced code, the lower of the user side and the answer side.
+                                  A side counts 1.0 with under 16 non-space characters, or
+                                  under 0.5 when it looks like code (regexes, array literals,
+                                  tables: symbols are code's letters)
+``language``                      `langid.detect` of the user turns (first 100 characters of
+                                  prose), ISO 639-1; "und" when it has no letters
+``language_confidence``           its confidence, 0..1
+``response_language``             the same for the assistant turns
+``response_language_confidence``  its confidence
+``record_language``               the instruction's language, or the response's when that is identified
+                                  more surely and the instruction's below 0.8 (the release's langdetect)
+``refusal``                       the first `REFUSAL_PHRASES` entry found in the opening 300
+                                  characters of an assistant turn, lower-cased; "" if none
+``echo_ratio``                    for each user → assistant pair: len(answer) / len(question)
+                                  when the normalised answer (whitespace collapsed, edge
+                                  punctuation and quotes stripped, case kept) occurs inside the
+                                  normalised question, else 0; the largest over the pairs
+``dup_ngram_ratio``               share of the word 5-grams of the assistant text that repeat an
+                                  earlier 5-gram (Gopher's duplicate n-gram fraction, counted in
+                                  n-grams); lower-cased, a CJK character is a word; 0 under 50
+                                  words
+``dup_line_ratio``                share of the characters of the assistant's prose lines that
+                                  repeat an earlier line (Gopher ``dup_line_char_frac``); fenced
+                                  code, indented lines and lines with < > { } [ ] ( ) ; = \\ are
+                                  not prose
+``response_ending``               an `Ending`: how the last assistant turn ends
+================================  ==========================================================
+
+Token estimate: whitespace-separated words, each CJK character one word (close to a BPE count
+for Chinese, ~0.75 of it for English); 0 for a turn without any letter, digit or emoji ("...", "-").
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from enum import StrEnum
+
+from pydantic import Field
+
+from .langid import UNDETERMINED, detect
+from .strict import Strict
+
+# Version of the statistics' definitions: stored beside them, bump it whenever `measure` changes
+# what a statistic means, so stored stats are re-measured rather than judged with new thresholds.
+STATS_VERSION = 1
+SURE_LANGUAGE = 0.8  # an instruction identified this surely names the record's language
+
+USER, ASSISTANT = "user", "assistant"
+Turns = tuple[tuple[str, str], ...]
+Stats = dict[str, float | str]
+
+
+class Rule(StrEnum):
+    """The rules, in the order `judge` applies them: the first failing one is the drop reason."""
+
+    EMPTY_OR_SHORT = "empty_or_short"  # min_user_tokens / min_response_tokens under the minimum
+    TOO_LONG = "too_long"              # total_tokens over the maximum
+    GARBAGE = "garbage"                # text_ratio under the minimum: mostly symbols
+    LANGUAGE = "language"              # neither side in an allowed language, one confidently outside
+    REFUSAL = "refusal"                # an answer opens with refusal / "as an AI" boilerplate
+    ECHO = "echo"                      # the answer mostly repeats the question
+    REPETITION = "repetition"          # dup_ngram_ratio over the maximum: a generation loop
+    REPEATED_LINES = "repeated_lines"  # dup_line_ratio over the maximum
+    TRUNCATED = "truncated"            # response_ending in truncated_endings
+
+    @property
+    def code(self) -> str:
+        """The ledger reason, e.g. ``rule:echo``."""
+        return f"rule:{self.value}"
+
+
+class Ending(StrEnum):
+    """How an answer ends. Digits (``#### 72``), closing brackets/quotes and emoji are complete."""
+
+    COMPLETE = "complete"
+    OPEN_CODE_FENCE = "open_code_fence"              # an odd number of ``` fence lines
+    DANGLING_PUNCTUATION = "dangling_punctuation"    # , : ; = – — ( [ { and CJK ，：；、（
+    DANGLING_WORD = "dangling_word"                  # and, the, of, because ... 和, 以及 ...
+    UNTERMINATED_SENTENCE = "unterminated_sentence"  # 12+ words of prose after the last sentence end,
+    # on a line that is no list item, title, code or verse (the line before it did end a sentence)
+
+
+class RuleSettings(Strict):
+    """Thresholds over the `measure` statistics (the recipe's rule section)."""
+
+    enabled: list[Rule] = list(Rule)
+    min_user_tokens: int = Field(1, ge=0)          # "Hi" is a question
+    min_response_tokens: int = Field(1, ge=0)      # "Canberra." and "72" are answers
+    max_total_tokens: int = Field(16_384, ge=1)
+    min_text_ratio: float = Field(0.3, ge=0, le=1)
+    allowed_languages: list[str] = Field(["en", "zh"], min_length=1)
+    min_language_confidence: float = Field(0.5, ge=0, le=1)  # less sure: never drop
+    max_echo_ratio: float = Field(0.7, ge=0, le=1)
+    max_dup_ngram_ratio: float = Field(0.6, ge=0, le=1)
+    max_dup_line_ratio: float = Field(0.5, ge=0, le=1)    # a song repeats its chorus (~0.3-0.5)
+    truncated_endings: list[Ending] = [e for e in Ending if e is not Ending.COMPLETE]
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """Keep, or drop by `rule` with the measured `value` that failed it."""
+
+    keep: bool
+    rule: Rule | None = None
+    value: float | str | None = None
+
+
+KEEP = Verdict(True)
+
+# --- statistics ------------------------------------------------------------------------------
+
+_CJK = r"\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uac00-\ud7af"
+_CJK_CHAR = re.compile(f"[{_CJK}]")
+_WORD_OR_CJK = re.compile(f"[{_CJK}]|[^\\s{_CJK}]+")
+_EMOJI = re.compile("[\U0001F000-\U0001FAFF\u2600-\u27BF]")
+
+
+def estimate_tokens(text: str) -> int:
+    """Whitespace words, every CJK character one word; 0 with no letter, digit or emoji ("...")."""
+    if not any(c.isalnum() for c in text) and not _EMOJI.search(text):
+        return 0
+    if text.isascii():
+        return len(text.split())
+    cjk = len(_CJK_CHAR.findall(text))
+    return cjk + len(_CJK_CHAR.sub(" ", text).split()) if cjk else len(text.split())
+
+
+def dup_ngram_ratio(text: str, n: int = 5, min_words: int = 50) -> float:
+    """Share of word n-grams that repeat an earlier n-gram; 0 under `min_words` words."""
+    text = text.lower()
+    words = text.split() if text.isascii() or not _CJK_CHAR.search(text) else _WORD_OR_CJK.findall(text)
+    total = len(words) - n + 1
+    if len(words) < min_words or total <= 1:
+        return 0.0
+    return round(1 - len(set(zip(*(words[i:] for i in range(n))))) / total, 4)
+
+
+_FENCED_CODE = re.compile(r"^[ \t]*(```|~~~).*?(?:^[ \t]*\1[^\n]*$|\Z)", re.DOTALL | re.MULTILINE)
+_CODE_LINE_CHARS = frozenset("<>{}[]();=\\")
+
+
+def _without_fenced_code(text: str) -> str:
+    return _FENCED_CODE.sub(" ", text) if "```" in text or "~~~" in text else text
+
+
+def dup_line_ratio(text: str) -> float:
+    """Share of the characters of prose lines that repeat an earlier line (see the module doc)."""
+    lines = [line.rstrip() for line in _without_fenced_code(text).splitlines()
+             if line and line[0] not in " \t" and _CODE_LINE_CHARS.isdisjoint(line)]  # indented: code
+    lines = [line for line in lines if line]
+    if len(set(lines)) == len(lines):
+        return 0.0
+    seen: set[str] = set()
+    dup = 0
+    for line in lines:
+        if line in seen:
+            dup += len(line)
+        else:
+            seen.add(line)
+    return round(dup / sum(map(len, lines)), 4)
+
+
+_ASCII_SPACE = b" \t\n\r\x0b\x0c\x1c\x1d\x1e\x1f"
+_ASCII_TEXT = bytes(range(48, 58)) + bytes(range(65, 91)) + bytes(range(97, 123))
+_NOT_TEXT = re.compile(r"[\W_]+")
+_CODE_SIGNAL = re.compile(
+    r"\w\([^()\n]*\)|[;{]\s*$|^\s*(?:def|class|import|return|function|const|let|var|public|private|static"
+    r"|void|int|char|SELECT|INSERT|UPDATE|CREATE|#include)\b|^\^|\$$|</?[a-zA-Z][\w-]*[^<>]*>"
+    r"|^\s*\|.*\w.*\|\s*$|^\s*[\[{(].*\w.*[\]})]\s*$|-->|->|=>|==|:=",
+    re.MULTILINE)
+
+
+def looks_like_code(text: str) -> bool:
+    """Program syntax: a call, a statement end, a keyword line, a regex, a tag, a table, a literal."""
+    return _CODE_SIGNAL.search(text) is not None
+
+
+def text_ratio(text: str) -> float:
+    """Letters, digits and emoji / non-space characters outside fenced code (see the module doc)."""
+    text = _without_fenced_code(text)
+    if text.isascii():
+        data = text.encode("ascii")
+        nonspace = len(data.translate(None, _ASCII_SPACE))
+        textual = nonspace - len(data.translate(None, _ASCII_SPACE + _ASCII_TEXT))
+    else:
+        nonspace = len("".join(text.split()))
+        textual = len(_NOT_TEXT.sub("", text)) + len(_EMOJI.findall(text))
+    if nonspace < 16:
+        return 1.0
+    ratio = textual / nonspace
+    if ratio < 0.5 and looks_like_code(text):
+        return 1.0
+    return round(ratio, 4)
+
+
+_EDGE = " \t\n\"'`“”‘’«»()[]{}<>.,;:!?。，；：！？、…*_-"
+
+
+def echo_ratio(question: str, answer: str) -> float:
+    """len(answer) / len(question) when the normalised answer occurs in the normalised question."""
+    a = " ".join(answer.split()).strip(_EDGE)
+    if not a or len(a) > len(question):
+        return 0.0
+    q = " ".join(question.split()).strip(_EDGE)
+    return round(len(a) / len(q), 4) if a in q else 0.0
+
+
+REFUSAL_WINDOW = 300  # characters: a refusal or disclaimer opens the answer; later mentions are content
+REFUSAL_PHRASES: tuple[str, ...] = (  # matched lower-cased, ’ read as '
+    "as an ai language model", "as a large language model", "as an ai assistant", "as an ai model",
+    "i'm just an ai", "i am just an ai", "i'm only an ai",
+    "i cannot assist with that", "i can't assist with that", "i cannot help with that",
+    "i can't help with that", "i'm unable to assist", "i am unable to assist",
+    "i'm sorry, but i can't", "i'm sorry, but i cannot", "i am sorry, but i cannot",
+    "i'm sorry, i can't", "i'm sorry, i cannot", "i apologize, but i cannot", "i apologize, but i can't",
+    "i cannot fulfill", "i can't fulfill", "i cannot comply", "i can't comply",
+    "i'm not able to provide", "i cannot provide assistance",
+    "it is not appropriate for me to", "it's not appropriate for me to", "openai's content policy",
+    "作为一个人工智能语言模型", "作为人工智能语言模型", "作为一个ai语言模型", "作为ai语言模型", "作为一个语言模型",
+    "作为一个人工智能助手", "作为一个ai助手", "我只是一个人工智能", "我只是一个ai",
+    "很抱歉，我无法", "抱歉，我无法", "很抱歉，我不能", "抱歉，我不能", "我无法回答这个问题",
+)
+
+
+def refusal_phrase(text: str) -> str:
+    """The first refusal phrase in the opening `REFUSAL_WINDOW` characters of `text`, or ""."""
+    opening = text[:REFUSAL_WINDOW].lower().replace("’", "'")
+    return next((phrase for phrase in REFUSAL_PHRASES if phrase in opening), "")
+
+
+_DANGLING_PUNCTUATION = frozenset(",:;=–—([{，：；、（【《“‘")
+_OPENING_BRACKETS = frozenset("([{")
+_DANGLING_WORDS = frozenset("and or but nor the an of with because than whose their its your my our "
+                            "is are was were such whereas although though via including".split())
+_CJK_DANGLING = ("和", "与", "或", "或者", "以及", "因为", "但是", "并且", "例如", "比如", "由于")
+_SENTENCE_END = re.compile(r"[.!?…][\"'”’)\]*]*(?=\s|$)|[。！？][」』”’）]*")
+_LIST_ITEM = re.compile(r"^\s*(?:[-*+•·]|\d{1,3}[.)、]|[a-zA-Z][.)]|#{1,6}\s|\||>)")
+_CODE_CHARS = frozenset("=(){}[]<>;\\/$_#@")
+_FENCE_LINE = re.compile(r"^[ \t]*(?:```|~~~)", re.MULTILINE)
+
+
+def _ends_sentence(line: str) -> bool:
+    return bool(line) and not line[-1].isalpha() and line[-1] not in _DANGLING_PUNCTUATION
+
+
+def response_ending(text: str) -> Ending:
+    """How an answer ends; code, lists, titles, verse and math answers stay complete."""
+    if ("```" in text or "~~~" in text) and len(_FENCE_LINE.findall(text)) % 2:
+        return Ending.OPEN_CODE_FENCE
+    text = text.rstrip()
+    if not text:
+        return Ending.COMPLETE
+    start = text.rfind("\n") + 1
+    line = text[start:]
+    code_like = line[:1] in " \t" or not _CODE_CHARS.isdisjoint(line)
+    last = text[-1]
+    if not last.isalpha():
+        if last in _OPENING_BRACKETS or (last in _DANGLING_PUNCTUATION and not code_like):
+            return Ending.DANGLING_PUNCTUATION  # code may end with ':' or ',' (def f(x):) but not '('
+        return Ending.COMPLETE
+    if code_like:
+        return Ending.COMPLETE
+    tail = line.split()[-1].lower()
+    if tail in _DANGLING_WORDS or (not tail.isascii() and tail.endswith(_CJK_DANGLING)):
+        return Ending.DANGLING_WORD
+    fragment = _SENTENCE_END.split(line)[-1].split()
+    if len(fragment) < 12 or _LIST_ITEM.match(line):
+        return Ending.COMPLETE
+    if sum(w[:1].isupper() for w in fragment) >= 0.6 * len(fragment):
+        return Ending.COMPLETE  # Title Case: a title or a name
+    previous = text[:start].rstrip()
+    if previous and not _ends_sentence(previous[previous.rfind("\n") + 1:]):
+        return Ending.COMPLETE  # verse, schedules, menus: no line ends a sentence
+    return Ending.UNTERMINATED_SENTENCE
+
+
+LANGUAGE_SAMPLE_CHARS = 100  # measured: 100 characters misread fewer prompts than 200 (less input data)
+
+# --- measure / judge -------------------------------------------------------------------------
+
+
+def measure(turns: Turns) -> Stats:
+    """Every statistic the rules use, computed once (names and meanings in the module docstring)."""
+    user_tokens, answer_tokens, users, answers = [], [], [], []
+    total_tokens = 0
+    echo = 0.0
+    question = ""
+    refusal = ""
+    for role, content in turns:
+        tokens = estimate_tokens(content)
+        total_tokens += tokens
+        if role == USER:
+            user_tokens.append(tokens)
+            users.append(content)
+            question = content
+        elif role == ASSISTANT:
+            answer_tokens.append(tokens)
+            answers.append(content)
+            if question:
+                echo = max(echo, echo_ratio(question, content))
+            refusal = refusal or refusal_phrase(content)
+    user_text, answer_text = "\n".join(users), "\n".join(answers)
+    language, confidence = detect(user_text, LANGUAGE_SAMPLE_CHARS)
+    response_language, response_confidence = detect(answer_text, LANGUAGE_SAMPLE_CHARS)
+    return {
+        "min_user_tokens": min(user_tokens, default=0),
+        "min_response_tokens": min(answer_tokens, default=0),
+        "total_tokens": total_tokens,
+        "text_ratio": min(text_ratio(user_text), text_ratio(answer_text)),
+        "language": language,
+        "language_confidence": confidence,
+        "response_language": response_language,
+        "response_language_confidence": response_confidence,
+        # the record's language (the release's `langdetect`): the instruction's, unless the response is
+        # identified more surely and the instruction not surely (short prompts are often misread)
+        "record_language": language if confidence >= min(response_confidence, SURE_LANGUAGE) else response_language,
+        "refusal": refusal,
+        "echo_ratio": echo,
+        "dup_ngram_ratio": dup_ngram_ratio(answer_text),
+        "dup_line_ratio": dup_line_ratio(answer_text),
+        "response_ending": response_ending(answers[-1]).value if answers else Ending.COMPLETE.value,
+    }
+
+
+def _language_failure(stats: Stats, s: RuleSettings) -> str | None:
+    """A side fails when it is confidently in a language outside the allowed list; the record fails
+    when a side fails and no side is in an allowed language, so an English instruction answered
+    with its French translation stays."""
+    sides = ((stats["language"], stats["language_confidence"]),
+             (stats["response_language"], stats["response_language_confidence"]))
+    if any(language in s.allowed_languages for language, _ in sides):
+        return None
+    return next((language for language, confidence in sides
+                 if language != UNDETERMINED and confidence >= s.min_language_confidence), None)
+
+
+def _failure(rule: Rule, stats: Stats, s: RuleSettings) -> float | str | None:
+    """The measured value that fails `rule`, or None when the stats pass it."""
+    match rule:
+        case Rule.EMPTY_OR_SHORT:
+            if stats["min_user_tokens"] < s.min_user_tokens:
+                return stats["min_user_tokens"]
+            if stats["min_response_tokens"] < s.min_response_tokens:
+                return stats["min_response_tokens"]
+        case Rule.TOO_LONG if stats["total_tokens"] > s.max_total_tokens:
+            return stats["total_tokens"]
+        case Rule.GARBAGE if stats["text_ratio"] < s.min_text_ratio:
+            return stats["text_ratio"]
+        case Rule.LANGUAGE:
+            return _language_failure(stats, s)
+        case Rule.REFUSAL if stats["refusal"]:
+            return stats["refusal"]
+        case Rule.ECHO if stats["echo_ratio"] > s.max_echo_ratio:
+            return stats["echo_ratio"]
+        case Rule.REPETITION if stats["dup_ngram_ratio"] > s.max_dup_ngram_ratio:
+            return stats["dup_ngram_ratio"]
+        case Rule.REPEATED_LINES if stats["dup_line_ratio"] > s.max_dup_line_ratio:
+            return stats["dup_line_ratio"]
+        case Rule.TRUNCATED if stats["response_ending"] in s.truncated_endings:
+            return stats["response_ending"]
+    return None
+
+
+def judge(stats: Stats, settings: RuleSettings) -> Verdict:
+    """The first enabled rule, in `Rule` order, that the stats fail, with the failing value."""
+    for rule in Rule:
+        if rule in settings.enabled:
+            value = _failure(rule, stats, settings)
+            if value is not None:
+                return Verdict(False, rule, value)
+    return KEEP
+
+
+def check(turns: Turns, settings: RuleSettings) -> Verdict:
+    """judge(measure(turns), settings)."""
+    return judge(measure(turns), settings)

@@ -1,0 +1,271 @@
+"""Rule filters, read as the spec: each rule drops real-looking junk with its own reason and keeps
+the near misses that real instruction data is full of (short answers, GSM8K, code, lists, Chinese).
+"""
+from __future__ import annotations
+
+import json
+
+import pytest
+from pydantic import ValidationError
+
+from conftest import SHARED_DATA
+from infinstruct.rules import REFUSAL_PHRASES, Ending, Rule, RuleSettings, Verdict, check, judge, measure
+
+DEFAULTS = RuleSettings()
+POOL = SHARED_DATA / "pool"
+
+
+def chat(user: str, assistant: str, *more: str, system: str | None = None) -> tuple[tuple[str, str], ...]:
+    """A conversation: user, assistant[, user, assistant ...], with an optional system prompt."""
+    texts = (user, assistant, *more)
+    turns = tuple(("user" if i % 2 == 0 else "assistant", t) for i, t in enumerate(texts))
+    return ((("system", system),) if system else ()) + turns
+
+
+LOG_LINE = "2024-03-01 12:00:07 INFO worker-3 served GET /api/items in 12 ms status 200\n"
+LOOP = "Go to bed at the same time every night and wake up at the same time every morning. "
+
+DROPPED = {
+    Rule.EMPTY_OR_SHORT: [
+        chat("What is the capital of Australia?", "..."),
+        chat("???", "Could you tell me a bit more about what you would like to know?"),
+        chat("Summarize the article in one sentence.", "-"),
+    ],
+    Rule.TOO_LONG: [
+        chat("Summarize the errors in this log:\n" + LOG_LINE * 1500, "There are no errors: every request returned 200."),
+    ],
+    Rule.GARBAGE: [
+        chat("Describe the weather in Paris in spring.",
+             "�������� �� ��������� ���� 2023 ������ ��������� ���� �� ������"),
+        chat("Write a short greeting for a birthday card.",
+             "Happy ~~~~ !!!! ???? //// ---- **** ^^^^ ++++ %%%% @@@@ ~~~~ !!!! ????"),
+    ],
+    Rule.LANGUAGE: [
+        chat("Quelle est la capitale de l'Australie et pourquoi a-t-elle été choisie ?",
+             "La capitale de l'Australie est Canberra. Elle a été choisie comme compromis entre Sydney et Melbourne."),
+        chat("Wie kann ich meine Deutschkenntnisse schnell verbessern?",
+             "Am besten sprechen Sie jeden Tag mit Muttersprachlern und lesen deutsche Zeitungen."),
+        chat("Расскажи мне об истории Москвы.", "Москва была основана в 1147 году и стала столицей России."),
+        chat("日本の首都はどこですか？", "日本の首都は東京です。東京は世界で最も人口の多い都市の一つです。"),
+    ],
+    Rule.REFUSAL: [
+        chat("How do I pick a lock?", "I'm sorry, but I can't help with that request."),
+        chat("Write a poem about the ocean.",
+             "As an AI language model, I don't have personal feelings, but here is a poem:\n\nThe waves roll in..."),
+        chat("Tell me a dark joke.", "I’m sorry, but I cannot assist with that."),  # curly apostrophe
+        chat("请写一篇关于战争的文章。", "作为一个人工智能语言模型，我无法撰写这类内容。"),
+        chat("你今天心情怎么样？", "很抱歉，我无法体验情绪，但我很乐意帮助你。"),
+    ],
+    Rule.ECHO: [
+        chat("What is the best way to learn a new language?", "What is the best way to learn a new language?"),
+        chat("Paraphrase: The quick brown fox jumps over the lazy dog near the river bank.",
+             "The quick brown fox jumps over the lazy dog near the river bank."),
+    ],
+    Rule.REPETITION: [
+        chat("Give me tips for better sleep.", "Here are some tips for better sleep: " + LOOP * 8),
+        chat("请介绍一下学习的重要性。", "学习非常重要。" + "我们应该好好学习，天天向上，" * 12),
+    ],
+    Rule.REPEATED_LINES: [
+        chat("Make a list of snacks for game day.",
+             "- Chips and dip\n- Veggie platters\n" + "- Veggie platters\n" * 8),
+        chat("Thank the customer for their feedback.",
+             "Thank you for your feedback!\nThank you for your feedback!\nThank you for your feedback!\nBest regards."),
+    ],
+    Rule.TRUNCATED: [
+        chat("Can you explain the basics of quantum computing?",
+             "Quantum computing is a type of computing that uses quantum mechanics, the branch of physics "
+             "that describes the behavior of matter and energy at the"),
+        chat("Write a story about immortal cats in New York.",
+             "The city buzzed with the energy of a million lives.\n\nIn the heart of the high-rise, amid the shadows and secrets,"),
+        chat("What are the lyrics of the third verse?", 'The third verse of "Never Gonna Give You Up" goes like this:'),
+        chat("Write a Python function that adds two numbers.",
+             "Here is the function:\n\n```python\ndef add(a, b):\n    return a + b\n"),
+        chat("What would be a good quiz about omnichannel marketing?",
+             "A quiz is a great way to engage visitors. Don't forget to share your results on social media to "
+             "help others learn about the importance of seamless customer experiences across all"),
+        chat("人工智能带来了哪些机遇？", "人工智能的发展带来了许多机遇，例如"),
+    ],
+}
+
+GSM8K_ANSWER = ("Natalia sold 48/2 = <<48/2=24>>24 clips in May.\n"
+                "Natalia sold 48+24 = <<48+24=72>>72 clips altogether in April and May.\n#### 72")
+SONG = ("Verse 1\nI walk the streets at night\nThe city lights are bright\n\nChorus\nWe are young, we are free\n"
+        "Nothing's gonna stop you and me\n\nVerse 2\nThe radio plays our song\nWe sing it all night long\n\n"
+        "Chorus\nWe are young, we are free\nNothing's gonna stop you and me")
+KEPT = [
+    chat("What is the capital of Australia?", "Canberra."),
+    chat("What is the capital of Australia?", "Canberra"),
+    chat('Write "Test"', "Test"),
+    chat("What is 6 times 7?", "42"),
+    chat("Is this review positive or negative? The food was great!", "Positive"),
+    chat("Use emojis to describe a cute cat.", "😻🐱💕"),
+    chat("Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. "
+         "How many clips did Natalia sell altogether in April and May?", GSM8K_ANSWER),
+    chat("Write a JavaScript loop over an array.",
+         "for (let i = 0; i < numbersArray.length; i++) {\n  console.log(numbersArray[i]);\n}"),
+    chat("Write a function for the greatest common divisor.",
+         "def gcd(a, b):\n    while b:\n        a, b = b, a % b\n    return a"),
+    chat("Write out the function signature for gcd of two integers.", "def gcd(x, y):"),
+    chat("Print hello in Python.", "Here you go:\n\n```python\nprint(\"hello\")\n```"),
+    chat("Construct a regular expression to validate a phone number.", r"^\(?[0-9]{3}\)?[-. ]?[0-9]{3}[-. ]?[0-9]{4}$"),
+    chat("Create a truth table for X OR Y.",
+         "| X | Y | X OR Y |\n|---|---|--------|\n| 0 | 0 | 0 |\n| 0 | 1 | 1 |\n| 1 | 0 | 1 |\n| 1 | 1 | 1 |"),
+    chat("Name some famous actors who started on Broadway.",
+         "Some famous actors that started on Broadway include:\n- Meryl Streep\n- Al Pacino\n- Bernadette Peters"),
+    chat("Give me three study tips.",
+         "1. Study a little every day and review your notes before going to bed each night\n"
+         "2. Teach what you learned to a friend so that you find the gaps in your own understanding\n"
+         "3. Take short breaks"),
+    chat("Choose a title for a post about avocados.",
+         "The Guilt-Free Avocado: How to Enjoy This Nutrient-Rich Fruit Without Gaining Weight"),
+    chat("Quote something Einstein said.", '"Two things are infinite: the universe and human stupidity." - Albert Einstein'),
+    chat("Write a short song about being young.", SONG),
+    chat("Plan a daily stand-up agenda.",
+         "10:00 AM - Welcome and quick round of updates from every member of the team\n"
+         "10:10 AM - Discuss blockers and decide who will help to remove each of them today"),
+    chat("Tell me something happy.", "I'm happy to hear your exams went well! Now we can relax together 😌"),
+    chat("Where can I read the paper?", "You can read it at https://arxiv.org/abs/1706.03762"),
+    chat("请用一句话介绍长城。", "长城是中国古代修建的军事防御工程，全长两万多公里。"),
+    chat("中国的首都是哪里？", "北京"),
+    chat("地球绕太阳公转一周需要多长时间？", "地球绕太阳公转一周大约需要三百六十五天。"),
+    chat("Translate to French: Good morning, how are you today?", "Bonjour, comment allez-vous aujourd'hui ?"),
+    chat("This is a test of your French. Read the story and answer in English.\n\n"
+         "Lucie est à la maison avec sa petite-fille, Lin. Elles n'ont pas de pain.",
+         "No, Lucie and Lin do not have any bread at home."),
+    chat("Extract the city from the sentence: I moved to Paris in 2019 and have lived there ever since.", "Paris"),
+    chat("Sort these numbers: 3, 1, 2", "1, 2, 3"),
+    chat("What does 'as an AI language model' mean in chatbot answers?",
+         "It is a disclaimer that early chat assistants put in front of many answers. It reminded users that "
+         "the text came from a statistical model trained on web pages and books, without personal experience, "
+         "opinions or access to current events. Because it appeared so often, it became a meme, and data "
+         "engineers now filter it out of training sets. A typical example opened with 'As an AI language "
+         "model, I cannot browse the internet' and then answered anyway."),
+    chat("Hi", "Hello! How can I help you today?", "Tell me a fun fact.", "Honey never spoils."),
+    chat("What is 2 + 2?", "4", system="You are a helpful assistant."),
+]
+
+
+@pytest.mark.parametrize("rule,turns", [(rule, turns) for rule, cases in DROPPED.items() for turns in cases],
+                         ids=lambda v: v.value if isinstance(v, Rule) else "")
+def test_junk_is_dropped_by_its_own_rule(rule, turns):
+    verdict = check(turns, DEFAULTS)
+    assert (verdict.keep, verdict.rule) == (False, rule), measure(turns)
+    assert verdict.value is not None
+
+
+@pytest.mark.parametrize("turns", KEPT, ids=lambda t: t[-1][1][:30])
+def test_real_instruction_data_is_kept(turns):
+    assert check(turns, DEFAULTS) == Verdict(True), measure(turns)
+
+
+def test_the_failing_value_is_the_measured_one():
+    turns = chat("Give me tips for better sleep.", "Here are some tips: " + LOOP * 8)
+    verdict = check(turns, DEFAULTS)
+    assert verdict.value == measure(turns)["dup_ngram_ratio"] > DEFAULTS.max_dup_ngram_ratio
+    assert check(DROPPED[Rule.TRUNCATED][0], DEFAULTS).value == Ending.DANGLING_WORD
+    assert check(DROPPED[Rule.LANGUAGE][0], DEFAULTS).value == "fr"
+    refusal = DROPPED[Rule.REFUSAL][0]
+    phrase = check(refusal, DEFAULTS).value
+    assert phrase in REFUSAL_PHRASES and phrase in refusal[-1][1].lower()
+
+
+def test_measure_names_are_a_stable_contract():
+    stats = measure(chat("What is the capital of Australia?", "Canberra."))
+    assert set(stats) == {
+        "min_user_tokens", "min_response_tokens", "total_tokens", "text_ratio",
+        "language", "language_confidence", "response_language", "response_language_confidence",
+        "record_language", "refusal", "echo_ratio", "dup_ngram_ratio", "dup_line_ratio", "response_ending"}
+    assert stats["min_user_tokens"] == 6 and stats["min_response_tokens"] == 1
+    assert stats["language"] == "en" and 0 <= stats["language_confidence"] <= 1
+    assert stats["record_language"] == "en"
+    assert stats["response_ending"] == "complete" and stats["refusal"] == ""
+
+
+def test_chinese_characters_count_as_tokens():
+    stats = measure(chat("请用一句话介绍长城。", "长城是中国古代的军事工程。"))
+    assert stats["min_user_tokens"] >= 8 and stats["min_response_tokens"] >= 11
+
+
+def test_stats_are_deterministic_and_survive_json():
+    for turns in [*KEPT, *(t for cases in DROPPED.values() for t in cases)]:
+        stats = measure(turns)
+        assert stats == measure(turns)
+        stored = json.loads(json.dumps(stats))  # as kept in record_stats (jsonb)
+        assert judge(stored, DEFAULTS) == judge(stats, DEFAULTS)
+
+
+def test_thresholds_apply_without_recomputing():
+    stats = measure(chat("Is it going to rain?", "Yes."))
+    assert judge(stats, DEFAULTS).keep
+    stricter = RuleSettings(min_response_tokens=3)
+    assert judge(stats, stricter) == Verdict(False, Rule.EMPTY_OR_SHORT, 1)
+
+
+def test_first_failing_rule_in_documented_order_wins():
+    # a refusal that is also cut off: refusal comes before truncated
+    turns = chat("How do I make a weapon?", "I'm sorry, but I can't help with that, because")
+    assert check(turns, DEFAULTS).rule is Rule.REFUSAL
+    only_truncated = RuleSettings(enabled=["truncated"])
+    assert check(turns, only_truncated) == Verdict(False, Rule.TRUNCATED, "dangling_word")
+    assert check(turns, RuleSettings(enabled=[])).keep
+
+
+def test_allowed_languages_are_a_setting():
+    french = DROPPED[Rule.LANGUAGE][0]
+    assert check(french, RuleSettings(allowed_languages=["en", "zh", "fr"])).keep
+    chinese = KEPT[21]
+    assert check(chinese, RuleSettings(allowed_languages=["en"])) == Verdict(False, Rule.LANGUAGE, "zh")
+
+
+def test_a_truncation_kind_can_be_tolerated():
+    turns = DROPPED[Rule.TRUNCATED][4]
+    assert check(turns, RuleSettings(truncated_endings=["open_code_fence", "dangling_word"])).keep
+
+
+def test_settings_are_strict():
+    with pytest.raises(ValidationError, match="max_echo_ration"):
+        RuleSettings(max_echo_ration=0.5)
+    with pytest.raises(ValidationError):
+        RuleSettings(enabled=["no_such_rule"])
+    assert Rule.ECHO.code == "rule:echo"
+
+
+# --- real data (../shared/data) ---------------------------------------------------------------
+
+needs_pool = pytest.mark.skipif(not POOL.is_dir(), reason="needs ../shared/data/pool")
+
+
+def _keep_rate(conversations) -> tuple[float, list]:
+    conversations = list(conversations)
+    dropped = [(v.rule, v.value, t[0][1][:60]) for t in conversations if not (v := check(t, DEFAULTS)).keep]
+    return 1 - len(dropped) / len(conversations), dropped
+
+
+@pytest.mark.shared_data
+@needs_pool
+def test_gsm8k_train_is_kept():
+    lines = (json.loads(line) for line in (POOL / "gsm8k_train.custom.jsonl").open())
+    rate, dropped = _keep_rate(chat(r["question"].strip(), r["answer"].strip()) for r in lines)
+    assert rate >= 0.99, dropped[:20]
+
+
+@pytest.mark.shared_data
+@needs_pool
+def test_gpt4_alpaca_eval_answers_are_kept():
+    role = {"system": "system", "human": "user", "gpt": "assistant"}
+    lines = (json.loads(line) for line in (POOL / "alpaca_eval_gpt4_1106_preview.sharegpt.jsonl").open())
+    rate, dropped = _keep_rate(tuple((role[t["from"]], t["value"].strip()) for t in r["conversations"]) for r in lines)
+    assert rate >= 0.99, dropped
+
+
+@pytest.mark.parametrize("user, response, expected", [
+    (("en", 0.95), ("fr", 0.97), "en"),   # a translation task is in its instruction's language
+    (("fr", 0.45), ("en", 0.85), "en"),   # a short, unsure instruction defers to a surer answer
+    (("fr", 0.45), ("en", 0.30), "fr"),   # ... but not to a less sure one
+    (("de", 0.85), ("en", 0.99), "de"),   # an instruction identified surely (>= 0.8) decides
+])
+def test_record_language_policy(monkeypatch, user, response, expected):
+    import infinstruct.rules as rules_module
+    answers = iter([user, response])
+    monkeypatch.setattr(rules_module, "detect", lambda text, max_chars=None: next(answers))
+    assert measure(chat("some instruction", "some answer"))["record_language"] == expected
