@@ -1,32 +1,73 @@
-"""The README's example recipe over every file of ../shared/data/pool (development data: skipped where
-it is absent, e.g. on a user's machine)."""
+"""The README's example recipe over every file of ../shared/data/pool, decontaminated against
+../shared/data/benchmarks (development data: skipped where it is absent, e.g. on a user's machine)."""
 from __future__ import annotations
 
 import json
+from collections import defaultdict
 
 import pandas as pd
 import pytest
 
 from conftest import ROOT, SHARED_DATA
 from infinstruct.cli import main
+from infinstruct.config import load_recipe
+from infinstruct.decontam import NgramIndex
 
 pytestmark = [pytest.mark.shared_data,
               pytest.mark.skipif(not (SHARED_DATA / "pool").is_dir(), reason="../shared/data/pool is not present")]
+RECIPE = ROOT / "include" / "recipes" / "shared_pool.yaml"
 
 
-def test_shared_pool_release_adds_up_per_source(airflow_home, tmp_path):
-    assert main(["run", "--recipe", str(ROOT / "include" / "recipes" / "shared_pool.yaml"), "--out", str(tmp_path)]) == 0
-    release = tmp_path / "shared-pool" / (tmp_path / "shared-pool" / "LATEST").read_text().strip()
-    manifest = json.loads((release / "manifest.json").read_text())
-    ledger = pd.read_parquet(release / "ledger.parquet")
+@pytest.fixture(scope="module")
+def release(airflow_home, tmp_path_factory):
+    out = tmp_path_factory.mktemp("pool")
+    assert main(["run", "--recipe", str(RECIPE), "--out", str(out)]) == 0
+    folder = out / "shared-pool" / (out / "shared-pool" / "LATEST").read_text().strip()
+    return (json.loads((folder / "manifest.json").read_text()), pd.read_parquet(folder / "ledger.parquet"),
+            pd.read_parquet(folder / "data.parquet"))
 
+
+def test_every_line_is_accounted_for(release):
+    manifest, ledger, _ = release
     raw_lines = sum(1 for f in (SHARED_DATA / "pool").iterdir() for _ in f.open("rb"))
     assert manifest["totals"]["lines"] == len(ledger) == raw_lines
     for source, counts in manifest["sources"].items():
         assert counts["lines"] == counts["kept"] + counts["dropped"] + counts["quarantined"], source
-    # the 805 AlpacaEval instructions answered by 7 models collapse to one record each
-    alpaca_eval = ledger[ledger.source.str.startswith("alpaca_eval")]
-    assert (alpaca_eval.verdict == "kept").sum() == 805
-    assert set(alpaca_eval[alpaca_eval.verdict == "dropped"].reason) <= {"duplicate_instruction", "exact_duplicate"}
-    # the self-instruct seeds come in two formats: the second copy is an exact duplicate of the first
-    assert (ledger[ledger.source == "self_instruct_messages"].reason == "exact_duplicate").all()
+    assert ledger[ledger.verdict != "kept"].reason.notna().all()
+
+
+def test_alpaca_eval_collapses_to_one_record_per_instruction(release):
+    _, ledger, _ = release
+    instruction = {}
+    for path in (SHARED_DATA / "pool").glob("alpaca_eval_*"):
+        for line_no, line in enumerate(path.open(), 1):
+            row = json.loads(line)
+            instruction[(str(path.resolve()), line_no)] = row["instruction"] if "instruction" in row else row["conversations"][0]["value"]
+    rows = ledger[ledger.source.str.startswith("alpaca_eval")]
+    by_instruction = defaultdict(list)
+    for row in rows.itertuples():
+        by_instruction[instruction[(row.file, row.line)]].append(row)
+    assert len(by_instruction) == 805
+    for text, answers in by_instruction.items():
+        kept = [a for a in answers if a.verdict == "kept"]
+        assert len(kept) <= 1, text
+        if not kept:  # every answer failed a rule or leaked a benchmark: nothing to keep
+            assert all(a.stage in ("rules", "decontam") for a in answers), (text, [(a.stage, a.reason) for a in answers])
+
+
+def test_no_benchmark_item_survives(release):
+    _, ledger, data = release
+    recipe, _ = load_recipe(RECIPE)
+    index = NgramIndex.from_specs(recipe.decontamination.benchmarks, recipe.decontamination.ngram)
+    leaked = [(row.id, m) for row in data.itertuples()
+              for m in index.contaminating("\n".join(t["value"] for t in row.conversations))]
+    assert leaked == []
+    dropped = ledger[ledger.stage == "decontam"]
+    assert set(dropped.reason) >= {"contaminated:mt_bench"}  # AlpacaEval carries MT-Bench questions 81 and 130
+    assert dropped.duplicate_of.str.match(r"^(gsm8k_test|mt_bench|humaneval):").all()
+
+
+def test_self_instruct_seeds_in_two_formats_are_one(release):
+    _, ledger, _ = release
+    copies = ledger[ledger.source == "self_instruct_messages"]
+    assert (copies.reason == "exact_duplicate").sum() >= 170  # the rest were dropped earlier by a rule
