@@ -21,27 +21,33 @@ import unicodedata
 
 _SAFE_NFKC = re.compile("[\uff01-\uff5e\uffe0-\uffe6\u00a0\u2000-\u200a\u202f\u205f\u3000\ufb00-\ufb06]")
 _INVISIBLE = re.compile("[\u200b\u2060\ufeff]")
+_UNICODE_FIXES = re.compile(f"{_SAFE_NFKC.pattern}|{_INVISIBLE.pattern}")
 _TRAILING_SPACE = re.compile(r"[ \t]+\n")
 _BLANK_RUNS = re.compile(r"\n{3,}")
 _SPECIAL_TOKEN = r"(?:<\|[a-z_]+\|>(?:system|user|assistant)?|</?s>|\[/?INST\]|<</?SYS>>)"
 _HEADER = r"(?:#{2,4}\s*(?:Instruction|Input|Response|Output|Question|Answer)\s*:|(?:Human|Assistant|User|AI)\s*:)"
 _LEADING = re.compile(rf"^(?:\s*(?:{_SPECIAL_TOKEN}|{_HEADER}))+\s*", re.IGNORECASE)
 _TRAILING = re.compile(rf"(?:\s*{_SPECIAL_TOKEN})+\s*$", re.IGNORECASE)
+_ARTEFACT_STARTS = frozenset("<[#HhAaUu")  # first characters of what _LEADING can remove
 
 
 def normalise_text(text: str) -> str:
     """Normalise one turn's text (see the module docstring for exactly what changes)."""
+    # Cheap substring and character-class tests guard every regex: this runs on every turn of every record.
     text = unicodedata.normalize("NFC", text)
-    if not text.isascii():
+    if not text.isascii() and _UNICODE_FIXES.search(text):
         text = _SAFE_NFKC.sub(lambda m: unicodedata.normalize("NFKC", m.group()), text)
         text = _INVISIBLE.sub("", text)
     if "\r" in text:
         text = text.replace("\r\n", "\n").replace("\r", "\n")
-    if " \n" in text or "\t\n" in text:  # substring tests first: a regex scan of every text costs 10x
-        text = _TRAILING_SPACE.sub("\n", text)
-    if "\n\n\n" in text:
-        text = _BLANK_RUNS.sub("\n\n", text)
-    text = _LEADING.sub("", text.strip())  # anchored at the start: one attempt
-    if text.endswith((">", "]")):  # only then can a special token end the turn (saves a scan of every text)
+    if "\n" in text:
+        if " \n" in text or "\t\n" in text:
+            text = _TRAILING_SPACE.sub("\n", text)
+        if "\n\n\n" in text:
+            text = _BLANK_RUNS.sub("\n\n", text)
+    text = text.strip()
+    if text[:1] in _ARTEFACT_STARTS:
+        text = _LEADING.sub("", text)
+    if text.endswith((">", "]")):  # only then can a special token end the turn
         text = _TRAILING.sub("", text)
     return text
