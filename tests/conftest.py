@@ -54,7 +54,8 @@ def database_url():
         url = embedded_database_url("infinstruct_test", pgdata=_SESSION_HOME / "pgdata")
     os.environ["INFINSTRUCT_DATABASE_URL"] = url  # what pipeline steps (and DAG tasks) connect to
     yield url
-    from infinstruct.db import _migrated_engine
+    from infinstruct.db import _migrated_engine, get_engine
+    get_engine(url).dispose()  # close pooled connections before the server goes
     _migrated_engine.cache_clear()
     if embedded is not None:
         embedded.cleanup()

@@ -133,3 +133,51 @@ def test_migrations_are_recorded_and_idempotent(engine):
     from infinstruct.db import migrate, migrations, schema_version
     assert schema_version(engine) == migrations()[-1][0]
     assert migrate(engine) == []
+
+
+def test_nightly_run_with_one_added_file_touches_only_that_file(engine, tmp_path):
+    (tmp_path / "pool").mkdir()
+    write_jsonl(tmp_path / "pool" / "a.jsonl", GOOD[:5] + [{"instruction": "Refuse.", "input": "",
+                                                             "output": "As an AI language model, I cannot do that."}])
+    recipe = write_recipe(tmp_path, f"nightly-{uuid.uuid4().hex[:6]}",
+                          [{"name": "pool", "path": "pool/*.jsonl", "format": "alpaca"}])
+
+    def nightly() -> tuple[str, dict[str, dict]]:
+        run_id = start(recipe)
+        steps = {}
+        for part in pipeline.plan(run_id):
+            steps[part] = {"ingest": pipeline.ingest_partition(run_id, part), "rules": pipeline.apply_rules(run_id, part),
+                           "decontam": pipeline.decontaminate(run_id, part)}
+        pipeline.deduplicate(run_id)
+        return run_id, steps
+
+    first_run, first = nightly()
+    [old] = first
+    decided = lambda: engine.connect().execute(sa.text(
+        "select line_no, stage, reason, run_id from decisions where partition_id = :p order by line_no"), {"p": old}).all()
+    before = decided()
+    assert [(line, reason) for line, _, reason, _ in before] == [(6, "rule:refusal")]
+
+    write_jsonl(tmp_path / "pool" / "b.jsonl", GOOD[5:])
+    second_run, second = nightly()
+    assert set(second) == {old, *(set(second) - {old})} and len(second) == 2
+    assert all(second[old][step]["skipped"] for step in ("ingest", "rules", "decontam"))
+    [new] = set(second) - {old}
+    assert not any(second[new][step]["skipped"] for step in ("ingest", "rules", "decontam"))
+    assert decided() == before  # the old file's decisions still carry the first run's id
+    assert before[0][3] == first_run != second_run
+
+
+def test_forced_reingest_redoes_the_later_stages(engine, tmp_path):
+    write_jsonl(tmp_path / "a.jsonl", GOOD[:3] + [{"instruction": "Refuse.", "input": "",
+                                                   "output": "As an AI language model, I cannot do that."}])
+    recipe = write_recipe(tmp_path, f"force-{uuid.uuid4().hex[:6]}", [{"name": "a", "path": "a.jsonl", "format": "alpaca"}])
+    run_id = start(recipe)
+    (part,) = pipeline.plan(run_id)
+    pipeline.ingest_partition(run_id, part)
+    assert pipeline.apply_rules(run_id, part)["dropped"] == 1
+    from infinstruct.db import get_engine
+    from infinstruct.ingest import ingest_partition
+    ingest_partition(get_engine(), pipeline.run_recipe(run_id), run_id, part, force=True)  # drops its decisions
+    again = pipeline.apply_rules(run_id, part)
+    assert again["skipped"] is False and again["dropped"] == 1

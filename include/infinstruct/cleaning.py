@@ -8,8 +8,10 @@ without re-measuring, and the same conversation in another file is measured once
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import logging
+import os
 from collections import Counter
 from collections.abc import Iterator
 
@@ -46,6 +48,30 @@ def _replace_decisions(conn: Connection, partition_id: str, stage: Stage, rows: 
             " values (:partition_id, :line_no, :stage, :verdict, :reason, :score, :detail, :duplicate_of, :run_id)"), rows)
 
 
+def fingerprint(conn: Connection, partition_id: str, *settings: object) -> str:
+    """What a per-partition stage's result depends on: the partition's content and the stage's settings."""
+    content = conn.execute(sa.text("select ingested_checksum from partitions where partition_id = :p"),
+                           {"p": partition_id}).scalar()
+    blob = json.dumps([content, *[s.model_dump(mode="json") if hasattr(s, "model_dump") else s for s in settings]],
+                      sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:24]
+
+
+def _completed(conn: Connection, partition_id: str, stage: Stage, print_: str) -> dict | None:
+    """The stored result when this stage already ran on this exact input."""
+    return conn.execute(sa.text(
+        "select result from stage_completions where partition_id = :p and stage = :s and fingerprint = :f"),
+        {"p": partition_id, "s": stage.value, "f": print_}).scalar()
+
+
+def _complete(conn: Connection, partition_id: str, stage: Stage, print_: str, run_id: str, result: dict) -> None:
+    conn.execute(sa.text(
+        "insert into stage_completions (partition_id, stage, fingerprint, run_id, result)"
+        " values (:p, :s, :f, :r, cast(:res as jsonb)) on conflict (partition_id, stage) do update set"
+        " fingerprint = excluded.fingerprint, run_id = excluded.run_id, result = excluded.result, completed_at = now()"),
+        {"p": partition_id, "s": stage.value, "f": print_, "r": run_id, "res": json.dumps(result)})
+
+
 def _save_stats(engine: Engine, fresh: dict[str, dict]) -> None:
     """Store measurements (facts about content, not decisions of this partition: committed as they come)."""
     if fresh:
@@ -59,6 +85,12 @@ def _save_stats(engine: Engine, fresh: dict[str, dict]) -> None:
 
 def apply_rules(engine: Engine, recipe: Recipe, run_id: str, partition_id: str) -> dict[str, int]:
     """Measure (or reuse measurements of) every record and drop those the recipe's rules fail."""
+    with engine.connect() as conn:
+        print_ = fingerprint(conn, partition_id, recipe.rules, rules.STATS_VERSION)
+        done = _completed(conn, partition_id, Stage.RULES, print_)
+    if done is not None:
+        log.info("rules on %s: unchanged input and settings, skipped", partition_id)
+        return {**done, "skipped": True}
     drops: list[dict] = []
     reasons: Counter[str] = Counter()
     measured = 0
@@ -80,10 +112,12 @@ def apply_rules(engine: Engine, recipe: Recipe, run_id: str, partition_id: str) 
                                   "run_id": run_id})
             _save_stats(engine, fresh)
             measured += len(fresh)
+    result = {"partition_id": partition_id, "measured": measured, "dropped": len(drops), **reasons}
     with engine.begin() as conn:
         _replace_decisions(conn, partition_id, Stage.RULES, drops)
+        _complete(conn, partition_id, Stage.RULES, print_, run_id, result)
     log.info("rules on %s: %d measured, dropped %s", partition_id, measured, dict(reasons))
-    return {"partition_id": partition_id, "measured": measured, "dropped": len(drops), **reasons}
+    return {**result, "skipped": False}
 
 
 @functools.lru_cache(maxsize=4)
@@ -106,6 +140,13 @@ def match_text(turns: tuple, include_response: bool) -> str:
 def decontaminate(engine: Engine, recipe: Recipe, run_id: str, partition_id: str) -> dict[str, int]:
     """Drop records that contain a benchmark item; record every match in the contamination audit."""
     settings = recipe.decontamination
+    with engine.connect() as conn:
+        # benchmark files are part of the input: a changed benchmark re-checks every partition
+        print_ = fingerprint(conn, partition_id, settings, [_file_digest(b.path) for b in settings.benchmarks])
+        done = _completed(conn, partition_id, Stage.DECONTAM, print_)
+    if done is not None:
+        log.info("decontamination of %s: unchanged input, settings and benchmarks, skipped", partition_id)
+        return {**done, "skipped": True}
     drops: list[dict] = []
     audit: list[dict] = []
     reasons: Counter[str] = Counter()
@@ -126,6 +167,7 @@ def decontaminate(engine: Engine, recipe: Recipe, run_id: str, partition_id: str
                                   "run_id": run_id})
                     audit += [{"p": partition_id, "l": line_no, "b": m.benchmark, "i": m.item_id, "m": m.method.value,
                                "s": m.score, "r": run_id} for m in matches]
+    result = {"partition_id": partition_id, "dropped": len(drops), **reasons}
     with engine.begin() as conn:
         conn.execute(sa.text("delete from contamination where partition_id = :p"), {"p": partition_id})
         if audit:
@@ -133,5 +175,20 @@ def decontaminate(engine: Engine, recipe: Recipe, run_id: str, partition_id: str
                 "insert into contamination (partition_id, line_no, benchmark, item_id, method, score, run_id)"
                 " values (:p, :l, :b, :i, :m, :s, :r)"), audit)
         _replace_decisions(conn, partition_id, Stage.DECONTAM, drops)
+        _complete(conn, partition_id, Stage.DECONTAM, print_, run_id, result)
     log.info("decontamination of %s: dropped %s", partition_id, dict(reasons))
-    return {"partition_id": partition_id, "dropped": len(drops), **reasons}
+    return {**result, "skipped": False}
+
+
+def _file_digest(path: str) -> str:
+    stat = os.stat(path)
+    return _digest_of(path, stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=64)
+def _digest_of(path: str, mtime_ns: int, size: int) -> str:  # cached per version of the file
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()

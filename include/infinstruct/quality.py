@@ -85,11 +85,14 @@ def validate_query(engine: Engine, query: sa.Select, expectations: list, name: s
     with warnings.catch_warnings():  # the generic SQL datasource is deliberate: it takes any URL, Unix sockets too
         warnings.simplefilter("ignore")
         datasource = context.data_sources.add_sql("infinstruct", connection_string=engine.url.render_as_string(hide_password=False))
-    batch = datasource.add_query_asset(name, query=literal_sql(query, engine)).add_batch_definition_whole_table("all").get_batch()
-    suite = context.suites.add(gx.ExpectationSuite(name=name))
-    for expectation in expectations:
-        suite.add_expectation(expectation)
-    result = batch.validate(suite).to_json_dict()
+    try:
+        batch = datasource.add_query_asset(name, query=literal_sql(query, engine)).add_batch_definition_whole_table("all").get_batch()
+        suite = context.suites.add(gx.ExpectationSuite(name=name))
+        for expectation in expectations:
+            suite.add_expectation(expectation)
+        result = batch.validate(suite).to_json_dict()
+    finally:
+        datasource.get_engine().dispose()  # GX makes an engine per datasource: close its connections now
     failures = [{
         "expectation": r["expectation_config"]["type"],
         "column": r["expectation_config"]["kwargs"].get("column"),

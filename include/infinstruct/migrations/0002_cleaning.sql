@@ -25,3 +25,15 @@ create index contamination_item on contamination (benchmark, item_id);
 -- What exactly a decision measured when it is not a number (the refusal phrase, the language, the
 -- match method); the ledger shows it in `detail`, beside quarantine errors.
 alter table decisions add column detail text;
+
+-- A per-partition stage that already ran on the same input with the same settings is skipped: a nightly
+-- run touches only new or changed partitions (datatrove's completion markers, in the store).
+create table stage_completions (
+    partition_id text not null,
+    stage        text not null,
+    fingerprint  text not null,                   -- hash of the partition content + the stage's settings
+    run_id       text not null,
+    result       jsonb not null,                  -- the counts the stage returned
+    completed_at timestamptz not null default now(),
+    primary key (partition_id, stage)
+);
