@@ -39,6 +39,16 @@ def _server_database_url(server: str) -> str:
     return str(sa.engine.make_url(normalise_url(server)).set(database=name).render_as_string(hide_password=False))
 
 
+def _drop_server_database(server: str, url: str) -> None:
+    import sqlalchemy as sa
+    from infinstruct.runtime import normalise_url
+
+    admin = sa.create_engine(normalise_url(server), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'drop database if exists "{sa.engine.make_url(url).database}" with (force)'))
+    admin.dispose()
+
+
 @pytest.fixture(scope="session")
 def database_url():
     server_url = os.environ.get("INFINSTRUCT_TEST_DATABASE_URL")
@@ -59,6 +69,8 @@ def database_url():
     _migrated_engine.cache_clear()
     if embedded is not None:
         embedded.cleanup()
+    else:
+        _drop_server_database(server_url, url)
 
 
 @pytest.fixture(scope="session")
