@@ -47,9 +47,10 @@ def test_ingest_accounts_for_every_line(engine, tmp_path):
     assert sum(r["quarantined"] for r in results) == 4
     pipeline.deduplicate(run_id)
     assert accounting(engine, run_id) == {"a": {"lines": 14, "kept": 10, "dropped": 0, "quarantined": 4}}
-    reasons = dict(engine.connect().execute(sa.text(
-        "select line_no, reason from quarantine q join run_partitions rp using (partition_id) where rp.run_id = :r"),
-        {"r": run_id}).all())
+    with engine.connect() as conn:
+        reasons = dict(conn.execute(sa.text(
+            "select line_no, reason from quarantine q join run_partitions rp using (partition_id) where rp.run_id = :r"),
+            {"r": run_id}).all())
     assert reasons == {6: "quarantine:invalid_json", 7: "quarantine:blank_line", 8: "quarantine:missing_field",
                        9: "quarantine:not_an_object"}
 
@@ -153,8 +154,11 @@ def test_nightly_run_with_one_added_file_touches_only_that_file(engine, tmp_path
 
     first_run, first = nightly()
     [old] = first
-    decided = lambda: engine.connect().execute(sa.text(
-        "select line_no, stage, reason, run_id from decisions where partition_id = :p order by line_no"), {"p": old}).all()
+    def decided():
+        with engine.connect() as conn:
+            return conn.execute(sa.text("select line_no, stage, reason, run_id from decisions"
+                                        " where partition_id = :p order by line_no"), {"p": old}).all()
+
     before = decided()
     assert [(line, reason) for line, _, reason, _ in before] == [(6, "rule:refusal")]
 
