@@ -1,0 +1,190 @@
+"""The near-duplicate core (infinstruct.neardup), as a spec: what counts as a near-duplicate at the
+default settings, how band keys behave in a store, and which record a cluster keeps."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from pydantic import ValidationError
+
+from infinstruct.neardup import (Member, NearDupSettings, band_keys, candidate_pairs, clusters, confirm_pairs,
+                                 differs_in_essential_words, duplicate_of, jaccard_estimate, shingle_text,
+                                 signatures, text_words)
+
+S = NearDupSettings()
+
+PROMPT = ("Write a short story about a lighthouse keeper who finds a message in a bottle, "
+          "and explain how the discovery changes the rest of his life on the island.")
+OTHERS = [
+    "List three health benefits of drinking green tea every morning.",
+    "How do I reverse a linked list in Python without using extra memory?",
+    "Summarize the causes of the 2008 financial crisis in two paragraphs.",
+    "Give me a recipe for a vegetarian lasagna that serves six people.",
+]
+
+
+def near_pairs(texts: list[str], settings: NearDupSettings = S) -> set[tuple[int, int]]:
+    """Confirmed near-duplicate pairs within one batch, the way the stage finds them."""
+    sigs = signatures(texts, settings)
+    confirmed, _ = confirm_pairs(candidate_pairs(band_keys(sigs, settings)).within, sigs, texts, settings)
+    return {tuple(p) for p in confirmed.tolist()}
+
+
+# --- settings and shingles ---------------------------------------------------------------------------
+
+def test_settings_are_strict_and_bands_must_cover_the_signature():
+    with pytest.raises(ValidationError, match="bands \\* rows must equal num_perm"):
+        NearDupSettings(num_perm=128, bands=20, rows=4)
+    with pytest.raises(ValidationError, match="thresold"):
+        NearDupSettings(thresold=0.5)
+    assert S.bands * S.rows == S.num_perm
+
+
+def test_fingerprint_names_everything_that_changes_band_keys():
+    assert S.index_fingerprint != NearDupSettings(seed=S.seed + 1).index_fingerprint
+    assert S.index_fingerprint != NearDupSettings(shingle=S.shingle + 1).index_fingerprint
+    assert S.index_fingerprint == NearDupSettings(threshold=0.9).index_fingerprint  # confirm-only setting
+
+
+def test_shingles_ignore_case_punctuation_whitespace_and_width():
+    assert text_words("Hello,   WORLD!\n(snake_case)") == ["hello", "world", "snake", "case"]
+    assert text_words("Ｈｅｌｌｏ，ｗｏｒｌｄ！ Straße") == ["hello", "world", "strasse"]  # NFKC + casefold
+    assert shingle_text("one two three four", 3) == ["one two three", "two three four"]
+
+
+def test_a_text_shorter_than_a_shingle_is_one_shingle():
+    assert shingle_text("Hi there!", 3) == ["hi there"]
+    assert shingle_text("", 3) == [""]
+
+
+def test_chinese_characters_are_words_of_their_own():
+    assert text_words("请把这句话翻译成英文。") == list("请把这句话翻译成英文")
+    assert shingle_text("翻译成英文", 3) == ["翻 译 成", "译 成 英", "成 英 文"]
+
+
+# --- signatures and band keys ------------------------------------------------------------------------
+
+def test_identical_texts_have_the_same_signature_and_share_every_band_key():
+    sigs = signatures([PROMPT, PROMPT, OTHERS[0]], S)
+    assert sigs.shape == (3, S.num_perm) and sigs.dtype == np.uint32
+    assert np.array_equal(sigs[0], sigs[1])
+    keys = band_keys(sigs, S)
+    assert keys.shape == (3, S.bands) and keys.dtype == np.int64
+    assert np.array_equal(keys[0], keys[1])
+    assert not np.isin(keys[2], keys[0]).any()
+
+
+def test_band_index_lives_in_the_key_so_bands_never_collide():
+    keys = band_keys(signatures([PROMPT] + OTHERS, S), S)
+    assert (keys >= 0).all()  # fits a Postgres bigint without sign games
+    assert np.array_equal(keys >> 56, np.broadcast_to(np.arange(S.bands), keys.shape))
+
+
+def test_signatures_and_keys_are_deterministic_across_processes():
+    code = ("import json; from infinstruct.neardup import *; s = NearDupSettings(); "
+            f"print(json.dumps(band_keys(signatures({[PROMPT] + OTHERS!r}, s), s).tolist()))")
+    env = {**os.environ, "PYTHONHASHSEED": "123"}  # Python's own str hash must not matter
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    here = band_keys(signatures([PROMPT] + OTHERS, S), S)
+    assert json.loads(out.stdout) == here.tolist()
+    other_seed = NearDupSettings(seed=7)
+    assert not np.array_equal(signatures([PROMPT], other_seed), signatures([PROMPT], S))
+
+
+# --- what is a near-duplicate ------------------------------------------------------------------------
+
+def test_a_whitespace_and_case_variant_is_a_confirmed_pair():
+    variant = "  WRITE a short story about a Lighthouse keeper who finds a message in a bottle,\n\nand explain " \
+              "how the discovery changes the rest of his life on the island!!"
+    assert near_pairs([PROMPT, variant] + OTHERS) == {(0, 1)}
+
+
+def test_a_light_edit_is_a_confirmed_pair():
+    edited = PROMPT.replace("short story", "brief story").replace("rest of his life", "rest of his days")
+    sigs = signatures([PROMPT, edited], S)
+    assert jaccard_estimate(sigs[0], sigs[1]) >= S.threshold
+    assert near_pairs([PROMPT, edited]) == {(0, 1)}
+
+
+def test_unrelated_texts_are_never_paired():
+    sigs = signatures([PROMPT] + OTHERS, S)
+    assert len(candidate_pairs(band_keys(sigs, S)).within) == 0
+    assert near_pairs([PROMPT] + OTHERS) == set()
+
+
+@pytest.mark.parametrize("a, b", [
+    ("Translate 'cat' into French.", "Translate 'dog' into French."),
+    ("What is the capital of France?", "What is the capital of Spain?"),
+    ("What is 12 multiplied by 7?", "What is 15 multiplied by 7?"),
+    # a real AlpacaEval pair: ~0.8 Jaccard, so only the essential-word guard keeps them apart
+    ("I like to host guests at my home from time to time, and I am gathering recipes of different dishes and "
+     "drinks to keep things interesting. I am interested in trying some Somali dishes. Can you give me a recipe "
+     "for Canjeero?",
+     "I like to host guests at my home from time to time, and I am gathering recipes of different dishes and "
+     "drinks to keep things interesting. I am interested in trying some Danish dishes. Can you give me a recipe "
+     "for Koldskål?"),
+])
+def test_templated_prompts_differing_in_a_name_number_or_quoted_word_are_not_duplicates(a, b):
+    assert differs_in_essential_words(a, b)
+    assert near_pairs([a, b]) == set()
+
+
+def test_case_and_whitespace_never_trip_the_essential_word_guard():
+    assert not differs_in_essential_words("Tell me about Rome and its 7 hills.", "tell me about ROME and its 7 hills")
+
+
+def test_known_limit_one_plain_word_changed_in_a_long_template_is_still_paired():
+    # Jaccard cannot tell a one-word template change from a near-copy with a word or two edited, and a
+    # lower-case content word is no signal for the guard; bench/bench_minhash.py measures how often.
+    template = ("Write a 300-word blog post about the benefits of {} for busy office workers, with three "
+                "practical tips they can start using this week and a short encouraging conclusion.")
+    assert near_pairs([template.format("yoga"), template.format("meditation")]) == {(0, 1)}
+
+
+# --- candidate search --------------------------------------------------------------------------------
+
+def test_new_rows_are_matched_against_existing_rows():
+    existing = OTHERS + [PROMPT]
+    new = ["Explain quantum entanglement to a ten-year-old.", PROMPT.upper()]
+    sigs_new, sigs_old = signatures(new, S), signatures(existing, S)
+    cand = candidate_pairs(band_keys(sigs_new, S), band_keys(sigs_old, S))
+    assert cand.within.shape == (0, 2)
+    assert cand.across.tolist() == [[1, 4]]  # new row 1 duplicates existing row 4
+    confirmed, estimate = confirm_pairs(cand.across, sigs_new, new, S, sigs_old, existing)
+    assert confirmed.tolist() == [[1, 4]] and estimate[0] == 1.0
+
+
+def test_a_huge_bucket_is_paired_within_a_window_not_all_pairs():
+    keys = band_keys(signatures([PROMPT] * 300, S), S)
+    within = candidate_pairs(keys, window=8).within
+    assert len(within) < 300 * 8 and (within[:, 0] < within[:, 1]).all()
+    assert (clusters(300, within) == 0).all()  # still one cluster
+
+
+def test_an_empty_batch_gives_empty_arrays():
+    sigs = signatures([], S)
+    assert sigs.shape == (0, S.num_perm)
+    cand = candidate_pairs(band_keys(sigs, S), band_keys(signatures([PROMPT], S), S))
+    assert cand.within.shape == (0, 2) and cand.across.shape == (0, 2)
+
+
+# --- clusters and the keep rule ----------------------------------------------------------------------
+
+def test_clusters_are_connected_components_named_by_their_smallest_row():
+    pairs = np.array([[3, 4], [1, 3], [5, 6]])
+    assert clusters(7, pairs).tolist() == [0, 1, 2, 1, 1, 5, 5]
+    assert clusters(3, np.empty((0, 2), dtype=np.int64)).tolist() == [0, 1, 2]
+
+
+def test_keep_rule_lowest_priority_then_most_complete_then_smallest_id():
+    members = [Member("r-b", priority=1, completeness=900),   # a worse source, however complete
+               Member("r-c", priority=0, completeness=100),
+               Member("r-a", priority=0, completeness=400),   # best source, most complete: kept
+               Member("r-d", priority=0, completeness=400),   # tie with r-a: larger id loses
+               Member("r-e", priority=5, completeness=10)]    # alone in its cluster: kept
+    cluster_ids = np.array([0, 0, 0, 0, 4])
+    assert duplicate_of(cluster_ids, members) == ["r-a", "r-a", None, "r-a", None]
