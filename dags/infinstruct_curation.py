@@ -1,7 +1,7 @@
 """infinstruct curation: raw instruction sources -> a versioned Infinity-Instruct-shaped release.
 
 start_run -> plan_partitions -> ingest[partition] -> check_ingested[partition] -> apply_rules[partition]
-          -> decontaminate[partition] -> deduplicate -> check_release -> export_release
+          -> decontaminate[partition] -> deduplicate -> near_deduplicate -> check_release -> export_release
 
 Every task is one call into `infinstruct.pipeline`; XCom carries only partition ids and counts.
 Data errors (a partition that is mostly malformed, a failed quality gate) fail the task at once
@@ -105,6 +105,11 @@ def infinstruct_curation():
         return _call(pipeline.deduplicate, _run_id())
 
     @task
+    def near_deduplicate() -> dict:
+        from infinstruct import pipeline
+        return _call(pipeline.near_deduplicate, _run_id())
+
+    @task
     def check_release() -> dict:
         from infinstruct import pipeline
         return _call(pipeline.check_release, _run_id())
@@ -119,7 +124,7 @@ def infinstruct_curation():
     checked = check_ingested.expand(ingested=ingest.expand(partition_id=partitions))
     cleaned = decontaminate.expand(filtered=apply_rules.expand(checked=checked))
     # default trigger rule all_success: one failed partition stops dedup, the gate and the export
-    cleaned >> deduplicate() >> check_release() >> export_release()
+    cleaned >> deduplicate() >> near_deduplicate() >> check_release() >> export_release()
 
 
 infinstruct_curation()

@@ -13,7 +13,7 @@ from conftest import ROOT, SAMPLE_RECIPE, write_recipe
 
 DAG_ID = "infinstruct_curation"
 TASKS = {"start_run", "plan_partitions", "ingest", "check_ingested", "apply_rules", "decontaminate", "deduplicate",
-         "check_release", "export_release"}
+         "near_deduplicate", "check_release", "export_release"}
 MAPPED = {"ingest", "check_ingested", "apply_rules", "decontaminate"}
 
 
@@ -34,6 +34,7 @@ def test_dag_shape(dag):
     assert {t.task_id for t in dag.tasks if t.is_mapped} == MAPPED
     assert dag.task_dict["export_release"].upstream_task_ids == {"check_release"}
     assert dag.task_dict["deduplicate"].upstream_task_ids == {"decontaminate"}
+    assert dag.task_dict["check_release"].upstream_task_ids == {"near_deduplicate"}
     assert all(t.trigger_rule == "all_success" for t in dag.tasks)
     assert set(dag.params.keys()) == {"recipe", "out_dir"}
 
@@ -49,16 +50,17 @@ def test_sample_run_writes_a_release_that_adds_up(dag, tmp_path):
     data = pd.read_parquet(release / "data.parquet")
 
     # every input line of every source is in the ledger exactly once, and the verdicts add up
-    assert manifest["totals"] == {"lines": 44, "kept": 28, "dropped": 5, "quarantined": 11}
-    assert len(ledger) == 44 and not ledger.duplicated(["file", "line"]).any()
+    assert manifest["totals"] == {"lines": 45, "kept": 28, "dropped": 6, "quarantined": 11}
+    assert len(ledger) == 45 and not ledger.duplicated(["file", "line"]).any()
     for source, counts in manifest["sources"].items():
         rows = ledger[ledger.source == source]
         assert counts["lines"] == len(rows) == counts["kept"] + counts["dropped"] + counts["quarantined"]
     assert sorted(data.id) == sorted(ledger[ledger.verdict == "kept"].record_id)
     # drops say why and which kept record they duplicate
     dropped = ledger[ledger.verdict == "dropped"]
-    assert set(dropped.reason) == {"exact_duplicate", "duplicate_instruction", "rule:refusal", "contaminated:sample_bench"}
-    duplicates = dropped[dropped.stage == "dedup"]
+    assert set(dropped.reason) == {"exact_duplicate", "duplicate_instruction", "near_duplicate", "rule:refusal",
+                                   "contaminated:sample_bench"}
+    duplicates = dropped[dropped.stage.isin(["dedup", "near_dedup"])]
     assert duplicates.duplicate_of.isin(data.id).all()
     [leak] = dropped[dropped.stage == "decontam"].itertuples()
     assert (leak.source, leak.line, leak.duplicate_of) == ("tasks", 5, "sample_bench:bm-1")
@@ -90,6 +92,6 @@ def test_failed_partition_fails_the_run_and_holds_back_the_export(dag, tmp_path)
     result = states(dag_run)
     assert str(dag_run.state) == "failed"
     assert sorted(state for (task, _), state in result.items() if task == "ingest") == ["failed", "success"]
-    for task in ("deduplicate", "check_release", "export_release"):
+    for task in ("deduplicate", "near_deduplicate", "check_release", "export_release"):
         assert result[(task, -1)] == "upstream_failed"
     assert not out.exists() or not any(out.rglob("manifest.json"))

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from infinstruct.neardup import (Member, NearDupSettings, band_keys, candidate_pairs, clusters, confirm_pairs,
+from infinstruct.neardup import (Member, NearDupSettings, band_keys, boilerplate_shingles, candidate_pairs, clusters,
+                                 confirm_pairs, without_boilerplate,
                                  differs_in_essential_words, duplicate_of, jaccard_estimate, shingle_text,
                                  signatures, text_words)
 
@@ -188,3 +189,29 @@ def test_keep_rule_lowest_priority_then_most_complete_then_smallest_id():
                Member("r-e", priority=5, completeness=10)]    # alone in its cluster: kept
     cluster_ids = np.array([0, 0, 0, 0, 4])
     assert duplicate_of(cluster_ids, members) == ["r-a", "r-a", None, "r-a", None]
+
+
+def test_short_instructions_are_never_near_duplicates():
+    texts = ["How do I make apple juice?", "How do I make escargot?",
+             "How many minutes are there in a day?", "How many minutes are there in one day?"]
+    sigs = signatures(texts, S)
+    pairs = np.array([[0, 1], [2, 3]])
+    confirmed, _ = confirm_pairs(pairs, sigs, texts, NearDupSettings(threshold=0.3))
+    assert confirmed.tolist() == [[2, 3]]  # 6 words are under min_words=8; the 8-word pair is confirmed
+    confirmed, _ = confirm_pairs(pairs, sigs, texts, NearDupSettings(threshold=0.3, min_words=1))
+    assert confirmed.tolist() == [[0, 1], [2, 3]]
+
+
+def test_template_boilerplate_does_not_make_prompts_duplicates():
+    suffix = " Try to explain your answer. Your explanation should take the reader through your reasoning step-by-step."
+    fermi = [q + suffix for q in ("How many atoms are in a grain of salt?", "How many snowflakes fall during a typical winter?",
+                                  "How many songs have been recorded throughout history?", "How many words are spoken daily on Earth?",
+                                  "How many lightning strikes occur on Earth each day?", "How many pages are in all the books ever written?")]
+    copy = fermi[0].replace("grain of salt?", "grain of table salt?")
+    texts = fermi + [copy]
+    settings = NearDupSettings(threshold=0.5)
+    boilerplate = boilerplate_shingles(texts, settings)
+    assert "your reasoning" in boilerplate and "grain of" not in boilerplate
+    pairs = np.array([[0, 1], [0, 6]])  # two Fermi questions; a question and its near-copy
+    kept, _ = without_boilerplate(pairs, np.array([0.6, 0.9]), texts, settings, boilerplate)
+    assert kept.tolist() == [[0, 6]]

@@ -15,6 +15,7 @@ import yaml
 from pydantic import Field, ValidationError, model_validator
 
 from .decontam import BenchmarkSpec, NgramSettings
+from .neardup import NearDupSettings
 from .rules import RuleSettings
 from .strict import Strict
 
@@ -83,6 +84,7 @@ class Recipe(Strict):
     ingest: IngestSettings = IngestSettings()
     rules: RuleSettings = RuleSettings()
     decontamination: DecontamSettings = DecontamSettings()
+    near_dedup: NearDupSettings = NearDupSettings()
     gates: GateSettings = GateSettings()
 
     @model_validator(mode="after")

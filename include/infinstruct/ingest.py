@@ -132,6 +132,7 @@ def ingest_partition(engine: Engine, recipe: Recipe, run_id: str, partition_id: 
         # what later stages derived from the old rows goes with them (their decisions cascade from records)
         conn.execute(sa.text("delete from contamination where partition_id = :p"), {"p": partition_id})
         conn.execute(sa.text("delete from stage_completions where partition_id = :p"), {"p": partition_id})
+        conn.execute(sa.text("delete from lsh_keys where partition_id = :p"), {"p": partition_id})
         copier = Copier(conn.connection.dbapi_connection.cursor())
         records = CopyTable(copier, "records", RECORD_COLUMNS, settings.batch_size)
         quarantine = CopyTable(copier, "quarantine", QUARANTINE_COLUMNS, settings.batch_size)

@@ -14,7 +14,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from . import cleaning, dedup, export, ingest, quality
+from . import cleaning, dedup, export, ingest, near_dedup, quality
 from .config import Recipe, load_recipe, recipe_hash
 from .db import get_engine
 from .partitions import plan_recipe
@@ -85,6 +85,10 @@ def deduplicate(run_id: str) -> dict[str, int]:
     counts = dedup.exact_dedup(get_engine(), run_recipe(run_id), run_id)
     log.info("run %s: dedup dropped %s", run_id, counts)
     return counts
+
+
+def near_deduplicate(run_id: str) -> dict[str, int]:
+    return near_dedup.near_dedup(get_engine(), run_recipe(run_id), run_id)
 
 
 def check_release(run_id: str) -> dict[str, Any]:
