@@ -23,6 +23,7 @@ from .config import DecontamSettings, Recipe
 from .conversation import ASSISTANT, USER
 from .decontam import NgramIndex
 from .reasons import Stage, Verdict, contamination_reason
+from .stages import complete, completed, fingerprint, replace_decisions
 
 log = logging.getLogger(__name__)
 
@@ -40,38 +41,6 @@ def _records(conn: Connection, partition_id: str, with_stats: bool = False) -> I
         yield [(row[0], row[1], tuple((t["role"], t["content"]) for t in row[2]), *row[3:]) for row in rows]
 
 
-def _replace_decisions(conn: Connection, partition_id: str, stage: Stage, rows: list[dict]) -> None:
-    conn.execute(sa.text("delete from decisions where partition_id = :p and stage = :s"), {"p": partition_id, "s": stage.value})
-    if rows:
-        conn.execute(sa.text(
-            "insert into decisions (partition_id, line_no, stage, verdict, reason, score, detail, duplicate_of, run_id)"
-            " values (:partition_id, :line_no, :stage, :verdict, :reason, :score, :detail, :duplicate_of, :run_id)"), rows)
-
-
-def fingerprint(conn: Connection, partition_id: str, *settings: object) -> str:
-    """What a per-partition stage's result depends on: the partition's content and the stage's settings."""
-    content = conn.execute(sa.text("select ingested_checksum from partitions where partition_id = :p"),
-                           {"p": partition_id}).scalar()
-    blob = json.dumps([content, *[s.model_dump(mode="json") if hasattr(s, "model_dump") else s for s in settings]],
-                      sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:24]
-
-
-def _completed(conn: Connection, partition_id: str, stage: Stage, print_: str) -> dict | None:
-    """The stored result when this stage already ran on this exact input."""
-    return conn.execute(sa.text(
-        "select result from stage_completions where partition_id = :p and stage = :s and fingerprint = :f"),
-        {"p": partition_id, "s": stage.value, "f": print_}).scalar()
-
-
-def _complete(conn: Connection, partition_id: str, stage: Stage, print_: str, run_id: str, result: dict) -> None:
-    conn.execute(sa.text(
-        "insert into stage_completions (partition_id, stage, fingerprint, run_id, result)"
-        " values (:p, :s, :f, :r, cast(:res as jsonb)) on conflict (partition_id, stage) do update set"
-        " fingerprint = excluded.fingerprint, run_id = excluded.run_id, result = excluded.result, completed_at = now()"),
-        {"p": partition_id, "s": stage.value, "f": print_, "r": run_id, "res": json.dumps(result)})
-
-
 def _save_stats(engine: Engine, fresh: dict[str, dict]) -> None:
     """Store measurements (facts about content, not decisions of this partition: committed as they come)."""
     if fresh:
@@ -87,7 +56,7 @@ def apply_rules(engine: Engine, recipe: Recipe, run_id: str, partition_id: str) 
     """Measure (or reuse measurements of) every record and drop those the recipe's rules fail."""
     with engine.connect() as conn:
         print_ = fingerprint(conn, partition_id, recipe.rules, rules.STATS_VERSION)
-        done = _completed(conn, partition_id, Stage.RULES, print_)
+        done = completed(conn, partition_id, Stage.RULES, print_)
     if done is not None:
         log.info("rules on %s: unchanged input and settings, skipped", partition_id)
         return {**done, "skipped": True}
@@ -114,8 +83,8 @@ def apply_rules(engine: Engine, recipe: Recipe, run_id: str, partition_id: str) 
             measured += len(fresh)
     result = {"partition_id": partition_id, "measured": measured, "dropped": len(drops), **reasons}
     with engine.begin() as conn:
-        _replace_decisions(conn, partition_id, Stage.RULES, drops)
-        _complete(conn, partition_id, Stage.RULES, print_, run_id, result)
+        replace_decisions(conn, partition_id, Stage.RULES, drops)
+        complete(conn, partition_id, Stage.RULES, print_, run_id, result)
     log.info("rules on %s: %d measured, dropped %s", partition_id, measured, dict(reasons))
     return {**result, "skipped": False}
 
@@ -143,7 +112,7 @@ def decontaminate(engine: Engine, recipe: Recipe, run_id: str, partition_id: str
     with engine.connect() as conn:
         # benchmark files are part of the input: a changed benchmark re-checks every partition
         print_ = fingerprint(conn, partition_id, settings, [_file_digest(b.path) for b in settings.benchmarks])
-        done = _completed(conn, partition_id, Stage.DECONTAM, print_)
+        done = completed(conn, partition_id, Stage.DECONTAM, print_)
     if done is not None:
         log.info("decontamination of %s: unchanged input, settings and benchmarks, skipped", partition_id)
         return {**done, "skipped": True}
@@ -174,8 +143,8 @@ def decontaminate(engine: Engine, recipe: Recipe, run_id: str, partition_id: str
             conn.execute(sa.text(
                 "insert into contamination (partition_id, line_no, benchmark, item_id, method, score, run_id)"
                 " values (:p, :l, :b, :i, :m, :s, :r)"), audit)
-        _replace_decisions(conn, partition_id, Stage.DECONTAM, drops)
-        _complete(conn, partition_id, Stage.DECONTAM, print_, run_id, result)
+        replace_decisions(conn, partition_id, Stage.DECONTAM, drops)
+        complete(conn, partition_id, Stage.DECONTAM, print_, run_id, result)
     log.info("decontamination of %s: dropped %s", partition_id, dict(reasons))
     return {**result, "skipped": False}
 

@@ -21,10 +21,10 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from . import neardup
-from .cleaning import _complete, _completed, fingerprint
 from .config import Recipe
 from .conversation import USER
 from .reasons import Drop, Stage, Verdict
+from .stages import complete, completed, fingerprint, insert_decisions
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ def _store_keys(engine: Engine, recipe: Recipe, run_id: str, partition_id: str) 
     settings = recipe.near_dedup
     with engine.connect() as conn:
         print_ = fingerprint(conn, partition_id, settings.index_fingerprint)
-        if _completed(conn, partition_id, KEY_STAGE, print_) is not None:
+        if completed(conn, partition_id, KEY_STAGE, print_) is not None:
             return False
         rows = conn.execute(sa.text("select line_no, conversation from records where partition_id = :p order by line_no"),
                             {"p": partition_id}).all()
@@ -53,7 +53,7 @@ def _store_keys(engine: Engine, recipe: Recipe, run_id: str, partition_id: str) 
             keys = neardup.band_keys(neardup.signatures([instruction_text(c) for _, c in chunk], settings), settings)
             conn.execute(sa.text("insert into lsh_keys (partition_id, line_no, keys) values (:p, :l, :k)"),
                          [{"p": partition_id, "l": line_no, "k": k} for (line_no, _), k in zip(chunk, keys.tolist())])
-        _complete(conn, partition_id, KEY_STAGE, print_, run_id, {"records": len(rows)})
+        complete(conn, partition_id, KEY_STAGE, print_, run_id, {"records": len(rows)})
     return True
 
 
@@ -114,10 +114,7 @@ def near_dedup(engine: Engine, recipe: Recipe, run_id: str) -> dict[str, int]:
         conn.execute(sa.text("delete from decisions d using run_partitions rp where rp.run_id = :run"
                              " and d.partition_id = rp.partition_id and d.stage = :stage"),
                      {"run": run_id, "stage": Stage.NEAR_DEDUP.value})
-        if drops:
-            conn.execute(sa.text(
-                "insert into decisions (partition_id, line_no, stage, verdict, reason, score, detail, duplicate_of, run_id)"
-                " values (:partition_id, :line_no, :stage, :verdict, :reason, :score, :detail, :duplicate_of, :run_id)"), drops)
+        insert_decisions(conn, drops)
     result = {"standing": len(rows), "keys_computed_for_partitions": computed, Drop.NEAR_DUPLICATE.value: len(drops)}
     log.info("near dedup of run %s: %s", run_id, result)
     return result

@@ -1,0 +1,51 @@
+"""Bookkeeping shared by the pipeline's stages: decision rows and per-partition completion markers."""
+from __future__ import annotations
+
+import hashlib
+import json
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from .reasons import Stage
+
+_INSERT_DECISIONS = sa.text(
+    "insert into decisions (partition_id, line_no, stage, verdict, reason, score, detail, duplicate_of, run_id)"
+    " values (:partition_id, :line_no, :stage, :verdict, :reason, :score, :detail, :duplicate_of, :run_id)")
+
+
+def insert_decisions(conn: Connection, rows: list[dict]) -> None:
+    """Ledger rows: dicts with every column of _INSERT_DECISIONS."""
+    if rows:
+        conn.execute(_INSERT_DECISIONS, rows)
+
+
+def replace_decisions(conn: Connection, partition_id: str, stage: Stage, rows: list[dict]) -> None:
+    """A per-partition stage's decisions, replacing the ones it made before."""
+    conn.execute(sa.text("delete from decisions where partition_id = :p and stage = :s"), {"p": partition_id, "s": stage.value})
+    insert_decisions(conn, rows)
+
+
+def fingerprint(conn: Connection, partition_id: str, *settings: object) -> str:
+    """What a per-partition stage's result depends on: the partition's content and the stage's settings."""
+    content = conn.execute(sa.text("select ingested_checksum from partitions where partition_id = :p"),
+                           {"p": partition_id}).scalar()
+    blob = json.dumps([content, *[s.model_dump(mode="json") if hasattr(s, "model_dump") else s for s in settings]],
+                      sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:24]
+
+
+def completed(conn: Connection, partition_id: str, stage: Stage, print_: str) -> dict | None:
+    """The stored result when this stage already ran on this exact input, else None."""
+    return conn.execute(sa.text(
+        "select result from stage_completions where partition_id = :p and stage = :s and fingerprint = :f"),
+        {"p": partition_id, "s": stage.value, "f": print_}).scalar()
+
+
+def complete(conn: Connection, partition_id: str, stage: Stage, print_: str, run_id: str, result: dict) -> None:
+    """Mark the stage done for this input (in the transaction that wrote its rows)."""
+    conn.execute(sa.text(
+        "insert into stage_completions (partition_id, stage, fingerprint, run_id, result)"
+        " values (:p, :s, :f, :r, cast(:res as jsonb)) on conflict (partition_id, stage) do update set"
+        " fingerprint = excluded.fingerprint, run_id = excluded.run_id, result = excluded.result, completed_at = now()"),
+        {"p": partition_id, "s": stage.value, "f": print_, "r": run_id, "res": json.dumps(result)})
