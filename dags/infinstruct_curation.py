@@ -1,6 +1,6 @@
 """infinstruct curation: raw instruction sources -> a versioned Infinity-Instruct-shaped release.
 
-start_run -> plan_partitions -> ingest[partition] -> check_ingested[partition] -> apply_rules[partition]
+start_run -> plan_partitions -> ingest[partition] -> check_ingested -> apply_rules[partition]
           -> decontaminate[partition] -> deduplicate -> near_deduplicate -> check_release -> export_release
 
 Every task is one call into `infinstruct.pipeline`; XCom carries only partition ids and counts.
@@ -84,15 +84,15 @@ def infinstruct_curation():
         from infinstruct import pipeline
         return _call(pipeline.ingest_partition, _run_id(), partition_id)
 
-    @task(map_index_template="{{ task.op_kwargs['ingested']['partition_id'] }}")
-    def check_ingested(ingested: dict) -> dict:
+    @task
+    def check_ingested() -> dict:
         from infinstruct import pipeline
-        return _call(pipeline.check_partition, _run_id(), ingested["partition_id"])
+        return _call(pipeline.check_ingested, _run_id())
 
-    @task(map_index_template="{{ task.op_kwargs['checked']['partition_id'] }}")
-    def apply_rules(checked: dict) -> dict:
+    @task(map_index_template="{{ task.op_kwargs['partition_id'] }}")
+    def apply_rules(partition_id: str) -> dict:
         from infinstruct import pipeline
-        return _call(pipeline.apply_rules, _run_id(), checked["partition_id"])
+        return _call(pipeline.apply_rules, _run_id(), partition_id)
 
     @task(map_index_template="{{ task.op_kwargs['filtered']['partition_id'] }}")
     def decontaminate(filtered: dict) -> dict:
@@ -121,8 +121,9 @@ def infinstruct_curation():
 
     partitions = plan_partitions()
     start_run() >> partitions
-    checked = check_ingested.expand(ingested=ingest.expand(partition_id=partitions))
-    cleaned = decontaminate.expand(filtered=apply_rules.expand(checked=checked))
+    filtered = apply_rules.expand(partition_id=partitions)
+    ingest.expand(partition_id=partitions) >> check_ingested() >> filtered
+    cleaned = decontaminate.expand(filtered=filtered)
     # default trigger rule all_success: one failed partition stops dedup, the gate and the export
     cleaned >> deduplicate() >> near_deduplicate() >> check_release() >> export_release()
 

@@ -1,17 +1,19 @@
 """Airflow UI plugin: Browse -> "infinstruct runs" shows each run's funnel, gates and release.
 
-Served by the Airflow API server at /infinstruct/ (a FastAPI app); data comes from the project's
-metadata store through `infinstruct.report`.
+Served by the Airflow API server at /infinstruct/ (a FastAPI app) to logged-in users; data comes from
+the project's metadata store through `infinstruct.report`.
 """
 from __future__ import annotations
 
 from html import escape
 
+from airflow.api_fastapi.core_api.security import get_user
 from airflow.plugins_manager import AirflowPlugin
-from fastapi import FastAPI, HTTPException
+from fastapi import Depends, FastAPI, HTTPException
 from fastapi.responses import HTMLResponse
 
-app = FastAPI(title="infinstruct")
+# plugin apps are not behind Airflow's auth by themselves: ask for the UI's login (cookie or bearer token)
+app = FastAPI(title="infinstruct", dependencies=[Depends(get_user)])
 
 STYLE = """<style>body{font-family:system-ui,sans-serif;margin:1.5rem;color:#222}table{border-collapse:collapse;margin:.5rem 0 1.5rem}
 td,th{border:1px solid #ddd;padding:.3rem .6rem;text-align:left;vertical-align:top}th{background:#f4f4f4}

@@ -17,6 +17,17 @@ def load_plugin():
     return module
 
 
+def logged_in_client(plugin) -> TestClient:
+    """A client past Airflow's login (what the API server checks is Airflow's business, not ours)."""
+    plugin.app.dependency_overrides[plugin.get_user] = lambda: None
+    return TestClient(plugin.app)
+
+
+def test_pages_need_an_airflow_login():
+    response = TestClient(load_plugin().app).get("/")
+    assert response.status_code == 401
+
+
 def test_run_page_shows_funnel_and_gates(engine, tmp_path):
     write_jsonl(tmp_path / "a.jsonl", [{"instruction": "Hi?", "input": "", "output": "Hello."}, "{oops",
                                        {"instruction": "Hi?", "input": "", "output": "Hello."}])
@@ -26,12 +37,12 @@ def test_run_page_shows_funnel_and_gates(engine, tmp_path):
     pipeline.start_run(run_id, recipe)
     for part in pipeline.plan(run_id):
         pipeline.ingest_partition(run_id, part)
-        pipeline.check_partition(run_id, part)
+    pipeline.check_ingested(run_id)
     pipeline.deduplicate(run_id)
 
     plugin = load_plugin()
     assert plugin.InfinstructPlugin.fastapi_apps[0]["url_prefix"] == "/infinstruct"
-    client = TestClient(plugin.app)
+    client = logged_in_client(plugin)
     assert run_id in client.get("/").text
     page = client.get(f"/run/{run_id}").text
     assert "greetings" in page and "quarantine:invalid_json</code> 1" in page and "exact_duplicate</code> 1" in page
@@ -40,5 +51,5 @@ def test_run_page_shows_funnel_and_gates(engine, tmp_path):
 
 
 def test_unknown_run_is_404(engine):
-    client = TestClient(load_plugin().app)
+    client = logged_in_client(load_plugin())
     assert client.get("/run/no-such-run").status_code == 404

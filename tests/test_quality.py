@@ -31,19 +31,19 @@ def stored_gates(engine, run_id):
                             {"r": run_id}).all()
 
 
-def test_partition_gate_passes_and_is_stored(engine, ingested):
+def test_ingest_gate_passes_and_is_stored(engine, ingested):
     run_id, part = ingested
-    assert pipeline.check_partition(run_id, part)["success"] is True
+    assert pipeline.check_ingested(run_id)["success"] is True
     [(gate, scope, success, failures)] = stored_gates(engine, run_id)
-    assert (gate, scope, success, failures) == ("ingested", part, True, [])
+    assert (gate, scope, success, failures) == ("ingested", "partitions ingested by the run", True, [])
 
 
-def test_partition_gate_fails_on_broken_role_alternation(engine, ingested):
+def test_ingest_gate_fails_on_broken_role_alternation(engine, ingested):
     run_id, part = ingested
     with engine.begin() as conn:  # simulate a bug upstream that let a user/user conversation through
         conn.execute(sa.text("update records set role_pattern = 'uu' where partition_id = :p and line_no = 2"), {"p": part})
     with pytest.raises(GateFailed, match="expect_column_values_to_match_regex"):
-        pipeline.check_partition(run_id, part)
+        pipeline.check_ingested(run_id)
     [(_, _, success, failures)] = stored_gates(engine, run_id)
     assert success is False
     assert failures[0]["column"] == "role_pattern" and failures[0]["unexpected_count"] == 1 and failures[0]["sample"] == ["uu"]

@@ -68,9 +68,9 @@ def ingest_partition(run_id: str, partition_id: str) -> dict[str, Any]:
     return ingest.ingest_partition(get_engine(), run_recipe(run_id), run_id, partition_id).as_dict()
 
 
-def check_partition(run_id: str, partition_id: str) -> dict[str, Any]:
-    result = quality.check_partition(get_engine(), run_recipe(run_id), run_id, partition_id)
-    return {"partition_id": partition_id, "gate": result.gate, "success": result.success}
+def check_ingested(run_id: str) -> dict[str, Any]:
+    result = quality.check_ingested(get_engine(), run_recipe(run_id), run_id)
+    return {"gate": result.gate, "success": result.success, "statistics": result.statistics}
 
 
 def apply_rules(run_id: str, partition_id: str) -> dict[str, Any]:
