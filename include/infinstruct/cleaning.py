@@ -23,7 +23,7 @@ from .config import DecontamSettings, Recipe
 from .conversation import ASSISTANT, USER
 from .decontam import NgramIndex
 from .reasons import Stage, Verdict, contamination_reason
-from .stages import complete, completed, fingerprint, replace_decisions
+from .stages import complete, completed, fingerprint, replace_decisions, stream
 
 log = logging.getLogger(__name__)
 
@@ -34,9 +34,9 @@ def _records(conn: Connection, partition_id: str, with_stats: bool = False) -> I
     """The partition's records in batches: (line_no, record_id, turns[, stats, stats version])."""
     stats = ", s.stats, s.version" if with_stats else ""
     join = " left join record_stats s on s.record_id = r.record_id" if with_stats else ""
-    result = conn.execution_options(stream_results=True, yield_per=BATCH).execute(sa.text(
+    result = conn.execute(sa.text(
         f"select r.line_no, r.record_id, r.conversation{stats} from records r{join}"
-        " where r.partition_id = :p order by r.line_no"), {"p": partition_id})
+        " where r.partition_id = :p order by r.line_no"), {"p": partition_id}, execution_options=stream(BATCH))
     for rows in result.partitions():
         yield [(row[0], row[1], tuple((t["role"], t["content"]) for t in row[2]), *row[3:]) for row in rows]
 

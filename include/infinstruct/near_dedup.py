@@ -9,12 +9,14 @@
 4. Clusters keep one record by the recipe's rule (source priority, then the longest conversation, then
    the smallest id); the others are ledgered `near_duplicate` with the kept id and the Jaccard estimate.
 
-Memory grows with the standing records (bands × 8 bytes each: 256 B at the defaults, so ~0.3 GB at a
-million); the decisions for the whole dataset are replaced in one transaction.
+Memory grows with the standing records: their band keys as one numpy array (bands × 8 bytes: 256 B
+each at the defaults, ~0.25 GB at a million) plus a line number and partition code; texts and ids are
+read only for the candidate rows. The decisions for the whole dataset are replaced in one transaction.
 """
 from __future__ import annotations
 
 import logging
+from typing import NamedTuple
 
 import numpy as np
 import sqlalchemy as sa
@@ -23,8 +25,9 @@ from sqlalchemy.engine import Connection, Engine
 from . import neardup
 from .config import Recipe
 from .conversation import USER
+from .pgcopy import Copier, CopyTable
 from .reasons import Drop, Stage, Verdict
-from .stages import complete, completed, fingerprint, insert_decisions
+from .stages import complete, completed, fingerprint, insert_decisions, stream
 
 log = logging.getLogger(__name__)
 
@@ -44,39 +47,70 @@ def _store_keys(engine: Engine, recipe: Recipe, run_id: str, partition_id: str) 
         print_ = fingerprint(conn, partition_id, settings.index_fingerprint)
         if completed(conn, partition_id, KEY_STAGE, print_) is not None:
             return False
-        rows = conn.execute(sa.text("select line_no, conversation from records where partition_id = :p order by line_no"),
-                            {"p": partition_id}).all()
-    with engine.begin() as conn:
+    count = 0
+    with engine.connect() as reader, engine.begin() as conn:
         conn.execute(sa.text("delete from lsh_keys where partition_id = :p"), {"p": partition_id})
-        for start in range(0, len(rows), BATCH):
-            chunk = rows[start:start + BATCH]
-            keys = neardup.band_keys(neardup.signatures([instruction_text(c) for _, c in chunk], settings), settings)
-            conn.execute(sa.text("insert into lsh_keys (partition_id, line_no, keys) values (:p, :l, :k)"),
-                         [{"p": partition_id, "l": line_no, "k": k} for (line_no, _), k in zip(chunk, keys.tolist())])
-        complete(conn, partition_id, KEY_STAGE, print_, run_id, {"records": len(rows)})
+        copier = Copier(conn.connection.dbapi_connection.cursor())
+        table = CopyTable(copier, "lsh_keys", ("partition_id", "line_no", "keys"), BATCH)
+        pid = partition_id.encode()
+        try:
+            result = reader.execute(sa.text(
+                "select line_no, conversation from records where partition_id = :p order by line_no"), {"p": partition_id},
+                execution_options=stream(BATCH))
+            for rows in result.partitions():
+                keys = neardup.band_keys(neardup.signatures([instruction_text(c) for _, c in rows], settings), settings)
+                for (line_no, _), row_keys in zip(rows, keys.astype("<i8")):
+                    table.add(pid, b"%d" % line_no, b"\\\\x" + row_keys.tobytes().hex().encode())
+                count += len(rows)
+            table.flush()
+        except BaseException:
+            copier.close(check=False)
+            raise
+        copier.close()
+        complete(conn, partition_id, KEY_STAGE, print_, run_id, {"records": count})
     return True
 
 
-def _standing(conn: Connection, run_id: str) -> list:
-    """(partition_id, line_no, record_id, source, total_chars, keys) of records no earlier stage dropped."""
-    return conn.execute(sa.text("""
-        select r.partition_id, r.line_no, r.record_id, r.source, r.total_chars, k.keys
-        from records r
-        join run_partitions rp on rp.partition_id = r.partition_id and rp.run_id = :run
-        join lsh_keys k on k.partition_id = r.partition_id and k.line_no = r.line_no
-        where not exists (select 1 from decisions d where d.partition_id = r.partition_id
-                          and d.line_no = r.line_no and d.verdict = 'dropped' and d.stage = any(:earlier))
-        order by r.partition_id, r.line_no"""), {"run": run_id, "earlier": EARLIER}).all()
+class Standing(NamedTuple):
+    """Records no earlier stage dropped, as compact arrays: row i is (partitions[part[i]], line[i])."""
+
+    partitions: list[str]
+    part: np.ndarray   # int32 index into partitions
+    line: np.ndarray   # int64 line numbers
+    keys: np.ndarray   # (n, bands) int64 band keys
 
 
-def _texts(conn: Connection, rows: list) -> list[str]:
-    """Instruction texts of the given (partition_id, line_no, ...) rows, in order."""
+def _standing(conn: Connection, run_id: str, bands: int) -> Standing:
+    result = conn.execute(sa.text("""
+        select k.partition_id, k.line_no, k.keys
+        from lsh_keys k
+        join run_partitions rp on rp.partition_id = k.partition_id and rp.run_id = :run
+        join records r on r.partition_id = k.partition_id and r.line_no = k.line_no
+        where not exists (select 1 from decisions d where d.partition_id = k.partition_id
+                          and d.line_no = k.line_no and d.verdict = 'dropped' and d.stage = any(:earlier))
+        order by k.partition_id, k.line_no"""), {"run": run_id, "earlier": EARLIER}, execution_options=stream(50_000))
+    codes: dict[str, int] = {}
+    parts, lines, keys = [], [], []
+    for rows in result.partitions():  # numpy per batch: no Python int per key ever lives long
+        parts.append(np.fromiter((codes.setdefault(r[0], len(codes)) for r in rows), dtype=np.int32, count=len(rows)))
+        lines.append(np.fromiter((r[1] for r in rows), dtype=np.int64, count=len(rows)))
+        keys.append(np.frombuffer(b"".join(bytes(r[2]) for r in rows), dtype="<i8").reshape(len(rows), bands))
+    empty = np.empty(0, dtype=np.int64)
+    return Standing(list(codes), np.concatenate(parts) if parts else empty.astype(np.int32),
+                    np.concatenate(lines) if lines else empty,
+                    np.concatenate(keys) if keys else np.empty((0, bands), dtype=np.int64))
+
+
+def _details(conn: Connection, standing: Standing, rows: np.ndarray) -> list:
+    """(record_id, source, total_chars, instruction text) of the given standing rows, in order."""
     conn.execute(sa.text("create temp table wanted (n int, partition_id text, line_no bigint) on commit drop"))
     conn.execute(sa.text("insert into wanted values (:n, :p, :l)"),
-                 [{"n": n, "p": row[0], "l": row[1]} for n, row in enumerate(rows)])
-    found = conn.execute(sa.text("select w.n, r.conversation from wanted w join records r using (partition_id, line_no)"
-                                 " order by w.n")).all()
-    return [instruction_text(conversation) for _, conversation in found]
+                 [{"n": n, "p": standing.partitions[standing.part[i]], "l": int(standing.line[i])}
+                  for n, i in enumerate(rows.tolist())])
+    found = conn.execute(sa.text(
+        "select r.record_id, r.source, r.total_chars, r.conversation from wanted w"
+        " join records r using (partition_id, line_no) order by w.n")).all()
+    return [(record_id, source, total, instruction_text(conversation)) for record_id, source, total, conversation in found]
 
 
 def near_dedup(engine: Engine, recipe: Recipe, run_id: str) -> dict[str, int]:
@@ -88,33 +122,35 @@ def near_dedup(engine: Engine, recipe: Recipe, run_id: str) -> dict[str, int]:
 
     drops: list[dict] = []
     with engine.begin() as conn:
-        rows = _standing(conn, run_id)
-        if rows:
-            keys = np.array([row[5] for row in rows], dtype=np.int64)
-            pairs = neardup.candidate_pairs(keys).within
-            involved = np.unique(pairs)
+        standing = _standing(conn, run_id, settings.bands)
+        pairs = neardup.candidate_pairs(standing.keys).within
+        involved = np.unique(pairs)
+        if len(involved):
             local = np.searchsorted(involved, pairs)         # pairs over the involved rows only
-            texts = _texts(conn, [rows[i] for i in involved])
+            details = _details(conn, standing, involved)
+            texts = [d[3] for d in details]
             sigs = neardup.signatures(texts, settings)
             confirmed, estimates = neardup.confirm_pairs(local, sigs, texts, settings)
             confirmed, estimates = neardup.without_boilerplate(
                 confirmed, estimates, texts, settings, neardup.boilerplate_shingles(texts, settings))
             cluster = neardup.clusters(len(involved), confirmed)
-            members = [neardup.Member(rows[i][2], recipe.priority(rows[i][3]), rows[i][4]) for i in involved]
+            members = [neardup.Member(record_id, recipe.priority(source), total) for record_id, source, total, _ in details]
             kept_ids = neardup.duplicate_of(cluster, members)
             best = {}  # row -> highest estimate of a confirmed pair it is in, as the ledger's score
             for (a, b), e in zip(confirmed.tolist(), estimates.tolist()):
                 best[a], best[b] = max(best.get(a, 0.0), e), max(best.get(b, 0.0), e)
             for n, kept_id in enumerate(kept_ids):
                 if kept_id is not None:
-                    row = rows[involved[n]]
-                    drops.append({"partition_id": row[0], "line_no": row[1], "stage": Stage.NEAR_DEDUP.value,
-                                  "verdict": Verdict.DROPPED.value, "reason": Drop.NEAR_DUPLICATE.value,
-                                  "score": best.get(n), "detail": None, "duplicate_of": kept_id, "run_id": run_id})
+                    i = involved[n]
+                    drops.append({"partition_id": standing.partitions[standing.part[i]], "line_no": int(standing.line[i]),
+                                  "stage": Stage.NEAR_DEDUP.value, "verdict": Verdict.DROPPED.value,
+                                  "reason": Drop.NEAR_DUPLICATE.value, "score": best.get(n), "detail": None,
+                                  "duplicate_of": kept_id, "run_id": run_id})
         conn.execute(sa.text("delete from decisions d using run_partitions rp where rp.run_id = :run"
                              " and d.partition_id = rp.partition_id and d.stage = :stage"),
                      {"run": run_id, "stage": Stage.NEAR_DEDUP.value})
         insert_decisions(conn, drops)
-    result = {"standing": len(rows), "keys_computed_for_partitions": computed, Drop.NEAR_DUPLICATE.value: len(drops)}
+    result = {"standing": len(standing.line), "candidates": len(pairs), "keys_computed_for_partitions": computed,
+              Drop.NEAR_DUPLICATE.value: len(drops)}
     log.info("near dedup of run %s: %s", run_id, result)
     return result

@@ -14,6 +14,12 @@ _INSERT_DECISIONS = sa.text(
     " values (:partition_id, :line_no, :stage, :verdict, :reason, :score, :detail, :duplicate_of, :run_id)")
 
 
+def stream(rows: int) -> dict:
+    """Execution options for one statement whose result is read in batches of `rows` from a server-side
+    cursor. (Set per statement: Connection.execution_options would make every later statement a cursor.)"""
+    return {"stream_results": True, "yield_per": rows}
+
+
 def insert_decisions(conn: Connection, rows: list[dict]) -> None:
     """Ledger rows: dicts with every column of _INSERT_DECISIONS."""
     if rows:

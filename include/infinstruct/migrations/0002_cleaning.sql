@@ -38,11 +38,12 @@ create table stage_completions (
     primary key (partition_id, stage)
 );
 
--- MinHash LSH band keys per record line (NearDupSettings.bands of them), kept so that a nightly run
--- computes signatures only for new partitions and finds candidates against everything standing.
+-- MinHash LSH band keys per record line (NearDupSettings.bands int64 values, little-endian bytes: read
+-- straight into numpy), kept so that a nightly run computes signatures only for new partitions and finds
+-- candidates against everything standing.
 create table lsh_keys (
     partition_id text not null,
     line_no      bigint not null,
-    keys         bigint[] not null,
+    keys         bytea not null,
     primary key (partition_id, line_no)
 );
