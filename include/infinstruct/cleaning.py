@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import json
 import logging
 import os
 from collections import Counter
 from collections.abc import Iterator
 
+import orjson
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
@@ -22,6 +22,7 @@ from . import rules
 from .config import DecontamSettings, Recipe
 from .conversation import ASSISTANT, USER
 from .decontam import NgramIndex
+from .pgcopy import Copier, CopyTable, json_field
 from .reasons import Stage, Verdict, contamination_reason
 from .stages import complete, completed, fingerprint, replace_decisions, stream
 
@@ -37,19 +38,30 @@ def _records(conn: Connection, partition_id: str, with_stats: bool = False) -> I
     result = conn.execute(sa.text(
         f"select r.line_no, r.record_id, r.conversation{stats} from records r{join}"
         " where r.partition_id = :p order by r.line_no"), {"p": partition_id}, execution_options=stream(BATCH))
-    for rows in result.partitions():
+    for rows in result.partitions(BATCH):  # the size given here: yield_per alone does not batch a text() query
         yield [(row[0], row[1], tuple((t["role"], t["content"]) for t in row[2]), *row[3:]) for row in rows]
 
 
 def _save_stats(engine: Engine, fresh: dict[str, dict]) -> None:
-    """Store measurements (facts about content, not decisions of this partition: committed as they come)."""
-    if fresh:
-        with engine.begin() as conn:
-            conn.execute(sa.text(
-                "insert into record_stats (record_id, version, stats) values (:id, :v, cast(:s as jsonb))"
-                " on conflict (record_id) do update set version = excluded.version, stats = excluded.stats,"
-                " measured_at = now()"),
-                [{"id": rid, "v": rules.STATS_VERSION, "s": json.dumps(stats)} for rid, stats in fresh.items()])
+    """Store measurements (facts about content, not decisions of this partition: committed as they come).
+    COPY into a temporary table, then one upsert: a row-by-row executemany took 40% of the stage."""
+    if not fresh:
+        return
+    with engine.begin() as conn:
+        conn.execute(sa.text("create temp table new_stats (record_id text, version int, stats jsonb) on commit drop"))
+        copier = Copier(conn.connection.dbapi_connection.cursor())
+        table = CopyTable(copier, "new_stats", ("record_id", "version", "stats"), len(fresh))
+        version = b"%d" % rules.STATS_VERSION
+        try:
+            for record_id, stats in fresh.items():
+                table.add(record_id.encode(), version, json_field(orjson.dumps(stats)))
+            table.flush()
+        finally:
+            copier.close()
+        conn.execute(sa.text(
+            # in record-id order: parallel partitions sharing records then lock them in the same order (no deadlock)
+            "insert into record_stats (record_id, version, stats) select record_id, version, stats from new_stats"
+            " order by record_id on conflict (record_id) do update set version = excluded.version, stats = excluded.stats, measured_at = now()"))
 
 
 def apply_rules(engine: Engine, recipe: Recipe, run_id: str, partition_id: str) -> dict[str, int]:

@@ -79,7 +79,7 @@ def _write_records(conn, run_id: str, folder: Path) -> tuple[int, str]:
              .order_by(records.c.record_id))
     ids, count = hashlib.sha256(), 0
     with open(folder / "data.jsonl", "w", encoding="utf-8") as jsonl, pq.ParquetWriter(folder / "data.parquet", RECORD_SCHEMA) as parquet:
-        for rows in conn.execute(query, execution_options=stream(BATCH)).partitions():
+        for rows in conn.execute(query, execution_options=stream(BATCH)).partitions(BATCH):
             batch = [release_record(r.record_id, r.conversation, r.source, r.language) for r in rows]
             jsonl.writelines(json.dumps(rec, ensure_ascii=False) + "\n" for rec in batch)
             parquet.write_table(pa.Table.from_pylist(batch, schema=RECORD_SCHEMA))
@@ -94,7 +94,7 @@ def _write_ledger(conn, run_id: str, folder: Path) -> tuple[dict, dict]:
     by_source: dict[str, Counter] = defaultdict(Counter)
     by_stage: dict[str, Counter] = defaultdict(Counter)
     with pq.ParquetWriter(folder / "ledger.parquet", LEDGER_SCHEMA) as writer:
-        for rows in conn.execute(ledger_query(run_id), execution_options=stream(BATCH * 5)).partitions():
+        for rows in conn.execute(ledger_query(run_id), execution_options=stream(BATCH * 5)).partitions(BATCH * 5):
             batch = [dict(r._mapping) for r in rows]
             writer.write_table(pa.Table.from_pylist(batch, schema=LEDGER_SCHEMA))
             for row in batch:

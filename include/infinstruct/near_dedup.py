@@ -25,7 +25,7 @@ from sqlalchemy.engine import Connection, Engine
 from . import neardup
 from .config import Recipe
 from .conversation import USER
-from .pgcopy import Copier, CopyTable
+from .pgcopy import Copier, CopyTable, text_field
 from .reasons import Drop, Stage, Verdict
 from .stages import complete, completed, fingerprint, insert_decisions, stream
 
@@ -57,7 +57,7 @@ def _store_keys(engine: Engine, recipe: Recipe, run_id: str, partition_id: str) 
             result = reader.execute(sa.text(
                 "select line_no, conversation from records where partition_id = :p order by line_no"), {"p": partition_id},
                 execution_options=stream(BATCH))
-            for rows in result.partitions():
+            for rows in result.partitions(BATCH):
                 keys = neardup.band_keys(neardup.signatures([instruction_text(c) for _, c in rows], settings), settings)
                 for (line_no, _), row_keys in zip(rows, keys.astype("<i8")):
                     table.add(pid, b"%d" % line_no, b"\\\\x" + row_keys.tobytes().hex().encode())
@@ -91,7 +91,7 @@ def _standing(conn: Connection, run_id: str, bands: int) -> Standing:
         order by k.partition_id, k.line_no"""), {"run": run_id, "earlier": EARLIER}, execution_options=stream(50_000))
     codes: dict[str, int] = {}
     parts, lines, keys = [], [], []
-    for rows in result.partitions():  # numpy per batch: no Python int per key ever lives long
+    for rows in result.partitions(50_000):  # numpy per batch: no Python int per key ever lives long
         parts.append(np.fromiter((codes.setdefault(r[0], len(codes)) for r in rows), dtype=np.int32, count=len(rows)))
         lines.append(np.fromiter((r[1] for r in rows), dtype=np.int64, count=len(rows)))
         keys.append(np.frombuffer(b"".join(bytes(r[2]) for r in rows), dtype="<i8").reshape(len(rows), bands))
@@ -104,9 +104,15 @@ def _standing(conn: Connection, run_id: str, bands: int) -> Standing:
 def _details(conn: Connection, standing: Standing, rows: np.ndarray) -> list:
     """(record_id, source, total_chars, instruction text) of the given standing rows, in order."""
     conn.execute(sa.text("create temp table wanted (n int, partition_id text, line_no bigint) on commit drop"))
-    conn.execute(sa.text("insert into wanted values (:n, :p, :l)"),
-                 [{"n": n, "p": standing.partitions[standing.part[i]], "l": int(standing.line[i])}
-                  for n, i in enumerate(rows.tolist())])
+    copier = Copier(conn.connection.dbapi_connection.cursor())
+    table = CopyTable(copier, "wanted", ("n", "partition_id", "line_no"), BATCH)
+    names = [text_field(name) for name in standing.partitions]
+    try:
+        for n, i in enumerate(rows.tolist()):
+            table.add(b"%d" % n, names[standing.part[i]], b"%d" % standing.line[i])
+        table.flush()
+    finally:
+        copier.close()
     found = conn.execute(sa.text(
         "select r.record_id, r.source, r.total_chars, r.conversation from wanted w"
         " join records r using (partition_id, line_no) order by w.n")).all()
