@@ -129,6 +129,7 @@ def export_release(engine: Engine, recipe: Recipe, run_id: str, out_dir: str | o
     staging.mkdir()
     counts = accounting(engine, run_id)
     with engine.connect() as conn:
+        conn.execute(sa.text("set cursor_tuple_fraction = 1.0"))  # streamed queries read everything: plan for all rows
         kept, ids_hash = _write_records(conn, run_id, staging)
         reasons, stages = _write_ledger(conn, run_id, staging)
     content_hash = hashlib.sha256(f"{ids_hash}:{recipe_hash(recipe)}".encode()).hexdigest()[:16]

@@ -81,6 +81,8 @@ class Standing(NamedTuple):
 
 
 def _standing(conn: Connection, run_id: str, bands: int) -> Standing:
+    # a cursor is planned for its first rows by default (nested loops over a million rows): plan for all
+    conn.execute(sa.text("set local cursor_tuple_fraction = 1.0"))
     result = conn.execute(sa.text("""
         select k.partition_id, k.line_no, k.keys
         from lsh_keys k
