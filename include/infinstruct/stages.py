@@ -7,11 +7,18 @@ import json
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from .pgcopy import Copier, CopyTable, text_field
 from .reasons import Stage
 
-_INSERT_DECISIONS = sa.text(
-    "insert into decisions (partition_id, line_no, stage, verdict, reason, score, detail, duplicate_of, run_id)"
-    " values (:partition_id, :line_no, :stage, :verdict, :reason, :score, :detail, :duplicate_of, :run_id)")
+DECISION_COLUMNS = ("partition_id", "line_no", "stage", "verdict", "reason", "score", "detail", "duplicate_of", "run_id")
+
+
+def _copy_value(value: object) -> bytes:
+    if value is None:
+        return b"\\N"
+    if isinstance(value, (int, float)):
+        return repr(value).encode()
+    return text_field(str(value))
 
 
 def stream(rows: int) -> dict:
@@ -21,9 +28,17 @@ def stream(rows: int) -> dict:
 
 
 def insert_decisions(conn: Connection, rows: list[dict]) -> None:
-    """Ledger rows: dicts with every column of _INSERT_DECISIONS."""
-    if rows:
-        conn.execute(_INSERT_DECISIONS, rows)
+    """Ledger rows (dicts with every one of DECISION_COLUMNS), by COPY: a stage may drop thousands."""
+    if not rows:
+        return
+    copier = Copier(conn.connection.dbapi_connection.cursor())
+    table = CopyTable(copier, "decisions", DECISION_COLUMNS, 10_000)
+    try:
+        for row in rows:
+            table.add(*(_copy_value(row[column]) for column in DECISION_COLUMNS))
+        table.flush()
+    finally:
+        copier.close()
 
 
 def replace_decisions(conn: Connection, partition_id: str, stage: Stage, rows: list[dict]) -> None:
