@@ -41,7 +41,6 @@ import hashlib
 import json
 import multiprocessing as mp
 import os
-import platform
 import random
 import re
 import resource
@@ -49,18 +48,17 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "out"
 sys.path.insert(0, str(HERE))
 
 import generate_pool as gp  # noqa: E402
+from benchlib import machine_facts, temporary_database  # noqa: E402
 
 SOURCE = "pool"
 BENCHMARK = "synth_bench"
@@ -304,40 +302,6 @@ def prepare_data(folder: Path, n: int, seed: int) -> dict[str, Any]:
 
 
 # --- database -------------------------------------------------------------------------------------
-
-@contextmanager
-def database() -> Iterator[tuple[str, Path]]:
-    """The URL of an embedded PostgreSQL in a temporary folder, removed afterwards (as bench_ingest.py)."""
-    tmp = Path(tempfile.mkdtemp(prefix="infinstruct-bench-"))
-    os.environ.setdefault("XDG_RUNTIME_DIR", str(tmp))  # quiets platformdirs warnings from pgserver (at import)
-    import pgserver
-    from infinstruct.runtime import DATABASE_ENV, embedded_database_url
-
-    server = pgserver.get_server(tmp / "pgdata", cleanup_mode="delete")  # first handle: 'delete' wins
-    try:
-        url = embedded_database_url("bench", pgdata=tmp / "pgdata")
-        os.environ[DATABASE_ENV] = url  # pipeline functions and the workers call db.get_engine() without a URL
-        yield url, tmp / "pgdata"
-    finally:
-        server.cleanup()
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def facts(engine) -> dict[str, Any]:
-    import psycopg2
-    import sqlalchemy
-
-    cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?")
-    mem_kb = next(int(ln.split()[1]) for ln in open("/proc/meminfo") if ln.startswith("MemTotal:"))
-    out = {"nproc": len(os.sched_getaffinity(0)), "cpu": cpu, "ram_gib": round(mem_kb / 2**20, 1),
-           "load": " / ".join(f"{x:.2f}" for x in os.getloadavg()), "python": platform.python_version(),
-           "sqlalchemy": sqlalchemy.__version__, "psycopg2": psycopg2.__version__.split()[0]}
-    with engine.connect() as conn:
-        pg = [conn.exec_driver_sql(q).scalar_one() for q in ("select version()", "show shared_buffers", "show work_mem",
-                                                               "show fsync", "show synchronous_commit")]
-    return out | {"postgres": f"{pg[0].split(' on ')[0]}; shared_buffers {pg[1]}, work_mem {pg[2]}, fsync {pg[3]}, "
-                              f"synchronous_commit {pg[4]}"}
-
 
 def db_sizes(engine) -> dict[str, Any]:
     with engine.connect() as conn:
@@ -693,11 +657,11 @@ def main() -> int:
     recipe_path = folder / "recipe.yaml"
     recipe_path.write_text(yaml.safe_dump(recipe, sort_keys=False))
 
-    with database() as (url, pgdata):
+    with temporary_database() as (url, pgdata):
         from infinstruct.db import get_engine
 
         engine = get_engine(url)
-        c["facts"] = facts(engine)
+        c["facts"] = machine_facts(engine)
         sampler = Sampler(pgdata)
         sampler.start()
         try:

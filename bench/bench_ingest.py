@@ -18,22 +18,19 @@ import argparse
 import json
 import multiprocessing as mp
 import os
-import platform
-import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "out"
 sys.path.insert(0, str(HERE))
 
 from generate_pool import generate  # noqa: E402
+from benchlib import machine_facts, temporary_database  # noqa: E402
 
 SOURCE = "pool"
 
@@ -46,40 +43,6 @@ def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
     t0 = time.monotonic()  # CLOCK_MONOTONIC: comparable across the worker processes too
     value = fn()
     return time.monotonic() - t0, value
-
-
-@contextmanager
-def database() -> Iterator[str]:
-    """The URL of an embedded PostgreSQL in a temporary folder, removed afterwards."""
-    import pgserver
-    from infinstruct.runtime import DATABASE_ENV, embedded_database_url
-
-    tmp = Path(tempfile.mkdtemp(prefix="infinstruct-bench-"))
-    os.environ.setdefault("XDG_RUNTIME_DIR", str(tmp))  # quiets platformdirs warnings from pgserver
-    server = pgserver.get_server(tmp / "pgdata", cleanup_mode="delete")  # first handle: 'delete' wins
-    try:
-        url = embedded_database_url("bench", pgdata=tmp / "pgdata")
-        os.environ[DATABASE_ENV] = url  # pipeline functions and the workers call db.get_engine() without a URL
-        yield url
-    finally:
-        server.cleanup()
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def facts(engine) -> dict[str, Any]:
-    import pandas
-    import psycopg2
-    import sqlalchemy
-
-    cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?")
-    mem_kb = next(int(ln.split()[1]) for ln in open("/proc/meminfo") if ln.startswith("MemTotal:"))
-    out = {"nproc": len(os.sched_getaffinity(0)), "cpu": cpu, "ram_gib": round(mem_kb / 2**20, 1),
-           "load": " / ".join(f"{x:.2f}" for x in os.getloadavg()), "python": platform.python_version(),
-           "pandas": pandas.__version__, "sqlalchemy": sqlalchemy.__version__, "psycopg2": psycopg2.__version__.split()[0]}
-    with engine.connect() as conn:
-        pg = [conn.exec_driver_sql(q).scalar_one() for q in ("select version()", "show shared_buffers", "show fsync",
-                                                               "show synchronous_commit")]
-    return out | {"postgres": f"{pg[0]}; shared_buffers {pg[1]}, fsync {pg[2]}, synchronous_commit {pg[3]}"}
 
 
 def prepare_pool(n: int, seed: int) -> tuple[Path, Path, dict[str, int]]:
@@ -215,14 +178,14 @@ def main() -> int:
     pool, valid, c["pool"] = prepare_pool(args.n, args.seed)
     c["pool_path"] = str(pool.relative_to(HERE.parent))
 
-    with database() as url:
+    with temporary_database() as (url, _):
         import pandas as pd
         import sqlalchemy as sa
         from infinstruct import ingest
         from infinstruct.db import get_engine
 
         engine = get_engine(url)
-        c["facts"] = facts(engine)
+        c["facts"] = machine_facts(engine, pandas=__import__("pandas").__version__)
         recipe1, run1, (pid1,) = start_and_plan(pool, "bench_ingest_1p", args.n)
         _, run2, pids2 = start_and_plan(pool, "bench_ingest_2p", (args.n + 1) // 2)
         assert len(pids2) == 2, pids2
