@@ -9,8 +9,11 @@ Two rules, applied together and recorded in the decision ledger (stage `dedup`):
    models. Kept: lowest source priority, then the longest conversation (the most complete answer),
    then the smallest record id.
 
-The stage replaces its own decisions for the run's partitions in one transaction, so it is safe to
-re-run and, fed the same records, always decides the same way.
+Incremental (`stages.whole_dataset_scope`): when the run only added partitions, only their records are
+decided, against the records already standing, and an already accepted record always wins over a new
+copy (a nightly run never swaps out a released record). Otherwise the whole dataset is re-decided.
+The stage replaces its own decisions for the partitions it decides in one transaction, so it is safe
+to re-run and, fed the same records, always decides the same way.
 """
 from __future__ import annotations
 
@@ -19,49 +22,63 @@ from sqlalchemy.engine import Engine
 
 from .config import Recipe
 from .reasons import Drop, Stage
+from .stages import finish_scope, whole_dataset_scope
 
 EARLIER_STAGES = [Stage.RULES.value, Stage.DECONTAM.value]
 
 _DEDUP = sa.text("""
 with scoped as (
-    select r.partition_id, r.line_no, r.record_id, r.instruction_key, r.total_chars, sp.priority, p.path, p.shard
+    select r.partition_id, r.line_no, r.record_id, r.instruction_key, r.total_chars, sp.priority, p.path, p.shard,
+           dp.partition_id is not null as is_new
     from records r
     join run_partitions rp on rp.partition_id = r.partition_id and rp.run_id = :run
     join partitions p on p.partition_id = r.partition_id
     join source_priority sp on sp.source = r.source
-    where not exists (  -- a record an earlier stage (rules, decontamination) dropped is no one's original
+    left join deciding dp on dp.partition_id = r.partition_id
+    where not exists (  -- a record an earlier stage dropped is no one's original; nor is an old duplicate
         select 1 from decisions d where d.partition_id = r.partition_id and d.line_no = r.line_no
-        and d.verdict = 'dropped' and d.stage = any(:earlier))
+        and d.verdict = 'dropped' and (d.stage = any(:earlier) or (dp.partition_id is null and d.stage = :stage)))
 ), exact as (
     select *, row_number() over w as copy_rank, first_value(record_id) over w as kept_id
     from scoped
-    window w as (partition by record_id order by priority, path, shard, line_no)
+    window w as (partition by record_id order by is_new, priority, path, shard, line_no)
 ), instruction as (
     select *, row_number() over w as answer_rank, first_value(record_id) over w as kept_answer
     from exact where copy_rank = 1
-    window w as (partition by instruction_key order by priority, total_chars desc, record_id)
+    window w as (partition by instruction_key order by is_new, priority, total_chars desc, record_id)
 )
 insert into decisions (partition_id, line_no, stage, verdict, reason, duplicate_of, run_id)
-select partition_id, line_no, :stage, 'dropped', :exact_reason, kept_id, :run from exact where copy_rank > 1
+select partition_id, line_no, :stage, 'dropped', :exact_reason, kept_id, :run from exact where copy_rank > 1 and is_new
 union all
-select partition_id, line_no, :stage, 'dropped', :instruction_reason, kept_answer, :run from instruction where answer_rank > 1
+select partition_id, line_no, :stage, 'dropped', :instruction_reason, kept_answer, :run from instruction
+where answer_rank > 1 and is_new
 """)
 
 
-def exact_dedup(engine: Engine, recipe: Recipe, run_id: str) -> dict[str, int]:
-    """Decide exact and same-instruction duplicates for the run; returns counts per reason."""
+def settings(recipe: Recipe) -> dict:
+    """What the stage's decisions depend on besides the records: the sources' priorities."""
+    return {s.name: recipe.priority(s.name) for s in recipe.sources}
+
+
+def exact_dedup(engine: Engine, recipe: Recipe, run_id: str) -> dict:
+    """Decide exact and same-instruction duplicates for the run; returns counts per reason (of this pass)."""
     with engine.begin() as conn:
+        scope = whole_dataset_scope(conn, run_id, Stage.DEDUP, settings(recipe), EARLIER_STAGES)
         conn.execute(sa.text("create temp table source_priority (source text primary key, priority int not null) on commit drop"))
         conn.execute(sa.text("insert into source_priority values (:source, :priority)"),
                      [{"source": s.name, "priority": recipe.priority(s.name)} for s in recipe.sources])
-        conn.execute(sa.text(
-            "delete from decisions d using run_partitions rp"
-            " where rp.run_id = :run and d.partition_id = rp.partition_id and d.stage = :stage"),
-            {"run": run_id, "stage": Stage.DEDUP.value})
-        conn.execute(_DEDUP, {"run": run_id, "stage": Stage.DEDUP.value, "exact_reason": Drop.EXACT_DUPLICATE.value,
-                              "instruction_reason": Drop.DUPLICATE_INSTRUCTION.value, "earlier": EARLIER_STAGES})
+        conn.execute(sa.text("create temp table deciding (partition_id text primary key) on commit drop"))
+        if scope.new:
+            conn.execute(sa.text("insert into deciding values (:p)"), [{"p": p} for p in scope.new])
+        conn.execute(sa.text("delete from decisions d using deciding dp where d.partition_id = dp.partition_id and d.stage = :stage"),
+                     {"stage": Stage.DEDUP.value})
+        if scope.new:
+            conn.execute(_DEDUP, {"run": run_id, "stage": Stage.DEDUP.value, "exact_reason": Drop.EXACT_DUPLICATE.value,
+                                  "instruction_reason": Drop.DUPLICATE_INSTRUCTION.value, "earlier": EARLIER_STAGES})
         counts = dict(conn.execute(sa.text(
-            "select d.reason, count(*) from decisions d join run_partitions rp on rp.partition_id = d.partition_id"
-            " where rp.run_id = :run and d.stage = :stage group by d.reason"),
-            {"run": run_id, "stage": Stage.DEDUP.value}).all())
-    return {reason: counts.get(reason, 0) for reason in (Drop.EXACT_DUPLICATE.value, Drop.DUPLICATE_INSTRUCTION.value)}
+            "select d.reason, count(*) from decisions d join deciding dp on dp.partition_id = d.partition_id"
+            " where d.stage = :stage group by d.reason"), {"stage": Stage.DEDUP.value}).all())
+        result = {reason: counts.get(reason, 0) for reason in (Drop.EXACT_DUPLICATE.value, Drop.DUPLICATE_INSTRUCTION.value)}
+        result |= {"full_pass": scope.full, "why": scope.why, "decided_partitions": len(scope.new)}
+        finish_scope(conn, run_id, scope, result)
+    return result

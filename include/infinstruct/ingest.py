@@ -22,6 +22,7 @@ from .formats import mapper_for
 from .pgcopy import Copier, CopyTable, json_field, text_field
 from .readers import read_json_array, read_jsonl, read_parquet
 from .reasons import Quarantine
+from .stages import WHOLE_DATASET_STAGES
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +132,10 @@ def ingest_partition(engine: Engine, recipe: Recipe, run_id: str, partition_id: 
         conn.execute(sa.text("delete from quarantine where partition_id = :p"), {"p": partition_id})
         # what later stages derived from the old rows goes with them (their decisions cascade from records)
         conn.execute(sa.text("delete from contamination where partition_id = :p"), {"p": partition_id})
-        conn.execute(sa.text("delete from stage_completions where partition_id = :p"), {"p": partition_id})
+        # per-partition stages start over; whole-dataset stages keep their row, so they see this partition
+        # as changed (its upstream fingerprints move) and re-decide the dataset instead of just adding to it
+        conn.execute(sa.text("delete from stage_completions where partition_id = :p and stage <> all(:whole)"),
+                     {"p": partition_id, "whole": WHOLE_DATASET_STAGES})
         conn.execute(sa.text("delete from lsh_keys where partition_id = :p"), {"p": partition_id})
         copier = Copier(conn.connection.dbapi_connection.cursor())
         records = CopyTable(copier, "records", RECORD_COLUMNS, settings.batch_size)

@@ -9,6 +9,10 @@
 4. Clusters keep one record by the recipe's rule (source priority, then the longest conversation, then
    the smallest id); the others are ledgered `near_duplicate` with the kept id and the Jaccard estimate.
 
+Incremental (`stages.whole_dataset_scope`): when the run only added partitions, candidates are the pairs
+with at least one new record, old records are the ones still standing after this stage's earlier passes,
+and an old record always wins its cluster (`neardup.Member.accepted`); only new records are decided.
+
 Memory grows with the standing records: their band keys as one numpy array (bands × 8 bytes: 256 B
 each at the defaults, ~0.25 GB at a million) plus a line number and partition code; texts and ids are
 read only for the candidate rows. The decisions for the whole dataset are replaced in one transaction.
@@ -27,12 +31,12 @@ from .config import Recipe
 from .conversation import USER
 from .pgcopy import Copier, CopyTable, text_field
 from .reasons import Drop, Stage, Verdict
-from .stages import complete, completed, fingerprint, insert_decisions, stream
+from .stages import complete, completed, finish_scope, fingerprint, insert_decisions, stream, whole_dataset_scope
 
 log = logging.getLogger(__name__)
 
 BATCH = 5_000
-KEY_STAGE = Stage.NEAR_DEDUP  # stage_completions row for a partition's band keys
+KEY_STAGE = "lsh_keys"  # stage_completions row for a partition's band keys
 EARLIER = [Stage.RULES.value, Stage.DECONTAM.value, Stage.DEDUP.value]
 
 
@@ -72,35 +76,56 @@ def _store_keys(engine: Engine, recipe: Recipe, run_id: str, partition_id: str) 
 
 
 class Standing(NamedTuple):
-    """Records no earlier stage dropped, as compact arrays: row i is (partitions[part[i]], line[i])."""
+    """Records still standing, as compact arrays: row i is (partitions[part[i]], line[i])."""
 
     partitions: list[str]
     part: np.ndarray   # int32 index into partitions
     line: np.ndarray   # int64 line numbers
     keys: np.ndarray   # (n, bands) int64 band keys
+    new: np.ndarray    # bool: decided in this pass (else an old record that stands)
 
 
 def _standing(conn: Connection, run_id: str, bands: int) -> Standing:
+    """Rows of the run's partitions no earlier stage dropped, except, in a partition this pass does not
+    decide (not in temp table `deciding`), those an earlier pass of this stage dropped."""
     # a cursor is planned for its first rows by default (nested loops over a million rows): plan for all
     conn.execute(sa.text("set local cursor_tuple_fraction = 1.0"))
     result = conn.execute(sa.text("""
-        select k.partition_id, k.line_no, k.keys
+        select k.partition_id, k.line_no, k.keys, dp.partition_id is not null
         from lsh_keys k
         join run_partitions rp on rp.partition_id = k.partition_id and rp.run_id = :run
         join records r on r.partition_id = k.partition_id and r.line_no = k.line_no
+        left join deciding dp on dp.partition_id = k.partition_id
         where not exists (select 1 from decisions d where d.partition_id = k.partition_id
-                          and d.line_no = k.line_no and d.verdict = 'dropped' and d.stage = any(:earlier))
-        order by k.partition_id, k.line_no"""), {"run": run_id, "earlier": EARLIER}, execution_options=stream(50_000))
+                          and d.line_no = k.line_no and d.verdict = 'dropped'
+                          and (d.stage = any(:earlier) or (dp.partition_id is null and d.stage = :stage)))
+        order by k.partition_id, k.line_no"""), {"run": run_id, "earlier": EARLIER, "stage": Stage.NEAR_DEDUP.value},
+        execution_options=stream(50_000))
     codes: dict[str, int] = {}
-    parts, lines, keys = [], [], []
+    parts, lines, keys, new = [], [], [], []
     for rows in result.partitions(50_000):  # numpy per batch: no Python int per key ever lives long
         parts.append(np.fromiter((codes.setdefault(r[0], len(codes)) for r in rows), dtype=np.int32, count=len(rows)))
         lines.append(np.fromiter((r[1] for r in rows), dtype=np.int64, count=len(rows)))
         keys.append(np.frombuffer(b"".join(bytes(r[2]) for r in rows), dtype="<i8").reshape(len(rows), bands))
+        new.append(np.fromiter((r[3] for r in rows), dtype=bool, count=len(rows)))
     empty = np.empty(0, dtype=np.int64)
     return Standing(list(codes), np.concatenate(parts) if parts else empty.astype(np.int32),
                     np.concatenate(lines) if lines else empty,
-                    np.concatenate(keys) if keys else np.empty((0, bands), dtype=np.int64))
+                    np.concatenate(keys) if keys else np.empty((0, bands), dtype=np.int64),
+                    np.concatenate(new) if new else empty.astype(bool))
+
+
+def _nothing_standing(bands: int) -> Standing:
+    return Standing([], np.empty(0, np.int32), np.empty(0, np.int64), np.empty((0, bands), np.int64), np.empty(0, bool))
+
+
+def _candidates(standing: Standing) -> np.ndarray:
+    """Pairs [i, j] (i < j, standing rows) sharing a band key, with at least one new row."""
+    new_rows, old_rows = np.flatnonzero(standing.new), np.flatnonzero(~standing.new)
+    found = neardup.candidate_pairs(standing.keys[new_rows], standing.keys[old_rows] if len(old_rows) else None)
+    pairs = np.concatenate([new_rows[found.within],
+                            np.stack([new_rows[found.across[:, 0]], old_rows[found.across[:, 1]]], axis=1)])
+    return np.sort(pairs, axis=1)
 
 
 def _details(conn: Connection, standing: Standing, rows: np.ndarray) -> list:
@@ -121,8 +146,8 @@ def _details(conn: Connection, standing: Standing, rows: np.ndarray) -> list:
     return [(record_id, source, total, instruction_text(conversation)) for record_id, source, total, conversation in found]
 
 
-def near_dedup(engine: Engine, recipe: Recipe, run_id: str) -> dict[str, int]:
-    """Decide near-duplicates among the run's standing records; returns counts."""
+def near_dedup(engine: Engine, recipe: Recipe, run_id: str) -> dict:
+    """Decide near-duplicates among the run's standing records (or only the new ones); returns counts."""
     settings = recipe.near_dedup
     with engine.connect() as conn:
         partitions = conn.execute(sa.text("select partition_id from run_partitions where run_id = :r"), {"r": run_id}).scalars().all()
@@ -130,8 +155,14 @@ def near_dedup(engine: Engine, recipe: Recipe, run_id: str) -> dict[str, int]:
 
     drops: list[dict] = []
     with engine.begin() as conn:
-        standing = _standing(conn, run_id, settings.bands)
-        pairs = neardup.candidate_pairs(standing.keys).within
+        priorities = {s.name: recipe.priority(s.name) for s in recipe.sources}
+        scope = whole_dataset_scope(conn, run_id, Stage.NEAR_DEDUP, [settings, priorities], [*EARLIER, KEY_STAGE])
+        conn.execute(sa.text("create temp table deciding (partition_id text primary key) on commit drop"))
+        if scope.new:
+            conn.execute(sa.text("insert into deciding values (:p)"), [{"p": p} for p in scope.new])
+        # nothing new (a retry, or a nightly run without new files): nothing to read or decide
+        standing = _standing(conn, run_id, settings.bands) if scope.new else _nothing_standing(settings.bands)
+        pairs = _candidates(standing)
         involved = np.unique(pairs)
         if len(involved):
             local = np.searchsorted(involved, pairs)         # pairs over the involved rows only
@@ -142,23 +173,26 @@ def near_dedup(engine: Engine, recipe: Recipe, run_id: str) -> dict[str, int]:
             confirmed, estimates = neardup.without_boilerplate(
                 confirmed, estimates, texts, settings, neardup.boilerplate_shingles(texts, settings))
             cluster = neardup.clusters(len(involved), confirmed)
-            members = [neardup.Member(record_id, recipe.priority(source), total) for record_id, source, total, _ in details]
+            accepted = ~standing.new[involved]
+            members = [neardup.Member(record_id, recipe.priority(source), total, bool(old))
+                       for (record_id, source, total, _), old in zip(details, accepted)]
             kept_ids = neardup.duplicate_of(cluster, members)
             best = {}  # row -> highest estimate of a confirmed pair it is in, as the ledger's score
             for (a, b), e in zip(confirmed.tolist(), estimates.tolist()):
                 best[a], best[b] = max(best.get(a, 0.0), e), max(best.get(b, 0.0), e)
             for n, kept_id in enumerate(kept_ids):
-                if kept_id is not None:
+                if kept_id is not None and not accepted[n]:   # an old record stands, even beside an older one
                     i = involved[n]
                     drops.append({"partition_id": standing.partitions[standing.part[i]], "line_no": int(standing.line[i]),
                                   "stage": Stage.NEAR_DEDUP.value, "verdict": Verdict.DROPPED.value,
                                   "reason": Drop.NEAR_DUPLICATE.value, "score": best.get(n), "detail": None,
                                   "duplicate_of": kept_id, "run_id": run_id})
-        conn.execute(sa.text("delete from decisions d using run_partitions rp where rp.run_id = :run"
-                             " and d.partition_id = rp.partition_id and d.stage = :stage"),
-                     {"run": run_id, "stage": Stage.NEAR_DEDUP.value})
+        conn.execute(sa.text("delete from decisions d using deciding dp where d.partition_id = dp.partition_id"
+                             " and d.stage = :stage"), {"stage": Stage.NEAR_DEDUP.value})
         insert_decisions(conn, drops)
-    result = {"standing": len(standing.line), "candidates": len(pairs), "keys_computed_for_partitions": computed,
-              Drop.NEAR_DUPLICATE.value: len(drops)}
+        result = {"standing": len(standing.line), "decided": int(standing.new.sum()), "candidates": len(pairs),
+                  "keys_computed_for_partitions": computed, Drop.NEAR_DUPLICATE.value: len(drops),
+                  "full_pass": scope.full, "why": scope.why}
+        finish_scope(conn, run_id, scope, result)
     log.info("near dedup of run %s: %s", run_id, result)
     return result

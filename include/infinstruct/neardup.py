@@ -388,12 +388,14 @@ class Member:
     record_id: str
     priority: int        # source priority from the recipe: lower wins
     completeness: int    # e.g. total characters of the conversation: longer (more complete) wins
+    accepted: bool = False  # kept by an earlier run: an incremental run never swaps it for a new record
 
 
-def keep_rank(member: Member) -> tuple[int, int, str]:
-    """The keep rule: lowest source priority, then most complete, then smallest record id (a tie-break
-    that makes the choice deterministic and independent of input order)."""
-    return (member.priority, -member.completeness, member.record_id)
+def keep_rank(member: Member) -> tuple[bool, int, int, str]:
+    """The keep rule: a record accepted before wins, then the lowest source priority, then the most
+    complete, then the smallest record id (a tie-break that makes the choice deterministic and
+    independent of input order)."""
+    return (not member.accepted, member.priority, -member.completeness, member.record_id)
 
 
 def duplicate_of(cluster_ids: np.ndarray, members: Sequence[Member]) -> list[str | None]:

@@ -81,13 +81,13 @@ def decontaminate(run_id: str, partition_id: str) -> dict[str, Any]:
     return cleaning.decontaminate(get_engine(), run_recipe(run_id), run_id, partition_id)
 
 
-def deduplicate(run_id: str) -> dict[str, int]:
+def deduplicate(run_id: str) -> dict[str, Any]:
     counts = dedup.exact_dedup(get_engine(), run_recipe(run_id), run_id)
     log.info("run %s: dedup dropped %s", run_id, counts)
     return counts
 
 
-def near_deduplicate(run_id: str) -> dict[str, int]:
+def near_deduplicate(run_id: str) -> dict[str, Any]:
     return near_dedup.near_dedup(get_engine(), run_recipe(run_id), run_id)
 
 
