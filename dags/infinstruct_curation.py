@@ -1,7 +1,8 @@
 """infinstruct curation: raw instruction sources -> a versioned Infinity-Instruct-shaped release.
 
 start_run -> plan_partitions -> ingest[partition] -> check_ingested -> apply_rules[partition]
-          -> decontaminate[partition] -> deduplicate -> near_deduplicate -> check_release -> export_release
+          -> decontaminate[partition] -> deduplicate -> near_deduplicate -> semantic_deduplicate
+          -> check_release -> export_release
 
 Every task is one call into `infinstruct.pipeline`; XCom carries only partition ids and counts.
 Data errors (a partition that is mostly malformed, a failed quality gate) fail the task at once
@@ -37,7 +38,8 @@ def _data_errors():
     from infinstruct.quality import GateFailed
     from infinstruct.config import RecipeError
     from infinstruct.partitions import SourceError
-    return IngestError, GateFailed, RecipeError, SourceError
+    from infinstruct.semantic import VectorIndexError
+    return IngestError, GateFailed, RecipeError, SourceError, VectorIndexError
 
 
 def _call(step, *args):
@@ -110,6 +112,11 @@ def infinstruct_curation():
         return _call(pipeline.near_deduplicate, _run_id())
 
     @task
+    def semantic_deduplicate() -> dict:
+        from infinstruct import pipeline
+        return _call(pipeline.semantic_deduplicate, _run_id())
+
+    @task
     def check_release() -> dict:
         from infinstruct import pipeline
         return _call(pipeline.check_release, _run_id())
@@ -125,7 +132,7 @@ def infinstruct_curation():
     ingest.expand(partition_id=partitions) >> check_ingested() >> filtered
     cleaned = decontaminate.expand(filtered=filtered)
     # default trigger rule all_success: one failed partition stops dedup, the gate and the export
-    cleaned >> deduplicate() >> near_deduplicate() >> check_release() >> export_release()
+    cleaned >> deduplicate() >> near_deduplicate() >> semantic_deduplicate() >> check_release() >> export_release()
 
 
 infinstruct_curation()

@@ -12,7 +12,7 @@ from conftest import ROOT, SAMPLE_RECIPE, write_recipe
 
 DAG_ID = "infinstruct_curation"
 TASKS = {"start_run", "plan_partitions", "ingest", "check_ingested", "apply_rules", "decontaminate", "deduplicate",
-         "near_deduplicate", "check_release", "export_release"}
+         "near_deduplicate", "semantic_deduplicate", "check_release", "export_release"}
 MAPPED = {"ingest", "apply_rules", "decontaminate"}
 
 
@@ -35,7 +35,8 @@ def test_dag_shape(dag):
     assert dag.task_dict["check_ingested"].upstream_task_ids == {"ingest"}
     assert dag.task_dict["apply_rules"].upstream_task_ids == {"check_ingested", "plan_partitions"}
     assert dag.task_dict["deduplicate"].upstream_task_ids == {"decontaminate"}
-    assert dag.task_dict["check_release"].upstream_task_ids == {"near_deduplicate"}
+    assert dag.task_dict["semantic_deduplicate"].upstream_task_ids == {"near_deduplicate"}
+    assert dag.task_dict["check_release"].upstream_task_ids == {"semantic_deduplicate"}
     assert all(t.trigger_rule == "all_success" for t in dag.tasks)
     assert set(dag.params.keys()) == {"recipe", "out_dir"}
 
@@ -93,6 +94,6 @@ def test_failed_partition_fails_the_run_and_holds_back_the_export(dag, tmp_path)
     result = states(dag_run)
     assert str(dag_run.state) == "failed"
     assert sorted(state for (task, _), state in result.items() if task == "ingest") == ["failed", "success"]
-    for task in ("check_ingested", "deduplicate", "near_deduplicate", "check_release", "export_release"):
+    for task in ("check_ingested", "deduplicate", "near_deduplicate", "semantic_deduplicate", "check_release", "export_release"):
         assert result[(task, -1)] == "upstream_failed"
     assert not out.exists() or not any(out.rglob("manifest.json"))

@@ -17,6 +17,7 @@ from pydantic import Field, ValidationError, model_validator
 from .decontam import BenchmarkSpec, NgramSettings
 from .neardup import NearDupSettings
 from .rules import RuleSettings
+from .semantic import EmbeddingMatchSettings, SemanticDedupSettings
 from .strict import Strict
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -76,6 +77,8 @@ class DecontamSettings(Strict):
     benchmarks: list[BenchmarkSpec] = []
     ngram: NgramSettings = NgramSettings()
     include_response: bool = True   # a response that quotes a benchmark item leaks it too
+    # MiniLM cosine of the instruction (user turns) to every item catches paraphrases n-grams miss; null: off
+    embedding: EmbeddingMatchSettings | None = EmbeddingMatchSettings()
 
 
 class Recipe(Strict):
@@ -86,6 +89,7 @@ class Recipe(Strict):
     rules: RuleSettings = RuleSettings()
     decontamination: DecontamSettings = DecontamSettings()
     near_dedup: NearDupSettings = NearDupSettings()
+    semantic_dedup: SemanticDedupSettings | None = SemanticDedupSettings()  # null: off
     gates: GateSettings = GateSettings()
 
     @model_validator(mode="after")

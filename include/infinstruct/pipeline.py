@@ -14,7 +14,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from . import cleaning, dedup, export, ingest, near_dedup, quality
+from . import cleaning, dedup, export, ingest, near_dedup, quality, semantic_dedup
 from .config import Recipe, load_recipe, recipe_hash
 from .db import get_engine
 from .partitions import plan_recipe
@@ -89,6 +89,10 @@ def deduplicate(run_id: str) -> dict[str, Any]:
 
 def near_deduplicate(run_id: str) -> dict[str, Any]:
     return near_dedup.near_dedup(get_engine(), run_recipe(run_id), run_id)
+
+
+def semantic_deduplicate(run_id: str) -> dict[str, Any]:
+    return semantic_dedup.semantic_dedup(get_engine(), run_recipe(run_id), run_id)
 
 
 def check_release(run_id: str) -> dict[str, Any]:

@@ -22,6 +22,7 @@ class Stage(StrEnum):
     DECONTAM = "decontam"
     DEDUP = "dedup"
     NEAR_DEDUP = "near_dedup"
+    SEMANTIC_DEDUP = "semantic_dedup"
 
 
 class Quarantine(StrEnum):
@@ -53,6 +54,7 @@ class Drop(StrEnum):
     EXACT_DUPLICATE = "exact_duplicate"              # same normalised conversation as the kept record
     DUPLICATE_INSTRUCTION = "duplicate_instruction"  # same user turns as the kept record, another answer
     NEAR_DUPLICATE = "near_duplicate"                # MinHash-similar instruction to the kept record
+    SEMANTIC_DUPLICATE = "semantic_duplicate"        # embedding-similar instruction to an accepted record
 
 
 def rule_reason(rule: str) -> str:

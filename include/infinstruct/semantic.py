@@ -53,7 +53,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Literal, Sequence
 
 import numpy as np
 import sqlalchemy as sa
@@ -237,6 +237,17 @@ def semantic_pairs(keys: Sequence[str], vectors: np.ndarray, index: VectorIndex 
         batch_keys = set(keys)
         across = [hit for hit in index.neighbours(vectors, k, min_cosine, conn=conn) if hit[1] not in batch_keys]
     return SemanticPairs(within, cos, across)
+
+
+class SemanticDedupSettings(Strict):
+    """Recipe section `semantic_dedup`: embedding near-duplicates of the instructions (null: off)."""
+
+    embedding: EmbeddingSettings = EmbeddingSettings()
+    threshold: float = Field(0.9, ge=-1, le=1)   # cosine at which two instructions are the same request
+    neighbours: int = Field(10, ge=1, le=1000)   # accepted records compared per new record (nearest first)
+    min_words: int = Field(4, ge=0)              # shorter instructions are left to exact dedup
+    index: Literal["auto", "pgvector", "exact"] = "auto"  # auto: pgvector when the server has it
+    batch_size: int = Field(1000, ge=1)          # records decided per step (each step sees the ones before)
 
 
 # --- embedding decontamination -----------------------------------------------------------------

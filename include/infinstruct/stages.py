@@ -20,7 +20,7 @@ from .pgcopy import Copier, CopyTable, text_field
 from .reasons import Stage
 
 # whole-dataset stages, in order; each one's completions carry the fingerprints of the ones before
-WHOLE_DATASET_STAGES = [Stage.DEDUP.value, Stage.NEAR_DEDUP.value]
+WHOLE_DATASET_STAGES = [Stage.DEDUP.value, Stage.NEAR_DEDUP.value, Stage.SEMANTIC_DEDUP.value]
 PER_PARTITION_STAGES = [Stage.RULES.value, Stage.DECONTAM.value]
 
 DECISION_COLUMNS = ("partition_id", "line_no", "stage", "verdict", "reason", "score", "detail", "duplicate_of", "run_id")
