@@ -11,7 +11,8 @@ What it does (everything under bench/out/cleaning_n<N>/, gitignored):
    answer) and ~0.5% benchmark contamination (a record whose instruction is an item of our own
    200-item benchmark file, verbatim or wrapped in a longer prompt). The benchmark items come from the
    generator's vocabulary with another seed, so they are distinct from the pool's text.
-2. A recipe (YAML) with the pool as one alpaca source given as a glob (`pool/*.jsonl`), the default
+2. A recipe (YAML) with the embedding steps off (embedding decontamination, semantic dedup: their cost is
+   MiniLM's, measured in bench_semantic.py), the pool as one alpaca source given as a glob (`pool/*.jsonl`), the default
    `ingest.shard_lines` (50,000 lines: N/50k partitions) and the benchmark file under
    `decontamination.benchmarks`.
 3. In a throwaway embedded PostgreSQL (pgserver, temporary folder, removed on exit), one full run of
@@ -652,7 +653,9 @@ def main() -> int:
     recipe = {"name": f"bench_cleaning_n{n}", "description": "Phase 1 cleaning benchmark (bench/bench_cleaning.py)",
               "sources": [{"name": SOURCE, "path": str(pool_dir / "*.jsonl"), "format": "alpaca"}],
               "decontamination": {"benchmarks": [{"name": BENCHMARK, "path": str(folder / "benchmark.jsonl"),
-                                                  "fields": ["question"], "id_field": "id"}]}}
+                                                  "fields": ["question"], "id_field": "id"}],
+                                  "embedding": None},   # the target is for the non-embedding steps
+              "semantic_dedup": None}
     import yaml
     recipe_path = folder / "recipe.yaml"
     recipe_path.write_text(yaml.safe_dump(recipe, sort_keys=False))
