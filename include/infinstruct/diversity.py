@@ -14,7 +14,8 @@ candidates in batches: one matrix product of the batch against the selected set,
 against itself for the candidates accepted earlier in the same batch, then the selected matrix
 grows in place. The selected set lives in a `NearestIndex`: `ExactIndex` (numpy, exact) by default;
 a persistent approximate index (pgvector HNSW, as semantic dedup uses) can stand in for very large
-selected sets, at the price of exactness.
+selected sets, at the price of exactness. A nightly run passes the earlier selection as `existing`
+and only new candidates (a record already selected would be too similar to itself).
 
 `nearest_neighbour_cosines` / `diversity_report`: for each vector of a set, its largest cosine to
 another member; the report gives their mean and 95th percentile (lower = more diverse).

@@ -69,6 +69,7 @@ from typing import Mapping, Protocol, Sequence
 import numpy as np
 from pydantic import Field, model_validator
 
+from .embeddings import EmbeddingSettings
 from .rules import estimate_tokens
 from .strict import Strict
 
@@ -298,10 +299,8 @@ class EmbeddingRelevanceScorer:
     [0, 1] (offline MiniLM by default). Low for an answer about something else; says nothing
     about correctness. Costs two embeddings per record (~50-130 texts/s on this machine)."""
 
-    def __init__(self, settings=None):
-        from .embeddings import EmbeddingSettings
-
-        self.settings = settings or EmbeddingSettings()
+    def __init__(self, settings: EmbeddingSettings = EmbeddingSettings()):
+        self.settings = settings
         self.name = f"relevance:{self.settings.fingerprint}"
 
     def score(self, instructions: Sequence[str], responses: Sequence[str]) -> np.ndarray:
