@@ -21,7 +21,10 @@ Normalisation (`normalise_words`)
     identifiers (`has_close_elements`) stay one word. Case is folded in code too (`List` = `list`);
     a prompt with renamed identifiers loses only the n-grams that contain a renamed name. With
     `mask_numbers` (default) every all-digit word reads as "0" ("$80,000" → "0 0"), so a copy with
-    the numbers changed, the commonest GSM8K-style rewrite, still matches in full.
+    the numbers changed, the commonest GSM8K-style rewrite, still matches in full. With
+    `mask_identifiers` (default) the names a code text defines (`def`/`class` names and parameters)
+    read as their order of definition (`defined_names`), on both sides, so a HumanEval prompt with
+    its function and arguments renamed everywhere still matches in full.
 
 Hashing
     A word hashes to the first 8 bytes of its BLAKE2b digest; an n-gram to a polynomial over its
@@ -133,6 +136,7 @@ class NgramSettings(Strict):
     threshold: float = Field(DEFAULT_THRESHOLD, gt=0, le=1)
     min_short_words: int = Field(DEFAULT_MIN_SHORT_WORDS, ge=1)
     mask_numbers: bool = True     # every all-digit word reads as "0": changed numbers still match
+    mask_identifiers: bool = True  # names a code prompt defines read as their order: renamed code still matches
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,6 +237,37 @@ def normalise_words(text: str) -> list[str]:
     if text.isascii():
         return text.translate(_ASCII_BREAKS).split()
     return _WORD.findall(text)
+
+
+_DEF = re.compile(r"\b(?:def|class)\s+([A-Za-z_]\w*)\s*(?:\(([^)]*)\))?")
+_PARAM = re.compile(r"^\s*\**\s*([A-Za-z_]\w*)")
+
+
+def defined_names(text: str) -> list[str]:
+    """Names a code prompt defines (functions, classes, their parameters), casefolded, in order of definition.
+
+    A benchmark's code item copied with its function and arguments renamed (`has_close_elements(numbers,
+    threshold)` → `helper(values, limit)`) shares almost no n-gram with the original; read both with
+    these names replaced by their order of definition and the copy matches in full."""
+    if "def " not in text and "class " not in text:
+        return []
+    names: dict[str, None] = {}
+    for match in _DEF.finditer(text):
+        names.setdefault(match[1].casefold(), None)
+        for param in (match[2] or "").split(","):
+            found = _PARAM.match(param)
+            if found and found[1] not in ("self", "cls"):
+                names.setdefault(found[1].casefold(), None)
+    return list(names)
+
+
+def mask_defined_names(words: list[str], names: list[str]) -> list[str]:
+    """`words` with each defined name replaced by a placeholder for its order of definition (words are
+    runs of `\w`, so a placeholder can never be a real word)."""
+    if not names:
+        return words
+    placeholder = {name: f"<id{k}>" for k, name in enumerate(names)}
+    return [placeholder.get(w, w) for w in words]
 
 
 def normalise(text: str) -> str:
@@ -357,7 +392,7 @@ class NgramIndex:
         grams, gram_owner, totals = [], [], []
         heads, head_owner, self._short_words = [], [], {}
         for item in items:
-            words = normalise_words(item.text)
+            words = self._words(item.text)
             if len(words) < k:
                 self.skipped.append(item)
                 continue
@@ -398,9 +433,13 @@ class NgramIndex:
     def __len__(self) -> int:
         return len(self.items)
 
+    def _words(self, text: str) -> list[str]:
+        words = normalise_words(text)
+        return mask_defined_names(words, defined_names(text)) if self.settings.mask_identifiers else words
+
     def match(self, text: str) -> list[Match]:
         """Every item `text` shares evidence with (best match per item), highest score first."""
-        words = normalise_words(text)
+        words = self._words(text)
         if len(words) < self._k:
             return []
         wh = np.fromiter(map(self._vocab.__getitem__, words), dtype=np.uint64, count=len(words))
