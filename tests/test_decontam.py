@@ -1,4 +1,5 @@
-"""Benchmark decontamination, n-gram part: what counts as a record containing a benchmark item.
+"""Benchmark decontamination: what counts as a record containing a benchmark item (n-gram part), and
+the stage that drops such records by n-grams and MiniLM cosine (real PostgreSQL and MiniLM).
 
 The synthetic tests read as the spec; the `shared_data` tests run the real GSM8K-test, MT-Bench and
 HumanEval files against the clean pool (skipped where ../shared/data is absent).
@@ -6,8 +7,10 @@ HumanEval files against the clean pool (skipped where ../shared/data is absent).
 from __future__ import annotations
 
 import json
+import uuid
 
 import pytest
+import sqlalchemy as sa
 from pydantic import ValidationError
 
 from conftest import SHARED_DATA, write_jsonl
@@ -218,3 +221,121 @@ def test_few_clean_pool_records_match(real_index):
     # MT-Bench questions (true contamination), all well under 1%
     assert len(flagged) / len(records) < 0.01
 
+
+# --- the decontamination stage: n-grams and embeddings over a partition (real PostgreSQL, MiniLM) ---
+
+GSM_ITEM = {"id": "3", "question": "Josh decides to try flipping a house. He buys a house for $80,000 and then puts in "
+                                   "$50,000 in repairs. This increased the value of the house by 150%. How much profit "
+                                   "did he make?"}
+MT_ITEM = {"question_id": 81, "turns": ["Compose an engaging travel blog post about a recent trip to Hawaii, "
+                                        "highlighting cultural experiences and must-see attractions."]}
+# lightly paraphrased, numbers changed: shares no 13-gram with the item (checked below), cosine ≥ 0.8
+PARAPHRASED_GSM = ("Josh wants to flip a house. He purchases a home for $92,000 and then spends $35,000 on repairs. "
+                   "That raised the house's value by 120%. What was his profit?")
+LINES = [
+    {"instruction": PARAPHRASED_GSM, "input": "", "output": "The house is worth 127,000 * 2.2 = 279,400, so he made $152,400."},
+    {"instruction": "I need help with my homework. " + MT_ITEM["turns"][0], "input": "",
+     "output": "Aloha from Hawaii! My trip began on Oahu, where I learned to hula at a cultural centre."},
+    {"instruction": "Suggest a vegetarian recipe for a summer picnic.", "input": "",
+     "output": "A chickpea salad with cucumber, tomato, feta, lemon juice and olive oil travels well."},
+    # a paraphrase too, but the rules stage drops it first: never embedded
+    {"instruction": "Josh flips a house: bought for $70,000, repairs $40,000, value up 130%. What profit?",
+     "input": "", "output": "As an AI language model, I cannot do that."},
+]
+
+
+def run_stages(tmp_path, embedding="default", copies: int = 1, between=None) -> tuple[str, list[str], list[dict]]:
+    """Ingest `copies` identical files of LINES, then rules and decontamination per partition
+    (`between(i)` runs before partition i's stages). Returns run id, partitions, decontam results."""
+    from conftest import write_recipe
+    from infinstruct import pipeline
+
+    write_jsonl(tmp_path / "gsm.jsonl", [GSM_ITEM])
+    write_jsonl(tmp_path / "mt.jsonl", [MT_ITEM])
+    for k in range(copies):
+        write_jsonl(tmp_path / f"part{k}.jsonl", LINES)
+    decontamination = {"benchmarks": [
+        {"name": "gsm8k_test", "path": "gsm.jsonl", "fields": ["question"], "id_field": "id"},
+        {"name": "mt_bench", "path": "mt.jsonl", "fields": ["turns"], "id_field": "question_id"}]}
+    if embedding != "default":
+        decontamination["embedding"] = embedding
+    recipe = write_recipe(tmp_path, f"decontam-{uuid.uuid4().hex[:6]}",
+                          [{"name": f"s{k}", "path": f"part{k}.jsonl", "format": "alpaca"} for k in range(copies)],
+                          decontamination=decontamination)
+    run_id = f"test-{uuid.uuid4().hex[:8]}"
+    pipeline.start_run(run_id, recipe)
+    parts = pipeline.plan(run_id)
+    results = []
+    for i, part in enumerate(parts):
+        if between is not None:
+            between(i)
+        pipeline.ingest_partition(run_id, part)
+        pipeline.apply_rules(run_id, part)
+        results.append(pipeline.decontaminate(run_id, part))
+    return run_id, parts, results
+
+
+def stage_rows(engine, part: str) -> tuple[dict, dict]:
+    """(line -> (stage, reason, detail, duplicate_of, score)) decisions and (line -> {(benchmark, item, method)}) audit."""
+    with engine.connect() as conn:
+        decided = {line: rest for line, *rest in conn.execute(sa.text(
+            "select line_no, stage, reason, detail, duplicate_of, score from decisions where partition_id = :p"), {"p": part})}
+        audit: dict[int, set] = {}
+        for line, benchmark, item, method in conn.execute(sa.text(
+                "select line_no, benchmark, item_id, method from contamination where partition_id = :p"), {"p": part}):
+            audit.setdefault(line, set()).add((benchmark, item, method))
+    return decided, audit
+
+
+def cached_ids(engine, part: str) -> set[int]:
+    """Lines of the partition whose record has a cached instruction vector."""
+    from infinstruct.embeddings import EmbeddingSettings
+    with engine.connect() as conn:
+        return set(conn.execute(sa.text(
+            "select r.line_no from records r join embedding_cache e on e.record_id = r.record_id and e.model = :m"
+            " where r.partition_id = :p"), {"p": part, "m": EmbeddingSettings().fingerprint}).scalars())
+
+
+def test_a_paraphrased_item_the_ngrams_miss_is_dropped_by_embedding(engine, tmp_path):
+    assert NgramIndex.build([BenchmarkItem("gsm8k_test", "3", GSM_ITEM["question"])]).match(PARAPHRASED_GSM) == []
+    run_id, [part], [result] = run_stages(tmp_path)
+    assert (result["dropped"], result["embedding_checked"]) == (2, 3)   # the refusal was not embedded
+    decided, audit = stage_rows(engine, part)
+
+    stage, reason, detail, duplicate_of, score = decided[1]
+    assert (stage, reason, detail, duplicate_of) == ("decontam", "contaminated:gsm8k_test", "embedding match", "gsm8k_test:3")
+    assert 0.8 <= score <= 1.0
+    assert audit[1] == {("gsm8k_test", "3", "embedding")}
+    # the wrapped MT-Bench turn: both matchers see it, the n-gram match (score 1.0) is the reason
+    assert decided[2][:4] == ["decontam", "contaminated:mt_bench", "ngram match", "mt_bench:81"]
+    assert audit[2] == {("mt_bench", "81", "ngram"), ("mt_bench", "81", "embedding")}
+    # the clean record is kept; the refusal is the rules stage's, with no embedding evidence
+    assert 3 not in decided and 3 not in audit
+    assert decided[4][:2] == ["rules", "rule:refusal"] and 4 not in audit
+    assert cached_ids(engine, part) == {1, 2, 3}
+
+    from infinstruct import pipeline
+    again = pipeline.decontaminate(run_id, part)
+    assert again["skipped"] is True and again["dropped"] == 2
+    assert stage_rows(engine, part) == (decided, audit)
+
+
+def test_the_same_records_in_another_file_reuse_the_cached_vectors(engine, tmp_path, monkeypatch):
+    from infinstruct import embeddings
+
+    def no_encoding_after_the_first_file(i: int) -> None:
+        if i == 1:   # the matcher's item vectors are built once per process, the records' are cached
+            monkeypatch.setattr(embeddings, "encode", lambda *a, **k: pytest.fail("encoded again"))
+
+    _, parts, results = run_stages(tmp_path, copies=2, between=no_encoding_after_the_first_file)
+    assert [r["dropped"] for r in results] == [2, 2]
+    assert stage_rows(engine, parts[1])[0][1][1:4] == stage_rows(engine, parts[0])[0][1][1:4]
+
+
+def test_embedding_null_turns_the_embedding_matcher_off(engine, tmp_path):
+    _, [part], [result] = run_stages(tmp_path, embedding=None)
+    assert (result["dropped"], result["embedding_checked"]) == (1, 0)
+    decided, audit = stage_rows(engine, part)
+    assert 1 not in decided and 1 not in audit                       # the paraphrase gets through
+    assert decided[2][:3] == ["decontam", "contaminated:mt_bench", "ngram match"]
+    assert audit == {2: {("mt_bench", "81", "ngram")}}

@@ -4,6 +4,11 @@ Each stage streams the partition's records, decides, and replaces its own decisi
 in one transaction (`decisions`, stage `rules` or `decontam`), so re-running it is always safe.
 Measurements are cached per record id in `record_stats`: a threshold change in the recipe re-judges
 without re-measuring, and the same conversation in another file is measured once.
+
+Decontamination matches every record's text against the benchmark items by word n-grams, and the
+instruction of every record still standing by MiniLM cosine (`semantic.EmbeddingMatcher`, on unless
+the recipe says `embedding: null`); instruction vectors are cached per record id (`embedding_cache`),
+so a record is encoded once whatever file, run or stage it comes back in.
 """
 from __future__ import annotations
 
@@ -14,6 +19,7 @@ import os
 from collections import Counter
 from collections.abc import Iterator
 
+import numpy as np
 import orjson
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
@@ -21,14 +27,18 @@ from sqlalchemy.engine import Connection, Engine
 from . import rules
 from .config import DecontamSettings, Recipe
 from .conversation import ASSISTANT, USER
-from .decontam import NgramIndex
+from .decontam import Match, MatchMethod, NgramIndex, best_matches, iter_items
+from .embedding_cache import instruction_text, instruction_vectors
 from .pgcopy import Copier, CopyTable, json_field
 from .reasons import Stage, Verdict, contamination_reason
+from .semantic import EmbeddingMatcher
 from .stages import complete, completed, fingerprint, replace_decisions, stream
 
 log = logging.getLogger(__name__)
 
 BATCH = 2_000
+# stages before decontamination: a record they dropped is out of the release, so it is not worth embedding
+EARLIER_STAGES = [Stage.RULES.value]
 
 
 def _records(conn: Connection, partition_id: str, with_stats: bool = False) -> Iterator[list]:
@@ -102,28 +112,93 @@ def apply_rules(engine: Engine, recipe: Recipe, run_id: str, partition_id: str) 
 
 
 @functools.lru_cache(maxsize=4)
-def _benchmark_index(settings_json: str) -> NgramIndex:
+def _benchmark_index(settings_json: str, digests: tuple[str, ...]) -> NgramIndex:
     settings = DecontamSettings.model_validate_json(settings_json)
     return NgramIndex.from_specs(settings.benchmarks, settings.ngram)
 
 
 def benchmark_index(settings: DecontamSettings) -> NgramIndex:
-    """The n-gram index of the recipe's benchmarks, built once per process."""
-    return _benchmark_index(settings.model_dump_json())
+    """The n-gram index of the recipe's benchmarks, built once per process (per version of their files)."""
+    return _benchmark_index(settings.model_dump_json(), benchmark_digests(settings))
+
+
+@functools.lru_cache(maxsize=2)   # holds every item's vector: a few MB per recipe
+def _embedding_matcher(settings_json: str, digests: tuple[str, ...]) -> EmbeddingMatcher:
+    settings = DecontamSettings.model_validate_json(settings_json)
+    items = [item for spec in settings.benchmarks for item in iter_items(spec)]
+    return EmbeddingMatcher.build(items, settings.embedding)
+
+
+def embedding_matcher(settings: DecontamSettings) -> EmbeddingMatcher:
+    """The recipe's benchmark items embedded, once per process (per version of their files)."""
+    if settings.embedding is None:
+        raise ValueError("the recipe turns embedding decontamination off (decontamination.embedding: null)")
+    # keyed by what the matcher depends on only: an n-gram setting change does not re-embed the items
+    key = DecontamSettings(benchmarks=settings.benchmarks, embedding=settings.embedding)
+    return _embedding_matcher(key.model_dump_json(), benchmark_digests(settings))
+
+
+def benchmark_digests(settings: DecontamSettings) -> tuple[str, ...]:
+    """sha256 of every benchmark file: a changed benchmark is new input for the stage and its caches."""
+    return tuple(_file_digest(b.path) for b in settings.benchmarks)
 
 
 def match_text(turns: tuple, include_response: bool) -> str:
-    """What is compared with the benchmarks: the user turns, and the responses when asked."""
+    """What the n-gram matcher compares with the benchmarks: the user turns, and the responses when asked."""
     roles = (USER, ASSISTANT) if include_response else (USER,)
     return "\n".join(content for role, content in turns if role in roles)
 
 
+def embedding_matches(matcher: EmbeddingMatcher, vectors: np.ndarray) -> list[list[Match]]:
+    """`EmbeddingMatcher.match` for texts already embedded (e.g. cached): per row, the items whose cosine
+    reaches the threshold, best first, at most `max_matches`."""
+    if not len(matcher) or not len(vectors):
+        return [[] for _ in range(len(vectors))]
+    # float32 puts an exact copy a hair above 1: clipped, so best_matches keeps the n-gram match on a tie
+    sims = np.minimum(vectors @ matcher.vectors.T, 1.0)
+    top = min(matcher.settings.max_matches, len(matcher))
+    out = []
+    for row in sims:
+        best = np.argpartition(-row, top - 1)[:top]
+        best = best[np.argsort(-row[best], kind="stable")]
+        out.append([Match(matcher.items[i].benchmark, matcher.items[i].item_id, MatchMethod.EMBEDDING, float(row[i]), 0)
+                    for i in best.tolist() if row[i] >= matcher.settings.threshold])
+    return out
+
+
+def _dropped_earlier(conn: Connection, partition_id: str) -> list[int]:
+    """Lines of the partition that a stage before decontamination dropped (they are out of the release)."""
+    return conn.execute(sa.text(
+        "select line_no from decisions where partition_id = :p and verdict = :v and stage = any(:earlier)"
+        " order by line_no"), {"p": partition_id, "v": Verdict.DROPPED.value, "earlier": EARLIER_STAGES}).scalars().all()
+
+
+def _batch_matches(engine: Engine, batch: list, settings: DecontamSettings, index: NgramIndex,
+                   matcher: EmbeddingMatcher | None, skip_embedding: set[int]) -> dict[int, list[Match]]:
+    """Every contaminating match of every matcher, per line of the batch (lines without any left out).
+
+    N-grams look at every record (cheap); embeddings only at records still standing (MiniLM is the
+    expensive part), by their instruction's vector from the embedding cache."""
+    found = {line_no: index.contaminating(match_text(turns, settings.include_response)) for line_no, _, turns in batch}
+    todo = [(line_no, record_id, turns) for line_no, record_id, turns in batch if line_no not in skip_embedding]
+    if matcher is not None and todo:
+        vectors = instruction_vectors(engine, matcher.settings.embedding, [record_id for _, record_id, _ in todo],
+                                      [instruction_text(turns) for _, _, turns in todo])
+        for (line_no, _, _), matches in zip(todo, embedding_matches(matcher, vectors)):
+            found[line_no] = found[line_no] + matches
+    return {line_no: matches for line_no, matches in found.items() if matches}
+
+
 def decontaminate(engine: Engine, recipe: Recipe, run_id: str, partition_id: str) -> dict[str, int]:
-    """Drop records that contain a benchmark item; record every match in the contamination audit."""
+    """Drop records that contain a benchmark item (n-grams, and the instruction's embedding cosine);
+    record every match in the contamination audit."""
     settings = recipe.decontamination
+    embedding_on = bool(settings.benchmarks) and settings.embedding is not None
     with engine.connect() as conn:
-        # benchmark files are part of the input: a changed benchmark re-checks every partition
-        print_ = fingerprint(conn, partition_id, settings, [_file_digest(b.path) for b in settings.benchmarks])
+        skip_embedding = _dropped_earlier(conn, partition_id) if embedding_on else []
+        # benchmark files are part of the input: a changed benchmark re-checks every partition; so are the
+        # earlier drops when they decide what gets embedded (a record a new rule threshold keeps is checked)
+        print_ = fingerprint(conn, partition_id, settings, list(benchmark_digests(settings)), skip_embedding)
         done = completed(conn, partition_id, Stage.DECONTAM, print_)
     if done is not None:
         log.info("decontamination of %s: unchanged input, settings and benchmarks, skipped", partition_id)
@@ -131,24 +206,27 @@ def decontaminate(engine: Engine, recipe: Recipe, run_id: str, partition_id: str
     drops: list[dict] = []
     audit: list[dict] = []
     reasons: Counter[str] = Counter()
+    checked = 0
     if settings.benchmarks:
         index = benchmark_index(settings)
+        matcher = embedding_matcher(settings) if embedding_on else None
+        skip = set(skip_embedding)
         with engine.connect() as reader:
             for batch in _records(reader, partition_id):
-                for line_no, record_id, turns in batch:
-                    matches = index.contaminating(match_text(turns, settings.include_response))
-                    if not matches:
-                        continue
-                    best = matches[0]
+                if matcher is not None:
+                    checked += sum(1 for line_no, _, _ in batch if line_no not in skip)
+                for line_no, matches in _batch_matches(engine, batch, settings, index, matcher, skip).items():
+                    best = best_matches(matches)[0]
                     reason = contamination_reason(best.benchmark)
                     reasons[reason] += 1
                     drops.append({"partition_id": partition_id, "line_no": line_no, "stage": Stage.DECONTAM.value,
                                   "verdict": Verdict.DROPPED.value, "reason": reason, "score": best.score,
                                   "detail": f"{best.method.value} match", "duplicate_of": f"{best.benchmark}:{best.item_id}",
                                   "run_id": run_id})
+                    # the evidence of both matchers: an item found by n-grams and by embedding has two rows
                     audit += [{"p": partition_id, "l": line_no, "b": m.benchmark, "i": m.item_id, "m": m.method.value,
                                "s": m.score, "r": run_id} for m in matches]
-    result = {"partition_id": partition_id, "dropped": len(drops), **reasons}
+    result = {"partition_id": partition_id, "dropped": len(drops), "embedding_checked": checked, **reasons}
     with engine.begin() as conn:
         conn.execute(sa.text("delete from contamination where partition_id = :p"), {"p": partition_id})
         if audit:
@@ -157,7 +235,7 @@ def decontaminate(engine: Engine, recipe: Recipe, run_id: str, partition_id: str
                 " values (:p, :l, :b, :i, :m, :s, :r)"), audit)
         replace_decisions(conn, partition_id, Stage.DECONTAM, drops)
         complete(conn, partition_id, Stage.DECONTAM, print_, run_id, result)
-    log.info("decontamination of %s: dropped %s", partition_id, dict(reasons))
+    log.info("decontamination of %s: %d records compared by embedding, dropped %s", partition_id, checked, dict(reasons))
     return {**result, "skipped": False}
 
 
