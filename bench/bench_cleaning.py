@@ -575,10 +575,12 @@ def summarise_did(full: dict, inc: dict) -> dict[str, str]:
     if "check_ingested" in r:
         did["check_ingested"] = f"validated {r['check_ingested']['statistics'].get('evaluated_expectations', '?')} " \
                                 "expectations over the records ingested by this run"
-    did["deduplicate"] = "whole dataset: " + ", ".join(f"{k} {v:,}" for k, v in r["deduplicate"].items())
+    dd = r["deduplicate"]
+    did["deduplicate"] = (("whole dataset" if dd.get("full_pass", True) else f"{dd['decided_partitions']} new partition(s)")
+                          + ": " + ", ".join(f"{k} {v:,}" for k, v in dd.items() if k in ("exact_duplicate", "duplicate_instruction")))
     nd = r["near_deduplicate"]
-    did["near_deduplicate"] = (f"keys for {nd.get('keys_computed_for_partitions')} partition(s), candidates over "
-                               f"{nd.get('standing', 0):,} standing records")
+    did["near_deduplicate"] = (f"keys for {nd.get('keys_computed_for_partitions')} partition(s), {nd.get('decided', 0):,} new "
+                               f"of {nd.get('standing', 0):,} standing records decided")
     did["check_release"] = "whole release validated"
     did["export_release"] = f"whole release written again (v{r['export_release']['version']:04d})"
     did["plan"] = f"{inc['partitions']} partitions (reads and checksums every file)"
