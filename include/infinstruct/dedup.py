@@ -37,7 +37,11 @@ with scoped as (
     left join deciding dp on dp.partition_id = r.partition_id
     where not exists (  -- a record an earlier stage dropped is no one's original; nor is an old duplicate
         select 1 from decisions d where d.partition_id = r.partition_id and d.line_no = r.line_no
-        and d.verdict = 'dropped' and (d.stage = any(:earlier) or (dp.partition_id is null and d.stage = :stage)))
+        and d.verdict = 'dropped' and d.stage = any(:earlier))
+      -- two plain anti-joins: one condition mixing both (an OR over `dp`) is planned as a per-row subplan
+      and (dp.partition_id is not null or not exists (
+        select 1 from decisions d where d.partition_id = r.partition_id and d.line_no = r.line_no
+        and d.verdict = 'dropped' and d.stage = :stage))
 ), exact as (
     select *, row_number() over w as copy_rank, first_value(record_id) over w as kept_id
     from scoped

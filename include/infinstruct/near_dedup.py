@@ -97,8 +97,11 @@ def _standing(conn: Connection, run_id: str, bands: int) -> Standing:
         join records r on r.partition_id = k.partition_id and r.line_no = k.line_no
         left join deciding dp on dp.partition_id = k.partition_id
         where not exists (select 1 from decisions d where d.partition_id = k.partition_id
-                          and d.line_no = k.line_no and d.verdict = 'dropped'
-                          and (d.stage = any(:earlier) or (dp.partition_id is null and d.stage = :stage)))
+                          and d.line_no = k.line_no and d.verdict = 'dropped' and d.stage = any(:earlier))
+          -- two plain anti-joins: one condition mixing both (an OR over `dp`) is planned as a per-row subplan
+          and (dp.partition_id is not null or not exists (
+                   select 1 from decisions d where d.partition_id = k.partition_id and d.line_no = k.line_no
+                   and d.verdict = 'dropped' and d.stage = :stage))
         order by k.partition_id, k.line_no"""), {"run": run_id, "earlier": EARLIER, "stage": Stage.NEAR_DEDUP.value},
         execution_options=stream(50_000))
     codes: dict[str, int] = {}
