@@ -1,7 +1,7 @@
 """infinstruct curation: raw instruction sources -> a versioned Infinity-Instruct-shaped release.
 
 start_run -> plan_partitions -> ingest[partition] -> check_ingested -> apply_rules[partition]
-          -> decontaminate[partition] -> deduplicate -> near_deduplicate -> semantic_deduplicate
+          -> decontaminate[partition] & minhash[partition] -> deduplicate -> near_deduplicate -> semantic_deduplicate
           -> check_release -> export_release
 
 Every task is one call into `infinstruct.pipeline`; XCom carries only partition ids and counts.
@@ -101,6 +101,11 @@ def infinstruct_curation():
         from infinstruct import pipeline
         return _call(pipeline.decontaminate, _run_id(), filtered["partition_id"])
 
+    @task(map_index_template="{{ task.op_kwargs['filtered']['partition_id'] }}")
+    def minhash(filtered: dict) -> dict:
+        from infinstruct import pipeline
+        return _call(pipeline.minhash, _run_id(), filtered["partition_id"])
+
     @task
     def deduplicate() -> dict:
         from infinstruct import pipeline
@@ -131,8 +136,9 @@ def infinstruct_curation():
     filtered = apply_rules.expand(partition_id=partitions)
     ingest.expand(partition_id=partitions) >> check_ingested() >> filtered
     cleaned = decontaminate.expand(filtered=filtered)
+    keyed = minhash.expand(filtered=filtered)   # in parallel with decontaminate: keys for near_deduplicate
     # default trigger rule all_success: one failed partition stops dedup, the gate and the export
-    cleaned >> deduplicate() >> near_deduplicate() >> semantic_deduplicate() >> check_release() >> export_release()
+    [cleaned, keyed] >> deduplicate() >> near_deduplicate() >> semantic_deduplicate() >> check_release() >> export_release()
 
 
 infinstruct_curation()

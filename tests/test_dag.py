@@ -11,9 +11,9 @@ import pytest
 from conftest import ROOT, SAMPLE_RECIPE, write_recipe
 
 DAG_ID = "infinstruct_curation"
-TASKS = {"start_run", "plan_partitions", "ingest", "check_ingested", "apply_rules", "decontaminate", "deduplicate",
+TASKS = {"start_run", "plan_partitions", "ingest", "check_ingested", "apply_rules", "decontaminate", "minhash", "deduplicate",
          "near_deduplicate", "semantic_deduplicate", "check_release", "export_release"}
-MAPPED = {"ingest", "apply_rules", "decontaminate"}
+MAPPED = {"ingest", "apply_rules", "decontaminate", "minhash"}
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +34,8 @@ def test_dag_shape(dag):
     assert dag.task_dict["export_release"].upstream_task_ids == {"check_release"}
     assert dag.task_dict["check_ingested"].upstream_task_ids == {"ingest"}
     assert dag.task_dict["apply_rules"].upstream_task_ids == {"check_ingested", "plan_partitions"}
-    assert dag.task_dict["deduplicate"].upstream_task_ids == {"decontaminate"}
+    assert dag.task_dict["deduplicate"].upstream_task_ids == {"decontaminate", "minhash"}
+    assert dag.task_dict["minhash"].upstream_task_ids == {"apply_rules"}
     assert dag.task_dict["semantic_deduplicate"].upstream_task_ids == {"near_deduplicate"}
     assert dag.task_dict["check_release"].upstream_task_ids == {"semantic_deduplicate"}
     assert all(t.trigger_rule == "all_success" for t in dag.tasks)

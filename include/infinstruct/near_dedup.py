@@ -44,8 +44,9 @@ def instruction_text(conversation: list[dict]) -> str:
     return "\n".join(t["content"] for t in conversation if t["role"] == USER)
 
 
-def _store_keys(engine: Engine, recipe: Recipe, run_id: str, partition_id: str) -> bool:
-    """Band keys for every record of the partition, unless already stored for the same input; True if computed."""
+def store_keys(engine: Engine, recipe: Recipe, run_id: str, partition_id: str) -> bool:
+    """Band keys for every record of the partition, unless already stored for the same input; True if computed.
+    (The mapped `minhash` task computes them partition by partition, in parallel; the stage catches up on any missing.)"""
     settings = recipe.near_dedup
     with engine.connect() as conn:
         print_ = fingerprint(conn, partition_id, settings.index_fingerprint)
@@ -154,7 +155,7 @@ def near_dedup(engine: Engine, recipe: Recipe, run_id: str) -> dict:
     settings = recipe.near_dedup
     with engine.connect() as conn:
         partitions = conn.execute(sa.text("select partition_id from run_partitions where run_id = :r"), {"r": run_id}).scalars().all()
-    computed = sum(_store_keys(engine, recipe, run_id, p) for p in partitions)
+    computed = sum(store_keys(engine, recipe, run_id, p) for p in partitions)
 
     drops: list[dict] = []
     with engine.begin() as conn:

@@ -81,6 +81,12 @@ def decontaminate(run_id: str, partition_id: str) -> dict[str, Any]:
     return cleaning.decontaminate(get_engine(), run_recipe(run_id), run_id, partition_id)
 
 
+def minhash(run_id: str, partition_id: str) -> dict[str, Any]:
+    """MinHash LSH band keys of the partition's instructions, for near_deduplicate (skipped when stored)."""
+    computed = near_dedup.store_keys(get_engine(), run_recipe(run_id), run_id, partition_id)
+    return {"partition_id": partition_id, "computed": computed}
+
+
 def deduplicate(run_id: str) -> dict[str, Any]:
     counts = dedup.exact_dedup(get_engine(), run_recipe(run_id), run_id)
     log.info("run %s: dedup dropped %s", run_id, counts)
