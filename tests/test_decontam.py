@@ -339,3 +339,33 @@ def test_embedding_null_turns_the_embedding_matcher_off(engine, tmp_path):
     assert 1 not in decided and 1 not in audit                       # the paraphrase gets through
     assert decided[2][:3] == ["decontam", "contaminated:mt_bench", "ngram match"]
     assert audit == {2: {("mt_bench", "81", "ngram")}}
+
+
+HUMANEVAL_0 = '''from typing import List
+
+
+def has_close_elements(numbers: List[float], threshold: float) -> bool:
+    """ Check if in given list of numbers, are any two numbers closer to each other than
+    given threshold.
+    >>> has_close_elements([1.0, 2.0, 3.0], 0.5)
+    False
+    >>> has_close_elements([1.0, 2.8, 3.0, 4.0, 5.0, 2.0], 0.3)
+    True
+    """
+'''
+
+
+def test_code_with_its_function_and_arguments_renamed_still_matches_in_full():
+    renamed = (HUMANEVAL_0.replace("has_close_elements", "helper_17").replace("numbers", "values")
+               .replace("threshold", "limit"))
+    index = NgramIndex.build([BenchmarkItem("humaneval", "HumanEval/0", HUMANEVAL_0)])
+    [match] = index.contaminating("Complete this function:\n" + renamed)
+    assert (match.item_id, match.score) == ("HumanEval/0", 1.0)
+    assert NgramIndex.build([BenchmarkItem("humaneval", "HumanEval/0", HUMANEVAL_0)],
+                            ).contaminating("def add(a, b):\n    return a + b") == []
+
+
+def test_defined_names_are_functions_classes_and_parameters_in_order():
+    from infinstruct.decontam import defined_names
+    assert defined_names("class Stack:\n    def push(self, item, *rest, limit=3): pass") == ["stack", "push", "item", "rest", "limit"]
+    assert defined_names("Tell me about classes of stars.") == []
