@@ -64,17 +64,20 @@ where not exists (select 1 from decisions d where d.partition_id = r.partition_i
 class AcceptedSet:
     """The records semantic dedup accepted for one dataset and embedding model, searched by cosine."""
 
-    def __init__(self, conn: Connection, dataset: str, settings: SemanticDedupSettings):
+    def __init__(self, conn: Connection, dataset: str, settings: SemanticDedupSettings, *, fresh: bool):
+        """`fresh`: forget what was accepted before (a full pass), else load it (for the exact search)."""
         self.conn, self.dataset, self.model = conn, dataset, settings.embedding.fingerprint
         self.kind = _index_kind(conn, settings.index)
         self.table = "semantic_hnsw_" + hashlib.sha256(f"{dataset}\0{self.model}".encode()).hexdigest()[:16]
         self._index: VectorIndex | None = None
         self._ids: list[str] = []
         self._chunks: list[np.ndarray] = []
-        if self.kind == "exact":
+        if fresh:
+            self._reset()
+        elif self.kind == "exact":
             self._load()
 
-    def reset(self) -> None:
+    def _reset(self) -> None:
         """Forget every accepted record (a full pass starts over)."""
         self.conn.execute(sa.text("delete from semantic_accepted where dataset = :d and model = :m"),
                           {"d": self.dataset, "m": self.model})
@@ -230,9 +233,7 @@ def semantic_dedup(engine: Engine, recipe: Recipe, run_id: str) -> dict[str, Any
         scope = _prepare(conn, recipe, run_id)
         conn.execute(sa.text("delete from decisions d using deciding dp where d.partition_id = dp.partition_id"
                              " and d.stage = :stage"), {"stage": Stage.SEMANTIC_DEDUP.value})
-        accepted = AcceptedSet(conn, scope.dataset, settings)
-        if scope.full:
-            accepted.reset()
+        accepted = AcceptedSet(conn, scope.dataset, settings, fresh=scope.full)
         decided = 0
         for batch in _todo(conn, settings.batch_size):
             ids, texts = [rid for _, _, rid, _ in batch], [text for *_, text in batch]
