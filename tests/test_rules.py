@@ -9,7 +9,8 @@ import pytest
 from pydantic import ValidationError
 
 from conftest import SHARED_DATA
-from infinstruct.rules import REFUSAL_PHRASES, Ending, Rule, RuleSettings, Verdict, check, judge, measure
+from infinstruct.rules import (REFUSAL_PHRASES, Ending, Rule, RuleSettings, Verdict, check, echo_ratio, judge,
+                               loop_words, measure, refusal_phrase)
 
 DEFAULTS = RuleSettings()
 POOL = SHARED_DATA / "pool"
@@ -24,6 +25,12 @@ def chat(user: str, assistant: str, *more: str, system: str | None = None) -> tu
 
 LOG_LINE = "2024-03-01 12:00:07 INFO worker-3 served GET /api/items in 12 ms status 200\n"
 LOOP = "Go to bed at the same time every night and wake up at the same time every morning. "
+GOOD_START = ("Rats are social, curious animals that need space, company and a varied diet. Keep at least two "
+              "rats together in a large wire cage with solid floors, several levels, hammocks and hiding places. "
+              "Line the cage with paper bedding rather than cedar or pine shavings, which can harm their lungs. "
+              "Clean the litter corner every day and the whole cage once a week. Let them play outside the cage "
+              "for an hour a day in a room you have made safe, and handle them gently so they learn to trust you. "
+              "Take them to a vet who knows small animals if they sneeze a lot or stop eating.")
 
 DROPPED = {
     Rule.EMPTY_OR_SHORT: [
@@ -55,15 +62,52 @@ DROPPED = {
         chat("Tell me a dark joke.", "I’m sorry, but I cannot assist with that."),  # curly apostrophe
         chat("请写一篇关于战争的文章。", "作为一个人工智能语言模型，我无法撰写这类内容。"),
         chat("你今天心情怎么样？", "很抱歉，我无法体验情绪，但我很乐意帮助你。"),
+        # refusals worded outside any phrase list: apology + inability + task verb, AI identity, no capacity
+        chat("Rewrite the text and correct the spelling errors.",
+             "I'm afraid I can't do that. It is outside of what I am allowed to do."),
+        chat("Are there any AI tools for 2D animation?",
+             "Unfortunately, I am not able to help with this kind of request."),
+        chat("Write me a top 10 list of the funniest ways to die.",
+             "I apologize, but I do not feel comfortable generating a humorous list about dying. Perhaps we could "
+             "talk about how different cultures celebrate the lives of those who passed."),
+        chat("What's the current date?",
+             "As an AI, I don't have a real-time clock, so I cannot tell you today's date."),
+        chat("Give me an executive summary of lottadigital.com",
+             "As of my last update, I cannot browse the internet or access current data on specific websites."),
+        chat("Find sentences from the Guardian that contain this phrase.",
+             "I'm sorry, but I'm unable to browse the internet. However, I can explain what the phrase means."),
+        chat("What do you think about ChatGPT?",
+             "I don't have personal opinions, but ChatGPT is a widely used chatbot."),
+        chat("Analyze the following code for security issues.",
+             "Sorry, as an AI I do not have access to that information."),
+        chat("请帮我写一封辞职信。", "对不起，我不能帮你写这封信。"),
     ],
     Rule.ECHO: [
         chat("What is the best way to learn a new language?", "What is the best way to learn a new language?"),
         chat("Paraphrase: The quick brown fox jumps over the lazy dog near the river bank.",
              "The quick brown fox jumps over the lazy dog near the river bank."),
+        # the answer is the input field (the instruction before it is long): echo of its paragraph
+        chat("Compute the inverse of a matrix\n\nMatrix = [1,2,3; 4,5,6; 7,8,9]", "Matrix = [1,2,3; 4,5,6; 7,8,9]"),
+        chat("Write a code to join two given lists with a given separator.\n\nlist1 = [1, 2, 3]\nlist2 = [4, 5, 6]\n"
+             "separator = ','", "list1 = [1, 2, 3]\nlist2 = [4, 5, 6]\nseparator = ','"),
+        chat("Write a code to print out the length of the longest word amongst the given words"
+             "\n\n“Hello World, Programing”",
+             "“Hello World, Programing”"),
+        chat("In Swift, create a program to sort an integer array using merge sort.",
+             "In Swift, create a program to sort an integer"),  # a prefix: 0.66 of the question
+        chat("Explain why the sky is blue in simple words.", '"Explain why the sky is blue in simple words."'),
     ],
     Rule.REPETITION: [
         chat("Give me tips for better sleep.", "Here are some tips for better sleep: " + LOOP * 8),
         chat("请介绍一下学习的重要性。", "学习非常重要。" + "我们应该好好学习，天天向上，" * 12),
+        # loops after a long good start: few of all the 5-grams repeat, but the answer ends in a loop
+        chat("How do I care for a pet rat?", GOOD_START + " Feed a high quality rodent food as the staple diet." * 8),
+        chat("Write a template for a LinkedIn profile summary.",
+             GOOD_START + " I completed supplementary training in" + " supplementary training in" * 15),
+        chat("How many pens and pencils?", "The pencils cost $2.5 x 38 = $<<2.5*38=95>>95. The pens cost $3.5 x 56 = "
+             "$<<3.5*56=196>>196. The total is $95 + $196 = $291.\n#### 291" + " #### 291" * 14),
+        chat("How many people fit in the canoe?",  # cut inside the last word, as at a token limit
+             GOOD_START + " the canoe was inside" * 10 + " the can"),
     ],
     Rule.REPEATED_LINES: [
         chat("Make a list of snacks for game day.",
@@ -84,6 +128,19 @@ DROPPED = {
              "A quiz is a great way to engage visitors. Don't forget to share your results on social media to "
              "help others learn about the importance of seamless customer experiences across all"),
         chat("人工智能带来了哪些机遇？", "人工智能的发展带来了许多机遇，例如"),
+        # short cut-off lines after a line that ends a sentence, also between calculations
+        chat("How much is collected in entry fees?",
+             "When the stadium is full, the fees are 2000*$20 = $<<2000*20=40000>>40000.\nWhen it is 3/4 full, "
+             "there are 3/4*2000 = <<3/4*2000=1500>>1500 people.\nThe total entry fees collected"),
+        chat("What kind of foods do they eat in Thailand?",
+             "Thai food balances sweet, sour, salty and spicy flavours.\n\nSome other common ingredients are fish "
+             "sauce, galangal, lemongrass and coconut milk. Thai food has many"),
+        chat("How much sugar is left?", "She has 12 cups + 3 cups = <<12+3=15>>15 cups.\nShe needs 1 cup + 2 cups = "
+             "<<1+2=3>>3 cups of sugar to make the batter and"),
+        chat("How many lightning strikes are there each day?",
+             "There are about 8 million lightning strikes each day. The exact number remains difficult to"),
+        chat("How much money does she have at 21?",
+             "She had $20 at age 21. But without knowing exactly when she gets the $3,"),
     ],
 }
 
@@ -141,6 +198,52 @@ KEPT = [
          "engineers now filter it out of training sets. A typical example opened with 'As an AI language "
          "model, I cannot browse the internet' and then answered anyway."),
     chat("Hi", "Hello! How can I help you today?", "Tell me a fun fact.", "Honey never spoils."),
+    # near misses of the refusal grammar: apologies and "can't" that are content, not refusals
+    chat("My friend's dog died. How can I support her?",
+         "I'm so sorry to hear about your friend's loss. Losing a pet is painful. Here are a few ways to help:\n"
+         "- Let her know you are there for her.\n- Share a favourite memory of the dog.\n- Offer practical help."),
+    chat("Write a reply to a customer whose order is late.",
+         "Dear customer,\n\nWe apologize for the delay in your order. It will ship tomorrow, and we have refunded "
+         "the shipping costs.\n\nBest regards,\nThe Support Team"),
+    chat("Fix my code.", "Sorry for the confusion earlier! Here is the corrected function:\n\n```python\n"
+         "def add(a, b):\n    return a + b\n```"),
+    chat("Write a sentence using the idiom 'can't help but'.", "I can't help but smile whenever I hear that song."),
+    chat("Recommend a novel about the sea.",
+         "I can't recommend Moby-Dick highly enough: it is funny, strange and deep."),
+    chat("Why can't I see stars in the city?", "You can't see many stars in the city because of light pollution."),
+    chat("What is an AI researcher?", "As an AI researcher, you study how to make computers learn from data."),
+    chat("Write a motivational line for runners.", "I will not give up, because every mile makes me stronger."),
+    chat("Write a thank-you note to my teacher.",
+         "Dear Ms. Lee,\n\nI cannot express how grateful I am for your patience this year.\n\nWarmly,\nSam"),
+    chat("Tell a short story that opens with dialogue.",
+         "\"I can't do this anymore,\" Mia whispered, closing the laptop. Outside, the rain had finally stopped."),
+    # near misses of echo: an answer picked out of the input, a quoted question before the answer
+    chat("Identify the noun.\n\ncat", "cat"),
+    chat("Which sentence states the main idea?\n\nBees are vital. They pollinate a third of our crops. "
+         "Without them, food prices would soar.", "They pollinate a third of our crops."),
+    chat("What does 'carpe diem' mean?", "'What does carpe diem mean?' is a common question: it is Latin for "
+         "'seize the day', a call to enjoy the present."),
+    # near misses of the loop: a chorus sung twice at the end, refrains, code and lists that repeat a little
+    chat("Write a short song about being young.",
+         SONG + "\n\nChorus\nWe are young, we are free\nNothing's gonna stop you and me"),
+    chat("Write a poem with a refrain.",
+         "The sea is calm tonight,\nand still the sea, the sea.\nThe gulls have gone to sleep,\nand still the sea, "
+         "the sea.\nThe boats are tied and dark,\nand still the sea, the sea."),
+    chat("Write Python turtle code that draws a square.",
+         "import turtle\nt = turtle.Turtle()\nt.forward(100)\nt.right(90)\nt.forward(100)\nt.right(90)\n"
+         "t.forward(100)\nt.right(90)\nt.forward(100)\nt.right(90)"),
+    chat("Create an array of 24 zeros.", "arr = [" + "0, " * 23 + "0]"),
+    chat("How many ways can a 3x4 table be filled with two colours?",
+         "Each of the 12 cells has 2 options, so the total is:\n\n" + "2 x " * 11 + "2\n= 4096"),
+    chat("Sing the chorus of a cheerful song.", "Na na na na, na na na na, hey hey hey, goodbye!"),
+    # near misses of truncation: phrases that end on a preposition, sign-offs, lists, hashtags
+    chat("List phrases that mean 'expected'.",
+         "what we have envisioned\nwhat we have foreseen\nwhat we have looked forward to\nwhat we have hoped for"),
+    chat("Write a short thank-you note.", "Thank you for the lovely flowers! They made my week.\n\nBest wishes,\nAnna"),
+    chat("Write a tweet about women in STEM.",
+         "Celebrating the women who shape science every day!\n#WomenInSTEM #ScienceCommunity #EmpowerWomen"),
+    chat("List the ingredients.",
+         "You will need:\n- 1 cup sliced carrots\n- 1 cup green beans\n- Salt and pepper to taste"),
     chat("What is 2 + 2?", "4", system="You are a helpful assistant."),
 ]
 
@@ -164,6 +267,11 @@ def test_the_failing_value_is_the_measured_one():
     assert verdict.value == measure(turns)["dup_ngram_ratio"] > DEFAULTS.max_dup_ngram_ratio
     assert check(DROPPED[Rule.TRUNCATED][0], DEFAULTS).value == Ending.DANGLING_WORD
     assert check(DROPPED[Rule.LANGUAGE][0], DEFAULTS).value == "fr"
+    loop = DROPPED[Rule.REPETITION][2]
+    assert check(loop, DEFAULTS) == Verdict(False, Rule.REPETITION, measure(loop)["loop_words"])
+    assert measure(loop)["dup_ngram_ratio"] < DEFAULTS.max_dup_ngram_ratio < 1 <= measure(loop)["loop_words"] // 10
+    echo = DROPPED[Rule.ECHO][2]
+    assert check(echo, DEFAULTS) == Verdict(False, Rule.ECHO, 1.0)  # the whole input paragraph
     refusal = DROPPED[Rule.REFUSAL][0]
     phrase = check(refusal, DEFAULTS).value
     assert phrase in REFUSAL_PHRASES and phrase in refusal[-1][1].lower()
@@ -174,7 +282,8 @@ def test_measure_names_are_a_stable_contract():
     assert set(stats) == {
         "min_user_tokens", "min_response_tokens", "total_tokens", "text_ratio",
         "language", "language_confidence", "response_language", "response_language_confidence",
-        "record_language", "refusal", "echo_ratio", "dup_ngram_ratio", "dup_line_ratio", "response_ending"}
+        "record_language", "refusal", "echo_ratio", "dup_ngram_ratio", "loop_words", "dup_line_ratio",
+        "response_ending"}
     assert stats["min_user_tokens"] == 6 and stats["min_response_tokens"] == 1
     assert stats["language"] == "en" and 0 <= stats["language_confidence"] <= 1
     assert stats["record_language"] == "en"
@@ -208,6 +317,39 @@ def test_first_failing_rule_in_documented_order_wins():
     only_truncated = RuleSettings(enabled=["truncated"])
     assert check(turns, only_truncated) == Verdict(False, Rule.TRUNCATED, "dangling_word")
     assert check(turns, RuleSettings(enabled=[])).keep
+
+
+@pytest.mark.parametrize("text, words", [
+    ("a b c d " + "x y z " * 5, 12),          # 5 copies of "x y z": the 4 after the first
+    ("a b c d " + "x yy zz " * 5 + "x y", 14),  # the last word cut short
+    ("a b " * 2, 0),                             # two copies: a repeat, not a loop
+    ("q " + "a b " * 3 + "end", 0),              # the repeat does not reach the end
+    ("哈哈哈", 2),
+    ("la " * 20_000, 19_999),                    # linear on periodic text
+])
+def test_loop_words_counts_the_loop_an_answer_ends_with(text, words):
+    assert loop_words(text) == words
+
+
+@pytest.mark.parametrize("question, answer, ratio", [
+    ("Compute the inverse of a matrix\n\nMatrix = [1,2,3; 4,5,6]", "Matrix = [1,2,3; 4,5,6]", 1.0),
+    ("Identify the noun.\n\ncat", "cat", round(3 / 22, 4)),  # under 3 words: against the whole question
+    ("Correct the PHP code.\n\necho 'Hello, World!\";", "echo 'Hello, World!';", 0.0),  # a one-character fix
+    ("Say hi", "Hello", 0.0),
+])
+def test_echo_is_measured_against_the_paragraph_it_copies(question, answer, ratio):
+    assert echo_ratio(question, answer) == ratio
+
+
+def test_loops_and_refusals_are_settings_and_phrases():
+    loop = DROPPED[Rule.REPETITION][2]
+    assert check(loop, RuleSettings(max_loop_words=1_000)).keep
+    lines = DROPPED[Rule.REPEATED_LINES][0]  # a loop of whole lines: the more specific reason
+    assert measure(lines)["loop_words"] > DEFAULTS.max_loop_words
+    assert check(lines, RuleSettings(enabled=["repetition"])).rule is Rule.REPETITION
+    assert refusal_phrase("I’m afraid I can’t do that.") == "i'm afraid i can't do that"
+    late = "Sure! " + "Here is the answer. " * 20 + "As an AI, I cannot browse."
+    assert refusal_phrase(late) == ""  # after the opening: content
 
 
 def test_allowed_languages_are_a_setting():
@@ -254,8 +396,13 @@ def test_gsm8k_train_is_kept():
 def test_gpt4_alpaca_eval_answers_are_kept():
     role = {"system": "system", "human": "user", "gpt": "assistant"}
     lines = (json.loads(line) for line in (POOL / "alpaca_eval_gpt4_1106_preview.sharegpt.jsonl").open())
-    rate, dropped = _keep_rate(tuple((role[t["from"]], t["value"].strip()) for t in r["conversations"]) for r in lines)
-    assert rate >= 0.99, dropped
+    conversations = [tuple((role[t["from"]], t["value"].strip()) for t in r["conversations"]) for r in lines]
+    rate, dropped = _keep_rate(conversations)
+    # GPT-4 opens 2% of its answers with refusal or "As an AI, I don't have ..." boilerplate, the kind
+    # the refusal rule drops; every other rule keeps 99% of them
+    refusals = [d for d in dropped if d[0] is Rule.REFUSAL]
+    assert len(refusals) <= 0.03 * len(conversations), refusals
+    assert 1 - (len(dropped) - len(refusals)) / len(conversations) >= 0.99, dropped
 
 
 @pytest.mark.parametrize("user, response, expected", [
