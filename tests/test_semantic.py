@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from infinstruct.decontam import BenchmarkItem, MatchMethod, NgramIndex, best_matches
 from infinstruct.embeddings import EmbeddingSettings, encode
 from infinstruct.semantic import (SCHEMA_SQL, EmbeddingMatcher, EmbeddingMatchSettings, VectorIndex,
-                                  VectorIndexError, pairs_within, semantic_pairs)
+                                  VectorIndexError, pair_share, pairs_within, semantic_pairs, word_pairs)
 
 PROMPTS = {
     "r1": "Write a short poem about the ocean at night.",
@@ -37,6 +37,18 @@ PARAPHRASED_GSM = ("Josh wants to flip a house. He purchases a home for $92,000 
                    "That raised the house's value by 120%. What was his profit?")
 WRAPPED_MT = ("I need help with my homework. Compose an engaging travel blog post about a recent trip to Hawaii, "
               "highlighting cultural experiences and must-see attractions. Thanks!")
+# GSM8K test 1309, and a paraphrase in the evidence band (cosine 0.86): its wording is the item's, its number is not
+EGGS = BenchmarkItem("gsm8k_test", "1309", "If there are 10 eggs in a basket, and there are twice as many eggs in a second "
+                                           "basket, how many eggs are in both baskets put together?")
+PARAPHRASED_EGGS = ("There are 12 eggs in one basket, and a second basket has twice as many eggs. How many eggs are there "
+                    "in both baskets put together?")
+# GSM8K test 1317, and a GSM8K *train* question on its topic (cosine 0.90): another problem, worded otherwise
+RADIATOR = BenchmarkItem("gsm8k_test", "1317", "Mark's car breaks down and he needs to get a new radiator.  The cost for a "
+                                               "new radiator is $400 but he goes to get it at a junk shop and gets it for "
+                                               "80% off.  He then hires a mechanic to install it and it takes 3 hours at "
+                                               "$50 an hour.  How much did he pay?")
+RADIATOR_NEIGHBOUR = ("Mark needs to replace the radiator in his car.  The work takes 2 hours and the mechanic charges $75 "
+                      "an hour.  The part cost $150.  How much did he pay?")
 
 
 @pytest.fixture(scope="module")
@@ -124,7 +136,7 @@ def test_pairs_within_is_exact_and_lists_each_pair_once():
 
 @pytest.fixture(scope="module")
 def matcher() -> EmbeddingMatcher:
-    return EmbeddingMatcher.build([GSM, MT], EmbeddingMatchSettings())
+    return EmbeddingMatcher.build([GSM, MT, EGGS, RADIATOR], EmbeddingMatchSettings())
 
 
 def test_a_paraphrased_benchmark_item_is_flagged_with_its_cosine(matcher):
@@ -140,7 +152,53 @@ def test_a_wrapped_item_is_flagged_and_an_unrelated_prompt_is_not(matcher):
 
 
 def test_paraphrase_escapes_ngrams_but_not_embeddings_and_the_results_merge(matcher):
-    ngram = NgramIndex.build([GSM, MT]).contaminating(PARAPHRASED_GSM)
+    ngram = NgramIndex.build([GSM, MT, EGGS, RADIATOR]).contaminating(PARAPHRASED_GSM)
     [embedding] = matcher.match([PARAPHRASED_GSM])
     assert ngram == []
     assert [m.method for m in best_matches(ngram, embedding)] == [MatchMethod.EMBEDDING]
+
+
+def test_verbatim_items_match_themselves_at_cosine_one(matcher):
+    found = matcher.match([item.text for item in matcher.items])
+    assert [[(m.benchmark, m.item_id) for m in ms][:1] for ms in found] == [[(i.benchmark, i.item_id)] for i in matcher.items]
+    assert all(ms[0].score == pytest.approx(1.0, abs=1e-5) and ms[0].score <= 1.0 for ms in found)
+
+
+def test_a_paraphrase_under_the_cosine_threshold_is_caught_by_the_items_wording(matcher):
+    s = matcher.settings
+    assert NgramIndex.build([EGGS]).contaminating(PARAPHRASED_EGGS) == []        # n-grams miss it
+    assert pair_share(word_pairs(EGGS.text), word_pairs(PARAPHRASED_EGGS)) >= s.min_pair_share
+    [[match]] = matcher.match([PARAPHRASED_EGGS])
+    assert (match.benchmark, match.item_id, match.method) == ("gsm8k_test", "1309", MatchMethod.EMBEDDING)
+    assert s.evidence_threshold <= match.score < s.threshold                    # the evidence band: score = cosine
+
+
+def test_a_different_problem_on_an_items_topic_is_kept(matcher):
+    # cosine alone at the old 0.80 called it contaminated; it shares few of the item's word pairs
+    cosine_only = EmbeddingMatcher(matcher.items, matcher.vectors, EmbeddingMatchSettings(threshold=0.8, evidence_threshold=None))
+    [[match]] = cosine_only.match([RADIATOR_NEIGHBOUR])
+    assert match.item_id == "1317" and match.score < matcher.settings.threshold
+    assert pair_share(word_pairs(RADIATOR.text), word_pairs(RADIATOR_NEIGHBOUR)) < matcher.settings.min_pair_share
+    assert matcher.match([RADIATOR_NEIGHBOUR]) == [[]]
+
+
+def test_match_vectors_gives_what_match_gives_for_embedded_texts(matcher):
+    texts = [PARAPHRASED_GSM, WRAPPED_MT, PARAPHRASED_EGGS, RADIATOR_NEIGHBOUR, "Suggest a vegetarian recipe for a picnic."]
+    assert matcher.match_vectors(encode(texts, matcher.settings.embedding), texts) == matcher.match(texts)
+    assert matcher.match_vectors(np.empty((0, 384), np.float32), []) == []
+    with pytest.raises(ValueError, match="2 vectors for 1 texts"):
+        matcher.match_vectors(encode(texts[:2], matcher.settings.embedding), texts[:1])
+
+
+def test_without_an_evidence_band_the_cosine_alone_decides(matcher):
+    one_tier = EmbeddingMatcher(matcher.items, matcher.vectors, EmbeddingMatchSettings(evidence_threshold=None))
+    assert one_tier.match([PARAPHRASED_EGGS]) == [[]]                               # under 0.90
+    assert [m.item_id for m in one_tier.match([PARAPHRASED_GSM])[0]] == ["3"]       # over it
+
+
+def test_word_pairs_read_numbers_and_defined_names_as_the_ngram_matcher_does():
+    assert word_pairs("He paid $80,000, then 5%.") == {("he", "paid"), ("paid", "0"), ("0", "0"), ("0", "then"),
+                                                        ("then", "0")}
+    renamed = "def helper(values):\n    return sorted(values)"
+    assert word_pairs(renamed) == word_pairs("def sort_list(items):\n    return sorted(items)")
+    assert pair_share(frozenset(), word_pairs(renamed)) == 0.0

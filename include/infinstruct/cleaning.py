@@ -6,8 +6,8 @@ Measurements are cached per record id in `record_stats`: a threshold change in t
 without re-measuring, and the same conversation in another file is measured once.
 
 Decontamination matches every record's text against the benchmark items by word n-grams, and the
-instruction of every record still standing by MiniLM cosine (`semantic.EmbeddingMatcher`, on unless
-the recipe says `embedding: null`); instruction vectors are cached per record id (`embedding_cache`),
+instruction of every record still standing by MiniLM cosine (`semantic.EmbeddingMatcher`: cosine ≥ 0.90, or
+≥ 0.70 with the item's wording; on unless the recipe says `embedding: null`); instruction vectors are cached per record id (`embedding_cache`),
 so a record is encoded once whatever file, run or stage it comes back in.
 """
 from __future__ import annotations
@@ -19,7 +19,6 @@ import os
 from collections import Counter
 from collections.abc import Iterator
 
-import numpy as np
 import orjson
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
@@ -27,7 +26,7 @@ from sqlalchemy.engine import Connection, Engine
 from . import rules
 from .config import DecontamSettings, Recipe
 from .conversation import ASSISTANT, USER
-from .decontam import Match, MatchMethod, NgramIndex, best_matches, iter_items
+from .decontam import Match, NgramIndex, best_matches, iter_items
 from .embedding_cache import instruction_text, instruction_vectors
 from .pgcopy import Copier, CopyTable, json_field
 from .reasons import Stage, Verdict, contamination_reason
@@ -149,23 +148,6 @@ def match_text(turns: tuple, include_response: bool) -> str:
     return "\n".join(content for role, content in turns if role in roles)
 
 
-def embedding_matches(matcher: EmbeddingMatcher, vectors: np.ndarray) -> list[list[Match]]:
-    """`EmbeddingMatcher.match` for texts already embedded (e.g. cached): per row, the items whose cosine
-    reaches the threshold, best first, at most `max_matches`."""
-    if not len(matcher) or not len(vectors):
-        return [[] for _ in range(len(vectors))]
-    # float32 puts an exact copy a hair above 1: clipped, so best_matches keeps the n-gram match on a tie
-    sims = np.minimum(vectors @ matcher.vectors.T, 1.0)
-    top = min(matcher.settings.max_matches, len(matcher))
-    out = []
-    for row in sims:
-        best = np.argpartition(-row, top - 1)[:top]
-        best = best[np.argsort(-row[best], kind="stable")]
-        out.append([Match(matcher.items[i].benchmark, matcher.items[i].item_id, MatchMethod.EMBEDDING, float(row[i]), 0)
-                    for i in best.tolist() if row[i] >= matcher.settings.threshold])
-    return out
-
-
 def _dropped_earlier(conn: Connection, partition_id: str) -> list[int]:
     """Lines of the partition that a stage before decontamination dropped (they are out of the release)."""
     return conn.execute(sa.text(
@@ -182,9 +164,10 @@ def _batch_matches(engine: Engine, batch: list, settings: DecontamSettings, inde
     found = {line_no: index.contaminating(match_text(turns, settings.include_response)) for line_no, _, turns in batch}
     todo = [(line_no, record_id, turns) for line_no, record_id, turns in batch if line_no not in skip_embedding]
     if matcher is not None and todo:
-        vectors = instruction_vectors(engine, matcher.settings.embedding, [record_id for _, record_id, _ in todo],
-                                      [instruction_text(turns) for _, _, turns in todo])
-        for (line_no, _, _), matches in zip(todo, embedding_matches(matcher, vectors)):
+        texts = [instruction_text(turns) for _, _, turns in todo]
+        record_ids = [record_id for _, record_id, _ in todo]
+        vectors = instruction_vectors(engine, matcher.settings.embedding, record_ids, texts)
+        for (line_no, _, _), matches in zip(todo, matcher.match_vectors(vectors, texts)):
             found[line_no] = found[line_no] + matches
     return {line_no: matches for line_no, matches in found.items() if matches}
 
