@@ -363,7 +363,8 @@ def step_plan() -> list[tuple[str, bool]]:
     from infinstruct import pipeline
 
     gate = ("check_partition", True) if hasattr(pipeline, "check_partition") else ("check_ingested", False)
-    return [("ingest_partition", True), gate, ("apply_rules", True), ("decontaminate", True),
+    keys = [("minhash", True)] if hasattr(pipeline, "minhash") else []   # mapped LSH keys, where the library has them
+    return [("ingest_partition", True), gate, ("apply_rules", True), ("decontaminate", True), *keys,
             *((name, False) for name in FINAL_STEPS)]
 
 
@@ -441,6 +442,7 @@ STEP_LABELS = {
     "ingest_partition": "`ingest_partition` ×P (2 workers)", "check_partition": "`check_partition` GX gate ×P (2 workers)",
     "check_ingested": "`check_ingested` GX gate (one task over the run)",
     "apply_rules": "`apply_rules` ×P (2 workers)", "decontaminate": "`decontaminate` ×P (2 workers)",
+    "minhash": "`minhash` ×P (2 workers)",
     "deduplicate": "`deduplicate`", "near_deduplicate": "`near_deduplicate`", "check_release": "`check_release` GX gate",
     "export_release": "`export_release`",
 }
