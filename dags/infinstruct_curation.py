@@ -2,7 +2,7 @@
 
 start_run -> plan_partitions -> ingest[partition] -> check_ingested -> apply_rules[partition]
           -> decontaminate[partition] & minhash[partition] -> deduplicate -> near_deduplicate -> semantic_deduplicate
-          -> check_release -> export_release
+          -> score_records[partition] -> select_records -> check_selection -> check_release -> export_release
 
 Every task is one call into `infinstruct.pipeline`; XCom carries only partition ids and counts.
 Data errors (a partition that is mostly malformed, a failed quality gate) fail the task at once
@@ -39,7 +39,8 @@ def _data_errors():
     from infinstruct.config import RecipeError
     from infinstruct.partitions import SourceError
     from infinstruct.semantic import VectorIndexError
-    return IngestError, GateFailed, RecipeError, SourceError, VectorIndexError
+    from infinstruct.selection import SelectionError
+    return IngestError, GateFailed, RecipeError, SourceError, VectorIndexError, SelectionError
 
 
 def _call(step, *args):
@@ -121,6 +122,21 @@ def infinstruct_curation():
         from infinstruct import pipeline
         return _call(pipeline.semantic_deduplicate, _run_id())
 
+    @task(map_index_template="{{ task.op_kwargs['partition_id'] }}")
+    def score_records(partition_id: str) -> dict:
+        from infinstruct import pipeline
+        return _call(pipeline.score_records, _run_id(), partition_id)
+
+    @task
+    def select_records() -> dict:
+        from infinstruct import pipeline
+        return _call(pipeline.select, _run_id())
+
+    @task
+    def check_selection() -> dict:
+        from infinstruct import pipeline
+        return _call(pipeline.check_selection, _run_id())
+
     @task
     def check_release() -> dict:
         from infinstruct import pipeline
@@ -138,7 +154,10 @@ def infinstruct_curation():
     cleaned = decontaminate.expand(filtered=filtered)
     keyed = minhash.expand(filtered=filtered)   # in parallel with decontaminate: keys for near_deduplicate
     # default trigger rule all_success: one failed partition stops dedup, the gate and the export
-    [cleaned, keyed] >> deduplicate() >> near_deduplicate() >> semantic_deduplicate() >> check_release() >> export_release()
+    scored = score_records.expand(partition_id=partitions)
+    [cleaned, keyed] >> deduplicate() >> near_deduplicate() >> semantic_deduplicate() >> scored
+    # selection off in the recipe (null): score_records and select_records return at once, check_selection skips
+    scored >> select_records() >> check_selection() >> check_release() >> export_release()
 
 
 infinstruct_curation()

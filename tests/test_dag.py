@@ -12,8 +12,9 @@ from conftest import ROOT, SAMPLE_RECIPE, write_recipe
 
 DAG_ID = "infinstruct_curation"
 TASKS = {"start_run", "plan_partitions", "ingest", "check_ingested", "apply_rules", "decontaminate", "minhash", "deduplicate",
-         "near_deduplicate", "semantic_deduplicate", "check_release", "export_release"}
-MAPPED = {"ingest", "apply_rules", "decontaminate", "minhash"}
+         "near_deduplicate", "semantic_deduplicate", "score_records", "select_records", "check_selection",
+         "check_release", "export_release"}
+MAPPED = {"ingest", "apply_rules", "decontaminate", "minhash", "score_records"}
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +38,10 @@ def test_dag_shape(dag):
     assert dag.task_dict["deduplicate"].upstream_task_ids == {"decontaminate", "minhash"}
     assert dag.task_dict["minhash"].upstream_task_ids == {"apply_rules"}
     assert dag.task_dict["semantic_deduplicate"].upstream_task_ids == {"near_deduplicate"}
-    assert dag.task_dict["check_release"].upstream_task_ids == {"semantic_deduplicate"}
+    assert dag.task_dict["score_records"].upstream_task_ids == {"semantic_deduplicate", "plan_partitions"}
+    assert dag.task_dict["select_records"].upstream_task_ids == {"score_records"}
+    assert dag.task_dict["check_selection"].upstream_task_ids == {"select_records"}
+    assert dag.task_dict["check_release"].upstream_task_ids == {"check_selection"}
     assert all(t.trigger_rule == "all_success" for t in dag.tasks)
     assert set(dag.params.keys()) == {"recipe", "out_dir"}
 
@@ -95,6 +99,28 @@ def test_failed_partition_fails_the_run_and_holds_back_the_export(dag, tmp_path)
     result = states(dag_run)
     assert str(dag_run.state) == "failed"
     assert sorted(state for (task, _), state in result.items() if task == "ingest") == ["failed", "success"]
-    for task in ("check_ingested", "deduplicate", "near_deduplicate", "semantic_deduplicate", "check_release", "export_release"):
+    for task in ("check_ingested", "deduplicate", "near_deduplicate", "semantic_deduplicate", "score_records",
+                 "select_records", "check_selection", "check_release", "export_release"):
         assert result[(task, -1)] == "upstream_failed"
     assert not out.exists() or not any(out.rglob("manifest.json"))
+
+
+def test_sample_run_with_a_selection_ledgers_what_it_leaves_out(dag, tmp_path):
+    import yaml
+    sample = yaml.safe_load(SAMPLE_RECIPE.read_text())
+    sources = [{**s, "path": str((SAMPLE_RECIPE.parent / s["path"]).resolve())} for s in sample["sources"]]
+    recipe = write_recipe(tmp_path, f"sample-sel-{uuid.uuid4().hex[:6]}", sources, ingest=sample["ingest"],
+                          selection={"counts": {"math": 1, "code": 1}, "shares": {"knowledge": 1}, "size": 2,
+                                     "keep_all": ["chat"], "tolerance": 1.0})
+    dag_run = dag.test(run_conf={"recipe": str(recipe), "out_dir": str(tmp_path / "out")})
+    assert str(dag_run.state) == "success", states(dag_run)
+    assert len([k for k in states(dag_run) if k[0] == "score_records"]) == 8
+    [release] = (tmp_path / "out").glob("*/v0001")
+    manifest = json.loads((release / "manifest.json").read_text())
+    ledger = pd.read_parquet(release / "ledger.parquet")
+    left_out = ledger[ledger.stage == "select"]
+    assert len(left_out) > 0 and left_out.reason.str.match(r"^not_selected:(math|code|knowledge)$").all()
+    assert left_out.detail.str.match(r"^rank \d+ of \d+ in ").all()
+    mix = manifest["composition"]
+    assert mix["before"]["total"] == manifest["totals"]["kept"] + len(left_out) and mix["after"]["total"] == manifest["totals"]["kept"]
+    assert {"math", "code", "knowledge"} >= {d for d, e in mix["after"]["domain"].items() if d != "chat"}

@@ -51,8 +51,9 @@ def test_alpaca_eval_collapses_to_one_record_per_instruction(release):
     for text, answers in by_instruction.items():
         kept = [a for a in answers if a.verdict == "kept"]
         assert len(kept) <= 1, text
-        if not kept:  # every answer failed a rule or leaked a benchmark: nothing to keep
-            assert all(a.stage in ("rules", "decontam") for a in answers), (text, [(a.stage, a.reason) for a in answers])
+        if not kept:  # every answer failed a rule or leaked a benchmark, or the one left was not selected
+            left = [a for a in answers if a.stage not in ("rules", "decontam")]
+            assert not left or sum(a.stage == "select" for a in left) == 1, (text, [(a.stage, a.reason) for a in answers])
 
 
 def test_no_benchmark_item_survives(release):
@@ -71,3 +72,19 @@ def test_self_instruct_seeds_in_two_formats_are_one(release):
     _, ledger, _ = release
     copies = ledger[ledger.source == "self_instruct_messages"]
     assert (copies.reason == "exact_duplicate").sum() >= 170  # the rest were dropped earlier by a rule
+
+
+def test_the_selection_keeps_the_recipes_mix_and_ledgers_the_rest(release):
+    manifest, ledger, data = release
+    recipe, _ = load_recipe(RECIPE)
+    selection = manifest["composition"]["selection"]
+    for domain, entry in selection["domains"].items():
+        if domain in recipe.selection.keep_all:
+            assert entry["selected"] == entry["available"], domain
+        else:
+            assert abs(entry["share"] - entry["planned_share"]) <= recipe.selection.tolerance, (domain, entry)
+    left_out = ledger[ledger.stage == "select"]
+    assert len(left_out) == selection["not_selected"] > 0 and len(data) == selection["selected"]
+    assert left_out.reason.str.match(r"^not_selected:(knowledge|math|code)$").all()
+    assert left_out.detail.str.match(r"^rank \d+ of \d+ in ").all()
+    assert manifest["composition"]["before"]["total"] == selection["pool"]

@@ -17,6 +17,7 @@ from pydantic import Field, ValidationError, model_validator
 from .decontam import BenchmarkSpec, NgramSettings
 from .neardup import NearDupSettings
 from .rules import RuleSettings
+from .selection import SelectionSettings
 from .semantic import EmbeddingMatchSettings, SemanticDedupSettings
 from .strict import Strict
 
@@ -91,6 +92,7 @@ class Recipe(Strict):
     near_dedup: NearDupSettings = NearDupSettings()
     semantic_dedup: SemanticDedupSettings | None = SemanticDedupSettings()  # null: off
     gates: GateSettings = GateSettings()
+    selection: SelectionSettings | None = None   # null: release every standing record
 
     @model_validator(mode="after")
     def _unique_source_names(self) -> "Recipe":
@@ -138,8 +140,16 @@ def parse_recipe(raw: object, base_dir: Path, origin: str = "recipe") -> Recipe:
         raise RecipeError(f"{origin}: {problems}") from None
     sources = [s.model_copy(update={"path": _absolute(s.path, base_dir)}) for s in recipe.sources]
     benchmarks = [b.model_copy(update={"path": _absolute(b.path, base_dir)}) for b in recipe.decontamination.benchmarks]
-    return recipe.model_copy(update={
-        "sources": sources, "decontamination": recipe.decontamination.model_copy(update={"benchmarks": benchmarks})})
+    update = {"sources": sources, "decontamination": recipe.decontamination.model_copy(update={"benchmarks": benchmarks})}
+    if recipe.selection is not None:
+        update["selection"] = _absolute_selection(recipe.selection, base_dir)
+    return recipe.model_copy(update=update)
+
+
+def _absolute_selection(selection: SelectionSettings, base_dir: Path) -> SelectionSettings:
+    targets = {d: t.model_copy(update={"path": _absolute(t.path, base_dir)}) for d, t in selection.targets.items()}
+    weak = _absolute(selection.weak_domains, base_dir) if selection.weak_domains else None
+    return selection.model_copy(update={"targets": targets, "weak_domains": weak})
 
 
 def _absolute(path: str, base_dir: Path) -> str:

@@ -30,6 +30,7 @@ import pyarrow.parquet as pq
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from .composition import composition
 from .config import Recipe, recipe_hash
 from .conversation import EXPORT_ROLE
 from .db import record_stats, records
@@ -146,6 +147,7 @@ def export_release(engine: Engine, recipe: Recipe, run_id: str, out_dir: str | o
         conn.execute(sa.text("set cursor_tuple_fraction = 1.0"))  # streamed queries read everything: plan for all rows
         kept, ids_hash = _write_records(conn, run_id, staging)
         reasons, stages = _write_ledger(conn, run_id, staging)
+        mix = composition(conn, run_id)
     content_hash = hashlib.sha256(f"{ids_hash}:{recipe_hash(recipe)}".encode()).hexdigest()[:16]
 
     with engine.begin() as conn:
@@ -177,6 +179,7 @@ def export_release(engine: Engine, recipe: Recipe, run_id: str, out_dir: str | o
             "totals": {key: sum(c[key] for c in counts.values()) for key in ("lines", "kept", "dropped", "quarantined")},
             "sources": {source: {**c, "reasons": reasons.get(source, {})} for source, c in sorted(counts.items())},
             "stages": stages,
+            "composition": mix,
             "diff": diff,
             "files": {name: {"sha256": _sha256(staging / name), "bytes": (staging / name).stat().st_size}
                       for name in ("data.jsonl", "data.parquet", "ledger.parquet")},

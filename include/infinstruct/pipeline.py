@@ -14,7 +14,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from . import cleaning, dedup, export, ingest, near_dedup, quality, semantic_dedup
+from . import cleaning, dedup, export, ingest, near_dedup, quality, record_scores, select_records, semantic_dedup
 from .config import Recipe, load_recipe, recipe_hash
 from .db import get_engine
 from .partitions import plan_recipe
@@ -99,6 +99,23 @@ def near_deduplicate(run_id: str) -> dict[str, Any]:
 
 def semantic_deduplicate(run_id: str) -> dict[str, Any]:
     return semantic_dedup.semantic_dedup(get_engine(), run_recipe(run_id), run_id)
+
+
+def score_records(run_id: str, partition_id: str) -> dict[str, Any]:
+    return record_scores.score_partition(get_engine(), run_recipe(run_id), run_id, partition_id)
+
+
+def select(run_id: str) -> dict[str, Any]:
+    result = select_records.select_records(get_engine(), run_recipe(run_id), run_id)
+    # XCom gets the counts; the per-domain summary is in selection_state and the release manifest
+    return {key: value for key, value in result.items() if key != "domains"}
+
+
+def check_selection(run_id: str) -> dict[str, Any]:
+    result = quality.check_selection(get_engine(), run_recipe(run_id), run_id)
+    if result is None:
+        return {"gate": "selection", "skipped": "no selection in the recipe"}
+    return {"gate": result.gate, "success": result.success, "statistics": result.statistics}
 
 
 def check_release(run_id: str) -> dict[str, Any]:

@@ -139,3 +139,48 @@ def check_release(engine: Engine, recipe: Recipe, run_id: str) -> GateResult:
                          record_stats.c.stats["record_language"].astext.label("language"),
                          ).select_from(records.outerjoin(record_stats, record_stats.c.record_id == records.c.record_id))
     return run_gate(engine, run_id, "release", "release", query, release_expectations(recipe))
+
+
+def check_selection(engine: Engine, recipe: Recipe, run_id: str) -> GateResult | None:
+    """Gate `selection`: the selected records (the kept set after select_records). Each quota domain's share
+    within `selection.tolerance` of the planned mix, no selected record contaminated or duplicated (id or
+    instruction), every record scored with a known domain, and the selection's mean quality at least the
+    standing pool's (+ `min_quality_margin`). None when the recipe has no selection."""
+    import great_expectations.expectations as gxe
+
+    settings = recipe.selection
+    if settings is None:
+        return None
+    with engine.connect() as conn:
+        summary = conn.execute(sa.text(
+            "select s.result from selection_state s join runs r on r.dataset = s.dataset where r.run_id = :r"
+            " and s.run_id = :r"), {"r": run_id}).scalar()
+    if summary is None:
+        raise GateFailed(f"gate selection: run {run_id!r} has no selection summary: run select_records first")
+    planned = {d: e["planned_share"] for d, e in summary["domains"].items() if "planned_share" in e}
+    scores = sa.table("record_scores", sa.column("record_id"), sa.column("domain"), sa.column("quality"))
+    contaminated = sa.exists().where(contamination.c.partition_id == records.c.partition_id,
+                                     contamination.c.line_no == records.c.line_no)
+    chosen = kept_records(run_id, records.c.record_id, records.c.instruction_key, contaminated.label("contaminated"),
+                          scores.c.domain, scores.c.quality,
+                          ).select_from(records.outerjoin(scores, scores.c.record_id == records.c.record_id)).subquery()
+    in_quota = chosen.c.domain.in_(list(planned)) if planned else sa.false()
+    per_domain = sa.func.count().over(partition_by=chosen.c.domain)
+    quota_total = sa.func.sum(sa.case((in_quota, 1), else_=0)).over()
+    expected = sa.case(*((chosen.c.domain == d, share) for d, share in planned.items()), else_=0.0) if planned else sa.literal(0.0)
+    gap = sa.case((in_quota, sa.func.abs(sa.cast(per_domain, sa.Float) / sa.func.nullif(quota_total, 0) - expected)),
+                  else_=0.0)
+    query = sa.select(chosen.c.record_id, chosen.c.instruction_key, chosen.c.contaminated, chosen.c.domain,
+                      chosen.c.quality, gap.label("share_gap"))
+    minimum = (summary["pool_mean_quality"] or 0.0) + settings.min_quality_margin
+    expectations = [
+        gxe.ExpectTableRowCountToBeBetween(min_value=1),
+        gxe.ExpectColumnValuesToBeUnique(column="record_id"),
+        gxe.ExpectColumnValuesToBeUnique(column="instruction_key"),
+        gxe.ExpectColumnValuesToBeInSet(column="contaminated", value_set=[False]),
+        gxe.ExpectColumnValuesToNotBeNull(column="domain"),
+        gxe.ExpectColumnValuesToBeInSet(column="domain", value_set=list(settings.domains.resolved())),
+        gxe.ExpectColumnValuesToBeBetween(column="share_gap", min_value=0, max_value=settings.tolerance),
+        gxe.ExpectColumnMeanToBeBetween(column="quality", min_value=minimum - 1e-9),
+    ]
+    return run_gate(engine, run_id, "selection", "selected records", query, expectations)

@@ -23,6 +23,7 @@ class Stage(StrEnum):
     DEDUP = "dedup"
     NEAR_DEDUP = "near_dedup"
     SEMANTIC_DEDUP = "semantic_dedup"
+    SELECT = "select"
 
 
 class Quarantine(StrEnum):
@@ -65,3 +66,8 @@ def rule_reason(rule: str) -> str:
 def contamination_reason(benchmark: str) -> str:
     """`contaminated:<benchmark>`: the record matches an item of that benchmark (names: the recipe's benchmarks)."""
     return f"contaminated:{benchmark}"
+
+
+def not_selected_reason(domain: str) -> str:
+    """`not_selected:<domain>`: a clean record the selection left out (names: the recipe's domains)."""
+    return f"not_selected:{domain}"

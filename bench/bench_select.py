@@ -1,0 +1,242 @@
+"""The select_records stage at scale: throughput, determinism, incremental change, DSIR shift, diversity.
+
+    python bench/bench_select.py [--n 1000000] [--dim 384] [--added 0.01] [--size 0.1]   (PROFILE=1: cProfile the full pass)
+
+A throw-away embedded PostgreSQL gets a scored pool of --n standing records as score_records would have left
+it (records, record_scores, embedding_cache), so the stage is timed without embedding or scoring time:
+
+* instructions: real ../shared/data/pool prompts by domain (math: gsm8k_train's second half, code:
+  code_alpaca, knowledge and chat: AlpacaEval + self-instruct split in two), grown to --n by perturbed copies
+  (random word drops and swaps); pool mix 40% knowledge, 30% math, 20% code, 10% chat;
+* vectors: one random unit vector per real prompt, each copy that vector plus noise (cosine ~0.9 to it), so
+  copies of one prompt are redundant for the diversity walk; quality/difficulty drawn from Beta(2, 2);
+* recipe: the paper's mix (knowledge 0.44, math 0.19, code 0.19 of `size` --size; chat keep_all), DSIR targets
+  math = gsm8k_train's first half, code = code_alpaca (both disjoint from nothing: what matters is speed),
+  diversity threshold 0.9.
+
+Runs: a full pass (timed, records/s over the pool), the same again from scratch (identical selection?),
+then --added of new records in a new partition (incremental pass: timed; how many selected records changed
+vs what the quotas required). Prints Markdown tables for bench/RESULTS.md.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import random
+import resource
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "include"))
+sys.path.insert(0, str(ROOT / "bench"))
+DATA = ROOT.parent / "shared" / "data" / "pool"
+SHARES = {"knowledge": 0.4, "math": 0.3, "code": 0.2, "chat": 0.1}
+
+
+def prompts() -> dict[str, list[str]]:
+    gsm = [json.loads(line)["question"] for line in open(DATA / "gsm8k_train.custom.jsonl")]
+    code = [(r["instruction"] + "\n\n" + r.get("input", "")).strip()
+            for r in map(json.loads, open(DATA / "code_alpaca_2k.alpaca.jsonl"))]
+    general = [r["conversations"][0]["value"] for r in map(json.loads, open(DATA / "alpaca_eval_gpt4_1106_preview.sharegpt.jsonl"))]
+    general += [r["instruction"] for r in map(json.loads, open(DATA / "self_instruct_seed.custom.jsonl"))]
+    return {"math": gsm[len(gsm) // 2:], "code": code, "knowledge": general[::2], "chat": general[1::2],
+            "_math_target": gsm[:len(gsm) // 2]}
+
+
+def perturb(text: str, rng: random.Random) -> str:
+    words = text.split()
+    if len(words) > 4:
+        for _ in range(rng.randint(1, 3)):
+            words.pop(rng.randrange(len(words)))
+        i = rng.randrange(len(words) - 1)
+        words[i], words[i + 1] = words[i + 1], words[i]
+    return " ".join(words)
+
+
+def build_pool(engine, n: int, dim: int, real: dict[str, list[str]], part_prefix: str, start: int, seed: int) -> int:
+    """COPY n standing, scored records (in partitions of 50k) for run `bench`; returns rows written."""
+    from infinstruct.pgcopy import Copier, CopyTable, json_field, text_field
+    from infinstruct.record_scores import keys
+    from infinstruct.scoring import SIGNALS_VERSION
+
+    rng, nprng = random.Random(seed), np.random.default_rng(seed)
+    bases = {d: nprng.standard_normal((len(real[d]), dim)).astype(np.float32) for d in SHARES}
+    for b in bases.values():
+        b /= np.linalg.norm(b, axis=1, keepdims=True)
+    domains = rng.choices(list(SHARES), weights=list(SHARES.values()), k=n)
+    scores_key, domain_key = keys(SETTINGS)
+    raw = engine.raw_connection()
+    try:
+        cur = raw.cursor()
+        copier = Copier(cur)
+        rec = CopyTable(copier, "records", ("partition_id", "line_no", "record_id", "instruction_key", "source",
+                                            "conversation", "role_pattern", "min_turn_chars", "total_chars"), 20_000)
+        sco = CopyTable(copier, "record_scores", ("record_id", "signals_version", "signals", "scores_key", "quality",
+                                                  "difficulty", "domain_key", "domain", "confidence"), 20_000)
+        vec = CopyTable(copier, "embedding_cache", ("model", "record_id", "vector"), 20_000)
+        model = SETTINGS.embedding.fingerprint.encode()
+        parts = set()
+        for k, domain in enumerate(domains):
+            i = start + k
+            part = f"{part_prefix}{i // 50_000:03d}"
+            parts.add(part)
+            j = rng.randrange(len(real[domain]))
+            text = perturb(real[domain][j], rng) if rng.random() < 0.9 else real[domain][j]
+            rid = hashlib.md5(f"{i}:{text}".encode()).hexdigest()
+            conv = json.dumps([{"role": "user", "content": text}, {"role": "assistant", "content": "An answer."}])
+            rec.add(part.encode(), b"%d" % i, rid.encode(), rid.encode(), domain.encode(), json_field(conv.encode()),
+                    b"ua", b"3", b"%d" % len(text))
+            q, dq = nprng.beta(2, 2), nprng.beta(2, 2)
+            sco.add(rid.encode(), b"%d" % SIGNALS_VERSION, b"{}", scores_key.encode(), repr(round(float(q), 6)).encode(),
+                    repr(round(float(dq), 6)).encode(), domain_key.encode(), domain.encode(), b"0.9")
+            v = bases[domain][j] + nprng.standard_normal(dim).astype(np.float32) * (0.48 / np.sqrt(dim))
+            v /= np.linalg.norm(v)
+            vec.add(model, rid.encode(), b"\\\\x" + v.astype("<f4").tobytes().hex().encode())
+        for t in (rec, sco, vec):
+            t.flush()
+        copier.close()
+        for part in sorted(parts):
+            cur.execute("insert into partitions (partition_id, dataset, source, path, shard, format, start_offset,"
+                        " end_offset, first_line, checksum, status) values (%s, 'bench', 'bench', %s, 0, 'alpaca', 0, 0,"
+                        " 1, 'x', 'ingested') on conflict do nothing", (part, part))
+        raw.commit()
+    finally:
+        raw.close()
+    return n
+
+
+def start_run(engine, run_id: str, partitions_like: str) -> None:
+    import sqlalchemy as sa
+    with engine.begin() as conn:
+        conn.execute(sa.text("insert into runs (run_id, dataset, recipe, recipe_hash) values (:r, 'bench', '{}', 'x')"),
+                     {"r": run_id})
+        conn.execute(sa.text("insert into run_partitions select :r, partition_id from partitions where dataset = 'bench'"
+                             " and partition_id like :p"), {"r": run_id, "p": partitions_like})
+
+
+def selected(engine) -> set[str]:
+    import sqlalchemy as sa
+    with engine.connect() as conn:
+        return set(conn.execute(sa.text("select record_id from selection where dataset = 'bench'")).scalars())
+
+
+def table(header: list[str], rows: list[list]) -> None:
+    print("| " + " | ".join(header) + " |")
+    print("|" + "|".join(" ---: " if i else " --- " for i in range(len(header))) + "|")
+    for row in rows:
+        print("| " + " | ".join(f"{x:,}" if isinstance(x, int) else str(x) for x in row) + " |")
+    print()
+
+
+SETTINGS = None
+
+
+def main() -> None:
+    global SETTINGS
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--n", type=int, default=1_000_000)
+    ap.add_argument("--dim", type=int, default=384)
+    ap.add_argument("--added", type=float, default=0.01)
+    ap.add_argument("--size", type=float, default=0.1, help="selection.size: share of the shares domains' pool")
+    args = ap.parse_args()
+
+    import sqlalchemy as sa
+    from benchlib import machine_facts, temporary_database
+    from infinstruct.config import Recipe
+    from infinstruct.db import get_engine
+    from infinstruct.diversity import diversity_report
+    from infinstruct.embedding_cache import read_vectors
+    from infinstruct.select_records import select_records
+
+    real = prompts()
+    folder = Path(__import__("tempfile").mkdtemp(prefix="bench-select-"))
+    (folder / "math_target.jsonl").write_text("".join(json.dumps({"q": q}) + "\n" for q in real["_math_target"]))
+    (folder / "code_target.jsonl").write_text("".join(json.dumps({"q": q}) + "\n" for q in real["code"]))
+    recipe = Recipe.model_validate({
+        "name": "bench", "sources": [{"name": "bench", "path": "x.jsonl", "format": "alpaca"}], "semantic_dedup": None,
+        "selection": {"shares": {"knowledge": 0.44, "math": 0.19, "code": 0.19}, "keep_all": ["chat"], "size": args.size,
+                      "targets": {"math": {"path": str(folder / "math_target.jsonl"), "fields": ["q"]},
+                                  "code": {"path": str(folder / "code_target.jsonl"), "fields": ["q"]}},
+                      "diversity_threshold": 0.9, "seed": 0}})
+    SETTINGS = recipe.selection
+    with temporary_database() as (url, _):
+        engine = get_engine(url)
+        print(machine_facts(engine, numpy=np.__version__))
+        t = time.perf_counter()
+        build_pool(engine, args.n, args.dim, real, "p", 0, seed=1)
+        with engine.begin() as conn:
+            conn.execute(sa.text("analyze"))
+        print(f"pool of {args.n:,} written in {time.perf_counter() - t:.1f} s")
+
+        rows = []
+        start_run(engine, "full", "p%")
+        t = time.perf_counter()
+        if os.environ.get("PROFILE"):
+            import cProfile
+            import pstats
+            with cProfile.Profile() as prof:
+                full = select_records(engine, recipe, "full")
+            pstats.Stats(prof).sort_stats("cumulative").print_stats(30)
+        else:
+            full = select_records(engine, recipe, "full")
+        t_full = time.perf_counter() - t
+        rows.append(["full pass", f"{args.n:,}", f"{t_full:.1f}", f"{args.n / t_full:,.0f}", f"{full['selected']:,}"])
+        first = selected(engine)
+
+        with engine.begin() as conn:   # from scratch again: same seed, same pool
+            conn.execute(sa.text("delete from selection_state"))
+        start_run(engine, "again", "p%")
+        t = time.perf_counter()
+        select_records(engine, recipe, "again")
+        t_again = time.perf_counter() - t
+        same = selected(engine) == first
+        rows.append(["full pass again (from scratch)", f"{args.n:,}", f"{t_again:.1f}", f"{args.n / t_again:,.0f}",
+                     f"identical: {same}"])
+
+        added = int(args.n * args.added)
+        build_pool(engine, added, args.dim, real, "q", args.n, seed=2)
+        start_run(engine, "nightly", "%")
+        t = time.perf_counter()
+        nightly = select_records(engine, recipe, "nightly")
+        t_nightly = time.perf_counter() - t
+        after = selected(engine)
+        grown = sum(max(0, e.get("quota", e["available"]) - full["domains"][d].get("quota", full["domains"][d]["available"]))
+                    for d, e in nightly["domains"].items())
+        rows.append([f"+{args.added:.0%} records (incremental)", f"{args.n + added:,}", f"{t_nightly:.1f}",
+                     f"{(args.n + added) / t_nightly:,.0f}",
+                     f"{len(first - after)} left, {len(after - first):,} joined (quotas grew by {grown:,})"])
+        table(["pass", "pool", "seconds", "records/s", "selection"], rows)
+        table(["domain", "available", "quota", "selected", "share → planned", "DSIR KL before → after (random same size)"],
+              [[d, e["available"], e.get("quota", "keep_all"), e["selected"],
+                f"{e.get('share', '')} → {e.get('planned_share', '')}",
+                (f"{e['dsir']['kl_before']:.4f} → {e['dsir']['kl_after']:.4f} ({e['dsir']['kl_random_same_size']:.4f})"
+                 if "dsir" in e else "")] for d, e in full["domains"].items()])
+
+        rng = np.random.default_rng(0)
+        with engine.connect() as conn:
+            div = []
+            for d in ("knowledge", "math", "code"):
+                chosen = sorted(conn.execute(sa.text("select record_id from selection where dataset = 'bench' and domain = :d"),
+                                             {"d": d}).scalars())
+                pool = sorted(conn.execute(sa.text("select record_id from record_scores where domain = :d"), {"d": d}).scalars())
+                m = min(5000, len(chosen))
+                picks = [chosen[i] for i in rng.choice(len(chosen), m, replace=False)]
+                rand = [pool[i] for i in rng.choice(len(pool), m, replace=False)]
+                sel_v = read_vectors(conn, SETTINGS.embedding.fingerprint, picks)
+                rnd_v = read_vectors(conn, SETTINGS.embedding.fingerprint, rand)
+                a = diversity_report(np.stack([sel_v[i] for i in picks]))
+                b = diversity_report(np.stack([rnd_v[i] for i in rand]))
+                div.append([d, m, f"{a['mean_nn_cosine']} / {a['p95_nn_cosine']}", f"{b['mean_nn_cosine']} / {b['p95_nn_cosine']}"])
+        table(["domain", "sample", "selection mean / p95 NN cosine", "random same size"], div)
+        print(f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB")
+        engine.dispose()
+
+
+if __name__ == "__main__":
+    main()
