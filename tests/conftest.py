@@ -95,6 +95,16 @@ def write_recipe(folder: Path, name: str, sources: list[dict], **extra) -> Path:
     return path
 
 
+def run_record_id(engine, run_id: str, file_name: str, line: int) -> str:
+    """The record id of line `line` of the file named `file_name` among the run's partitions."""
+    import sqlalchemy as sa
+    with engine.connect() as conn:
+        return conn.execute(sa.text(
+            "select r.record_id from records r join partitions p using (partition_id) join run_partitions rp"
+            " on rp.partition_id = r.partition_id where rp.run_id = :r and p.path like :p and r.line_no = :l"),
+            {"r": run_id, "p": f"%/{file_name}", "l": line}).scalar_one()
+
+
 def write_jsonl(path: Path, lines: list) -> Path:
     """Write items as JSONL; str items are written verbatim (for malformed lines)."""
     import json

@@ -13,7 +13,7 @@ import uuid
 
 import sqlalchemy as sa
 
-from conftest import write_jsonl, write_recipe
+from conftest import run_record_id, write_jsonl, write_recipe
 from infinstruct import pipeline
 
 LONG = ("Write a short story about a lighthouse keeper who finds a message in a bottle that was sent "
@@ -50,14 +50,6 @@ def decisions(engine, run_id: str) -> list[tuple]:
             " where rp.run_id = :r order by p.path, d.line_no, d.stage"), {"r": run_id}).all()
 
 
-def record_id(engine, run_id: str, name: str, line: int) -> str:
-    with engine.connect() as conn:
-        return conn.execute(sa.text(
-            "select r.record_id from records r join partitions p using (partition_id) join run_partitions rp"
-            " on rp.partition_id = r.partition_id where rp.run_id = :r and p.path like :p and r.line_no = :l"),
-            {"r": run_id, "p": f"%/{name}", "l": line}).scalar_one()
-
-
 def make_pool(tmp_path, name: str):
     (tmp_path / "pool").mkdir()
     write_jsonl(tmp_path / "pool" / "a.jsonl", [alpaca(LONG)] + [alpaca(t) for t in OTHERS])
@@ -87,13 +79,13 @@ def test_an_added_file_is_decided_against_the_accepted_records_and_nothing_else_
 
     assert second["dedup"]["full_pass"] is False and second["dedup"]["decided_partitions"] == 1
     assert second["near_dedup"]["full_pass"] is False and second["near_dedup"]["decided"] == 2  # lines 3 and 4 stand
-    story, fridge = record_id(engine, second_run, "a.jsonl", 1), record_id(engine, second_run, "a.jsonl", 2)
+    story, fridge = run_record_id(engine, second_run, "a.jsonl", 1), run_record_id(engine, second_run, "a.jsonl", 2)
     new = [(path.rsplit("/", 1)[1], line, stage, reason, dup) for path, line, stage, reason, dup, _, _ in decisions(engine, second_run)]
     assert new == [
         ("b1.jsonl", 1, "dedup", "exact_duplicate", story),
         ("b1.jsonl", 2, "dedup", "duplicate_instruction", fridge),
         ("b1.jsonl", 3, "near_dedup", "near_duplicate", story),
-        ("b1.jsonl", 5, "dedup", "exact_duplicate", record_id(engine, second_run, "b1.jsonl", 4)),
+        ("b1.jsonl", 5, "dedup", "exact_duplicate", run_record_id(engine, second_run, "b1.jsonl", 4)),
     ]
 
 

@@ -15,7 +15,7 @@ import uuid
 import pytest
 import sqlalchemy as sa
 
-from conftest import write_jsonl, write_recipe
+from conftest import run_record_id, write_jsonl, write_recipe
 from infinstruct import pipeline
 
 STORY = ("Write a short story about a lighthouse keeper who finds a message in a bottle sent by her "
@@ -66,14 +66,6 @@ def drops(engine, run_id: str) -> dict[tuple[str, int], tuple]:
     return {(path.rsplit("/", 1)[1], line): (stage, reason, dup, score, run) for path, line, stage, reason, dup, score, run in rows}
 
 
-def record_id(engine, run_id: str, name: str, line: int) -> str:
-    with engine.connect() as conn:
-        return conn.execute(sa.text(
-            "select r.record_id from records r join partitions p using (partition_id) join run_partitions rp"
-            " on rp.partition_id = r.partition_id where rp.run_id = :r and p.path like :p and r.line_no = :l"),
-            {"r": run_id, "p": f"%/{name}", "l": line}).scalar_one()
-
-
 def test_a_reworded_instruction_is_dropped_for_the_preferred_source_and_siblings_stay(engine, tmp_path, index):
     write_jsonl(tmp_path / "minor.jsonl", [alpaca(STORY, "A much longer answer, so completeness alone would keep this one."),
                                            alpaca(INTEREST)])
@@ -87,7 +79,7 @@ def test_a_reworded_instruction_is_dropped_for_the_preferred_source_and_siblings
     assert result["index"] == index and result["full_pass"] and result["decided"] == 5
     [(where, (stage, reason, dup, score, _))] = drops(engine, run_id).items()
     assert where == ("minor.jsonl", 1)
-    assert (stage, reason, dup) == ("semantic_dedup", "semantic_duplicate", record_id(engine, run_id, "major.jsonl", 1))
+    assert (stage, reason, dup) == ("semantic_dedup", "semantic_duplicate", run_record_id(engine, run_id, "major.jsonl", 1))
     assert 0.9 <= score <= 1.0
     # the interest prompts embed close together, but their numbers make them different requests
 
@@ -109,7 +101,7 @@ def test_a_nightly_file_is_compared_with_the_accepted_records_which_win(engine, 
     assert second["full_pass"] is False and second["decided"] == 1
     dropped = drops(engine, second_run)
     assert list(dropped) == [("b2.jsonl", 1)]
-    assert dropped[("b2.jsonl", 1)][1:3] == ("semantic_duplicate", record_id(engine, second_run, "a1.jsonl", 1))
+    assert dropped[("b2.jsonl", 1)][1:3] == ("semantic_duplicate", run_record_id(engine, second_run, "a1.jsonl", 1))
 
 
 def test_turned_off_it_decides_nothing_and_leaves_nothing(engine, tmp_path):

@@ -47,7 +47,7 @@ from .reasons import Stage, Verdict, not_selected_reason
 from .record_scores import keys
 from .selection import SelectionError, SelectionSettings, fit_quotas, load_boosts, plan_quotas, planned_shares
 from .pgcopy import Copier, CopyTable, text_field
-from .stages import DECISION_COLUMNS, stream
+from .stages import DECISION_COLUMNS, forget_decisions, stream
 
 log = logging.getLogger(__name__)
 
@@ -316,9 +316,7 @@ def _summary(conn, settings, domains, quotas, full, boosts, requested, not_selec
 def _disabled(engine: Engine, run_id: str) -> dict[str, Any]:
     """No selection in the recipe: no select decisions stand, and turning it on starts over."""
     with engine.begin() as conn:
-        dataset = conn.execute(sa.text("select dataset from runs where run_id = :r"), {"r": run_id}).scalar_one()
-        conn.execute(sa.text("delete from decisions d using run_partitions rp where rp.run_id = :r"
-                             " and d.partition_id = rp.partition_id and d.stage = :s"), {"r": run_id, "s": Stage.SELECT.value})
+        dataset = forget_decisions(conn, run_id, Stage.SELECT)
         conn.execute(sa.text("delete from selection where dataset = :d"), {"d": dataset})
         conn.execute(sa.text("delete from selection_state where dataset = :d"), {"d": dataset})
     return {"disabled": True}

@@ -42,7 +42,7 @@ from .embedding_cache import instruction_text, instruction_vectors, read_vectors
 from .neardup import differs_in_essential_words, text_words
 from .reasons import Drop, Stage, Verdict
 from .semantic import SemanticDedupSettings, VectorIndex, VectorIndexError, pairs_within, schema_sql
-from .stages import finish_scope, insert_decisions, stream, whole_dataset_scope
+from .stages import finish_scope, forget_decisions, insert_decisions, stream, whole_dataset_scope
 
 log = logging.getLogger(__name__)
 
@@ -259,9 +259,7 @@ def semantic_dedup(engine: Engine, recipe: Recipe, run_id: str) -> dict[str, Any
 def _disabled(engine: Engine, run_id: str) -> dict[str, Any]:
     """Turned off in the recipe: no decisions of this stage stand, and turning it on again starts over."""
     with engine.begin() as conn:
-        dataset = conn.execute(sa.text("select dataset from runs where run_id = :r"), {"r": run_id}).scalar_one()
-        conn.execute(sa.text("delete from decisions d using run_partitions rp where rp.run_id = :r"
-                             " and d.partition_id = rp.partition_id and d.stage = :s"), {"r": run_id, "s": Stage.SEMANTIC_DEDUP.value})
+        dataset = forget_decisions(conn, run_id, Stage.SEMANTIC_DEDUP)
         conn.execute(sa.text("delete from dataset_stages where dataset = :d and stage = :s"),
                      {"d": dataset, "s": Stage.SEMANTIC_DEDUP.value})
         conn.execute(sa.text("delete from semantic_accepted where dataset = :d"), {"d": dataset})

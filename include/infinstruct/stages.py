@@ -157,6 +157,14 @@ def whole_dataset_scope(conn: Connection, run_id: str, stage: Stage | str, setti
                  {p: expected(p, generation) for p in new}, [])
 
 
+def forget_decisions(conn: Connection, run_id: str, stage: Stage | str) -> str:
+    """Delete the stage's decisions on the run's partitions (a stage turned off in the recipe); returns the
+    run's dataset, for the stage to forget its own state too."""
+    conn.execute(sa.text("delete from decisions d using run_partitions rp where rp.run_id = :r"
+                         " and d.partition_id = rp.partition_id and d.stage = :s"), {"r": run_id, "s": str(stage)})
+    return conn.execute(sa.text("select dataset from runs where run_id = :r"), {"r": run_id}).scalar_one()
+
+
 def finish_scope(conn: Connection, run_id: str, scope: Scope, result: dict) -> None:
     """Record the pass (in the transaction that wrote its decisions): completions of the decided
     partitions, and on a full pass the new generation and the forgotten partitions."""
