@@ -21,7 +21,6 @@ from .reasons import Stage
 
 # whole-dataset stages, in order; each one's completions carry the fingerprints of the ones before
 WHOLE_DATASET_STAGES = [Stage.DEDUP.value, Stage.NEAR_DEDUP.value, Stage.SEMANTIC_DEDUP.value]
-PER_PARTITION_STAGES = [Stage.RULES.value, Stage.DECONTAM.value]
 
 DECISION_COLUMNS = ("partition_id", "line_no", "stage", "verdict", "reason", "score", "detail", "duplicate_of", "run_id")
 
