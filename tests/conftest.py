@@ -95,6 +95,18 @@ def write_recipe(folder: Path, name: str, sources: list[dict], **extra) -> Path:
     return path
 
 
+def run_partition_steps(recipe_path) -> str:
+    """A new run of the recipe through every per-partition step (ingest, rules, decontamination); its id."""
+    from infinstruct import pipeline
+    run_id = f"test-{uuid.uuid4().hex[:8]}"
+    pipeline.start_run(run_id, recipe_path)
+    for part in pipeline.plan(run_id):
+        pipeline.ingest_partition(run_id, part)
+        pipeline.apply_rules(run_id, part)
+        pipeline.decontaminate(run_id, part)
+    return run_id
+
+
 def run_record_id(engine, run_id: str, file_name: str, line: int) -> str:
     """The record id of line `line` of the file named `file_name` among the run's partitions."""
     import sqlalchemy as sa

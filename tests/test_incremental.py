@@ -13,7 +13,7 @@ import uuid
 
 import sqlalchemy as sa
 
-from conftest import run_record_id, write_jsonl, write_recipe
+from conftest import run_partition_steps, run_record_id, write_jsonl, write_recipe
 from infinstruct import pipeline
 
 LONG = ("Write a short story about a lighthouse keeper who finds a message in a bottle that was sent "
@@ -32,12 +32,7 @@ def alpaca(instruction: str, output: str = "A complete and helpful answer to the
 
 def nightly(recipe) -> tuple[str, dict]:
     """One run of every step but the gates and the export, as the DAG orders them."""
-    run_id = f"test-{uuid.uuid4().hex[:8]}"
-    pipeline.start_run(run_id, recipe)
-    for part in pipeline.plan(run_id):
-        pipeline.ingest_partition(run_id, part)
-        pipeline.apply_rules(run_id, part)
-        pipeline.decontaminate(run_id, part)
+    run_id = run_partition_steps(recipe)
     return run_id, {"dedup": pipeline.deduplicate(run_id), "near_dedup": pipeline.near_deduplicate(run_id)}
 
 

@@ -15,7 +15,7 @@ import uuid
 import pytest
 import sqlalchemy as sa
 
-from conftest import run_record_id, write_jsonl, write_recipe
+from conftest import run_partition_steps, run_record_id, write_jsonl, write_recipe
 from infinstruct import pipeline
 
 STORY = ("Write a short story about a lighthouse keeper who finds a message in a bottle sent by her "
@@ -44,12 +44,7 @@ def index(request, engine):
 
 
 def run_all(recipe) -> tuple[str, dict]:
-    run_id = f"test-{uuid.uuid4().hex[:8]}"
-    pipeline.start_run(run_id, recipe)
-    for part in pipeline.plan(run_id):
-        pipeline.ingest_partition(run_id, part)
-        pipeline.apply_rules(run_id, part)
-        pipeline.decontaminate(run_id, part)
+    run_id = run_partition_steps(recipe)
     pipeline.deduplicate(run_id)
     near = pipeline.near_deduplicate(run_id)
     assert near["near_duplicate"] == 0   # what follows is beyond MinHash

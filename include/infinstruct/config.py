@@ -114,6 +114,11 @@ class Recipe(Strict):
                 return s.priority if s.priority is not None else position
         raise KeyError(name)
 
+    @property
+    def priorities(self) -> dict[str, int]:
+        """Source name -> priority (lower wins), for every source."""
+        return {s.name: self.priority(s.name) for s in self.sources}
+
 
 def load_recipe(path: str | os.PathLike) -> tuple[Recipe, Path]:
     """Load and validate a recipe; source paths are resolved relative to the recipe file."""

@@ -22,7 +22,7 @@ from sqlalchemy.engine import Engine
 
 from .config import Recipe
 from .reasons import Drop, Stage
-from .stages import finish_scope, whole_dataset_scope
+from .stages import deciding_table, finish_scope, whole_dataset_scope
 
 EARLIER_STAGES = [Stage.RULES.value, Stage.DECONTAM.value]
 
@@ -59,21 +59,12 @@ where answer_rank > 1 and is_new
 """)
 
 
-def settings(recipe: Recipe) -> dict:
-    """What the stage's decisions depend on besides the records: the sources' priorities."""
-    return {s.name: recipe.priority(s.name) for s in recipe.sources}
-
-
 def exact_dedup(engine: Engine, recipe: Recipe, run_id: str) -> dict:
     """Decide exact and same-instruction duplicates for the run; returns counts per reason (of this pass)."""
     with engine.begin() as conn:
-        scope = whole_dataset_scope(conn, run_id, Stage.DEDUP, settings(recipe), EARLIER_STAGES)
-        conn.execute(sa.text("create temp table source_priority (source text primary key, priority int not null) on commit drop"))
-        conn.execute(sa.text("insert into source_priority values (:source, :priority)"),
-                     [{"source": s.name, "priority": recipe.priority(s.name)} for s in recipe.sources])
-        conn.execute(sa.text("create temp table deciding (partition_id text primary key) on commit drop"))
-        if scope.new:
-            conn.execute(sa.text("insert into deciding values (:p)"), [{"p": p} for p in scope.new])
+        # besides the records, the decisions depend on the sources' priorities only
+        scope = whole_dataset_scope(conn, run_id, Stage.DEDUP, recipe.priorities, EARLIER_STAGES)
+        deciding_table(conn, scope, recipe.priorities)
         conn.execute(sa.text("delete from decisions d using deciding dp where d.partition_id = dp.partition_id and d.stage = :stage"),
                      {"stage": Stage.DEDUP.value})
         if scope.new:

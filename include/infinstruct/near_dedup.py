@@ -31,7 +31,7 @@ from .config import Recipe
 from .conversation import USER
 from .pgcopy import Copier, CopyTable, text_field
 from .reasons import Drop, Stage, Verdict
-from .stages import complete, completed, finish_scope, fingerprint, insert_decisions, stream, whole_dataset_scope
+from .stages import complete, completed, deciding_table, finish_scope, fingerprint, insert_decisions, stream, whole_dataset_scope
 
 log = logging.getLogger(__name__)
 
@@ -159,11 +159,8 @@ def near_dedup(engine: Engine, recipe: Recipe, run_id: str) -> dict:
 
     drops: list[dict] = []
     with engine.begin() as conn:
-        priorities = {s.name: recipe.priority(s.name) for s in recipe.sources}
-        scope = whole_dataset_scope(conn, run_id, Stage.NEAR_DEDUP, [settings, priorities], [*EARLIER, KEY_STAGE])
-        conn.execute(sa.text("create temp table deciding (partition_id text primary key) on commit drop"))
-        if scope.new:
-            conn.execute(sa.text("insert into deciding values (:p)"), [{"p": p} for p in scope.new])
+        scope = whole_dataset_scope(conn, run_id, Stage.NEAR_DEDUP, [settings, recipe.priorities], [*EARLIER, KEY_STAGE])
+        deciding_table(conn, scope, recipe.priorities)
         # nothing new (a retry, or a nightly run without new files): nothing to read or decide
         standing = _standing(conn, run_id, settings.bands) if scope.new else _nothing_standing(settings.bands)
         pairs = _candidates(standing)

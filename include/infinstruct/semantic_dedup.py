@@ -42,7 +42,7 @@ from .embedding_cache import instruction_text, instruction_vectors, read_vectors
 from .neardup import differs_in_essential_words, text_words
 from .reasons import Drop, Stage, Verdict
 from .semantic import SemanticDedupSettings, VectorIndex, VectorIndexError, pairs_within, schema_sql
-from .stages import finish_scope, forget_decisions, insert_decisions, stream, whole_dataset_scope
+from .stages import deciding_table, finish_scope, forget_decisions, insert_decisions, stream, whole_dataset_scope
 
 log = logging.getLogger(__name__)
 
@@ -159,13 +159,8 @@ def _index_kind(conn: Connection, wanted: str) -> str:
 def _prepare(conn: Connection, recipe: Recipe, run_id: str):
     """The pass's scope, with temp tables `deciding`, `source_priority` and `todo` (records to decide, in order)."""
     settings = recipe.semantic_dedup
-    priorities = {s.name: recipe.priority(s.name) for s in recipe.sources}
-    scope = whole_dataset_scope(conn, run_id, Stage.SEMANTIC_DEDUP, [settings, priorities], EARLIER)
-    conn.execute(sa.text("create temp table deciding (partition_id text primary key) on commit drop"))
-    if scope.new:
-        conn.execute(sa.text("insert into deciding values (:p)"), [{"p": p} for p in scope.new])
-    conn.execute(sa.text("create temp table source_priority (source text primary key, priority int not null) on commit drop"))
-    conn.execute(sa.text("insert into source_priority values (:s, :p)"), [{"s": s, "p": p} for s, p in priorities.items()])
+    scope = whole_dataset_scope(conn, run_id, Stage.SEMANTIC_DEDUP, [settings, recipe.priorities], EARLIER)
+    deciding_table(conn, scope, recipe.priorities)
     conn.execute(_TODO, {"earlier": EARLIER})
     return scope
 

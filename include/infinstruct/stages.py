@@ -164,6 +164,16 @@ def forget_decisions(conn: Connection, run_id: str, stage: Stage | str) -> str:
     return conn.execute(sa.text("select dataset from runs where run_id = :r"), {"r": run_id}).scalar_one()
 
 
+def deciding_table(conn: Connection, scope: Scope, priorities: dict[str, int]) -> None:
+    """Temp tables of the pass (dropped at commit): `deciding` (the partitions it decides) and
+    `source_priority` (the keep rule's source order), for the stage's SQL to join."""
+    conn.execute(sa.text("create temp table deciding (partition_id text primary key) on commit drop"))
+    if scope.new:
+        conn.execute(sa.text("insert into deciding values (:p)"), [{"p": p} for p in scope.new])
+    conn.execute(sa.text("create temp table source_priority (source text primary key, priority int not null) on commit drop"))
+    conn.execute(sa.text("insert into source_priority values (:s, :p)"), [{"s": s, "p": p} for s, p in priorities.items()])
+
+
 def finish_scope(conn: Connection, run_id: str, scope: Scope, result: dict) -> None:
     """Record the pass (in the transaction that wrote its decisions): completions of the decided
     partitions, and on a full pass the new generation and the forgotten partitions."""
