@@ -9,9 +9,10 @@ import pytest
 from pydantic import ValidationError
 
 from conftest import SHARED_DATA
+from infinstruct.embeddings import EmbeddingSettings, encode
 from infinstruct.scoring import (SIGNALS_VERSION, EmbeddingRelevanceScorer, ScoringError, ScoringSettings,
-                                 difficulty_components, difficulty_score, measure_signals, quality_components,
-                                 quality_score)
+                                 difficulty_components, difficulty_score, measure_signals, model_scorer,
+                                 quality_components, quality_score)
 
 WORD_PROBLEM = (
     ("user", "A library has 120 books. It lends out 3/4 of them on Monday and gets 12 back on Tuesday. "
@@ -158,13 +159,27 @@ def test_settings_are_strict():
         ScoringSettings(reasoning_scale=0)
 
 
-def test_a_model_weight_needs_a_model_score_and_then_counts():
-    settings = ScoringSettings(quality={"length": 0, "elaboration": 0, "structure": 0, "reasoning": 0, "model": 1})
+def test_a_model_weight_needs_a_scorer_and_a_model_score_and_then_counts():
+    only_model = {"length": 0, "elaboration": 0, "structure": 0, "reasoning": 0, "model": 1}
+    with pytest.raises(ValidationError, match="needs a model to score with"):
+        ScoringSettings(quality=only_model)
+    settings = ScoringSettings(quality=only_model, scorer={"kind": "embedding"})
     signals = measure_signals(DETAILED)
     with pytest.raises(ScoringError, match="model_score"):
         quality_score(signals, settings)
     assert quality_score({**signals, "model_score": 0.37}, settings) == pytest.approx(0.37)
     assert "model" not in quality_components({**signals, "model_score": 0.37}, ScoringSettings())
+
+
+def test_the_scorer_is_a_named_model_defaulting_to_the_selections_embedding():
+    selection_embedding = EmbeddingSettings(max_chars=500)
+    assert model_scorer(ScoringSettings(), selection_embedding) is None
+    inherited = model_scorer(ScoringSettings(scorer={"kind": "embedding"}), selection_embedding)
+    own = model_scorer(ScoringSettings(scorer={"embedding": {"max_chars": 800}}), selection_embedding)
+    assert inherited.name == "relevance:sentence_transformers:all-MiniLM-L6-v2:norm=1:chars=500"
+    assert own.name.endswith(":chars=800")   # another model (or its settings): another name, so a re-score
+    with pytest.raises(ValidationError, match="kind"):
+        ScoringSettings(scorer={"kind": "cross_encoder"})   # no cross-encoder model ships offline
 
 
 def test_relevance_scorer_prefers_the_answer_to_the_question_asked():
@@ -176,6 +191,9 @@ def test_relevance_scorer_prefers_the_answer_to_the_question_asked():
     assert scorer.name.startswith("relevance:") and ((matched >= 0) & (matched <= 1)).all()
     for shift in (1, 2, 3):
         assert (matched > scorer.score(questions, answers[shift:] + answers[:shift])).all()
+    # with the instructions' vectors at hand (as embedding_cache keeps them), the same scores
+    vectors = encode(questions, scorer.settings)
+    assert scorer.score_vectors(vectors, answers) == pytest.approx(matched, abs=1e-5)
     with pytest.raises(ValueError, match="3 instructions but 4 responses"):
         scorer.score(questions[:3], answers)
 

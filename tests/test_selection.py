@@ -34,7 +34,7 @@ def test_the_sample_recipe_has_no_selection_and_the_stage_order_puts_select_last
     ({**PAPER, "counts": {"math": 10}}, "more than one of"),
     ({**PAPER, "targets": {"maths": {"path": "x.jsonl", "fields": ["q"]}}}, "unknown domain 'maths'"),
     ({**PAPER, "tolerence": 0.1}, "tolerence"),
-    ({**PAPER, "scoring": {"quality": {"model": 0.5}}}, "no model scorer"),
+    ({**PAPER, "scoring": {"quality": {"model": 0.5}}}, "needs a model to score with"),
 ])
 def test_bad_selection_sections_are_errors_naming_the_problem(tmp_path, selection, message):
     raw = {"name": "x", "sources": [{"name": "a", "path": "a.jsonl", "format": "alpaca"}], "selection": selection}

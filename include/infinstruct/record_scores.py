@@ -4,13 +4,17 @@ Measurements are facts about content, kept per record id in `record_scores` (a c
 files is scored once) and apart from the formulas that use them:
 
 * `signals` (`scoring.measure_signals`, version `SIGNALS_VERSION`): re-measured only when the version changes;
+* `signals["model_score"]` with `scorer`, the name of the model that measured it, when the recipe names a
+  `selection.scoring.scorer`: scored again only when that name changes (a weight change never re-scores).
+  The instruction's vector comes from `embedding_cache`, so only the response is encoded;
 * `quality`, `difficulty`: the formulas over the stored signals under the recipe's `selection.scoring`
-  weights, re-derived (no re-measuring) when `scores_key` (their hash) changes;
+  weights, re-derived (no re-measuring) when `scores_key` (their hash, with the scorer's name) changes;
 * `domain`, `confidence`: `domains.DomainClassifier` (rules + MiniLM nearest centroid) over the instruction,
   with the instruction vector from `embedding_cache` (computed once per record and model, usually already
   there from semantic dedup), re-derived when `domain_key` (classifier settings + model) changes.
 
-So a partition whose records are all scored under the current keys costs one query. Standing = not dropped
+So a partition whose records are all scored under the current keys costs one query; the others are read
+from a server-side cursor and scored batch by batch (`BATCH` records, the model's own batches inside). Standing = not dropped
 by any stage before selection. Rows are upserted in record-id order (parallel partitions never deadlock).
 """
 from __future__ import annotations
@@ -32,19 +36,20 @@ from .embedding_cache import instruction_text, instruction_vectors
 from .embeddings import EmbeddingSettings
 from .pgcopy import Copier, CopyTable, json_field, text_field
 from .reasons import Stage
-from .scoring import SIGNALS_VERSION, difficulty_score, measure_signals, quality_score
+from .stages import stream
+from .scoring import SIGNALS_VERSION, difficulty_score, measure_signals, model_scorer, quality_score
 from .selection import SelectionSettings
 
 log = logging.getLogger(__name__)
 
 BATCH = 2_000
 COLUMNS = ("record_id", "signals_version", "signals", "scores_key", "quality", "difficulty", "domain_key", "domain",
-           "confidence")
+           "confidence", "scorer")
 
 # a partition's standing records (deduplicated by record id) whose stored scores are missing or stale
 _TODO = sa.text("""
 select distinct on (r.record_id) r.record_id, r.conversation, s.signals_version, s.signals, s.scores_key, s.quality,
-       s.difficulty, s.domain_key, s.domain, s.confidence
+       s.difficulty, s.domain_key, s.domain, s.confidence, s.scorer
 from records r left join record_scores s on s.record_id = r.record_id
 where r.partition_id = :p
   and not exists (select 1 from decisions d where d.partition_id = r.partition_id and d.line_no = r.line_no
@@ -58,9 +63,15 @@ def _hash(value: object) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def scorer_name(settings: SelectionSettings) -> str | None:
+    """The name of the model that measures signals["model_score"] under the settings (None: no scorer)."""
+    scorer = model_scorer(settings.scoring, settings.embedding)
+    return scorer.name if scorer else None
+
+
 def keys(settings: SelectionSettings) -> tuple[str, str]:
     """(scores_key, domain_key) of the settings: what the derived columns were computed with."""
-    return (_hash(settings.scoring.model_dump(mode="json")),
+    return (_hash([settings.scoring.model_dump(mode="json"), scorer_name(settings)]),
             _hash([settings.domains.model_dump(mode="json"), settings.embedding.fingerprint]))
 
 
@@ -78,25 +89,40 @@ def classifier(settings: SelectionSettings) -> DomainClassifier:
 def score_batch(engine: Engine, settings: SelectionSettings, rows: list) -> list[tuple]:
     """Fresh record_scores rows (COLUMNS order) for rows of `_TODO`, re-using what is still valid."""
     scores_key, domain_key = keys(settings)
-    out, to_classify = [], []
-    for rid, conversation, version, signals, s_key, quality, difficulty, d_key, domain, confidence in rows:
+    scorer = model_scorer(settings.scoring, settings.embedding)
+    out, to_classify, to_score = [], [], []
+    for rid, conversation, version, signals, s_key, quality, difficulty, d_key, domain, confidence, name in rows:
         turns = [(t["role"], t["content"]) for t in conversation]
         if version != SIGNALS_VERSION or signals is None:
+            stored = signals or {}
             signals = measure_signals(turns)
-        if s_key != scores_key or version != SIGNALS_VERSION:
-            quality, difficulty = quality_score(signals, settings.scoring), difficulty_score(signals, settings.scoring)
+            if "model_score" in stored:   # a fact of the model named in `scorer`, not of the signals' version
+                signals["model_score"] = stored["model_score"]
+        if scorer is not None and (name != scorer.name or "model_score" not in signals):
+            to_score.append(len(out))
         if d_key != domain_key:
-            to_classify.append((len(out), instruction_text(turns)))
-        out.append([rid, SIGNALS_VERSION, signals, scores_key, quality, difficulty, domain_key, domain, confidence])
+            to_classify.append(len(out))
+        out.append([rid, SIGNALS_VERSION, signals, scores_key, quality, difficulty, domain_key, domain, confidence,
+                    name, turns])
+    if to_score:
+        ids = [out[i][0] for i in to_score]
+        instructions = [instruction_text(out[i][10]) for i in to_score]
+        responses = ["\n".join(c for r, c in out[i][10] if r == "assistant") for i in to_score]
+        vectors = instruction_vectors(engine, scorer.settings, ids, instructions)
+        for i, value in zip(to_score, scorer.score_vectors(vectors, responses)):
+            out[i][2] = {**out[i][2], "model_score": round(float(value), 6)}
+            out[i][9] = scorer.name
+    for row in out:   # the formulas are cheap: always over the signals as they now stand
+        row[4], row[5] = quality_score(row[2], settings.scoring), difficulty_score(row[2], settings.scoring)
     if to_classify:
-        ids = [out[i][0] for i, _ in to_classify]
-        texts = [t for _, t in to_classify]
+        ids = [out[i][0] for i in to_classify]
+        texts = [instruction_text(out[i][10]) for i in to_classify]
         vectors = instruction_vectors(engine, settings.embedding, ids, texts)
         norms = np.linalg.norm(vectors, axis=1, keepdims=True)
         labels = classifier(settings).classify(texts, vectors / np.maximum(norms, 1e-12))
-        for (i, _), label in zip(to_classify, labels):
+        for i, label in zip(to_classify, labels):
             out[i][7], out[i][8] = label.domain, label.confidence
-    return [tuple(row) for row in out]
+    return [tuple(row[:10]) for row in out]
 
 
 def save_scores(conn: Connection, rows: list[tuple]) -> None:
@@ -107,10 +133,11 @@ def save_scores(conn: Connection, rows: list[tuple]) -> None:
     copier = Copier(conn.connection.dbapi_connection.cursor())
     table = CopyTable(copier, "new_scores", COLUMNS, 10_000)
     try:
-        for rid, version, signals, s_key, quality, difficulty, d_key, domain, confidence in rows:
+        for rid, version, signals, s_key, quality, difficulty, d_key, domain, confidence, scorer in rows:
             table.add(text_field(rid), b"%d" % version, json_field(orjson.dumps(signals)), text_field(s_key),
                       repr(float(quality)).encode(), repr(float(difficulty)).encode(), text_field(d_key),
-                      text_field(domain), repr(float(confidence)).encode())
+                      text_field(domain), repr(float(confidence)).encode(),
+                      b"\\N" if scorer is None else text_field(scorer))
         table.flush()
     finally:
         copier.close()
@@ -127,14 +154,13 @@ def score_partition(engine: Engine, recipe: Recipe, run_id: str, partition_id: s
         return {"partition_id": partition_id, "disabled": True}
     scores_key, domain_key = keys(settings)
     scored = 0
-    with engine.connect() as reader:
+    with engine.connect() as reader:   # streamed: a partition's conversations never all in memory
         result = reader.execute(_TODO, {"p": partition_id, "select": Stage.SELECT.value, "v": SIGNALS_VERSION,
-                                        "sk": scores_key, "dk": domain_key})
-        todo = result.all()
-    for start in range(0, len(todo), BATCH):
-        rows = score_batch(engine, settings, todo[start:start + BATCH])
-        with engine.begin() as conn:   # facts about content: committed batch by batch
-            save_scores(conn, rows)
-        scored += len(rows)
+                                        "sk": scores_key, "dk": domain_key}, execution_options=stream(BATCH))
+        for todo in result.partitions():
+            rows = score_batch(engine, settings, todo)
+            with engine.begin() as conn:   # facts about content: committed batch by batch
+                save_scores(conn, rows)
+            scored += len(rows)
     log.info("score_records on %s: %d records scored", partition_id, scored)
     return {"partition_id": partition_id, "scored": scored}

@@ -44,7 +44,7 @@ Quality, the weighted mean of ``ScoringSettings.quality`` over
     elaboration  min(1, response_ratio / target_ratio)                 more than the question
     structure    sat(list_items + 2·headings + 3·code_blocks, structure_scale)
     reasoning    sat(reasoning_markers + numbered_steps + equations, reasoning_scale)
-    model        signals["model_score"] (a `ModelScorer`), only when quality.model > 0
+    model        signals["model_score"] (the recipe's `scorer`), only when quality.model > 0
 
 Difficulty, the weighted mean of ``ScoringSettings.difficulty`` over
 
@@ -56,15 +56,20 @@ Difficulty, the weighted mean of ``ScoringSettings.difficulty`` over
     answer_length       logsat(response_words, target_response_words)
 
 Both are cheap proxies: DEITA's learned scorers also correlate strongly with length; these make
-the correlation explicit and tunable. A learned quality signal can be added through the
-`ModelScorer` hook; the one shipped (`EmbeddingRelevanceScorer`, offline MiniLM) measures whether
-the answer is about the question, not whether it is right.
+the correlation explicit and tunable.
+
+Model score: with a `scorer` section (`ScorerSettings`), score_records also measures
+signals["model_score"] by that model and stores the model's name beside it (`record_scores.scorer`),
+so a weight change re-derives quality from the stored score and only a model change re-scores. The
+one kind shipped, `embedding` (`EmbeddingRelevanceScorer`, offline MiniLM by default), measures
+whether the answer is about the question, not whether it is right. (No cross-encoder ships offline
+with the project, and the `openai` package is not in requirements.txt: neither is a kind yet.)
 """
 from __future__ import annotations
 
 import math
 import re
-from typing import Mapping, Protocol, Sequence
+from typing import Literal, Mapping, Protocol, Sequence
 
 import numpy as np
 from pydantic import Field, model_validator
@@ -91,7 +96,7 @@ class QualityWeights(Strict):
     elaboration: float = Field(0.1, ge=0)
     structure: float = Field(0.25, ge=0)
     reasoning: float = Field(0.3, ge=0)
-    model: float = Field(0.0, ge=0)   # > 0 needs signals["model_score"] on every record
+    model: float = Field(0.0, ge=0)   # > 0 needs a `scorer` (signals["model_score"] on every record)
 
 
 class DifficultyWeights(Strict):
@@ -103,9 +108,21 @@ class DifficultyWeights(Strict):
     answer_length: float = Field(0.15, ge=0)
 
 
+class ScorerSettings(Strict):
+    """Recipe section `scoring.scorer`: the model that measures signals["model_score"].
+
+    kind `embedding`: cosine of the instruction and response embeddings (`EmbeddingRelevanceScorer`)
+    under `embedding`; absent, the selection's own `embedding` settings, so the instruction vectors
+    that semantic dedup and the domain classifier cached are reused and only responses are encoded."""
+
+    kind: Literal["embedding"] = "embedding"
+    embedding: EmbeddingSettings | None = None
+
+
 class ScoringSettings(Strict):
     """Recipe section `scoring`: component weights and the scales of the saturating curves."""
 
+    scorer: ScorerSettings | None = None   # measured whenever set, counted in quality only when quality.model > 0
     quality: QualityWeights = QualityWeights()
     difficulty: DifficultyWeights = DifficultyWeights()
     target_response_words: int = Field(300, ge=1)      # logsat reaches 1 here
@@ -122,6 +139,9 @@ class ScoringSettings(Strict):
         for name, weights in (("quality", self.quality), ("difficulty", self.difficulty)):
             if sum(weights.model_dump().values()) <= 0:
                 raise ValueError(f"scoring.{name}: at least one weight must be > 0")
+        if self.quality.model > 0 and self.scorer is None:
+            raise ValueError("scoring.quality.model > 0 needs a model to score with: add "
+                             "scoring.scorer (e.g. scorer: {kind: embedding}), or set the weight to 0")
         return self
 
 
@@ -297,10 +317,11 @@ class ModelScorer(Protocol):
 class EmbeddingRelevanceScorer:
     """Relevance of the answer to the question: cosine of their sentence embeddings, clipped to
     [0, 1] (offline MiniLM by default). Low for an answer about something else; says nothing
-    about correctness. Costs two embeddings per record (~50-130 texts/s on this machine)."""
+    about correctness. Costs two embeddings per record (~50-130 texts/s on this machine), one
+    when the instruction's vector is already cached (`score_vectors`)."""
 
     def __init__(self, settings: EmbeddingSettings = EmbeddingSettings()):
-        self.settings = settings
+        self.settings = settings.model_copy(update={"normalize": True})   # unit vectors: dot = cosine
         self.name = f"relevance:{self.settings.fingerprint}"
 
     def score(self, instructions: Sequence[str], responses: Sequence[str]) -> np.ndarray:
@@ -308,6 +329,21 @@ class EmbeddingRelevanceScorer:
 
         if len(instructions) != len(responses):
             raise ValueError(f"{len(instructions)} instructions but {len(responses)} responses")
-        settings = self.settings.model_copy(update={"normalize": True})
-        a, b = encode(list(instructions), settings), encode(list(responses), settings)
-        return np.clip(np.einsum("ij,ij->i", a, b), 0.0, 1.0)
+        return self.score_vectors(encode(list(instructions), self.settings), responses)
+
+    def score_vectors(self, instruction_vectors: np.ndarray, responses: Sequence[str]) -> np.ndarray:
+        """Like `score`, with the instructions' unit vectors under `self.settings` already at hand."""
+        from .embeddings import encode
+
+        if len(instruction_vectors) != len(responses):
+            raise ValueError(f"{len(instruction_vectors)} instructions but {len(responses)} responses")
+        b = encode(list(responses), self.settings)
+        return np.clip(np.einsum("ij,ij->i", np.asarray(instruction_vectors, dtype=np.float32), b), 0.0, 1.0)
+
+
+def model_scorer(settings: ScoringSettings, embedding: EmbeddingSettings) -> EmbeddingRelevanceScorer | None:
+    """The scorer the settings name (None without a `scorer`); `embedding` is the selection's, the default.
+    Building it loads nothing: the model loads on the first score."""
+    if settings.scorer is None:
+        return None
+    return EmbeddingRelevanceScorer(settings.scorer.embedding or embedding)

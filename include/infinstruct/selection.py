@@ -54,7 +54,7 @@ class RankWeights(Strict):
 class SelectionSettings(Strict):
     """Recipe section `selection` (null or absent: every standing record is released)."""
 
-    scoring: ScoringSettings = ScoringSettings()
+    scoring: ScoringSettings = ScoringSettings()   # with `scorer`: a model score too (its embedding defaults to ours)
     domains: DomainSettings = DomainSettings()
     embedding: EmbeddingSettings = EmbeddingSettings()   # vectors for domains and diversity (cached per record)
     size: float = Field(1.0, gt=0)            # ≤ 1: share of the standing records of `shares` domains; > 1: a count
@@ -91,9 +91,6 @@ class SelectionSettings(Strict):
             raise ValueError("selection.shares: proportions must be >= 0 with a positive sum")
         if any(v < 0 for v in self.counts.values()):
             raise ValueError("selection.counts: quotas must be >= 0")
-        if self.scoring.quality.model > 0:
-            raise ValueError("selection.scoring.quality.model: no model scorer is wired into score_records yet; "
-                             "leave it at 0 (the signals-only quality score)")
         return self
 
     def ranking(self) -> dict:
