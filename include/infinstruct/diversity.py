@@ -12,13 +12,16 @@ candidates are accepted. Every candidate gets a decision with its rank in the wa
 Vectors are unit rows (cosine = dot product), as `embeddings.encode` returns them. The walk takes
 candidates in batches: one matrix product of the batch against the selected set, one of the batch
 against itself for the candidates accepted earlier in the same batch, then the selected matrix
-grows in place. The selected set lives in a `NearestIndex`: `ExactIndex` (numpy, exact) by default;
-a persistent approximate index (pgvector HNSW, as semantic dedup uses) can stand in for very large
-selected sets, at the price of exactness. A nightly run passes the earlier selection as `existing`
-and only new candidates (a record already selected would be too similar to itself).
+grows in place. The selected set lives in a `NearestIndex`: `ExactIndex` (numpy, exact) by default.
+A nightly run passes the earlier selection as `existing` and only new candidates (a record already
+selected would be too similar to itself): `LayeredIndex` over the stored selection (`semantic.StoredIndex`,
+the persistent index semantic dedup also uses: pgvector HNSW or exact) plus this run's acceptances,
+searched exactly in memory and written to the stored index only when the run commits.
 
 `nearest_neighbour_cosines` / `diversity_report`: for each vector of a set, its largest cosine to
-another member; the report gives their mean and 95th percentile (lower = more diverse).
+another member; the report gives their mean and 95th percentile (lower = more diverse). For a large
+set, report a seeded sample (`sample_positions`): its members' nearest neighbours within the sample sit
+a little further apart than within the whole set, so compare samples of one size; `sampled` says so.
 """
 from __future__ import annotations
 
@@ -73,12 +76,64 @@ class ExactIndex:
         self._matrix[n:n + m] = vectors
         self._ids.extend(ids)
 
+    @property
+    def ids(self) -> list[str]:
+        return self._ids
+
+    @property
+    def vectors(self) -> np.ndarray:
+        """The stored rows, in the order they were added (a view)."""
+        return self._matrix[:len(self._ids)]
+
+    def remove(self, ids: Sequence[str]) -> None:
+        """Forget the rows of `ids` (the others keep their order)."""
+        gone = set(ids)
+        keep = [i for i, rid in enumerate(self._ids) if rid not in gone]
+        if len(keep) < len(self._ids):
+            self._matrix[:len(keep)] = self._matrix[keep]
+            self._ids = [self._ids[i] for i in keep]
+
+    def neighbours(self, queries: np.ndarray, k: int, min_cosine: float) -> list[list[tuple[str, float]]]:
+        """Per query, up to k (id, cosine) with cosine >= min_cosine, best first (ties: by id)."""
+        found: list[list[tuple[str, float]]] = [[] for _ in range(len(queries))]
+        for s in range(0, len(self._ids), 20_000):   # bounded memory: queries x 20k cosines at a time
+            sims = queries @ self._matrix[s:min(s + 20_000, len(self._ids))].T
+            rows, cols = np.nonzero(sims >= min_cosine)
+            for row, col in zip(rows.tolist(), cols.tolist()):
+                found[row].append((self._ids[s + col], float(sims[row, col])))
+        return [sorted(hits, key=lambda h: (-h[1], h[0]))[:k] for hits in found]
+
     def nearest(self, queries: np.ndarray) -> tuple[np.ndarray, list[str | None]]:
         if not self._ids:
             return np.full(len(queries), -np.inf, dtype=np.float32), [None] * len(queries)
         sims = queries @ self._matrix[:len(self._ids)].T
         best = sims.argmax(axis=1)
         return sims[np.arange(len(queries)), best], [self._ids[b] for b in best]
+
+
+class LayeredIndex:
+    """The selected set of a run that continues an earlier selection: `before` (searched as it is,
+    e.g. a persistent index) plus what this run accepts (exact, in memory, in acceptance order:
+    `accepted`). A tie goes to `before`, so with an exact `before` the answers are those of one
+    ExactIndex holding both, in that order."""
+
+    def __init__(self, before: NearestIndex, dim: int):
+        self.before = before
+        self.accepted = ExactIndex(dim)
+
+    def __len__(self) -> int:
+        return len(self.before) + len(self.accepted)
+
+    def add(self, ids: Sequence[str], vectors: np.ndarray) -> None:
+        self.accepted.add(ids, vectors)
+
+    def nearest(self, queries: np.ndarray) -> tuple[np.ndarray, list[str | None]]:
+        best, best_id = self.before.nearest(queries)
+        if not len(self.accepted):
+            return best, best_id
+        mine, mine_id = self.accepted.nearest(queries)
+        closer = mine > best
+        return np.where(closer, mine, best), [m if c else b for c, m, b in zip(closer.tolist(), mine_id, best_id)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,10 +240,20 @@ def nearest_neighbour_cosines(vectors: np.ndarray, block: int = 2048) -> np.ndar
     return out
 
 
-def diversity_report(vectors: np.ndarray) -> dict[str, float]:
-    """n, mean and 95th-percentile nearest-neighbour cosine inside the set (lower: more diverse)."""
-    nn = nearest_neighbour_cosines(vectors)
+def sample_positions(n: int, max_n: int | None, seed: int = 0) -> np.ndarray:
+    """All of range(n), or a seeded random `max_n` of them (ascending) when n is larger."""
+    if max_n is None or n <= max_n:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(n, max_n, replace=False))
+
+
+def diversity_report(vectors: np.ndarray, *, of: int | None = None) -> dict[str, float]:
+    """n, mean and 95th-percentile nearest-neighbour cosine inside the set (lower: more diverse). `of`: the
+    vectors are a sample (`sample_positions`) of a set of that size: n = of, and `sampled` says how many."""
+    report: dict[str, float] = {"n": len(vectors) if of is None else of}
+    if of is not None and of > len(vectors):
+        report["sampled"] = len(vectors)
     if len(vectors) < 2:
-        return {"n": len(vectors), "mean_nn_cosine": float("nan"), "p95_nn_cosine": float("nan")}
-    return {"n": len(vectors), "mean_nn_cosine": round(float(nn.mean()), 4),
-            "p95_nn_cosine": round(float(np.percentile(nn, 95)), 4)}
+        return {**report, "mean_nn_cosine": float("nan"), "p95_nn_cosine": float("nan")}
+    nn = nearest_neighbour_cosines(vectors)
+    return {**report, "mean_nn_cosine": round(float(nn.mean()), 4), "p95_nn_cosine": round(float(np.percentile(nn, 95)), 4)}

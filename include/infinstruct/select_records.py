@@ -9,13 +9,28 @@ domain of the classifier (`selection.py` has the quota arithmetic):
    stand keep their place: the first `quota` of them stay, the rest are let go (the quota shrank).
 3. **Fill.** The other records of the domain are walked by rank score (ties: record id) and accepted
    DEITA-style while their cosine to the selected set (the kept ones plus those accepted so far) is below
-   `diversity_threshold`, until the quota is full (`diversity.greedy_select`, exact search; vectors from
-   `embedding_cache`, read in walk order only as far as the walk goes).
+   `diversity_threshold`, until the quota is full (`diversity.greedy_select`; vectors from
+   `embedding_cache`, read in walk order only as far as the walk goes). The kept ones are searched in the
+   domain's persistent index (below), those accepted in this run exactly, in memory.
 4. **Fit.** A `shares` domain that cannot fill its quota scales every `shares` quota down together and
    the others are cut to the prefix of their acceptance order (the mix holds).
 
 A change of what ranks (scoring, domains, embedding, targets, DSIR, rank weights, threshold, seed) starts
 the selection over; quotas, size, tolerance and the weak-domain report do not: they only move the cut.
+
+The selected set's index (`semantic.StoredIndex`, as semantic dedup's accepted set; `selection.index`):
+with pgvector, one HNSW table per dataset, embedding model, ranking fingerprint and domain, kept in step
+with `selection` in the same transaction: a run deletes the records it no longer keeps (let go, no longer
+standing) and adds only those it newly accepted (a new table is bulk-loaded, then indexed); a new
+fingerprint drops the dataset's tables; a table whose size disagrees with the kept records (e.g. after
+runs with `index: exact`) is rebuilt from them. HNSW is approximate: a kept record nearer than the
+threshold can be missed (bench/RESULTS.md measures how often this changes a decision). Without pgvector
+(or `index: exact`) the kept records' vectors are read from embedding_cache and searched exactly: the
+same decisions as one exact search over the whole selected set.
+
+Summary (selection_state.result, the manifest's composition.selection): counts per domain, the DSIR shift,
+and the diversity of the selection per domain and overall: mean and 95th-percentile nearest-neighbour
+cosine over a seeded sample of at most DIVERSITY_SAMPLE selected records (`sampled` when smaller than n).
 The same pool, recipe and seed give the same selection; an added file changes it only by what its
 records win and the quotas require.
 
@@ -40,18 +55,20 @@ from sqlalchemy.engine import Connection, Engine
 
 from .config import Recipe
 from .decontam import BenchmarkError, BenchmarkSpec, iter_items
-from .diversity import ExactIndex, Outcome, greedy_select, walk_order
+from .diversity import LayeredIndex, Outcome, diversity_report, greedy_select, sample_positions, walk_order
 from .importance import DomainImportance
 from .embedding_cache import read_vectors
 from .reasons import Stage, Verdict, not_selected_reason
 from .record_scores import keys
 from .selection import SelectionError, SelectionSettings, fit_quotas, load_boosts, plan_quotas, planned_shares
 from .pgcopy import Copier, CopyTable, text_field
+from .semantic import StoredIndex, index_kind
 from .stages import DECISION_COLUMNS, forget_decisions, stream
 
 log = logging.getLogger(__name__)
 
 CHUNK = 20_000   # candidates whose vectors are read per step of the walk
+DIVERSITY_SAMPLE = 2_000   # selected records per diversity report (NN cosines cost sample^2 x dim)
 
 _POOL = sa.text("""
 create temp table pool on commit drop as
@@ -76,6 +93,8 @@ class Domain:
         self.accepted: list[str] = []      # newly accepted, in order
         self.why: dict[str, tuple[str, str | None]] = {}
         self.dsir: DomainImportance | None = None   # when ranked toward a target
+        self.index: StoredIndex | None = None       # the kept records, once opened (quota domains)
+        self.walked: LayeredIndex | None = None     # + this run's accepted vectors, in acceptance order
 
     @property
     def selected(self) -> list[str]:
@@ -136,7 +155,65 @@ def _vectors(conn: Connection, model: str, ids: list[str]) -> np.ndarray:
     return np.stack([found[i] for i in ids]).astype(np.float32) if ids else np.empty((0, 0), np.float32)
 
 
-def fill(conn: Connection, settings: SelectionSettings, domain: Domain, previous: list[str], quota: int) -> None:
+class SelectedIndexes:
+    """The persistent index of each quota domain's selected records (module docstring), for one run."""
+
+    def __init__(self, conn: Connection, dataset: str, settings: SelectionSettings, fingerprint: str, *,
+                 fresh: bool, domains: list[str]):
+        self.conn, self.model = conn, settings.embedding.fingerprint
+        self.kind = index_kind(conn, settings.index, "selection.index")
+        self.tables = {d: _table(dataset, self.model, fingerprint, d) for d in domains}
+        # what a fresh pass, the exact kind or another fingerprint would leave stale
+        keep = set() if fresh or self.kind == "exact" else set(self.tables.values())
+        drop_tables(conn, dataset, keep)
+
+    def open(self, domain: Domain, previous: list[str]) -> StoredIndex:
+        """The domain's index holding exactly its kept records (let-go and fallen ones deleted)."""
+        if domain.index is not None:
+            return domain.index
+        index = domain.index = StoredIndex(self.conn, self.tables[domain.name], self.kind)
+        if self.kind == "exact":
+            if domain.kept:
+                index.load(domain.kept, _vectors(self.conn, self.model, domain.kept))
+            return index
+        kept = set(domain.kept)
+        index.remove([rid for rid in previous if rid not in kept])
+        if len(index) != len(kept):   # missing or out of step: rebuild from the kept records
+            index.reset()
+            if domain.kept:
+                index.add(domain.kept, _vectors(self.conn, self.model, domain.kept))
+        return index
+
+    def persist(self, domain: Domain, previous: list[str]) -> None:
+        """After the fit: the table holds the domain's final selection (kept ones cut by the fit go)."""
+        if self.kind != "pgvector":
+            return
+        index = self.open(domain, previous)
+        chosen = set(domain.kept)
+        index.remove([rid for rid in previous if rid not in chosen])
+        if domain.accepted:
+            index.add(domain.accepted, domain.walked.accepted.vectors[:len(domain.accepted)])
+
+
+def _table(dataset: str, model: str, fingerprint: str, domain: str) -> str:
+    return _table_prefix(dataset) + hashlib.sha256(f"{model}\0{fingerprint}\0{domain}".encode()).hexdigest()[:12]
+
+
+def _table_prefix(dataset: str) -> str:
+    return "selection_hnsw_" + hashlib.sha256(dataset.encode()).hexdigest()[:12] + "_"
+
+
+def drop_tables(conn: Connection, dataset: str, keep: set[str] = frozenset()) -> None:
+    """Drop the dataset's selection index tables except `keep`."""
+    names = conn.execute(sa.text("select tablename from pg_tables where schemaname = current_schema()"
+                                 " and starts_with(tablename, :p)"), {"p": _table_prefix(dataset)}).scalars().all()
+    for name in names:
+        if name not in keep:
+            conn.execute(sa.text(f'drop table "{name}"'))
+
+
+def fill(conn: Connection, settings: SelectionSettings, domain: Domain, previous: list[str], quota: int,
+         indexes: SelectedIndexes) -> None:
     """Steps 2 and 3 of the module docstring for one domain."""
     standing = set(domain.ids)
     before = [rid for rid in previous if rid in standing]
@@ -150,10 +227,7 @@ def fill(conn: Connection, settings: SelectionSettings, domain: Domain, previous
     scores = domain.rank[candidates]
     order = walk_order(ids, scores)
     model = settings.embedding.fingerprint
-    index = None
-    if domain.kept:
-        kept_vectors = _vectors(conn, model, domain.kept)
-        index = ExactIndex(kept_vectors.shape[1], domain.kept, kept_vectors)
+    stored = indexes.open(domain, previous)
     start = 0
     while need > 0 and start < len(order):
         # vectors are read only as far as the walk goes: a little more than what the quota still needs
@@ -161,9 +235,10 @@ def fill(conn: Connection, settings: SelectionSettings, domain: Domain, previous
         start += len(chunk)
         chunk_ids = [ids[i] for i in chunk]
         vectors = _vectors(conn, model, chunk_ids)
-        if index is None:
-            index = ExactIndex(vectors.shape[1])
-        walk = greedy_select(chunk_ids, scores[chunk], vectors, settings.diversity_threshold, need, existing=index)
+        if domain.walked is None:
+            domain.walked = LayeredIndex(stored, vectors.shape[1])
+        walk = greedy_select(chunk_ids, scores[chunk], vectors, settings.diversity_threshold, need,
+                             existing=domain.walked)
         for decision in walk.decisions():
             if decision.outcome == Outcome.SELECTED:
                 domain.accepted.append(decision.record_id)
@@ -215,6 +290,7 @@ def select_records(engine: Engine, recipe: Recipe, run_id: str) -> dict[str, Any
                              np.array([r[2] for r in columns[d]], dtype=np.float64)) for d in names}
         available = {d: len(dom.ids) for d, dom in domains.items()}
         requested = plan_quotas(settings, available, boosts)
+        indexes = SelectedIndexes(conn, dataset, settings, print_, fresh=full, domains=list(requested))
         for d in names:
             if d in settings.keep_all:   # all of it, those selected before first
                 dom, standing = domains[d], set(domains[d].ids)
@@ -222,11 +298,17 @@ def select_records(engine: Engine, recipe: Recipe, run_id: str) -> dict[str, Any
                 dom.accepted = sorted(standing.difference(dom.kept))
                 continue
             rank(conn, settings, domains[d])
-            fill(conn, settings, domains[d], previous[d], requested[d])
+            fill(conn, settings, domains[d], previous[d], requested[d], indexes)
         quotas = fit_quotas(settings, requested, {d: len(domains[d].selected) for d in requested})
         for d, q in quotas.items():
             _cut(domains[d], q)
+            indexes.persist(domains[d], previous[d])
+        diversity = _diversity(conn, settings, domains)
         result = _write(conn, settings, dataset, run_id, domains, quotas, full, boosts, requested)
+        result.update(index=indexes.kind, diversity=diversity.pop(None))
+        for d, report in diversity.items():
+            result["domains"][d]["diversity"] = report
+        _save_state(conn, dataset, print_, run_id, result)
     log.info("select_records of run %s: %s", run_id, {k: v for k, v in result.items() if k != "domains"})
     return result
 
@@ -280,13 +362,43 @@ def _write(conn: Connection, settings: SelectionSettings, dataset: str, run_id: 
         copier.close(check=False)
         raise
     copier.close()
-    result = _summary(conn, settings, domains, quotas, full, boosts, requested, decided.rows)
+    return _summary(conn, settings, domains, quotas, full, boosts, requested, decided.rows)
+
+
+def _save_state(conn: Connection, dataset: str, fingerprint: str, run_id: str, result: dict[str, Any]) -> None:
     conn.execute(sa.text(
         "insert into selection_state (dataset, fingerprint, run_id, result) values (:d, :f, :r, cast(:res as jsonb))"
         " on conflict (dataset) do update set fingerprint = excluded.fingerprint, run_id = excluded.run_id,"
         " result = excluded.result, updated_at = now()"),
-        {"d": dataset, "f": _fingerprint(settings), "r": run_id, "res": json.dumps(result)})
-    return result
+        {"d": dataset, "f": fingerprint, "r": run_id, "res": json.dumps(result)})
+
+
+def _diversity(conn: Connection, settings: SelectionSettings, domains: dict[str, Domain]) -> dict[str | None, dict]:
+    """Per domain and overall (key None): NN cosines inside the selection, over seeded samples of at most
+    DIVERSITY_SAMPLE records. Vectors the walk holds are reused; the others (kept records under pgvector,
+    keep_all domains) are read from embedding_cache, at most one sample's worth per domain."""
+    samples: dict[str | None, list[str]] = {}
+    for d, dom in domains.items():
+        samples[d] = [dom.selected[i] for i in sample_positions(len(dom.selected), DIVERSITY_SAMPLE, settings.seed)]
+    everything = [rid for dom in domains.values() for rid in dom.selected]
+    samples[None] = [everything[i] for i in sample_positions(len(everything), DIVERSITY_SAMPLE, settings.seed)]
+    held: dict[str, np.ndarray] = {}
+    wanted = {rid for ids in samples.values() for rid in ids}
+    for dom in domains.values():
+        for memory in (dom.index.memory if dom.index else None, dom.walked.accepted if dom.walked else None):
+            if memory is not None:
+                held.update((rid, memory.vectors[i]) for i, rid in enumerate(memory.ids) if rid in wanted)
+    missing = sorted(wanted.difference(held))
+    if missing:
+        held.update(zip(missing, _vectors(conn, settings.embedding.fingerprint, missing)))
+    sizes = {d: len(dom.selected) for d, dom in domains.items()}
+    sizes[None] = len(everything)
+    out = {}
+    for key, ids in samples.items():
+        report = diversity_report(np.stack([held[rid] for rid in ids]) if ids else np.empty((0, 1), np.float32),
+                                  of=sizes[key])
+        out[key] = {k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in report.items()}
+    return out
 
 
 def _summary(conn, settings, domains, quotas, full, boosts, requested, not_selected) -> dict[str, Any]:
@@ -318,5 +430,6 @@ def _disabled(engine: Engine, run_id: str) -> dict[str, Any]:
     with engine.begin() as conn:
         dataset = forget_decisions(conn, run_id, Stage.SELECT)
         conn.execute(sa.text("delete from selection where dataset = :d"), {"d": dataset})
+        drop_tables(conn, dataset)
         conn.execute(sa.text("delete from selection_state where dataset = :d"), {"d": dataset})
     return {"disabled": True}

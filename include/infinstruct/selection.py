@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, model_validator
 
@@ -66,6 +67,8 @@ class SelectionSettings(Strict):
     dsir: DsirSettings = DsirSettings()
     rank: RankWeights = RankWeights()
     diversity_threshold: float = Field(0.9, ge=-1, le=1)  # cosine to the selected set at which a record is redundant
+    # the selected set's persistent index, as semantic_dedup.index (auto: pgvector HNSW when the server has it)
+    index: Literal["auto", "pgvector", "exact"] = "auto"
     seed: int = Field(0, ge=0)
     weak_domains: str | None = None           # path of a weak-domain report (JSON), relative to the recipe
     min_quality_margin: float = 0.0           # gate: selected mean quality >= pool mean + margin

@@ -83,7 +83,10 @@ Embedding decontamination (`EmbeddingMatcher`)
 """
 from __future__ import annotations
 
+import io
+import logging
 import re
+import struct
 from dataclasses import dataclass
 from typing import Literal, Sequence
 
@@ -93,8 +96,11 @@ from pydantic import Field
 from sqlalchemy.engine import Engine
 
 from .decontam import BenchmarkItem, Match, MatchMethod, defined_names, mask_defined_names, normalise_words
+from .diversity import ExactIndex
 from .embeddings import EmbeddingSettings, encode
 from .strict import Strict
+
+log = logging.getLogger(__name__)
 
 DEFAULT_TABLE = "semantic_vectors"
 DEFAULT_DIM = 384  # all-MiniLM-L6-v2
@@ -213,6 +219,149 @@ class VectorIndex:
                                          "min_cosine": min_cosine}).all()
                 out.extend((s + row, key, float(cos)) for row, key, cos in rows)
         return out
+
+
+def index_kind(conn: sa.Connection, wanted: str, setting: str) -> str:
+    """"pgvector" or "exact" for a recipe's `index` setting (auto: pgvector when the server has it)."""
+    if wanted == "exact":
+        return "exact"
+    available = conn.execute(sa.text("select 1 from pg_available_extensions where name = 'vector'")).first() is not None
+    if available:
+        return "pgvector"
+    if wanted == "pgvector":
+        raise VectorIndexError(f"{setting} is 'pgvector' but this PostgreSQL has no pgvector extension: install it "
+                               "(Debian: postgresql-NN-pgvector), use the embedded server, or set index: auto")
+    log.warning("no pgvector on this PostgreSQL: %s searches exactly, in memory (fine for a few hundred thousand "
+                "records; install pgvector for more)", setting.split(".")[0])
+    return "exact"
+
+
+class StoredIndex:
+    """A persistent set of (record id, unit vector) searched by cosine, inside the caller's transaction:
+    semantic dedup's accepted records and each domain of the selection are one.
+
+    kind "pgvector": the rows of `table` (HNSW over cosine distance), created on the first `add`; a new
+    table is bulk-loaded by binary COPY before its index is built (50x faster than inserting into a built
+    index). kind "exact": the vectors in memory (`ExactIndex`); what is stored elsewhere (e.g. the vectors
+    of the members in embedding_cache) the caller hands to `load`.
+    """
+
+    def __init__(self, conn: sa.Connection, table: str, kind: str, *, ef_search: int = 100):
+        _check_ident(table)
+        self.conn, self.table, self.kind, self.ef_search = conn, table, kind, ef_search
+        self._memory: ExactIndex | None = None
+        self._exists = kind == "pgvector" and conn.execute(
+            sa.text("select to_regclass(:t) is not null"), {"t": table}).scalar_one()
+
+    @property
+    def persistent(self) -> bool:
+        """True when the rows outlive the transaction's Python objects (a pgvector table)."""
+        return self.kind == "pgvector"
+
+    @property
+    def memory(self) -> ExactIndex | None:
+        """Exact kind: the members' vectors in memory (None before any)."""
+        return self._memory
+
+    def __len__(self) -> int:
+        if self.kind == "exact":
+            return len(self._memory) if self._memory is not None else 0
+        if not self._exists:
+            return 0
+        return int(self.conn.execute(sa.text(f"select count(*) from {self.table}")).scalar_one())
+
+    def reset(self) -> None:
+        """Forget every row (the table goes)."""
+        if self.kind == "pgvector":
+            self.conn.execute(sa.text(f"drop table if exists {self.table}"))
+            self._exists = False
+        self._memory = None
+
+    def load(self, ids: Sequence[str], vectors: np.ndarray) -> None:
+        """Exact kind: members stored elsewhere, into memory (in order: ties go to the earlier)."""
+        if self.kind != "exact":
+            raise VectorIndexError("load() is for the exact index; a pgvector table keeps its own rows")
+        self._exact(vectors).add(ids, vectors)
+
+    def _exact(self, vectors: np.ndarray) -> ExactIndex:
+        if self._memory is None:
+            self._memory = ExactIndex(np.asarray(vectors).shape[1])
+        return self._memory
+
+    def add(self, ids: Sequence[str], vectors: np.ndarray) -> None:
+        """Add members (pgvector: written in the caller's transaction; an existing key is replaced)."""
+        if not len(ids):
+            return
+        if self.kind == "exact":
+            self._exact(vectors).add(ids, vectors)
+        elif self._exists:
+            VectorIndex(self.conn.engine, np.asarray(vectors).shape[1], self.table).add(ids, vectors, conn=self.conn)
+        else:
+            self._bulk_load(ids, np.asarray(vectors, dtype=np.float32))
+
+    def _bulk_load(self, ids: Sequence[str], vectors: np.ndarray) -> None:
+        """Create the table, COPY the rows in binary, then build the HNSW index over them."""
+        for statement in filter(str.strip, schema_sql(vectors.shape[1], self.table, with_index=False).split(";")):
+            self.conn.execute(sa.text(statement))
+        cursor = self.conn.connection.dbapi_connection.cursor()
+        for s in range(0, len(ids), 50_000):
+            cursor.copy_expert(f"copy {self.table} (record_key, embedding) from stdin with (format binary)",
+                               io.BytesIO(_binary_rows(ids[s:s + 50_000], vectors[s:s + 50_000])))
+        # the build is fast only while the graph fits in maintenance_work_mem (default 64 MB: ~30k MiniLM rows)
+        needed = len(ids) * (vectors.shape[1] * 4 + 512) + (64 << 20)
+        self.conn.execute(sa.text("select set_config('maintenance_work_mem', :m, true)"
+                                  " where pg_size_bytes(current_setting('maintenance_work_mem')) < :b"),
+                          {"m": f"{min(needed, 1 << 30) >> 20}MB", "b": min(needed, 1 << 30)})
+        self.conn.execute(sa.text(index_sql(self.table)))
+        self._exists = True
+
+    def remove(self, ids: Sequence[str]) -> None:
+        """Forget the members `ids` (the others keep their place)."""
+        if not len(ids):
+            return
+        if self.kind == "exact":
+            if self._memory is not None:
+                self._memory.remove(ids)
+        elif self._exists:
+            self.conn.execute(sa.text(f"delete from {self.table} where record_key = any(:keys)"), {"keys": list(ids)})
+
+    def neighbours(self, vectors: np.ndarray, k: int, min_cosine: float) -> list[list[tuple[str, float]]]:
+        """Per query row, up to k members (record id, cosine) with cosine >= min_cosine, best first
+        (pgvector: approximate, HNSW)."""
+        if self.kind == "exact":
+            return self._memory.neighbours(vectors, k, min_cosine) if self._memory is not None else [[] for _ in vectors]
+        found: list[list[tuple[str, float]]] = [[] for _ in range(len(vectors))]
+        if self._exists:
+            index = VectorIndex(self.conn.engine, vectors.shape[1], self.table, ef_search=self.ef_search)
+            for row, key, cosine in index.neighbours(vectors, k, min_cosine, conn=self.conn):
+                found[row].append((key, cosine))
+        return found
+
+    def nearest(self, queries: np.ndarray) -> tuple[np.ndarray, list[str | None]]:
+        """`diversity.NearestIndex`: the most similar member per query (-inf and None when there is none)."""
+        if self.kind == "exact" and self._memory is not None:
+            return self._memory.nearest(queries)
+        best = np.full(len(queries), -np.inf, dtype=np.float32)
+        best_id: list[str | None] = [None] * len(queries)
+        if self.kind == "pgvector":
+            for row, hits in enumerate(self.neighbours(queries, 1, -2.0)):
+                if hits:
+                    best[row], best_id[row] = hits[0][1], hits[0][0]
+        return best, best_id
+
+
+def _binary_rows(ids: Sequence[str], vectors: np.ndarray) -> bytes:
+    """COPY binary format of (text, vector) rows: pgvector's wire form is int16 dim, int16 0, float4 x dim."""
+    dim = vectors.shape[1]
+    floats = np.ascontiguousarray(vectors, dtype=">f4").tobytes()
+    width = 4 * dim
+    head = struct.pack(">ihh", 4 + width, dim, 0)
+    parts = [b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0)]
+    for i, key in enumerate(ids):
+        raw = key.encode()
+        parts.append(struct.pack(">hi", 2, len(raw)) + raw + head + floats[i * width:(i + 1) * width])
+    parts.append(struct.pack(">h", -1))
+    return b"".join(parts)
 
 
 class _connection:

@@ -41,7 +41,7 @@ from .config import Recipe
 from .embedding_cache import instruction_text, instruction_vectors, read_vectors
 from .neardup import differs_in_essential_words, text_words
 from .reasons import Drop, Stage, Verdict
-from .semantic import SemanticDedupSettings, VectorIndex, VectorIndexError, pairs_within, schema_sql
+from .semantic import SemanticDedupSettings, StoredIndex, VectorIndexError, index_kind, pairs_within
 from .stages import deciding_table, finish_scope, forget_decisions, insert_decisions, stream, whole_dataset_scope
 
 log = logging.getLogger(__name__)
@@ -67,11 +67,9 @@ class AcceptedSet:
     def __init__(self, conn: Connection, dataset: str, settings: SemanticDedupSettings, *, fresh: bool):
         """`fresh`: forget what was accepted before (a full pass), else load it (for the exact search)."""
         self.conn, self.dataset, self.model = conn, dataset, settings.embedding.fingerprint
-        self.kind = _index_kind(conn, settings.index)
-        self.table = "semantic_hnsw_" + hashlib.sha256(f"{dataset}\0{self.model}".encode()).hexdigest()[:16]
-        self._index: VectorIndex | None = None
-        self._ids: list[str] = []
-        self._chunks: list[np.ndarray] = []
+        self.kind = index_kind(conn, settings.index, "semantic_dedup.index")
+        table = "semantic_hnsw_" + hashlib.sha256(f"{dataset}\0{self.model}".encode()).hexdigest()[:16]
+        self.index = StoredIndex(conn, table, self.kind)
         if fresh:
             self._reset()
         elif self.kind == "exact":
@@ -81,17 +79,7 @@ class AcceptedSet:
         """Forget every accepted record (a full pass starts over)."""
         self.conn.execute(sa.text("delete from semantic_accepted where dataset = :d and model = :m"),
                           {"d": self.dataset, "m": self.model})
-        if self.kind == "pgvector":
-            self.conn.execute(sa.text(f"drop table if exists {self.table}"))
-        self._index, self._ids, self._chunks = None, [], []
-
-    def _pgvector(self, dim: int) -> VectorIndex:
-        """The HNSW table, created on first use (its dimension is the model's)."""
-        if self._index is None:
-            for statement in filter(str.strip, schema_sql(dim, self.table).split(";")):
-                self.conn.execute(sa.text(statement))
-            self._index = VectorIndex(self.conn.engine, dim, self.table)
-        return self._index
+        self.index.reset()
 
     def _load(self) -> None:
         result = self.conn.execute(sa.text(
@@ -102,24 +90,12 @@ class AcceptedSet:
             if any(vector is None for _, vector in rows):
                 raise VectorIndexError(f"accepted records of {self.dataset!r} lost their cached vectors "
                                        "(embedding_cache rows deleted?): re-run with changed semantic_dedup settings")
-            self._ids += [record_id for record_id, _ in rows]
-            self._chunks.append(np.frombuffer(b"".join(bytes(v) for _, v in rows), dtype="<f4").reshape(len(rows), -1))
+            vectors = np.frombuffer(b"".join(bytes(v) for _, v in rows), dtype="<f4").reshape(len(rows), -1)
+            self.index.load([record_id for record_id, _ in rows], vectors)
 
     def nearest(self, vectors: np.ndarray, k: int, min_cosine: float) -> list[list[tuple[str, float]]]:
         """Per query row, up to k accepted (record id, cosine) with cosine >= min_cosine, best first."""
-        found: list[list[tuple[str, float]]] = [[] for _ in range(len(vectors))]
-        if self.kind == "pgvector":
-            for row, key, cosine in self._pgvector(vectors.shape[1]).neighbours(vectors, k, min_cosine, conn=self.conn):
-                found[row].append((key, cosine))
-            return found
-        start = 0
-        for chunk in self._chunks:
-            sims = vectors @ chunk.T
-            rows, cols = np.nonzero(sims >= min_cosine)
-            for row, col in zip(rows.tolist(), cols.tolist()):
-                found[row].append((self._ids[start + col], float(sims[row, col])))
-            start += len(chunk)
-        return [sorted(hits, key=lambda h: (-h[1], h[0]))[:k] for hits in found]
+        return self.index.neighbours(vectors, k, min_cosine)
 
     def instructions(self, record_ids: list[str]) -> dict[str, str]:
         if not record_ids:
@@ -135,25 +111,7 @@ class AcceptedSet:
             "insert into semantic_accepted (dataset, model, record_id, instruction, run_id) values (:d, :m, :r, :t, :run)"
             " on conflict do nothing"),
             [{"d": self.dataset, "m": self.model, "r": r, "t": t, "run": run_id} for r, t in zip(record_ids, texts)])
-        if self.kind == "pgvector":
-            self._pgvector(vectors.shape[1]).add(record_ids, vectors, conn=self.conn)
-        else:
-            self._ids += record_ids
-            self._chunks.append(np.ascontiguousarray(vectors, dtype=np.float32))
-
-
-def _index_kind(conn: Connection, wanted: str) -> str:
-    if wanted == "exact":
-        return "exact"
-    available = conn.execute(sa.text("select 1 from pg_available_extensions where name = 'vector'")).first() is not None
-    if available:
-        return "pgvector"
-    if wanted == "pgvector":
-        raise VectorIndexError("semantic_dedup.index is 'pgvector' but this PostgreSQL has no pgvector extension: "
-                               "install it (Debian: postgresql-NN-pgvector), use the embedded server, or set index: auto")
-    log.warning("no pgvector on this PostgreSQL: semantic dedup searches exactly, in memory (fine for a few "
-                "hundred thousand records; install pgvector for more)")
-    return "exact"
+        self.index.add(record_ids, np.ascontiguousarray(vectors, dtype=np.float32))
 
 
 def _prepare(conn: Connection, recipe: Recipe, run_id: str):
