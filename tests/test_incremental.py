@@ -5,6 +5,9 @@ Specification:
   duplicates), against every record still standing; a record accepted before always wins over a new
   copy, whatever the source priorities say, and the old files' decisions are left untouched;
 * a run that changes or removes a file, or changes a stage's settings, re-decides the whole dataset;
+* a record an earlier pass dropped is no one's original in a later one;
+* an incremental near-dedup pass holds only the new records and the standing ones sharing a band key
+  with one of them, not every standing record (its cost follows what the run added);
 * re-running a stage (a retry) decides nothing twice.
 """
 from __future__ import annotations
@@ -82,6 +85,38 @@ def test_an_added_file_is_decided_against_the_accepted_records_and_nothing_else_
         ("b1.jsonl", 3, "near_dedup", "near_duplicate", story),
         ("b1.jsonl", 5, "dedup", "exact_duplicate", run_record_id(engine, second_run, "b1.jsonl", 4)),
     ]
+
+
+def test_records_dropped_in_an_earlier_pass_are_no_ones_original(engine, tmp_path):
+    recipe = make_pool(tmp_path, "dropped")
+    # the fresh source is preferred in a full pass: its copies win over a.jsonl's story and fridge answer
+    write_jsonl(tmp_path / "pool" / "b1.jsonl", [
+        alpaca(NEAR), alpaca(OTHERS[0], "Another, much longer and more complete answer than the first one has.")])
+    first_run, _ = nightly(recipe)
+    assert [(line, reason) for path, line, _, reason, *_ in decisions(engine, first_run) if path.endswith("a.jsonl")] == [
+        (1, "near_duplicate"), (2, "duplicate_instruction")]
+
+    write_jsonl(tmp_path / "pool" / "b2.jsonl", [alpaca(NEAR + " and ever"), alpaca(OTHERS[0], "A third answer.")])
+    second_run, second = nightly(recipe)
+
+    new = [(line, reason, dup) for path, line, _, reason, dup, *_ in decisions(engine, second_run) if path.endswith("b2.jsonl")]
+    assert new == [(1, "near_duplicate", run_record_id(engine, second_run, "b1.jsonl", 1)),
+                   (2, "duplicate_instruction", run_record_id(engine, second_run, "b1.jsonl", 2))]
+    assert second["near_dedup"]["standing"] == 2   # the new copy and b1's kept one; not the dropped story
+
+
+def test_an_incremental_near_dedup_pass_reads_only_the_records_sharing_a_band_key(engine, tmp_path):
+    recipe = make_pool(tmp_path, "sharing")
+    first_run, first = nightly(recipe)
+    assert first["near_dedup"]["standing"] == 7     # a full pass holds every standing record
+
+    write_jsonl(tmp_path / "pool" / "b1.jsonl", [
+        alpaca(NEAR), alpaca("Describe the water cycle for a ten year old child in simple words and short sentences")])
+    second_run, second = nightly(recipe)
+
+    result = second["near_dedup"]
+    assert (result["full_pass"], result["decided"], result["near_duplicate"]) == (False, 2, 1)
+    assert result["standing"] == 3   # the two new records and the story; the other five old ones are not read
 
 
 def test_a_retried_stage_decides_nothing_twice(engine, tmp_path):

@@ -12,6 +12,10 @@ Two rules, applied together and recorded in the decision ledger (stage `dedup`):
 Incremental (`stages.whole_dataset_scope`): when the run only added partitions, only their records are
 decided, against the records already standing, and an already accepted record always wins over a new
 copy (a nightly run never swaps out a released record). Otherwise the whole dataset is re-decided.
+An incremental pass reads only the new records and the standing ones that share an instruction key with
+one of them (by the hash index `records_instruction_key`): a record id hashes the whole conversation, so
+equal record ids imply equal instruction keys, and both windows below only ever compare records of one
+instruction key. Its cost follows the new records, not the dataset.
 The stage replaces its own decisions for the partitions it decides in one transaction, so it is safe
 to re-run and, fed the same records, always decides the same way.
 """
@@ -26,7 +30,8 @@ from .stages import deciding_table, finish_scope, whole_dataset_scope
 
 EARLIER_STAGES = [Stage.RULES.value, Stage.DECONTAM.value]
 
-_DEDUP = sa.text("""
+# The records a pass decides (is_new) and the standing ones they are compared with, one of two ways.
+_FULL_SCOPE = """
 with scoped as (
     select r.partition_id, r.line_no, r.record_id, r.instruction_key, r.total_chars, sp.priority, p.path, p.shard,
            dp.partition_id is not null as is_new
@@ -42,7 +47,31 @@ with scoped as (
       and (dp.partition_id is not null or not exists (
         select 1 from decisions d where d.partition_id = r.partition_id and d.line_no = r.line_no
         and d.verdict = 'dropped' and d.stage = :stage))
-), exact as (
+)"""
+
+# incremental: the new records, then by index only the standing old records asking one of their instructions
+_INCREMENTAL_SCOPE = """
+with new as materialized (
+    select r.partition_id, r.line_no, r.record_id, r.instruction_key, r.total_chars, r.source
+    from records r join deciding dp on dp.partition_id = r.partition_id
+    where not exists (select 1 from decisions d where d.partition_id = r.partition_id and d.line_no = r.line_no
+                      and d.verdict = 'dropped' and d.stage = any(:earlier))
+), old as (
+    select r.partition_id, r.line_no, r.record_id, r.instruction_key, r.total_chars, r.source
+    from records r
+    join run_partitions rp on rp.partition_id = r.partition_id and rp.run_id = :run
+    where r.instruction_key in (select instruction_key from new)
+      and not exists (select 1 from deciding dp where dp.partition_id = r.partition_id)
+      and not exists (select 1 from decisions d where d.partition_id = r.partition_id and d.line_no = r.line_no
+                      and d.verdict = 'dropped' and (d.stage = any(:earlier) or d.stage = :stage))  -- nor an old duplicate
+), scoped as (
+    select x.partition_id, x.line_no, x.record_id, x.instruction_key, x.total_chars, sp.priority, p.path, p.shard, x.is_new
+    from (select *, true as is_new from new union all select *, false from old) x
+    join partitions p on p.partition_id = x.partition_id
+    join source_priority sp on sp.source = x.source
+)"""
+
+_DECIDE = """, exact as (
     select *, row_number() over w as copy_rank, first_value(record_id) over w as kept_id
     from scoped
     window w as (partition by record_id order by is_new, priority, path, shard, line_no)
@@ -56,7 +85,9 @@ select partition_id, line_no, :stage, 'dropped', :exact_reason, kept_id, :run fr
 union all
 select partition_id, line_no, :stage, 'dropped', :instruction_reason, kept_answer, :run from instruction
 where answer_rank > 1 and is_new
-""")
+"""
+_DEDUP_FULL = sa.text(_FULL_SCOPE + _DECIDE)
+_DEDUP_INCREMENTAL = sa.text(_INCREMENTAL_SCOPE + _DECIDE)
 
 
 def exact_dedup(engine: Engine, recipe: Recipe, run_id: str) -> dict:
@@ -68,7 +99,8 @@ def exact_dedup(engine: Engine, recipe: Recipe, run_id: str) -> dict:
         conn.execute(sa.text("delete from decisions d using deciding dp where d.partition_id = dp.partition_id and d.stage = :stage"),
                      {"stage": Stage.DEDUP.value})
         if scope.new:
-            conn.execute(_DEDUP, {"run": run_id, "stage": Stage.DEDUP.value, "exact_reason": Drop.EXACT_DUPLICATE.value,
+            conn.execute(sa.text("analyze deciding"))  # a few rows, not the planner's guess: index lookups
+            conn.execute(_DEDUP_FULL if scope.full else _DEDUP_INCREMENTAL, {"run": run_id, "stage": Stage.DEDUP.value, "exact_reason": Drop.EXACT_DUPLICATE.value,
                                   "instruction_reason": Drop.DUPLICATE_INSTRUCTION.value, "earlier": EARLIER_STAGES})
         counts = dict(conn.execute(sa.text(
             "select d.reason, count(*) from decisions d join deciding dp on dp.partition_id = d.partition_id"

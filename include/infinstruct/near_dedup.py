@@ -2,7 +2,7 @@
 
 1. Band keys per record line are computed once per partition (and settings) and kept in `lsh_keys`.
 2. Candidates: records standing in the run's dataset (no earlier stage dropped them) that share a band
-   key, found with numpy over every standing record's keys, so new records meet old ones.
+   key, found with numpy over the standing records' keys, so new records meet old ones.
 3. Signatures are recomputed only for candidate rows (same settings give the same signatures), and a
    pair is confirmed by estimated Jaccard and the essential-word guard (`neardup.confirm_pairs`), then
    re-checked without template boilerplate (shingles shared by many candidates: `without_boilerplate`).
@@ -12,10 +12,17 @@
 Incremental (`stages.whole_dataset_scope`): when the run only added partitions, candidates are the pairs
 with at least one new record, old records are the ones still standing after this stage's earlier passes,
 and an old record always wins its cluster (`neardup.Member.accepted`); only new records are decided.
+Such a pass holds only the new records and the old ones sharing a band key with one of them
+(`_sharing_new_keys`): every old partition's keys are streamed once as one value per partition and
+matched in numpy, without a row per record in Python; the candidate pairs are the same as with every
+standing record in memory. (An index of (key -> record) would let PostgreSQL look keys up instead, but
+it has a row per band per record: 32 M at a million records, measured 10-35x slower to write than the
+band keys themselves, and with 1% new records x 32 bands the lookups touch most of its pages anyway.)
 
-Memory grows with the standing records: their band keys as one numpy array (bands × 8 bytes: 256 B
-each at the defaults, ~0.25 GB at a million) plus a line number and partition code; texts and ids are
-read only for the candidate rows. The decisions for the whole dataset are replaced in one transaction.
+Memory of a full pass grows with the standing records: their band keys as one numpy array (bands × 8
+bytes: 256 B each at the defaults, ~0.25 GB at a million) plus a line number and partition code; texts and
+ids are read only for the candidate rows. An incremental pass holds one old partition's keys at a time.
+The decisions of the partitions a pass decides are replaced in one transaction.
 """
 from __future__ import annotations
 
@@ -86,6 +93,41 @@ class Standing(NamedTuple):
     new: np.ndarray    # bool: decided in this pass (else an old record that stands)
 
 
+# an earlier stage dropped the record, or (in an old partition) an earlier pass of this stage did
+_DROPPED_EARLIER = ("exists (select 1 from decisions d where d.partition_id = k.partition_id and d.line_no = k.line_no"
+                    " and d.verdict = 'dropped' and d.stage = any(:earlier))")
+_DROPPED_BEFORE = ("exists (select 1 from decisions d where d.partition_id = k.partition_id and d.line_no = k.line_no"
+                   " and d.verdict = 'dropped' and d.stage = :stage)")
+# standing rows of the partitions this pass decides (temp table `deciding`)
+_NEW_ROWS = f"""
+    select k.partition_id, k.line_no, k.keys, true
+    from lsh_keys k
+    join deciding dp on dp.partition_id = k.partition_id
+    join records r on r.partition_id = k.partition_id and r.line_no = k.line_no
+    where not {_DROPPED_EARLIER}"""
+# standing rows of old partitions that share a band key with a new row (temp table `sharing`)
+_OLD_ROWS_SHARING = f"""
+    select k.partition_id, k.line_no, k.keys, false
+    from sharing s
+    join lsh_keys k on k.partition_id = s.partition_id and k.line_no = s.line_no
+    join records r on r.partition_id = k.partition_id and r.line_no = k.line_no
+    where not {_DROPPED_EARLIER} and not {_DROPPED_BEFORE}"""
+
+
+def _read_standing(result, bands: int) -> Standing:
+    """Rows (partition_id, line_no, keys, new) of a streamed result as a Standing."""
+    codes: dict[str, int] = {}
+    parts, lines, keys, new = [], [], [], []
+    for rows in result.partitions(50_000):  # numpy per batch: no Python int per key ever lives long
+        parts.append(np.fromiter((codes.setdefault(r[0], len(codes)) for r in rows), dtype=np.int32, count=len(rows)))
+        lines.append(np.fromiter((r[1] for r in rows), dtype=np.int64, count=len(rows)))
+        keys.append(np.frombuffer(b"".join(bytes(r[2]) for r in rows), dtype="<i8").reshape(len(rows), bands))
+        new.append(np.fromiter((r[3] for r in rows), dtype=bool, count=len(rows)))
+    if not parts:
+        return _nothing_standing(bands)
+    return Standing(list(codes), np.concatenate(parts), np.concatenate(lines), np.concatenate(keys), np.concatenate(new))
+
+
 def _standing(conn: Connection, run_id: str, bands: int) -> Standing:
     """Rows of the run's partitions no earlier stage dropped, except, in a partition this pass does not
     decide (not in temp table `deciding`), those an earlier pass of this stage dropped."""
@@ -105,18 +147,46 @@ def _standing(conn: Connection, run_id: str, bands: int) -> Standing:
                    and d.verdict = 'dropped' and d.stage = :stage))
         order by k.partition_id, k.line_no"""), {"run": run_id, "earlier": EARLIER, "stage": Stage.NEAR_DEDUP.value},
         execution_options=stream(50_000))
-    codes: dict[str, int] = {}
-    parts, lines, keys, new = [], [], [], []
-    for rows in result.partitions(50_000):  # numpy per batch: no Python int per key ever lives long
-        parts.append(np.fromiter((codes.setdefault(r[0], len(codes)) for r in rows), dtype=np.int32, count=len(rows)))
-        lines.append(np.fromiter((r[1] for r in rows), dtype=np.int64, count=len(rows)))
-        keys.append(np.frombuffer(b"".join(bytes(r[2]) for r in rows), dtype="<i8").reshape(len(rows), bands))
-        new.append(np.fromiter((r[3] for r in rows), dtype=bool, count=len(rows)))
-    empty = np.empty(0, dtype=np.int64)
-    return Standing(list(codes), np.concatenate(parts) if parts else empty.astype(np.int32),
-                    np.concatenate(lines) if lines else empty,
-                    np.concatenate(keys) if keys else np.empty((0, bands), dtype=np.int64),
-                    np.concatenate(new) if new else empty.astype(bool))
+    return _read_standing(result, bands)
+
+
+def _sharing_new_keys(conn: Connection, run_id: str, new_keys: np.ndarray, bands: int) -> None:
+    """Temp table `sharing` (partition_id, line_no): the rows of the run's old partitions (not in `deciding`)
+    with a band key in `new_keys` (sorted). Each partition's rows come as one value, line numbers and keys
+    concatenated by PostgreSQL, so the scan costs a few bytes per key and no Python object per row."""
+    conn.execute(sa.text("create temp table sharing (partition_id text, line_no bigint) on commit drop"))
+    if not len(new_keys):
+        return
+    old = conn.execute(sa.text(
+        "select rp.partition_id from run_partitions rp where rp.run_id = :run"
+        " and not exists (select 1 from deciding dp where dp.partition_id = rp.partition_id) order by 1"),
+        {"run": run_id}).scalars().all()
+    row = np.dtype([("line_no", ">i8"), ("keys", "<i8", (bands,))])  # int8send is big-endian; keys as stored
+    for partition_id in old:
+        blob = conn.execute(sa.text("select string_agg(int8send(line_no) || keys, ''::bytea) from lsh_keys"
+                                    " where partition_id = :p"), {"p": partition_id}).scalar()
+        if blob is None:
+            continue
+        rows = np.frombuffer(blob, dtype=row)
+        flat = rows["keys"].reshape(-1)
+        at = np.minimum(np.searchsorted(new_keys, flat), len(new_keys) - 1)
+        hit = (new_keys[at] == flat).reshape(len(rows), bands).any(axis=1)
+        if hit.any():
+            conn.execute(sa.text("insert into sharing select :p, unnest(cast(:lines as bigint[]))"),
+                         {"p": partition_id, "lines": rows["line_no"][hit].astype(np.int64).tolist()})
+
+
+def _incremental_standing(conn: Connection, run_id: str, bands: int) -> Standing:
+    """The standing rows of the partitions this pass decides, and the standing old rows that share a band
+    key with one of them: every row a candidate pair can contain, in the order `_standing` gives them."""
+    conn.execute(sa.text("analyze deciding"))  # a few rows, not the planner's guess: index lookups
+    params = {"earlier": EARLIER, "stage": Stage.NEAR_DEDUP.value}
+    new = _read_standing(conn.execute(sa.text(_NEW_ROWS), params, execution_options=stream(50_000)), bands)
+    _sharing_new_keys(conn, run_id, np.unique(new.keys), bands)
+    conn.execute(sa.text("analyze sharing"))
+    result = conn.execute(sa.text(_NEW_ROWS + " union all " + _OLD_ROWS_SHARING + " order by 1, 2"), params,
+                          execution_options=stream(50_000))
+    return _read_standing(result, bands)
 
 
 def _nothing_standing(bands: int) -> Standing:
@@ -162,7 +232,12 @@ def near_dedup(engine: Engine, recipe: Recipe, run_id: str) -> dict:
         scope = whole_dataset_scope(conn, run_id, Stage.NEAR_DEDUP, [settings, recipe.priorities], [*EARLIER, KEY_STAGE])
         deciding_table(conn, scope, recipe.priorities)
         # nothing new (a retry, or a nightly run without new files): nothing to read or decide
-        standing = _standing(conn, run_id, settings.bands) if scope.new else _nothing_standing(settings.bands)
+        if not scope.new:
+            standing = _nothing_standing(settings.bands)
+        elif scope.full:
+            standing = _standing(conn, run_id, settings.bands)
+        else:
+            standing = _incremental_standing(conn, run_id, settings.bands)
         pairs = _candidates(standing)
         involved = np.unique(pairs)
         if len(involved):
