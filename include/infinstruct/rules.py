@@ -147,14 +147,15 @@ _WORD_OR_CJK = re.compile(f"[{_CJK}]|[^\\s{_CJK}]+")
 _EMOJI = re.compile("[\U0001F000-\U0001FAFF\u2600-\u27BF]")
 
 
-def estimate_tokens(text: str) -> int:
-    """Whitespace words, every CJK character one word; 0 with no letter, digit or emoji ("...")."""
+def estimate_tokens(text: str, words: list[str] | None = None) -> int:
+    """Whitespace words, every CJK character one word; 0 with no letter, digit or emoji ("...").
+    `words` is text.split() when the caller has it already (splitting a long answer is the cost)."""
     if not any(c.isalnum() for c in text) and not _EMOJI.search(text):
         return 0
-    if text.isascii():
-        return len(text.split())
-    cjk = len(_CJK_CHAR.findall(text))
-    return cjk + len(_CJK_CHAR.sub(" ", text).split()) if cjk else len(text.split())
+    cjk = 0 if text.isascii() else len(_CJK_CHAR.findall(text))
+    if cjk:
+        return cjk + len(_CJK_CHAR.sub(" ", text).split())
+    return len(text.split() if words is None else words)
 
 
 def _words(text: str) -> list[str]:
@@ -222,9 +223,10 @@ def _without_fenced_code(text: str) -> str:
 
 def dup_line_ratio(text: str) -> float:
     """Share of the characters of prose lines that repeat an earlier line (see the module doc)."""
-    lines = [line.rstrip() for line in _without_fenced_code(text).splitlines()
-             if line and line[0] not in " \t" and _CODE_LINE_CHARS.isdisjoint(line)]  # indented: code
-    lines = [line for line in lines if line]
+    lines = [line.rstrip() for line in _without_fenced_code(text).splitlines() if line]
+    if len(set(lines)) == len(lines):
+        return 0.0  # no line repeats (the usual answer), so no prose line does: the per-line tests below cost more
+    lines = [line for line in lines if line and line[0] not in " \t" and _CODE_LINE_CHARS.isdisjoint(line)]  # indented: code
     if len(set(lines)) == len(lines):
         return 0.0
     seen: set[str] = set()
@@ -239,6 +241,7 @@ def dup_line_ratio(text: str) -> float:
 
 _ASCII_SPACE = b" \t\n\r\x0b\x0c\x1c\x1d\x1e\x1f"
 _ASCII_TEXT = bytes(range(48, 58)) + bytes(range(65, 91)) + bytes(range(97, 123))
+_ASCII_BYTES, _NON_ASCII_BYTES = bytes(range(128)), bytes(range(128, 256))
 _NOT_TEXT = re.compile(r"[\W_]+")
 _CODE_SIGNAL = re.compile(
     r"\w\([^()\n]*\)|[;{]\s*$|^\s*(?:def|class|import|return|function|const|let|var|public|private|static"
@@ -255,13 +258,17 @@ def looks_like_code(text: str) -> bool:
 def text_ratio(text: str) -> float:
     """Letters, digits and emoji / non-space characters outside fenced code (see the module doc)."""
     text = _without_fenced_code(text)
-    if text.isascii():
-        data = text.encode("ascii")
-        nonspace = len(data.translate(None, _ASCII_SPACE))
-        textual = nonspace - len(data.translate(None, _ASCII_SPACE + _ASCII_TEXT))
-    else:
-        nonspace = len("".join(text.split()))
-        textual = len(_NOT_TEXT.sub("", text)) + len(_EMOJI.findall(text))
+    # Both counts are sums over characters: the ASCII ones are counted on bytes (in C), the few others by
+    # str methods and regexes on just them (the whole text through the regexes cost 10x more).
+    data = text.encode("utf-8", "surrogatepass")
+    ascii_part = data if text.isascii() else data.translate(None, _NON_ASCII_BYTES)
+    nonspace = len(ascii_part.translate(None, _ASCII_SPACE))
+    textual = nonspace - len(ascii_part.translate(None, _ASCII_SPACE + _ASCII_TEXT))
+    if len(ascii_part) < len(data):
+        # UTF-8 without its ASCII bytes is the other characters' complete sequences, in order
+        other = data.translate(None, _ASCII_BYTES).decode("utf-8", "surrogatepass")
+        nonspace += len("".join(other.split()))
+        textual += len(_NOT_TEXT.sub("", other)) + len(_EMOJI.findall(other))
     if nonspace < 16:
         return 1.0
     ratio = textual / nonspace
@@ -279,7 +286,11 @@ ECHO_MIN_WORDS = 3  # a shorter copy is weighed against the whole question: "cat
 def echo_ratio(question: str, answer: str) -> float:
     """len(answer) / len(the question's paragraphs it was copied from), when the normalised answer
     occurs in the normalised question; else 0 (see the module doc)."""
-    a = " ".join(answer.split()).lstrip(_QUOTES).rstrip(_ANSWER_END)
+    return _echo_ratio(question, " ".join(answer.split()))
+
+
+def _echo_ratio(question: str, collapsed_answer: str) -> float:
+    a = collapsed_answer.lstrip(_QUOTES).rstrip(_ANSWER_END)
     if not a or len(a) > len(question):
         return 0.0
     q = " ".join(question.split())
@@ -452,18 +463,21 @@ def measure(turns: Turns) -> Stats:
     question = ""
     refusal = ""
     for role, content in turns:
-        tokens = estimate_tokens(content)
-        total_tokens += tokens
-        if role == USER:
-            user_tokens.append(tokens)
-            users.append(content)
-            question = content
-        elif role == ASSISTANT:
+        if role == ASSISTANT:
+            words = content.split()  # once for the token estimate and the echo test
+            tokens = estimate_tokens(content, words)
             answer_tokens.append(tokens)
             answers.append(content)
             if question:
-                echo = max(echo, echo_ratio(question, content))
+                echo = max(echo, _echo_ratio(question, " ".join(words)))
             refusal = refusal or refusal_phrase(content)
+        else:
+            tokens = estimate_tokens(content)
+            if role == USER:
+                user_tokens.append(tokens)
+                users.append(content)
+                question = content
+        total_tokens += tokens
     user_text, answer_text = "\n".join(users), "\n".join(answers)
     answer_words = _words(answer_text)
     # a loop ends a turn: measured per answer (one tokenisation when there is one answer)
@@ -507,40 +521,62 @@ def _fails_repeated_lines(stats: Stats, s: RuleSettings) -> bool:
     return Rule.REPEATED_LINES in s.enabled and stats["dup_line_ratio"] > s.max_dup_line_ratio
 
 
-def _failure(rule: Rule, stats: Stats, s: RuleSettings) -> float | str | None:
-    """The measured value that fails `rule`, or None when the stats pass it."""
-    match rule:
-        case Rule.EMPTY_OR_SHORT:
-            if stats["min_user_tokens"] < s.min_user_tokens:
-                return stats["min_user_tokens"]
-            if stats["min_response_tokens"] < s.min_response_tokens:
-                return stats["min_response_tokens"]
-        case Rule.TOO_LONG if stats["total_tokens"] > s.max_total_tokens:
-            return stats["total_tokens"]
-        case Rule.GARBAGE if stats["text_ratio"] < s.min_text_ratio:
-            return stats["text_ratio"]
-        case Rule.LANGUAGE:
-            return _language_failure(stats, s)
-        case Rule.REFUSAL if stats["refusal"]:
-            return stats["refusal"]
-        case Rule.ECHO if stats["echo_ratio"] > s.max_echo_ratio:
-            return stats["echo_ratio"]
-        case Rule.REPETITION if stats["dup_ngram_ratio"] > s.max_dup_ngram_ratio:
-            return stats["dup_ngram_ratio"]
-        case Rule.REPETITION if stats["loop_words"] > s.max_loop_words and not _fails_repeated_lines(stats, s):
-            return stats["loop_words"]  # a loop of whole lines goes as repeated_lines, the more specific reason
-        case Rule.REPEATED_LINES if stats["dup_line_ratio"] > s.max_dup_line_ratio:
-            return stats["dup_line_ratio"]
-        case Rule.TRUNCATED if stats["response_ending"] in s.truncated_endings:
-            return stats["response_ending"]
+# One function per rule: the measured value that fails it, or None when the stats pass it. (A dict
+# lookup per rule: a `match` over the Rule members cost ~2.5 us per rule, more than measuring some stats.)
+
+def _empty_or_short(stats: Stats, s: RuleSettings) -> float | None:
+    if stats["min_user_tokens"] < s.min_user_tokens:
+        return stats["min_user_tokens"]
+    if stats["min_response_tokens"] < s.min_response_tokens:
+        return stats["min_response_tokens"]
     return None
+
+
+def _too_long(stats: Stats, s: RuleSettings) -> float | None:
+    return stats["total_tokens"] if stats["total_tokens"] > s.max_total_tokens else None
+
+
+def _garbage(stats: Stats, s: RuleSettings) -> float | None:
+    return stats["text_ratio"] if stats["text_ratio"] < s.min_text_ratio else None
+
+
+def _refusal(stats: Stats, s: RuleSettings) -> str | None:
+    return stats["refusal"] or None
+
+
+def _echo(stats: Stats, s: RuleSettings) -> float | None:
+    return stats["echo_ratio"] if stats["echo_ratio"] > s.max_echo_ratio else None
+
+
+def _repetition(stats: Stats, s: RuleSettings) -> float | None:
+    if stats["dup_ngram_ratio"] > s.max_dup_ngram_ratio:
+        return stats["dup_ngram_ratio"]
+    if stats["loop_words"] > s.max_loop_words and not _fails_repeated_lines(stats, s):
+        return stats["loop_words"]  # a loop of whole lines goes as repeated_lines, the more specific reason
+    return None
+
+
+def _repeated_lines(stats: Stats, s: RuleSettings) -> float | None:
+    return stats["dup_line_ratio"] if stats["dup_line_ratio"] > s.max_dup_line_ratio else None
+
+
+def _truncated(stats: Stats, s: RuleSettings) -> str | None:
+    return stats["response_ending"] if stats["response_ending"] in s.truncated_endings else None
+
+
+_FAILURES = {  # in Rule order
+    Rule.EMPTY_OR_SHORT: _empty_or_short, Rule.TOO_LONG: _too_long, Rule.GARBAGE: _garbage,
+    Rule.LANGUAGE: _language_failure, Rule.REFUSAL: _refusal, Rule.ECHO: _echo, Rule.REPETITION: _repetition,
+    Rule.REPEATED_LINES: _repeated_lines, Rule.TRUNCATED: _truncated,
+}
+assert list(_FAILURES) == list(Rule), "every rule has its check, in Rule order"
 
 
 def judge(stats: Stats, settings: RuleSettings) -> Verdict:
     """The first enabled rule, in `Rule` order, that the stats fail, with the failing value."""
-    for rule in Rule:
+    for rule, failure in _FAILURES.items():
         if rule in settings.enabled:
-            value = _failure(rule, stats, settings)
+            value = failure(stats, settings)
             if value is not None:
                 return Verdict(False, rule, value)
     return KEEP
