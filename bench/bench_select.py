@@ -16,7 +16,14 @@ it (records, record_scores, embedding_cache), so the stage is timed without embe
 
 Runs: a full pass (timed, records/s over the pool), the same again from scratch (identical selection?),
 then --added of new records in a new partition (incremental pass: timed; how many selected records changed
-vs what the quotas required). Prints Markdown tables for bench/RESULTS.md.
+vs what the quotas required). The embedded server has pgvector, so the selected set's index is the HNSW
+tables (`selection.index: auto`); the incremental pass is then repeated from the same state with
+`index: exact` (kept vectors read and searched in memory): time and selection compared.
+
+Agreement of HNSW with the exact search (`agreement`): --stored vectors selected before and --queries
+candidates, clustered so that a candidate's nearest stored vector sits around the threshold (siblings of
+one base vector at cosine ~0.89, threshold 0.9): the greedy walk against `StoredIndex` (pgvector) vs exact,
+the share of identical decisions and of identical selected sets. Prints Markdown tables for bench/RESULTS.md.
 """
 from __future__ import annotations
 
@@ -126,6 +133,48 @@ def selected(engine) -> set[str]:
         return set(conn.execute(sa.text("select record_id from selection where dataset = 'bench'")).scalars())
 
 
+def agreement(engine, stored: int, queries: int, dim: int, threshold: float = 0.9, noise: float = 0.35) -> list[list]:
+    """Greedy walk of `queries` candidates against `stored` selected vectors: HNSW (pgvector) vs exact."""
+    import sqlalchemy as sa
+    from infinstruct.diversity import ExactIndex, LayeredIndex, greedy_select
+    from infinstruct.semantic import StoredIndex
+
+    rng = np.random.default_rng(11)
+    bases = rng.standard_normal((stored // 10, dim)).astype(np.float32)
+    bases /= np.linalg.norm(bases, axis=1, keepdims=True)
+
+    def siblings(n: int) -> np.ndarray:
+        v = bases[rng.integers(0, len(bases), n)] + rng.standard_normal((n, dim)).astype(np.float32) * (noise / np.sqrt(dim))
+        return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+    old, new = siblings(stored), siblings(queries)
+    old_ids, new_ids = [f"s{i:07d}" for i in range(stored)], [f"q{i:07d}" for i in range(queries)]
+    scores = rng.random(queries)
+    rows = []
+    with engine.begin() as conn:
+        t = time.perf_counter()
+        hnsw = StoredIndex(conn, "bench_agreement", "pgvector")
+        hnsw.reset()
+        hnsw.add(old_ids, old)
+        t_load = time.perf_counter() - t
+        t = time.perf_counter()
+        approx = greedy_select(new_ids, scores, new, threshold, queries, existing=LayeredIndex(hnsw, dim))
+        t_hnsw = time.perf_counter() - t
+        hnsw.reset()
+    t = time.perf_counter()
+    exact = greedy_select(new_ids, scores, new, threshold, queries, existing=LayeredIndex(ExactIndex(dim, old_ids, old), dim))
+    t_exact = time.perf_counter() - t
+    a, e = list(approx.decisions()), list(exact.decisions())
+    same = sum(x.outcome == y.outcome for x, y in zip(a, e))
+    stored_hit = sum(y.similar_to is not None and y.similar_to.startswith("s") and y.outcome.value == "too_similar" for y in e)
+    sel_a, sel_e = set(approx.selected), set(exact.selected)
+    rows.append([f"{stored:,} stored, {queries:,} candidates, threshold {threshold}",
+                 f"{t_load:.1f}", f"{queries / t_hnsw:,.0f}", f"{queries / t_exact:,.0f}",
+                 f"{stored_hit:,}", f"{same / queries:.4f}", f"{len(sel_a & sel_e) / max(1, len(sel_e)):.4f}",
+                 f"{len(sel_a):,} vs {len(sel_e):,}"])
+    return rows
+
+
 def table(header: list[str], rows: list[list]) -> None:
     print("| " + " | ".join(header) + " |")
     print("|" + "|".join(" ---: " if i else " --- " for i in range(len(header))) + "|")
@@ -144,6 +193,9 @@ def main() -> None:
     ap.add_argument("--dim", type=int, default=384)
     ap.add_argument("--added", type=float, default=0.01)
     ap.add_argument("--size", type=float, default=0.1, help="selection.size: share of the shares domains' pool")
+    ap.add_argument("--stored", type=int, default=50_000, help="agreement: selected vectors in the HNSW table")
+    ap.add_argument("--queries", type=int, default=10_000, help="agreement: candidates walked against them")
+    ap.add_argument("--agreement-only", action="store_true")
     args = ap.parse_args()
 
     import sqlalchemy as sa
@@ -168,6 +220,12 @@ def main() -> None:
     with temporary_database() as (url, _):
         engine = get_engine(url)
         print(machine_facts(engine, numpy=np.__version__))
+        if args.agreement_only:
+            table(["set", "HNSW bulk load + build s", "walk/s HNSW", "walk/s exact", "too similar to stored (exact)",
+                   "identical decisions", "identical selected", "selected HNSW vs exact"],
+                  agreement(engine, args.stored, args.queries, args.dim))
+            engine.dispose()
+            return
         t = time.perf_counter()
         build_pool(engine, args.n, args.dim, real, "p", 0, seed=1)
         with engine.begin() as conn:
@@ -201,6 +259,9 @@ def main() -> None:
 
         added = int(args.n * args.added)
         build_pool(engine, added, args.dim, real, "q", args.n, seed=2)
+        with engine.begin() as conn:   # the state the nightly pass starts from, to run it again with index: exact
+            conn.execute(sa.text("create table bench_selection as select * from selection"))
+            conn.execute(sa.text("create table bench_state as select * from selection_state"))
         start_run(engine, "nightly", "%")
         t = time.perf_counter()
         nightly = select_records(engine, recipe, "nightly")
@@ -208,9 +269,21 @@ def main() -> None:
         after = selected(engine)
         grown = sum(max(0, e.get("quota", e["available"]) - full["domains"][d].get("quota", full["domains"][d]["available"]))
                     for d, e in nightly["domains"].items())
-        rows.append([f"+{args.added:.0%} records (incremental)", f"{args.n + added:,}", f"{t_nightly:.1f}",
-                     f"{(args.n + added) / t_nightly:,.0f}",
+        rows.append([f"+{args.added:.0%} records (incremental, index {nightly['index']})", f"{args.n + added:,}",
+                     f"{t_nightly:.1f}", f"{(args.n + added) / t_nightly:,.0f}",
                      f"{len(first - after)} left, {len(after - first):,} joined (quotas grew by {grown:,})"])
+        with engine.begin() as conn:
+            conn.execute(sa.text("delete from selection; insert into selection select * from bench_selection;"
+                                 " delete from selection_state; insert into selection_state select * from bench_state"))
+        exact_recipe = recipe.model_copy(update={"selection": SETTINGS.model_copy(update={"index": "exact"})})
+        start_run(engine, "nightly_exact", "%")
+        t = time.perf_counter()
+        select_records(engine, exact_recipe, "nightly_exact")
+        t_exact = time.perf_counter() - t
+        same = selected(engine)
+        rows.append([f"+{args.added:.0%} records (incremental, index exact)", f"{args.n + added:,}", f"{t_exact:.1f}",
+                     f"{(args.n + added) / t_exact:,.0f}",
+                     f"identical to {nightly['index']}: {same == after} ({len(same & after):,} of {len(after):,})"])
         table(["pass", "pool", "seconds", "records/s", "selection"], rows)
         table(["domain", "available", "quota", "selected", "share → planned", "DSIR KL before → after (random same size)"],
               [[d, e["available"], e.get("quota", "keep_all"), e["selected"],
@@ -234,6 +307,13 @@ def main() -> None:
                 b = diversity_report(np.stack([rnd_v[i] for i in rand]))
                 div.append([d, m, f"{a['mean_nn_cosine']} / {a['p95_nn_cosine']}", f"{b['mean_nn_cosine']} / {b['p95_nn_cosine']}"])
         table(["domain", "sample", "selection mean / p95 NN cosine", "random same size"], div)
+        table(["domain", "selected", "in the stage's summary: sample", "mean / p95 NN cosine"],
+              [[d, r["n"], r.get("sampled", r["n"]), f"{r['mean_nn_cosine']} / {r['p95_nn_cosine']}"]
+               for d, r in [*((d, e["diversity"]) for d, e in nightly["domains"].items()),
+                            ("overall", nightly["diversity"])]])
+        table(["set", "HNSW bulk load + build s", "walk/s HNSW", "walk/s exact", "too similar to stored (exact)",
+               "identical decisions", "identical selected", "selected HNSW vs exact"],
+              agreement(engine, args.stored, args.queries, args.dim))
         print(f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB")
         engine.dispose()
 

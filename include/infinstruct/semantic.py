@@ -202,8 +202,10 @@ class VectorIndex:
         """The k nearest stored rows of each query vector (approximate: HNSW), those with cosine ≥
         `min_cosine`, as (query row, record key, cosine), by row then by descending cosine."""
         vectors = self._vectors(vectors)
+        # materialized: inlined, the text-to-vector cast is redone for every row a sequential scan (the
+        # planner's choice for a small table) compares with: 120 ms instead of 1 ms per query at 1,000 rows
         query = sa.text(f"""
-            with q as (select (n - 1)::int as row, cast(v as vector({self.dim})) as v
+            with q as materialized (select (n - 1)::int as row, cast(v as vector({self.dim})) as v
                        from unnest(cast(:vs as text[])) with ordinality as t(v, n))
             select q.row, nb.record_key, 1 - nb.distance as cosine
             from q cross join lateral (
