@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from infinstruct.neardup import (Member, NearDupSettings, band_keys, boilerplate_shingles, candidate_pairs, clusters,
+from infinstruct.neardup import (KeySet, Member, NearDupSettings, band_keys, boilerplate_shingles, candidate_pairs, clusters,
                                  confirm_pairs, without_boilerplate,
                                  differs_in_essential_words, duplicate_of, jaccard_estimate, shingle_text,
                                  signatures, text_words)
@@ -157,6 +157,18 @@ def test_new_rows_are_matched_against_existing_rows():
     assert cand.across.tolist() == [[1, 4]]  # new row 1 duplicates existing row 4
     confirmed, estimate = confirm_pairs(cand.across, sigs_new, new, S, sigs_old, existing)
     assert confirmed.tolist() == [[1, 4]] and estimate[0] == 1.0
+
+
+def test_a_key_set_finds_exactly_its_members_among_stored_keys():
+    rng = np.random.default_rng(7)
+    members = band_keys(signatures([PROMPT, *OTHERS], S), S)
+    stored = rng.integers(0, 1 << 62, size=(1_000, S.bands), dtype=np.int64)
+    stored[3, 5], stored[900, 0] = members[0, 5], members[4, 0]
+    stored[10, 1] = members[1, 1] ^ (1 << 40)   # same low bits as a member, another key: not one
+    found = KeySet(members).contains(stored)
+    assert found.shape == stored.shape
+    assert sorted(zip(*np.nonzero(found))) == [(3, 5), (900, 0)]
+    assert not KeySet(members[:0]).contains(stored).any()   # an empty set holds nothing
 
 
 def test_a_huge_bucket_is_paired_within_a_window_not_all_pairs():

@@ -49,21 +49,24 @@ with scoped as (
         and d.verdict = 'dropped' and d.stage = :stage))
 )"""
 
-# incremental: the new records, then by index only the standing old records asking one of their instructions
+# incremental: the new records, then by index only the standing old records asking one of their instructions.
+# `offset 0` fences keep each lookup a per-row (or per-key) index scan whatever the statistics say: right
+# after the stages' bulk writes they are often missing or stale, and a misestimate turns them into scans.
 _INCREMENTAL_SCOPE = """
 with new as materialized (
     select r.partition_id, r.line_no, r.record_id, r.instruction_key, r.total_chars, r.source
     from records r join deciding dp on dp.partition_id = r.partition_id
     where not exists (select 1 from decisions d where d.partition_id = r.partition_id and d.line_no = r.line_no
-                      and d.verdict = 'dropped' and d.stage = any(:earlier))
+                      and d.verdict = 'dropped' and d.stage = any(:earlier) offset 0)
 ), old as (
-    select r.partition_id, r.line_no, r.record_id, r.instruction_key, r.total_chars, r.source
-    from records r
+    select r.*
+    from (select distinct instruction_key from new) asked
+    cross join lateral (select r.partition_id, r.line_no, r.record_id, r.instruction_key, r.total_chars, r.source
+                        from records r where r.instruction_key = asked.instruction_key offset 0) r
     join run_partitions rp on rp.partition_id = r.partition_id and rp.run_id = :run
-    where r.instruction_key in (select instruction_key from new)
-      and not exists (select 1 from deciding dp where dp.partition_id = r.partition_id)
+    where not exists (select 1 from deciding dp where dp.partition_id = r.partition_id)
       and not exists (select 1 from decisions d where d.partition_id = r.partition_id and d.line_no = r.line_no
-                      and d.verdict = 'dropped' and (d.stage = any(:earlier) or d.stage = :stage))  -- nor an old duplicate
+                      and d.verdict = 'dropped' and (d.stage = any(:earlier) or d.stage = :stage) offset 0)
 ), scoped as (
     select x.partition_id, x.line_no, x.record_id, x.instruction_key, x.total_chars, sp.priority, p.path, p.shard, x.is_new
     from (select *, true as is_new from new union all select *, false from old) x
@@ -100,6 +103,9 @@ def exact_dedup(engine: Engine, recipe: Recipe, run_id: str) -> dict:
                      {"stage": Stage.DEDUP.value})
         if scope.new:
             conn.execute(sa.text("analyze deciding"))  # a few rows, not the planner's guess: index lookups
+            # without statistics the planner prices the few lookups as scans, and JIT compiling for that cost
+            # took seconds (4.2 s vs 0.1 s at 200k records): the incremental statement is small, run it plain
+            conn.execute(sa.text("set local jit = off"))
             conn.execute(_DEDUP_FULL if scope.full else _DEDUP_INCREMENTAL, {"run": run_id, "stage": Stage.DEDUP.value, "exact_reason": Drop.EXACT_DUPLICATE.value,
                                   "instruction_reason": Drop.DUPLICATE_INSTRUCTION.value, "earlier": EARLIER_STAGES})
         counts = dict(conn.execute(sa.text(

@@ -13,9 +13,9 @@ Incremental (`stages.whole_dataset_scope`): when the run only added partitions, 
 with at least one new record, old records are the ones still standing after this stage's earlier passes,
 and an old record always wins its cluster (`neardup.Member.accepted`); only new records are decided.
 Such a pass holds only the new records and the old ones sharing a band key with one of them
-(`_sharing_new_keys`): every old partition's keys are streamed once as one value per partition and
-matched in numpy, without a row per record in Python; the candidate pairs are the same as with every
-standing record in memory. (An index of (key -> record) would let PostgreSQL look keys up instead, but
+(`_sharing_new_keys`): every old partition's keys are read once, by binary COPY straight into numpy, and
+tested against the new keys (`neardup.KeySet`), without a Python object per row; the candidate pairs are
+the same as with every standing record in memory. (An index of (key -> record) would let PostgreSQL look keys up instead, but
 it has a row per band per record: 32 M at a million records, measured 10-35x slower to write than the
 band keys themselves, and with 1% new records x 32 bands the lookups touch most of its pages anyway.)
 
@@ -26,6 +26,7 @@ The decisions of the partitions a pass decides are replaced in one transaction.
 """
 from __future__ import annotations
 
+import io
 import logging
 from typing import NamedTuple
 
@@ -93,11 +94,13 @@ class Standing(NamedTuple):
     new: np.ndarray    # bool: decided in this pass (else an old record that stands)
 
 
-# an earlier stage dropped the record, or (in an old partition) an earlier pass of this stage did
+# an earlier stage dropped the record, or (in an old partition) an earlier pass of this stage did; for the
+# few rows of an incremental pass: `offset 0` keeps it a lookup by primary key per row whatever the (often
+# stale, right after the stages' bulk writes) statistics say, never a scan of every decision
 _DROPPED_EARLIER = ("exists (select 1 from decisions d where d.partition_id = k.partition_id and d.line_no = k.line_no"
-                    " and d.verdict = 'dropped' and d.stage = any(:earlier))")
+                    " and d.verdict = 'dropped' and d.stage = any(:earlier) offset 0)")
 _DROPPED_BEFORE = ("exists (select 1 from decisions d where d.partition_id = k.partition_id and d.line_no = k.line_no"
-                   " and d.verdict = 'dropped' and d.stage = :stage)")
+                   " and d.verdict = 'dropped' and d.stage = :stage offset 0)")
 # standing rows of the partitions this pass decides (temp table `deciding`)
 _NEW_ROWS = f"""
     select k.partition_id, k.line_no, k.keys, true
@@ -150,10 +153,31 @@ def _standing(conn: Connection, run_id: str, bands: int) -> Standing:
     return _read_standing(result, bands)
 
 
-def _sharing_new_keys(conn: Connection, run_id: str, new_keys: np.ndarray, bands: int) -> None:
+def _partition_keys(conn: Connection, partition_id: str, bands: int) -> np.ndarray:
+    """(line_no, keys) of every row the partition has in `lsh_keys`, as a numpy record array straight from
+    COPY's binary format: rows of fixed width (two columns, an int8 and `bands` x 8 bytes), so no Python
+    object per row and no hex encoding of the bytea on either side."""
+    row = np.dtype([("columns", ">i2"), ("line_size", ">i4"), ("line_no", ">i8"),
+                    ("keys_size", ">i4"), ("keys", "<i8", (bands,))])    # keys as stored: little-endian
+    cursor = conn.connection.dbapi_connection.cursor()
+    try:
+        out = io.BytesIO()
+        cursor.copy_expert(cursor.mogrify("copy (select line_no, keys from lsh_keys where partition_id = %s)"
+                                          " to stdout (format binary)", (partition_id,)).decode(), out)
+    finally:
+        cursor.close()
+    data = out.getbuffer()
+    start = 19 + int.from_bytes(data[15:19], "big")  # signature (11 bytes), flags, header extension length
+    body = data[start:-2]                            # the last 2 bytes: the -1 trailer
+    rows = np.frombuffer(body, dtype=row)
+    if len(rows) and (rows["keys_size"] != bands * 8).any():
+        raise ValueError(f"lsh_keys of partition {partition_id} do not hold {bands} bands: rebuild them")
+    return rows
+
+
+def _sharing_new_keys(conn: Connection, run_id: str, new_keys: neardup.KeySet, bands: int) -> None:
     """Temp table `sharing` (partition_id, line_no): the rows of the run's old partitions (not in `deciding`)
-    with a band key in `new_keys` (sorted). Each partition's rows come as one value, line numbers and keys
-    concatenated by PostgreSQL, so the scan costs a few bytes per key and no Python object per row."""
+    with a band key in `new_keys`, found by streaming each old partition's keys past them once."""
     conn.execute(sa.text("create temp table sharing (partition_id text, line_no bigint) on commit drop"))
     if not len(new_keys):
         return
@@ -161,16 +185,9 @@ def _sharing_new_keys(conn: Connection, run_id: str, new_keys: np.ndarray, bands
         "select rp.partition_id from run_partitions rp where rp.run_id = :run"
         " and not exists (select 1 from deciding dp where dp.partition_id = rp.partition_id) order by 1"),
         {"run": run_id}).scalars().all()
-    row = np.dtype([("line_no", ">i8"), ("keys", "<i8", (bands,))])  # int8send is big-endian; keys as stored
     for partition_id in old:
-        blob = conn.execute(sa.text("select string_agg(int8send(line_no) || keys, ''::bytea) from lsh_keys"
-                                    " where partition_id = :p"), {"p": partition_id}).scalar()
-        if blob is None:
-            continue
-        rows = np.frombuffer(blob, dtype=row)
-        flat = rows["keys"].reshape(-1)
-        at = np.minimum(np.searchsorted(new_keys, flat), len(new_keys) - 1)
-        hit = (new_keys[at] == flat).reshape(len(rows), bands).any(axis=1)
+        rows = _partition_keys(conn, partition_id, bands)
+        hit = new_keys.contains(rows["keys"]).any(axis=1)
         if hit.any():
             conn.execute(sa.text("insert into sharing select :p, unnest(cast(:lines as bigint[]))"),
                          {"p": partition_id, "lines": rows["line_no"][hit].astype(np.int64).tolist()})
@@ -180,9 +197,10 @@ def _incremental_standing(conn: Connection, run_id: str, bands: int) -> Standing
     """The standing rows of the partitions this pass decides, and the standing old rows that share a band
     key with one of them: every row a candidate pair can contain, in the order `_standing` gives them."""
     conn.execute(sa.text("analyze deciding"))  # a few rows, not the planner's guess: index lookups
+    conn.execute(sa.text("set local jit = off"))  # compiling for the planner's (stats-less) cost outlasts the lookups
     params = {"earlier": EARLIER, "stage": Stage.NEAR_DEDUP.value}
     new = _read_standing(conn.execute(sa.text(_NEW_ROWS), params, execution_options=stream(50_000)), bands)
-    _sharing_new_keys(conn, run_id, np.unique(new.keys), bands)
+    _sharing_new_keys(conn, run_id, neardup.KeySet(new.keys), bands)
     conn.execute(sa.text("analyze sharing"))
     result = conn.execute(sa.text(_NEW_ROWS + " union all " + _OLD_ROWS_SHARING + " order by 1, 2"), params,
                           execution_options=stream(50_000))
