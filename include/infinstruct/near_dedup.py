@@ -16,7 +16,7 @@ Such a pass holds only the new records and the old ones sharing a band key with 
 (`_sharing_new_keys`): every old partition's keys are read once, by binary COPY straight into numpy, and
 tested against the new keys (`neardup.KeySet`), without a Python object per row; the candidate pairs are
 the same as with every standing record in memory. (An index of (key -> record) would let PostgreSQL look keys up instead, but
-it has a row per band per record: 32 M at a million records, measured 10-35x slower to write than the
+it has a row per band per record: 32 M at a million records, measured 9-36x slower to write than the
 band keys themselves, and with 1% new records x 32 bands the lookups touch most of its pages anyway.)
 
 Memory of a full pass grows with the standing records: their band keys as one numpy array (bands × 8
