@@ -2,7 +2,8 @@
 
 start_run -> plan_partitions -> ingest[partition] -> check_ingested -> apply_rules[partition]
           -> decontaminate[partition] & minhash[partition] -> deduplicate -> near_deduplicate -> semantic_deduplicate
-          -> score_records[partition] -> select_records -> check_selection -> check_release -> export_release
+          -> score_records[partition] -> select_records -> check_selection -> write_release_part[partition]
+          -> check_release -> export_release
 
 Every task is one call into `infinstruct.pipeline`; XCom carries only partition ids and counts.
 Data errors (a partition that is mostly malformed, a failed quality gate) fail the task at once
@@ -40,7 +41,8 @@ def _data_errors():
     from infinstruct.partitions import SourceError
     from infinstruct.semantic import VectorIndexError
     from infinstruct.selection import SelectionError
-    return IngestError, GateFailed, RecipeError, SourceError, VectorIndexError, SelectionError
+    from infinstruct.release_parts import ReleasePartError
+    return IngestError, GateFailed, RecipeError, SourceError, VectorIndexError, SelectionError, ReleasePartError
 
 
 def _call(step, *args):
@@ -137,6 +139,11 @@ def infinstruct_curation():
         from infinstruct import pipeline
         return _call(pipeline.check_selection, _run_id())
 
+    @task(map_index_template="{{ task.op_kwargs['partition_id'] }}")
+    def write_release_part(partition_id: str) -> dict:
+        from infinstruct import pipeline
+        return _call(pipeline.write_release_part, _run_id(), partition_id, _param_path("out_dir"))
+
     @task
     def check_release() -> dict:
         from infinstruct import pipeline
@@ -157,7 +164,9 @@ def infinstruct_curation():
     scored = score_records.expand(partition_id=partitions)
     [cleaned, keyed] >> deduplicate() >> near_deduplicate() >> semantic_deduplicate() >> scored
     # selection off in the recipe (null): score_records and select_records return at once, check_selection skips
-    scored >> select_records() >> check_selection() >> check_release() >> export_release()
+    # each partition's share of the release is written once per content; a nightly release links the rest
+    parts = write_release_part.expand(partition_id=partitions)
+    scored >> select_records() >> check_selection() >> parts >> check_release() >> export_release()
 
 
 infinstruct_curation()

@@ -107,6 +107,19 @@ def run_partition_steps(recipe_path) -> str:
     return run_id
 
 
+def publish(run_id: str, out) -> dict:
+    """The release tasks of the DAG for a run: write_release_part for every partition, check_release,
+    export_release; returns export_release's result."""
+    import sqlalchemy as sa
+    from infinstruct import pipeline
+    with pipeline.get_engine().connect() as conn:
+        parts = conn.execute(sa.text("select partition_id from run_partitions where run_id = :r"), {"r": run_id}).scalars().all()
+    for part in parts:
+        pipeline.write_release_part(run_id, part, out)
+    pipeline.check_release(run_id)
+    return pipeline.export_release(run_id, out)
+
+
 def run_record_id(engine, run_id: str, file_name: str, line: int) -> str:
     """The record id of line `line` of the file named `file_name` among the run's partitions."""
     import sqlalchemy as sa

@@ -18,13 +18,13 @@ def record_rows(engine) -> tuple[int, int]:
 def test_second_run_of_the_same_recipe_changes_nothing(airflow_home, engine, tmp_path, capsys):
     assert main(["run", "--recipe", str(SAMPLE_RECIPE), "--out", str(tmp_path)]) == 0
     first_version = (tmp_path / "sample" / "LATEST").read_text().strip()
-    first = pd.read_parquet(tmp_path / "sample" / first_version / "data.parquet")
+    first = pd.read_parquet(tmp_path / "sample" / first_version / "data")
     rows = record_rows(engine)
 
     assert main(["run", "--recipe", str(SAMPLE_RECIPE), "--out", str(tmp_path)]) == 0
     assert "release sample v" in capsys.readouterr().out
     assert (tmp_path / "sample" / "LATEST").read_text().strip() == first_version  # no new version minted
-    second = pd.read_parquet(tmp_path / "sample" / first_version / "data.parquet")
+    second = pd.read_parquet(tmp_path / "sample" / first_version / "data")
     assert second.id.tolist() == first.id.tolist()
     assert record_rows(engine) == rows and rows[0] == rows[1]  # no duplicate rows after the re-run
     manifest = json.loads((tmp_path / "sample" / first_version / "manifest.json").read_text())

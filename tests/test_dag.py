@@ -13,8 +13,8 @@ from conftest import ROOT, SAMPLE_RECIPE, write_recipe
 DAG_ID = "infinstruct_curation"
 TASKS = {"start_run", "plan_partitions", "ingest", "check_ingested", "apply_rules", "decontaminate", "minhash", "deduplicate",
          "near_deduplicate", "semantic_deduplicate", "score_records", "select_records", "check_selection",
-         "check_release", "export_release"}
-MAPPED = {"ingest", "apply_rules", "decontaminate", "minhash", "score_records"}
+         "write_release_part", "check_release", "export_release"}
+MAPPED = {"ingest", "apply_rules", "decontaminate", "minhash", "score_records", "write_release_part"}
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +41,8 @@ def test_dag_shape(dag):
     assert dag.task_dict["score_records"].upstream_task_ids == {"semantic_deduplicate", "plan_partitions"}
     assert dag.task_dict["select_records"].upstream_task_ids == {"score_records"}
     assert dag.task_dict["check_selection"].upstream_task_ids == {"select_records"}
-    assert dag.task_dict["check_release"].upstream_task_ids == {"check_selection"}
+    assert dag.task_dict["write_release_part"].upstream_task_ids == {"check_selection", "plan_partitions"}
+    assert dag.task_dict["check_release"].upstream_task_ids == {"write_release_part"}
     assert all(t.trigger_rule == "all_success" for t in dag.tasks)
     assert set(dag.params.keys()) == {"recipe", "out_dir"}
 
@@ -54,7 +55,7 @@ def test_sample_run_writes_a_release_that_adds_up(dag, tmp_path):
     release = tmp_path / "sample" / (tmp_path / "sample" / "LATEST").read_text().strip()
     manifest = json.loads((release / "manifest.json").read_text())
     ledger = pd.read_parquet(release / "ledger.parquet")
-    data = pd.read_parquet(release / "data.parquet")
+    data = pd.read_parquet(release / "data")   # one Parquet file per partition
 
     # every input line of every source is in the ledger exactly once, and the verdicts add up
     assert manifest["totals"] == {"lines": 45, "kept": 28, "dropped": 6, "quarantined": 11}
@@ -78,13 +79,15 @@ def test_sample_run_writes_a_release_that_adds_up(dag, tmp_path):
         "quarantine:no_response", "quarantine:missing_field", "quarantine:bad_role_order", "quarantine:blank_line",
         "quarantine:wrong_type", "quarantine:not_an_object"}
     # the public Infinity-Instruct record shape
-    first = json.loads((release / "data.jsonl").read_text().splitlines()[0])
-    assert set(first) == {"id", "conversations", "label", "langdetect", "source", "reward"}
-    assert {t["from"] for line in (release / "data.jsonl").read_text().splitlines()
-            for t in json.loads(line)["conversations"]} == {"system", "human", "gpt"}
+    jsonl = [json.loads(line) for path in sorted((release / "jsonl").glob("*.jsonl")) for line in path.open()]
+    assert sorted(r["id"] for r in jsonl) == sorted(data.id)
+    assert set(jsonl[0]) == {"id", "conversations", "label", "langdetect", "source", "reward"}
+    assert {t["from"] for record in jsonl for t in record["conversations"]} == {"system", "human", "gpt"}
     # real language identification: the Chinese conversation is zh, nearly all else en (short prompts are hard)
     assert "zh" in set(data.langdetect) and (data.langdetect == "en").mean() > 0.9
-    assert manifest["files"]["data.parquet"]["bytes"] == (release / "data.parquet").stat().st_size
+    for name, file in manifest["files"].items():   # every file of the release, with its size and checksum
+        assert file["bytes"] == (release / name).stat().st_size
+    assert sum(f["records"] for name, f in manifest["files"].items() if name.startswith("data/")) == 28
 
 
 def test_failed_partition_fails_the_run_and_holds_back_the_export(dag, tmp_path):
@@ -100,7 +103,7 @@ def test_failed_partition_fails_the_run_and_holds_back_the_export(dag, tmp_path)
     assert str(dag_run.state) == "failed"
     assert sorted(state for (task, _), state in result.items() if task == "ingest") == ["failed", "success"]
     for task in ("check_ingested", "deduplicate", "near_deduplicate", "semantic_deduplicate", "score_records",
-                 "select_records", "check_selection", "check_release", "export_release"):
+                 "select_records", "check_selection", "write_release_part", "check_release", "export_release"):
         assert result[(task, -1)] == "upstream_failed"
     assert not out.exists() or not any(out.rglob("manifest.json"))
 

@@ -5,8 +5,12 @@ from __future__ import annotations
 import json
 import uuid
 
-from conftest import write_jsonl, write_recipe
+import pandas as pd
+import pytest
+
+from conftest import publish, write_jsonl, write_recipe
 from infinstruct import pipeline
+from infinstruct.release_parts import ReleasePartError, sha256_file
 
 ROWS = [{"instruction": f"Task {i}?", "input": "", "output": f"Done {i}."} for i in range(4)]
 
@@ -17,8 +21,7 @@ def release(recipe, out) -> dict:
     for part in pipeline.plan(run_id):
         pipeline.ingest_partition(run_id, part)
     pipeline.deduplicate(run_id)
-    pipeline.check_release(run_id)
-    result = pipeline.export_release(run_id, out)
+    result = publish(run_id, out)
     return {**result, "manifest": json.loads((out / recipe.stem / f"v{result['version']:04d}" / "manifest.json").read_text())}
 
 
@@ -48,3 +51,56 @@ def test_versions_and_diffs(engine, tmp_path):
     assert shrunk["version"] == 4
     assert json.loads((foreign / "manifest.json").read_text()) == {"content_hash": "not-ours"}
     assert shrunk["manifest"]["diff"]["removed"] == 3
+
+
+def test_a_nightly_release_writes_only_the_new_partitions_files(engine, tmp_path):
+    """Release files are per partition: an added file's partition is written, the others are hard links to
+    the files the last release already has; the manifest checksums every file and the diff counts ids."""
+    write_jsonl(tmp_path / "a.jsonl", ROWS)
+    recipe = write_recipe(tmp_path, f"rel-{uuid.uuid4().hex[:6]}", [{"name": "a", "path": "*.jsonl", "format": "alpaca"}])
+    out = tmp_path / "out"
+    first = release(recipe, out)
+    old_files = {name for name in first["manifest"]["files"] if name != "ledger.parquet"}
+    assert {name.split("/")[0] for name in old_files} == {"data", "jsonl"}
+
+    write_jsonl(tmp_path / "b.jsonl", [{"instruction": "Task new?", "input": "", "output": "Done new."}])
+    run_id = f"export-{uuid.uuid4().hex[:8]}"
+    pipeline.start_run(run_id, recipe)
+    parts = pipeline.plan(run_id)
+    for part in parts:
+        pipeline.ingest_partition(run_id, part)
+    pipeline.deduplicate(run_id)
+    written = [pipeline.write_release_part(run_id, part, out)["written"] for part in parts]
+    assert sorted(written) == [False, True]   # only the new file's partition
+    pipeline.check_release(run_id)
+    second = pipeline.export_release(run_id, out)
+
+    v1, v2 = out / recipe.stem / "v0001", out / recipe.stem / "v0002"
+    manifest = json.loads((v2 / "manifest.json").read_text())
+    assert manifest["diff"] == {"previous_version": 1, "added": 1, "removed": 0, "unchanged": 4}
+    for name in old_files:   # the same bytes on disk, not a copy
+        assert (v2 / name).stat().st_ino == (v1 / name).stat().st_ino
+    for name, file in manifest["files"].items():
+        assert file["bytes"] == (v2 / name).stat().st_size and file["sha256"] == sha256_file(v2 / name)
+    data = pd.read_parquet(v2 / "data")
+    ledger = pd.read_parquet(v2 / "ledger.parquet")
+    assert len(data) == second["totals"]["kept"] == 5
+    assert sorted(data.id) == sorted(ledger[ledger.verdict == "kept"].record_id)
+    assert ledger.file.str.endswith("b.jsonl").sum() == 1 and len(ledger) == 5
+
+
+def test_export_refuses_parts_that_are_stale_or_not_validated(engine, tmp_path):
+    write_jsonl(tmp_path / "a.jsonl", ROWS + [ROWS[0]])
+    recipe = write_recipe(tmp_path, f"rel-{uuid.uuid4().hex[:6]}", [{"name": "a", "path": "a.jsonl", "format": "alpaca"}])
+    out = tmp_path / "out"
+    run_id = f"export-{uuid.uuid4().hex[:8]}"
+    pipeline.start_run(run_id, recipe)
+    (part,) = pipeline.plan(run_id)
+    pipeline.ingest_partition(run_id, part)
+    pipeline.write_release_part(run_id, part, out)
+    with pytest.raises(ReleasePartError, match="not validated by check_release"):
+        pipeline.export_release(run_id, out)
+    pipeline.deduplicate(run_id)   # new decisions: the part written before no longer matches
+    with pytest.raises(ReleasePartError, match="run write_release_part"):
+        pipeline.export_release(run_id, out)
+    assert not list((out / recipe.stem).glob("v0*"))   # no release without its gate

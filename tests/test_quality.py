@@ -6,9 +6,10 @@ import uuid
 import pytest
 import sqlalchemy as sa
 
-from conftest import write_jsonl, write_recipe
+from conftest import publish, run_partition_steps, write_jsonl, write_recipe
 from infinstruct import pipeline
 from infinstruct.quality import GateFailed
+from infinstruct.release_parts import ReleasePartError
 
 ROWS = [{"instruction": f"Explain idea {i}.", "input": "", "output": f"Idea {i} explained."} for i in range(6)]
 
@@ -49,10 +50,40 @@ def test_ingest_gate_fails_on_broken_role_alternation(engine, ingested):
     assert failures[0]["column"] == "role_pattern" and failures[0]["unexpected_count"] == 1 and failures[0]["sample"] == ["uu"]
 
 
-def test_release_gate_rejects_duplicate_instructions_until_deduplicated(engine, ingested):
-    run_id, _ = ingested
+def test_release_gate_rejects_duplicate_instructions_until_deduplicated(engine, ingested, tmp_path):
+    run_id, part = ingested
+    pipeline.write_release_part(run_id, part, tmp_path)
     with pytest.raises(GateFailed, match="instruction_key"):
         pipeline.check_release(run_id)
     pipeline.deduplicate(run_id)
+    with pytest.raises(ReleasePartError, match="write_release_part"):   # the part predates dedup's decisions
+        pipeline.check_release(run_id)
+    pipeline.write_release_part(run_id, part, tmp_path)
     assert pipeline.check_release(run_id)["success"] is True
     assert [success for *_, success, _ in stored_gates(engine, run_id)] == [False, True]
+
+
+def test_release_gate_checks_a_new_partition_against_the_whole_release(engine, tmp_path):
+    """A nightly release validates only the new partition's records, but each one against every released
+    record: a copy of an already released instruction that slipped past dedup fails the gate."""
+    write_jsonl(tmp_path / "a.jsonl", ROWS)
+    recipe = write_recipe(tmp_path, f"gate-{uuid.uuid4().hex[:6]}", [{"name": "a", "path": "*.jsonl", "format": "alpaca"}])
+    first = run_partition_steps(recipe)
+    pipeline.deduplicate(first)
+    publish(first, tmp_path / "out")
+
+    write_jsonl(tmp_path / "b.jsonl", [ROWS[2] | {"output": "A second answer."}, {"instruction": "A new task.", "input": "",
+                                                                                   "output": "Done."}])
+    nightly = run_partition_steps(recipe)   # no deduplicate: the copy of ROWS[2]'s instruction stays
+    for part in pipeline.plan(nightly):
+        pipeline.write_release_part(nightly, part, tmp_path / "out")
+    with pytest.raises(GateFailed, match="instruction_key_copies"):
+        pipeline.check_release(nightly)
+    [*_, (gate, scope, success, failures)] = stored_gates(engine, nightly)
+    assert (gate, scope, success) == ("release", "release: 1 new or changed of 2 parts", False)
+    assert [f["unexpected_count"] for f in failures] == [1]
+
+    pipeline.deduplicate(nightly)
+    publish(nightly, tmp_path / "out")
+    [*_, (_, scope, success, _)] = stored_gates(engine, nightly)
+    assert (scope, success) == ("release: 1 new or changed of 2 parts", True)

@@ -25,7 +25,7 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
-from conftest import SHARED_DATA, write_recipe
+from conftest import SHARED_DATA, publish, write_recipe
 from infinstruct import pipeline
 from infinstruct.select_records import _table_prefix
 
@@ -84,8 +84,7 @@ def run(recipe_path, out=None, gate=True) -> tuple[str, dict]:
     pipeline.select(run_id)
     assert pipeline.check_selection(run_id)["success"] or not gate
     if out is not None:
-        assert pipeline.check_release(run_id)["success"]
-        pipeline.export_release(run_id, out)
+        publish(run_id, out)
     return run_id, summary(run_id)
 
 

@@ -24,7 +24,7 @@ def release(airflow_home, tmp_path_factory):
     assert main(["run", "--recipe", str(RECIPE), "--out", str(out)]) == 0
     folder = out / "shared-pool" / (out / "shared-pool" / "LATEST").read_text().strip()
     return (json.loads((folder / "manifest.json").read_text()), pd.read_parquet(folder / "ledger.parquet"),
-            pd.read_parquet(folder / "data.parquet"))
+            pd.read_parquet(folder / "data"))
 
 
 def test_every_line_is_accounted_for(release):

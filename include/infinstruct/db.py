@@ -65,6 +65,15 @@ contamination = sa.Table(
 )
 
 
+def refresh_statistics(engine: Engine, *tables: str) -> None:
+    """ANALYZE tables a stage just bulk-loaded: the planner's estimates of a table it has no statistics
+    for (autovacuum lags behind bulk loads, or is off) turn index lookups into scans per row."""
+    with engine.begin() as conn:
+        for table in tables:
+            assert table.isidentifier(), table   # our own table names, never input
+            conn.execute(sa.text(f"analyze {table}"))
+
+
 def literal_sql(query: sa.Select, engine: Engine) -> str:
     """A built query as one SQL string with safely quoted literals, for tools that take SQL text (GX)."""
     return str(query.compile(dialect=engine.dialect, compile_kwargs={"literal_binds": True}))

@@ -29,11 +29,15 @@ def kept_records(run_id: str, *columns) -> sa.Select:
     return sa.select(*(columns or (records,))).where(_in_run(run_id, records.c.partition_id), ~_dropped())
 
 
-def ledger_query(run_id: str) -> sa.Select:
-    """One row per input line (LEDGER_COLUMNS), ordered by source, file and line."""
+def ledger_query(run_id: str, partition_id: str | None = None) -> sa.Select:
+    """One row per input line (LEDGER_COLUMNS) of the run, or of one of its partitions, ordered by source,
+    file and line."""
     # a line dropped by several stages is reported under the earliest stage of the pipeline
     stage_rank = sa.func.array_position(sa.literal([s.value for s in Stage], sa.ARRAY(sa.Text)), decisions.c.stage)
-    drop = (sa.select(decisions).where(decisions.c.verdict == Verdict.DROPPED.value)
+    drop = sa.select(decisions).where(decisions.c.verdict == Verdict.DROPPED.value)
+    if partition_id is not None:
+        drop = drop.where(decisions.c.partition_id == partition_id)
+    drop = (drop
             .order_by(decisions.c.partition_id, decisions.c.line_no, stage_rank)
             .distinct(decisions.c.partition_id, decisions.c.line_no).subquery("drop"))
     parsed = (
@@ -45,6 +49,8 @@ def ledger_query(run_id: str) -> sa.Select:
         .select_from(records.join(partitions, partitions.c.partition_id == records.c.partition_id)
                      .outerjoin(drop, sa.and_(drop.c.partition_id == records.c.partition_id, drop.c.line_no == records.c.line_no)))
         .where(_in_run(run_id, records.c.partition_id)))
+    if partition_id is not None:
+        parsed = parsed.where(records.c.partition_id == partition_id)
     quarantined = (
         sa.select(
             quarantine.c.source, partitions.c.path.label("file"), quarantine.c.line_no.label("line"), quarantine.c.partition_id,
@@ -53,6 +59,8 @@ def ledger_query(run_id: str) -> sa.Select:
             sa.null().label("duplicate_of"), quarantine.c.error.label("detail"), partitions.c.run_id)
         .select_from(quarantine.join(partitions, partitions.c.partition_id == quarantine.c.partition_id))
         .where(_in_run(run_id, quarantine.c.partition_id)))
+    if partition_id is not None:
+        quarantined = quarantined.where(quarantine.c.partition_id == partition_id)
     union = sa.union_all(parsed, quarantined).subquery("ledger")
     return sa.select(*(union.c[name] for name in LEDGER_COLUMNS)).order_by(union.c.source, union.c.file, union.c.line)
 

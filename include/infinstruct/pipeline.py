@@ -14,7 +14,8 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from . import cleaning, dedup, export, ingest, near_dedup, quality, record_scores, select_records, semantic_dedup
+from . import (cleaning, dedup, export, ingest, near_dedup, quality, record_scores, release_parts, select_records,
+               semantic_dedup)
 from .config import Recipe, load_recipe, recipe_hash
 from .db import get_engine
 from .partitions import plan_recipe
@@ -118,9 +119,15 @@ def check_selection(run_id: str) -> dict[str, Any]:
     return {"gate": result.gate, "success": result.success, "statistics": result.statistics}
 
 
+def write_release_part(run_id: str, partition_id: str, out_dir: str | os.PathLike) -> dict[str, Any]:
+    """The partition's share of the release (records, ledger rows, counts), unless written for this content."""
+    part = release_parts.write_part(get_engine(), run_recipe(run_id), run_id, partition_id, out_dir)
+    return {"partition_id": partition_id, "written": part["written"], **part["counts"]}
+
+
 def check_release(run_id: str) -> dict[str, Any]:
     result = quality.check_release(get_engine(), run_recipe(run_id), run_id)
-    return {"gate": result.gate, "success": result.success, "statistics": result.statistics}
+    return {"gate": result.gate, "scope": result.scope, "success": result.success, "statistics": result.statistics}
 
 
 def export_release(run_id: str, out_dir: str | os.PathLike) -> dict[str, Any]:

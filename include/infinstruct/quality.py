@@ -7,6 +7,7 @@ downstream task.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import warnings
@@ -18,8 +19,10 @@ from sqlalchemy.engine import Engine
 
 from .config import Recipe
 from .conversation import ROLE_PATTERN
-from .db import contamination, literal_sql, partitions, record_stats, records
+from .db import contamination, decisions, literal_sql, partitions, records, refresh_statistics, run_partitions
 from .ledger import kept_records
+from .reasons import Verdict
+from .release_parts import current_parts
 
 log = logging.getLogger(__name__)
 
@@ -60,20 +63,46 @@ def record_expectations(recipe: Recipe) -> list:
     ]
 
 
-def release_expectations(recipe: Recipe) -> list:
-    """The release: every record expectation, no duplicate record or instruction, no contaminated record,
-    the language mix within bounds, and not empty."""
+RELEASE_GATE_VERSION = 2   # bump when the release expectations change: every release part is validated again
+
+
+def release_gate_key(recipe: Recipe) -> str:
+    """What a release part's validation depends on besides its content: the gate's expectations and thresholds.
+    A part validated under this key is not validated again (release_parts.checked_key)."""
+    blob = json.dumps([RELEASE_GATE_VERSION, recipe.gates.model_dump(mode="json"), sorted(recipe.rules.allowed_languages)],
+                      sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def release_level_expectations(recipe: Recipe) -> list:
+    """The release as a whole: not empty, the language mix within bounds ("und": no letters to tell)."""
     import great_expectations.expectations as gxe
 
     return [
-        *record_expectations(recipe),
-        gxe.ExpectColumnValuesToBeUnique(column="record_id"),
-        gxe.ExpectColumnValuesToBeUnique(column="instruction_key"),
-        gxe.ExpectColumnValuesToBeInSet(column="contaminated", value_set=[False]),
-        gxe.ExpectColumnValuesToBeInSet(column="language", value_set=[*recipe.rules.allowed_languages, "und"],
-                                        mostly=recipe.gates.min_allowed_language_share),
-        gxe.ExpectTableRowCountToBeBetween(min_value=1),
+        gxe.ExpectColumnValuesToBeBetween(column="release_records", min_value=1),
+        gxe.ExpectColumnValuesToBeBetween(column="allowed_language_share", min_value=recipe.gates.min_allowed_language_share,
+                                          max_value=1.0),
     ]
+
+
+def release_record_expectations(recipe: Recipe, whole_release: bool) -> list:
+    """Each released record: every record expectation, not contaminated, and unique by id and instruction in
+    the release (with the whole release in the query, GX's uniqueness; with only new records in it, each
+    record's copies counted across the whole release)."""
+    import great_expectations.expectations as gxe
+
+    unique = ([gxe.ExpectColumnValuesToBeUnique(column="record_id"), gxe.ExpectColumnValuesToBeUnique(column="instruction_key")]
+              if whole_release else
+              [gxe.ExpectColumnValuesToBeBetween(column=c, min_value=1, max_value=1)
+               for c in ("record_id_copies", "instruction_key_copies")])
+    return [*record_expectations(recipe), *unique, gxe.ExpectColumnValuesToBeInSet(column="contaminated", value_set=[False])]
+
+
+def _gate_url(engine: Engine) -> str:
+    """The store's URL for GX's own engine, with JIT off: GX sends one query per expectation, and
+    PostgreSQL's JIT compiles each of them for ~1 s, more than most of them take to run."""
+    options = " ".join(filter(None, [engine.url.query.get("options"), "-c jit=off"]))
+    return engine.url.update_query_dict({"options": options}).render_as_string(hide_password=False)
 
 
 def validate_query(engine: Engine, query: sa.Select, expectations: list, name: str) -> tuple[bool, dict, list]:
@@ -85,7 +114,7 @@ def validate_query(engine: Engine, query: sa.Select, expectations: list, name: s
     context.variables.progress_bars = {"globally": False}
     with warnings.catch_warnings():  # the generic SQL datasource is deliberate: it takes any URL, Unix sockets too
         warnings.simplefilter("ignore")
-        datasource = context.data_sources.add_sql("infinstruct", connection_string=engine.url.render_as_string(hide_password=False))
+        datasource = context.data_sources.add_sql("infinstruct", connection_string=_gate_url(engine))
     try:
         batch = datasource.add_query_asset(name, query=literal_sql(query, engine)).add_batch_definition_whole_table("all").get_batch()
         suite = context.suites.add(gx.ExpectationSuite(name=name))
@@ -122,7 +151,9 @@ def run_gate(engine: Engine, run_id: str, gate: str, scope: str, query: sa.Selec
 
 def check_ingested(engine: Engine, recipe: Recipe, run_id: str) -> GateResult:
     """Gate `ingested`: the records of every partition this run ingested (unchanged partitions passed
-    when they were ingested). One validation for all of them: GX costs seconds to import per process."""
+    when they were ingested). One validation for all of them: GX costs seconds to import per process.
+    The first task after the bulk load of records: it refreshes their statistics for every stage after it."""
+    refresh_statistics(engine, "records")
     query = (sa.select(records.c.record_id, records.c.instruction_key, records.c.role_pattern, records.c.min_turn_chars,
                        records.c.total_chars)
              .join(partitions, partitions.c.partition_id == records.c.partition_id)
@@ -130,15 +161,60 @@ def check_ingested(engine: Engine, recipe: Recipe, run_id: str) -> GateResult:
     return run_gate(engine, run_id, "ingested", "partitions ingested by the run", query, record_expectations(recipe))
 
 
+def _kept(rec) -> sa.ColumnElement:
+    return ~sa.exists().where(decisions.c.partition_id == rec.c.partition_id, decisions.c.line_no == rec.c.line_no,
+                              decisions.c.verdict == Verdict.DROPPED.value)
+
+
+def _copies(run_id: str, column: str) -> sa.ScalarSelect:
+    """How many kept records of the run's release share this record's `column` (by index: records_<column>)."""
+    other = records.alias("other")
+    in_run = sa.exists().where(run_partitions.c.run_id == run_id, run_partitions.c.partition_id == other.c.partition_id)
+    return (sa.select(sa.func.count()).select_from(other)
+            .where(other.c[column] == records.c[column], in_run, _kept(other)).scalar_subquery())
+
+
 def check_release(engine: Engine, recipe: Recipe, run_id: str) -> GateResult:
-    """Gate `release`: the kept set that export is about to write."""
-    contaminated = sa.exists().where(contamination.c.partition_id == records.c.partition_id,
-                                     contamination.c.line_no == records.c.line_no)
-    query = kept_records(run_id, records.c.record_id, records.c.instruction_key, records.c.role_pattern,
-                         records.c.min_turn_chars, records.c.total_chars, contaminated.label("contaminated"),
-                         record_stats.c.stats["record_language"].astext.label("language"),
-                         ).select_from(records.outerjoin(record_stats, record_stats.c.record_id == records.c.record_id))
-    return run_gate(engine, run_id, "release", "release", query, release_expectations(recipe))
+    """Gate `release`: the release export is about to put together from the run's release parts.
+
+    The records of every part the gate has not validated before (under the same expectations) are checked:
+    all of them on a first release, on a nightly one only the new or changed partitions' records, each
+    counted against the whole release by id and by instruction. The release as a whole (not empty, the
+    language mix) is checked from the parts' counts. A part that passes is marked validated."""
+    key = release_gate_key(recipe)
+    refresh_statistics(engine, "decisions")   # every stage added some: plan the anti-joins on real counts
+    with engine.connect() as conn:
+        parts = current_parts(conn, recipe, run_id)
+    to_check = [p["partition_id"] for p in parts if p["checked_key"] != key]
+    after = [row for p in parts for row in p["summary"]["composition"] if not row[3]]   # released: not not_selected
+    released = sum(row[4] for row in after)
+    allowed = {*recipe.rules.allowed_languages, "und"}
+    share = sum(row[4] for row in after if row[2] in allowed) / released if released else 0.0
+    release_columns = (sa.literal(released, sa.BigInteger).label("release_records"),
+                       sa.literal(share, sa.Float).label("allowed_language_share"))
+    expectations = release_level_expectations(recipe)
+    if to_check:
+        whole = len(to_check) == len(parts)
+        contaminated = sa.exists().where(contamination.c.partition_id == records.c.partition_id,
+                                         contamination.c.line_no == records.c.line_no)
+        copies = () if whole else (_copies(run_id, "record_id").label("record_id_copies"),
+                                   _copies(run_id, "instruction_key").label("instruction_key_copies"))
+        query = kept_records(run_id, records.c.record_id, records.c.instruction_key, records.c.role_pattern,
+                             records.c.min_turn_chars, records.c.total_chars, contaminated.label("contaminated"),
+                             *copies, *release_columns)
+        if not whole:
+            query = query.where(records.c.partition_id.in_(to_check))
+        expectations += release_record_expectations(recipe, whole)
+        scope = "release" if whole else f"release: {len(to_check)} new or changed of {len(parts)} parts"
+    else:
+        query, scope = sa.select(*release_columns), f"release: all {len(parts)} parts validated before"
+    result = run_gate(engine, run_id, "release", scope, query, expectations)
+    with engine.begin() as conn:
+        conn.execute(sa.text("update release_parts set checked_key = :k where dataset = :d and partition_id = any(:ps)"
+                             " and fingerprint = any(:fs)"),
+                     {"k": key, "d": recipe.name, "ps": to_check,
+                      "fs": [p["fingerprint"] for p in parts if p["partition_id"] in to_check]})
+    return result
 
 
 def check_selection(engine: Engine, recipe: Recipe, run_id: str) -> GateResult | None:
