@@ -370,14 +370,20 @@ REFUSAL_PHRASES: tuple[str, ...] = (  # the commonest wordings, reported by thes
 )
 
 
+_PHRASE_MARKERS = ("as a", "i'm", "i am", "i can", "not appropriate", "openai", "作为", "我")
+assert all(any(marker in phrase for marker in _PHRASE_MARKERS) for phrase in REFUSAL_PHRASES), \
+    "every refusal phrase must contain one of _PHRASE_MARKERS (the cheap test that no phrase is present)"
+
+
 def refusal_phrase(text: str) -> str:
     """The refusal boilerplate that opens `text` (lower-cased, ’ read as '): the first `REFUSAL_PHRASES`
     entry in its opening `REFUSAL_WINDOW` characters, else the first match of the grammar above there,
     whitespace collapsed, with its lead-in ("unfortunately, i am not able to help"); "" if none."""
     opening = text[:REFUSAL_WINDOW].lower().replace("’", "'")
-    phrase = next((phrase for phrase in REFUSAL_PHRASES if phrase in opening), "")
-    if phrase:
-        return phrase  # the stable names of the common wordings, as stored since STATS_VERSION 1
+    if any(marker in opening for marker in _PHRASE_MARKERS):  # 8 substring tests rule out all 45 phrases
+        phrase = next((phrase for phrase in REFUSAL_PHRASES if phrase in opening), "")
+        if phrase:
+            return phrase  # the stable names of the common wordings, as stored since STATS_VERSION 1
     # substring gates first: the regexes cost ~10x more than `in` on the typical answer that has no refusal
     found = _AI_SPEAKER.search(opening) if any(word in opening for word in _AI_SPEAKER_WORDS) else None
     if not opening.isascii() and "我" in opening:
