@@ -18,9 +18,10 @@ What it does (everything under bench/out/cleaning_n<N>/, gitignored):
 3. In a throwaway embedded PostgreSQL (pgserver, temporary folder, removed on exit), one full run of
    the steps the Airflow tasks call, without Airflow, each timed on its own: `pipeline.start_run`,
    `plan`; then for all partitions `ingest_partition`, `check_partition` (GX gate), `apply_rules`,
-   `decontaminate` in a 'spawn' pool of 2 worker processes (one partition id per call, all partitions
-   of one step before the next step, as Airflow's mapped tasks run them); then `deduplicate`,
-   `near_deduplicate`, `check_release`, `export_release` in the main process. Where the library has
+   `decontaminate`, `minhash` in a 'spawn' pool of 2 worker processes (one partition id per call, all
+   partitions of one step before the next step, as Airflow's mapped tasks run them); then `deduplicate`,
+   `near_deduplicate` in the main process, `write_release_part` in the pool, and `check_release`,
+   `export_release` in the main process. Where the library has
    `check_ingested(run_id)` (one gate task over the run) instead of the mapped `check_partition`, that
    is called in the main process between ingest and the rules, as the DAG does. A mapped call that
    PostgreSQL aborts as a deadlock victim is retried (at most twice, as the DAG's task retries), and
@@ -69,7 +70,6 @@ BENCHMARK_ITEMS = 200
 INCREMENT = 0.01
 WORKERS = 2
 RETRIES = 2  # the DAG's default_args retries
-FINAL_STEPS = ("deduplicate", "near_deduplicate", "check_release", "export_release")
 GATES = ("check_partition", "check_ingested", "check_release")
 WRAPPERS = (
     ("Answer the following question.", "Show your reasoning step by step."),
@@ -330,7 +330,7 @@ def _is_deadlock(exc: BaseException) -> bool:
     return getattr(getattr(exc, "orig", None), "pgcode", None) == "40P01"  # PostgreSQL deadlock_detected
 
 
-def worker_call(step: str, run_id: str, partition_id: str) -> dict[str, Any]:
+def worker_call(step: str, run_id: str, partition_id: str, *more: str) -> dict[str, Any]:
     """One mapped task: the pipeline function for one partition id, timed and with its peak RSS.
 
     A call that PostgreSQL aborts as a deadlock victim is retried at once, up to RETRIES times, as the
@@ -344,7 +344,7 @@ def worker_call(step: str, run_id: str, partition_id: str) -> dict[str, Any]:
     while True:
         attempt = time.monotonic()
         try:
-            result = getattr(pipeline, step)(run_id, partition_id)
+            result = getattr(pipeline, step)(run_id, partition_id, *more)
             break
         except Exception as exc:
             if len(retries) >= RETRIES or not _is_deadlock(exc):
@@ -364,8 +364,9 @@ def step_plan() -> list[tuple[str, bool]]:
 
     gate = ("check_partition", True) if hasattr(pipeline, "check_partition") else ("check_ingested", False)
     keys = [("minhash", True)] if hasattr(pipeline, "minhash") else []   # mapped LSH keys, where the library has them
+    parts = [("write_release_part", True)] if hasattr(pipeline, "write_release_part") else []   # mapped release parts
     return [("ingest_partition", True), gate, ("apply_rules", True), ("decontaminate", True), *keys,
-            *((name, False) for name in FINAL_STEPS)]
+            ("deduplicate", False), ("near_deduplicate", False), *parts, ("check_release", False), ("export_release", False)]
 
 
 def run_pipeline(label: str, recipe_path: Path, out_dir: Path, sampler: Sampler) -> dict[str, Any]:
@@ -400,7 +401,8 @@ def run_pipeline(label: str, recipe_path: Path, out_dir: Path, sampler: Sampler)
     try:
         for i, (name, mapped) in enumerate(plan):
             if mapped:
-                calls = main_step(name, lambda: pool.starmap(worker_call, [(name, run_id, p) for p in partition_ids],
+                more = (str(out_dir),) if name == "write_release_part" else ()
+                calls = main_step(name, lambda: pool.starmap(worker_call, [(name, run_id, p, *more) for p in partition_ids],
                                                              chunksize=1))
                 steps[name].update({
                     "mapped": True, "calls": [{k: v for k, v in c.items() if k != "result"} for c in calls],
@@ -443,7 +445,8 @@ STEP_LABELS = {
     "check_ingested": "`check_ingested` GX gate (one task over the run)",
     "apply_rules": "`apply_rules` ×P (2 workers)", "decontaminate": "`decontaminate` ×P (2 workers)",
     "minhash": "`minhash` ×P (2 workers)",
-    "deduplicate": "`deduplicate`", "near_deduplicate": "`near_deduplicate`", "check_release": "`check_release` GX gate",
+    "deduplicate": "`deduplicate`", "near_deduplicate": "`near_deduplicate`",
+    "write_release_part": "`write_release_part` ×P (2 workers)", "check_release": "`check_release` GX gate",
     "export_release": "`export_release`",
 }
 
@@ -583,8 +586,14 @@ def summarise_did(full: dict, inc: dict) -> dict[str, str]:
     nd = r["near_deduplicate"]
     did["near_deduplicate"] = (f"keys for {nd.get('keys_computed_for_partitions')} partition(s), {nd.get('decided', 0):,} new "
                                f"of {nd.get('standing', 0):,} standing records decided")
-    did["check_release"] = "whole release validated"
-    did["export_release"] = f"whole release written again (v{r['export_release']['version']:04d})"
+    if "write_release_part" in r:
+        did["write_release_part"] = f"{sum(1 for x in r['write_release_part'] if x.get('written'))} of " \
+                                    f"{len(r['write_release_part'])} parts written, the others unchanged"
+        did["check_release"] = r["check_release"].get("scope", "")
+        did["export_release"] = f"release v{r['export_release']['version']:04d} put together from the parts"
+    else:
+        did["check_release"] = "whole release validated"
+        did["export_release"] = f"whole release written again (v{r['export_release']['version']:04d})"
     did["plan"] = f"{inc['partitions']} partitions (reads and checksums every file)"
     return did
 

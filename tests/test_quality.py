@@ -87,3 +87,36 @@ def test_release_gate_checks_a_new_partition_against_the_whole_release(engine, t
     publish(nightly, tmp_path / "out")
     [*_, (_, scope, success, _)] = stored_gates(engine, nightly)
     assert (scope, success) == ("release: 1 new or changed of 2 parts", True)
+
+
+NEAR = [{"instruction": "Write a short story about a lighthouse keeper who finds a message in a bottle on the shore.",
+         "input": "", "output": "The keeper read it twice."},
+        {"instruction": "Write a short story about a lighthouse keeper who finds a message in a bottle on the shore today.",
+         "input": "", "output": "He kept the bottle."}]
+
+
+def test_release_gate_bounds_the_near_duplicates_left_in_the_release(engine, tmp_path):
+    """The gate re-derives near-duplicate pairs over the release from the stored LSH band keys: a pair that
+    near_deduplicate never saw fails it; after the stage dropped one of the two, the release passes."""
+    write_jsonl(tmp_path / "a.jsonl", ROWS + NEAR)
+    recipe = write_recipe(tmp_path, f"gate-{uuid.uuid4().hex[:6]}", [{"name": "a", "path": "a.jsonl", "format": "alpaca"}],
+                          semantic_dedup=None)
+    run_id = run_partition_steps(recipe)
+    (part,) = pipeline.plan(run_id)
+    pipeline.minhash(run_id, part)
+    pipeline.deduplicate(run_id)
+    pipeline.write_release_part(run_id, part, tmp_path / "out")
+    with pytest.raises(GateFailed, match="near_duplicate_share"):
+        pipeline.check_release(run_id)
+    [*_, (_, _, _, failures)] = stored_gates(engine, run_id)
+    with engine.connect() as conn:
+        audit = conn.execute(sa.text("select statistics->'near_duplicates' from gate_results where run_id = :r"),
+                             {"r": run_id}).scalar()
+    assert (audit["audited"], audit["with_near_duplicate"]) == (8, 2) and len(audit["examples"]) == 2
+
+    pipeline.near_deduplicate(run_id)
+    publish(run_id, tmp_path / "out")
+    with engine.connect() as conn:
+        audit = conn.execute(sa.text("select statistics->'near_duplicates' from gate_results where run_id = :r"
+                                     " and success"), {"r": run_id}).scalar()
+    assert (audit["audited"], audit["with_near_duplicate"]) == (7, 0)

@@ -70,6 +70,11 @@ class GateSettings(Strict):
     # share of released records whose instruction language is allowed (or undetermined, e.g. code);
     # the rest are records the language rule was too unsure about to drop
     min_allowed_language_share: float = Field(0.95, ge=0, le=1)
+    # share of the audited released records with a near-duplicate in the release (MinHash LSH, confirmed as
+    # near_deduplicate confirms pairs): what the dedup stages let through, templates that differ in an
+    # essential word aside; audited: the records of new release parts, at most `near_duplicate_sample`
+    max_near_duplicate_share: float = Field(0.01, ge=0, le=1)
+    near_duplicate_sample: int = Field(20_000, ge=1)
 
 
 class DecontamSettings(Strict):

@@ -22,6 +22,7 @@ from .conversation import ROLE_PATTERN
 from .db import contamination, decisions, literal_sql, partitions, records, refresh_statistics, run_partitions
 from .ledger import kept_records
 from .reasons import Verdict
+from . import near_dup_audit
 from .release_parts import current_parts
 
 log = logging.getLogger(__name__)
@@ -75,13 +76,16 @@ def release_gate_key(recipe: Recipe) -> str:
 
 
 def release_level_expectations(recipe: Recipe) -> list:
-    """The release as a whole: not empty, the language mix within bounds ("und": no letters to tell)."""
+    """The release as a whole: not empty, the language mix within bounds ("und": no letters to tell), and few
+    of the audited records with a near-duplicate left in it (near_dup_audit)."""
     import great_expectations.expectations as gxe
 
     return [
         gxe.ExpectColumnValuesToBeBetween(column="release_records", min_value=1),
         gxe.ExpectColumnValuesToBeBetween(column="allowed_language_share", min_value=recipe.gates.min_allowed_language_share,
                                           max_value=1.0),
+        gxe.ExpectColumnValuesToBeBetween(column="near_duplicate_share", min_value=0.0,
+                                          max_value=recipe.gates.max_near_duplicate_share),
     ]
 
 
@@ -133,9 +137,12 @@ def validate_query(engine: Engine, query: sa.Select, expectations: list, name: s
     return bool(result["success"]), result["statistics"], failures
 
 
-def run_gate(engine: Engine, run_id: str, gate: str, scope: str, query: sa.Select, expectations: list) -> GateResult:
-    """Validate, store the result, and raise GateFailed if it failed."""
+def run_gate(engine: Engine, run_id: str, gate: str, scope: str, query: sa.Select, expectations: list,
+             measured: dict | None = None) -> GateResult:
+    """Validate, store the result (with what the gate `measured` outside GX, beside GX's statistics), and
+    raise GateFailed if it failed."""
     success, statistics, failures = validate_query(engine, query, expectations, gate)
+    statistics = {**statistics, **(measured or {})}
     result = GateResult(gate, scope, success, statistics, failures)
     with engine.begin() as conn:
         conn.execute(sa.text(
@@ -190,8 +197,10 @@ def check_release(engine: Engine, recipe: Recipe, run_id: str) -> GateResult:
     released = sum(row[4] for row in after)
     allowed = {*recipe.rules.allowed_languages, "und"}
     share = sum(row[4] for row in after if row[2] in allowed) / released if released else 0.0
+    near = near_dup_audit.audit(engine, recipe, run_id, to_check)
     release_columns = (sa.literal(released, sa.BigInteger).label("release_records"),
-                       sa.literal(share, sa.Float).label("allowed_language_share"))
+                       sa.literal(share, sa.Float).label("allowed_language_share"),
+                       sa.literal(near.share, sa.Float).label("near_duplicate_share"))
     expectations = release_level_expectations(recipe)
     if to_check:
         whole = len(to_check) == len(parts)
@@ -208,7 +217,7 @@ def check_release(engine: Engine, recipe: Recipe, run_id: str) -> GateResult:
         scope = "release" if whole else f"release: {len(to_check)} new or changed of {len(parts)} parts"
     else:
         query, scope = sa.select(*release_columns), f"release: all {len(parts)} parts validated before"
-    result = run_gate(engine, run_id, "release", scope, query, expectations)
+    result = run_gate(engine, run_id, "release", scope, query, expectations, {"near_duplicates": near.as_dict()})
     with engine.begin() as conn:
         conn.execute(sa.text("update release_parts set checked_key = :k where dataset = :d and partition_id = any(:ps)"
                              " and fingerprint = any(:fs)"),
