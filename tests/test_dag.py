@@ -88,6 +88,11 @@ def test_sample_run_writes_a_release_that_adds_up(dag, tmp_path):
     for name, file in manifest["files"].items():   # every file of the release, with its size and checksum
         assert file["bytes"] == (release / name).stat().st_size
     assert sum(f["records"] for name, f in manifest["files"].items() if name.startswith("data/")) == 28
+    # the dataset card: Hugging Face's header pointing at the Parquet files, and the numbers of the manifest
+    card = (release / "README.md").read_text()
+    assert card.startswith("---\nconfigs:\n- config_name: default\n  data_files: data/*.parquet\n")
+    assert "**28 records** released of 45 input lines" in card and "| `tasks` | 17 |" in card
+    assert "| `near_dedup` | `near_duplicate` | 1 |" in card
 
 
 def test_failed_partition_fails_the_run_and_holds_back_the_export(dag, tmp_path):
@@ -127,3 +132,5 @@ def test_sample_run_with_a_selection_ledgers_what_it_leaves_out(dag, tmp_path):
     mix = manifest["composition"]
     assert mix["before"]["total"] == manifest["totals"]["kept"] + len(left_out) and mix["after"]["total"] == manifest["totals"]["kept"]
     assert {"math", "code", "knowledge"} >= {d for d, e in mix["after"]["domain"].items() if d != "chat"}
+    card = (release / "README.md").read_text()
+    assert "## Composition" in card and f"| `chat` | {mix['before']['domain']['chat']['count']} |" in card

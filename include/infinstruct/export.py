@@ -7,6 +7,7 @@
         ledger.parquet                      one row per input line: why it is, or is not, in the release
         manifest.json                       counts per source / stage / reason, composition, recipe hash, run id,
                                             checksums of every file, parts, diff to the last release
+        README.md                           the dataset card, laid out from the manifest (card.py)
     <out>/<dataset>/LATEST   the newest version's folder name
 
 The record files are the partitions' release parts (release_parts.py), hard-linked: a nightly release
@@ -30,6 +31,7 @@ import pyarrow.parquet as pq
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from . import card
 from .composition import composition, selection_summary
 from .config import Recipe, recipe_hash
 from .quality import release_gate_key
@@ -175,6 +177,7 @@ def export_release(engine: Engine, recipe: Recipe, run_id: str, out_dir: str | o
                       for p in parts},
         }
         (staging / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        (staging / "README.md").write_text(card.render(manifest))
         shutil.rmtree(folder, ignore_errors=True)
         staging.rename(folder)
         (dataset_dir / "LATEST").write_text(folder.name + "\n")
