@@ -187,17 +187,3 @@ def test_forced_reingest_redoes_the_later_stages(engine, tmp_path):
     ingest_partition(get_engine(), pipeline.run_recipe(run_id), run_id, part, force=True)  # drops its decisions
     again = pipeline.apply_rules(run_id, part)
     assert again["skipped"] is False and again["dropped"] == 1
-
-
-def test_statistics_are_refreshed_after_a_bulk_load_as_autovacuum_would(engine):
-    """Never analyzed, or more than 10% of the rows new: ANALYZE now (the planner needs real counts right
-    after a bulk load); a nightly 1% more: leave it."""
-    from infinstruct.db import refresh_statistics
-    with engine.begin() as conn:
-        conn.execute(sa.text("create table bulk (n int); insert into bulk select generate_series(1, 1000)"))
-    assert refresh_statistics(engine, "bulk", 1000) is True
-    assert refresh_statistics(engine, "bulk", 10) is False
-    assert refresh_statistics(engine, "bulk", 150) is True
-    with engine.begin() as conn:
-        assert conn.execute(sa.text("select reltuples from pg_class where relname = 'bulk'")).scalar() == 1000
-        conn.execute(sa.text("drop table bulk"))

@@ -65,18 +65,13 @@ contamination = sa.Table(
 )
 
 
-def refresh_statistics(engine: Engine, table: str, changed_rows: int) -> bool:
-    """ANALYZE a table a stage just bulk-loaded `changed_rows` into, when autovacuum would: never analyzed,
-    or more than 10% of its rows changed. Without it (autovacuum lags behind bulk loads, or is off) the
-    planner's estimates turn index lookups into scans per row; on every run, a nightly run would re-sample
-    a million rows for its 1% new ones. (The caller counts the changed rows: pg_stat's counters lag.)"""
-    assert table.isidentifier(), table   # our own table names, never input
+def refresh_statistics(engine: Engine, *tables: str) -> None:
+    """ANALYZE tables a stage just bulk-loaded: the planner's estimates of a table it has no statistics
+    for (autovacuum lags behind bulk loads, or is off) turn index lookups into scans per row."""
     with engine.begin() as conn:
-        analyzed = conn.execute(sa.text("select reltuples from pg_class where oid = cast(:t as regclass)"), {"t": table}).scalar()
-        if analyzed < 0 or changed_rows > 0.1 * analyzed:   # reltuples -1: never analyzed or vacuumed
+        for table in tables:
+            assert table.isidentifier(), table   # our own table names, never input
             conn.execute(sa.text(f"analyze {table}"))
-            return True
-    return False
 
 
 def literal_sql(query: sa.Select, engine: Engine) -> str:

@@ -160,10 +160,7 @@ def check_ingested(engine: Engine, recipe: Recipe, run_id: str) -> GateResult:
     """Gate `ingested`: the records of every partition this run ingested (unchanged partitions passed
     when they were ingested). One validation for all of them: GX costs seconds to import per process.
     The first task after the bulk load of records: it refreshes their statistics for every stage after it."""
-    with engine.connect() as conn:
-        ingested = conn.execute(sa.text("select coalesce(sum(records), 0) from partitions where run_id = :r"),
-                                {"r": run_id}).scalar()
-    refresh_statistics(engine, "records", ingested)
+    refresh_statistics(engine, "records")
     query = (sa.select(records.c.record_id, records.c.instruction_key, records.c.role_pattern, records.c.min_turn_chars,
                        records.c.total_chars)
              .join(partitions, partitions.c.partition_id == records.c.partition_id)
@@ -192,9 +189,7 @@ def check_release(engine: Engine, recipe: Recipe, run_id: str) -> GateResult:
     counted against the whole release by id and by instruction. The release as a whole (not empty, the
     language mix) is checked from the parts' counts. A part that passes is marked validated."""
     key = release_gate_key(recipe)
-    with engine.connect() as conn:   # every stage of the run added some: plan the anti-joins on real counts
-        decided = conn.execute(sa.text("select count(*) from decisions where run_id = :r"), {"r": run_id}).scalar()
-    refresh_statistics(engine, "decisions", decided)
+    refresh_statistics(engine, "decisions")   # every stage added some: plan the anti-joins on real counts
     with engine.connect() as conn:
         parts = current_parts(conn, recipe, run_id)
     to_check = [p["partition_id"] for p in parts if p["checked_key"] != key]
