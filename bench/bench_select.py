@@ -42,6 +42,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "include"))
 sys.path.insert(0, str(ROOT / "bench"))
+from benchlib import table  # noqa: E402
 DATA = ROOT.parent / "shared" / "data" / "pool"
 SHARES = {"knowledge": 0.4, "math": 0.3, "code": 0.2, "chat": 0.1}
 
@@ -173,14 +174,6 @@ def agreement(engine, stored: int, queries: int, dim: int, threshold: float = 0.
                  f"{stored_hit:,}", f"{same / queries:.4f}", f"{len(sel_a & sel_e) / max(1, len(sel_e)):.4f}",
                  f"{len(sel_a):,} vs {len(sel_e):,}"])
     return rows
-
-
-def table(header: list[str], rows: list[list]) -> None:
-    print("| " + " | ".join(header) + " |")
-    print("|" + "|".join(" ---: " if i else " --- " for i in range(len(header))) + "|")
-    for row in rows:
-        print("| " + " | ".join(f"{x:,}" if isinstance(x, int) else str(x) for x in row) + " |")
-    print()
 
 
 SETTINGS = None

@@ -40,6 +40,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "include"))
+sys.path.insert(0, str(ROOT / "bench"))
+from benchlib import table  # noqa: E402
 DATA = ROOT.parent / "shared" / "data"
 
 
@@ -70,14 +72,6 @@ def machine() -> str:
     load = " / ".join(f"{x:.2f}" for x in os.getloadavg())
     return (f"{len(os.sched_getaffinity(0))} CPUs ({cpu}); load average at start {load}; "
             f"Python {platform.python_version()}, numpy {np.__version__}")
-
-
-def table(header: list[str], rows: list[list]) -> None:
-    print("| " + " | ".join(header) + " |")
-    print("|" + "|".join(" ---: " if i else " --- " for i in range(len(header))) + "|")
-    for row in rows:
-        print("| " + " | ".join(f"{x:,}" if isinstance(x, int) else str(x) for x in row) + " |")
-    print()
 
 
 # --- scoring -----------------------------------------------------------------------------------

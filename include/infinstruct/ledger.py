@@ -15,18 +15,20 @@ LEDGER_COLUMNS = ("source", "file", "line", "partition_id", "record_id", "verdic
                   "duplicate_of", "detail", "run_id")
 
 
-def _in_run(run_id: str, partition_col):
+def in_run(run_id: str, partition_col):
+    """The partition (column) is one of the run's."""
     return sa.exists().where(run_partitions.c.run_id == run_id, run_partitions.c.partition_id == partition_col)
 
 
-def _dropped(rec=records):
+def dropped(rec=records):
+    """Some stage dropped the record line (of `records` or an alias of it)."""
     return sa.exists().where(decisions.c.partition_id == rec.c.partition_id, decisions.c.line_no == rec.c.line_no,
                              decisions.c.verdict == Verdict.DROPPED.value)
 
 
 def kept_records(run_id: str, *columns) -> sa.Select:
     """Records of the run's partitions that no stage dropped."""
-    return sa.select(*(columns or (records,))).where(_in_run(run_id, records.c.partition_id), ~_dropped())
+    return sa.select(*(columns or (records,))).where(in_run(run_id, records.c.partition_id), ~dropped())
 
 
 def ledger_query(run_id: str, partition_id: str | None = None) -> sa.Select:
@@ -48,7 +50,7 @@ def ledger_query(run_id: str, partition_id: str | None = None) -> sa.Select:
             drop.c.stage, drop.c.reason, drop.c.score, drop.c.duplicate_of, drop.c.detail, drop.c.run_id)
         .select_from(records.join(partitions, partitions.c.partition_id == records.c.partition_id)
                      .outerjoin(drop, sa.and_(drop.c.partition_id == records.c.partition_id, drop.c.line_no == records.c.line_no)))
-        .where(_in_run(run_id, records.c.partition_id)))
+        .where(in_run(run_id, records.c.partition_id)))
     if partition_id is not None:
         parsed = parsed.where(records.c.partition_id == partition_id)
     quarantined = (
@@ -58,7 +60,7 @@ def ledger_query(run_id: str, partition_id: str | None = None) -> sa.Select:
             sa.literal(Stage.INGEST.value).label("stage"), quarantine.c.reason, sa.null().label("score"),
             sa.null().label("duplicate_of"), quarantine.c.error.label("detail"), partitions.c.run_id)
         .select_from(quarantine.join(partitions, partitions.c.partition_id == quarantine.c.partition_id))
-        .where(_in_run(run_id, quarantine.c.partition_id)))
+        .where(in_run(run_id, quarantine.c.partition_id)))
     if partition_id is not None:
         quarantined = quarantined.where(quarantine.c.partition_id == partition_id)
     union = sa.union_all(parsed, quarantined).subquery("ledger")

@@ -153,7 +153,7 @@ def _standing(conn: Connection, run_id: str, bands: int) -> Standing:
     return _read_standing(result, bands)
 
 
-def _partition_keys(conn: Connection, partition_id: str, bands: int) -> np.ndarray:
+def partition_keys(conn: Connection, partition_id: str, bands: int) -> np.ndarray:
     """(line_no, keys) of every row the partition has in `lsh_keys`, as a numpy record array straight from
     COPY's binary format: rows of fixed width (two columns, an int8 and `bands` x 8 bytes), so no Python
     object per row and no hex encoding of the bytea on either side."""
@@ -186,7 +186,7 @@ def _sharing_new_keys(conn: Connection, run_id: str, new_keys: neardup.KeySet, b
         " and not exists (select 1 from deciding dp where dp.partition_id = rp.partition_id) order by 1"),
         {"run": run_id}).scalars().all()
     for partition_id in old:
-        rows = _partition_keys(conn, partition_id, bands)
+        rows = partition_keys(conn, partition_id, bands)
         hit = new_keys.contains(rows["keys"]).any(axis=1)
         if hit.any():
             conn.execute(sa.text("insert into sharing select :p, unnest(cast(:lines as bigint[]))"),

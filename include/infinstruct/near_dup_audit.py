@@ -23,7 +23,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from . import neardup
 from .config import Recipe
-from .near_dedup import _partition_keys, instruction_text
+from .near_dedup import partition_keys, instruction_text
 from .reasons import Verdict
 
 
@@ -45,7 +45,7 @@ class Audit:
 
 def _released_rows(conn: Connection, partition_id: str, bands: int) -> np.ndarray:
     """The partition's `lsh_keys` rows (line_no, keys) of records no stage dropped."""
-    rows = _partition_keys(conn, partition_id, bands)
+    rows = partition_keys(conn, partition_id, bands)
     dropped = np.fromiter(conn.execute(sa.text(
         "select distinct line_no from decisions where partition_id = :p and verdict = :dropped"),
         {"p": partition_id, "dropped": Verdict.DROPPED.value}).scalars(), dtype=np.int64)

@@ -17,12 +17,11 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from . import near_dup_audit
 from .config import Recipe
 from .conversation import ROLE_PATTERN
-from .db import contamination, decisions, literal_sql, partitions, records, refresh_statistics, run_partitions
-from .ledger import kept_records
-from .reasons import Verdict
-from . import near_dup_audit
+from .db import contamination, literal_sql, partitions, records, refresh_statistics
+from .ledger import dropped, in_run, kept_records
 from .release_parts import current_parts
 
 log = logging.getLogger(__name__)
@@ -168,17 +167,12 @@ def check_ingested(engine: Engine, recipe: Recipe, run_id: str) -> GateResult:
     return run_gate(engine, run_id, "ingested", "partitions ingested by the run", query, record_expectations(recipe))
 
 
-def _kept(rec) -> sa.ColumnElement:
-    return ~sa.exists().where(decisions.c.partition_id == rec.c.partition_id, decisions.c.line_no == rec.c.line_no,
-                              decisions.c.verdict == Verdict.DROPPED.value)
-
-
 def _copies(run_id: str, column: str) -> sa.ScalarSelect:
     """How many kept records of the run's release share this record's `column` (by index: records_<column>)."""
     other = records.alias("other")
-    in_run = sa.exists().where(run_partitions.c.run_id == run_id, run_partitions.c.partition_id == other.c.partition_id)
     return (sa.select(sa.func.count()).select_from(other)
-            .where(other.c[column] == records.c[column], in_run, _kept(other)).scalar_subquery())
+            .where(other.c[column] == records.c[column], in_run(run_id, other.c.partition_id), ~dropped(other))
+            .scalar_subquery())
 
 
 def check_release(engine: Engine, recipe: Recipe, run_id: str) -> GateResult:
