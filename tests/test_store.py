@@ -5,13 +5,15 @@ checks what is in the store.
 """
 from __future__ import annotations
 
+import os
+import time
 import uuid
 
 import pytest
 import sqlalchemy as sa
 
 from conftest import write_jsonl, write_recipe
-from infinstruct import pipeline
+from infinstruct import partitions, pipeline
 from infinstruct.ingest import IngestError
 from infinstruct.ledger import accounting
 
@@ -85,6 +87,43 @@ def test_changed_file_is_reingested_and_new_tail_added(engine, tmp_path):
     assert [r["skipped"] for r in results] == [True, False, False]
     pipeline.deduplicate(run_id)
     assert accounting(engine, run_id)["a"] == {"lines": 10, "kept": 10, "dropped": 0, "quarantined": 0}
+
+
+def age(path, seconds: float = 60) -> None:
+    """Set the file's mtime in the past, as a file written before yesterday's run has it."""
+    past = time.time() - seconds
+    os.utime(path, (past, past))
+
+
+def test_a_plan_reads_only_files_changed_since_their_last_scan(engine, tmp_path, monkeypatch):
+    old, new = write_jsonl(tmp_path / "a.jsonl", GOOD[:6]), write_jsonl(tmp_path / "b.jsonl", GOOD[6:])
+    age(old)
+    recipe = write_recipe(tmp_path, f"stat-{uuid.uuid4().hex[:6]}", [{"name": "a", "path": "*.jsonl", "format": "alpaca"}],
+                          ingest={"shard_lines": 4})
+    ingest_all(start(recipe))
+    read = []
+    monkeypatch.setattr(partitions, "scan_file", lambda *args, real=partitions.scan_file: read.append(args[1]) or real(*args))
+
+    assert len(pipeline.plan(start(recipe))) == 3
+    assert read == [str(new)], "b.jsonl was written just now (racy): read again; a.jsonl is not"
+
+    # same size, mtime put back: the ctime still tells; the new checksum re-ingests the shard
+    stamp = os.stat(old).st_mtime_ns
+    old.write_text(old.read_text().replace("Answer 0.", "Answer 9."))
+    os.utime(old, ns=(stamp, stamp))
+    read.clear()
+    run_id = start(recipe)
+    results = ingest_all(run_id)
+    assert str(old) in read
+    assert [r["skipped"] for r in results] == [False, True, True], "a.jsonl's first shard changed, nothing else"
+
+
+def test_a_new_shard_size_reads_every_file_again(engine, tmp_path, monkeypatch):
+    age(write_jsonl(tmp_path / "a.jsonl", GOOD))
+    name = f"shard-{uuid.uuid4().hex[:6]}"
+    sources = [{"name": "a", "path": "a.jsonl", "format": "alpaca"}]
+    assert len(pipeline.plan(start(write_recipe(tmp_path, name, sources, ingest={"shard_lines": 4})))) == 3
+    assert len(pipeline.plan(start(write_recipe(tmp_path, name, sources, ingest={"shard_lines": 5})))) == 2
 
 
 def test_exact_and_instruction_duplicates_keep_one_by_priority(engine, tmp_path):

@@ -18,7 +18,7 @@ from . import (cleaning, dedup, export, ingest, near_dedup, quality, record_scor
                semantic_dedup)
 from .config import Recipe, load_recipe, recipe_hash
 from .db import get_engine
-from .partitions import plan_recipe
+from .partitions import FileState, ScannedFile, plan_recipe
 
 log = logging.getLogger(__name__)
 
@@ -45,10 +45,24 @@ def start_run(run_id: str, recipe_path: str | os.PathLike) -> dict[str, Any]:
     return {"run_id": run_id, "dataset": recipe.name, "recipe_hash": recipe_hash(recipe)}
 
 
+def _known_files(conn, dataset: str) -> dict[tuple[str, str], ScannedFile]:
+    rows = conn.execute(sa.text(
+        "select source, path, size, mtime_ns, ctime_ns, inode, shard_lines, scanned_at_ns, shards"
+        " from source_files where dataset = :d"), {"d": dataset})
+    return {(r.source, r.path): ScannedFile(r.source, r.path, FileState(r.size, r.mtime_ns, r.ctime_ns, r.inode),
+                                            r.shard_lines, r.scanned_at_ns, tuple(map(tuple, r.shards)))
+            for r in rows}
+
+
 def plan(run_id: str) -> list[str]:
-    """Partition every source file; record the partitions and the run's scope; return partition ids."""
+    """Partition every source file; record the partitions and the run's scope; return partition ids.
+
+    Files unchanged since the last plan (size, mtime, ctime, inode: partitions.ScannedFile) are not read again."""
     recipe = run_recipe(run_id)
-    plans = plan_recipe(recipe)
+    with get_engine().connect() as conn:
+        known = _known_files(conn, recipe.name)
+    plans, scans = plan_recipe(recipe, known)
+    rescanned = [s for s in scans if known.get((s.source, s.path)) is not s]
     with get_engine().begin() as conn:
         if plans:
             conn.execute(sa.text(
@@ -58,10 +72,21 @@ def plan(run_id: str) -> list[str]:
                 " on conflict (partition_id) do update set format = excluded.format, start_offset = excluded.start_offset,"
                 " end_offset = excluded.end_offset, first_line = excluded.first_line, checksum = excluded.checksum,"
                 " updated_at = now()"), [vars(p) for p in plans])
+        if rescanned:
+            conn.execute(sa.text(
+                "insert into source_files (dataset, source, path, size, mtime_ns, ctime_ns, inode, shard_lines,"
+                " scanned_at_ns, shards) values (:d, :source, :path, :size, :mtime_ns, :ctime_ns, :inode, :shard_lines,"
+                " :scanned_at_ns, cast(:shards as jsonb))"
+                " on conflict (dataset, source, path) do update set size = excluded.size, mtime_ns = excluded.mtime_ns,"
+                " ctime_ns = excluded.ctime_ns, inode = excluded.inode, shard_lines = excluded.shard_lines,"
+                " scanned_at_ns = excluded.scanned_at_ns, shards = excluded.shards"),
+                [{"d": recipe.name, "source": s.source, "path": s.path, **vars(s.state), "shard_lines": s.shard_lines,
+                  "scanned_at_ns": s.scanned_at_ns, "shards": json.dumps(s.shards)} for s in rescanned])
         conn.execute(sa.text("delete from run_partitions where run_id = :run"), {"run": run_id})
         conn.execute(sa.text("insert into run_partitions (run_id, partition_id) values (:run, :p)"),
                      [{"run": run_id, "p": p.partition_id} for p in plans])
-    log.info("run %s: %d partitions over %d sources", run_id, len(plans), len(recipe.sources))
+    log.info("run %s: %d partitions over %d sources (%d of %d files read, the others unchanged since their last scan)",
+             run_id, len(plans), len(recipe.sources), len(rescanned), len(scans))
     return [p.partition_id for p in plans]
 
 
