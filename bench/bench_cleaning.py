@@ -71,6 +71,8 @@ INCREMENT = 0.01
 WORKERS = 2
 RETRIES = 2  # the DAG's default_args retries
 GATES = ("check_partition", "check_ingested", "check_release")
+# PROFILE_STEPS=near_deduplicate,check_release: cProfile those main-process steps into <label>-<step>.prof
+PROFILED = set(filter(None, os.environ.get("PROFILE_STEPS", "").split(",")))
 WRAPPERS = (
     ("Answer the following question.", "Show your reasoning step by step."),
     ("I found this problem in a practice sheet and I am stuck:", "Can you help me understand it?"),
@@ -382,7 +384,13 @@ def run_pipeline(label: str, recipe_path: Path, out_dir: Path, sampler: Sampler)
         lifetime["main"] = max(lifetime["main"], peak_kib())
         reset_peak()
         t0 = time.monotonic()
-        value = fn()
+        if name in PROFILED:  # diagnosis only: the profiler's overhead is in this step's time
+            import cProfile
+            profile = cProfile.Profile()
+            value = profile.runcall(fn)
+            profile.dump_stats(out_dir.parent / f"{label}-{name}.prof")
+        else:
+            value = fn()
         steps[name] = {"seconds": time.monotonic() - t0, "main_peak_kib": peak_kib()}
         lifetime["main"] = max(lifetime["main"], steps[name]["main_peak_kib"])
         log(f"{label}: {name} {steps[name]['seconds']:.2f}s, main peak {steps[name]['main_peak_kib'] / 1024:.0f} MiB")

@@ -6,7 +6,7 @@ import uuid
 import pytest
 import sqlalchemy as sa
 
-from conftest import publish, run_partition_steps, write_jsonl, write_recipe
+from conftest import publish, run_partition_steps, run_partitions, run_record_id, write_jsonl, write_recipe
 from infinstruct import pipeline
 from infinstruct.quality import GateFailed
 from infinstruct.release_parts import ReleasePartError
@@ -120,3 +120,35 @@ def test_release_gate_bounds_the_near_duplicates_left_in_the_release(engine, tmp
         audit = conn.execute(sa.text("select statistics->'near_duplicates' from gate_results where run_id = :r"
                                      " and success"), {"r": run_id}).scalar()
     assert (audit["audited"], audit["with_near_duplicate"]) == (7, 0)
+
+
+def test_release_gate_finds_a_new_records_near_duplicate_among_the_old_parts(engine, tmp_path):
+    """On a nightly release only the new part is audited, but against every released record of the old
+    parts: its near-copy of a released record is flagged with that record's id, and a record a stage
+    dropped from the release does not count."""
+    refused = {"instruction": "Describe the daily routine of a baker who opens a small bakery in a mountain village.",
+               "input": "", "output": "As an AI language model, I cannot describe that."}
+    write_jsonl(tmp_path / "a.jsonl", ROWS + NEAR + [refused])
+    recipe = write_recipe(tmp_path, f"gate-{uuid.uuid4().hex[:6]}", [{"name": "a", "path": "*.jsonl", "format": "alpaca"}],
+                          semantic_dedup=None)
+    first = run_partition_steps(recipe)   # the rules drop `refused`
+    pipeline.deduplicate(first)
+    pipeline.near_deduplicate(first)   # drops NEAR[1], keeps NEAR[0]
+    publish(first, tmp_path / "out")
+    kept = run_record_id(engine, first, "a.jsonl", len(ROWS) + 1)
+
+    write_jsonl(tmp_path / "b.jsonl", [NEAR[1] | {"instruction": NEAR[1]["instruction"].replace("today", "tonight")},
+                                       refused | {"instruction": refused["instruction"] + " Today.", "output": "She rises at four."}])
+    nightly = run_partition_steps(recipe)
+    for part in run_partitions(nightly):
+        pipeline.minhash(nightly, part)
+    pipeline.deduplicate(nightly)      # no near_deduplicate: the near-copy stays
+    for part in run_partitions(nightly):
+        pipeline.write_release_part(nightly, part, tmp_path / "out")
+    with pytest.raises(GateFailed, match="near_duplicate_share"):
+        pipeline.check_release(nightly)
+    with engine.connect() as conn:
+        audit = conn.execute(sa.text("select statistics->'near_duplicates' from gate_results where run_id = :r"),
+                             {"r": nightly}).scalar()
+    new = run_record_id(engine, nightly, "b.jsonl", 1)
+    assert (audit["audited"], audit["with_near_duplicate"], audit["examples"]) == (2, 1, [[new, kept]])

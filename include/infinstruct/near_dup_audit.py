@@ -43,13 +43,16 @@ class Audit:
                 "share": round(self.share, 6), "examples": self.examples}
 
 
-def _released_rows(conn: Connection, partition_id: str, bands: int) -> np.ndarray:
-    """The partition's `lsh_keys` rows (line_no, keys) of records no stage dropped."""
-    rows = partition_keys(conn, partition_id, bands)
+def _released(conn: Connection, partition_id: str, rows: np.ndarray) -> np.ndarray:
+    """Those of the partition's `lsh_keys` rows (line_no, keys) whose record no stage dropped."""
+    if not len(rows):
+        return rows
+    lines = rows["line_no"].astype(np.int64)
     dropped = np.fromiter(conn.execute(sa.text(
-        "select distinct line_no from decisions where partition_id = :p and verdict = :dropped"),
-        {"p": partition_id, "dropped": Verdict.DROPPED.value}).scalars(), dtype=np.int64)
-    return rows[~np.isin(rows["line_no"].astype(np.int64), dropped)]
+        "select distinct line_no from decisions where partition_id = :p and verdict = :dropped"
+        + ("" if len(rows) > 1000 else " and line_no = any(:lines)")),   # a few rows: look those up
+        {"p": partition_id, "dropped": Verdict.DROPPED.value, "lines": lines.tolist()}).scalars(), dtype=np.int64)
+    return rows[~np.isin(lines, dropped)]
 
 
 def _sample(partition_ids: list[str], lines: list[np.ndarray], size: int) -> list[np.ndarray]:
@@ -86,7 +89,8 @@ def audit(engine: Engine, recipe: Recipe, run_id: str, audited_partitions: list[
                                   {"r": run_id}).scalars().all()
         audited_set = set(audited_partitions)
         mine = [p for p in partitions if p in audited_set]
-        rows = [_released_rows(conn, p, bands) for p in mine]
+        released = {p: _released(conn, p, partition_keys(conn, p, bands)) for p in mine}
+        rows = list(released.values())
         of = sum(len(r) for r in rows)
         picked = _sample(mine, [r["line_no"] for r in rows], gates.near_duplicate_sample)
         rows = [r[keep] for r, keep in zip(rows, picked)]
@@ -95,17 +99,20 @@ def audit(engine: Engine, recipe: Recipe, run_id: str, audited_partitions: list[
         if not len(new_rows):
             return Audit(0, of, 0)
         # every other released record that shares a band key with an audited one (audited partitions'
-        # records outside the sample included)
+        # records outside the sample included); whether a record was dropped is asked only for those
         wanted = neardup.KeySet(new_keys)
         new_index = {row: i for i, row in enumerate(new_rows)}
         old_rows, old_keys = [], []
         for partition_id in partitions:
-            released = _released_rows(conn, partition_id, bands)
-            hit = wanted.contains(released["keys"]).any(axis=1)
-            for line, keys in zip(released["line_no"][hit].tolist(), released["keys"][hit]):
+            keys = released.get(partition_id)
+            keys = keys if keys is not None else partition_keys(conn, partition_id, bands)
+            hits = keys[wanted.contains(keys["keys"]).any(axis=1)]
+            if partition_id not in released:
+                hits = _released(conn, partition_id, hits)
+            for line, row_keys in zip(hits["line_no"].tolist(), hits["keys"]):
                 if (partition_id, line) not in new_index:
                     old_rows.append((partition_id, line))
-                    old_keys.append(keys)
+                    old_keys.append(row_keys)
         found = neardup.candidate_pairs(new_keys, np.array(old_keys) if old_keys else None)
         n = len(new_rows)
         pairs = np.concatenate([found.within, np.stack([found.across[:, 0], found.across[:, 1] + n], axis=1)])
