@@ -12,7 +12,7 @@ import pytest
 from pydantic import ValidationError
 
 from infinstruct.neardup import (KeySet, Member, NearDupSettings, band_keys, boilerplate_shingles, candidate_pairs, clusters,
-                                 confirm_pairs, without_boilerplate,
+                                 confirm, confirm_pairs, without_boilerplate,
                                  differs_in_essential_words, duplicate_of, jaccard_estimate, shingle_text,
                                  signatures, text_words)
 
@@ -227,3 +227,37 @@ def test_template_boilerplate_does_not_make_prompts_duplicates():
     pairs = np.array([[0, 1], [0, 6]])  # two Fermi questions; a question and its near-copy
     kept, _ = without_boilerplate(pairs, np.array([0.6, 0.9]), texts, settings, boilerplate)
     assert kept.tolist() == [[0, 6]]
+
+
+def test_confirm_is_signatures_then_confirm_pairs_then_without_boilerplate():
+    """`confirm` (what the stage and the release audit call) shingles each text once; same answer as the steps."""
+    suffix = " Try to explain your answer. Your explanation should take the reader through your reasoning step-by-step."
+    texts = [PROMPT, PROMPT + " Keep it short.", *OTHERS, OTHERS[0] + suffix, OTHERS[1] + suffix, OTHERS[0].upper()]
+    pairs = np.array([[i, j] for i in range(len(texts)) for j in range(i + 1, len(texts))])
+    sigs = signatures(texts, S)
+    step, estimates = confirm_pairs(pairs, sigs, texts, S)
+    step, estimates = without_boilerplate(step, estimates, texts, S, boilerplate_shingles(texts, S))
+    confirmed, confirmed_estimates = confirm(pairs, texts, S)
+    assert confirmed.tolist() == step.tolist() and confirmed_estimates.tolist() == estimates.tolist()
+    assert [0, 1] in confirmed.tolist()
+
+
+def test_the_stores_instruction_text_is_the_user_turns_as_python_joins_them(engine):
+    """near_dedup reads instructions with INSTRUCTION_SQL (the answers stay in PostgreSQL); band keys are
+    computed from that text, so it must be `instruction_text`'s, character for character."""
+    import sqlalchemy as sa
+    from infinstruct.embedding_cache import instruction_text
+    from infinstruct.near_dedup import INSTRUCTION_SQL
+
+    conversations = [
+        [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi."},
+         {"role": "assistant", "content": "Hello."}, {"role": "user", "content": "Name a prime."}],
+        [{"role": "user", "content": 'Quote "this", a \\ backslash,\na tab\t and 中文 ünïcödé 🙂'}],
+        [{"role": "user", "content": ""}, {"role": "assistant", "content": "?"}],
+        [{"role": "assistant", "content": "no user turn"}],
+    ]
+    with engine.connect() as conn:
+        for conversation in conversations:
+            text = conn.execute(sa.text(f"select {INSTRUCTION_SQL} from (select cast(:c as json) as conversation) r"),
+                                {"c": json.dumps(conversation)}).scalar_one()
+            assert text == instruction_text((t["role"], t["content"]) for t in conversation)

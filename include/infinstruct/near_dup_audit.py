@@ -23,7 +23,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from . import neardup
 from .config import Recipe
-from .near_dedup import partition_keys, instruction_text
+from .near_dedup import INSTRUCTION_SQL, partition_keys
 from .reasons import Verdict
 
 
@@ -73,10 +73,10 @@ def _texts(conn: Connection, rows: list[tuple[str, int]]) -> list[tuple[str, str
         by_partition.setdefault(partition_id, []).append(line)
     found = {}
     for partition_id, lines in by_partition.items():
-        for line, record_id, conversation in conn.execute(sa.text(
-                "select line_no, record_id, conversation from records where partition_id = :p and line_no = any(:lines)"),
-                {"p": partition_id, "lines": lines}):
-            found[(partition_id, line)] = (record_id, instruction_text(conversation))
+        for line, record_id, text in conn.execute(sa.text(
+                f"select r.line_no, r.record_id, {INSTRUCTION_SQL} from records r"
+                " where r.partition_id = :p and r.line_no = any(:lines)"), {"p": partition_id, "lines": lines}):
+            found[(partition_id, line)] = (record_id, text)
     return [found[row] for row in rows]
 
 
@@ -123,10 +123,7 @@ def audit(engine: Engine, recipe: Recipe, run_id: str, audited_partitions: list[
         details = _texts(conn, [all_rows[i] for i in involved.tolist()])
     texts = [text for _, text in details]
     local = np.searchsorted(involved, pairs)
-    sigs = neardup.signatures(texts, settings)
-    confirmed, estimates = neardup.confirm_pairs(local, sigs, texts, settings)
-    confirmed, _ = neardup.without_boilerplate(confirmed, estimates, texts, settings,
-                                               neardup.boilerplate_shingles(texts, settings))
+    confirmed, _ = neardup.confirm(local, texts, settings)
     flagged: dict[int, int] = {}
     for a, b in confirmed.tolist():
         for x, y in ((a, b), (b, a)):

@@ -49,8 +49,10 @@ from __future__ import annotations
 
 import gc
 import re
+from collections import Counter
 import unicodedata
 from contextlib import contextmanager
+from itertools import chain
 from dataclasses import dataclass
 from importlib.metadata import version
 from typing import Iterator, NamedTuple, Sequence
@@ -166,15 +168,19 @@ def _gc_paused() -> Iterator[None]:
             gc.enable()
 
 
+def _signature_rows(shingles: list[list[str]], settings: NearDupSettings) -> np.ndarray:
+    matrix = RMinHash.digest_matrix_from_token_sets(shingles, settings.num_perm, settings.seed)
+    with _gc_paused():
+        return np.asarray(matrix.to_rows(), dtype=np.uint32).reshape(len(shingles), settings.num_perm)
+
+
 def signatures(texts: Sequence[str], settings: NearDupSettings, *, chunk: int = 20_000) -> np.ndarray:
     """MinHash signatures, uint32 array of shape (len(texts), num_perm); the same text, settings and
     rensa version always give the same row. Works in chunks to bound the Python lists rensa returns."""
     out = np.empty((len(texts), settings.num_perm), dtype=np.uint32)
     for start in range(0, len(texts), chunk):
         shingles = [shingle_text(t, settings.shingle) for t in texts[start:start + chunk]]
-        matrix = RMinHash.digest_matrix_from_token_sets(shingles, settings.num_perm, settings.seed)
-        with _gc_paused():
-            out[start:start + len(shingles)] = matrix.to_rows()
+        out[start:start + len(shingles)] = _signature_rows(shingles, settings)
     return out
 
 
@@ -368,10 +374,13 @@ def confirm_pairs(pairs: np.ndarray, sigs: np.ndarray, texts: Sequence[str], set
 def boilerplate_shingles(texts: Sequence[str], settings: NearDupSettings) -> set[str]:
     """Shingles that occur in more than `max_shingle_df` of the texts: a template's shared words, which
     make its instances look alike without being copies of each other."""
-    counts: dict[str, int] = {}
+    counts: Counter[str] = Counter()
     for text in texts:
-        for shingle in set(shingle_text(text, settings.shingle)):
-            counts[shingle] = counts.get(shingle, 0) + 1
+        counts.update(set(shingle_text(text, settings.shingle)))
+    return _frequent(counts, settings)
+
+
+def _frequent(counts: Counter[str], settings: NearDupSettings) -> set[str]:
     return {shingle for shingle, n in counts.items() if n > settings.max_shingle_df}
 
 
@@ -386,6 +395,22 @@ def without_boilerplate(pairs: np.ndarray, estimates: np.ndarray, texts: Sequenc
         if a or b:
             keep[k] = len(a & b) / len(a | b) >= settings.threshold
     return pairs[keep], estimates[keep]
+
+
+def confirm(pairs: np.ndarray, texts: Sequence[str], settings: NearDupSettings, *,
+            chunk: int = 20_000) -> tuple[np.ndarray, np.ndarray]:
+    """Steps 2 and 5 for candidate `pairs` over `texts`: `signatures`, `confirm_pairs`, then
+    `without_boilerplate` with the boilerplate counted over these texts (`boilerplate_shingles`).
+    Each text is shingled once for its signature and the count, a chunk at a time (all the texts'
+    shingles at once would hold ~1 KB a text). Returns (confirmed pairs, their estimates)."""
+    sigs = np.empty((len(texts), settings.num_perm), dtype=np.uint32)
+    counts: Counter[str] = Counter()
+    for start in range(0, len(texts), chunk):
+        shingles = [shingle_text(t, settings.shingle) for t in texts[start:start + chunk]]
+        counts.update(chain.from_iterable(map(set, shingles)))
+        sigs[start:start + len(shingles)] = _signature_rows(shingles, settings)
+    confirmed, estimates = confirm_pairs(pairs, sigs, texts, settings)
+    return without_boilerplate(confirmed, estimates, texts, settings, _frequent(counts, settings))
 
 
 # --- 6. clusters and the keep rule -------------------------------------------------------------------
