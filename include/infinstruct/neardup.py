@@ -246,13 +246,22 @@ def candidate_pairs(keys_new: np.ndarray, keys_existing: np.ndarray | None = Non
     """
     n, bands = keys_new.shape
     flat = keys_new.ravel()
-    order = np.argsort(flat, kind="stable")      # stable: rows stay ascending inside a bucket
-    keys, rows = flat[order], order // bands
-    same = keys[1:] == keys[:-1]
-    shared = np.zeros(len(keys), dtype=bool)
-    shared[1:] |= same
-    shared[:-1] |= same
-    k, r = keys[shared], rows[shared]
+    if keys_existing is None or len(keys_existing) == 0:
+        # only keys held twice make pairs: found by sorting values (vectorised: ~20x an argsort), so the
+        # stable argsort runs over those entries only
+        values = np.sort(flat)
+        twice = KeySet(values[1:][values[1:] == values[:-1]])
+        entries = np.flatnonzero(twice.contains(flat))
+        order = entries[np.argsort(flat[entries], kind="stable")]   # stable: rows ascending inside a bucket
+        k, r = flat[order], order // bands
+    else:
+        order = np.argsort(flat, kind="stable")
+        keys, rows = flat[order], order // bands
+        same = keys[1:] == keys[:-1]
+        shared = np.zeros(len(keys), dtype=bool)
+        shared[1:] |= same
+        shared[:-1] |= same
+        k, r = keys[shared], rows[shared]
     firsts, seconds = [], []
     for d in range(1, window):
         hit = k[d:] == k[:-d]
