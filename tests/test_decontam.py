@@ -111,6 +111,17 @@ def test_items_shorter_than_min_short_words_are_listed_not_indexed():
     assert index.match("Why? Because I said so, and that is the end of this story.") == []
 
 
+def test_a_batch_matches_each_text_as_alone_and_no_item_spans_two_texts(index):
+    """The stage matches a batch at once (`match_many`): the same matches as text by text, and an item cut
+    in two across neighbouring texts (one ends where the next begins) matches neither."""
+    words = MATH.text.split()
+    texts = ["Unrelated words about gardening.", MATH.text, " ".join(words[:12]),   # 12 words each: under n = 13
+             " ".join(words[12:24]), "", "Rewrite it as a limerick, please. Thanks!", CODE.text, "one"]
+    assert index.match_many(texts) == [index.match(t) for t in texts]
+    assert [bool(m) for m in index.match_many(texts)] == [False, True, False, False, False, True, True, False]
+    assert index.contaminating_many(texts) == [index.contaminating(t) for t in texts]
+
+
 # --- normalisation and hashing -----------------------------------------------------------------
 
 def test_normalisation_folds_case_width_and_punctuation_and_keeps_code_identifiers():

@@ -170,7 +170,8 @@ def _batch_matches(engine: Engine, batch: list, settings: DecontamSettings, inde
 
     N-grams look at every record (cheap); embeddings only at records still standing (MiniLM is the
     expensive part), by their instruction's vector from the embedding cache."""
-    found = {line_no: index.contaminating(match_text(turns, settings.include_response)) for line_no, _, turns in batch}
+    found = dict(zip((line_no for line_no, _, _ in batch),
+                     index.contaminating_many([match_text(turns, settings.include_response) for _, _, turns in batch])))
     todo = [(line_no, record_id, turns) for line_no, record_id, turns in batch if line_no not in skip_embedding]
     if matcher is not None and todo:
         texts = [instruction_text(turns) for _, _, turns in todo]
