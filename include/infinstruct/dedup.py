@@ -104,6 +104,9 @@ def exact_dedup(engine: Engine, recipe: Recipe, run_id: str) -> dict:
         params = {"run": run_id, "stage": Stage.DEDUP.value, "exact_reason": Drop.EXACT_DUPLICATE.value,
                   "instruction_reason": Drop.DUPLICATE_INSTRUCTION.value, "earlier": EARLIER_STAGES}
         if scope.new and scope.full:
+            # the mapped stages just wrote their decisions: without fresh statistics the anti-joins over them
+            # are planned as per-row scans (175 s instead of 6 s at 1M records, measured on PostgreSQL 15)
+            conn.execute(sa.text("analyze decisions"))
             conn.execute(_DEDUP_FULL, params)
         elif scope.new:
             conn.execute(sa.text("analyze deciding"))  # a few rows, not the planner's guess: index lookups
