@@ -152,3 +152,23 @@ def test_release_gate_finds_a_new_records_near_duplicate_among_the_old_parts(eng
                              {"r": nightly}).scalar()
     new = run_record_id(engine, nightly, "b.jsonl", 1)
     assert (audit["audited"], audit["with_near_duplicate"], audit["examples"]) == (2, 1, [[new, kept]])
+
+
+def test_gate_snapshot_table_is_replaced_and_dropped(engine, ingested):
+    """A gate validates a snapshot table of its query's rows: a leftover of a crashed try is replaced, and the
+    table is gone after the gate, passed or failed."""
+    from infinstruct.quality import snapshot_table
+    run_id, part = ingested
+    table = snapshot_table("ingested", run_id)
+    assert table.startswith("gate_rows_ingested_") and table.replace("_", "").isalnum()
+    gone = sa.text("select to_regclass(:t) is null")
+    with engine.begin() as conn:
+        conn.execute(sa.text(f"create unlogged table {table} (junk int)"))
+    assert pipeline.check_ingested(run_id)["success"] is True
+    with engine.begin() as conn:
+        assert conn.execute(gone, {"t": table}).scalar()
+        conn.execute(sa.text("update records set role_pattern = 'uu' where partition_id = :p and line_no = 2"), {"p": part})
+    with pytest.raises(GateFailed):
+        pipeline.check_ingested(run_id)
+    with engine.connect() as conn:
+        assert conn.execute(gone, {"t": table}).scalar()

@@ -1,15 +1,16 @@
 """Great Expectations quality gates between stages.
 
-A gate validates a SQL query over the metadata store with a GX 1.x suite, inside PostgreSQL (so a
-gate over millions of records never loads them into memory), stores its result in `gate_results`,
-and raises GateFailed when any expectation fails, which fails the Airflow task and stops every
-downstream task.
+A gate evaluates a SQL query over the metadata store once into a narrow snapshot table and validates
+that with a GX 1.x suite, inside PostgreSQL (so a gate over millions of records never loads them into
+memory), stores its result in `gate_results`, and raises GateFailed when any expectation fails, which
+fails the Airflow task and stops every downstream task.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import logging
+import re
 import warnings
 from dataclasses import dataclass, field
 from typing import Any
@@ -108,24 +109,48 @@ def _gate_url(engine: Engine) -> str:
     return engine.url.update_query_dict({"options": options}).render_as_string(hide_password=False)
 
 
-def validate_query(engine: Engine, query: sa.Select, expectations: list, name: str) -> tuple[bool, dict, list]:
-    """Run GX expectations on a query, evaluated by PostgreSQL. Returns (success, statistics, failures)."""
+def snapshot_table(gate: str, run_id: str) -> str:
+    """The name of a gate's snapshot table for a run: only [a-z0-9_], the run id hashed (never raw input)."""
+    assert re.fullmatch(r"[a-z_]+", gate), gate   # our own gate names
+    return f"gate_rows_{gate}_{hashlib.sha256(run_id.encode()).hexdigest()[:12]}"
+
+
+def validate_query(engine: Engine, query: sa.Select, expectations: list, name: str, run_id: str) -> tuple[bool, dict, list]:
+    """Run GX expectations on a query, evaluated by PostgreSQL. Returns (success, statistics, failures).
+
+    The query is evaluated once, into an unlogged snapshot table of just its columns, and GX validates that:
+    GX sends one SQL query per metric (~16 for the release gate), and over the query itself each of them
+    re-evaluated it (anti-joins over decisions, per-row copy counts, scans of the wide records table).
+    Measured on 199k records: the release gate 3.7-4.0 s -> 2.1 s (a nightly one over one new part of four
+    3.3-4.6 s -> 0.8-1.0 s), the ingest gate 1.9-2.9 s -> 1.2-1.5 s. A table asset, not a query asset over
+    it: GX runs a query asset's `select *` whole first (~0.15 s here). A regular table, since GX connects
+    on its own; dropped afterwards, and a leftover of a crashed try is replaced. ANALYZE on it measured
+    no faster."""
     logging.getLogger("great_expectations").setLevel(logging.WARNING)  # it logs ~200 lines per import
     import great_expectations as gx
 
-    context = gx.get_context(mode="ephemeral")
-    context.variables.progress_bars = {"globally": False}
-    with warnings.catch_warnings():  # the generic SQL datasource is deliberate: it takes any URL, Unix sockets too
-        warnings.simplefilter("ignore")
-        datasource = context.data_sources.add_sql("infinstruct", connection_string=_gate_url(engine))
+    table = snapshot_table(name, run_id)
     try:
-        batch = datasource.add_query_asset(name, query=literal_sql(query, engine)).add_batch_definition_whole_table("all").get_batch()
-        suite = context.suites.add(gx.ExpectationSuite(name=name))
-        for expectation in expectations:
-            suite.add_expectation(expectation)
-        result = batch.validate(suite).to_json_dict()
+        with engine.begin() as conn:
+            conn.execute(sa.text(f"drop table if exists {table}"))
+            conn.execute(sa.text("set local jit = off"))   # one pass: compiling it cost more than it saved (~0.25 s)
+            conn.execute(sa.text(f"create unlogged table {table} as {literal_sql(query, engine)}"))
+        context = gx.get_context(mode="ephemeral")
+        context.variables.progress_bars = {"globally": False}
+        with warnings.catch_warnings():  # the generic SQL datasource is deliberate: it takes any URL, Unix sockets too
+            warnings.simplefilter("ignore")
+            datasource = context.data_sources.add_sql("infinstruct", connection_string=_gate_url(engine))
+        try:
+            batch = datasource.add_table_asset(name, table_name=table).add_batch_definition_whole_table("all").get_batch()
+            suite = context.suites.add(gx.ExpectationSuite(name=name))
+            for expectation in expectations:
+                suite.add_expectation(expectation)
+            result = batch.validate(suite).to_json_dict()
+        finally:
+            datasource.get_engine().dispose()  # GX makes an engine per datasource: close its connections now
     finally:
-        datasource.get_engine().dispose()  # GX makes an engine per datasource: close its connections now
+        with engine.begin() as conn:
+            conn.execute(sa.text(f"drop table if exists {table}"))
     failures = [{
         "expectation": r["expectation_config"]["type"],
         "column": r["expectation_config"]["kwargs"].get("column"),
@@ -140,7 +165,7 @@ def run_gate(engine: Engine, run_id: str, gate: str, scope: str, query: sa.Selec
              measured: dict | None = None) -> GateResult:
     """Validate, store the result (with what the gate `measured` outside GX, beside GX's statistics), and
     raise GateFailed if it failed."""
-    success, statistics, failures = validate_query(engine, query, expectations, gate)
+    success, statistics, failures = validate_query(engine, query, expectations, gate, run_id)
     statistics = {**statistics, **(measured or {})}
     result = GateResult(gate, scope, success, statistics, failures)
     with engine.begin() as conn:
