@@ -602,7 +602,7 @@ def summarise_did(full: dict, inc: dict) -> dict[str, str]:
     else:
         did["check_release"] = "whole release validated"
         did["export_release"] = f"whole release written again (v{r['export_release']['version']:04d})"
-    did["plan"] = f"{inc['partitions']} partitions (reads and checksums every file)"
+    did["plan"] = f"{inc['partitions']} partitions (unchanged files not read again: source_files)"
     return did
 
 

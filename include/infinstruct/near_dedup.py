@@ -13,9 +13,10 @@ Incremental (`stages.whole_dataset_scope`): when the run only added partitions, 
 with at least one new record, old records are the ones still standing after this stage's earlier passes,
 and an old record always wins its cluster (`neardup.Member.accepted`); only new records are decided.
 Such a pass holds only the new records and the old ones sharing a band key with one of them
-(`_sharing_new_keys`): every old partition's keys are read once, by binary COPY straight into numpy, and
-tested against the new keys (`neardup.KeySet`), without a Python object per row; the candidate pairs are
-the same as with every standing record in memory. (An index of (key -> record) would let PostgreSQL look keys up instead, but
+(`_standing(..., incremental=True)`): every old partition's keys are read once, by binary COPY straight
+into numpy, and tested against the new keys (`neardup.KeySet`), without a Python object per row, and only
+the hits are looked up in the decisions; the candidate pairs are the same as with every standing record
+in memory. (An index of (key -> record) would let PostgreSQL look keys up instead, but
 it has a row per band per record: 32 M at a million records, measured 9-36x slower to write than the
 band keys themselves, and with 1% new records x 32 bands the lookups touch most of its pages anyway.)
 
@@ -98,71 +99,55 @@ class Standing(NamedTuple):
     new: np.ndarray    # bool: decided in this pass (else an old record that stands)
 
 
-# an earlier stage dropped the record, or (in an old partition) an earlier pass of this stage did; for the
-# few rows of an incremental pass: `offset 0` keeps it a lookup by primary key per row whatever the (often
-# stale, right after the stages' bulk writes) statistics say, never a scan of every decision
-_DROPPED_EARLIER = ("exists (select 1 from decisions d where d.partition_id = k.partition_id and d.line_no = k.line_no"
-                    " and d.verdict = 'dropped' and d.stage = any(:earlier) offset 0)")
-_DROPPED_BEFORE = ("exists (select 1 from decisions d where d.partition_id = k.partition_id and d.line_no = k.line_no"
-                   " and d.verdict = 'dropped' and d.stage = :stage offset 0)")
-# standing rows of the partitions this pass decides (temp table `deciding`)
-_NEW_ROWS = f"""
-    select k.partition_id, k.line_no, k.keys, true
-    from lsh_keys k
-    join deciding dp on dp.partition_id = k.partition_id
-    join records r on r.partition_id = k.partition_id and r.line_no = k.line_no
-    where not {_DROPPED_EARLIER}"""
-# standing rows of old partitions that share a band key with a new row (temp table `sharing`)
-_OLD_ROWS_SHARING = f"""
-    select k.partition_id, k.line_no, k.keys, false
-    from sharing s
-    join lsh_keys k on k.partition_id = s.partition_id and k.line_no = s.line_no
-    join records r on r.partition_id = k.partition_id and r.line_no = k.line_no
-    where not {_DROPPED_EARLIER} and not {_DROPPED_BEFORE}"""
+def _standing_rows(conn: Connection, partition_id: str, deciding: bool, rows: np.ndarray) -> np.ndarray:
+    """Those of a partition's `lsh_keys` rows (line_no, keys) that still stand, in line order: no earlier
+    stage dropped them, nor, in a partition this pass does not decide, an earlier pass of this stage.
+    (`lsh_keys` holds exactly the partition's records: `store_keys` redoes them whenever its content changes.)"""
+    if not len(rows):
+        return rows
+    lines = rows["line_no"].astype(np.int64)
+    few = len(rows) <= 5_000   # an old partition's rows sharing a key with new ones: look those lines up
+    gone = np.fromiter(conn.execute(sa.text(
+        "select line_no from decisions where partition_id = :p and verdict = :dropped"
+        " and (stage = any(:earlier) or (stage = :stage and not :deciding))" + (" and line_no = any(:lines)" if few else "")),
+        {"p": partition_id, "dropped": Verdict.DROPPED.value, "earlier": EARLIER, "stage": Stage.NEAR_DEDUP.value,
+         "deciding": deciding, "lines": lines.tolist() if few else None}).scalars(), dtype=np.int64)
+    order = np.argsort(lines, kind="stable")
+    return rows[order[~np.isin(lines[order], gone)]]
 
 
-def _read_standing(result, bands: int) -> Standing:
-    """Rows (partition_id, line_no, keys, new) of a streamed result as a Standing."""
-    codes: dict[str, int] = {}
-    parts, lines, keys, new = [], [], [], []
-    for rows in result.partitions(50_000):  # numpy per batch: no Python int per key ever lives long
-        parts.append(np.fromiter((codes.setdefault(r[0], len(codes)) for r in rows), dtype=np.int32, count=len(rows)))
-        lines.append(np.fromiter((r[1] for r in rows), dtype=np.int64, count=len(rows)))
-        keys.append(np.frombuffer(b"".join(bytes(r[2]) for r in rows), dtype="<i8").reshape(len(rows), bands))
-        new.append(np.fromiter((r[3] for r in rows), dtype=bool, count=len(rows)))
-    if not parts:
-        return _nothing_standing(bands)
-    return Standing(list(codes), np.concatenate(parts), np.concatenate(lines), np.concatenate(keys), np.concatenate(new))
+def _standing(conn: Connection, run_id: str, bands: int, *, incremental: bool) -> Standing:
+    """The standing rows of the run's partitions, partition by partition: each partition's band keys by
+    binary COPY (`partition_keys`, 3x faster than streaming every row's keys through a join), less the
+    lines its decisions drop (`_standing_rows`). Rows of partitions in temp table `deciding` are new.
 
-
-def _standing(conn: Connection, run_id: str, bands: int) -> Standing:
-    """Rows of the run's partitions no earlier stage dropped, except, in a partition this pass does not
-    decide (not in temp table `deciding`), those an earlier pass of this stage dropped. Partition by
-    partition: its band keys by binary COPY (`partition_keys`), less the lines its decisions drop; 3x
-    faster than one join streaming every row's keys through the driver. (`lsh_keys` holds exactly the
-    partition's records: `store_keys` redoes them whenever the partition's content changes.)"""
+    `incremental`: of the other (old) partitions, only the rows that share a band key with a new row,
+    every row a candidate pair can contain: each old partition's keys are read once and tested against
+    the new keys (`neardup.KeySet`), and only the hits are looked up in the decisions."""
     partitions = conn.execute(sa.text(
         "select rp.partition_id, dp.partition_id is not null from run_partitions rp"
         " left join deciding dp on dp.partition_id = rp.partition_id where rp.run_id = :run order by 1"),
         {"run": run_id}).all()
+    standing = {p: _standing_rows(conn, p, True, partition_keys(conn, p, bands)) for p, deciding in partitions if deciding}
+    if incremental:
+        new_keys = neardup.KeySet(np.concatenate([r["keys"] for r in standing.values()]) if standing
+                                  else np.empty((0, bands), np.int64))
     names, parts, lines, keys, new = [], [], [], [], []
     for partition_id, deciding in partitions:
-        rows = partition_keys(conn, partition_id, bands)
-        gone = np.fromiter(conn.execute(sa.text(
-            "select line_no from decisions where partition_id = :p and verdict = :dropped"
-            " and (stage = any(:earlier) or (stage = :stage and not :deciding))"),
-            {"p": partition_id, "dropped": Verdict.DROPPED.value, "earlier": EARLIER, "stage": Stage.NEAR_DEDUP.value,
-             "deciding": deciding}).scalars(), dtype=np.int64)
-        line = rows["line_no"].astype(np.int64)
-        order = np.argsort(line, kind="stable")
-        order = order[~np.isin(line[order], gone)]
-        if not len(order):
+        if deciding:
+            rows = standing[partition_id]
+        else:
+            rows = partition_keys(conn, partition_id, bands)
+            if incremental:
+                rows = rows[new_keys.contains(rows["keys"]).any(axis=1)] if len(new_keys) else rows[:0]
+            rows = _standing_rows(conn, partition_id, False, rows)
+        if not len(rows):
             continue
-        parts.append(np.full(len(order), len(names), dtype=np.int32))
+        parts.append(np.full(len(rows), len(names), dtype=np.int32))
         names.append(partition_id)
-        lines.append(line[order])
-        keys.append(np.ascontiguousarray(rows["keys"][order], dtype=np.int64))
-        new.append(np.full(len(order), deciding, dtype=bool))
+        lines.append(rows["line_no"].astype(np.int64))
+        keys.append(np.ascontiguousarray(rows["keys"], dtype=np.int64))
+        new.append(np.full(len(rows), deciding, dtype=bool))
     if not names:
         return _nothing_standing(bands)
     return Standing(names, np.concatenate(parts), np.concatenate(lines), np.concatenate(keys), np.concatenate(new))
@@ -188,38 +173,6 @@ def partition_keys(conn: Connection, partition_id: str, bands: int) -> np.ndarra
     if len(rows) and (rows["keys_size"] != bands * 8).any():
         raise ValueError(f"lsh_keys of partition {partition_id} do not hold {bands} bands: rebuild them")
     return rows
-
-
-def _sharing_new_keys(conn: Connection, run_id: str, new_keys: neardup.KeySet, bands: int) -> None:
-    """Temp table `sharing` (partition_id, line_no): the rows of the run's old partitions (not in `deciding`)
-    with a band key in `new_keys`, found by streaming each old partition's keys past them once."""
-    conn.execute(sa.text("create temp table sharing (partition_id text, line_no bigint) on commit drop"))
-    if not len(new_keys):
-        return
-    old = conn.execute(sa.text(
-        "select rp.partition_id from run_partitions rp where rp.run_id = :run"
-        " and not exists (select 1 from deciding dp where dp.partition_id = rp.partition_id) order by 1"),
-        {"run": run_id}).scalars().all()
-    for partition_id in old:
-        rows = partition_keys(conn, partition_id, bands)
-        hit = new_keys.contains(rows["keys"]).any(axis=1)
-        if hit.any():
-            conn.execute(sa.text("insert into sharing select :p, unnest(cast(:lines as bigint[]))"),
-                         {"p": partition_id, "lines": rows["line_no"][hit].astype(np.int64).tolist()})
-
-
-def _incremental_standing(conn: Connection, run_id: str, bands: int) -> Standing:
-    """The standing rows of the partitions this pass decides, and the standing old rows that share a band
-    key with one of them: every row a candidate pair can contain, in the order `_standing` gives them."""
-    conn.execute(sa.text("analyze deciding"))  # a few rows, not the planner's guess: index lookups
-    conn.execute(sa.text("set local jit = off"))  # compiling for the planner's (stats-less) cost outlasts the lookups
-    params = {"earlier": EARLIER, "stage": Stage.NEAR_DEDUP.value}
-    new = _read_standing(conn.execute(sa.text(_NEW_ROWS), params, execution_options=stream(50_000)), bands)
-    _sharing_new_keys(conn, run_id, neardup.KeySet(new.keys), bands)
-    conn.execute(sa.text("analyze sharing"))
-    result = conn.execute(sa.text(_NEW_ROWS + " union all " + _OLD_ROWS_SHARING + " order by 1, 2"), params,
-                          execution_options=stream(50_000))
-    return _read_standing(result, bands)
 
 
 def _nothing_standing(bands: int) -> Standing:
@@ -266,10 +219,8 @@ def near_dedup(engine: Engine, recipe: Recipe, run_id: str) -> dict:
         # nothing new (a retry, or a nightly run without new files): nothing to read or decide
         if not scope.new:
             standing = _nothing_standing(settings.bands)
-        elif scope.full:
-            standing = _standing(conn, run_id, settings.bands)
         else:
-            standing = _incremental_standing(conn, run_id, settings.bands)
+            standing = _standing(conn, run_id, settings.bands, incremental=not scope.full)
         pairs = _candidates(standing)
         involved = np.unique(pairs)
         if len(involved):

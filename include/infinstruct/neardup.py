@@ -297,12 +297,12 @@ class KeySet:
     and a binary search in the sorted set confirms the rest: ~10x faster than searching every key
     (1.6 M keys against 64 k: 46 ms vs 685 ms, measured on the loaded 2-core machine)."""
 
-    LOW_BITS = 22  # 4 MiB of flags: at 320 k set keys (1% new of a million, 32 bands) 7.6% are set
-
     def __init__(self, keys: np.ndarray):
         self.sorted = np.unique(keys.astype(np.int64, copy=False))
-        self.mask = np.int64((1 << self.LOW_BITS) - 1)
-        self.maybe = np.zeros(1 << self.LOW_BITS, dtype=bool)
+        # ~1/32 of the flags set (16-32 MiB at 320 k keys): 1.5x faster than a fixed 4 MiB table there
+        bits = int(np.clip(np.ceil(np.log2(max(len(self.sorted), 1) * 32)), 16, 25))
+        self.mask = np.int64((1 << bits) - 1)
+        self.maybe = np.zeros(1 << bits, dtype=bool)
         self.maybe[self.sorted & self.mask] = True
 
     def __len__(self) -> int:
