@@ -23,7 +23,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from . import neardup
 from .config import Recipe
-from .near_dedup import INSTRUCTION_SQL, partition_keys
+from .near_dedup import INSTRUCTION_SQL, map_partitions, partition_keys
 from .reasons import Verdict
 
 
@@ -89,7 +89,7 @@ def audit(engine: Engine, recipe: Recipe, run_id: str, audited_partitions: list[
                                   {"r": run_id}).scalars().all()
         audited_set = set(audited_partitions)
         mine = [p for p in partitions if p in audited_set]
-        released = {p: _released(conn, p, partition_keys(conn, p, bands)) for p in mine}
+        released = dict(zip(mine, map_partitions(engine, mine, lambda c, p: _released(c, p, partition_keys(c, p, bands)))))
         rows = list(released.values())
         of = sum(len(r) for r in rows)
         picked = _sample(mine, [r["line_no"] for r in rows], gates.near_duplicate_sample)
@@ -102,14 +102,16 @@ def audit(engine: Engine, recipe: Recipe, run_id: str, audited_partitions: list[
         # records outside the sample included); whether a record was dropped is asked only for those
         wanted = neardup.KeySet(new_keys)
         new_index = {row: i for i, row in enumerate(new_rows)}
-        old_rows, old_keys = [], []
-        for partition_id in partitions:
+
+        def hits(c: Connection, partition_id: str) -> np.ndarray:
             keys = released.get(partition_id)
-            keys = keys if keys is not None else partition_keys(conn, partition_id, bands)
-            hits = keys[wanted.contains(keys["keys"]).any(axis=1)]
-            if partition_id not in released:
-                hits = _released(conn, partition_id, hits)
-            for line, row_keys in zip(hits["line_no"].tolist(), hits["keys"]):
+            keys = keys if keys is not None else partition_keys(c, partition_id, bands)
+            found = keys[wanted.contains(keys["keys"]).any(axis=1)]
+            return found if partition_id in released else _released(c, partition_id, found)
+
+        old_rows, old_keys = [], []
+        for partition_id, found in zip(partitions, map_partitions(engine, partitions, hits)):
+            for line, row_keys in zip(found["line_no"].tolist(), found["keys"]):
                 if (partition_id, line) not in new_index:
                     old_rows.append((partition_id, line))
                     old_keys.append(row_keys)
