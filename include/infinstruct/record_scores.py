@@ -6,7 +6,8 @@ files is scored once) and apart from the formulas that use them:
 * `signals` (`scoring.measure_signals`, version `SIGNALS_VERSION`): re-measured only when the version changes;
 * `signals["model_score"]` with `scorer`, the name of the model that measured it, when the recipe names a
   `selection.scoring.scorer`: scored again only when that name changes (a weight change never re-scores).
-  The instruction's vector comes from `embedding_cache`, so only the response is encoded;
+  For the embedding scorer the instruction's vector comes from `embedding_cache`, so only the response is
+  encoded; the LLM judge's answers are kept in `llm_responses`, so a retried batch pays only for the rest;
 * `quality`, `difficulty`: the formulas over the stored signals under the recipe's `selection.scoring`
   weights, re-derived (no re-measuring) when `scores_key` (their hash, with the scorer's name) changes;
 * `domain`, `confidence`: `domains.DomainClassifier` (rules + MiniLM nearest centroid) over the instruction,
@@ -37,7 +38,8 @@ from .embeddings import EmbeddingSettings
 from .pgcopy import Copier, CopyTable, json_field, text_field
 from .reasons import Stage
 from .stages import stream
-from .scoring import SIGNALS_VERSION, difficulty_score, measure_signals, model_scorer, quality_score
+from .scoring import (SIGNALS_VERSION, EmbeddingRelevanceScorer, difficulty_score, measure_signals, model_scorer,
+                      quality_score)
 from .selection import SelectionSettings
 
 log = logging.getLogger(__name__)
@@ -89,7 +91,7 @@ def classifier(settings: SelectionSettings) -> DomainClassifier:
 def score_batch(engine: Engine, settings: SelectionSettings, rows: list) -> list[tuple]:
     """Fresh record_scores rows (COLUMNS order) for rows of `_TODO`, re-using what is still valid."""
     scores_key, domain_key = keys(settings)
-    scorer = model_scorer(settings.scoring, settings.embedding)
+    scorer = model_scorer(settings.scoring, settings.embedding, engine)
     out, to_classify, to_score = [], [], []
     for rid, conversation, version, signals, s_key, quality, difficulty, d_key, domain, confidence, name in rows:
         turns = [(t["role"], t["content"]) for t in conversation]
@@ -108,8 +110,11 @@ def score_batch(engine: Engine, settings: SelectionSettings, rows: list) -> list
         ids = [out[i][0] for i in to_score]
         instructions = [instruction_text(out[i][10]) for i in to_score]
         responses = ["\n".join(c for r, c in out[i][10] if r == "assistant") for i in to_score]
-        vectors = instruction_vectors(engine, scorer.settings, ids, instructions)
-        for i, value in zip(to_score, scorer.score_vectors(vectors, responses)):
+        if isinstance(scorer, EmbeddingRelevanceScorer):   # the cached instruction vectors: only responses encoded
+            values = scorer.score_vectors(instruction_vectors(engine, scorer.settings, ids, instructions), responses)
+        else:
+            values = scorer.score(instructions, responses)
+        for i, value in zip(to_score, values):
             out[i][2] = {**out[i][2], "model_score": round(float(value), 6)}
             out[i][9] = scorer.name
     for row in out:   # the formulas are cheap: always over the signals as they now stand

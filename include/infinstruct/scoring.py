@@ -60,21 +60,25 @@ the correlation explicit and tunable.
 
 Model score: with a `scorer` section (`ScorerSettings`), score_records also measures
 signals["model_score"] by that model and stores the model's name beside it (`record_scores.scorer`),
-so a weight change re-derives quality from the stored score and only a model change re-scores. The
-one kind shipped, `embedding` (`EmbeddingRelevanceScorer`, offline MiniLM by default), measures
-whether the answer is about the question, not whether it is right. (No cross-encoder ships offline
-with the project, and the `openai` package is not in requirements.txt: neither is a kind yet.)
+so a weight change re-derives quality from the stored score and only a model change re-scores. Kinds:
+`embedding` (`EmbeddingRelevanceScorer`, offline MiniLM by default) measures whether the answer is about
+the question, not whether it is right; `openai` (`LLMJudgeScorer`) asks a chat model behind any
+OpenAI-compatible endpoint to rate helpfulness and correctness on 1-10 (`JUDGE_PROMPT`), through `llm`'s
+retried, cached client. (No cross-encoder ships offline with the project: not a kind yet.)
 """
 from __future__ import annotations
 
+import json
 import math
 import re
-from typing import Literal, Mapping, Protocol, Sequence
+from typing import Annotated, Any, Literal, Mapping, Protocol, Sequence
 
 import numpy as np
-from pydantic import Field, model_validator
+from pydantic import Discriminator, Field, Tag, model_validator
+from sqlalchemy.engine import Engine
 
 from .embeddings import EmbeddingSettings
+from .llm import ChatSettings, InvalidAnswer, JsonChat
 from .rules import estimate_tokens
 from .strict import Strict
 
@@ -119,10 +123,28 @@ class ScorerSettings(Strict):
     embedding: EmbeddingSettings | None = None
 
 
+class JudgeScorerSettings(ChatSettings):
+    """Recipe section `scoring.scorer` of kind `openai`: an LLM judge (`LLMJudgeScorer`) behind an
+    OpenAI-compatible endpoint (`llm.ChatSettings`: model, base_url, api_key_env, timeout_seconds,
+    max_retries, backoff_seconds, max_backoff_seconds, concurrency)."""
+
+    kind: Literal["openai"]
+    max_chars: int = Field(4000, ge=1)   # of the instruction and of the response in the prompt
+
+
+def _scorer_kind(value: Any) -> str:
+    # `kind` may be left out for the embedding scorer (the first and default kind)
+    return (value.get("kind") if isinstance(value, dict) else getattr(value, "kind", None)) or "embedding"
+
+
+AnyScorerSettings = Annotated[Annotated[ScorerSettings, Tag("embedding")] | Annotated[JudgeScorerSettings, Tag("openai")],
+                              Discriminator(_scorer_kind)]
+
+
 class ScoringSettings(Strict):
     """Recipe section `scoring`: component weights and the scales of the saturating curves."""
 
-    scorer: ScorerSettings | None = None   # measured whenever set, counted in quality only when quality.model > 0
+    scorer: AnyScorerSettings | None = None   # measured whenever set, counted in quality only when quality.model > 0
     quality: QualityWeights = QualityWeights()
     difficulty: DifficultyWeights = DifficultyWeights()
     target_response_words: int = Field(300, ge=1)      # logsat reaches 1 here
@@ -341,9 +363,63 @@ class EmbeddingRelevanceScorer:
         return np.clip(np.einsum("ij,ij->i", np.asarray(instruction_vectors, dtype=np.float32), b), 0.0, 1.0)
 
 
-def model_scorer(settings: ScoringSettings, embedding: EmbeddingSettings) -> EmbeddingRelevanceScorer | None:
-    """The scorer the settings name (None without a `scorer`); `embedding` is the selection's, the default.
-    Building it loads nothing: the model loads on the first score."""
+# The judge's prompt. Changing a word of it (or of `_judge_messages`) means bumping JUDGE_PROMPT_VERSION: the
+# version is in the scorer's name, so every record is scored again under the new prompt, and in the cache key.
+JUDGE_PROMPT_VERSION = 1
+JUDGE_PROMPT = (
+    "You are a strict evaluator of answers written by AI assistants. You are given a user's instruction and an "
+    "assistant's response. Rate how well the response answers the instruction: whether it is helpful (does what "
+    "was asked, completely and clearly) and correct (facts, reasoning, code and arithmetic are right). "
+    "Use an integer from 1 (useless, wrong or off-topic) to 10 (excellent: complete, correct and clear). "
+    'Reply with JSON only, exactly of the form {"score": <integer 1-10>}, and nothing else.')
+
+
+def _judge_messages(instruction: str, response: str, max_chars: int) -> list[dict[str, str]]:
+    return [{"role": "system", "content": JUDGE_PROMPT},
+            {"role": "user", "content": f"[Instruction]\n{instruction[:max_chars]}\n\n"
+                                        f"[Response]\n{response[:max_chars]}"}]
+
+
+def parse_judge_score(content: str) -> int:
+    """The score of a judge's answer: JSON {"score": n} with n an integer 1..10, else `InvalidAnswer`."""
+    try:
+        answer = json.loads(content)
+    except ValueError:
+        raise InvalidAnswer("not JSON") from None
+    score = answer.get("score") if isinstance(answer, dict) else None
+    if isinstance(score, float) and score.is_integer():
+        score = int(score)   # 7.0 is the integer 7; 7.5 is not a score
+    if isinstance(score, bool) or not isinstance(score, int) or not 1 <= score <= 10:
+        raise InvalidAnswer(f"score {score!r} is not an integer from 1 to 10")
+    return score
+
+
+class LLMJudgeScorer:
+    """Helpfulness and correctness of the answer as rated by a chat model (`JUDGE_PROMPT`, 1-10), mapped to
+    [0, 1] by (score - 1) / 9. One request per record, answers cached in Postgres (`llm.JsonChat`)."""
+
+    def __init__(self, settings: JudgeScorerSettings, engine: Engine | None = None):
+        self.settings, self.engine = settings, engine
+        self.name = f"judge:{settings.model}:prompt=v{JUDGE_PROMPT_VERSION}:chars={settings.max_chars}"
+
+    def score(self, instructions: Sequence[str], responses: Sequence[str]) -> np.ndarray:
+        if len(instructions) != len(responses):
+            raise ValueError(f"{len(instructions)} instructions but {len(responses)} responses")
+        if self.engine is None:
+            raise ValueError("LLMJudgeScorer needs the engine of its response cache to score")
+        chat = JsonChat(self.settings, self.engine)
+        requests = [_judge_messages(i, r, self.settings.max_chars) for i, r in zip(instructions, responses)]
+        scores = chat.ask_many(requests, f"judge-v{JUDGE_PROMPT_VERSION}", parse_judge_score)
+        return (np.asarray(scores, dtype=np.float64) - 1.0) / 9.0
+
+
+def model_scorer(settings: ScoringSettings, embedding: EmbeddingSettings,
+                 engine: Engine | None = None) -> EmbeddingRelevanceScorer | LLMJudgeScorer | None:
+    """The scorer the settings name (None without a `scorer`); `embedding` is the selection's, the default;
+    `engine` holds the LLM judge's response cache (needed to score, not to name). Building a scorer loads
+    nothing and calls nothing: the model loads, or the endpoint is resolved, on the first score."""
     if settings.scorer is None:
         return None
+    if isinstance(settings.scorer, JudgeScorerSettings):
+        return LLMJudgeScorer(settings.scorer, engine)
     return EmbeddingRelevanceScorer(settings.scorer.embedding or embedding)
