@@ -116,17 +116,46 @@ def run_partitions(run_id: str) -> list[str]:
                             {"r": run_id}).scalars().all()
 
 
-def run_selection_steps(recipe_path) -> str:
-    """A new run of the recipe through every step up to and with select_records (not its gate); its id."""
+def run_dedup_steps(recipe_path) -> str:
+    """A new run of the recipe through every step up to and with semantic_deduplicate; its id."""
     from infinstruct import pipeline
     run_id = run_partition_steps(recipe_path)
     pipeline.deduplicate(run_id)
     pipeline.near_deduplicate(run_id)
     pipeline.semantic_deduplicate(run_id)
+    return run_id
+
+
+def run_scoring_steps(recipe_path) -> str:
+    """A new run of the recipe through every step up to and with score_records; its id."""
+    from infinstruct import pipeline
+    run_id = run_dedup_steps(recipe_path)
     for part in run_partitions(run_id):
         pipeline.score_records(run_id, part)
+    return run_id
+
+
+def run_selection_steps(recipe_path) -> str:
+    """A new run of the recipe through every step up to and with select_records (not its gate); its id."""
+    from infinstruct import pipeline
+    run_id = run_scoring_steps(recipe_path)
     pipeline.select(run_id)
     return run_id
+
+
+def stored_scores(engine, run_id: str) -> dict[str, dict]:
+    """Per first user turn of the run's records: the stored quality, model score, scorer and domain, and
+    whether the record still stands (no stage dropped it: `selected`, once select_records ran)."""
+    import sqlalchemy as sa
+    with engine.connect() as conn:
+        rows = conn.execute(sa.text(
+            "select r.conversation->0->>'content', s.quality, (s.signals->>'model_score')::float, s.scorer, s.domain,"
+            " not exists (select 1 from decisions d where d.partition_id = r.partition_id and d.line_no = r.line_no"
+            "             and d.verdict = 'dropped')"
+            " from records r join run_partitions rp on rp.partition_id = r.partition_id and rp.run_id = :r"
+            " join record_scores s on s.record_id = r.record_id"), {"r": run_id}).all()
+    return {q: {"quality": quality, "model_score": m, "scorer": scorer, "domain": domain, "selected": kept}
+            for q, quality, m, scorer, domain, kept in rows}
 
 
 def publish(run_id: str, out) -> dict:

@@ -27,7 +27,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 import sqlalchemy as sa
 
-from conftest import run_partition_steps, run_partitions, write_jsonl, write_recipe
+from conftest import (run_dedup_steps, run_partitions, run_scoring_steps, run_selection_steps, stored_scores,
+                      write_jsonl, write_recipe)
 from infinstruct import pipeline, scoring
 from infinstruct.llm import LLMConfigError, LLMError
 from infinstruct.scoring import JUDGE_PROMPT, JUDGE_PROMPT_VERSION, LLMJudgeScorer, ScoringSettings
@@ -246,30 +247,6 @@ def recipe(folder, scorer_settings: dict) -> str:
                         semantic_dedup=None, selection=selection)
 
 
-def run_to_scoring(recipe_path) -> tuple[str, list[str]]:
-    run_id = run_partition_steps(recipe_path)
-    pipeline.deduplicate(run_id)
-    pipeline.near_deduplicate(run_id)
-    pipeline.semantic_deduplicate(run_id)
-    return run_id, run_partitions(run_id)
-
-
-def score(recipe_path) -> str:
-    run_id, parts = run_to_scoring(recipe_path)
-    for part in parts:
-        pipeline.score_records(run_id, part)
-    return run_id
-
-
-def stored(engine, run_id: str) -> dict[str, dict]:
-    with engine.connect() as conn:
-        rows = conn.execute(sa.text(
-            "select r.conversation->0->>'content', (s.signals->>'model_score')::float, s.scorer, s.quality"
-            " from records r join run_partitions rp on rp.partition_id = r.partition_id and rp.run_id = :r"
-            " join record_scores s on s.record_id = r.record_id"), {"r": run_id}).all()
-    return {q: {"model_score": m, "scorer": name, "quality": quality} for q, m, name, quality in rows}
-
-
 @pytest.fixture(scope="module")
 def story(engine, double, tmp_path_factory):
     """Runs over the same six records; what each stored and how many requests each sent."""
@@ -283,41 +260,33 @@ def story(engine, double, tmp_path_factory):
         out[name] = action()
         calls[name] = double.count() - before
 
-    measured("first", lambda: stored(engine, score(recipe(folder, judge(double)))))
-    measured("second", lambda: stored(engine, score(recipe(folder, judge(double)))))
-    out["selected"] = selected(engine, run_selection(recipe(folder, judge(double))))
+    measured("first", lambda: stored_scores(engine, run_scoring_steps(recipe(folder, judge(double)))))
+    measured("second", lambda: stored_scores(engine, run_scoring_steps(recipe(folder, judge(double)))))
+    out["selected"] = selected(engine, recipe(folder, judge(double)))
 
     # another model, one request at a time; the third is refused: the task dies with two answers paid for
     dying = recipe(folder, judge(double, model="judge-c", concurrency=1))
-    run_id, parts = run_to_scoring(dying)
+    run_id = run_dedup_steps(dying)
+    parts = run_partitions(run_id)
     before = double.count()
     double.then(("score", 10), ("score", 10), ("status", 401))
     with pytest.raises(LLMError, match="401") as failure:
         for part in parts:
             pipeline.score_records(run_id, part)
     out["failure"], calls["dying"] = str(failure.value), double.count() - before
-    measured("retried", lambda: [pipeline.score_records(run_id, p) for p in parts] and stored(engine, run_id))
+    measured("retried", lambda: [pipeline.score_records(run_id, p) for p in parts] and stored_scores(engine, run_id))
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(scoring, "JUDGE_PROMPT_VERSION", 2)
-        measured("new_prompt", lambda: stored(engine, score(recipe(folder, judge(double, model="judge-c")))))
+        measured("new_prompt", lambda: stored_scores(engine, run_scoring_steps(recipe(folder, judge(double, model="judge-c")))))
     return out, calls
 
 
-def run_selection(recipe_path) -> str:
-    run_id = score(recipe_path)
-    pipeline.select(run_id)
+def selected(engine, recipe_path) -> set[str]:
+    """The instructions the selection keeps, after its gate passed."""
+    run_id = run_selection_steps(recipe_path)
     assert pipeline.check_selection(run_id)["success"]
-    return run_id
-
-
-def selected(engine, run_id: str) -> set[str]:
-    with engine.connect() as conn:
-        return set(conn.execute(sa.text(
-            "select r.conversation->0->>'content' from records r"
-            " join run_partitions rp on rp.partition_id = r.partition_id and rp.run_id = :r"
-            " where not exists (select 1 from decisions d where d.partition_id = r.partition_id"
-            "                   and d.line_no = r.line_no and d.verdict = 'dropped')"), {"r": run_id}).scalars())
+    return {q for q, r in stored_scores(engine, run_id).items() if r["selected"]}
 
 
 def test_score_records_stores_the_judges_score_and_name(story):

@@ -14,9 +14,8 @@ from __future__ import annotations
 import uuid
 
 import pytest
-import sqlalchemy as sa
 
-from conftest import run_selection_steps, write_jsonl, write_recipe
+from conftest import run_selection_steps, stored_scores, write_jsonl, write_recipe
 from infinstruct import pipeline
 from infinstruct.scoring import EmbeddingRelevanceScorer
 
@@ -105,19 +104,6 @@ def run(recipe_path) -> str:
     return run_id
 
 
-def scores(engine, run_id: str) -> dict[str, dict]:
-    """Per instruction: quality, model score, scorer, domain, and whether the run selected it."""
-    with engine.connect() as conn:
-        rows = conn.execute(sa.text(
-            "select r.conversation->0->>'content', s.quality, (s.signals->>'model_score')::float, s.scorer, s.domain,"
-            " not exists (select 1 from decisions d where d.partition_id = r.partition_id and d.line_no = r.line_no"
-            "             and d.verdict = 'dropped')"
-            " from records r join run_partitions rp on rp.partition_id = r.partition_id and rp.run_id = :r"
-            " join record_scores s on s.record_id = r.record_id"), {"r": run_id}).all()
-    return {q: {"quality": quality, "model_score": m, "scorer": scorer, "domain": domain, "selected": kept}
-            for q, quality, m, scorer, domain, kept in rows}
-
-
 @pytest.fixture(scope="module")
 def runs(engine, tmp_path_factory):
     """Four runs over the same twelve records; the number of responses the model scored in each."""
@@ -141,7 +127,7 @@ def runs(engine, tmp_path_factory):
 
         with pytest.MonkeyPatch.context() as mp:   # counts the calls, the real model still answers
             mp.setattr(EmbeddingRelevanceScorer, "score_vectors", counting)
-            out[name] = scores(engine, run(recipe(folder, f"model_{name}_{uuid.uuid4().hex[:6]}", scoring)))
+            out[name] = stored_scores(engine, run(recipe(folder, f"model_{name}_{uuid.uuid4().hex[:6]}", scoring)))
         calls[name] = sum(scored)
     return out, calls
 
