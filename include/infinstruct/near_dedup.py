@@ -102,6 +102,17 @@ class Standing(NamedTuple):
     new: np.ndarray    # bool: decided in this pass (else an old record that stands)
 
 
+def dropped_lines(conn: Connection, partition_id: str, lines: np.ndarray, stages: list[str] | None = None) -> np.ndarray:
+    """Those of the partition's `lines` that a decision of `stages` (None: of any stage) drops. A few lines
+    are looked up by key; for many, the partition's dropped lines are read whole."""
+    few = len(lines) <= 5_000
+    return np.fromiter(conn.execute(sa.text(
+        "select distinct line_no from decisions where partition_id = :p and verdict = :dropped"
+        + (" and stage = any(:stages)" if stages is not None else "") + (" and line_no = any(:lines)" if few else "")),
+        {"p": partition_id, "dropped": Verdict.DROPPED.value, "stages": stages,
+         "lines": lines.tolist() if few else None}).scalars(), dtype=np.int64)
+
+
 def _standing_rows(conn: Connection, partition_id: str, deciding: bool, rows: np.ndarray) -> np.ndarray:
     """Those of a partition's `lsh_keys` rows (line_no, keys) that still stand, in line order: no earlier
     stage dropped them, nor, in a partition this pass does not decide, an earlier pass of this stage.
@@ -109,12 +120,7 @@ def _standing_rows(conn: Connection, partition_id: str, deciding: bool, rows: np
     if not len(rows):
         return rows
     lines = rows["line_no"].astype(np.int64)
-    few = len(rows) <= 5_000   # an old partition's rows sharing a key with new ones: look those lines up
-    gone = np.fromiter(conn.execute(sa.text(
-        "select line_no from decisions where partition_id = :p and verdict = :dropped"
-        " and (stage = any(:earlier) or (stage = :stage and not :deciding))" + (" and line_no = any(:lines)" if few else "")),
-        {"p": partition_id, "dropped": Verdict.DROPPED.value, "earlier": EARLIER, "stage": Stage.NEAR_DEDUP.value,
-         "deciding": deciding, "lines": lines.tolist() if few else None}).scalars(), dtype=np.int64)
+    gone = dropped_lines(conn, partition_id, lines, EARLIER if deciding else [*EARLIER, Stage.NEAR_DEDUP.value])
     order = np.argsort(lines, kind="stable")
     return rows[order[~np.isin(lines[order], gone)]]
 

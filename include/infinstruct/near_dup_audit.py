@@ -23,8 +23,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from . import neardup
 from .config import Recipe
-from .near_dedup import INSTRUCTION_SQL, map_partitions, partition_keys
-from .reasons import Verdict
+from .near_dedup import INSTRUCTION_SQL, dropped_lines, map_partitions, partition_keys
 
 
 @dataclass
@@ -48,11 +47,7 @@ def _released(conn: Connection, partition_id: str, rows: np.ndarray) -> np.ndarr
     if not len(rows):
         return rows
     lines = rows["line_no"].astype(np.int64)
-    dropped = np.fromiter(conn.execute(sa.text(
-        "select distinct line_no from decisions where partition_id = :p and verdict = :dropped"
-        + ("" if len(rows) > 1000 else " and line_no = any(:lines)")),   # a few rows: look those up
-        {"p": partition_id, "dropped": Verdict.DROPPED.value, "lines": lines.tolist()}).scalars(), dtype=np.int64)
-    return rows[~np.isin(lines, dropped)]
+    return rows[~np.isin(lines, dropped_lines(conn, partition_id, lines))]
 
 
 def _sample(partition_ids: list[str], lines: list[np.ndarray], size: int) -> list[np.ndarray]:
