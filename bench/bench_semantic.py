@@ -61,12 +61,12 @@ def recall(found: list[set[int]], truth: np.ndarray) -> str:
 
 
 def bench_pgvector(base, extra, queries, truth, k):
-    import pgserver
     import sqlalchemy as sa
 
     from infinstruct import semantic
+    from infinstruct.embedded_server import start_server
     folder = Path(tempfile.mkdtemp(prefix="bench-pgvector-"))
-    server = pgserver.get_server(folder, cleanup_mode="delete")
+    server = start_server(folder, cleanup_mode="delete")
     engine = sa.create_engine(server.get_uri().replace("postgresql://", "postgresql+psycopg2://"))
     rows = []
     with engine.begin() as conn:

@@ -16,11 +16,11 @@ def temporary_database() -> Iterator[tuple[str, Path]]:
     """(URL, pgdata) of an embedded PostgreSQL in a temporary folder, stopped and removed afterwards.
     Also exported as INFINSTRUCT_DATABASE_URL: pipeline functions and worker processes use it."""
     tmp = Path(tempfile.mkdtemp(prefix="infinstruct-bench-"))
-    os.environ.setdefault("XDG_RUNTIME_DIR", str(tmp))  # quiets platformdirs warnings from pgserver (at import)
-    import pgserver
+    os.environ.setdefault("XDG_RUNTIME_DIR", str(tmp))  # quiets platformdirs warnings (at import)
+    from infinstruct.embedded_server import start_server
     from infinstruct.runtime import DATABASE_ENV, embedded_database_url
 
-    server = pgserver.get_server(tmp / "pgdata", cleanup_mode="delete")  # first handle: 'delete' wins
+    server = start_server(tmp / "pgdata", cleanup_mode="delete")  # first handle: 'delete' wins
     try:
         url = embedded_database_url("bench", pgdata=tmp / "pgdata")
         os.environ[DATABASE_ENV] = url

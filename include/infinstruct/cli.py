@@ -3,6 +3,7 @@
     infinstruct run [--recipe PATH] [--out DIR]   run the curation DAG once, in this process (dag.test)
     infinstruct migrate                           create / upgrade the metadata store schema
     infinstruct database-url                      print the metadata store URL (starts the embedded server)
+    infinstruct vector-support                    whether pgvector works on that server (the probe's answer)
 
 `run` needs no Airflow services: it uses $AIRFLOW_HOME if set, else <INFINSTRUCT_HOME>/airflow with a
 SQLite metadata database, migrated on first use.
@@ -94,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     run_cmd.add_argument("--out", default="releases", help="release folder (default: ./releases)")
     commands.add_parser("migrate", help="create or upgrade the metadata store schema")
     commands.add_parser("database-url", help="print the metadata store URL")
+    commands.add_parser("vector-support", help="probe (once per server start) whether pgvector works on the server")
     args = parser.parse_args(argv)
 
     if args.command == "run":
@@ -102,6 +104,13 @@ def main(argv: list[str] | None = None) -> int:
     engine = get_engine()
     if args.command == "migrate":
         print(f"schema version {schema_version(engine)}")
+    elif args.command == "vector-support":
+        from .vector_probe import cpu_description, vector_support
+        support = vector_support(engine)
+        print(json.dumps({"works": support.ok, "detail": support.detail, "cpu": cpu_description(),
+                          "server_started_at": support.server_started_at.isoformat(),
+                          "index_auto": "pgvector" if support.ok else "exact"}, indent=2))
+        return 0 if support.ok else 1
     else:
         print(engine.url.render_as_string(hide_password=False))
     return 0

