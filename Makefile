@@ -1,6 +1,6 @@
 # The two commands of the README:
 #   make run    install into .venv and run the curation pipeline on the bundled sample (embedded defaults)
-#   make test   install into .venv and run the test suite
+#   make test   install into .venv, lint (ruff) and run the test suite
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -25,6 +25,7 @@ run: install
 	$(BIN)/infinstruct run --recipe $(RECIPE) --out $(OUT)
 
 test: install
+	$(BIN)/ruff check .
 	$(BIN)/pytest -q
 
 bench: install

@@ -322,7 +322,7 @@ def db_sizes(engine) -> dict[str, Any]:
 
 def _worker_init(barrier) -> None:
     from infinstruct import pipeline  # noqa: F401  (imports and the engine, once per worker process)
-    from infinstruct.db import get_engine
+    from infinstruct.store.db import get_engine
 
     get_engine()
     barrier.wait()
@@ -687,7 +687,7 @@ def main() -> int:
     recipe_path.write_text(yaml.safe_dump(recipe, sort_keys=False))
 
     with temporary_database() as (url, pgdata):
-        from infinstruct.db import get_engine
+        from infinstruct.store.db import get_engine
 
         engine = get_engine(url)
         c["facts"] = machine_facts(engine)

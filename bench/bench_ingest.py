@@ -29,8 +29,8 @@ HERE = Path(__file__).resolve().parent
 OUT = HERE / "out"
 sys.path.insert(0, str(HERE))
 
-from generate_pool import generate  # noqa: E402
 from benchlib import machine_facts, temporary_database  # noqa: E402
+from generate_pool import generate  # noqa: E402
 
 SOURCE = "pool"
 
@@ -63,6 +63,7 @@ def prepare_pool(n: int, seed: int) -> tuple[Path, Path, dict[str, int]]:
 def start_and_plan(pool: Path, dataset: str, shard_lines: int) -> tuple[Any, str, list[str]]:
     """Start a run of a recipe with the pool as its one source; (recipe, run id, planned partition ids)."""
     import yaml
+
     from infinstruct import pipeline
 
     raw = {"name": dataset, "description": "ingest benchmark", "ingest": {"shard_lines": shard_lines},
@@ -81,8 +82,9 @@ def truncate(engine) -> None:
 
 def ingest_worker(run_id: str, partition_id: str) -> tuple[int, float, float, dict]:
     """One mapped ingest task in its own process: (pid, start and end of its ingest_partition call, result)."""
-    from infinstruct import ingest, pipeline
-    from infinstruct.db import get_engine
+    from infinstruct import pipeline
+    from infinstruct.sources import ingest
+    from infinstruct.store.db import get_engine
 
     engine, recipe = get_engine(), pipeline.run_recipe(run_id)
     start = time.monotonic()
@@ -102,10 +104,10 @@ def parallel_ingest(run_id: str, partition_ids: list[str]) -> tuple[float, float
 
 def parse_seconds(recipe, part: dict) -> float:
     """Reading the partition's lines and `ingest.parse_item` on each, no database."""
-    from infinstruct import ingest
-    from infinstruct.conversation import ConversationError
-    from infinstruct.formats import mapper_for
-    from infinstruct.readers import read_jsonl
+    from infinstruct.record.conversation import ConversationError
+    from infinstruct.sources import ingest
+    from infinstruct.sources.formats import mapper_for
+    from infinstruct.sources.readers import read_jsonl
 
     mapper, max_chars = mapper_for(recipe.source(SOURCE)), recipe.ingest.max_record_chars
     t0 = time.monotonic()
@@ -181,8 +183,9 @@ def main() -> int:
     with temporary_database() as (url, _):
         import pandas as pd
         import sqlalchemy as sa
-        from infinstruct import ingest
-        from infinstruct.db import get_engine
+
+        from infinstruct.sources import ingest
+        from infinstruct.store.db import get_engine
 
         engine = get_engine(url)
         c["facts"] = machine_facts(engine, pandas=__import__("pandas").__version__)

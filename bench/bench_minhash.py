@@ -1,4 +1,4 @@
-"""Speed and quality of the MinHash-LSH near-duplicate core (include/infinstruct/neardup.py).
+"""Speed and quality of the MinHash-LSH near-duplicate core (include/infinstruct/curate/near_dedup/minhash.py).
 
     pip install -r bench/requirements.txt        # datasketch, the baseline
     python bench/bench_minhash.py [--n 200000] [--baseline-limit N] [--sweep] [--seed 0]
@@ -28,9 +28,17 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from generate_pool import WORDS  # noqa: E402  (the same word list as the pool generator)
-
-from infinstruct.neardup import (NearDupSettings, band_keys, candidate_pairs, clusters, confirm_pairs,  # noqa: E402
-                                 essential_words, shingle_text, signatures, text_words)
+from infinstruct.curate.near_dedup.minhash import (  # noqa: E402
+    NearDupSettings,
+    band_keys,
+    candidate_pairs,
+    clusters,
+    confirm_pairs,
+    essential_words,
+    shingle_text,
+    signatures,
+    text_words,
+)
 
 POOL = Path(__file__).resolve().parents[2] / "shared" / "data" / "pool"
 OPENERS = ("Explain", "Describe", "Write", "Summarize", "List", "Give", "Compare", "Identify", "Suggest",

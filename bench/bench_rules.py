@@ -85,7 +85,8 @@ def fresh_database(server: str | None):
             yield url
         return
     import sqlalchemy as sa
-    from infinstruct.runtime import DATABASE_ENV, normalise_url
+
+    from infinstruct.store.database_url import DATABASE_ENV, normalise_url
 
     name = f"infinstruct_bench_rules_{uuid.uuid4().hex[:8]}"
     admin = sa.create_engine(normalise_url(server), isolation_level="AUTOCOMMIT")
@@ -96,7 +97,7 @@ def fresh_database(server: str | None):
     try:
         yield url
     finally:
-        from infinstruct.db import get_engine
+        from infinstruct.store.db import get_engine
         get_engine(url).dispose()
         with admin.connect() as conn:
             conn.execute(sa.text(f'drop database if exists "{name}" with (force)'))
@@ -158,8 +159,9 @@ def main() -> int:
     log(f"library {Path(infinstruct.__file__).parent}")
 
     with fresh_database(args.database_url) as url:
-        from infinstruct.db import get_engine
         import sqlalchemy as sa
+
+        from infinstruct.store.db import get_engine
 
         engine = get_engine(url)
         facts = machine_facts(engine)

@@ -43,6 +43,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "include"))
 sys.path.insert(0, str(ROOT / "bench"))
 from benchlib import table  # noqa: E402
+
 DATA = ROOT.parent / "shared" / "data" / "pool"
 SHARES = {"knowledge": 0.4, "math": 0.3, "code": 0.2, "chat": 0.1}
 
@@ -69,9 +70,9 @@ def perturb(text: str, rng: random.Random) -> str:
 
 def build_pool(engine, n: int, dim: int, real: dict[str, list[str]], part_prefix: str, start: int, seed: int) -> int:
     """COPY n standing, scored records (in partitions of 50k) for run `bench`; returns rows written."""
-    from infinstruct.pgcopy import Copier, CopyTable, json_field, text_field
-    from infinstruct.record_scores import keys
-    from infinstruct.scoring import SIGNALS_VERSION
+    from infinstruct.curate.scoring.signals import SIGNALS_VERSION
+    from infinstruct.curate.scoring.stage import keys
+    from infinstruct.store.pgcopy import Copier, CopyTable, json_field
 
     rng, nprng = random.Random(seed), np.random.default_rng(seed)
     bases = {d: nprng.standard_normal((len(real[d]), dim)).astype(np.float32) for d in SHARES}
@@ -136,9 +137,8 @@ def selected(engine) -> set[str]:
 
 def agreement(engine, stored: int, queries: int, dim: int, threshold: float = 0.9, noise: float = 0.35) -> list[list]:
     """Greedy walk of `queries` candidates against `stored` selected vectors: HNSW (pgvector) vs exact."""
-    import sqlalchemy as sa
-    from infinstruct.diversity import ExactIndex, LayeredIndex, greedy_select
-    from infinstruct.semantic import StoredIndex
+    from infinstruct.curate.selection.diversity import ExactIndex, LayeredIndex, greedy_select
+    from infinstruct.store.vector_index import StoredIndex
 
     rng = np.random.default_rng(11)
     bases = rng.standard_normal((stored // 10, dim)).astype(np.float32)
@@ -192,12 +192,13 @@ def main() -> None:
     args = ap.parse_args()
 
     import sqlalchemy as sa
+
     from benchlib import machine_facts, temporary_database
     from infinstruct.config import Recipe
-    from infinstruct.db import get_engine
-    from infinstruct.diversity import diversity_report
-    from infinstruct.embedding_cache import read_vectors
-    from infinstruct.select_records import select_records
+    from infinstruct.curate.selection.diversity import diversity_report
+    from infinstruct.curate.selection.stage import select_records
+    from infinstruct.store.db import get_engine
+    from infinstruct.store.embedding_cache import read_vectors
 
     real = prompts()
     folder = Path(__import__("tempfile").mkdtemp(prefix="bench-select-"))

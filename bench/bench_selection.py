@@ -42,6 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "include"))
 sys.path.insert(0, str(ROOT / "bench"))
 from benchlib import table  # noqa: E402
+
 DATA = ROOT.parent / "shared" / "data"
 
 
@@ -77,7 +78,7 @@ def machine() -> str:
 # --- scoring -----------------------------------------------------------------------------------
 
 def run_scoring(args) -> None:
-    from infinstruct.scoring import difficulty_score, measure_signals, quality_score
+    from infinstruct.curate.scoring.signals import difficulty_score, measure_signals, quality_score
     records = conversations()
     t = time.perf_counter()
     signals = [measure_signals(turns) for _, turns in records]
@@ -114,7 +115,14 @@ def perturb(text: str, rng: random.Random) -> str:
 
 
 def run_dsir(args) -> None:
-    from infinstruct.dsir import DsirSettings, HashedNgrams, ImportanceModel, distribution, kl_divergence, resample
+    from infinstruct.curate.selection.dsir import (
+        DsirSettings,
+        HashedNgrams,
+        ImportanceModel,
+        distribution,
+        kl_divergence,
+        resample,
+    )
     records = conversations()
     gsm8k = [turns[0][1] for source, turns in records if source == "gsm8k_train"]
     target, held_out = gsm8k[: len(gsm8k) // 2], gsm8k[len(gsm8k) // 2:]
@@ -163,7 +171,7 @@ def run_dsir(args) -> None:
 
 def unique_instructions(n: int, seed: int = 0) -> list[tuple[str, str, float]]:
     """(source, instruction, quality) of n random unique pool instructions."""
-    from infinstruct.scoring import measure_signals, quality_score
+    from infinstruct.curate.scoring.signals import measure_signals, quality_score
     seen, out = set(), []
     for source, turns in conversations():
         text = next(c for r, c in turns if r == "user")
@@ -175,8 +183,8 @@ def unique_instructions(n: int, seed: int = 0) -> list[tuple[str, str, float]]:
 
 
 def run_diversity(args) -> None:
-    from infinstruct.diversity import diversity_report, greedy_select
-    from infinstruct.embeddings import encode
+    from infinstruct.curate.selection.diversity import diversity_report, greedy_select
+    from infinstruct.ml.embeddings import encode
     sample = unique_instructions(args.n)
     texts = [t for _, t, _ in sample]
     scores = np.array([q for _, _, q in sample])
@@ -233,8 +241,8 @@ def run_diversity(args) -> None:
 # --- domains -----------------------------------------------------------------------------------
 
 def run_domains(args) -> None:
-    from infinstruct.domains import DomainClassifier
-    from infinstruct.embeddings import encode
+    from infinstruct.curate.scoring.domains import DomainClassifier
+    from infinstruct.ml.embeddings import encode
     sample = unique_instructions(args.n, seed=1)
     texts = [t for _, t, _ in sample]
     vectors = encode(texts)

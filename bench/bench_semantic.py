@@ -64,7 +64,7 @@ def bench_pgvector(base, extra, queries, truth, k):
     import sqlalchemy as sa
 
     from infinstruct import semantic
-    from infinstruct.embedded_server import start_server
+    from infinstruct.store.embedded_server import start_server
     folder = Path(tempfile.mkdtemp(prefix="bench-pgvector-"))
     server = start_server(folder, cleanup_mode="delete")
     engine = sa.create_engine(server.get_uri().replace("postgresql://", "postgresql+psycopg2://"))
@@ -184,7 +184,7 @@ def pool_prompts(limit: int | None = None, with_source: bool = False) -> list:
 
 
 def run_encode(args) -> None:
-    from infinstruct.embeddings import EmbeddingSettings, encode
+    from infinstruct.ml.embeddings import EmbeddingSettings, encode
     texts = random.Random(1).sample(pool_prompts(), args.n)
     settings = EmbeddingSettings()
     encode(texts[:4], settings)
@@ -196,7 +196,7 @@ def run_encode(args) -> None:
 
 
 def benchmark_items():
-    from infinstruct.decontam import BenchmarkSpec, load_items
+    from infinstruct.curate.decontam.ngrams import BenchmarkSpec, load_items
     specs = [BenchmarkSpec(name="gsm8k_test", path=str(DATA / "benchmarks/gsm8k_test.jsonl"), fields=["question"]),
              BenchmarkSpec(name="mt_bench", path=str(DATA / "benchmarks/mt_bench_questions.jsonl"), fields=["turns"],
                            id_field="question_id"),
@@ -247,9 +247,9 @@ UNION_AT = 0.80   # the embedding threshold of the "ngram or embedding" column
 
 
 def run_decontam(args) -> None:
-    from infinstruct.decontam import NgramIndex
-    from infinstruct.embeddings import EmbeddingSettings
-    from infinstruct.semantic import EmbeddingMatcher, EmbeddingMatchSettings
+    from infinstruct.curate.decontam.embedding import EmbeddingMatcher, EmbeddingMatchSettings
+    from infinstruct.curate.decontam.ngrams import NgramIndex
+    from infinstruct.ml.embeddings import EmbeddingSettings
     rng = random.Random(3)
     items = benchmark_items()
     t = time.perf_counter()
@@ -278,7 +278,7 @@ def run_decontam(args) -> None:
 
 
 def run_static(args) -> None:
-    from infinstruct.embeddings import EmbeddingSettings, distill_static_model, encode
+    from infinstruct.ml.embeddings import EmbeddingSettings, distill_static_model, encode
     folder = Path(tempfile.mkdtemp(prefix="m2v-"))
     t = time.perf_counter()
     distill_static_model(folder)

@@ -17,8 +17,8 @@ def temporary_database() -> Iterator[tuple[str, Path]]:
     Also exported as INFINSTRUCT_DATABASE_URL: pipeline functions and worker processes use it."""
     tmp = Path(tempfile.mkdtemp(prefix="infinstruct-bench-"))
     os.environ.setdefault("XDG_RUNTIME_DIR", str(tmp))  # quiets platformdirs warnings (at import)
-    from infinstruct.embedded_server import start_server
-    from infinstruct.runtime import DATABASE_ENV, embedded_database_url
+    from infinstruct.store.database_url import DATABASE_ENV, embedded_database_url
+    from infinstruct.store.embedded_server import start_server
 
     server = start_server(tmp / "pgdata", cleanup_mode="delete")  # first handle: 'delete' wins
     try:

@@ -39,12 +39,12 @@ Categories
                         item used at most once. `in_pool`: pool records found (by an independent 10-gram
                         check, not the library's) to hold a benchmark item, kept and labelled: AlpacaEval's
                         MT-Bench 81 and 130, GSM8K train questions written on a test question's template.
-    junk:<kind>         one kind per rule of include/infinstruct/rules.py, made without the library:
+    junk:<kind>         one kind per rule of include/infinstruct/curate/rules/filters.py, made without the library:
                         empty_or_short, too_long, garbage, language, refusal, echo, repetition,
                         repeated_lines, truncated (sub-variants in `detail`).
 
 Planted records that are not junk (near-copies and their originals, siblings, contaminated records)
-are checked with `infinstruct.rules.check` at the default settings and re-drawn if a rule would drop
+are checked with `infinstruct.curate.rules.filters.check` at the default settings and re-drawn if a rule would drop
 them, so a miss in their stage is not hidden by an earlier stage. Junk is never checked with the
 library. Fillers for planted records (answers, junk instructions) come from pool records kept apart
 from the clean set, so no planted record repeats a clean one.
@@ -72,7 +72,7 @@ NEAR_EDITS = ("whitespace", "appended_phrase", "swapped_words", "light_rewording
 NEAR_PER_EDIT = 120
 JUNK_PER_KIND = 40
 JUNK_KINDS = ("empty_or_short", "too_long", "garbage", "language", "refusal", "echo", "repetition", "repeated_lines",
-              "truncated")  # = infinstruct.rules.Rule, in its order
+              "truncated")  # = infinstruct.curate.rules.filters.Rule, in its order
 # contaminated records per (benchmark, variant); each benchmark item is used once
 CONTAM_PLAN = {("gsm8k_test", "verbatim"): 60, ("gsm8k_test", "wrapped"): 60, ("gsm8k_test", "paraphrased"): 90,
                ("gsm8k_test", "short_in_preamble"): 20,
@@ -226,7 +226,7 @@ _RULE_SETTINGS = None
 def passes_rules(user: str, answer: str) -> bool:
     """True when the default rule filters keep (user, answer): used only for non-junk planted records."""
     global _RULE_SETTINGS
-    from infinstruct.rules import RuleSettings, check
+    from infinstruct.curate.rules.filters import RuleSettings, check
     _RULE_SETTINGS = _RULE_SETTINGS or RuleSettings()
     return check((("user", user), ("assistant", answer)), _RULE_SETTINGS).keep
 

@@ -1,7 +1,7 @@
 """Airflow UI plugin: Browse -> "infinstruct runs" shows each run's funnel, gates and release.
 
 Served by the Airflow API server at /infinstruct/ (a FastAPI app) to logged-in users; data comes from
-the project's metadata store through `infinstruct.report`.
+the project's metadata store through `infinstruct.store.run_report`.
 """
 from __future__ import annotations
 
@@ -32,8 +32,8 @@ def _table(headers: list[str], rows: list[list[str]]) -> str:
 
 @app.get("/", response_class=HTMLResponse)
 def runs() -> HTMLResponse:
-    from infinstruct.db import get_engine
-    from infinstruct.report import recent_runs
+    from infinstruct.store.db import get_engine
+    from infinstruct.store.run_report import recent_runs
 
     rows = [[f'<a href="run/{escape(r["run_id"])}">{escape(r["run_id"])}</a>', escape(r["dataset"]),
              f'<span class="{"ok" if r["status"] == "succeeded" else "bad" if r["status"] == "failed" else ""}">{escape(r["status"])}</span>',
@@ -45,8 +45,8 @@ def runs() -> HTMLResponse:
 
 @app.get("/run/{run_id:path}", response_class=HTMLResponse)
 def run(run_id: str) -> HTMLResponse:
-    from infinstruct.db import get_engine
-    from infinstruct.report import recent_runs, run_funnel, run_gates
+    from infinstruct.store.db import get_engine
+    from infinstruct.store.run_report import recent_runs, run_funnel, run_gates
 
     engine = get_engine()
     if not any(r["run_id"] == run_id for r in recent_runs(engine, limit=10_000)):

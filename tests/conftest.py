@@ -18,6 +18,7 @@ _SESSION_HOME = Path(tempfile.mkdtemp(prefix="infinstruct-test-"))
 os.environ["INFINSTRUCT_HOME"] = str(_SESSION_HOME)
 os.environ.pop("AIRFLOW_HOME", None)
 from infinstruct.cli import _airflow_env  # noqa: E402  (no Airflow import; sets AIRFLOW_HOME etc. for whatever imports it)
+
 _airflow_env()
 os.environ.setdefault("XDG_RUNTIME_DIR", str(_SESSION_HOME))  # quiets platformdirs warnings of the embedded server
 
@@ -28,7 +29,8 @@ SHARED_DATA = ROOT.parent / "shared" / "data"
 
 def _server_database_url(server: str) -> str:
     import sqlalchemy as sa
-    from infinstruct.runtime import normalise_url
+
+    from infinstruct.store.database_url import normalise_url
 
     name = f"infinstruct_test_{uuid.uuid4().hex[:8]}"
     admin = sa.create_engine(normalise_url(server), isolation_level="AUTOCOMMIT")
@@ -40,7 +42,8 @@ def _server_database_url(server: str) -> str:
 
 def _drop_server_database(server: str, url: str) -> None:
     import sqlalchemy as sa
-    from infinstruct.runtime import normalise_url
+
+    from infinstruct.store.database_url import normalise_url
 
     admin = sa.create_engine(normalise_url(server), isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
@@ -55,14 +58,14 @@ def database_url():
     if server_url:
         url = _server_database_url(server_url)
     else:
-        from infinstruct.embedded_server import start_server
-        from infinstruct.runtime import embedded_database_url
+        from infinstruct.store.database_url import embedded_database_url
+        from infinstruct.store.embedded_server import start_server
         # registered first with cleanup 'delete', so the server stops and its folder goes at the end
         embedded = start_server(_SESSION_HOME / "pgdata", cleanup_mode="delete")
         url = embedded_database_url("infinstruct_test", pgdata=_SESSION_HOME / "pgdata")
     os.environ["INFINSTRUCT_DATABASE_URL"] = url  # what pipeline steps (and DAG tasks) connect to
     yield url
-    from infinstruct.db import _migrated_engine, get_engine
+    from infinstruct.store.db import _migrated_engine, get_engine
     get_engine(url).dispose()  # close pooled connections before the server goes
     _migrated_engine.cache_clear()
     if embedded is not None:
@@ -73,7 +76,7 @@ def database_url():
 
 @pytest.fixture(scope="session")
 def engine(database_url):
-    from infinstruct.db import get_engine
+    from infinstruct.store.db import get_engine
     return get_engine(database_url)
 
 
@@ -108,6 +111,7 @@ def run_partition_steps(recipe_path) -> str:
 def run_partitions(run_id: str) -> list[str]:
     """The partition ids of a run, as plan_partitions returned them."""
     import sqlalchemy as sa
+
     from infinstruct import pipeline
     with pipeline.get_engine().connect() as conn:
         return conn.execute(sa.text("select partition_id from run_partitions where run_id = :r order by 1"),
@@ -179,13 +183,13 @@ def run_record_id(engine, run_id: str, file_name: str, line: int) -> str:
 def write_jsonl(path: Path, lines: list) -> Path:
     """Write items as JSONL; str items are written verbatim (for malformed lines)."""
     import json
-    path.write_text("".join((l if isinstance(l, str) else json.dumps(l)) + "\n" for l in lines))
+    path.write_text("".join((item if isinstance(item, str) else json.dumps(item)) + "\n" for item in lines))
     return path
 
 
 def has_pgvector(engine) -> bool:
     """pgvector is installed on the test server and the probe showed it works there."""
-    from infinstruct.vector_probe import vector_support
+    from infinstruct.store.vector_probe import vector_support
     return vector_support(engine).ok
 
 

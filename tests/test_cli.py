@@ -40,3 +40,18 @@ def test_a_bad_recipe_fails_before_airflow_starts(tmp_path, capsys):
         assert "fromat" in str(exc)
     else:
         raise AssertionError("a recipe with an unknown key must be rejected")
+
+
+def test_the_stage_table_is_printed_from_the_declaration_and_is_the_readme_s(capsys):
+    from conftest import ROOT
+    from infinstruct.stages import STAGES
+    assert main(["stages"]) == 0
+    table = capsys.readouterr().out.strip()
+    assert table in (ROOT / "README.md").read_text(), "README's task table differs: paste `infinstruct stages` into it"
+    assert [line.split("`")[1] for line in table.splitlines()[2:]] == [s.task for s in STAGES]
+    assert main(["stages", "--json"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    near = next(r for r in rows if r["task"] == "near_deduplicate")
+    assert near == {"task": "near_deduplicate", "kind": "whole dataset", "step": "near_deduplicate",
+                    "after": ["deduplicate"], "ledger_stage": "near_dedup", "reasons": ["near_duplicate"],
+                    "section": "near_dedup"}

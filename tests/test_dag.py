@@ -30,13 +30,21 @@ def states(dag_run) -> dict[tuple[str, int], str]:
 
 
 def test_dag_shape(dag):
+    from infinstruct.stages import STAGES, Kind
+    for spec in STAGES:   # the DAG is the declared stages: per-partition ones mapped over the plan's partitions
+        task = dag.task_dict[spec.task]
+        assert task.is_mapped == (spec.kind is Kind.PARTITION)
+        assert task.upstream_task_ids == set(spec.after) | ({"plan_partitions"} if task.is_mapped else set())
+    declared = [s.task for s in STAGES]   # in the order they run: a stage waits only for stages above it
+    assert all(declared.index(up) < declared.index(s.task) for s in STAGES for up in s.after)
+    # and the declaration is what the pipeline relies on
     assert set(dag.task_dict) == TASKS
     assert {t.task_id for t in dag.tasks if t.is_mapped} == MAPPED
     assert dag.task_dict["export_release"].upstream_task_ids == {"check_release"}
     assert dag.task_dict["check_ingested"].upstream_task_ids == {"ingest"}
     assert dag.task_dict["apply_rules"].upstream_task_ids == {"check_ingested", "plan_partitions"}
     assert dag.task_dict["deduplicate"].upstream_task_ids == {"decontaminate", "minhash"}
-    assert dag.task_dict["minhash"].upstream_task_ids == {"apply_rules"}
+    assert dag.task_dict["minhash"].upstream_task_ids == {"apply_rules", "plan_partitions"}
     assert dag.task_dict["semantic_deduplicate"].upstream_task_ids == {"near_deduplicate"}
     assert dag.task_dict["score_records"].upstream_task_ids == {"semantic_deduplicate", "plan_partitions"}
     assert dag.task_dict["select_records"].upstream_task_ids == {"score_records"}
@@ -134,3 +142,50 @@ def test_sample_run_with_a_selection_ledgers_what_it_leaves_out(dag, tmp_path):
     assert {"math", "code", "knowledge"} >= {d for d, e in mix["after"]["domain"].items() if d != "chat"}
     card = (release / "README.md").read_text()
     assert "## Composition" in card and f"| `chat` | {mix['before']['domain']['chat']['count']} |" in card
+
+
+def _dag_module():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("infinstruct_curation_dag", ROOT / "dags" / "infinstruct_curation.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("error", ["BenchmarkError", "EmbeddingError", "LLMConfigError", "ScoringError",
+                                   "AccountingError", "GateFailed", "RecipeError", "IngestError"])
+def test_a_data_error_fails_its_task_without_retries(airflow_home, error):
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from infinstruct.errors import DataError
+    found = [cls for cls in _subclasses(DataError) if cls.__name__ == error]
+    assert found, f"{error} is not a DataError"
+
+    def step():
+        raise found[0]("bad input")
+    with pytest.raises(AirflowFailException, match=f"{error}: bad input"):
+        _dag_module()._call(step)
+
+
+def test_other_errors_are_left_to_airflow_s_retries(airflow_home):
+    def step():
+        raise ConnectionError("server closed the connection unexpectedly")
+    with pytest.raises(ConnectionError):
+        _dag_module()._call(step)
+
+
+def _subclasses(cls) -> list[type]:
+    import infinstruct.config  # noqa: F401  (import every module that defines one)
+    import infinstruct.curate.decontam.ngrams  # noqa: F401
+    import infinstruct.curate.scoring.signals  # noqa: F401
+    import infinstruct.gates.checks  # noqa: F401
+    import infinstruct.ml.embeddings  # noqa: F401
+    import infinstruct.ml.llm  # noqa: F401
+    import infinstruct.sources.ingest  # noqa: F401
+    import infinstruct.store.ledger  # noqa: F401
+    out, todo = [], [cls]
+    while todo:
+        for sub in todo.pop().__subclasses__():
+            out.append(sub)
+            todo.append(sub)
+    return out

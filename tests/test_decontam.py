@@ -14,8 +14,20 @@ import sqlalchemy as sa
 from pydantic import ValidationError
 
 from conftest import SHARED_DATA, write_jsonl
-from infinstruct.decontam import (BenchmarkError, BenchmarkItem, BenchmarkSpec, Match, MatchMethod, NgramIndex,
-                                  best_matches, contaminating, load_items, normalise, normalise_words, word_hash)
+from infinstruct.curate.decontam.ngrams import (
+    BenchmarkError,
+    BenchmarkItem,
+    BenchmarkSpec,
+    Match,
+    MatchMethod,
+    NgramIndex,
+    best_matches,
+    contaminating,
+    load_items,
+    normalise,
+    normalise_words,
+    word_hash,
+)
 
 MATH = BenchmarkItem("mathbench", "7", "A farmer has 3 fields. Each field has 24 rows of corn with 15 plants in a row. "
                                        "How many corn plants does the farmer have in total?")
@@ -300,7 +312,7 @@ def stage_rows(engine, part: str) -> tuple[dict, dict]:
 
 def cached_ids(engine, part: str) -> set[int]:
     """Lines of the partition whose record has a cached instruction vector."""
-    from infinstruct.embeddings import EmbeddingSettings
+    from infinstruct.ml.embeddings import EmbeddingSettings
     with engine.connect() as conn:
         return set(conn.execute(sa.text(
             "select r.line_no from records r join embedding_cache e on e.record_id = r.record_id and e.model = :m"
@@ -332,7 +344,7 @@ def test_a_paraphrased_item_the_ngrams_miss_is_dropped_by_embedding(engine, tmp_
 
 
 def test_the_same_records_in_another_file_reuse_the_cached_vectors(engine, tmp_path, monkeypatch):
-    from infinstruct import embeddings
+    from infinstruct.ml import embeddings
 
     def no_encoding_after_the_first_file(i: int) -> None:
         if i == 1:   # the matcher's item vectors are built once per process, the records' are cached
@@ -377,6 +389,6 @@ def test_code_with_its_function_and_arguments_renamed_still_matches_in_full():
 
 
 def test_defined_names_are_functions_classes_and_parameters_in_order():
-    from infinstruct.decontam import defined_names
+    from infinstruct.curate.decontam.ngrams import defined_names
     assert defined_names("class Stack:\n    def push(self, item, *rest, limit=3): pass") == ["stack", "push", "item", "rest", "limit"]
     assert defined_names("Tell me about classes of stars.") == []

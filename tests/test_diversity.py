@@ -1,6 +1,6 @@
 """Diversity: DEITA greedy selection against the already selected set, and the NN-cosine report.
 
-The selected set of a nightly run is the stored selection (`semantic.StoredIndex`: a pgvector HNSW table,
+The selected set of a nightly run is the stored selection (`vector_index.StoredIndex`: a pgvector HNSW table,
 or exact in memory) layered under this run's acceptances (`LayeredIndex`); the pgvector tests skip where
 the server has no pgvector (the embedded server has it).
 """
@@ -13,10 +13,19 @@ import numpy as np
 import pytest
 import sqlalchemy as sa
 
-from infinstruct.diversity import (Decision, ExactIndex, LayeredIndex, Outcome, diversity_report, greedy_select,
-                                   nearest_neighbour_cosines, sample_positions, walk_order)
-from infinstruct.embeddings import encode
-from infinstruct.semantic import StoredIndex
+from infinstruct.curate.selection.diversity import (
+    Decision,
+    ExactIndex,
+    LayeredIndex,
+    Outcome,
+    diversity_report,
+    greedy_select,
+    nearest_neighbour_cosines,
+    sample_positions,
+    walk_order,
+)
+from infinstruct.ml.embeddings import encode
+from infinstruct.store.vector_index import StoredIndex
 
 
 def unit(degrees: float) -> list[float]:

@@ -8,9 +8,14 @@ import pytest
 from pydantic import ValidationError
 
 from conftest import SHARED_DATA
-from infinstruct.domains import (BUILTIN_DOMAINS, DomainClassifier, DomainLabel, DomainSettings,
-                                 instruction_text)
-from infinstruct.embeddings import encode
+from infinstruct.curate.scoring.domains import (
+    BUILTIN_DOMAINS,
+    DomainClassifier,
+    DomainLabel,
+    DomainSettings,
+    instruction_text,
+)
+from infinstruct.ml.embeddings import encode
 
 CLEAR = {  # none of these is an exemplar
     "math": ["A recipe needs 3 eggs for every 2 cups of flour. How many eggs are needed for 10 cups?",

@@ -8,8 +8,14 @@ import pytest
 from pydantic import ValidationError
 
 from conftest import SHARED_DATA
-from infinstruct.dsir import (DsirSettings, HashedNgrams, ImportanceModel, distribution, kl_divergence,
-                              resample)
+from infinstruct.curate.selection.dsir import (
+    DsirSettings,
+    HashedNgrams,
+    ImportanceModel,
+    distribution,
+    kl_divergence,
+    resample,
+)
 
 TARGET = [  # word problems
     "Tom buys 3 apples for 2 dollars each. How much does he pay in total?",

@@ -15,7 +15,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from infinstruct.embedded_server import SYSTEM_USER, EmbeddedServerError, start_server
+from infinstruct.store.embedded_server import SYSTEM_USER, EmbeddedServerError, start_server
 
 
 def _as_server_user(pgdata: Path) -> dict:

@@ -10,10 +10,15 @@ import numpy as np
 import pytest
 import sqlalchemy as sa
 
-from infinstruct import embeddings
-from infinstruct.embedding_cache import (EmbeddingCacheError, instruction_text, instruction_vectors, read_vectors,
-                                         store_vectors)
-from infinstruct.embeddings import EmbeddingSettings, encode
+from infinstruct.ml import embeddings
+from infinstruct.ml.embeddings import EmbeddingSettings, encode
+from infinstruct.store.embedding_cache import (
+    EmbeddingCacheError,
+    instruction_text,
+    instruction_vectors,
+    read_vectors,
+    store_vectors,
+)
 
 SETTINGS = EmbeddingSettings()
 TEXTS = {"rec-a": "Write a short poem about the ocean at night.",
@@ -140,7 +145,7 @@ def test_mismatched_ids_and_texts_are_an_error(engine):
 def test_the_cache_needs_no_pgvector(engine, database_url, monkeypatch):
     """A fresh database on the same server (no extension created in it) migrates and caches: the
     schema uses no pgvector type. Run with INFINSTRUCT_TEST_DATABASE_URL on a server without pgvector."""
-    from infinstruct.db import migrate
+    from infinstruct.store.db import migrate
 
     server = sa.engine.make_url(database_url)
     name = f"infinstruct_nopgvector_{uuid.uuid4().hex[:8]}"

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from infinstruct.embeddings import EmbeddingError, EmbeddingSettings, dimension, encode, model_path
+from infinstruct.ml.embeddings import EmbeddingError, EmbeddingSettings, dimension, encode, model_path
 
 PROMPTS = [
     "Write a short poem about the ocean at night.",

@@ -10,7 +10,7 @@ import pytest
 
 from conftest import publish, write_jsonl, write_recipe
 from infinstruct import pipeline
-from infinstruct.release_parts import ReleasePartError, sha256_file
+from infinstruct.release.parts import ReleasePartError, sha256_file
 
 ROWS = [{"instruction": f"Task {i}?", "input": "", "output": f"Done {i}."} for i in range(4)]
 

@@ -14,11 +14,11 @@ import json
 
 import pytest
 
-from infinstruct import formats
 from infinstruct.config import Source
-from infinstruct.conversation import ConversationError
-from infinstruct.ingest import EXCERPT_CHARS, excerpt, parse_item
-from infinstruct.reasons import Quarantine
+from infinstruct.record.conversation import ConversationError
+from infinstruct.record.reasons import Quarantine
+from infinstruct.sources import formats
+from infinstruct.sources.ingest import EXCERPT_CHARS, excerpt, parse_item
 
 MAX_CHARS = 1_000
 

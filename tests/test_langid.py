@@ -8,7 +8,7 @@ import random
 import pytest
 
 from conftest import SHARED_DATA
-from infinstruct.langid import _MACROLANGUAGE, UNDETERMINED, _detector, detect, prose_sample
+from infinstruct.ml.langid import _MACROLANGUAGE, UNDETERMINED, _detector, detect, prose_sample
 
 CHINESE = [
     "请用三句话介绍一下长城的历史。", "今天天气很好，我们去公园散步吧。", "如何提高英语口语能力？请给出五条建议。",

@@ -27,11 +27,19 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 import sqlalchemy as sa
 
-from conftest import (run_dedup_steps, run_partitions, run_scoring_steps, run_selection_steps, stored_scores,
-                      write_jsonl, write_recipe)
-from infinstruct import pipeline, scoring
-from infinstruct.llm import LLMConfigError, LLMError
-from infinstruct.scoring import JUDGE_PROMPT, JUDGE_PROMPT_VERSION, LLMJudgeScorer, ScoringSettings
+from conftest import (
+    run_dedup_steps,
+    run_partitions,
+    run_scoring_steps,
+    run_selection_steps,
+    stored_scores,
+    write_jsonl,
+    write_recipe,
+)
+from infinstruct import pipeline
+from infinstruct.curate.scoring import signals
+from infinstruct.curate.scoring.signals import JUDGE_PROMPT, JUDGE_PROMPT_VERSION, LLMJudgeScorer, ScoringSettings
+from infinstruct.ml.llm import LLMConfigError, LLMError
 
 
 class JudgeDouble:
@@ -214,7 +222,7 @@ def test_a_key_is_never_written_in_the_recipe():
 
 def test_the_judge_prompt_is_versioned():
     # Changed the prompt? Bump JUDGE_PROMPT_VERSION (every record is then scored again) and this pin with it.
-    template = scoring._judge_messages("{instruction}", "{response}", 10_000)
+    template = signals._judge_messages("{instruction}", "{response}", 10_000)
     pin = hashlib.sha256(json.dumps(template).encode()).hexdigest()[:12]
     assert (JUDGE_PROMPT_VERSION, pin) == (1, "bb2445009f47")
     assert scorer(None, {"kind": "openai", "model": "m", "max_chars": 500}).name == "judge:m:prompt=v1:chars=500"
@@ -277,7 +285,7 @@ def story(engine, double, tmp_path_factory):
     measured("retried", lambda: [pipeline.score_records(run_id, p) for p in parts] and stored_scores(engine, run_id))
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(scoring, "JUDGE_PROMPT_VERSION", 2)
+        mp.setattr(signals, "JUDGE_PROMPT_VERSION", 2)
         measured("new_prompt", lambda: stored_scores(engine, run_scoring_steps(recipe(folder, judge(double, model="judge-c")))))
     return out, calls
 

@@ -17,7 +17,7 @@ import pytest
 
 from conftest import run_selection_steps, stored_scores, write_jsonl, write_recipe
 from infinstruct import pipeline
-from infinstruct.scoring import EmbeddingRelevanceScorer
+from infinstruct.curate.scoring.signals import EmbeddingRelevanceScorer
 
 # Plain prose answers to the question asked ...
 ON_TOPIC = [

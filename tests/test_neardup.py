@@ -1,4 +1,4 @@
-"""The near-duplicate core (infinstruct.neardup), as a spec: what counts as a near-duplicate at the
+"""The near-duplicate core (infinstruct.curate.near_dedup.minhash), as a spec: what counts as a near-duplicate at the
 default settings, how band keys behave in a store, and which record a cluster keeps."""
 from __future__ import annotations
 
@@ -11,10 +11,24 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from infinstruct.neardup import (KeySet, Member, NearDupSettings, band_keys, boilerplate_shingles, candidate_pairs, clusters,
-                                 confirm, confirm_pairs, without_boilerplate,
-                                 differs_in_essential_words, duplicate_of, jaccard_estimate, shingle_text,
-                                 signatures, text_words)
+from infinstruct.curate.near_dedup.minhash import (
+    KeySet,
+    Member,
+    NearDupSettings,
+    band_keys,
+    boilerplate_shingles,
+    candidate_pairs,
+    clusters,
+    confirm,
+    confirm_pairs,
+    differs_in_essential_words,
+    duplicate_of,
+    jaccard_estimate,
+    shingle_text,
+    signatures,
+    text_words,
+    without_boilerplate,
+)
 
 S = NearDupSettings()
 
@@ -86,7 +100,7 @@ def test_band_index_lives_in_the_key_so_bands_never_collide():
 
 
 def test_signatures_and_keys_are_deterministic_across_processes():
-    code = ("import json; from infinstruct.neardup import *; s = NearDupSettings(); "
+    code = ("import json; from infinstruct.curate.near_dedup.minhash import *; s = NearDupSettings(); "
             f"print(json.dumps(band_keys(signatures({[PROMPT] + OTHERS!r}, s), s).tolist()))")
     env = {**os.environ, "PYTHONHASHSEED": "123"}  # Python's own str hash must not matter
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
@@ -246,8 +260,9 @@ def test_the_stores_instruction_text_is_the_user_turns_as_python_joins_them(engi
     """near_dedup reads instructions with INSTRUCTION_SQL (the answers stay in PostgreSQL); band keys are
     computed from that text, so it must be `instruction_text`'s, character for character."""
     import sqlalchemy as sa
-    from infinstruct.embedding_cache import instruction_text
-    from infinstruct.near_dedup import INSTRUCTION_SQL
+
+    from infinstruct.curate.near_dedup.stage import INSTRUCTION_SQL
+    from infinstruct.store.embedding_cache import instruction_text
 
     conversations = [
         [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi."},

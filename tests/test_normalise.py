@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from infinstruct.normalise import normalise_text
+from infinstruct.record.normalise import normalise_text
 
 
 @pytest.mark.parametrize("raw, expected", [

@@ -8,8 +8,8 @@ import sqlalchemy as sa
 
 from conftest import publish, run_partition_steps, run_partitions, run_record_id, write_jsonl, write_recipe
 from infinstruct import pipeline
-from infinstruct.quality import GateFailed
-from infinstruct.release_parts import ReleasePartError
+from infinstruct.gates.checks import GateFailed
+from infinstruct.release.parts import ReleasePartError
 
 ROWS = [{"instruction": f"Explain idea {i}.", "input": "", "output": f"Idea {i} explained."} for i in range(6)]
 
@@ -157,7 +157,7 @@ def test_release_gate_finds_a_new_records_near_duplicate_among_the_old_parts(eng
 def test_gate_snapshot_table_is_replaced_and_dropped(engine, ingested):
     """A gate validates a snapshot table of its query's rows: a leftover of a crashed try is replaced, and the
     table is gone after the gate, passed or failed."""
-    from infinstruct.quality import snapshot_table
+    from infinstruct.gates.checks import snapshot_table
     run_id, part = ingested
     table = snapshot_table("ingested", run_id)
     assert table.startswith("gate_rows_ingested_") and table.replace("_", "").isalnum()

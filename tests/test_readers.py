@@ -1,11 +1,11 @@
 """Specification of partition planning and of the streaming readers.
 
-* JSONL: `partitions.jsonl_shards(path, shard_lines)` cuts a file into shards of `shard_lines` lines
+* JSONL: `plan.jsonl_shards(path, shard_lines)` cuts a file into shards of `shard_lines` lines
   (byte ranges plus the 1-based number of the shard's first line and a checksum);
   `readers.read_jsonl(path, start, end, first_line)` yields `(line_no, raw line bytes)` for one shard.
 * JSON array: `readers.read_json_array(path, max_chars)` yields `(element_no, value)`, and one final
   `(element_no, ConversationError)` when the rest of the file cannot be read.
-* Parquet: `partitions.parquet_shards(path, shard_lines)` groups whole row groups;
+* Parquet: `plan.parquet_shards(path, shard_lines)` groups whole row groups;
   `readers.read_parquet(path, start_group, end_group, first_row, batch_size)` yields `(row_no, row)`.
 
 Pure unit tests on small files under tmp_path; no database.
@@ -18,11 +18,11 @@ from pathlib import Path
 import pytest
 
 from conftest import write_jsonl
-from infinstruct import partitions, readers
-from infinstruct.conversation import ConversationError
-from infinstruct.reasons import Quarantine
+from infinstruct.record.conversation import ConversationError
+from infinstruct.record.reasons import Quarantine
+from infinstruct.sources import plan, readers
 
-CHUNK = partitions.READ_CHUNK  # the JSON array reader decodes the file in chunks of this many bytes
+CHUNK = plan.READ_CHUNK  # the JSON array reader decodes the file in chunks of this many bytes
 
 
 # --------------------------------------------------------------------------------------------------
@@ -30,7 +30,7 @@ CHUNK = partitions.READ_CHUNK  # the JSON array reader decodes the file in chunk
 # --------------------------------------------------------------------------------------------------
 
 def read_all_shards(path: Path, shard_lines: int) -> list[tuple[int, bytes]]:
-    return [item for start, end, first, _ in partitions.jsonl_shards(str(path), shard_lines)
+    return [item for start, end, first, _ in plan.jsonl_shards(str(path), shard_lines)
             for item in readers.read_jsonl(str(path), start, end, first)]
 
 
@@ -48,7 +48,7 @@ def test_reading_every_shard_yields_every_line_once_with_its_number(tmp_path, n_
     path = tmp_path / "data.jsonl"
     path.write_bytes(data)
 
-    shards = partitions.jsonl_shards(str(path), shard_lines)
+    shards = plan.jsonl_shards(str(path), shard_lines)
 
     assert len(shards) == -(-n_lines // shard_lines)  # ceil: an exact multiple has no empty tail shard
     assert shards[0][0] == 0 and shards[-1][1] == len(data)
@@ -63,7 +63,7 @@ def test_reading_every_shard_yields_every_line_once_with_its_number(tmp_path, n_
 def test_each_shard_holds_exactly_shard_lines_lines_except_the_last(tmp_path):
     path = write_jsonl(tmp_path / "data.jsonl", [{"n": i} for i in range(1, 11)])
     per_shard = [[no for no, _ in readers.read_jsonl(str(path), start, end, first)]
-                 for start, end, first, _ in partitions.jsonl_shards(str(path), 4)]
+                 for start, end, first, _ in plan.jsonl_shards(str(path), 4)]
     assert per_shard == [[1, 2, 3, 4], [5, 6, 7, 8], [9, 10]]
 
 
@@ -76,15 +76,15 @@ def test_blank_and_malformed_lines_are_still_lines(tmp_path):
 def test_an_empty_file_has_no_shards(tmp_path):
     path = tmp_path / "empty.jsonl"
     path.write_bytes(b"")
-    assert partitions.jsonl_shards(str(path), 3) == []
+    assert plan.jsonl_shards(str(path), 3) == []
 
 
 def test_appending_lines_keeps_the_checksums_of_earlier_full_shards(tmp_path):
     path = write_jsonl(tmp_path / "growing.jsonl", [{"n": i} for i in range(1, 8)])  # 7 lines: 3 + 3 + 1
-    before = partitions.jsonl_shards(str(path), 3)
+    before = plan.jsonl_shards(str(path), 3)
     with path.open("a") as fh:
         fh.write("".join(json.dumps({"n": i}) + "\n" for i in range(8, 12)))  # now 11 lines: 3 + 3 + 3 + 2
-    after = partitions.jsonl_shards(str(path), 3)
+    after = plan.jsonl_shards(str(path), 3)
 
     assert len(before) == 3 and len(after) == 4
     assert after[:2] == before[:2], "full shards before the appended tail are unchanged (offsets and checksums)"
@@ -96,18 +96,18 @@ def test_appending_lines_keeps_the_checksums_of_earlier_full_shards(tmp_path):
 
 def test_appending_to_an_exact_multiple_only_adds_shards(tmp_path):
     path = write_jsonl(tmp_path / "growing.jsonl", [{"n": i} for i in range(1, 7)])
-    before = partitions.jsonl_shards(str(path), 3)
+    before = plan.jsonl_shards(str(path), 3)
     with path.open("a") as fh:
         fh.write(json.dumps({"n": 7}) + "\n")
-    after = partitions.jsonl_shards(str(path), 3)
+    after = plan.jsonl_shards(str(path), 3)
     assert after[:2] == before and len(after) == 3
 
 
 def test_changing_a_line_changes_only_its_shard_checksum(tmp_path):
     path = write_jsonl(tmp_path / "data.jsonl", [{"n": i} for i in range(1, 10)])
-    before = partitions.jsonl_shards(str(path), 3)
+    before = plan.jsonl_shards(str(path), 3)
     write_jsonl(path, [{"n": i if i != 5 else -5} for i in range(1, 10)])
-    after = partitions.jsonl_shards(str(path), 3)
+    after = plan.jsonl_shards(str(path), 3)
     assert [a[3] == b[3] for a, b in zip(before, after)] == [True, False, True]
 
 
@@ -237,7 +237,7 @@ def parquet_file(tmp_path) -> tuple[Path, int]:
 @pytest.mark.parametrize("batch_size", [1, 2, 1000])
 def test_parquet_shards_yield_every_row_once_numbered_in_order(parquet_file, shard_lines, batch_size):
     path, n = parquet_file
-    shards = partitions.parquet_shards(str(path), shard_lines)
+    shards = plan.parquet_shards(str(path), shard_lines)
     assert shards[0][0] == 0 and shards[-1][1] == 4
     assert all(a[1] == b[0] for a, b in zip(shards, shards[1:])), "shards are contiguous runs of row groups"
     got = [item for start, end, first, _ in shards
@@ -249,10 +249,10 @@ def test_parquet_shards_yield_every_row_once_numbered_in_order(parquet_file, sha
 
 def test_parquet_shards_are_whole_row_groups_of_about_shard_lines_rows(parquet_file):
     path, _ = parquet_file
-    assert [s[:3] for s in partitions.parquet_shards(str(path), 4)] == [(0, 2, 1), (2, 4, 7)]
-    assert [s[:3] for s in partitions.parquet_shards(str(path), 3)] == [(0, 1, 1), (1, 2, 4), (2, 3, 7), (3, 4, 10)]
-    assert [s[:3] for s in partitions.parquet_shards(str(path), 100)] == [(0, 4, 1)]
-    assert len({s[3] for s in partitions.parquet_shards(str(path), 3)}) == 1, "the checksum is the file's"
+    assert [s[:3] for s in plan.parquet_shards(str(path), 4)] == [(0, 2, 1), (2, 4, 7)]
+    assert [s[:3] for s in plan.parquet_shards(str(path), 3)] == [(0, 1, 1), (1, 2, 4), (2, 3, 7), (3, 4, 10)]
+    assert [s[:3] for s in plan.parquet_shards(str(path), 100)] == [(0, 4, 1)]
+    assert len({s[3] for s in plan.parquet_shards(str(path), 3)}) == 1, "the checksum is the file's"
 
 
 def test_an_empty_parquet_file_is_one_shard_with_no_rows(tmp_path):
@@ -261,7 +261,7 @@ def test_an_empty_parquet_file_is_one_shard_with_no_rows(tmp_path):
 
     path = tmp_path / "empty.parquet"
     pq.write_table(pa.table({"n": pa.array([], pa.int64())}), path)
-    shards = partitions.parquet_shards(str(path), 5)
+    shards = plan.parquet_shards(str(path), 5)
     assert len(shards) == 1
     assert [item for start, end, first, _ in shards
             for item in readers.read_parquet(str(path), start, end, first, 10)] == []

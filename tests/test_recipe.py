@@ -1,6 +1,6 @@
 """Specification of recipes: `config.load_recipe(path)` returns `(Recipe, resolved path)` or raises
 RecipeError with a message naming the problem; `config.recipe_hash` identifies what shapes the output;
-`partitions.source_files` expands a source's path or glob into files.
+`plan.source_files` expands a source's path or glob into files.
 
 Pure unit tests on small files under tmp_path; no database.
 """
@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from conftest import SAMPLE_RECIPE, write_jsonl, write_recipe
-from infinstruct import partitions
 from infinstruct.config import RecipeError, load_recipe, recipe_hash
+from infinstruct.sources import plan
 
 ALPACA_SOURCE = {"name": "tasks", "path": "data/tasks.jsonl", "format": "alpaca"}
 
@@ -53,7 +53,7 @@ def test_a_valid_recipe_resolves_relative_source_paths_against_its_folder(folder
     assert recipe.source("qa").fields == {"user": "question", "assistant": "answer"}
     assert recipe.ingest.shard_lines == 5
     assert recipe.ingest.batch_size == 5_000, "unset settings keep their defaults"
-    assert partitions.source_files(recipe.source("tasks")) == [str((folder / "data" / "tasks.jsonl").resolve())]
+    assert plan.source_files(recipe.source("tasks")) == [str((folder / "data" / "tasks.jsonl").resolve())]
 
 
 def test_source_priority_defaults_to_the_order_in_the_recipe(folder):
@@ -69,7 +69,7 @@ def test_the_bundled_sample_recipe_loads_and_its_files_exist():
     assert {s.format for s in recipe.sources} == {"alpaca", "sharegpt", "messages", "custom"}
     for source in recipe.sources:
         assert Path(source.path).is_absolute()
-        assert partitions.source_files(source), source.name
+        assert plan.source_files(source), source.name
 
 
 # --------------------------------------------------------------------------------------------------
@@ -178,16 +178,16 @@ def test_recipe_hash_does_not_change_when_a_default_is_spelt_out(folder):
 
 def test_a_glob_that_matches_nothing_is_a_source_error_naming_the_pattern(folder):
     recipe, _ = load_recipe(write_recipe(folder, "demo", [{**ALPACA_SOURCE, "path": "data/*.ndjson"}]))
-    with pytest.raises(partitions.SourceError) as info:
-        partitions.source_files(recipe.sources[0])
+    with pytest.raises(plan.SourceError) as info:
+        plan.source_files(recipe.sources[0])
     assert str((folder / "data").resolve() / "*.ndjson") in str(info.value)
     assert "tasks" in str(info.value)
 
 
 def test_a_missing_plain_path_is_a_source_error(folder):
     recipe, _ = load_recipe(write_recipe(folder, "demo", [{**ALPACA_SOURCE, "path": "data/absent.jsonl"}]))
-    with pytest.raises(partitions.SourceError, match="absent.jsonl"):
-        partitions.source_files(recipe.sources[0])
+    with pytest.raises(plan.SourceError, match="absent.jsonl"):
+        plan.source_files(recipe.sources[0])
 
 
 def test_a_glob_lists_files_sorted_and_recursively(folder):
@@ -196,12 +196,12 @@ def test_a_glob_lists_files_sorted_and_recursively(folder):
         write_jsonl(folder / "data" / name, [{"instruction": "x", "output": "y"}])
     recipe, _ = load_recipe(write_recipe(folder, "demo", [{**ALPACA_SOURCE, "path": "data/**/*.jsonl"}]))
     data = (folder / "data").resolve()
-    assert partitions.source_files(recipe.sources[0]) == [
+    assert plan.source_files(recipe.sources[0]) == [
         str(data / "a.jsonl"), str(data / "b.jsonl"), str(data / "sub" / "c.jsonl"), str(data / "tasks.jsonl")]
 
 
 def test_a_matched_file_of_unknown_type_is_a_source_error(folder):
     (folder / "data" / "notes.txt").write_text("hello")
     recipe, _ = load_recipe(write_recipe(folder, "demo", [{**ALPACA_SOURCE, "path": "data/*"}]))
-    with pytest.raises(partitions.SourceError, match="notes.txt"):
-        partitions.source_files(recipe.sources[0])
+    with pytest.raises(plan.SourceError, match="notes.txt"):
+        plan.source_files(recipe.sources[0])

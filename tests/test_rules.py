@@ -9,8 +9,21 @@ import pytest
 from pydantic import ValidationError
 
 from conftest import SHARED_DATA
-from infinstruct.rules import (REFUSAL_PHRASES, Ending, Rule, RuleSettings, Verdict, check, dup_line_ratio, echo_ratio,
-                               judge, loop_words, measure, refusal_phrase, text_ratio)
+from infinstruct.curate.rules.filters import (
+    REFUSAL_PHRASES,
+    Ending,
+    Rule,
+    RuleSettings,
+    Verdict,
+    check,
+    dup_line_ratio,
+    echo_ratio,
+    judge,
+    loop_words,
+    measure,
+    refusal_phrase,
+    text_ratio,
+)
 
 DEFAULTS = RuleSettings()
 POOL = SHARED_DATA / "pool"
@@ -436,7 +449,7 @@ def test_gpt4_alpaca_eval_answers_are_kept():
     (("de", 0.85), ("en", 0.99), "de"),   # an instruction identified surely (>= 0.8) decides
 ])
 def test_record_language_policy(monkeypatch, user, response, expected):
-    import infinstruct.rules as rules_module
+    import infinstruct.curate.rules.filters as rules_module
     answers = iter([user, response])
     monkeypatch.setattr(rules_module, "detect", lambda text, max_chars=None: next(answers))
     assert measure(chat("some instruction", "some answer"))["record_language"] == expected

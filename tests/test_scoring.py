@@ -9,10 +9,19 @@ import pytest
 from pydantic import ValidationError
 
 from conftest import SHARED_DATA
-from infinstruct.embeddings import EmbeddingSettings, encode
-from infinstruct.scoring import (SIGNALS_VERSION, EmbeddingRelevanceScorer, ScoringError, ScoringSettings,
-                                 difficulty_components, difficulty_score, measure_signals, model_scorer,
-                                 quality_components, quality_score)
+from infinstruct.curate.scoring.signals import (
+    SIGNALS_VERSION,
+    EmbeddingRelevanceScorer,
+    ScoringError,
+    ScoringSettings,
+    difficulty_components,
+    difficulty_score,
+    measure_signals,
+    model_scorer,
+    quality_components,
+    quality_score,
+)
+from infinstruct.ml.embeddings import EmbeddingSettings, encode
 
 WORD_PROBLEM = (
     ("user", "A library has 120 books. It lends out 3/4 of them on Monday and gets 12 back on Tuesday. "

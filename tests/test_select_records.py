@@ -27,7 +27,7 @@ import sqlalchemy as sa
 
 from conftest import SHARED_DATA, publish, run_selection_steps, write_recipe
 from infinstruct import pipeline
-from infinstruct.select_records import _table_prefix
+from infinstruct.curate.selection.stage import _table_prefix
 
 pytestmark = pytest.mark.skipif(not (SHARED_DATA / "pool").is_dir(), reason="../shared/data/pool is not present")
 POOL = SHARED_DATA / "pool"

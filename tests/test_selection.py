@@ -15,9 +15,16 @@ import pytest
 
 from conftest import SAMPLE_RECIPE
 from infinstruct.config import RecipeError, load_recipe, parse_recipe
-from infinstruct.reasons import Stage, not_selected_reason
-from infinstruct.selection import (Boost, SelectionError, SelectionSettings, fit_quotas, load_boosts, plan_quotas,
-                                   planned_shares)
+from infinstruct.curate.selection.quotas import (
+    Boost,
+    SelectionError,
+    SelectionSettings,
+    fit_quotas,
+    load_boosts,
+    plan_quotas,
+    planned_shares,
+)
+from infinstruct.record.reasons import Stage, not_selected_reason
 
 PAPER = {"shares": {"knowledge": 0.44, "math": 0.19, "code": 0.19}, "keep_all": ["chat"]}
 
@@ -84,7 +91,7 @@ def test_a_short_domain_shrinks_every_share_quota_together():
 
 
 def test_an_unreadable_target_is_a_selection_error(tmp_path):
-    from infinstruct.select_records import _fingerprint, target_texts
+    from infinstruct.curate.selection.stage import _fingerprint, target_texts
     settings = SelectionSettings(**PAPER, targets={"math": {"path": str(tmp_path / "absent.jsonl"), "fields": ["q"]}})
     with pytest.raises(SelectionError, match="selection.targets.math"):
         _fingerprint(settings)

@@ -11,11 +11,12 @@ import numpy as np
 import pytest
 import sqlalchemy as sa
 
-from infinstruct.decontam import BenchmarkItem, MatchMethod, NgramIndex, best_matches
-from infinstruct.embeddings import EmbeddingSettings, encode
 from conftest import has_pgvector
-from infinstruct.semantic import (SCHEMA_SQL, EmbeddingMatcher, EmbeddingMatchSettings, VectorIndex,
-                                  VectorIndexError, pair_share, pairs_within, semantic_pairs, word_pairs)
+from infinstruct.curate.decontam.embedding import EmbeddingMatcher, EmbeddingMatchSettings, pair_share, word_pairs
+from infinstruct.curate.decontam.ngrams import BenchmarkItem, MatchMethod, NgramIndex, best_matches
+from infinstruct.curate.semantic_dedup.pairs import pairs_within, semantic_pairs
+from infinstruct.ml.embeddings import EmbeddingSettings, encode
+from infinstruct.store.vector_index import SCHEMA_SQL, VectorIndex, VectorIndexError
 
 PROMPTS = {
     "r1": "Write a short poem about the ocean at night.",

@@ -96,5 +96,5 @@ def test_turned_off_it_decides_nothing_and_leaves_nothing(engine, tmp_path):
     raw = yaml.safe_load(recipe.read_text())
     recipe.write_text(yaml.safe_dump({**raw, "semantic_dedup": None}))
     pipeline.start_run(run_id, recipe)   # the same run, restarted with the new recipe
-    assert pipeline.semantic_deduplicate(run_id) == {"disabled": True}
+    assert pipeline.semantic_deduplicate(run_id)["disabled"] is True
     assert drops(engine, run_id) == {}

@@ -11,7 +11,7 @@ import pytest
 from conftest import ROOT, SHARED_DATA
 from infinstruct.cli import main
 from infinstruct.config import load_recipe
-from infinstruct.decontam import NgramIndex
+from infinstruct.curate.decontam.ngrams import NgramIndex
 
 pytestmark = [pytest.mark.shared_data,
               pytest.mark.skipif(not (SHARED_DATA / "pool").is_dir(), reason="../shared/data/pool is not present")]

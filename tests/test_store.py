@@ -13,9 +13,10 @@ import pytest
 import sqlalchemy as sa
 
 from conftest import write_jsonl, write_recipe
-from infinstruct import partitions, pipeline
-from infinstruct.ingest import IngestError
-from infinstruct.ledger import accounting
+from infinstruct import pipeline
+from infinstruct.sources import plan
+from infinstruct.sources.ingest import IngestError
+from infinstruct.store.ledger import accounting
 
 GOOD = [{"instruction": f"Question number {i}?", "input": "", "output": f"Answer {i}."} for i in range(10)]
 
@@ -70,8 +71,8 @@ def test_rerun_skips_unchanged_partitions_and_duplicates_nothing(engine, tmp_pat
     assert count(engine, "select count(*) from records where partition_id = any(:p)", p=parts) == 10
 
     # a retry that forces the work again replaces the partition's rows instead of adding to them
-    from infinstruct.db import get_engine
-    from infinstruct.ingest import ingest_partition
+    from infinstruct.sources.ingest import ingest_partition
+    from infinstruct.store.db import get_engine
     ingest_partition(get_engine(), pipeline.run_recipe(second), second, parts[0], force=True)
     assert count(engine, "select count(*) from records where partition_id = any(:p)", p=parts) == 10
 
@@ -102,7 +103,7 @@ def test_a_plan_reads_only_files_changed_since_their_last_scan(engine, tmp_path,
                           ingest={"shard_lines": 4})
     ingest_all(start(recipe))
     read = []
-    monkeypatch.setattr(partitions, "scan_file", lambda *args, real=partitions.scan_file: read.append(args[1]) or real(*args))
+    monkeypatch.setattr(plan, "scan_file", lambda *args, real=plan.scan_file: read.append(args[1]) or real(*args))
 
     assert len(pipeline.plan(start(recipe))) == 3
     assert read == [str(new)], "b.jsonl was written just now (racy): read again; a.jsonl is not"
@@ -172,7 +173,7 @@ def test_mostly_malformed_partition_fails_with_a_clear_error(engine, tmp_path):
 
 
 def test_migrations_are_recorded_and_idempotent(engine):
-    from infinstruct.db import migrate, migrations, schema_version
+    from infinstruct.store.db import migrate, migrations, schema_version
     assert schema_version(engine) == migrations()[-1][0]
     assert migrate(engine) == []
 
@@ -221,8 +222,19 @@ def test_forced_reingest_redoes_the_later_stages(engine, tmp_path):
     (part,) = pipeline.plan(run_id)
     pipeline.ingest_partition(run_id, part)
     assert pipeline.apply_rules(run_id, part)["dropped"] == 1
-    from infinstruct.db import get_engine
-    from infinstruct.ingest import ingest_partition
+    from infinstruct.sources.ingest import ingest_partition
+    from infinstruct.store.db import get_engine
     ingest_partition(get_engine(), pipeline.run_recipe(run_id), run_id, part, force=True)  # drops its decisions
     again = pipeline.apply_rules(run_id, part)
     assert again["skipped"] is False and again["dropped"] == 1
+
+
+@pytest.mark.parametrize("name", ["records; drop table records", "Records", "gate_rows_x y"])
+def test_sql_identifiers_built_in_code_are_checked_by_a_raise_not_an_assert(engine, name):
+    """An assert vanishes under `python -O`; these checks must not."""
+    from infinstruct.gates.checks import snapshot_table
+    from infinstruct.store.db import refresh_statistics
+    with pytest.raises(ValueError, match="table name"):
+        refresh_statistics(engine, name)
+    with pytest.raises(ValueError, match="gate name"):
+        snapshot_table(name, "run-1")

@@ -20,11 +20,15 @@ import sqlalchemy as sa
 import yaml
 
 from conftest import SAMPLE_RECIPE, has_pgvector, publish, run_partition_steps, write_jsonl
-from infinstruct import pipeline, vector_probe
-from infinstruct.semantic import VectorIndexError, index_kind
-from infinstruct.vector_probe import vector_support
-from test_semantic_dedup import REWORDED, STORY
+from infinstruct import pipeline
+from infinstruct.store import vector_probe
+from infinstruct.store.vector_index import VectorIndexError, index_kind
+from infinstruct.store.vector_probe import vector_support
 
+STORY = ("Write a short story about a lighthouse keeper who finds a message in a bottle sent by her "
+         "grandmother fifty years ago.")
+REWORDED = ("Write a brief story about a lighthouse keeper who discovers a bottle with a message her "
+            "grandmother sent fifty years earlier.")
 # What a backend killed by the CPU looks like from the client: the connection drops mid-statement.
 DYING_BACKEND = ("a backend that dies", "select pg_terminate_backend(pg_backend_pid())")
 
@@ -61,7 +65,7 @@ def test_probe_passes_on_the_embedded_server_and_is_remembered(pgvector_server, 
 
 
 def test_a_failing_probe_means_exact_search_and_a_clear_error(failing_probe, pgvector_server, caplog):
-    with caplog.at_level(logging.WARNING, logger="infinstruct.vector_probe"):
+    with caplog.at_level(logging.WARNING, logger="infinstruct.store.vector_probe"):
         support = vector_support(pgvector_server)
         again = vector_support(pgvector_server)
     assert not support.ok and again == support

@@ -4,6 +4,7 @@
     infinstruct migrate                           create / upgrade the metadata store schema
     infinstruct database-url                      print the metadata store URL (starts the embedded server)
     infinstruct vector-support                    whether pgvector works on that server (the probe's answer)
+    infinstruct stages [--json]                   the stages the DAG is built from, in order
 
 `run` needs no Airflow services: it uses $AIRFLOW_HOME if set, else <INFINSTRUCT_HOME>/airflow with a
 SQLite metadata database, migrated on first use.
@@ -17,7 +18,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from .config import DEFAULT_RECIPE, PROJECT_ROOT, infinstruct_home, load_recipe
+from infinstruct.config import DEFAULT_RECIPE, PROJECT_ROOT, infinstruct_home, load_recipe
 
 DAG_ID = "infinstruct_curation"
 
@@ -66,7 +67,7 @@ def run(recipe_path: str, out_dir: str) -> int:
     for state, tasks in sorted(states.items(), key=lambda kv: str(kv[0])):
         print(f"  {state}: {len(tasks)} task(s) {' '.join(sorted(tasks)) if state != 'success' else ''}")
     if str(dag_run.state) != "success":
-        from .pipeline import mark_failed
+        from infinstruct.pipeline import mark_failed
         mark_failed(dag_run.run_id)
         return 1
     release = _release_of(dag_run.run_id)
@@ -79,12 +80,25 @@ def run(recipe_path: str, out_dir: str) -> int:
 
 def _release_of(run_id: str) -> dict | None:
     import sqlalchemy as sa
-    from .db import get_engine
+
+    from infinstruct.store.db import get_engine
 
     with get_engine().connect() as conn:
         row = conn.execute(sa.text("select version, path, manifest from releases where run_id = :r order by version desc limit 1"),
                            {"r": run_id}).mappings().first()
     return dict(row) if row else None
+
+
+def print_stages(as_json: bool) -> int:
+    from infinstruct.stages import STAGES, task_table
+    if as_json:
+        for spec in STAGES:
+            print(json.dumps({"task": spec.task, "kind": spec.kind.value, "step": spec.step, "after": list(spec.after),
+                              "ledger_stage": spec.decides.value if spec.decides else None,
+                              "reasons": list(spec.reasons), "section": spec.section}))
+    else:
+        print(task_table())
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -96,16 +110,20 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser("migrate", help="create or upgrade the metadata store schema")
     commands.add_parser("database-url", help="print the metadata store URL")
     commands.add_parser("vector-support", help="probe (once per server start) whether pgvector works on the server")
+    stages_cmd = commands.add_parser("stages", help="print the stages the DAG is built from (Markdown, or --json)")
+    stages_cmd.add_argument("--json", action="store_true", help="one JSON object per stage")
     args = parser.parse_args(argv)
 
     if args.command == "run":
         return run(args.recipe, args.out)
-    from .db import get_engine, schema_version
+    if args.command == "stages":
+        return print_stages(args.json)
+    from infinstruct.store.db import get_engine, schema_version
     engine = get_engine()
     if args.command == "migrate":
         print(f"schema version {schema_version(engine)}")
     elif args.command == "vector-support":
-        from .vector_probe import cpu_description, vector_support
+        from infinstruct.store.vector_probe import cpu_description, vector_support
         support = vector_support(engine)
         print(json.dumps({"works": support.ok, "detail": support.detail, "cpu": cpu_description(),
                           "server_started_at": support.server_started_at.isoformat(),

@@ -14,12 +14,14 @@ from typing import Literal
 import yaml
 from pydantic import Field, ValidationError, model_validator
 
-from .decontam import BenchmarkSpec, NgramSettings
-from .neardup import NearDupSettings
-from .rules import RuleSettings
-from .selection import SelectionSettings
-from .semantic import EmbeddingMatchSettings, SemanticDedupSettings
-from .strict import Strict
+from infinstruct.curate.decontam.embedding import EmbeddingMatchSettings
+from infinstruct.curate.decontam.ngrams import BenchmarkSpec, NgramSettings
+from infinstruct.curate.near_dedup.minhash import NearDupSettings
+from infinstruct.curate.rules.filters import RuleSettings
+from infinstruct.curate.selection.quotas import SelectionSettings
+from infinstruct.curate.semantic_dedup.pairs import SemanticDedupSettings
+from infinstruct.errors import DataError
+from infinstruct.strict import Strict
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_RECIPE = PROJECT_ROOT / "include" / "recipes" / "sample.yaml"
@@ -28,7 +30,7 @@ SourceFormat = Literal["alpaca", "sharegpt", "messages", "custom"]
 CUSTOM_FIELDS = ("system", "user", "input", "assistant")
 
 
-class RecipeError(ValueError):
+class RecipeError(DataError, ValueError):
     """The recipe file is missing, not YAML, or does not match the recipe schema."""
 
 

@@ -14,12 +14,20 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from . import (cleaning, dedup, export, ingest, near_dedup, quality, record_scores, release_parts, select_records,
-               semantic_dedup)
-from .config import Recipe, load_recipe, recipe_hash
-from .db import get_engine
-from .partitions import FileState, ScannedFile, plan_recipe
-from .vector_probe import vector_support
+from infinstruct.config import Recipe, load_recipe, recipe_hash
+from infinstruct.curate.decontam import stage as decontam_stage
+from infinstruct.curate.dedup import stage as dedup_stage
+from infinstruct.curate.near_dedup import stage as near_dedup_stage
+from infinstruct.curate.rules import stage as rules_stage
+from infinstruct.curate.scoring import stage as scoring_stage
+from infinstruct.curate.selection import stage as selection_stage
+from infinstruct.curate.semantic_dedup import stage as semantic_dedup_stage
+from infinstruct.gates import checks as gates
+from infinstruct.release import assemble, parts
+from infinstruct.sources import ingest
+from infinstruct.sources.plan import FileState, ScannedFile, plan_recipe
+from infinstruct.store.db import get_engine
+from infinstruct.store.vector_probe import vector_support
 
 log = logging.getLogger(__name__)
 
@@ -98,50 +106,50 @@ def ingest_partition(run_id: str, partition_id: str) -> dict[str, Any]:
 
 
 def check_ingested(run_id: str) -> dict[str, Any]:
-    result = quality.check_ingested(get_engine(), run_recipe(run_id), run_id)
+    result = gates.check_ingested(get_engine(), run_recipe(run_id), run_id)
     return {"gate": result.gate, "success": result.success, "statistics": result.statistics}
 
 
 def apply_rules(run_id: str, partition_id: str) -> dict[str, Any]:
-    return cleaning.apply_rules(get_engine(), run_recipe(run_id), run_id, partition_id)
+    return rules_stage.apply_rules(get_engine(), run_recipe(run_id), run_id, partition_id).as_dict()
 
 
 def decontaminate(run_id: str, partition_id: str) -> dict[str, Any]:
-    return cleaning.decontaminate(get_engine(), run_recipe(run_id), run_id, partition_id)
+    return decontam_stage.decontaminate(get_engine(), run_recipe(run_id), run_id, partition_id).as_dict()
 
 
 def minhash(run_id: str, partition_id: str) -> dict[str, Any]:
     """MinHash LSH band keys of the partition's instructions, for near_deduplicate (skipped when stored)."""
-    computed = near_dedup.store_keys(get_engine(), run_recipe(run_id), run_id, partition_id)
+    computed = near_dedup_stage.store_keys(get_engine(), run_recipe(run_id), run_id, partition_id)
     return {"partition_id": partition_id, "computed": computed}
 
 
 def deduplicate(run_id: str) -> dict[str, Any]:
-    counts = dedup.exact_dedup(get_engine(), run_recipe(run_id), run_id)
-    log.info("run %s: dedup dropped %s", run_id, counts)
-    return counts
+    result = dedup_stage.exact_dedup(get_engine(), run_recipe(run_id), run_id)
+    log.info("run %s: dedup dropped %s (%s)", run_id, result.by_reason, result.why)
+    return result.as_dict()
 
 
 def near_deduplicate(run_id: str) -> dict[str, Any]:
-    return near_dedup.near_dedup(get_engine(), run_recipe(run_id), run_id)
+    return near_dedup_stage.near_dedup(get_engine(), run_recipe(run_id), run_id).as_dict()
 
 
 def semantic_deduplicate(run_id: str) -> dict[str, Any]:
-    return semantic_dedup.semantic_dedup(get_engine(), run_recipe(run_id), run_id)
+    return semantic_dedup_stage.semantic_dedup(get_engine(), run_recipe(run_id), run_id).as_dict()
 
 
 def score_records(run_id: str, partition_id: str) -> dict[str, Any]:
-    return record_scores.score_partition(get_engine(), run_recipe(run_id), run_id, partition_id)
+    return scoring_stage.score_partition(get_engine(), run_recipe(run_id), run_id, partition_id)
 
 
 def select(run_id: str) -> dict[str, Any]:
-    result = select_records.select_records(get_engine(), run_recipe(run_id), run_id)
+    result = selection_stage.select_records(get_engine(), run_recipe(run_id), run_id)
     # XCom gets the counts; the per-domain summary is in selection_state and the release manifest
     return {key: value for key, value in result.items() if key != "domains"}
 
 
 def check_selection(run_id: str) -> dict[str, Any]:
-    result = quality.check_selection(get_engine(), run_recipe(run_id), run_id)
+    result = gates.check_selection(get_engine(), run_recipe(run_id), run_id)
     if result is None:
         return {"gate": "selection", "skipped": "no selection in the recipe"}
     return {"gate": result.gate, "success": result.success, "statistics": result.statistics}
@@ -149,17 +157,17 @@ def check_selection(run_id: str) -> dict[str, Any]:
 
 def write_release_part(run_id: str, partition_id: str, out_dir: str | os.PathLike) -> dict[str, Any]:
     """The partition's share of the release (records, ledger rows, counts), unless written for this content."""
-    part = release_parts.write_part(get_engine(), run_recipe(run_id), run_id, partition_id, out_dir)
+    part = parts.write_part(get_engine(), run_recipe(run_id), run_id, partition_id, out_dir)
     return {"partition_id": partition_id, "written": part["written"], **part["counts"]}
 
 
 def check_release(run_id: str) -> dict[str, Any]:
-    result = quality.check_release(get_engine(), run_recipe(run_id), run_id)
+    result = gates.check_release(get_engine(), run_recipe(run_id), run_id)
     return {"gate": result.gate, "scope": result.scope, "success": result.success, "statistics": result.statistics}
 
 
 def export_release(run_id: str, out_dir: str | os.PathLike) -> dict[str, Any]:
-    manifest = export.export_release(get_engine(), run_recipe(run_id), run_id, out_dir)
+    manifest = assemble.export_release(get_engine(), run_recipe(run_id), run_id, out_dir)
     log.info("run %s: release %s v%04d at %s: %s", run_id, manifest["dataset"], manifest["version"], manifest["path"], manifest["totals"])
     return {"path": manifest["path"], "version": manifest["version"], "totals": manifest["totals"]}
 

@@ -1,188 +1,156 @@
-"""Bookkeeping shared by the pipeline's stages: decision rows, completion markers, incremental scope.
+"""THE declaration of the pipeline's stages, in the order they run.
 
-Per-partition stages (rules, decontamination) skip a partition whose input and settings are unchanged
-(`fingerprint`, `completed`, `complete`). Whole-dataset stages (dedup, near-dedup, semantic dedup) decide
-across partitions; `whole_dataset_scope` tells them whether this run can decide only the new partitions
-against the records already standing (a nightly run that added files) or must re-decide the dataset (the
-first run, changed settings, a changed or removed partition, or a full pass of an earlier stage).
+The DAG's tasks and wiring, the ledger's stage precedence (a line dropped by several stages is reported
+under the first), each stage's "decided before me", the DAG-shape test, the README's task table and
+`infinstruct stages` all come from `STAGES`. A stage names its Airflow task, how it runs, the function of
+`infinstruct.pipeline` its task calls, the tasks it waits for, and, when it decides about records, the
+ledger stage and reason codes it writes.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass
-from typing import Sequence
+from enum import StrEnum
 
-import sqlalchemy as sa
-from sqlalchemy.engine import Connection
-
-from .pgcopy import Copier, CopyTable, text_field
-from .reasons import Stage
-
-# whole-dataset stages, in order; each one's completions carry the fingerprints of the ones before
-WHOLE_DATASET_STAGES = [Stage.DEDUP.value, Stage.NEAR_DEDUP.value, Stage.SEMANTIC_DEDUP.value]
-
-DECISION_COLUMNS = ("partition_id", "line_no", "stage", "verdict", "reason", "score", "detail", "duplicate_of", "run_id")
+from infinstruct.record.reasons import Drop, Quarantine, Stage
 
 
-def _copy_value(value: object) -> bytes:
-    if value is None:
-        return b"\\N"
-    if isinstance(value, (int, float)):
-        return repr(value).encode()
-    return text_field(str(value))
+class Kind(StrEnum):
+    SETUP = "setup"                 # once per run, before any data
+    PLAN = "plan"                   # returns the partition ids the per-partition stages are mapped over
+    PARTITION = "per partition"     # a mapped task: one instance per partition, re-run alone when it fails
+    DATASET = "whole dataset"       # one task over every partition of the dataset (full or incremental pass)
+    GATE = "gate"                   # Great Expectations: data that breaks its expectations fails the run
+    EXPORT = "export"
 
-
-def stream(rows: int) -> dict:
-    """Execution options for one statement whose result is read in batches of `rows` from a server-side
-    cursor. (Set per statement: Connection.execution_options would make every later statement a cursor.)"""
-    return {"stream_results": True, "yield_per": rows}
-
-
-def insert_decisions(conn: Connection, rows: list[dict]) -> None:
-    """Ledger rows (dicts with every one of DECISION_COLUMNS), by COPY: a stage may drop thousands."""
-    if not rows:
-        return
-    copier = Copier(conn.connection.dbapi_connection.cursor())
-    table = CopyTable(copier, "decisions", DECISION_COLUMNS, 10_000)
-    try:
-        for row in rows:
-            table.add(*(_copy_value(row[column]) for column in DECISION_COLUMNS))
-        table.flush()
-    finally:
-        copier.close()
-
-
-def replace_decisions(conn: Connection, partition_id: str, stage: Stage, rows: list[dict]) -> None:
-    """A per-partition stage's decisions, replacing the ones it made before."""
-    conn.execute(sa.text("delete from decisions where partition_id = :p and stage = :s"), {"p": partition_id, "s": stage.value})
-    insert_decisions(conn, rows)
-
-
-def fingerprint(conn: Connection, partition_id: str, *settings: object) -> str:
-    """What a per-partition stage's result depends on: the partition's content and the stage's settings."""
-    content = conn.execute(sa.text("select ingested_checksum from partitions where partition_id = :p"),
-                           {"p": partition_id}).scalar()
-    blob = json.dumps([content, *[s.model_dump(mode="json") if hasattr(s, "model_dump") else s for s in settings]],
-                      sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:24]
-
-
-def completed(conn: Connection, partition_id: str, stage: Stage | str, print_: str) -> dict | None:
-    """The stored result when this stage already ran on this exact input, else None."""
-    return conn.execute(sa.text(
-        "select result from stage_completions where partition_id = :p and stage = :s and fingerprint = :f"),
-        {"p": partition_id, "s": str(stage), "f": print_}).scalar()
-
-
-def complete(conn: Connection, partition_id: str, stage: Stage | str, print_: str, run_id: str, result: dict) -> None:
-    """Mark the stage done for this input (in the transaction that wrote its rows)."""
-    conn.execute(sa.text(
-        "insert into stage_completions (partition_id, stage, fingerprint, run_id, result)"
-        " values (:p, :s, :f, :r, cast(:res as jsonb)) on conflict (partition_id, stage) do update set"
-        " fingerprint = excluded.fingerprint, run_id = excluded.run_id, result = excluded.result, completed_at = now()"),
-        {"p": partition_id, "s": str(stage), "f": print_, "r": run_id, "res": json.dumps(result)})
-
-
-# --- incremental scope of a whole-dataset stage -------------------------------------------------
 
 @dataclass(frozen=True)
-class Scope:
-    """What a whole-dataset stage decides in this run.
-
-    `full`: re-decide every standing record of the run's partitions (`new` = all of them). Otherwise
-    decide only the records of `new` partitions, against the records of the other partitions that are
-    still standing, whose decisions stand (already accepted records win over new ones)."""
-
-    dataset: str
-    stage: str
-    full: bool
-    why: str                     # why a full pass ("first pass", "2 partitions changed" ...), or "incremental"
-    new: list[str]               # partitions whose records this pass decides
-    old: list[str]               # partitions whose decisions stand (empty on a full pass)
-    generation: str              # the full pass the decisions belong to
-    prints: dict[str, str]       # completion fingerprint to write per decided partition
-    removed: list[str]           # partitions of the dataset no longer in the run (full pass forgets them)
+class StageSpec:
+    task: str                        # the Airflow task id
+    kind: Kind
+    step: str                        # the function of infinstruct.pipeline the task calls
+    after: tuple[str, ...] = ()      # the tasks it waits for (besides the plan, for a per-partition stage)
+    params: tuple[str, ...] = ()     # DAG params passed after the run (and partition) id, as paths
+    decides: Stage | None = None     # the ledger stage of the decisions it writes
+    reasons: tuple[str, ...] = ()    # the reason codes it may write (`<prefix>:*`: one per rule/benchmark/domain)
+    section: str | None = None       # its recipe section
+    summary: str = ""                # what it does, in one line (the README's task table)
 
 
-def _print(upstream: list[str | None], settings: str, generation: str) -> str:
-    blob = json.dumps([upstream, settings, generation])
-    return hashlib.sha256(blob.encode()).hexdigest()[:24]
+STAGES: tuple[StageSpec, ...] = (
+    StageSpec("start_run", Kind.SETUP, "start_run", params=("recipe",),
+              summary='validates the recipe, stores a snapshot of it with the run (`runs`) and, where the recipe uses a '
+                      'vector index, proves once per server start that pgvector works there (see "The embedded server")'),
+    StageSpec("plan_partitions", Kind.PLAN, "plan", after=("start_run",), section="sources",
+              summary="expands every source's path/glob into files and files into shards (`partitions`); returns partition "
+                      'ids. A file whose size, mtime, ctime and inode are unchanged since its last scan (`source_files`) is'
+                      ' not read again, as make and git decide (`touch` a file to have it re-read)'),
+    StageSpec("ingest", Kind.PARTITION, "ingest_partition", decides=Stage.INGEST, section="ingest",
+              reasons=tuple(q.code for q in Quarantine),
+              summary='streams one shard, maps each line to the conversation schema, normalises the text, COPYs records and'
+                      ' quarantined lines; skips a shard already ingested with the same checksum'),
+    StageSpec("check_ingested", Kind.GATE, "check_ingested", after=("ingest",), section="gates",
+              summary='Great Expectations gate on the records of every shard this run ingested: ids, role alternation, '
+                      'non-empty turns, lengths (one validation in PostgreSQL, not one per shard: GX takes seconds to '
+                      'import; like every gate, over a snapshot table of the checked columns evaluated once, not the query '
+                      're-run per GX metric)'),
+    StageSpec("apply_rules", Kind.PARTITION, "apply_rules", after=("check_ingested",), decides=Stage.RULES,
+              reasons=("rule:*",), section="rules",
+              summary='measures every record once (lengths, refusal phrases, repetition, truncation, text ratio, language) '
+                      "into `record_stats` and drops those the recipe's thresholds fail"),
+    StageSpec("decontaminate", Kind.PARTITION, "decontaminate", after=("apply_rules",), decides=Stage.DECONTAM,
+              reasons=("contaminated:*",), section="decontamination",
+              summary='drops records that contain a benchmark item (13-gram overlap, short items by containment), plus '
+                      "MiniLM cosine against every benchmark item (≥ 0.90 alone, or ≥ 0.70 with at least 45% of the item's "
+                      'word pairs in the record) (the instruction of each record the rules kept, its vector cached per '
+                      'record in `embedding_cache`); every match goes to the `contamination` audit table'),
+    StageSpec("minhash", Kind.PARTITION, "minhash", after=("apply_rules",), section="near_dedup",
+              summary="MinHash LSH band keys of the partition's instructions into `lsh_keys` (in parallel with "
+                      '`decontaminate`; skipped when stored for the same content and settings)'),
+    StageSpec("deduplicate", Kind.DATASET, "deduplicate", after=("decontaminate", "minhash"), decides=Stage.DEDUP,
+              reasons=(Drop.EXACT_DUPLICATE.value, Drop.DUPLICATE_INSTRUCTION.value),
+              summary='exact duplicates and same-instruction duplicates across all partitions, among the records still '
+                      'standing'),
+    StageSpec("near_deduplicate", Kind.DATASET, "near_deduplicate", after=("deduplicate",),
+              decides=Stage.NEAR_DEDUP, reasons=(Drop.NEAR_DUPLICATE.value,), section="near_dedup",
+              summary='MinHash LSH over the instructions still standing (band keys kept per partition in `lsh_keys`, so new'
+                      ' records meet old ones); pairs are confirmed by Jaccard, never on template boilerplate, short '
+                      'prompts, or swapped names/numbers/quoted words'),
+    StageSpec("semantic_deduplicate", Kind.DATASET, "semantic_deduplicate", after=("near_deduplicate",),
+              decides=Stage.SEMANTIC_DEDUP, reasons=(Drop.SEMANTIC_DUPLICATE.value,), section="semantic_dedup",
+              summary='MiniLM embeddings of the instructions still standing (cached per record in `embedding_cache`), taken'
+                      ' in keep-rule order; a record whose cosine to an accepted one reaches the threshold is dropped, '
+                      'unless they differ in a number, name or quoted word. The accepted set persists (`semantic_accepted`,'
+                      ' searched with a pgvector HNSW index, or exactly where the server has no pgvector)'),
+    StageSpec("score_records", Kind.PARTITION, "score_records", after=("semantic_deduplicate",), section="selection",
+              summary='per standing record, once per content (`record_scores`): cheap signals (lengths, structure, '
+                      "reasoning markers, code/math detection), quality and difficulty from the recipe's weights "
+                      '(re-derived from stored signals when a weight changes), and the domain (math, code, knowledge, chat,'
+                      " or the recipe's own) with its confidence, by keyword rules + MiniLM nearest centroid over the "
+                      'cached instruction vector. Off (returns at once) without a `selection`'),
+    StageSpec("select_records", Kind.DATASET, "select", after=("score_records",), decides=Stage.SELECT,
+              reasons=("not_selected:*",), section="selection",
+              summary="Phase 1 selection under per-domain quotas: ranks each domain's records by quality (+ difficulty) and"
+                      " DSIR importance toward the domain's target file, then accepts them DEITA-style while their cosine "
+                      'to the already selected set stays under the threshold, until the quota is full. Continues from the '
+                      'persisted `selection`; every record left out is ledgered `not_selected:<domain>` with its rank (see '
+                      '"Selection")'),
+    StageSpec("check_selection", Kind.GATE, "check_selection", after=("select_records",), section="selection",
+              summary="GX gate on the selection: each quota domain's share within the recipe's tolerance of the planned "
+                      'mix, no selected record contaminated or duplicated, every record with a known domain, mean quality '
+                      "at least the standing pool's"),
+    StageSpec("write_release_part", Kind.PARTITION, "write_release_part", after=("check_selection",),
+              params=("out_dir",),
+              summary="the partition's share of the release: its kept records as JSONL and Parquet, its ledger rows, its "
+                      "counts (`release_parts`); skipped when written before for the same decisions (the part's fingerprint"
+                      " hashes the partition's content, every stage's completion and every decision on it)"),
+    StageSpec("check_release", Kind.GATE, "check_release", after=("write_release_part",), section="gates",
+              summary='GX gate on the release: for the records of every part not validated before (all of them on a first '
+                      'release), the record checks of `check_ingested` plus no contaminated record and unique record ids '
+                      'and instructions across the whole release; for the release as a whole, not empty and the language '
+                      'mix within bounds; and at most `gates.max_near_duplicate_share` of those records with a '
+                      'near-duplicate left anywhere in the release (pairs re-derived from the stored LSH band keys, '
+                      'confirmed as `near_deduplicate` confirms them; the audit, with example pairs, is in '
+                      '`gate_results.statistics`)'),
+    StageSpec("export_release", Kind.EXPORT, "export_release", after=("check_release",), params=("out_dir",),
+              summary='puts the versioned release folder together from the validated parts: their record files hard-linked,'
+                      ' their ledgers concatenated, their counts added up'),
+)
 
 
-def whole_dataset_scope(conn: Connection, run_id: str, stage: Stage | str, settings: object,
-                        upstream: Sequence[str]) -> Scope:
-    """Decide between an incremental and a full pass of `stage` for the run (see `Scope`).
-
-    A partition's completion fingerprint for the stage hashes the completion fingerprints of the
-    `upstream` stages on that partition, the stage's `settings` and the generation (the run id of the
-    stage's last full pass). So a full pass of an upstream whole-dataset stage, new settings, or a
-    partition whose content changed all show up as a mismatch, and a mismatch means a full pass.
-    """
-    stage = str(stage)
-    dataset = conn.execute(sa.text("select dataset from runs where run_id = :r"), {"r": run_id}).scalar_one()
-    partitions = conn.execute(sa.text("select partition_id from run_partitions where run_id = :r order by partition_id"),
-                              {"r": run_id}).scalars().all()
-    ups: dict[str, dict[str, str]] = {}
-    for partition_id, up_stage, print_ in conn.execute(sa.text(
-            "select c.partition_id, c.stage, c.fingerprint from stage_completions c"
-            " join run_partitions rp on rp.partition_id = c.partition_id and rp.run_id = :r where c.stage = any(:up)"),
-            {"r": run_id, "up": list(upstream)}):
-        ups.setdefault(partition_id, {})[up_stage] = print_
-    mine = dict(conn.execute(sa.text(
-        "select c.partition_id, c.fingerprint from stage_completions c join partitions p using (partition_id)"
-        " where p.dataset = :d and c.stage = :s"), {"d": dataset, "s": stage}).all())
-    generation = conn.execute(sa.text("select generation from dataset_stages where dataset = :d and stage = :s"),
-                              {"d": dataset, "s": stage}).scalar()
-    settings_json = json.dumps(settings.model_dump(mode="json") if hasattr(settings, "model_dump") else settings,
-                               sort_keys=True, default=str)
-
-    def expected(partition_id: str, gen: str) -> str:
-        return _print([ups.get(partition_id, {}).get(u) for u in upstream], settings_json, gen)
-
-    in_run = set(partitions)
-    removed = sorted(p for p in mine if p not in in_run)
-    if generation is None:
-        why = "first pass"
-    else:
-        changed = [p for p in partitions if p in mine and mine[p] != expected(p, generation)]
-        why = (f"{len(changed)} partition(s) changed or re-decided upstream" if changed else
-               f"{len(removed)} partition(s) left the dataset" if removed else "incremental")
-    if why != "incremental":
-        return Scope(dataset, stage, True, why, list(partitions), [], run_id,
-                     {p: expected(p, run_id) for p in partitions}, removed)
-    new = [p for p in partitions if p not in mine]
-    return Scope(dataset, stage, False, why, new, [p for p in partitions if p in mine], generation,
-                 {p: expected(p, generation) for p in new}, [])
+def stage(task: str) -> StageSpec:
+    """The declaration of the stage whose Airflow task is `task`."""
+    for spec in STAGES:
+        if spec.task == task:
+            return spec
+    raise KeyError(f"no stage with task {task!r}; stages: {', '.join(s.task for s in STAGES)}")
 
 
-def forget_decisions(conn: Connection, run_id: str, stage: Stage | str) -> str:
-    """Delete the stage's decisions on the run's partitions (a stage turned off in the recipe); returns the
-    run's dataset, for the stage to forget its own state too."""
-    conn.execute(sa.text("delete from decisions d using run_partitions rp where rp.run_id = :r"
-                         " and d.partition_id = rp.partition_id and d.stage = :s"), {"r": run_id, "s": str(stage)})
-    return conn.execute(sa.text("select dataset from runs where run_id = :r"), {"r": run_id}).scalar_one()
+def ledger_order() -> list[str]:
+    """The ledger stages in pipeline order: a line dropped by several is reported under the first."""
+    return [spec.decides.value for spec in STAGES if spec.decides is not None]
 
 
-def deciding_table(conn: Connection, scope: Scope, priorities: dict[str, int]) -> None:
-    """Temp tables of the pass (dropped at commit): `deciding` (the partitions it decides) and
-    `source_priority` (the keep rule's source order), for the stage's SQL to join."""
-    conn.execute(sa.text("create temp table deciding (partition_id text primary key) on commit drop"))
-    if scope.new:
-        conn.execute(sa.text("insert into deciding values (:p)"), [{"p": p} for p in scope.new])
-    conn.execute(sa.text("create temp table source_priority (source text primary key, priority int not null) on commit drop"))
-    conn.execute(sa.text("insert into source_priority values (:s, :p)"), [{"s": s, "p": p} for s, p in priorities.items()])
+def decided_before(ledger_stage: Stage | str) -> list[str]:
+    """The ledger stages that decide before `ledger_stage` (skipping ingest, which quarantines instead)."""
+    order = ledger_order()
+    return [s for s in order[:order.index(str(ledger_stage))] if s != Stage.INGEST.value]
 
 
-def finish_scope(conn: Connection, run_id: str, scope: Scope, result: dict) -> None:
-    """Record the pass (in the transaction that wrote its decisions): completions of the decided
-    partitions, and on a full pass the new generation and the forgotten partitions."""
-    if scope.full:
-        conn.execute(sa.text(
-            "insert into dataset_stages (dataset, stage, generation) values (:d, :s, :g) on conflict (dataset, stage)"
-            " do update set generation = excluded.generation, updated_at = now()"),
-            {"d": scope.dataset, "s": scope.stage, "g": scope.generation})
-        conn.execute(sa.text("delete from stage_completions where stage = :s and partition_id = any(:ps)"),
-                     {"s": scope.stage, "ps": scope.removed})
-    for partition_id, print_ in scope.prints.items():
-        complete(conn, partition_id, scope.stage, print_, run_id, result)
+def fixed_reasons(ledger_stage: Stage | str) -> list[str]:
+    """The reason codes declared for a ledger stage, less the patterns (`rule:*`): counted even when 0."""
+    return [r for spec in STAGES if spec.decides is not None and spec.decides.value == str(ledger_stage)
+            for r in spec.reasons if not r.endswith(":*")]
+
+
+def whole_dataset_stages() -> list[str]:
+    """The ledger stages decided by whole-dataset passes, in order."""
+    return [spec.decides.value for spec in STAGES if spec.kind is Kind.DATASET and spec.decides is not None]
+
+
+def task_table() -> str:
+    """The README's task table (Markdown), from STAGES."""
+    rows = ["| task | kind | ledger stage | what it does |", "|---|---|---|---|"]
+    for spec in STAGES:
+        rows.append(f"| `{spec.task}` | {spec.kind.value} | {f'`{spec.decides.value}`' if spec.decides else ''} "
+                    f"| {spec.summary} |")
+    return "\n".join(rows)

@@ -1,0 +1,1 @@
+"""Benchmark decontamination: n-gram (`ngrams`) and embedding (`embedding`) matchers, and their stage."""

@@ -1,0 +1,1 @@
+"""Exact and same-instruction deduplication across the dataset."""

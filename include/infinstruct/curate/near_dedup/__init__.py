@@ -1,0 +1,1 @@
+"""Near-duplicate instructions: MinHash LSH (`minhash`), the stage, and the release audit."""

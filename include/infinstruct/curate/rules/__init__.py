@@ -1,0 +1,1 @@
+"""Rule filters: measurements per record and thresholds over them (`filters`), and their stage."""

@@ -1,0 +1,1 @@
+"""Semantic duplicates: embedding pairs (`pairs`) and the stage over accepted records."""

@@ -1,0 +1,1 @@
+"""Great Expectations quality gates between stages."""

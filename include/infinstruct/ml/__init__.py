@@ -1,0 +1,1 @@
+"""Model helpers: sentence embeddings, the OpenAI-compatible LLM client, language identification."""

@@ -1,0 +1,194 @@
+"""Call an OpenAI-compatible chat endpoint for a JSON answer: bounded concurrency, retried, cached in Postgres.
+
+One client (the `openai` package, its own retries off) for OpenAI, vLLM, llama.cpp or any server that speaks
+POST /v1/chat/completions. `JsonChat.ask_many` sends one request per message list, at most `concurrency` at a
+time, at temperature 0 with `response_format={"type": "json_object"}`, and hands each answer's text to the
+caller's `parse`, which raises `InvalidAnswer` for output it cannot use.
+
+Retried (exponential backoff with jitter, at most `max_retries` times): 429 (after Retry-After when the
+server sends one), 5xx, timeouts, connection errors, and answers that `parse` rejects. Not retried: any other
+status (400, 401, 404 ...): the same request would fail the same way, so it fails at once with the endpoint's
+message. Exhausted retries raise `LLMError` with the last failure; nothing is replaced by a default.
+
+Never paid twice: every answer that parsed is kept in `llm_responses` (migration 0012) under `request_hash`,
+a hash of (base_url, model, prompt version, the exact messages, the request's parameters), committed in its own
+short transaction as soon as it arrives, so a task that dies halfway does not pay again for what it got.
+Cached requests are looked up before anything is sent.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import random
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, Sequence, TypeVar
+
+import orjson
+import sqlalchemy as sa
+from pydantic import Field
+from sqlalchemy.engine import Engine
+
+from infinstruct.errors import DataError
+from infinstruct.strict import Strict
+
+log = logging.getLogger(__name__)
+
+BASE_URL_ENV = "INFINSTRUCT_LLM_BASE_URL"
+PLACEHOLDER_KEY = "no-key"   # local servers need no key, but the client insists on one
+PARAMS = {"temperature": 0, "response_format": {"type": "json_object"}}   # deterministic, JSON only
+
+T = TypeVar("T")
+Messages = list[dict[str, str]]
+
+
+class LLMConfigError(DataError, ValueError):
+    """The endpoint is not configured (no base_url)."""
+
+
+class LLMError(RuntimeError):
+    """The endpoint refused the request, or gave no usable answer within the retries."""
+
+
+class InvalidAnswer(ValueError):
+    """Raised by a `parse` function: the model's output is not the JSON asked for (retried)."""
+
+
+class ChatSettings(Strict):
+    """An OpenAI-compatible chat endpoint and how patiently to call it. The key is never in the recipe:
+    `api_key_env` names the environment variable that holds it."""
+
+    model: str = Field(min_length=1)
+    base_url: str | None = None                   # else $INFINSTRUCT_LLM_BASE_URL, e.g. http://127.0.0.1:8080/v1
+    api_key_env: str = Field("OPENAI_API_KEY", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")   # a name, not a key
+    timeout_seconds: float = Field(60.0, gt=0)
+    max_retries: int = Field(5, ge=0)
+    backoff_seconds: float = Field(1.0, ge=0)     # first wait; doubles per retry, +-50% jitter
+    max_backoff_seconds: float = Field(60.0, ge=0)   # cap of a wait, Retry-After included
+    concurrency: int = Field(4, ge=1, le=64)
+
+
+def base_url(settings: ChatSettings) -> str:
+    """The endpoint's base URL: the settings', else $INFINSTRUCT_LLM_BASE_URL, else a `LLMConfigError`."""
+    url = settings.base_url or os.environ.get(BASE_URL_ENV, "").strip()
+    if not url:
+        raise LLMConfigError(
+            f"no LLM endpoint for model {settings.model!r}: set base_url in the recipe (e.g. base_url: "
+            f"http://127.0.0.1:8080/v1 or https://api.openai.com/v1) or the environment variable {BASE_URL_ENV}; "
+            f"the API key, if the server needs one, goes in ${settings.api_key_env}")
+    return url.rstrip("/")
+
+
+def request_hash(url: str, model: str, prompt_version: str, messages: Messages) -> str:
+    """The cache key of a request: what decides its answer."""
+    key = [url, model, prompt_version, messages, PARAMS]
+    return hashlib.sha256(json.dumps(key, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+
+
+def _retry_after(error: Exception) -> float | None:
+    """Seconds from a Retry-After header (the seconds form; an HTTP date is ignored)."""
+    response = getattr(error, "response", None)
+    value = response.headers.get("retry-after") if response is not None else None
+    try:
+        return max(0.0, float(value)) if value is not None else None
+    except ValueError:
+        return None
+
+
+class JsonChat:
+    """JSON answers from one model behind one endpoint, retried and cached (module docstring)."""
+
+    def __init__(self, settings: ChatSettings, engine: Engine):
+        import openai
+
+        self.settings, self.engine = settings, engine
+        self.base_url = base_url(settings)
+        key = os.environ.get(settings.api_key_env)
+        if not key:
+            log.info("$%s is not set: sending a placeholder key to %s (enough for a local server)",
+                     settings.api_key_env, self.base_url)
+        self.client = openai.OpenAI(base_url=self.base_url, api_key=key or PLACEHOLDER_KEY,
+                                    timeout=settings.timeout_seconds, max_retries=0)   # retries: ours, below
+
+    def ask_many(self, requests: Sequence[Messages], prompt_version: str, parse: Callable[[str], T]) -> list[T]:
+        """parse(answer) for each message list, in order: cached answers first, the rest from the endpoint."""
+        hashes = [request_hash(self.base_url, self.settings.model, prompt_version, m) for m in requests]
+        cached = self._cached(set(hashes))
+        out: list = [None] * len(requests)
+        todo = []
+        for i, h in enumerate(hashes):
+            if h in cached:
+                out[i] = parse(cached[h])   # it parsed when stored (a parse made stricter since fails loudly)
+            else:
+                todo.append(i)
+        pool = ThreadPoolExecutor(max_workers=self.settings.concurrency)
+        try:
+            futures = {i: pool.submit(self._ask, requests[i], hashes[i], parse) for i in todo}
+            for i, future in futures.items():
+                try:
+                    out[i] = future.result()
+                except LLMError as e:   # say which request: the caller's record is in its last message
+                    raise LLMError(f"{e}; request {i + 1} of {len(requests)}: "
+                                   f"{requests[i][-1]['content'][:160]!r}") from e
+        finally:   # on a failure, start nothing more; what is in flight still lands in the cache
+            pool.shutdown(wait=True, cancel_futures=True)
+        return out
+
+    def _cached(self, hashes: set[str]) -> dict[str, str]:
+        if not hashes:
+            return {}
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.text("select request_hash, response->'choices'->0->'message'->>'content'"
+                                        " from llm_responses where request_hash = any(:h)"), {"h": list(hashes)})
+            return dict(rows.all())
+
+    def _store(self, h: str, completion) -> None:
+        response = completion.model_dump(mode="json")
+        with self.engine.begin() as conn:   # its own short transaction: kept even if the task dies next
+            conn.execute(sa.text(
+                "insert into llm_responses (request_hash, model, response, usage)"
+                " values (:h, :m, cast(:r as jsonb), cast(:u as jsonb)) on conflict (request_hash) do nothing"),
+                {"h": h, "m": self.settings.model, "r": orjson.dumps(response).decode(),
+                 "u": orjson.dumps(response.get("usage")).decode()})
+
+    def _wait(self, attempt: int, retry_after: float | None = None) -> None:
+        s = self.settings
+        delay = s.backoff_seconds * 2 ** attempt * random.uniform(0.5, 1.5)
+        if retry_after is not None:   # the server knows when it will take us again
+            delay = max(delay, retry_after)
+        time.sleep(min(delay, s.max_backoff_seconds))
+
+    def _ask(self, messages: Messages, h: str, parse: Callable[[str], T]) -> T:
+        import openai
+
+        s, last, retry_after = self.settings, "", None
+        for attempt in range(s.max_retries + 1):
+            if attempt:
+                self._wait(attempt - 1, retry_after)
+                retry_after = None
+            try:
+                completion = self.client.chat.completions.create(model=s.model, messages=messages, **PARAMS)
+            except openai.RateLimitError as e:
+                last, retry_after = f"429 rate limited: {e.message}", _retry_after(e)
+                continue
+            except openai.APIStatusError as e:
+                if e.status_code >= 500:
+                    last = f"{e.status_code} server error: {e.message}"
+                    continue
+                raise LLMError(f"{self.base_url} refused model {s.model!r} with {e.status_code}: {e.message}"
+                               f" (not retried)") from e
+            except openai.APIConnectionError as e:   # timeouts included
+                last = f"{type(e).__name__}: {e}"
+                continue
+            content = completion.choices[0].message.content if completion.choices else None
+            try:
+                value = parse(content or "")
+            except InvalidAnswer as e:
+                last = f"invalid answer ({e}): {(content or '')[:200]!r}"
+                continue
+            self._store(h, completion)
+            return value
+        raise LLMError(f"{self.base_url} model {s.model!r}: no valid answer after {s.max_retries + 1} attempts;"
+                       f" last: {last}")

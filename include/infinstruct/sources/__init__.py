@@ -1,0 +1,1 @@
+"""Raw sources in: planning files into partitions, reading them, mapping formats, ingesting."""

@@ -1,0 +1,183 @@
+"""Plan partitions: expand each source's path/glob into files, and files into shards.
+
+* JSONL (.jsonl, .ndjson, .jsonl.txt): shards of `ingest.shard_lines` lines, by byte offsets,
+  found in one streaming pass that also checksums each shard. A file that grows keeps its earlier
+  shards (and their checksums), so only the changed tail is ingested again.
+* Parquet (.parquet): shards of whole row groups holding about `shard_lines` rows.
+* JSON array (.json): one shard per file (a JSON document has no line boundaries to split on).
+
+Reading every file to checksum it is the one cost of a nightly run that grows with the whole pool, so
+`plan_recipe` takes what the previous plan found (`ScannedFile`, kept in the `source_files` table) and
+reuses a file's shards while its size, mtime, ctime and inode are unchanged, as make and git do. Like
+git, it distrusts a file modified within `RACY_NS` before it was scanned (a write in the same clock tick
+leaves the mtime unchanged); `touch` a file to have it read again.
+"""
+from __future__ import annotations
+
+import glob
+import hashlib
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping
+
+from infinstruct.config import Recipe, Source
+from infinstruct.errors import DataError
+
+READ_CHUNK = 1 << 20
+RACY_NS = 2_000_000_000  # the coarsest common file timestamp granularity (FAT: 2 s)
+
+
+class SourceError(DataError, ValueError):
+    """A source path matches no file or a file has a type we cannot read."""
+
+
+@dataclass(frozen=True)
+class PartitionPlan:
+    partition_id: str
+    dataset: str
+    source: str
+    path: str
+    shard: int
+    format: str
+    start_offset: int
+    end_offset: int
+    first_line: int
+    checksum: str
+
+
+@dataclass(frozen=True)
+class FileState:
+    """What stat says about a file: equal states mean unchanged content, unless the file is racy."""
+    size: int
+    mtime_ns: int
+    ctime_ns: int
+    inode: int
+
+    @classmethod
+    def of(cls, path: str) -> "FileState":
+        st = os.stat(path)
+        return cls(st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+
+
+@dataclass(frozen=True)
+class ScannedFile:
+    """A file's shards as one plan found them, with the file's state and the clock just before reading."""
+    source: str
+    path: str
+    state: FileState
+    shard_lines: int
+    scanned_at_ns: int
+    shards: tuple[tuple[int, int, int, str], ...]
+
+    def reusable(self, state: FileState, shard_lines: int) -> bool:
+        """The shards still describe the file: same state, same shard size, and not modified so close to
+        the scan that a later write could have kept the same timestamps."""
+        return (state == self.state and shard_lines == self.shard_lines
+                and state.mtime_ns < self.scanned_at_ns - RACY_NS)
+
+
+def file_kind(path: str) -> str:
+    name = path.lower()
+    if name.endswith((".jsonl", ".ndjson", ".jsonl.txt")):
+        return "jsonl"
+    if name.endswith(".parquet"):
+        return "parquet"
+    if name.endswith(".json"):
+        return "json"
+    raise SourceError(f"{path}: unknown file type; use .jsonl/.ndjson (JSON lines), .json (JSON array) or .parquet")
+
+
+def source_files(source: Source) -> list[str]:
+    """The files a source names, sorted so partition numbering is stable."""
+    pattern = source.path
+    files = sorted(p for p in glob.glob(pattern, recursive=True) if Path(p).is_file()) if glob.has_magic(pattern) else (
+        [pattern] if Path(pattern).is_file() else [])
+    if not files:
+        raise SourceError(f"source {source.name!r}: no file matches {pattern}")
+    for f in files:
+        file_kind(f)
+    return files
+
+
+def partition_id(dataset: str, source: str, path: str, shard: int) -> str:
+    return hashlib.sha256(f"{dataset}\x1f{source}\x1f{path}\x1f{shard}".encode()).hexdigest()[:20]
+
+
+def jsonl_shards(path: str, shard_lines: int) -> list[tuple[int, int, int, str]]:
+    """(start byte, end byte, first line number, sha256) per shard of `shard_lines` lines."""
+    shards, start, offset, lines, digest = [], 0, 0, 0, hashlib.sha256()
+    with open(path, "rb") as fh:
+        for line in fh:
+            digest.update(line)
+            offset += len(line)
+            lines += 1
+            if lines % shard_lines == 0:
+                shards.append((start, offset, lines - shard_lines + 1, digest.hexdigest()))
+                start, digest = offset, hashlib.sha256()
+    if offset > start:
+        shards.append((start, offset, len(shards) * shard_lines + 1, digest.hexdigest()))
+    return shards
+
+
+def file_sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(READ_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def parquet_shards(path: str, shard_lines: int) -> list[tuple[int, int, int, str]]:
+    """(first row group, last row group + 1, first row number, file sha256) per shard."""
+    import pyarrow.parquet as pq
+
+    meta = pq.ParquetFile(path).metadata
+    checksum, shards, start, rows, first_row = file_sha256(path), [], 0, 0, 1
+    for group in range(meta.num_row_groups):
+        rows += meta.row_group(group).num_rows
+        if rows >= shard_lines:
+            shards.append((start, group + 1, first_row, checksum))
+            start, first_row, rows = group + 1, first_row + rows, 0
+    if start < meta.num_row_groups or not shards:
+        shards.append((start, meta.num_row_groups, first_row, checksum))
+    return shards
+
+
+def scan_file(source: str, path: str, shard_lines: int) -> ScannedFile:
+    """Read the file once: its shards with their checksums."""
+    scanned_at, state, kind = time.time_ns(), FileState.of(path), file_kind(path)
+    if kind == "jsonl":
+        shards = jsonl_shards(path, shard_lines)
+    elif kind == "parquet":
+        shards = parquet_shards(path, shard_lines)
+    else:
+        shards = [(0, state.size, 1, file_sha256(path))]
+    return ScannedFile(source, path, state, shard_lines, scanned_at, tuple(map(tuple, shards)))
+
+
+def plan_source(dataset: str, source: Source, shard_lines: int,
+                known: Mapping[tuple[str, str], ScannedFile] | None = None) -> tuple[list[PartitionPlan], list[ScannedFile]]:
+    """The source's partitions, and each file's scan (reused from `known` when the file is unchanged)."""
+    plans, scans = [], []
+    for path in source_files(source):
+        before = (known or {}).get((source.name, path))
+        scan = before if before is not None and before.reusable(FileState.of(path), shard_lines) else (
+            scan_file(source.name, path, shard_lines))
+        scans.append(scan)
+        for shard, (start, end, first, checksum) in enumerate(scan.shards):
+            plans.append(PartitionPlan(partition_id(dataset, source.name, path, shard), dataset, source.name,
+                                       path, shard, file_kind(path), start, end, first, checksum))
+    return plans, scans
+
+
+def plan_recipe(recipe: Recipe, known: Mapping[tuple[str, str], ScannedFile] | None = None
+                ) -> tuple[list[PartitionPlan], list[ScannedFile]]:
+    """Every partition the recipe's sources currently consist of, and the scans of their files."""
+    plans, scans = [], []
+    for source in recipe.sources:
+        source_plans, source_scans = plan_source(recipe.name, source, recipe.ingest.shard_lines, known)
+        plans += source_plans
+        scans += source_scans
+    return plans, scans
