@@ -59,8 +59,9 @@ def cost(n: int) -> None:
     from benchlib import machine_facts, temporary_database
     from infinstruct.curate.scoring.stage import score_batch
     from infinstruct.curate.selection.quotas import SelectionSettings
+    from infinstruct.record.conversation import instruction_text
     from infinstruct.store.db import get_engine
-    from infinstruct.store.embedding_cache import instruction_text, instruction_vectors
+    from infinstruct.store.embedding_cache import instruction_vectors
 
     third = n // 3
     records = (read("alpaca_eval_gpt4_1106_preview.sharegpt.jsonl", third) + read("code_alpaca_2k.alpaca.jsonl", third)

@@ -1,7 +1,7 @@
 """infinstruct curation: raw instruction sources -> a versioned Infinity-Instruct-shaped release.
 
-The tasks and their order are declared once, in `infinstruct.stages.STAGES` (`infinstruct stages` prints
-them): a per-partition stage is a mapped task over the partition ids `plan_partitions` returns, every
+The tasks and their order are declared once, in `infinstruct.stages` (`infinstruct stages` prints
+them; $INFINSTRUCT_STAGES adds your own): a per-partition stage is a mapped task over the partition ids `plan_partitions` returns, every
 other stage one task. Every task is one call into `infinstruct.pipeline`; XCom carries only partition
 ids and counts.
 Data errors (a partition that is mostly malformed, a failed quality gate) fail the task at once
@@ -17,7 +17,7 @@ import pendulum
 from airflow.sdk import Param, dag, get_current_context, task
 from airflow.sdk.exceptions import AirflowFailException
 
-from infinstruct.stages import STAGES, Kind, StageSpec
+from infinstruct.stages import Kind, StageSpec, all_stages
 
 PROJECT = Path(__file__).resolve().parents[1]
 DEFAULT_RECIPE = os.environ.get("INFINSTRUCT_RECIPE", str(PROJECT / "include" / "recipes" / "sample.yaml"))
@@ -53,9 +53,11 @@ def _stage_task(spec: StageSpec):
     mapped = spec.kind is Kind.PARTITION
 
     def run(partition_id: str | None = None):
-        from infinstruct import pipeline
+        import importlib
+        module, _, function = spec.step.rpartition(":")
+        step = getattr(importlib.import_module(module or "infinstruct.pipeline"), function)
         args = [_run_id(), *([partition_id] if mapped else []), *(_param_path(name) for name in spec.params)]
-        return _call(getattr(pipeline, spec.step), *args)
+        return _call(step, *args)
 
     run.__doc__ = spec.summary
     return task(run, task_id=spec.task,
@@ -79,7 +81,7 @@ def _stage_task(spec: StageSpec):
 )
 def infinstruct_curation():
     tasks, partitions = {}, None
-    for spec in STAGES:
+    for spec in all_stages():
         if spec.kind is Kind.PARTITION:
             tasks[spec.task] = _stage_task(spec).expand(partition_id=partitions)
         else:

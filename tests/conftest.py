@@ -96,6 +96,16 @@ def write_recipe(folder: Path, name: str, sources: list[dict], **extra) -> Path:
     return path
 
 
+def sample_recipe(name: str) -> dict:
+    """The bundled sample recipe as a mapping, renamed, with absolute paths: to extend and write elsewhere."""
+    import yaml
+    recipe = yaml.safe_load(SAMPLE_RECIPE.read_text())
+    recipe["name"] = name
+    for item in [*recipe["sources"], *recipe["decontamination"]["benchmarks"]]:
+        item["path"] = str((SAMPLE_RECIPE.parent / item["path"]).resolve())
+    return recipe
+
+
 def run_partition_steps(recipe_path) -> str:
     """A new run of the recipe through every per-partition step (ingest, rules, decontamination); its id."""
     from infinstruct import pipeline

@@ -13,9 +13,9 @@ from infinstruct.curate.scoring.domains import (
     DomainClassifier,
     DomainLabel,
     DomainSettings,
-    instruction_text,
 )
 from infinstruct.ml.embeddings import encode
+from infinstruct.record.conversation import instruction_text
 
 CLEAR = {  # none of these is an exemplar
     "math": ["A recipe needs 3 eggs for every 2 cups of flour. How many eggs are needed for 10 cups?",

@@ -12,9 +12,9 @@ import sqlalchemy as sa
 
 from infinstruct.ml import embeddings
 from infinstruct.ml.embeddings import EmbeddingSettings, encode
+from infinstruct.record.conversation import instruction_text
 from infinstruct.store.embedding_cache import (
     EmbeddingCacheError,
-    instruction_text,
     instruction_vectors,
     read_vectors,
     store_vectors,

@@ -262,7 +262,7 @@ def test_the_stores_instruction_text_is_the_user_turns_as_python_joins_them(engi
     import sqlalchemy as sa
 
     from infinstruct.curate.near_dedup.stage import INSTRUCTION_SQL
-    from infinstruct.store.embedding_cache import instruction_text
+    from infinstruct.record.conversation import instruction_text
 
     conversations = [
         [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi."},

@@ -19,7 +19,7 @@ import pytest
 import sqlalchemy as sa
 import yaml
 
-from conftest import SAMPLE_RECIPE, has_pgvector, publish, run_partition_steps, write_jsonl
+from conftest import has_pgvector, publish, run_partition_steps, sample_recipe, write_jsonl
 from infinstruct import pipeline
 from infinstruct.store import vector_probe
 from infinstruct.store.vector_index import VectorIndexError, index_kind
@@ -82,12 +82,7 @@ def test_a_failing_probe_means_exact_search_and_a_clear_error(failing_probe, pgv
 
 
 def _sample_recipe(folder: Path, name: str) -> Path:
-    recipe = yaml.safe_load(SAMPLE_RECIPE.read_text())
-    recipe["name"] = name
-    for source in recipe["sources"]:
-        source["path"] = str((SAMPLE_RECIPE.parent / source["path"]).resolve())
-    for bench in recipe["decontamination"]["benchmarks"]:
-        bench["path"] = str((SAMPLE_RECIPE.parent / bench["path"]).resolve())
+    recipe = sample_recipe(name)
     # a rewording beyond MinHash's reach, so that the semantic stage has something to decide
     reworded = write_jsonl(folder / "reworded.alpaca.jsonl", [
         {"instruction": text, "input": "", "output": "A complete and helpful answer to the request."}

@@ -90,11 +90,11 @@ def _release_of(run_id: str) -> dict | None:
 
 
 def print_stages(as_json: bool) -> int:
-    from infinstruct.stages import STAGES, task_table
+    from infinstruct.stages import all_stages, task_table
     if as_json:
-        for spec in STAGES:
+        for spec in all_stages():
             print(json.dumps({"task": spec.task, "kind": spec.kind.value, "step": spec.step, "after": list(spec.after),
-                              "ledger_stage": spec.decides.value if spec.decides else None,
+                              "ledger_stage": str(spec.decides) if spec.decides else None,
                               "reasons": list(spec.reasons), "section": spec.section}))
     else:
         print(task_table())

@@ -9,7 +9,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import Field, ValidationError, model_validator
@@ -100,6 +100,7 @@ class Recipe(Strict):
     semantic_dedup: SemanticDedupSettings | None = SemanticDedupSettings()  # null: off
     gates: GateSettings = GateSettings()
     selection: SelectionSettings | None = None   # null: release every standing record
+    stages: dict[str, dict[str, Any]] = {}       # the sections of your own stages ($INFINSTRUCT_STAGES), by task
 
     @model_validator(mode="after")
     def _unique_source_names(self) -> "Recipe":
@@ -120,6 +121,14 @@ class Recipe(Strict):
             if s.name == name:
                 return s.priority if s.priority is not None else position
         raise KeyError(name)
+
+    def stage_settings(self, task: str) -> Any | None:
+        """The validated section `stages.<task>` of a registered stage, or None when the recipe has none (off)."""
+        from infinstruct.stages import stage
+        spec = stage(task)
+        if task not in self.stages:
+            return None
+        return spec.settings.model_validate(self.stages[task]) if spec.settings else self.stages[task]
 
     @property
     def priorities(self) -> dict[str, int]:
@@ -150,12 +159,28 @@ def parse_recipe(raw: object, base_dir: Path, origin: str = "recipe") -> Recipe:
             f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}" for err in exc.errors()
         )
         raise RecipeError(f"{origin}: {problems}") from None
+    _check_stage_sections(recipe, origin)
     sources = [s.model_copy(update={"path": _absolute(s.path, base_dir)}) for s in recipe.sources]
     benchmarks = [b.model_copy(update={"path": _absolute(b.path, base_dir)}) for b in recipe.decontamination.benchmarks]
     update = {"sources": sources, "decontamination": recipe.decontamination.model_copy(update={"benchmarks": benchmarks})}
     if recipe.selection is not None:
         update["selection"] = _absolute_selection(recipe.selection, base_dir)
     return recipe.model_copy(update=update)
+
+
+def _check_stage_sections(recipe: Recipe, origin: str) -> None:
+    """Every `stages.<task>` section names a registered stage and fits its settings model."""
+    from infinstruct.stages import all_stages
+    registered = {s.task: s for s in all_stages() if s.settings is not None}
+    for task, section in recipe.stages.items():
+        if task not in registered:
+            raise RecipeError(f"{origin}: stages.{task}: no stage of your own has that name (declared: "
+                              f"{sorted(registered) or 'none: modules named in INFINSTRUCT_STAGES declare them'})")
+        try:
+            registered[task].settings.model_validate(section)
+        except ValidationError as exc:
+            problems = "; ".join(f"stages.{task}.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+            raise RecipeError(f"{origin}: {problems}") from None
 
 
 def _absolute_selection(selection: SelectionSettings, base_dir: Path) -> SelectionSettings:
@@ -171,7 +196,9 @@ def _absolute(path: str, base_dir: Path) -> str:
 
 def recipe_hash(recipe: Recipe) -> str:
     """Hash of everything that shapes the output, so a release says which recipe produced it."""
-    canonical = json.dumps(recipe.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    # without registered stages, `stages` is left out: recipes hash as they did before it existed
+    dumped = recipe.model_dump(mode="json", exclude=None if recipe.stages else {"stages"})
+    canonical = json.dumps(dumped, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 

@@ -26,7 +26,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from infinstruct.config import Recipe
-from infinstruct.record.reasons import Stage, Verdict
+from infinstruct.record.reasons import Verdict
 from infinstruct.stages import decided_before, fixed_reasons
 from infinstruct.store.stage_state import (
     Scope,
@@ -35,6 +35,7 @@ from infinstruct.store.stage_state import (
     deciding_table,
     fingerprint,
     finish_scope,
+    forget_decisions,
     insert_decisions,
     whole_dataset_scope,
 )
@@ -53,9 +54,9 @@ class Decision:
     verdict: Verdict = Verdict.DROPPED
 
 
-def write_decisions(conn: Connection, stage: Stage, run_id: str, decisions: Iterable[Decision]) -> int:
+def write_decisions(conn: Connection, stage: str, run_id: str, decisions: Iterable[Decision]) -> int:
     """Write decisions of `stage` for the run (COPY); returns how many."""
-    rows = [{"partition_id": d.partition_id, "line_no": d.line_no, "stage": stage.value, "verdict": d.verdict.value,
+    rows = [{"partition_id": d.partition_id, "line_no": d.line_no, "stage": str(stage), "verdict": d.verdict.value,
              "reason": d.reason, "score": d.score, "detail": d.detail, "duplicate_of": d.duplicate_of, "run_id": run_id}
             for d in decisions]
     insert_decisions(conn, rows)
@@ -109,22 +110,22 @@ class Outcome:
     numbers: dict[str, Any] = field(default_factory=dict)
 
 
-def _by_reason(counts: dict[str, int], stage: Stage) -> dict[str, int]:
+def _by_reason(counts: dict[str, int], stage: str) -> dict[str, int]:
     """Counts per reason, the stage's declared reasons first (0 when none)."""
     return {**{reason: 0 for reason in fixed_reasons(stage)}, **dict(sorted(counts.items()))}
 
 
-def _counts(conn: Connection, stage: Stage, partitions: list[str]) -> dict[str, int]:
+def _counts(conn: Connection, stage: str, partitions: list[str]) -> dict[str, int]:
     rows = conn.execute(sa.text(
         "select reason, count(*) from decisions where stage = :s and partition_id = any(:ps) and verdict = :v"
-        " group by reason"), {"s": stage.value, "ps": partitions, "v": Verdict.DROPPED.value})
+        " group by reason"), {"s": str(stage), "ps": partitions, "v": Verdict.DROPPED.value})
     return _by_reason(dict(rows.all()), stage)
 
 
 class PartitionStage(ABC):
     """A stage that decides one partition at a time (a mapped task)."""
 
-    ledger: ClassVar[Stage]
+    ledger: ClassVar[str]   # its ledger stage: a Stage, or the name a registered stage declares
 
     def __init__(self, engine: Engine, recipe: Recipe, run_id: str, partition_id: str):
         self.engine, self.recipe, self.run_id, self.partition_id = engine, recipe, run_id, partition_id
@@ -145,15 +146,15 @@ class PartitionStage(ABC):
             print_ = fingerprint(conn, self.partition_id, *self.inputs(conn))
             done = completed(conn, self.partition_id, self.ledger, print_)
         if done is not None:
-            return StageResult.from_dict({"stage": self.ledger.value, **done}, skipped=True)
+            return StageResult.from_dict({"stage": str(self.ledger), **done}, skipped=True)
         outcome = self.decide()
         by_reason = Counter(d.reason for d in outcome.decisions if d.verdict is Verdict.DROPPED)
-        result = StageResult(self.ledger.value, outcome.decided, _by_reason(by_reason, self.ledger),
+        result = StageResult(str(self.ledger), outcome.decided, _by_reason(by_reason, self.ledger),
                              partition_id=self.partition_id, numbers=outcome.numbers)
         with self.engine.begin() as conn:
             self.write(conn, outcome)
             conn.execute(sa.text("delete from decisions where partition_id = :p and stage = :s"),
-                         {"p": self.partition_id, "s": self.ledger.value})
+                         {"p": self.partition_id, "s": str(self.ledger)})
             write_decisions(conn, self.ledger, self.run_id, outcome.decisions)
             complete(conn, self.partition_id, self.ledger, print_, self.run_id, result.as_dict())
         return result
@@ -162,7 +163,7 @@ class PartitionStage(ABC):
 class DatasetStage(ABC):
     """A stage that decides across every partition of the dataset (one task), fully or incrementally."""
 
-    ledger: ClassVar[Stage]
+    ledger: ClassVar[str]   # its ledger stage: a Stage, or the name a registered stage declares
 
     def __init__(self, engine: Engine, recipe: Recipe, run_id: str):
         self.engine, self.recipe, self.run_id = engine, recipe, run_id
@@ -184,19 +185,41 @@ class DatasetStage(ABC):
         """Decide the records of `scope.new` (temp table `deciding`) against the standing ones, in `conn`'s
         transaction; decisions either returned or inserted into `decisions` directly."""
 
+    def enabled(self) -> bool:
+        """False when the recipe turns the stage off: then none of its decisions stand."""
+        return True
+
+    def forget(self, conn: Connection, dataset: str) -> None:
+        """Turned off: drop the stage's own state beyond its decisions (they go anyway)."""
+
     def scope(self, conn: Connection) -> Scope:
         return whole_dataset_scope(conn, self.run_id, self.ledger, self.settings(), self.upstream())
 
+    def standing(self, conn: Connection, columns: str = "r.partition_id, r.line_no, r.conversation") -> sa.Result:
+        """The records this pass decides (`deciding`) that no stage before this one dropped, by line."""
+        return conn.execute(sa.text(
+            f"select {columns} from records r join deciding dp on dp.partition_id = r.partition_id"
+            " where not exists (select 1 from decisions d where d.partition_id = r.partition_id"
+            " and d.line_no = r.line_no and d.verdict = 'dropped' and d.stage = any(:earlier))"
+            " order by r.partition_id, r.line_no"), {"earlier": decided_before(self.ledger)})
+
     def run(self) -> StageResult:
+        if not self.enabled():
+            with self.engine.begin() as conn:
+                dataset = forget_decisions(conn, self.run_id, self.ledger)
+                conn.execute(sa.text("delete from dataset_stages where dataset = :d and stage = :s"),
+                             {"d": dataset, "s": str(self.ledger)})
+                self.forget(conn, dataset)
+            return StageResult(str(self.ledger), numbers={"disabled": True})
         numbers = self.prepare()
         with self.engine.begin() as conn:
             scope = self.scope(conn)
             deciding_table(conn, scope, self.recipe.priorities)
             conn.execute(sa.text("delete from decisions d using deciding dp where d.partition_id = dp.partition_id"
-                                 " and d.stage = :s"), {"s": self.ledger.value})
+                                 " and d.stage = :s"), {"s": str(self.ledger)})
             outcome = self.decide(conn, scope)
             write_decisions(conn, self.ledger, self.run_id, outcome.decisions)
-            result = StageResult(self.ledger.value, outcome.decided, _counts(conn, self.ledger, scope.new),
+            result = StageResult(str(self.ledger), outcome.decided, _counts(conn, self.ledger, scope.new),
                                  full_pass=scope.full, why=scope.why, numbers={**numbers, **outcome.numbers})
             finish_scope(conn, self.run_id, scope, result.as_dict())
         return result

@@ -2,13 +2,16 @@
 
 The DAG's tasks and wiring, the ledger's stage precedence (a line dropped by several stages is reported
 under the first), each stage's "decided before me", the DAG-shape test, the README's task table and
-`infinstruct stages` all come from `STAGES`. A stage names its Airflow task, how it runs, the function of
-`infinstruct.pipeline` its task calls, the tasks it waits for, and, when it decides about records, the
-ledger stage and reason codes it writes.
+`infinstruct stages` all come from `all_stages()`: the core `STAGES`, plus the stages of your own that
+modules named in $INFINSTRUCT_STAGES declare (one module with STAGE and AFTER, its test, and a recipe section
+under `stages:`). A stage names its Airflow task, how it runs, the function its task calls, the tasks it waits
+for, and, when it decides about records, the ledger stage and reason codes it writes.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import importlib
+import os
+from dataclasses import dataclass, replace
 from enum import StrEnum
 
 from infinstruct.record.reasons import Drop, Quarantine, Stage
@@ -27,13 +30,14 @@ class Kind(StrEnum):
 class StageSpec:
     task: str                        # the Airflow task id
     kind: Kind
-    step: str                        # the function of infinstruct.pipeline the task calls
+    step: str                        # the function the task calls: of infinstruct.pipeline, or "module:function"
     after: tuple[str, ...] = ()      # the tasks it waits for (besides the plan, for a per-partition stage)
     params: tuple[str, ...] = ()     # DAG params passed after the run (and partition) id, as paths
-    decides: Stage | None = None     # the ledger stage of the decisions it writes
+    decides: str | None = None       # the ledger stage of the decisions it writes (a Stage, or your own name)
     reasons: tuple[str, ...] = ()    # the reason codes it may write (`<prefix>:*`: one per rule/benchmark/domain)
     section: str | None = None       # its recipe section
     summary: str = ""                # what it does, in one line (the README's task table)
+    settings: type | None = None     # a stage of your own: the pydantic model of its section `stages.<task>`
 
 
 STAGES: tuple[StageSpec, ...] = (
@@ -117,17 +121,55 @@ STAGES: tuple[StageSpec, ...] = (
 )
 
 
+EXTRA_STAGES_ENV = "INFINSTRUCT_STAGES"   # comma-separated modules, each declaring one stage of your own
+
+
+class StageRegistryError(ValueError):
+    """A stage of your own does not fit the pipeline (cannot be imported, unknown neighbour, taken name)."""
+
+
+def _extra_stages() -> list[tuple[StageSpec, str]]:
+    """(STAGE, AFTER) of every module named in $INFINSTRUCT_STAGES: its declaration, and the task it follows."""
+    found = []
+    for name in filter(None, (m.strip() for m in os.environ.get(EXTRA_STAGES_ENV, "").split(","))):
+        try:
+            module = importlib.import_module(name)
+        except ImportError as exc:
+            raise StageRegistryError(f"{EXTRA_STAGES_ENV} names {name!r}, which cannot be imported: {exc}") from exc
+        if not isinstance(getattr(module, "STAGE", None), StageSpec) or not isinstance(getattr(module, "AFTER", None), str):
+            raise StageRegistryError(f"module {name!r} (from {EXTRA_STAGES_ENV}) must define STAGE = StageSpec(...) "
+                                     "and AFTER = '<the task it follows>'")
+        found.append((module.STAGE, module.AFTER))
+    return found
+
+
+def all_stages() -> tuple[StageSpec, ...]:
+    """The pipeline's stages in order: STAGES with your own in their places. A stage of your own waits for the
+    task it follows (AFTER), and what waited for that task waits for it."""
+    stages = list(STAGES)
+    for spec, after in _extra_stages():
+        tasks = [s.task for s in stages]
+        if spec.task in tasks:
+            raise StageRegistryError(f"stage {spec.task!r} is already a task of the pipeline")
+        if after not in tasks:
+            raise StageRegistryError(f"stage {spec.task!r} follows {after!r}, which is not a task: {tasks}")
+        at = tasks.index(after) + 1
+        rewired = [replace(s, after=tuple(spec.task if a == after else a for a in s.after)) for s in stages[at:]]
+        stages = [*stages[:at], replace(spec, after=(after,)), *rewired]
+    return tuple(stages)
+
+
 def stage(task: str) -> StageSpec:
     """The declaration of the stage whose Airflow task is `task`."""
-    for spec in STAGES:
+    for spec in all_stages():
         if spec.task == task:
             return spec
-    raise KeyError(f"no stage with task {task!r}; stages: {', '.join(s.task for s in STAGES)}")
+    raise KeyError(f"no stage with task {task!r}; stages: {', '.join(s.task for s in all_stages())}")
 
 
 def ledger_order() -> list[str]:
     """The ledger stages in pipeline order: a line dropped by several is reported under the first."""
-    return [spec.decides.value for spec in STAGES if spec.decides is not None]
+    return [str(spec.decides) for spec in all_stages() if spec.decides is not None]
 
 
 def decided_before(ledger_stage: Stage | str) -> list[str]:
@@ -138,19 +180,19 @@ def decided_before(ledger_stage: Stage | str) -> list[str]:
 
 def fixed_reasons(ledger_stage: Stage | str) -> list[str]:
     """The reason codes declared for a ledger stage, less the patterns (`rule:*`): counted even when 0."""
-    return [r for spec in STAGES if spec.decides is not None and spec.decides.value == str(ledger_stage)
+    return [r for spec in all_stages() if spec.decides is not None and str(spec.decides) == str(ledger_stage)
             for r in spec.reasons if not r.endswith(":*")]
 
 
 def whole_dataset_stages() -> list[str]:
     """The ledger stages decided by whole-dataset passes, in order."""
-    return [spec.decides.value for spec in STAGES if spec.kind is Kind.DATASET and spec.decides is not None]
+    return [str(spec.decides) for spec in all_stages() if spec.kind is Kind.DATASET and spec.decides is not None]
 
 
 def task_table() -> str:
     """The README's task table (Markdown), from STAGES."""
     rows = ["| task | kind | ledger stage | what it does |", "|---|---|---|---|"]
-    for spec in STAGES:
-        rows.append(f"| `{spec.task}` | {spec.kind.value} | {f'`{spec.decides.value}`' if spec.decides else ''} "
+    for spec in all_stages():
+        rows.append(f"| `{spec.task}` | {spec.kind.value} | {f'`{spec.decides}`' if spec.decides else ''} "
                     f"| {spec.summary} |")
     return "\n".join(rows)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import orjson
@@ -53,6 +54,22 @@ def canonical_json(turns: tuple[Turn, ...]) -> bytes:
     Raises TypeError for text that is not valid Unicode (lone surrogates from JSON escapes).
     """
     return orjson.dumps([{"role": r, "content": c} for r, c in turns])
+
+
+def instruction_text(turns: Iterable[Turn]) -> str:
+    """THE instruction of a conversation: its user turns, joined by a newline (what is embedded, hashed into
+    MinHash keys, classified and tagged). `instruction_sql` is the same text computed by PostgreSQL."""
+    return "\n".join(content for role, content in turns if role == USER)
+
+
+def instruction_sql(row: str = "r") -> str:
+    """`instruction_text` of the conversation of `row` (an alias of `records`), as a SQL expression: the
+    answers, most of a record's bytes, never leave the server. tests/test_neardup.py checks both agree."""
+    if not re.fullmatch(r"[a-z_][a-z0-9_]*", row):
+        raise ValueError(f"row alias must be a plain identifier, got {row!r}")
+    return (f"coalesce((select string_agg(t.turn->>'content', E'\\n' order by t.n)"
+            f" from json_array_elements({row}.conversation) with ordinality as t(turn, n)"
+            f" where t.turn->>'role' = '{USER}'), '')")
 
 
 def instruction_key(turns: tuple[Turn, ...]) -> str:

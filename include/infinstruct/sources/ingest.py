@@ -22,8 +22,8 @@ from infinstruct.record.conversation import ConversationError, Record, Turn, bui
 from infinstruct.record.reasons import Quarantine
 from infinstruct.sources.formats import mapper_for
 from infinstruct.sources.readers import read_json_array, read_jsonl, read_parquet
+from infinstruct.stages import whole_dataset_stages
 from infinstruct.store.pgcopy import Copier, CopyTable, json_field, text_field
-from infinstruct.store.stage_state import WHOLE_DATASET_STAGES
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +136,7 @@ def ingest_partition(engine: Engine, recipe: Recipe, run_id: str, partition_id: 
         # per-partition stages start over; whole-dataset stages keep their row, so they see this partition
         # as changed (its upstream fingerprints move) and re-decide the dataset instead of just adding to it
         conn.execute(sa.text("delete from stage_completions where partition_id = :p and stage <> all(:whole)"),
-                     {"p": partition_id, "whole": WHOLE_DATASET_STAGES})
+                     {"p": partition_id, "whole": whole_dataset_stages()})
         conn.execute(sa.text("delete from lsh_keys where partition_id = :p"), {"p": partition_id})
         copier = Copier(conn.connection.dbapi_connection.cursor())
         records = CopyTable(copier, "records", RECORD_COLUMNS, settings.batch_size)

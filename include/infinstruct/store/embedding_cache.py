@@ -21,7 +21,7 @@ Storage
 """
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import sqlalchemy as sa
@@ -30,7 +30,6 @@ from sqlalchemy.engine import Connection, Engine
 from infinstruct.errors import DataError
 from infinstruct.ml import embeddings
 from infinstruct.ml.embeddings import EmbeddingSettings
-from infinstruct.record.conversation import USER, Turn
 from infinstruct.store.pgcopy import Copier, CopyTable, text_field
 
 COPY_BATCH = 5_000
@@ -38,11 +37,6 @@ COPY_BATCH = 5_000
 
 class EmbeddingCacheError(DataError, RuntimeError):
     """Cached vectors do not fit the model that the settings name."""
-
-
-def instruction_text(turns: Iterable[Turn]) -> str:
-    """What a record's cached vector embeds: its user turns, joined by a newline."""
-    return "\n".join(content for role, content in turns if role == USER)
 
 
 def instruction_vectors(connectable: Engine | Connection, settings: EmbeddingSettings,

@@ -17,11 +17,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from infinstruct.record.reasons import Stage
-from infinstruct.stages import whole_dataset_stages
 from infinstruct.store.pgcopy import Copier, CopyTable, text_field
-
-# whole-dataset stages, in order; each one's completions carry the fingerprints of the ones before
-WHOLE_DATASET_STAGES = whole_dataset_stages()
 
 DECISION_COLUMNS = ("partition_id", "line_no", "stage", "verdict", "reason", "score", "detail", "duplicate_of", "run_id")
 

@@ -20,16 +20,15 @@ from infinstruct.config import DecontamSettings, Recipe
 from infinstruct.contract import Decision, Outcome, PartitionStage, StageResult
 from infinstruct.curate.decontam.embedding import EmbeddingMatcher
 from infinstruct.curate.decontam.ngrams import Match, NgramIndex, best_matches, iter_items
-from infinstruct.record.conversation import ASSISTANT, USER
+from infinstruct.record.conversation import ASSISTANT, USER, instruction_text
 from infinstruct.record.reasons import Stage, Verdict, contamination_reason
 from infinstruct.stages import decided_before
-from infinstruct.store.embedding_cache import instruction_text, instruction_vectors
+from infinstruct.store.embedding_cache import instruction_vectors
 from infinstruct.store.records import partition_records
 
 log = logging.getLogger(__name__)
 
 # stages before decontamination: a record they dropped is out of the release, so it is not worth embedding
-EARLIER_STAGES = decided_before(Stage.DECONTAM)
 
 
 @functools.lru_cache(maxsize=4)
@@ -74,7 +73,7 @@ def _dropped_earlier(conn: Connection, partition_id: str) -> list[int]:
     """Lines of the partition that a stage before decontamination dropped (they are out of the release)."""
     return conn.execute(sa.text(
         "select line_no from decisions where partition_id = :p and verdict = :v and stage = any(:earlier)"
-        " order by line_no"), {"p": partition_id, "v": Verdict.DROPPED.value, "earlier": EARLIER_STAGES}).scalars().all()
+        " order by line_no"), {"p": partition_id, "v": Verdict.DROPPED.value, "earlier": decided_before(Stage.DECONTAM)}).scalars().all()
 
 
 def _batch_matches(engine: Engine, batch: list, settings: DecontamSettings, index: NgramIndex,

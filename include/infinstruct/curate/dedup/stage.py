@@ -27,11 +27,8 @@ from sqlalchemy.engine import Connection, Engine
 from infinstruct.config import Recipe
 from infinstruct.contract import DatasetStage, Outcome, StageResult
 from infinstruct.record.reasons import Drop, Stage
-from infinstruct.stages import decided_before
 from infinstruct.store.db import refresh_statistics
 from infinstruct.store.stage_state import Scope
-
-EARLIER_STAGES = decided_before(Stage.DEDUP)
 
 # The records a pass decides (is_new) and the standing ones they are compared with, one of two ways.
 _FULL_SCOPE = """
@@ -116,7 +113,7 @@ class DedupStage(DatasetStage):
 
     def decide(self, conn: Connection, scope: Scope) -> Outcome:
         params = {"run": self.run_id, "stage": self.ledger.value, "exact_reason": Drop.EXACT_DUPLICATE.value,
-                  "instruction_reason": Drop.DUPLICATE_INSTRUCTION.value, "earlier": EARLIER_STAGES}
+                  "instruction_reason": Drop.DUPLICATE_INSTRUCTION.value, "earlier": self.upstream()}
         if scope.new and scope.full:
             conn.execute(_DEDUP_FULL, params)
         elif scope.new:

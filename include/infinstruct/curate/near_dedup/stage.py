@@ -40,7 +40,7 @@ from sqlalchemy.engine import Connection, Engine
 from infinstruct.config import Recipe
 from infinstruct.contract import DatasetStage, Decision, Outcome, StageResult
 from infinstruct.curate.near_dedup import minhash
-from infinstruct.record.conversation import USER
+from infinstruct.record.conversation import instruction_sql
 from infinstruct.record.reasons import Drop, Stage, Verdict
 from infinstruct.stages import decided_before
 from infinstruct.store.pgcopy import Copier, CopyTable, text_field
@@ -51,15 +51,9 @@ log = logging.getLogger(__name__)
 BATCH = 5_000
 T = TypeVar("T")
 KEY_STAGE = "lsh_keys"  # stage_completions row for a partition's band keys
-EARLIER = decided_before(Stage.NEAR_DEDUP)
 
 
-# `embedding_cache.instruction_text` (the user turns joined by "\n") of records row `r`, computed by
-# PostgreSQL: the answers, most of a record's bytes, never leave the server (tests/test_neardup.py checks
-# that both give the same text)
-INSTRUCTION_SQL = ("coalesce((select string_agg(t.turn->>'content', E'\\n' order by t.n)"
-                   " from json_array_elements(r.conversation) with ordinality as t(turn, n)"
-                   f" where t.turn->>'role' = '{USER}'), '')")
+INSTRUCTION_SQL = instruction_sql("r")   # the instructions come out of PostgreSQL without their answers
 
 
 def store_keys(engine: Engine, recipe: Recipe, run_id: str, partition_id: str) -> bool:
@@ -122,7 +116,8 @@ def _standing_rows(conn: Connection, partition_id: str, deciding: bool, rows: np
     if not len(rows):
         return rows
     lines = rows["line_no"].astype(np.int64)
-    gone = dropped_lines(conn, partition_id, lines, EARLIER if deciding else [*EARLIER, Stage.NEAR_DEDUP.value])
+    earlier = decided_before(Stage.NEAR_DEDUP)
+    gone = dropped_lines(conn, partition_id, lines, earlier if deciding else [*earlier, Stage.NEAR_DEDUP.value])
     order = np.argsort(lines, kind="stable")
     return rows[order[~np.isin(lines[order], gone)]]
 
@@ -252,7 +247,7 @@ class NearDedupStage(DatasetStage):
         return [self.recipe.near_dedup, self.recipe.priorities]
 
     def upstream(self) -> list[str]:
-        return [*EARLIER, KEY_STAGE]   # new band keys of a partition mean a full pass
+        return [*decided_before(self.ledger), KEY_STAGE]   # new band keys of a partition mean a full pass
 
     def prepare(self) -> dict:
         with self.engine.connect() as conn:

@@ -234,11 +234,6 @@ class DomainLabel:
     confidence: float
 
 
-def instruction_text(turns: Sequence[tuple[str, str]]) -> str:
-    """What is classified: the user turns, one per line."""
-    return "\n".join(content for role, content in turns if role == "user")
-
-
 class DomainClassifier:
     """Rules + nearest-centroid classifier of the module docstring; built once per settings."""
 

@@ -43,8 +43,9 @@ from infinstruct.curate.scoring.signals import (
 )
 from infinstruct.curate.selection.quotas import SelectionSettings
 from infinstruct.ml.embeddings import EmbeddingSettings
+from infinstruct.record.conversation import instruction_text
 from infinstruct.record.reasons import Stage
-from infinstruct.store.embedding_cache import instruction_text, instruction_vectors
+from infinstruct.store.embedding_cache import instruction_vectors
 from infinstruct.store.pgcopy import Copier, CopyTable, json_field, text_field
 from infinstruct.store.stage_state import stream
 

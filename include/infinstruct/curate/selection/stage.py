@@ -73,6 +73,7 @@ from infinstruct.curate.selection.quotas import (
     plan_quotas,
     planned_shares,
 )
+from infinstruct.record.conversation import instruction_sql
 from infinstruct.record.reasons import Stage, Verdict, not_selected_reason
 from infinstruct.store.embedding_cache import read_vectors
 from infinstruct.store.pgcopy import Copier, CopyTable, text_field
@@ -140,8 +141,7 @@ def _instructions(conn: Connection, domain: str) -> list[str]:
     """The instructions (user turns joined by a newline) of the domain's pool records, in record-id order.
     Extracted by the server: parsing the JSON conversations in Python cost more than the rest of the step."""
     return conn.execute(sa.text(
-        "select distinct on (p.record_id) (select string_agg(e.t->>'content', E'\\n' order by e.n)"
-        " from json_array_elements(r.conversation) with ordinality as e(t, n) where e.t->>'role' = 'user')"
+        f"select distinct on (p.record_id) {instruction_sql('r')}"
         " from pool p join records r on r.partition_id = p.partition_id and r.line_no = p.line_no"
         " where p.domain = :d order by p.record_id"), {"d": domain}, execution_options=stream(50_000)).scalars().all()
 

@@ -40,16 +40,16 @@ from infinstruct.config import Recipe
 from infinstruct.contract import DatasetStage, Decision, Outcome, StageResult
 from infinstruct.curate.near_dedup.minhash import differs_in_essential_words, text_words
 from infinstruct.curate.semantic_dedup.pairs import SemanticDedupSettings, pairs_within
+from infinstruct.record.conversation import instruction_text
 from infinstruct.record.reasons import Drop, Stage
 from infinstruct.stages import decided_before
-from infinstruct.store.embedding_cache import instruction_text, instruction_vectors, read_vectors
-from infinstruct.store.stage_state import Scope, deciding_table, forget_decisions, stream, whole_dataset_scope
+from infinstruct.store.embedding_cache import instruction_vectors, read_vectors
+from infinstruct.store.stage_state import Scope, deciding_table, stream, whole_dataset_scope
 from infinstruct.store.vector_index import StoredIndex, VectorIndexError, index_kind
 from infinstruct.store.vector_probe import vector_support
 
 log = logging.getLogger(__name__)
 
-EARLIER = decided_before(Stage.SEMANTIC_DEDUP)
 
 # standing records of the partitions being decided (temp table `deciding`), in the keep rule's order
 _TODO = sa.text("""
@@ -120,9 +120,10 @@ class AcceptedSet:
 def _prepare(conn: Connection, recipe: Recipe, run_id: str):
     """The pass's scope, with temp tables `deciding`, `source_priority` and `todo` (records to decide, in order)."""
     settings = recipe.semantic_dedup
-    scope = whole_dataset_scope(conn, run_id, Stage.SEMANTIC_DEDUP, [settings, recipe.priorities], EARLIER)
+    scope = whole_dataset_scope(conn, run_id, Stage.SEMANTIC_DEDUP, [settings, recipe.priorities],
+                                decided_before(Stage.SEMANTIC_DEDUP))
     deciding_table(conn, scope, recipe.priorities)
-    conn.execute(_TODO, {"earlier": EARLIER})
+    conn.execute(_TODO, {"earlier": decided_before(Stage.SEMANTIC_DEDUP)})
     return scope
 
 
@@ -183,6 +184,12 @@ class SemanticDedupStage(DatasetStage):
 
     ledger = Stage.SEMANTIC_DEDUP
 
+    def enabled(self) -> bool:
+        return self.recipe.semantic_dedup is not None   # `semantic_dedup: null` turns it off
+
+    def forget(self, conn: Connection, dataset: str) -> None:
+        conn.execute(sa.text("delete from semantic_accepted where dataset = :d"), {"d": dataset})
+
     def settings(self) -> object:
         return [self.recipe.semantic_dedup, self.recipe.priorities]
 
@@ -194,7 +201,7 @@ class SemanticDedupStage(DatasetStage):
 
     def decide(self, conn: Connection, scope: Scope) -> Outcome:
         settings = self.recipe.semantic_dedup
-        conn.execute(_TODO, {"earlier": EARLIER})
+        conn.execute(_TODO, {"earlier": self.upstream()})
         accepted = AcceptedSet(conn, scope.dataset, settings, fresh=scope.full)
         outcome = Outcome(numbers={"index": accepted.kind})
         for batch in _todo(conn, settings.batch_size):
@@ -213,18 +220,6 @@ class SemanticDedupStage(DatasetStage):
 
 def semantic_dedup(engine: Engine, recipe: Recipe, run_id: str) -> StageResult:
     """Decide semantic duplicates among the run's standing records (or only the new ones)."""
-    if recipe.semantic_dedup is None:
-        return _disabled(engine, run_id)
     result = SemanticDedupStage(engine, recipe, run_id).run()
     log.info("semantic dedup of run %s: %s", run_id, result.as_dict())
     return result
-
-
-def _disabled(engine: Engine, run_id: str) -> StageResult:
-    """Turned off in the recipe: no decisions of this stage stand, and turning it on again starts over."""
-    with engine.begin() as conn:
-        dataset = forget_decisions(conn, run_id, Stage.SEMANTIC_DEDUP)
-        conn.execute(sa.text("delete from dataset_stages where dataset = :d and stage = :s"),
-                     {"d": dataset, "s": Stage.SEMANTIC_DEDUP.value})
-        conn.execute(sa.text("delete from semantic_accepted where dataset = :d"), {"d": dataset})
-    return StageResult(Stage.SEMANTIC_DEDUP.value, numbers={"disabled": True})
