@@ -276,3 +276,11 @@ def test_dockerfile_extends_airflow_and_installs_requirements():
     users = [(i, line.split()[1]) for i, line in enumerate(lines) if line.startswith("USER")]
     active = [user for i, user in users if i < install[0]]
     assert active and active[-1] == "airflow", "requirements must be installed as the airflow user"
+
+
+def test_the_image_compiles_llama_cpp_for_any_avx2_cpu_not_for_the_build_machine():
+    """A -march=native build on the machine that builds the image would die of SIGILL on older CPUs."""
+    lines = [line.strip() for line in DOCKERFILE.read_text().splitlines() if line.strip() and not line.startswith("#")]
+    install = next(i for i, line in enumerate(lines) if "-r /opt/airflow/requirements.txt" in line and "pip" in line)
+    assert any("CMAKE_ARGS" in line and "-DGGML_NATIVE=OFF" in line for line in lines[:install])
+    assert any("build-essential" in line for line in lines[:install])

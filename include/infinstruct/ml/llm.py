@@ -68,6 +68,14 @@ class ChatSettings(Strict):
     backoff_seconds: float = Field(1.0, ge=0)     # first wait; doubles per retry, +-50% jitter
     max_backoff_seconds: float = Field(60.0, ge=0)   # cap of a wait, Retry-After included
     concurrency: int = Field(4, ge=1, le=64)
+    # sampling: part of every request and of its cache key (a changed value is a new request, never a stale answer)
+    temperature: float = Field(0.0, ge=0, le=2)
+    top_p: float | None = Field(None, gt=0, le=1)
+    max_tokens: int | None = Field(None, ge=1)
+    json_answers: bool = True                      # ask for a JSON object (response_format); False: free text
+    # prices, for the cost of each call in llm_calls (null: not counted)
+    usd_per_million_prompt_tokens: float | None = Field(None, ge=0)
+    usd_per_million_completion_tokens: float | None = Field(None, ge=0)
 
 
 def base_url(settings: ChatSettings) -> str:
@@ -81,9 +89,21 @@ def base_url(settings: ChatSettings) -> str:
     return url.rstrip("/")
 
 
-def request_hash(url: str, model: str, prompt_version: str, messages: Messages) -> str:
+def request_params(settings: ChatSettings, seed: int | None = None) -> dict:
+    """The request's parameters besides model and messages: its sampling, the JSON format when asked for,
+    and the record's seed (what a sampled answer depends on). The defaults give PARAMS."""
+    t = settings.temperature
+    params: dict = {"temperature": int(t) if t == int(t) else t}   # 0, not 0.0: the key answers were cached under
+    if settings.json_answers:
+        params["response_format"] = {"type": "json_object"}
+    params |= {k: v for k, v in (("top_p", settings.top_p), ("max_tokens", settings.max_tokens), ("seed", seed))
+               if v is not None}
+    return params
+
+
+def request_hash(url: str, model: str, prompt_version: str, messages: Messages, params: dict = PARAMS) -> str:
     """The cache key of a request: what decides its answer."""
-    key = [url, model, prompt_version, messages, PARAMS]
+    key = [url, model, prompt_version, messages, params]
     return hashlib.sha256(json.dumps(key, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
 
 
@@ -112,9 +132,12 @@ class JsonChat:
         self.client = openai.OpenAI(base_url=self.base_url, api_key=key or PLACEHOLDER_KEY,
                                     timeout=settings.timeout_seconds, max_retries=0)   # retries: ours, below
 
-    def ask_many(self, requests: Sequence[Messages], prompt_version: str, parse: Callable[[str], T]) -> list[T]:
-        """parse(answer) for each message list, in order: cached answers first, the rest from the endpoint."""
-        hashes = [request_hash(self.base_url, self.settings.model, prompt_version, m) for m in requests]
+    def ask_many(self, requests: Sequence[Messages], prompt_version: str, parse: Callable[[str], T],
+                 seeds: Sequence[int] | None = None) -> list[T]:
+        """parse(answer) for each message list, in order: cached answers first, the rest from the endpoint.
+        `seeds`: one per request (e.g. from the record id), so a sampled answer is asked for, and cached, per record."""
+        params = [request_params(self.settings, seed) for seed in (seeds if seeds is not None else [None] * len(requests))]
+        hashes = [request_hash(self.base_url, self.settings.model, prompt_version, m, p) for m, p in zip(requests, params)]
         cached = self._cached(set(hashes))
         out: list = [None] * len(requests)
         todo = []
@@ -125,7 +148,7 @@ class JsonChat:
                 todo.append(i)
         pool = ThreadPoolExecutor(max_workers=self.settings.concurrency)
         try:
-            futures = {i: pool.submit(self._ask, requests[i], hashes[i], parse) for i in todo}
+            futures = {i: pool.submit(self._ask, requests[i], hashes[i], params[i], parse) for i in todo}
             for i, future in futures.items():
                 try:
                     out[i] = future.result()
@@ -160,7 +183,23 @@ class JsonChat:
             delay = max(delay, retry_after)
         time.sleep(min(delay, s.max_backoff_seconds))
 
-    def _ask(self, messages: Messages, h: str, parse: Callable[[str], T]) -> T:
+    def _record(self, h: str, attempt: int, status: str, started: float, error: str | None = None,
+                usage: dict | None = None) -> None:
+        """One row of llm_calls per request sent (its own transaction: kept whatever happens next)."""
+        s, usage = self.settings, usage or {}
+        prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
+        cost = None
+        if s.usd_per_million_prompt_tokens is not None and s.usd_per_million_completion_tokens is not None:
+            cost = ((prompt or 0) * s.usd_per_million_prompt_tokens
+                    + (completion or 0) * s.usd_per_million_completion_tokens) / 1e6
+        with self.engine.begin() as conn:
+            conn.execute(sa.text(
+                "insert into llm_calls (request_hash, model, base_url, attempt, status, error, latency_ms,"
+                " prompt_tokens, completion_tokens, cost_usd) values (:h, :m, :u, :a, :s, :e, :l, :p, :c, :cost)"),
+                {"h": h, "m": s.model, "u": self.base_url, "a": attempt, "s": status, "e": error,
+                 "l": int((time.monotonic() - started) * 1000), "p": prompt, "c": completion, "cost": cost})
+
+    def _ask(self, messages: Messages, h: str, params: dict, parse: Callable[[str], T]) -> T:
         import openai
 
         s, last, retry_after = self.settings, "", None
@@ -168,26 +207,34 @@ class JsonChat:
             if attempt:
                 self._wait(attempt - 1, retry_after)
                 retry_after = None
+            started = time.monotonic()
             try:
-                completion = self.client.chat.completions.create(model=s.model, messages=messages, **PARAMS)
+                completion = self.client.chat.completions.create(model=s.model, messages=messages, **params)
             except openai.RateLimitError as e:
                 last, retry_after = f"429 rate limited: {e.message}", _retry_after(e)
+                self._record(h, attempt + 1, "rate_limited", started, last)
                 continue
             except openai.APIStatusError as e:
                 if e.status_code >= 500:
                     last = f"{e.status_code} server error: {e.message}"
+                    self._record(h, attempt + 1, "server_error", started, last)
                     continue
+                self._record(h, attempt + 1, "refused", started, f"{e.status_code}: {e.message}")
                 raise LLMError(f"{self.base_url} refused model {s.model!r} with {e.status_code}: {e.message}"
                                f" (not retried)") from e
             except openai.APIConnectionError as e:   # timeouts included
                 last = f"{type(e).__name__}: {e}"
+                self._record(h, attempt + 1, "connection_error", started, last)
                 continue
+            usage = completion.usage.model_dump() if completion.usage is not None else None
             content = completion.choices[0].message.content if completion.choices else None
             try:
                 value = parse(content or "")
             except InvalidAnswer as e:
                 last = f"invalid answer ({e}): {(content or '')[:200]!r}"
+                self._record(h, attempt + 1, "invalid_answer", started, last, usage)   # paid for, though useless
                 continue
+            self._record(h, attempt + 1, "ok", started, None, usage)
             self._store(h, completion)
             return value
         raise LLMError(f"{self.base_url} model {s.model!r}: no valid answer after {s.max_retries + 1} attempts;"
