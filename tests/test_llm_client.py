@@ -14,8 +14,9 @@ import uuid
 
 import pytest
 import sqlalchemy as sa
+from pydantic import BaseModel
 
-from infinstruct.ml.llm import PARAMS, ChatSettings, InvalidAnswer, JsonChat, request_params
+from infinstruct.ml.llm import PARAMS, BudgetExhausted, ChatSettings, InvalidAnswer, JsonChat, request_params
 from llm_double import JudgeDouble
 
 
@@ -27,7 +28,8 @@ def double():
 
 
 def chat(engine, double, **settings) -> JsonChat:
-    return JsonChat(ChatSettings(model=f"m-{uuid.uuid4().hex[:6]}", base_url=double.url, timeout_seconds=0.5,
+    # one request at a time: the double answers in arrival order
+    return JsonChat(ChatSettings(model=f"m-{uuid.uuid4().hex[:6]}", base_url=double.url, timeout_seconds=0.5, concurrency=1,
                                  backoff_seconds=0.001, **settings), engine)
 
 
@@ -85,3 +87,56 @@ def test_free_text_answers_are_asked_without_a_json_format(engine, double):
     before = double.count()
     assert client.ask_many([[{"role": "user", "content": f"tell {uuid.uuid4().hex}"}]], "v1", str) == ["Once upon a time."]
     assert "response_format" not in double.requests[before]["body"]
+
+
+class Labels(BaseModel):
+    abilities: list[str]
+
+
+def test_a_structured_answer_that_does_not_fit_gets_one_repair_then_is_a_recorded_failure(engine, double):
+    client = chat(engine, double)
+    asks = [[{"role": "user", "content": f"label {uuid.uuid4().hex[:6]} #{n}"}] for n in range(3)]
+    double.then(("content", '{"abilities": ["math"]}'), ("content", '{"skills": 1}'), ("content", "oops"),
+                ("content", '{"abilities": ["coding"]}'), ("content", '{"abilities": "not a list"}'))
+    answers = client.ask_structured(asks, "v1", Labels)
+    assert [a.value for a in answers] == [Labels(abilities=["math"]), Labels(abilities=["coding"]), None]
+    assert [a.repaired for a in answers] == [False, True, True]
+    assert "abilities" in answers[2].error and answers[2].text == '{"abilities": "not a list"}'
+    repair = double.requests[-1]["body"]["messages"]   # the request's own turns, its output, then the error
+    assert repair[0] == asks[2][0] and repair[1] == {"role": "assistant", "content": "oops"}
+    assert "cannot be used" in repair[2]["content"] and '"abilities"' in repair[2]["content"]
+    statuses = [s for _, s, *_ in calls(engine, client.settings.model)]
+    assert sorted(statuses) == ["invalid_answer"] * 3 + ["ok"] * 2
+    before = double.count()
+    assert [a.value for a in client.ask_structured(asks, "v1", Labels)] == [a.value for a in answers]   # cached
+    assert double.count() == before
+
+
+def test_a_budget_cap_stops_sending_and_the_next_run_continues_from_the_cache(engine, double):
+    asks = [[{"role": "user", "content": f"budget {uuid.uuid4().hex[:6]} #{n}"}] for n in range(3)]
+    capped = chat(engine, double, max_tokens_per_step=100)   # each answer of the double costs 55 tokens
+    double.then(*[("content", f'{{"n": {n}}}') for n in range(3)])
+    with pytest.raises(BudgetExhausted, match=r"step tokens 110 of 100.*2 of 3 requests answered") as stop:
+        capped.ask_many(asks, "v1", as_json)
+    assert (stop.value.answered, stop.value.total) == (2, 3)
+    before = double.count()
+    again = JsonChat(capped.settings, engine)   # the next run: two answers from the cache, one request sent
+    assert again.ask_many(asks, "v1", as_json) == [{"n": 0}, {"n": 1}, {"n": 2}]
+    assert double.count() == before + 1
+
+
+def test_a_run_budget_counts_every_step_of_the_run(engine, double):
+    run_id = f"budget-{uuid.uuid4().hex[:6]}"
+    settings = dict(usd_per_million_prompt_tokens=2.0, usd_per_million_completion_tokens=10.0, max_usd_per_run=0.0002)
+    first = JsonChat(chat(engine, double, **settings).settings, engine, run_id=run_id, role="tagger")
+    double.then(("content", "a"), ("content", "b"))
+    first.ask_many([[{"role": "user", "content": f"run budget {uuid.uuid4().hex}"}]], "v1", str)   # 0.00015 USD
+    second = JsonChat(first.settings, engine, run_id=run_id, role="evolver")   # another step of the same run
+    second.ask_many([[{"role": "user", "content": f"run budget {uuid.uuid4().hex}"}]], "v1", str)   # 0.0003 now
+    before = double.count()
+    with pytest.raises(BudgetExhausted, match="run USD"):
+        second.ask_many([[{"role": "user", "content": f"run budget {uuid.uuid4().hex}"}]], "v1", str)
+    assert double.count() == before   # stopped before sending
+    with engine.connect() as conn:
+        roles = conn.execute(sa.text("select role from llm_calls where run_id = :r order by id"), {"r": run_id}).scalars()
+        assert list(roles) == ["tagger", "evolver"]

@@ -21,6 +21,7 @@ from infinstruct.curate.rules.filters import RuleSettings
 from infinstruct.curate.selection.quotas import SelectionSettings
 from infinstruct.curate.semantic_dedup.pairs import SemanticDedupSettings
 from infinstruct.errors import DataError
+from infinstruct.ml.roles import LLMSettings
 from infinstruct.strict import Strict
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -101,6 +102,7 @@ class Recipe(Strict):
     gates: GateSettings = GateSettings()
     selection: SelectionSettings | None = None   # null: release every standing record
     stages: dict[str, dict[str, Any]] = {}       # the sections of your own stages ($INFINSTRUCT_STAGES), by task
+    llm: LLMSettings = LLMSettings()              # Phase 2's LLM roles (a role left out: the embedded server)
 
     @model_validator(mode="after")
     def _unique_source_names(self) -> "Recipe":
@@ -194,10 +196,15 @@ def _absolute(path: str, base_dir: Path) -> str:
     return expanded if os.path.isabs(expanded) else str((base_dir / expanded).resolve())
 
 
+_LATER_SECTIONS = ("stages", "llm")
+
+
 def recipe_hash(recipe: Recipe) -> str:
     """Hash of everything that shapes the output, so a release says which recipe produced it."""
-    # without registered stages, `stages` is left out: recipes hash as they did before it existed
-    dumped = recipe.model_dump(mode="json", exclude=None if recipe.stages else {"stages"})
+    # sections added later are left out while at their defaults: recipes hash as they did before they existed
+    later = {name for name in _LATER_SECTIONS if getattr(recipe, name) == Recipe.model_fields[name].get_default(
+        call_default_factory=True)}
+    dumped = recipe.model_dump(mode="json", exclude=later or None)
     canonical = json.dumps(dumped, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 

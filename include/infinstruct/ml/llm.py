@@ -1,9 +1,12 @@
-"""Call an OpenAI-compatible chat endpoint for a JSON answer: bounded concurrency, retried, cached in Postgres.
+"""Call an OpenAI-compatible chat endpoint: bounded concurrency, retried, cached in Postgres, every call recorded.
 
 One client (the `openai` package, its own retries off) for OpenAI, vLLM, llama.cpp or any server that speaks
 POST /v1/chat/completions. `JsonChat.ask_many` sends one request per message list, at most `concurrency` at a
-time, at temperature 0 with `response_format={"type": "json_object"}`, and hands each answer's text to the
-caller's `parse`, which raises `InvalidAnswer` for output it cannot use.
+time, with the settings' sampling (temperature 0 and `response_format={"type": "json_object"}` by default; a
+per-request seed where given), and hands each answer's text to the caller's `parse`, which raises
+`InvalidAnswer` for output it cannot use. `ask_structured` validates answers with a pydantic model and
+gives an answer that does not fit one repair request, then records it as that request's failure.
+Every request sent is a row of `llm_calls` (status, latency, tokens, cost); `roles` picks the endpoint.
 
 Retried (exponential backoff with jitter, at most `max_retries` times): 429 (after Retry-After when the
 server sends one), 5xx, timeouts, connection errors, and answers that `parse` rejects. Not retried: any other
@@ -22,13 +25,15 @@ import json
 import logging
 import os
 import random
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, Sequence, TypeVar
+from dataclasses import dataclass
+from typing import Callable, Generic, Sequence, TypeVar
 
 import orjson
 import sqlalchemy as sa
-from pydantic import Field
+from pydantic import BaseModel, Field, ValidationError
 from sqlalchemy.engine import Engine
 
 from infinstruct.errors import DataError
@@ -41,7 +46,10 @@ PLACEHOLDER_KEY = "no-key"   # local servers need no key, but the client insists
 PARAMS = {"temperature": 0, "response_format": {"type": "json_object"}}   # deterministic, JSON only
 
 T = TypeVar("T")
+M = TypeVar("M", bound=BaseModel)
 Messages = list[dict[str, str]]
+REPAIR = ("That answer cannot be used: {error}. Reply again with only a JSON object that fits this JSON schema, "
+          "and nothing else:\n{schema}")
 
 
 class LLMConfigError(DataError, ValueError):
@@ -52,8 +60,26 @@ class LLMError(RuntimeError):
     """The endpoint refused the request, or gave no usable answer within the retries."""
 
 
+class BudgetExhausted(RuntimeError):
+    """A budget cap was reached: no new request was sent. `answered` requests were answered (and are cached)."""
+
+    def __init__(self, message: str, answered: int, total: int):
+        super().__init__(message)
+        self.answered, self.total = answered, total
+
+
 class InvalidAnswer(ValueError):
     """Raised by a `parse` function: the model's output is not the JSON asked for (retried)."""
+
+
+@dataclass(frozen=True)
+class Answer(Generic[M]):
+    """A structured answer: the validated value, or None and why (the raw text kept either way)."""
+
+    value: M | None
+    text: str
+    error: str | None = None   # the failure recorded for this request: the output did not fit the schema
+    repaired: bool = False     # the value came from the repair request
 
 
 class ChatSettings(Strict):
@@ -76,6 +102,11 @@ class ChatSettings(Strict):
     # prices, for the cost of each call in llm_calls (null: not counted)
     usd_per_million_prompt_tokens: float | None = Field(None, ge=0)
     usd_per_million_completion_tokens: float | None = Field(None, ge=0)
+    # budget caps: past one, no new request is sent (what was answered stays cached for the next run)
+    max_tokens_per_step: int | None = Field(None, ge=1)
+    max_usd_per_step: float | None = Field(None, gt=0)
+    max_tokens_per_run: int | None = Field(None, ge=1)
+    max_usd_per_run: float | None = Field(None, gt=0)
 
 
 def base_url(settings: ChatSettings) -> str:
@@ -120,10 +151,13 @@ def _retry_after(error: Exception) -> float | None:
 class JsonChat:
     """JSON answers from one model behind one endpoint, retried and cached (module docstring)."""
 
-    def __init__(self, settings: ChatSettings, engine: Engine):
+    def __init__(self, settings: ChatSettings, engine: Engine, *, run_id: str | None = None, role: str | None = None):
+        """`run_id` and `role` label the calls in llm_calls (and scope the per-run budget)."""
+
         import openai
 
-        self.settings, self.engine = settings, engine
+        self.settings, self.engine, self.run_id, self.role = settings, engine, run_id, role
+        self.spent_tokens, self.spent_usd, self._lock = 0, 0.0, threading.Lock()   # this step's calls
         self.base_url = base_url(settings)
         key = os.environ.get(settings.api_key_env)
         if not key:
@@ -152,12 +186,42 @@ class JsonChat:
             for i, future in futures.items():
                 try:
                     out[i] = future.result()
+                except BudgetExhausted as e:   # let what is in flight land in the cache, then say how far we got
+                    pool.shutdown(wait=True, cancel_futures=True)
+                    answered = sum(1 for j, f in futures.items() if f.done() and not f.cancelled()
+                                   and f.exception() is None) + len(requests) - len(todo)
+                    raise BudgetExhausted(f"{e}; {answered} of {len(requests)} requests answered (cached: the next "
+                                          "run continues from there)", answered, len(requests)) from None
                 except LLMError as e:   # say which request: the caller's record is in its last message
                     raise LLMError(f"{e}; request {i + 1} of {len(requests)}: "
                                    f"{requests[i][-1]['content'][:160]!r}") from e
         finally:   # on a failure, start nothing more; what is in flight still lands in the cache
             pool.shutdown(wait=True, cancel_futures=True)
         return out
+
+    def ask_structured(self, requests: Sequence[Messages], prompt_version: str, schema: type[M],
+                       seeds: Sequence[int] | None = None) -> list[Answer[M]]:
+        """One Answer per request: the model's JSON validated by `schema`. An answer that does not fit gets one
+        repair request (its output and the error sent back); one that still does not fit is a failure of that
+        request (`Answer.error`, `invalid_answer` in llm_calls), never an exception for the batch. Invalid
+        answers are cached like valid ones, so a re-run asks nothing again and repairs the same way."""
+        def parse(text: str) -> Answer[M]:
+            try:
+                return Answer(schema.model_validate_json(text), text)
+            except ValidationError as exc:
+                problem = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'the answer'}: {e['msg']}" for e in exc.errors())
+                return Answer(None, text, problem[:500])
+
+        answers = self.ask_many(requests, prompt_version, parse, seeds)
+        broken = [i for i, a in enumerate(answers) if a.error]
+        if broken:
+            repair = REPAIR.replace("{schema}", json.dumps(schema.model_json_schema(), sort_keys=True))
+            followups = [[*requests[i], {"role": "assistant", "content": answers[i].text},
+                          {"role": "user", "content": repair.replace("{error}", answers[i].error)}] for i in broken]
+            again = self.ask_many(followups, prompt_version, parse, [seeds[i] for i in broken] if seeds else None)
+            for i, answer in zip(broken, again):
+                answers[i] = Answer(answer.value, answer.text, answer.error, repaired=True)
+        return answers
 
     def _cached(self, hashes: set[str]) -> dict[str, str]:
         if not hashes:
@@ -192,12 +256,34 @@ class JsonChat:
         if s.usd_per_million_prompt_tokens is not None and s.usd_per_million_completion_tokens is not None:
             cost = ((prompt or 0) * s.usd_per_million_prompt_tokens
                     + (completion or 0) * s.usd_per_million_completion_tokens) / 1e6
+        with self._lock:
+            self.spent_tokens += (prompt or 0) + (completion or 0)
+            self.spent_usd += cost or 0.0
         with self.engine.begin() as conn:
             conn.execute(sa.text(
-                "insert into llm_calls (request_hash, model, base_url, attempt, status, error, latency_ms,"
-                " prompt_tokens, completion_tokens, cost_usd) values (:h, :m, :u, :a, :s, :e, :l, :p, :c, :cost)"),
-                {"h": h, "m": s.model, "u": self.base_url, "a": attempt, "s": status, "e": error,
-                 "l": int((time.monotonic() - started) * 1000), "p": prompt, "c": completion, "cost": cost})
+                "insert into llm_calls (request_hash, run_id, role, model, base_url, attempt, status, error, latency_ms,"
+                " prompt_tokens, completion_tokens, cost_usd)"
+                " values (:h, :run, :role, :m, :u, :a, :s, :e, :l, :p, :c, :cost)"),
+                {"h": h, "run": self.run_id, "role": self.role, "m": s.model, "u": self.base_url, "a": attempt,
+                 "s": status, "e": error, "l": int((time.monotonic() - started) * 1000), "p": prompt, "c": completion,
+                 "cost": cost})
+
+    def _check_budget(self) -> None:
+        """Raise BudgetExhausted when this step, or the run (every step's calls in llm_calls), spent its cap."""
+        s = self.settings
+        over = [f"{what} {spent:,.6g} of {cap:,.6g}" for what, spent, cap in (
+            ("step tokens", self.spent_tokens, s.max_tokens_per_step), ("step USD", self.spent_usd, s.max_usd_per_step))
+            if cap is not None and spent >= cap]
+        if not over and self.run_id is not None and (s.max_tokens_per_run or s.max_usd_per_run):
+            with self.engine.connect() as conn:
+                tokens, usd = conn.execute(sa.text(
+                    "select coalesce(sum(coalesce(prompt_tokens, 0) + coalesce(completion_tokens, 0)), 0),"
+                    " coalesce(sum(cost_usd), 0) from llm_calls where run_id = :r"), {"r": self.run_id}).one()
+            over = [f"{what} {spent:,.6g} of {cap:,.6g}" for what, spent, cap in (
+                ("run tokens", tokens, s.max_tokens_per_run), ("run USD", usd, s.max_usd_per_run))
+                if cap is not None and spent >= cap]
+        if over:
+            raise BudgetExhausted(f"LLM budget reached for model {s.model!r}: {', '.join(over)}", 0, 0)
 
     def _ask(self, messages: Messages, h: str, params: dict, parse: Callable[[str], T]) -> T:
         import openai
@@ -207,6 +293,7 @@ class JsonChat:
             if attempt:
                 self._wait(attempt - 1, retry_after)
                 retry_after = None
+            self._check_budget()
             started = time.monotonic()
             try:
                 completion = self.client.chat.completions.create(model=s.model, messages=messages, **params)
@@ -234,7 +321,8 @@ class JsonChat:
                 last = f"invalid answer ({e}): {(content or '')[:200]!r}"
                 self._record(h, attempt + 1, "invalid_answer", started, last, usage)   # paid for, though useless
                 continue
-            self._record(h, attempt + 1, "ok", started, None, usage)
+            failed = getattr(value, "error", None)   # a structured answer that did not fit: kept, not retried
+            self._record(h, attempt + 1, "invalid_answer" if failed else "ok", started, failed, usage)
             self._store(h, completion)
             return value
         raise LLMError(f"{self.base_url} model {s.model!r}: no valid answer after {s.max_retries + 1} attempts;"

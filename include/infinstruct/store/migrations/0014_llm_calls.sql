@@ -3,6 +3,8 @@
 create table llm_calls (
     id                bigserial primary key,
     request_hash      text not null,                 -- llm_responses.request_hash of the answer it asked for
+    run_id            text,                          -- the run whose step sent it (the per-run budget sums these)
+    role              text,                          -- tagger, evolver, responder, judge, student
     model             text not null,
     base_url          text not null,
     attempt           integer not null,              -- 1 = the first try
@@ -15,3 +17,4 @@ create table llm_calls (
     called_at         timestamptz not null default now()
 );
 create index llm_calls_request on llm_calls (request_hash);
+create index llm_calls_run on llm_calls (run_id);

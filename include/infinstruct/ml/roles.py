@@ -1,0 +1,65 @@
+"""The LLM roles of Phase 2 (tagger, evolver, responder, judge, student), each an endpoint, a model and its sampling.
+
+The recipe's `llm.roles.<role>` says where a role's requests go and how it samples (`RoleSettings`: the
+fields of `ml.llm.ChatSettings`, the model optional); one endpoint may serve several roles. A role with no
+`base_url`, when $INFINSTRUCT_LLM_BASE_URL is not set either, goes to the embedded server
+(`ml.llm_server`: SmolLM2 on loopback), which answers one request at a time: its concurrency is 1.
+"""
+from __future__ import annotations
+
+import os
+from enum import StrEnum
+
+from pydantic import Field, model_validator
+from sqlalchemy.engine import Engine
+
+from infinstruct.ml.llm import BASE_URL_ENV, ChatSettings, JsonChat
+from infinstruct.strict import Strict
+
+
+class Role(StrEnum):
+    TAGGER = "tagger"         # ability labels of an instruction
+    EVOLVER = "evolver"       # Evol-Instruct rewrites of a seed
+    RESPONDER = "responder"   # answers to evolved instructions
+    JUDGE = "judge"           # scores of an answer
+    STUDENT = "student"       # the small model whose losses and failures pick informative seeds
+
+
+class RoleSettings(ChatSettings):
+    """ChatSettings with the model optional: no model and no endpoint means the embedded server's model."""
+
+    model: str | None = None
+
+    @model_validator(mode="after")
+    def _model_with_endpoint(self) -> RoleSettings:
+        if self.base_url and not self.model:
+            raise ValueError(f"base_url {self.base_url!r} needs a model (the name that endpoint serves)")
+        return self
+
+
+class LLMSettings(Strict):
+    """Recipe section `llm`: the settings of each role (a role left out: the embedded server, defaults)."""
+
+    roles: dict[Role, RoleSettings] = Field(default_factory=dict)
+
+    def role(self, role: Role | str) -> RoleSettings:
+        return self.roles.get(Role(role), RoleSettings())
+
+
+def resolve(settings: RoleSettings) -> ChatSettings:
+    """The endpoint a role's requests go to: its own, $INFINSTRUCT_LLM_BASE_URL, or the embedded server."""
+    if settings.base_url or os.environ.get(BASE_URL_ENV, "").strip():
+        if not settings.model:
+            raise ValueError(f"${BASE_URL_ENV} is set: the role needs a model (the name that endpoint serves)")
+        return ChatSettings.model_validate(settings.model_dump())
+    from infinstruct.ml.llm_server import ensure_local_llm
+
+    server = ensure_local_llm()
+    return ChatSettings.model_validate({**settings.model_dump(), "base_url": server.base_url,
+                                        "model": server.model, "concurrency": 1})
+
+
+def chat_for(llm: LLMSettings, role: Role | str, engine: Engine, run_id: str | None = None) -> JsonChat:
+    """The client of a role (starting the embedded server when the role has no endpoint); its calls are
+    labelled with the role and run in llm_calls."""
+    return JsonChat(resolve(llm.role(role)), engine, run_id=run_id, role=str(Role(role)))
