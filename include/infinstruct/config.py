@@ -23,6 +23,7 @@ from infinstruct.curate.semantic_dedup.pairs import SemanticDedupSettings
 from infinstruct.errors import DataError
 from infinstruct.ml.roles import LLMSettings
 from infinstruct.strict import Strict
+from infinstruct.synth.tagging.labels import TaggingSettings
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_RECIPE = PROJECT_ROOT / "include" / "recipes" / "sample.yaml"
@@ -103,6 +104,7 @@ class Recipe(Strict):
     selection: SelectionSettings | None = None   # null: release every standing record
     stages: dict[str, dict[str, Any]] = {}       # the sections of your own stages ($INFINSTRUCT_STAGES), by task
     llm: LLMSettings = LLMSettings()              # Phase 2's LLM roles (a role left out: the embedded server)
+    tagging: TaggingSettings | None = None        # Phase 2's ability tagging (null: off)
 
     @model_validator(mode="after")
     def _unique_source_names(self) -> "Recipe":
@@ -196,7 +198,7 @@ def _absolute(path: str, base_dir: Path) -> str:
     return expanded if os.path.isabs(expanded) else str((base_dir / expanded).resolve())
 
 
-_LATER_SECTIONS = ("stages", "llm")
+_LATER_SECTIONS = ("stages", "llm", "tagging")
 
 
 def recipe_hash(recipe: Recipe) -> str:
