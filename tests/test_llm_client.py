@@ -140,3 +140,16 @@ def test_a_run_budget_counts_every_step_of_the_run(engine, double):
     with engine.connect() as conn:
         roles = conn.execute(sa.text("select role from llm_calls where run_id = :r order by id"), {"r": run_id}).scalars()
         assert list(roles) == ["tagger", "evolver"]
+
+
+def test_answers_are_cached_under_the_endpoint_name_when_one_is_given(engine, double):
+    """The embedded server gets a new port at each start: named, its answers outlive the port."""
+    question = [[{"role": "user", "content": f"named {uuid.uuid4().hex}"}]]
+    first = chat(engine, double, endpoint_name="replicas")
+    double.then(("content", '{"a": 1}'))
+    assert first.ask_many(question, "v1", as_json) == [{"a": 1}]
+    moved = JsonChat(first.settings.model_copy(update={"base_url": double.url.replace("127.0.0.1", "localhost")}),
+                     engine)   # the same server under another URL
+    before = double.count()
+    assert moved.ask_many(question, "v1", as_json) == [{"a": 1}]
+    assert double.count() == before

@@ -67,3 +67,11 @@ def test_the_recipe_section_is_checked_and_absent_changes_nothing(tmp_path):
         load_recipe(write_recipe(tmp_path, "roles_nomodel", sources, llm={"roles": {"judge": {"base_url": "http://x/v1"}}}))
     good, _ = load_recipe(write_recipe(tmp_path, "roles_ok", sources, llm={"roles": {"judge": {"model": "gpt-4o-mini"}}}))
     assert good.llm.role("judge").model == "gpt-4o-mini" and recipe_hash(good) != recipe_hash(plain)
+
+
+def test_the_embedded_server_s_answers_outlive_its_port(engine, llm_home):
+    first = resolve(LLMSettings().role(Role.TAGGER))
+    stop_local_llm()
+    second = resolve(LLMSettings().role(Role.TAGGER))
+    assert first.base_url != second.base_url or first == second   # usually a new port
+    assert first.endpoint_name == second.endpoint_name == "embedded:SmolLM2-135M-Instruct.Q4_1.gguf"

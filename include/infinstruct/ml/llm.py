@@ -88,6 +88,9 @@ class ChatSettings(Strict):
 
     model: str = Field(min_length=1)
     base_url: str | None = None                   # else $INFINSTRUCT_LLM_BASE_URL, e.g. http://127.0.0.1:8080/v1
+    # what answers are cached under instead of base_url: one name for replicas behind several URLs, or for a
+    # server whose port changes between starts (the embedded one)
+    endpoint_name: str | None = None
     api_key_env: str = Field("OPENAI_API_KEY", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")   # a name, not a key
     timeout_seconds: float = Field(60.0, gt=0)
     max_retries: int = Field(5, ge=0)
@@ -171,7 +174,8 @@ class JsonChat:
         """parse(answer) for each message list, in order: cached answers first, the rest from the endpoint.
         `seeds`: one per request (e.g. from the record id), so a sampled answer is asked for, and cached, per record."""
         params = [request_params(self.settings, seed) for seed in (seeds if seeds is not None else [None] * len(requests))]
-        hashes = [request_hash(self.base_url, self.settings.model, prompt_version, m, p) for m, p in zip(requests, params)]
+        endpoint = self.settings.endpoint_name or self.base_url
+        hashes = [request_hash(endpoint, self.settings.model, prompt_version, m, p) for m, p in zip(requests, params)]
         cached = self._cached(set(hashes))
         out: list = [None] * len(requests)
         todo = []

@@ -52,11 +52,12 @@ def resolve(settings: RoleSettings) -> ChatSettings:
         if not settings.model:
             raise ValueError(f"${BASE_URL_ENV} is set: the role needs a model (the name that endpoint serves)")
         return ChatSettings.model_validate(settings.model_dump())
-    from infinstruct.ml.llm_server import ensure_local_llm
+    from infinstruct.ml.llm_server import GGUF_NAME, ensure_local_llm
 
     server = ensure_local_llm()
-    return ChatSettings.model_validate({**settings.model_dump(), "base_url": server.base_url,
-                                        "model": server.model, "concurrency": 1})
+    # cached under the model, not the port: a restarted server asks nothing it already answered
+    return ChatSettings.model_validate({**settings.model_dump(), "base_url": server.base_url, "model": server.model,
+                                        "endpoint_name": f"embedded:{GGUF_NAME}", "concurrency": 1})
 
 
 def chat_for(llm: LLMSettings, role: Role | str, engine: Engine, run_id: str | None = None) -> JsonChat:
