@@ -155,6 +155,16 @@ def run_selection_steps(recipe_path) -> str:
     return run_id
 
 
+def kept_record_ids(engine, run_id: str) -> set[str]:
+    """Record ids the run keeps (no stage dropped them)."""
+    import sqlalchemy as sa
+    with engine.connect() as conn:
+        return set(conn.execute(sa.text(
+            "select r.record_id from records r join run_partitions rp on rp.partition_id = r.partition_id"
+            " and rp.run_id = :r where not exists (select 1 from decisions d where d.partition_id = r.partition_id"
+            " and d.line_no = r.line_no and d.verdict = 'dropped')"), {"r": run_id}).scalars())
+
+
 def stored_scores(engine, run_id: str) -> dict[str, dict]:
     """Per first user turn of the run's records: the stored quality, model score, scorer and domain, and
     whether the record still stands (no stage dropped it: `selected`, once select_records ran)."""

@@ -25,7 +25,7 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
-from conftest import SHARED_DATA, publish, run_selection_steps, write_recipe
+from conftest import SHARED_DATA, kept_record_ids, publish, run_selection_steps, write_recipe
 from infinstruct import pipeline
 from infinstruct.curate.selection.stage import _table_prefix
 
@@ -79,15 +79,6 @@ def run(recipe_path, out=None, gate=True) -> tuple[str, dict]:
 def summary(run_id: str) -> dict:
     with pipeline.get_engine().connect() as conn:
         return conn.execute(sa.text("select result from selection_state where run_id = :r"), {"r": run_id}).scalar_one()
-
-
-def selected(engine, run_id: str) -> set[str]:
-    """Record ids the run keeps (standing and not dropped by any stage)."""
-    with engine.connect() as conn:
-        return set(conn.execute(sa.text(
-            "select r.record_id from records r join run_partitions rp on rp.partition_id = r.partition_id"
-            " and rp.run_id = :r where not exists (select 1 from decisions d where d.partition_id = r.partition_id"
-            " and d.line_no = r.line_no and d.verdict = 'dropped')"), {"r": run_id}).scalars())
 
 
 def select_decisions(engine, run_id: str) -> list[tuple]:
@@ -158,17 +149,17 @@ def test_the_summary_reports_the_diversity_of_the_selection(first):
 def test_the_same_seed_gives_the_same_selection(first, files, engine):
     run_id, _, _ = first
     again, _ = run(recipe(files))          # another dataset, same files, recipe and seed
-    assert selected(engine, again) == selected(engine, run_id)
+    assert kept_record_ids(engine, again) == kept_record_ids(engine, run_id)
 
 
 def test_an_added_file_changes_the_selection_only_as_the_quotas_require(files, engine):
     path = recipe(files, name="sel_grow")
     before_id, before = run(path)
-    kept_before = selected(engine, before_id)
+    kept_before = kept_record_ids(engine, before_id)
     path = recipe(files, names=("math", "code", "general", "more_math"), name="sel_grow")
     after_id, after = run(path)
     assert not after["full_pass"]
-    kept_after = selected(engine, after_id)
+    kept_after = kept_record_ids(engine, after_id)
     let_go = sum(d["let_go"] for d in after["domains"].values())
     assert len(kept_before - kept_after) == let_go   # only what a shrunk quota let go
     for name, entry in after["domains"].items():
@@ -177,7 +168,7 @@ def test_an_added_file_changes_the_selection_only_as_the_quotas_require(files, e
     # the quotas did not change: nothing moves at all
     path = recipe(files, names=("math", "code", "general", "more_math"), name="sel_grow")
     third_id, third = run(path)
-    assert selected(engine, third_id) == kept_after and all(d["new"] == 0 for d in third["domains"].values())
+    assert kept_record_ids(engine, third_id) == kept_after and all(d["new"] == 0 for d in third["domains"].values())
 
 
 def test_a_weak_domain_report_raises_the_quota_on_the_next_run(files, engine):
@@ -187,12 +178,12 @@ def test_a_weak_domain_report_raises_the_quota_on_the_next_run(files, engine):
                   weak_domains="weak_domains.json")
     first_id, first = run(path)
     assert first["domains"]["math"]["selected"] == 8
-    kept_before = selected(engine, first_id)
+    kept_before = kept_record_ids(engine, first_id)
     report.write_text(json.dumps({"math": {"extra": 4}}))
     second_id, second = run(path)
     assert second["domains"]["math"]["quota"] == 12 and second["domains"]["math"]["selected"] == 12
     assert second["domains"]["math"]["kept_from_before"] == 8 and second["boosts"] == {"math": {"factor": 1.0, "extra": 4}}
-    assert kept_before < selected(engine, second_id)
+    assert kept_before < kept_record_ids(engine, second_id)
 
 
 def test_re_running_the_stage_decides_nothing_twice(first, engine):

@@ -15,7 +15,7 @@ import uuid
 import pytest
 import sqlalchemy as sa
 
-from conftest import run_dedup_steps, run_partitions, sample_recipe, write_jsonl
+from conftest import kept_record_ids, run_dedup_steps, run_partitions, sample_recipe, write_jsonl, write_recipe
 from infinstruct.ml.llm import BASE_URL_ENV
 from infinstruct.ml.llm_server import stop_local_llm
 from infinstruct.pipeline import get_engine, run_recipe
@@ -34,28 +34,12 @@ def tags(engine, run_id: str) -> dict[str, tuple]:
             " and rp.run_id = :r"), {"r": run_id})}
 
 
-def kept_records(engine, run_id: str) -> set[str]:
-    with engine.connect() as conn:
-        return set(conn.execute(sa.text(
-            "select r.record_id from records r join run_partitions rp on rp.partition_id ="
-            " r.partition_id and rp.run_id = :r where not exists (select 1 from decisions d where d.partition_id ="
-            " r.partition_id and d.line_no = r.line_no and d.verdict = 'dropped')"), {"r": run_id}).scalars())
-
-
 def by_instruction(tagged: dict[str, tuple]) -> dict[str, tuple]:
     return {instruction: rest for instruction, *rest in tagged.values()}
 
 
 def tag_run(run_id: str) -> list[dict]:
     return [tag_partition(get_engine(), run_recipe(run_id), run_id, p) for p in run_partitions(run_id)]
-
-
-def write(tmp_path, name: str, **extra) -> str:
-    import yaml
-    recipe = {**sample_recipe(name), **extra}
-    path = tmp_path / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(recipe))
-    return path
 
 
 @pytest.fixture
@@ -84,14 +68,11 @@ def test_every_kept_record_is_tagged_once_with_labels_or_its_error(engine, doubl
     recipe["llm"] = {"roles": {"tagger": {"base_url": double.url, "model": "tagger-double", "concurrency": 2,
                                           "backoff_seconds": 0.001}}}
     recipe["tagging"] = {}
-    path = tmp_path / f"{name}.yaml"
-    import yaml
-    path.write_text(yaml.safe_dump(recipe))
-    run_id = run_dedup_steps(path)
+    run_id = run_dedup_steps(write_recipe(tmp_path, **recipe))
 
     results = tag_run(run_id)
     tagged = tags(engine, run_id)
-    assert set(tagged) == kept_records(engine, run_id)   # every kept record, and only those
+    assert set(tagged) == kept_record_ids(engine, run_id)   # every kept record, and only those
     assert sum(r["tagged"] + r["failed"] for r in results) == len(tagged)
     tagged = by_instruction(tagged)
     abilities, categories, error = tagged["Write Python code that reverses a string."]
@@ -111,15 +92,13 @@ def test_the_embedded_smollm2_tags_without_breaking_anything(engine, tmp_path, m
     src = write_jsonl(tmp_path / "few.alpaca.jsonl", [
         {"instruction": "Explain how a binary search works.", "input": "", "output": "It halves the range each step."},
         {"instruction": "Give three tips for a job interview.", "input": "", "output": "Prepare, listen, follow up."}])
-    import yaml
-    path = tmp_path / f"{name}.yaml"
-    path.write_text(yaml.safe_dump({"name": name, "sources": [{"name": "few", "path": str(src), "format": "alpaca"}],
-                                    "semantic_dedup": None, "tagging": {}}))
+    path = write_recipe(tmp_path, name, [{"name": "few", "path": str(src), "format": "alpaca"}],
+                        semantic_dedup=None, tagging={})
     try:
         run_id = run_dedup_steps(path)
         tag_run(run_id)
         tagged = tags(engine, run_id)
-        assert set(tagged) == kept_records(engine, run_id) and len(tagged) == 2
+        assert set(tagged) == kept_record_ids(engine, run_id) and len(tagged) == 2
         assert all((abilities and categories and error is None) or (not abilities and error)
                    for _, abilities, categories, error in tagged.values())
     finally:
