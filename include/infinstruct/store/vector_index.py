@@ -4,20 +4,8 @@ A table of (record key, embedding) with an HNSW index over cosine distance, in t
 database: it persists with everything else, is replaced in the same transactions as the ledger,
 and needs no side files. The embedded server ships pgvector; a system server needs it installed
 (Debian: postgresql-NN-pgvector). `index_kind` uses it only where the probe showed it works.
-Chosen by bench/bench_semantic.py index: 100k x 384 clustered vectors, 1,000 queries (half
-near-copies of stored rows), k = 5, on the 2-core VM with a load average of ~5 (other work):
-
-    index (HNSW m 16, ef_construction 64)  build   insert into built  queries/s  recall@5 near-copy
-    pgvector, ef_search 40                 55 s    104 rows/s          229        0.986
-    pgvector, ef_search 100 (our default)  55 s    104 rows/s          108        1.000
-    usearch, ef 40                         210 s   336 rows/s          614        0.992
-    faiss HNSWFlat, ef 40                  64 s    2,426 rows/s        4,107      1.000
-    exact numpy                            -       -                   372        1 (reference)
-
-(bulk load before the index: 5,000 rows/s; recall on the "fresh" half, equidistant synthetic
-neighbours, is 0.22-0.44 for all of them and means little for dedup.) faiss is 10-40x faster,
-but the stage is bound by MiniLM (~35-130 texts/s here), and pgvector saves the key mapping,
-file persistence and transactional replace a file index needs. For a first full load, insert
+Chosen over usearch and faiss (bench/RESULTS.md, "Vector index choice"): the stages are bound by MiniLM,
+and pgvector saves the key mapping, persistence and transactional replace. For a first full load, insert
 before creating the index (`schema_sql(with_index=False)`, then `index_sql()`): 50x faster.
 """
 from __future__ import annotations

@@ -21,38 +21,7 @@ for 30%); a neighbour on the same topic does not (median 0.12 over the 939 top-5
 cosine ≥ 0.75, 95th percentile 0.33). Pairs, not single words: a neighbour shares the topic's nouns, rarely their
 phrasing. So the band can start lower than the old single threshold and recall rises too.
 
-Measured on cached MiniLM vectors with ad-hoc scripts (05:40-06:00 UTC, Nov 29 2026, 2-core VM
-under load), three sets, all 1,643 items indexed. (1) Synthetic, bench/bench_semantic.py's
-`planted` (300 items per variant, seed 3; paraphrase = each word replaced with the given
-probability by a synonym or a filler word, every number changed): recall = the best match is the
-planted item. (2) The labelled corpus of bench/eval_corpus.py (seed 0, records the rules keep):
-dropped by n-grams or embedding. (3) The real pool, 15,473 records (the 15,331 the rules keep
-embedded): records dropped by the embedding matcher and not by n-grams (n-grams drop 24):
-
-    cosine alone at ...                 0.75   0.80   0.85   0.90   two tiers   + n-grams
-    verbatim                            1.000  1.000  1.000  1.000  1.000       1.000
-    wrapped in a request                0.990  0.983  0.970  0.927  0.993       1.000
-    paraphrased 15% + numbers           0.983  0.923  0.770  0.467  0.980       0.980
-    paraphrased 30% + numbers           0.700  0.523  0.270  0.087  0.730       0.737
-    wrapped + paraphrased 15%           0.920  0.810  0.587  0.243  0.960       0.970
-    corpus contam:paraphrased (130)     130    130    128    123    130         (with n-grams)
-    corpus clean dropped (2,575)        3.42%  0.82%  0.16%  0     0.16%       (with n-grams)
-    corpus near-copies/siblings/junk    26     6      1      0      0           (with n-grams)
-    real pool, dropped by embedding     718    128    14     0      22
-
-(Corpus verbatim 140, wrapped 140, short-in-preamble 60, renamed HumanEval 84 and the 5 real pool
-copies are caught in every column, by n-grams.) The 22 pool drops left (16 distinct texts): 9 are
-GSM8K train questions written on a test question's template ("A salesman bought a case of 48
-backpacks for $576. He sold 17 of them for $18 ..." vs test 449 "... 48 sneakers for $576. He
-sold 17 of them for $20 ..."; test 321, 919 twice, 309, 303, 1009, 388, 1025): near-duplicates by
-any reading; 3 are GSM8K neighbours with shared phrasing (test 280, 180, 286: "how old is Sam?",
-"... hours for the first week and ... the second week"); 9 are nth-Fibonacci prompts vs MT-Bench
-122 ("Write a program to find the nth Fibonacci number using dynamic programming.", 7 AlpacaEval
-copies, cosine 0.837; "Construct a C++ program to print the nth Fibonacci number.", 0.895) and 1 a
-common-ancestor prompt vs MT-Bench 125: the same task worded alike, which lexical evidence cannot
-tell from a leak. Measured alternatives: a share of 0.40 (pool 40, 30% paraphrase 0.81), 0.50
-(pool 19, 0.64); the band from 0.65 (pool 40, 0.77); Dice of content words instead of pairs
-(≥ 0.65 in a 0.70-0.88 band: pool 27, but wrapped + paraphrased 0.81: a request's words dilute it).
+The measurements behind these thresholds: bench/RESULTS.md, "Embedding decontamination thresholds".
 """
 from __future__ import annotations
 

@@ -54,45 +54,10 @@ Defaults: n = 13, threshold = 0.1, min_short_words = 4, mask_numbers = True. The
 share of the item's n-grams, not "any shared n-gram": with numbers masked, single shared 13-grams
 are common in arithmetic and code answers (runs like "0 0 0 ...", DP loops, hex digit strings):
 0.1 flags a seventh of the clean records "any" flags (24 vs 178 of 15,475) and keeps its recall
-on copies and changed numbers, giving up some on heavier edits (table below).
+on copies and changed numbers, giving up some on heavier edits.
 
-Measurements (2-core dev VM, Python 3.11, numpy; 1,643 texts from gsm8k_test 1,319 + MT-Bench
-80 × 2 turns + HumanEval 164; each test record = variant + a real AlpacaEval answer; recall by
-score ≥ threshold against the planted item; measured with ad-hoc scripts, not yet in bench/):
-
-    n = 13, masked numbers                    n      any    ≥0.1   ≥0.2   ≥0.3   ≥0.5
-    verbatim                               1643    1.000  1.000  1.000  1.000  1.000
-    wrapped in a longer prompt             1643    1.000  1.000  1.000  1.000  1.000
-    short MT-Bench turn in a preamble        40    1.000  1.000  1.000  1.000  1.000  (containment)
-    GSM8K, numbers changed                 1319    1.000  1.000  0.999  0.999  0.996
-      (without mask_numbers)                       0.779  0.660  0.510  0.368  0.180
-    5% words substituted + numbers (*)     1479    0.944  0.920  0.858  0.781  0.562
-    10% words substituted + numbers        1479    0.804  0.701  0.577  0.436  0.214
-    20% words substituted + numbers        1479    0.448  0.254  0.130  0.070  0.023
-    HumanEval, function + args renamed      164    0.762  0.634  0.573  0.500  0.262
-    clean pool flagged: gsm8k_train        7473    1.65%  0.11%  0.08%  0.05%  0.03%
-                        alpaca_eval ×7     5635    0.75%  0.28%  0.25%  0.25%  0.25%
-                        code_alpaca_2k     2017    0.64%  0     0      0      0
-                        self_instruct ×2    350    0      0      0      0      0
-
-    (*) GSM8K + MT-Bench items: each word replaced with the given probability, every number changed.
-    * The alpaca_eval hits at ≥ 0.1 are true contamination: AlpacaEval carries two MT-Bench first
-      turns verbatim (81 "Compose an engaging travel blog post about ... Hawaii", 130 "Implement a
-      program to find the common elements in two arrays ...", 7 answers each), plus the 2 answers
-      to an LCS instruction sharing MT-Bench 124's DP code. Without them: 0.04%.
-    * The 8 gsm8k_train hits (0.11%) are train questions written on a test question's template
-      (e.g. test 603 "A plane travels 1200 miles in 3 hours. At the same rate, how many additional
-      hours ..." vs train "A train travels 270 miles ..."): near-duplicates by any reading.
-    * Clean records flagged at the defaults, all pool files: 24 of 15,475 (0.16%); 10 (0.06%)
-      without the 14 true MT-Bench copies.
-    * Misses: word substitutions every ~10 words and renamed code identifiers break most 13-grams;
-      the embedding matcher is for paraphrases, and renamed code needs a smaller n or code-aware
-      matching. For the recipe: n = 10 (threshold 0.1, masked) measured 1.000 / 0.964 / 0.864 /
-      0.476 / 0.713 on the five edited rows above with 26 clean records flagged (12 = 0.08% with the
-      14 true copies aside): more recall for about the same precision.
-    * Speed (match on the record side, one core, all three benchmarks indexed): 10,500-11,800
-      records/s on the AlpacaEval records (instruction + answer, 226 words on average: ~2.4 M
-      words/s), 14,000 records/s over the whole pool (141 words); building the index: 0.1 s.
+The measurements behind these defaults (recall per edit, false drops, speed): bench/RESULTS.md,
+"N-gram decontamination defaults".
 """
 from __future__ import annotations
 

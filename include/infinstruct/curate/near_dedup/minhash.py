@@ -26,24 +26,8 @@ corpus gives recall 0.82 (whitespace/case 0.98, appended sentence 0.91, substitu
 rewording 0.91, appended + swapped 0.53) at precision 0.993 with 7 false pairs among the real prompts;
 the semantic stage is there to recover the rest of the recall.
 
-Measured by bench/bench_minhash.py (2-core machine shared with other work, at threshold 0.45):
-* speed, 200k synthetic prompts of 10-60 words: signatures + band keys 53-62k records/s over two runs,
-  20-24x a per-record datasketch `MinHash.update` loop (2.6k/s) and 9-11x its `update_batch` variant
-  (5.7-6.0k/s); candidates + confirmation + clusters add ~1.3 s per 200k. The signature time is
-  Python shingling (~60%: split + join) and reading rensa's matrix back (~30%); rensa itself <10%.
-* quality, 10,470 real instructions (../shared/data/pool) + 1,000 planted copies per edit kind:
-  recall 1.00 whitespace/case, 0.98 appended sentence, 0.91 two-three substituted/swapped words,
-  0.98 light rewording, 0.79 appended sentence + swapped words (0.93 macro) at precision 0.977.
-  Threshold 0.40 gives 0.95 recall at 0.964 precision, 0.50 gives 0.91 at 0.983; without the
-  essential-word guard precision falls to ~0.94 at 0.5. The cost: 74 false pairs among the 10,470
-  distinct real prompts (shared boilerplate: "How many X? Try to explain your answer. ..."; short
-  prompts: "How do I make escargot?" / "... apple juice?").
-* templated prompts one essential word apart: the guard rejects them when that word is a number, a
-  quoted word or a name. The 15 real AlpacaEval "... trying some Somali / Danish dishes" prompts
-  (Jaccard ~0.8) form 105 candidate pairs: all confirmed without the guard, none with it. With a
-  plain lower-case word ("a haiku about autumn" / "... snow", a 25-word blog template about yoga /
-  meditation) 24% of short and 58% of long sibling pairs are still confirmed: no Jaccard threshold
-  separates those from a near-copy with two words edited.
+The measurements behind these choices (speed against datasketch, recall per edit kind, the essential-word
+guard): bench/RESULTS.md, "MinHash core".
 """
 from __future__ import annotations
 
