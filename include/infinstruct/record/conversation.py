@@ -64,7 +64,7 @@ def instruction_text(turns: Iterable[Turn]) -> str:
 
 def instruction_sql(row: str = "r") -> str:
     """`instruction_text` of the conversation of `row` (an alias of `records`), as a SQL expression: the
-    answers, most of a record's bytes, never leave the server. tests/test_neardup.py checks both agree."""
+    answers, most of a record's bytes, never leave the server. tests/curate/test_neardup.py checks both agree."""
     if not re.fullmatch(r"[a-z_][a-z0-9_]*", row):
         raise ValueError(f"row alias must be a plain identifier, got {row!r}")
     return (f"coalesce((select string_agg(t.turn->>'content', E'\\n' order by t.n)"
