@@ -6,6 +6,10 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 RECIPE ?= include/recipes/sample.yaml
 OUT    ?= releases
+# llama.cpp (llama-cpp-python) is compiled at install: for any x86-64 CPU with AVX2, not only this machine's
+# (-march=native on an AVX-512 machine would die of SIGILL elsewhere); `make install CMAKE_ARGS=` for native
+CMAKE_ARGS ?= -DGGML_NATIVE=OFF
+export CMAKE_ARGS
 
 .PHONY: install run test bench clean
 

@@ -91,7 +91,10 @@ class StageResult:
     @classmethod
     def from_dict(cls, stored: dict[str, Any], **changes: Any) -> StageResult:
         known = {"stage", "decided", "dropped", "by_reason", "skipped", "partition_id", "full_pass", "why"}
-        by_reason = stored.get("by_reason", {})
+        by_reason = stored.get("by_reason")
+        if by_reason is None:   # stored before StageResult: the reasons were top-level keys
+            by_reason = {k: v for k, v in stored.items() if k not in known and isinstance(v, int)
+                         and (":" in k or k in fixed_reasons(stored["stage"]))}
         numbers = {k: v for k, v in stored.items() if k not in known and k not in by_reason}
         result = cls(stored["stage"], stored.get("decided", 0), dict(by_reason), stored.get("partition_id"),
                      stored.get("full_pass"), stored.get("why"), stored.get("skipped", False), numbers)
