@@ -46,6 +46,8 @@ class JudgeDouble:
         return len(self.requests)
 
     def respond(self, handler, body, action) -> None:
+        if action is None and not handler.path.endswith("/chat/completions"):   # e.g. /completions: not served
+            action = ("status", 404)
         if action is None and self.answer is not None:
             action = ("content", self.answer(body))
         if action is None:

@@ -49,6 +49,9 @@ def test_the_stage_table_is_printed_from_the_declaration_and_is_the_readme_s(cap
     table = capsys.readouterr().out.strip()
     assert table in (ROOT / "README.md").read_text(), "README's task table differs: paste `infinstruct stages` into it"
     assert [line.split("`")[1] for line in table.splitlines()[2:]] == [s.task for s in STAGES]
+    assert main(["stages", "--synthesis"]) == 0   # and Phase 2's
+    assert capsys.readouterr().out.strip() in (ROOT / "README.md").read_text(), \
+        "README's synthesis task table differs: paste `infinstruct stages --synthesis` into it"
     assert main(["stages", "--json"]) == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     near = next(r for r in rows if r["task"] == "near_deduplicate")

@@ -145,15 +145,28 @@ def test_sample_run_with_a_selection_ledgers_what_it_leaves_out(dag, tmp_path):
 
 
 def _dag_module():
-    import importlib.util
-    spec = importlib.util.spec_from_file_location("infinstruct_curation_dag", ROOT / "dags" / "infinstruct_curation.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    import infinstruct_tasks  # beside the DAG files (on sys.path as Airflow's DAG bundle puts it)
+    return infinstruct_tasks
+
+
+def test_every_pool_a_task_uses_is_created_by_setup(airflow_home):
+    import subprocess
+    import sys
+
+    from airflow.dag_processing.dagbag import DagBag
+
+    from infinstruct.stages import AIRFLOW_POOLS
+    bag = DagBag(dag_folder=str(ROOT / "dags"))
+    used = {t.pool for dag in bag.dags.values() for t in dag.tasks}
+    assert used - {"default_pool"} <= set(AIRFLOW_POOLS) and "infinstruct_llm" in used
+    listed = subprocess.run([sys.executable, "-m", "airflow", "pools", "list", "-o", "json"], check=True,
+                            capture_output=True, text=True).stdout
+    assert used <= {p["pool"] for p in json.loads(listed)}   # airflow_home ran the setup: a missing pool waits forever
 
 
 @pytest.mark.parametrize("error", ["BenchmarkError", "EmbeddingError", "LLMConfigError", "ScoringError",
-                                   "AccountingError", "GateFailed", "RecipeError", "IngestError"])
+                                   "AccountingError", "GateFailed", "RecipeError", "IngestError", "SynthesisError",
+                                   "BudgetReached"])
 def test_a_data_error_fails_its_task_without_retries(airflow_home, error):
     from airflow.sdk.exceptions import AirflowFailException
 
@@ -183,6 +196,8 @@ def _subclasses(cls) -> list[type]:
     import infinstruct.ml.llm  # noqa: F401
     import infinstruct.sources.ingest  # noqa: F401
     import infinstruct.store.ledger  # noqa: F401
+    import infinstruct.synth.evolution.stage  # noqa: F401
+    import infinstruct.synth.run  # noqa: F401
     out, todo = [], [cls]
     while todo:
         for sub in todo.pop().__subclasses__():

@@ -1,17 +1,22 @@
 """`infinstruct` command line.
 
     infinstruct run [--recipe PATH] [--out DIR]   run the curation DAG once, in this process (dag.test)
+    infinstruct synthesize [--recipe PATH] [--release DIR] [--out DIR]
+                                                  run the synthesis DAG (Phase 2) once on a release
+    infinstruct setup-airflow                     migrate Airflow's database and create the pools the DAGs use
+    infinstruct prompts [NAME]                    Phase 2's prompt templates (the recipe's own replace them)
     infinstruct migrate                           create / upgrade the metadata store schema
     infinstruct database-url                      print the metadata store URL (starts the embedded server)
     infinstruct vector-support                    whether pgvector works on that server (the probe's answer)
-    infinstruct stages [--json]                   the stages the DAG is built from, in order
+    infinstruct stages [--json] [--synthesis]     the stages a DAG is built from, in order
 
-`run` needs no Airflow services: it uses $AIRFLOW_HOME if set, else <INFINSTRUCT_HOME>/airflow with a
-SQLite metadata database, migrated on first use.
+`run` and `synthesize` need no Airflow services: they use $AIRFLOW_HOME if set, else
+<INFINSTRUCT_HOME>/airflow with a SQLite metadata database, migrated (and given its pools) on first use.
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import subprocess
@@ -21,6 +26,7 @@ from pathlib import Path
 from infinstruct.config import DEFAULT_RECIPE, PROJECT_ROOT, infinstruct_home, load_recipe
 
 DAG_ID = "infinstruct_curation"
+SYNTHESIS_DAG_ID = "infinstruct_synthesis"
 
 
 def _airflow_env() -> dict[str, str]:
@@ -35,23 +41,43 @@ def _airflow_env() -> dict[str, str]:
     for key, value in defaults.items():
         os.environ.setdefault(key, value)
     Path(os.environ["AIRFLOW_HOME"]).mkdir(parents=True, exist_ok=True)
+    # as Airflow's DAG bundle does for its processes: the DAG files import their shared module (infinstruct_tasks)
+    if os.environ["AIRFLOW__CORE__DAGS_FOLDER"] not in sys.path:
+        sys.path.append(os.environ["AIRFLOW__CORE__DAGS_FOLDER"])
     return defaults
 
 
 def ensure_airflow_db() -> None:
-    """Migrate Airflow's own metadata database once per Airflow version."""
+    """Migrate Airflow's own metadata database and create the DAGs' pools, once per Airflow version and pools."""
     from importlib.metadata import version
 
+    from infinstruct.stages import AIRFLOW_POOLS
+
     home = Path(os.environ["AIRFLOW_HOME"])
-    marker = home / f".infinstruct-migrated-{version('apache-airflow-core')}"
+    key = hashlib.sha256(json.dumps(AIRFLOW_POOLS, sort_keys=True).encode()).hexdigest()[:8]
+    marker = home / f".infinstruct-migrated-{version('apache-airflow-core')}-{key}"
     default_sqlite = "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN" not in os.environ
     if not marker.exists() or (default_sqlite and not (home / "airflow.db").exists()):
         subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], check=True, stdout=subprocess.DEVNULL)
+        create_pools()
         marker.touch()
 
 
-def run(recipe_path: str, out_dir: str) -> int:
-    recipe, path = load_recipe(recipe_path)  # fail fast, with a clear message, before Airflow starts
+def create_pools() -> None:
+    """Every pool a stage names (a task whose pool is missing would wait forever); existing ones keep their slots."""
+    from infinstruct.stages import AIRFLOW_POOLS
+
+    listed = subprocess.run([sys.executable, "-m", "airflow", "pools", "list", "-o", "json"], check=True,
+                            capture_output=True, text=True).stdout
+    existing = {p["pool"] for p in json.loads(listed or "[]")}
+    for name, (slots, description) in AIRFLOW_POOLS.items():
+        if name not in existing:
+            subprocess.run([sys.executable, "-m", "airflow", "pools", "set", name, str(slots), description],
+                           check=True, stdout=subprocess.DEVNULL)
+
+
+def _test_run(dag_id: str, conf: dict):
+    """One run of a DAG in this process (dag.test), its task states printed; returns the DagRun."""
     _airflow_env()
     ensure_airflow_db()
     from airflow.dag_processing.dagbag import DagBag
@@ -59,13 +85,19 @@ def run(recipe_path: str, out_dir: str) -> int:
     bag = DagBag(dag_folder=os.environ["AIRFLOW__CORE__DAGS_FOLDER"])
     if bag.import_errors:
         raise SystemExit(f"DAG import errors: {bag.import_errors}")
-    dag_run = bag.dags[DAG_ID].test(run_conf={"recipe": str(path), "out_dir": str(Path(out_dir).resolve())})
+    dag_run = bag.dags[dag_id].test(run_conf=conf)
     states = {}
     for ti in dag_run.get_task_instances():
         states.setdefault(ti.state, []).append(ti.task_id + (f"[{ti.map_index}]" if ti.map_index >= 0 else ""))
     print(f"\nrun {dag_run.run_id}: {dag_run.state}")
     for state, tasks in sorted(states.items(), key=lambda kv: str(kv[0])):
         print(f"  {state}: {len(tasks)} task(s) {' '.join(sorted(tasks)) if state != 'success' else ''}")
+    return dag_run
+
+
+def run(recipe_path: str, out_dir: str) -> int:
+    recipe, path = load_recipe(recipe_path)  # fail fast, with a clear message, before Airflow starts
+    dag_run = _test_run(DAG_ID, {"recipe": str(path), "out_dir": str(Path(out_dir).resolve())})
     if str(dag_run.state) != "success":
         from infinstruct.pipeline import mark_failed
         mark_failed(dag_run.run_id)
@@ -75,6 +107,23 @@ def run(recipe_path: str, out_dir: str) -> int:
         print(f"release {recipe.name} v{release['version']:04d}: {release['path']}")
         totals = release["manifest"]["totals"]
         print(json.dumps({key: totals[key] for key in ("lines", "kept", "dropped", "quarantined")}))
+    return 0
+
+
+def synthesize(recipe_path: str, release: str, out_dir: str) -> int:
+    recipe, path = load_recipe(recipe_path)
+    if recipe.synthesis is None:
+        raise SystemExit(f"recipe {path} has no `synthesis` section: add one (`synthesis: {{}}` takes the defaults)")
+    dag_run = _test_run(SYNTHESIS_DAG_ID, {"recipe": str(path), "release": str(Path(release).resolve()),
+                                           "out_dir": str(Path(out_dir).resolve())})
+    if str(dag_run.state) != "success":
+        from infinstruct.synth.pipeline import mark_failed
+        mark_failed(dag_run.run_id)
+        return 1
+    release_row = _release_of(dag_run.run_id)
+    if release_row:
+        print(f"release {release_row['manifest']['dataset']} v{release_row['version']:04d}: {release_row['path']}")
+        print(json.dumps(release_row["manifest"]["totals"]))
     return 0
 
 
@@ -89,15 +138,16 @@ def _release_of(run_id: str) -> dict | None:
     return dict(row) if row else None
 
 
-def print_stages(as_json: bool) -> int:
-    from infinstruct.stages import all_stages, task_table
+def print_stages(as_json: bool, synthesis: bool = False) -> int:
+    from infinstruct.stages import SYNTHESIS_STAGES, all_stages, task_table
+    stages = SYNTHESIS_STAGES if synthesis else all_stages()
     if as_json:
-        for spec in all_stages():
+        for spec in stages:
             print(json.dumps({"task": spec.task, "kind": spec.kind.value, "step": spec.step, "after": list(spec.after),
                               "ledger_stage": str(spec.decides) if spec.decides else None,
                               "reasons": list(spec.reasons), "section": spec.section}))
     else:
-        print(task_table())
+        print(task_table(stages))
     return 0
 
 
@@ -112,12 +162,35 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser("vector-support", help="probe (once per server start) whether pgvector works on the server")
     stages_cmd = commands.add_parser("stages", help="print the stages the DAG is built from (Markdown, or --json)")
     stages_cmd.add_argument("--json", action="store_true", help="one JSON object per stage")
+    stages_cmd.add_argument("--synthesis", action="store_true", help="the synthesis DAG's stages (Phase 2)")
+    synth_cmd = commands.add_parser("synthesize", help="run the synthesis DAG (Phase 2) once on a release")
+    synth_cmd.add_argument("--recipe", default=str(DEFAULT_RECIPE), help="recipe YAML with a `synthesis` section")
+    synth_cmd.add_argument("--release", default="releases",
+                           help="a release folder, or the folder holding <dataset>/LATEST (default: ./releases)")
+    synth_cmd.add_argument("--out", default="releases", help="folder that receives <dataset>/synthetic/vNNNN")
+    commands.add_parser("setup-airflow", help="migrate Airflow's database and create the pools the DAGs use")
+    prompts_cmd = commands.add_parser("prompts", help="print Phase 2's prompt templates")
+    prompts_cmd.add_argument("name", nargs="?", help="one template")
     args = parser.parse_args(argv)
 
     if args.command == "run":
         return run(args.recipe, args.out)
+    if args.command == "synthesize":
+        return synthesize(args.recipe, args.release, args.out)
     if args.command == "stages":
-        return print_stages(args.json)
+        return print_stages(args.json, args.synthesis)
+    if args.command == "setup-airflow":
+        _airflow_env()
+        subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], check=True, stdout=subprocess.DEVNULL)
+        create_pools()
+        print(subprocess.run([sys.executable, "-m", "airflow", "pools", "list"], check=True, capture_output=True,
+                             text=True).stdout)
+        return 0
+    if args.command == "prompts":
+        from infinstruct.synth.prompts import TEMPLATES, version
+        for name in [args.name] if args.name else TEMPLATES:
+            print(f"## {version(name)}\n{TEMPLATES[name]}\n")
+        return 0
     from infinstruct.store.db import get_engine, schema_version
     engine = get_engine()
     if args.command == "migrate":

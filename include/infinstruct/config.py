@@ -23,6 +23,7 @@ from infinstruct.curate.semantic_dedup.pairs import SemanticDedupSettings
 from infinstruct.errors import DataError
 from infinstruct.ml.roles import LLMSettings
 from infinstruct.strict import Strict
+from infinstruct.synth.settings import SynthesisSettings
 from infinstruct.synth.tagging.labels import TaggingSettings
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -104,7 +105,8 @@ class Recipe(Strict):
     selection: SelectionSettings | None = None   # null: release every standing record
     stages: dict[str, dict[str, Any]] = {}       # the sections of your own stages ($INFINSTRUCT_STAGES), by task
     llm: LLMSettings = LLMSettings()              # Phase 2's LLM roles (a role left out: the embedded server)
-    tagging: TaggingSettings | None = None        # Phase 2's ability tagging (null: off)
+    tagging: TaggingSettings | None = None        # Phase 2's ability tagging (null: the defaults, when synthesising)
+    synthesis: SynthesisSettings | None = None    # Phase 2: seeds, evolution, responses, judging, diagnosis
 
     @model_validator(mode="after")
     def _unique_source_names(self) -> "Recipe":
@@ -198,14 +200,17 @@ def _absolute(path: str, base_dir: Path) -> str:
     return expanded if os.path.isabs(expanded) else str((base_dir / expanded).resolve())
 
 
-_LATER_SECTIONS = ("stages", "llm", "tagging")
+_LATER_SECTIONS = ("stages",)
+PHASE2_SECTIONS = ("llm", "tagging", "synthesis")
 
 
-def recipe_hash(recipe: Recipe) -> str:
-    """Hash of everything that shapes the output, so a release says which recipe produced it."""
-    # sections added later are left out while at their defaults: recipes hash as they did before they existed
+def recipe_hash(recipe: Recipe, phase2: bool = False) -> str:
+    """Hash of everything that shapes Phase 1's output (with `phase2`, Phase 2's too), so a release says
+    which recipe produced it."""
+    # sections added later are left out while at their defaults: recipes hash as they did before they existed;
+    # Phase 2's sections do not shape a Phase-1 release
     later = {name for name in _LATER_SECTIONS if getattr(recipe, name) == Recipe.model_fields[name].get_default(
-        call_default_factory=True)}
+        call_default_factory=True)} | (set() if phase2 else set(PHASE2_SECTIONS))
     dumped = recipe.model_dump(mode="json", exclude=later or None)
     canonical = json.dumps(dumped, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]

@@ -21,6 +21,7 @@ class Kind(StrEnum):
     SETUP = "setup"                 # once per run, before any data
     PLAN = "plan"                   # returns the partition ids the per-partition stages are mapped over
     PARTITION = "per partition"     # a mapped task: one instance per partition, re-run alone when it fails
+    BATCH = "per batch"             # a mapped task over the batches a seed step returns (Phase 2's LLM steps)
     DATASET = "whole dataset"       # one task over every partition of the dataset (full or incremental pass)
     GATE = "gate"                   # Great Expectations: data that breaks its expectations fails the run
     EXPORT = "export"
@@ -38,6 +39,19 @@ class StageSpec:
     section: str | None = None       # its recipe section
     summary: str = ""                # what it does, in one line (the README's task table)
     settings: type | None = None     # a stage of your own: the pydantic model of its section `stages.<task>`
+    over: str | None = None          # a mapped stage: the task whose returned list it is mapped over (default: the plan)
+    pool: str | None = None          # the Airflow pool its instances share (created by setup: AIRFLOW_POOLS)
+
+    @property
+    def mapped(self) -> bool:
+        return self.kind in (Kind.PARTITION, Kind.BATCH)
+
+
+LLM_POOL = "infinstruct_llm"
+# every pool a stage names, with its slots and what it is for: `infinstruct setup-airflow` and docker-compose's
+# airflow-init create them (a task whose pool is missing waits forever, with only a scheduler warning)
+AIRFLOW_POOLS = {LLM_POOL: (1, "LLM requests of Phase 2: one task at a time per endpoint-bound worker; raise it "
+                              "when the roles' endpoints serve many requests at once")}
 
 
 STAGES: tuple[StageSpec, ...] = (
@@ -121,6 +135,59 @@ STAGES: tuple[StageSpec, ...] = (
 )
 
 
+# Phase 2, the infinstruct_synthesis DAG (scheduled on the release asset the export emits): steps of
+# infinstruct.synth.pipeline; ledger stages and reasons of the synthetic ledger (each release's ledger.parquet)
+_SYNTH = "infinstruct.synth.pipeline:"
+SYNTHESIS_STAGES: tuple[StageSpec, ...] = (
+    StageSpec("start_synthesis", Kind.SETUP, _SYNTH + "start_synthesis", params=("recipe", "release"),
+              section="synthesis",
+              summary="finds the Phase-1 release (the asset event's, the `release` param's, or the dataset's LATEST) and "
+                      "stores the run with a snapshot of the recipe (`synth_runs`)"),
+    StageSpec("plan_release", Kind.PLAN, _SYNTH + "plan_release", after=("start_synthesis",),
+              summary="the release's record files (`data/*.parquet`): what tagging is mapped over"),
+    StageSpec("tag_records", Kind.PARTITION, _SYNTH + "tag_release_part", section="tagging", pool=LLM_POOL,
+              summary="ability labels per released record from the tagger role (JSON, repaired once), normalised, merged "
+                      "onto known wordings by MiniLM cosine and mapped to the recipe's coarse categories (`record_tags`, "
+                      "once per record and tagger)"),
+    StageSpec("check_tags", Kind.GATE, _SYNTH + "check_tags", after=("tag_records",), section="synthesis.gates",
+              summary="GX gate: every released record has labels or the tagger's error, categories of the recipe's set, "
+                      "enough of them labelled"),
+    StageSpec("select_seeds", Kind.DATASET, _SYNTH + "select_seeds", after=("check_tags",), section="synthesis.seeds",
+              summary="informative seeds (`synth_seeds`): long-tail labels, several abilities, hard ones (IFD from the "
+                      "student's prompt log-probs, else Phase 1's difficulty), weak categories of the last diagnosis; "
+                      "returns the batches the LLM steps are mapped over"),
+    StageSpec("evolve", Kind.BATCH, _SYNTH + "evolve", after=("select_seeds",), over="select_seeds", pool=LLM_POOL,
+              decides="evolution", reasons=("evolution:*",), section="synthesis.evolution",
+              summary="Evol-Instruct rounds (in-depth: add constraints, deepen, concretise, reasoning steps, complicate the "
+                      "input; in-breadth) by the evolver; eliminates empty, scaffolding, refusal, unrelated and no-gain "
+                      "children (`synth_children`)"),
+    StageSpec("check_evolution", Kind.GATE, _SYNTH + "check_evolution", after=("evolve",), section="synthesis.gates",
+              summary="GX gate: no kept child equals its parent or carries scaffolding; refusal rate bounded"),
+    StageSpec("respond", Kind.BATCH, _SYNTH + "respond", after=("check_evolution",), over="select_seeds",
+              pool=LLM_POOL, decides="response", reasons=("response:*",), section="synthesis.responses",
+              summary="the responder answers every kept child (optionally 2-4 turns, writing the follow-ups too)"),
+    StageSpec("judge", Kind.BATCH, _SYNTH + "judge", after=("respond",), over="select_seeds", pool=LLM_POOL,
+              decides="judging", reasons=("judge:*",), section="synthesis.judging",
+              summary="the judge scores helpfulness, correctness, instruction following and clarity, with flags and a "
+                      "rationale; reward = its overall score; low scores and unusable verdicts are dropped"),
+    StageSpec("check_judging", Kind.GATE, _SYNTH + "check_judging", after=("judge",), section="synthesis.gates",
+              summary="GX gate: every kept child has a reward within bounds; enough verdicts fitted the rubric; enough "
+                      "records kept"),
+    StageSpec("diagnose", Kind.BATCH, _SYNTH + "diagnose", after=("check_judging",), over="select_seeds",
+              pool=LLM_POOL, section="synthesis.diagnosis",
+              summary="the student answers the kept children; the judge grades those answers"),
+    StageSpec("report_diagnosis", Kind.DATASET, _SYNTH + "report_diagnosis", after=("diagnose",),
+              section="synthesis.diagnosis",
+              summary="per coarse category, how often the student failed (`synth_diagnosis`); weak categories steer the "
+                      "next run's seeds and become Phase 1's `weak_domains` input"),
+    StageSpec("export_synthesis", Kind.EXPORT, _SYNTH + "export_synthesis", after=("report_diagnosis",),
+              params=("out_dir",),
+              summary="the synthetic release `<dataset>/synthetic/vNNNN`: kept children (source `synthetic:<operation>`, "
+                      "reward, their seed's labels), the labelled foundational records, the synthetic ledger, the "
+                      "diagnosis"),
+)
+
+
 EXTRA_STAGES_ENV = "INFINSTRUCT_STAGES"   # comma-separated modules, each declaring one stage of your own
 
 
@@ -189,10 +256,10 @@ def whole_dataset_stages() -> list[str]:
     return [str(spec.decides) for spec in all_stages() if spec.kind is Kind.DATASET and spec.decides is not None]
 
 
-def task_table() -> str:
-    """The README's task table (Markdown), from STAGES."""
+def task_table(stages: tuple[StageSpec, ...] | None = None) -> str:
+    """The README's task table (Markdown): of the curation stages, or of `stages`."""
     rows = ["| task | kind | ledger stage | what it does |", "|---|---|---|---|"]
-    for spec in all_stages():
+    for spec in stages if stages is not None else all_stages():
         rows.append(f"| `{spec.task}` | {spec.kind.value} | {f'`{spec.decides}`' if spec.decides else ''} "
                     f"| {spec.summary} |")
     return "\n".join(rows)

@@ -185,10 +185,8 @@ def test_a_budget_cap_stops_a_faulty_batch_with_the_right_count_and_the_next_run
     assert len(paid) == stored == len(texts) and set(paid.values()) == {1}
 
 
-# --- known gaps of llm.py, measured; strict xfail: when llm.py is fixed these pass, and the mark must go -----
+# --- gaps found by these tests and fixed in llm.py -------------------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason="ask_structured's repair pass is a second ask_many: a budget stop there "
-                                       "counts the repair batch (0 of 1), not the caller's requests (1 of 2)")
 def test_a_budget_stop_during_the_repairs_counts_the_callers_requests(engine, double):
     good = fresh("answered")
     broken = double.script(fresh("to repair"), ("content", "not json"))
@@ -199,8 +197,6 @@ def test_a_budget_stop_during_the_repairs_counts_the_callers_requests(engine, do
     assert (stop.value.answered, stop.value.total) == (1, 2)
 
 
-@pytest.mark.xfail(strict=True, reason="identical requests in one batch are all sent (the cache is read once "
-                                       "before the batch): paid once per copy, stored once")
 def test_identical_requests_in_one_batch_are_paid_once(engine, double):
     same = ask(fresh("asked twice"))
     before = double.count()

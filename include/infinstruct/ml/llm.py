@@ -102,6 +102,9 @@ class ChatSettings(Strict):
     top_p: float | None = Field(None, gt=0, le=1)
     max_tokens: int | None = Field(None, ge=1)
     json_answers: bool = True                      # ask for a JSON object (response_format); False: free text
+    # structured answers: send their JSON schema as response_format.schema, which llama.cpp (and Anyscale-style
+    # servers) turn into a grammar the output must follow; OpenAI's API would reject the extra key
+    schema_in_response_format: bool = False
     # prices, for the cost of each call in llm_calls (null: not counted)
     usd_per_million_prompt_tokens: float | None = Field(None, ge=0)
     usd_per_million_completion_tokens: float | None = Field(None, ge=0)
@@ -123,13 +126,31 @@ def base_url(settings: ChatSettings) -> str:
     return url.rstrip("/")
 
 
-def request_params(settings: ChatSettings, seed: int | None = None) -> dict:
-    """The request's parameters besides model and messages: its sampling, the JSON format when asked for,
-    and the record's seed (what a sampled answer depends on). The defaults give PARAMS."""
+_GRAMMAR_KEYS = frozenset({"type", "properties", "items", "required", "enum", "anyOf", "$defs", "$ref"})
+
+
+def grammar_schema(schema: object) -> object:
+    """The JSON schema as the endpoint's grammar gets it: the shape only (types, keys, enums). Bounds such as
+    minimum/maximum become grammars llama.cpp samples at seconds per token, or never finishes (measured:
+    the judge's rubric, 1-10 bounds on five fields, hung the embedded server); pydantic checks them after."""
+    if isinstance(schema, dict):
+        return {k: (dict((name, grammar_schema(v)) for name, v in value.items()) if k in ("properties", "$defs")
+                    else grammar_schema(value)) for k, value in schema.items() if k in _GRAMMAR_KEYS}
+    if isinstance(schema, list):
+        return [grammar_schema(item) for item in schema]
+    return schema
+
+
+def request_params(settings: ChatSettings, seed: int | None = None, schema: dict | None = None) -> dict:
+    """The request's parameters besides model and messages: its sampling, the JSON format when asked for
+    (with the answer's schema where the endpoint enforces one), and the record's seed (what a sampled answer
+    depends on). The defaults give PARAMS."""
     t = settings.temperature
     params: dict = {"temperature": int(t) if t == int(t) else t}   # 0, not 0.0: the key answers were cached under
     if settings.json_answers:
         params["response_format"] = {"type": "json_object"}
+        if schema is not None and settings.schema_in_response_format:
+            params["response_format"]["schema"] = grammar_schema(schema)
     params |= {k: v for k, v in (("top_p", settings.top_p), ("max_tokens", settings.max_tokens), ("seed", seed))
                if v is not None}
     return params
@@ -170,30 +191,38 @@ class JsonChat:
                                     timeout=settings.timeout_seconds, max_retries=0)   # retries: ours, below
 
     def ask_many(self, requests: Sequence[Messages], prompt_version: str, parse: Callable[[str], T],
-                 seeds: Sequence[int] | None = None) -> list[T]:
+                 seeds: Sequence[int] | None = None, schema: dict | None = None) -> list[T]:
         """parse(answer) for each message list, in order: cached answers first, the rest from the endpoint.
-        `seeds`: one per request (e.g. from the record id), so a sampled answer is asked for, and cached, per record."""
-        params = [request_params(self.settings, seed) for seed in (seeds if seeds is not None else [None] * len(requests))]
+        `seeds`: one per request (e.g. from the record id), so a sampled answer is asked for, and cached, per record.
+        `schema`: the JSON schema of the answer (sent where the settings say the endpoint enforces it)."""
+        params = [request_params(self.settings, seed, schema)
+                  for seed in (seeds if seeds is not None else [None] * len(requests))]
         endpoint = self.settings.endpoint_name or self.base_url
         hashes = [request_hash(endpoint, self.settings.model, prompt_version, m, p) for m, p in zip(requests, params)]
         cached = self._cached(set(hashes))
         out: list = [None] * len(requests)
-        todo = []
+        todo, copies = [], {}   # copies: request i is the same request as todo's j (sent, and paid, once)
         for i, h in enumerate(hashes):
             if h in cached:
                 out[i] = parse(cached[h])   # it parsed when stored (a parse made stricter since fails loudly)
+            elif h in copies:
+                copies[h].append(i)
             else:
                 todo.append(i)
+                copies[h] = []
         pool = ThreadPoolExecutor(max_workers=self.settings.concurrency)
         try:
             futures = {i: pool.submit(self._ask, requests[i], hashes[i], params[i], parse) for i in todo}
             for i, future in futures.items():
                 try:
                     out[i] = future.result()
+                    for j in copies[hashes[i]]:
+                        out[j] = out[i]
                 except BudgetExhausted as e:   # let what is in flight land in the cache, then say how far we got
                     pool.shutdown(wait=True, cancel_futures=True)
-                    answered = sum(1 for j, f in futures.items() if f.done() and not f.cancelled()
-                                   and f.exception() is None) + len(requests) - len(todo)
+                    answered = sum(1 + len(copies[hashes[j]]) for j, f in futures.items()
+                                   if f.done() and not f.cancelled() and f.exception() is None) \
+                        + len(requests) - len(todo) - sum(map(len, copies.values()))
                     raise BudgetExhausted(f"{e}; {answered} of {len(requests)} requests answered (cached: the next "
                                           "run continues from there)", answered, len(requests)) from None
                 except LLMError as e:   # say which request: the caller's record is in its last message
@@ -216,13 +245,19 @@ class JsonChat:
                 problem = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'the answer'}: {e['msg']}" for e in exc.errors())
                 return Answer(None, text, problem[:500])
 
-        answers = self.ask_many(requests, prompt_version, parse, seeds)
+        answers = self.ask_many(requests, prompt_version, parse, seeds, schema.model_json_schema())
         broken = [i for i, a in enumerate(answers) if a.error]
         if broken:
             repair = REPAIR.replace("{schema}", json.dumps(schema.model_json_schema(), sort_keys=True))
             followups = [[*requests[i], {"role": "assistant", "content": answers[i].text},
                           {"role": "user", "content": repair.replace("{error}", answers[i].error)}] for i in broken]
-            again = self.ask_many(followups, prompt_version, parse, [seeds[i] for i in broken] if seeds else None)
+            try:
+                again = self.ask_many(followups, prompt_version, parse, [seeds[i] for i in broken] if seeds else None,
+                                      schema.model_json_schema())
+            except BudgetExhausted as e:   # count the caller's requests: those that fitted, and the repaired ones
+                answered = len(requests) - len(broken) + e.answered
+                raise BudgetExhausted(f"{str(e).split('; ')[0]}; {answered} of {len(requests)} requests answered "
+                                      "(cached: the next run continues from there)", answered, len(requests)) from None
             for i, answer in zip(broken, again):
                 answers[i] = Answer(answer.value, answer.text, answer.error, repaired=True)
         return answers

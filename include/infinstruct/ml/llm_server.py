@@ -86,13 +86,32 @@ def _alive(pid: int) -> bool:
     return True
 
 
+BUSY_TIMEOUT = 120.0   # a busy server (one request at a time, on loaded cores) may take this long to say it is up
+
+
+def _is_our_server(pid: int) -> bool:
+    try:
+        return b"llama_cpp.server" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
 def _running() -> LocalLLM | None:
+    """The server of the state file, if it runs; one that is alive but too busy to answer at once is waited
+    for (starting a second one would halve the cores of both); one that never answers is stopped."""
     try:
         state = json.loads(_state_file().read_text())
         server = LocalLLM(state["base_url"], state["model"], int(state["pid"]))
     except (OSError, ValueError, KeyError):
         return None
-    return server if _alive(server.pid) and _answers(server.base_url) else None
+    if not _alive(server.pid):
+        return None
+    if _answers(server.base_url) or (_is_our_server(server.pid) and _answers(server.base_url, BUSY_TIMEOUT)):
+        return server
+    if _is_our_server(server.pid):   # alive, ours, and silent: hung; never leave it running beside a new one
+        log.warning("the embedded LLM server (pid %d) did not answer in %.0f s: stopping it", server.pid, BUSY_TIMEOUT)
+        os.kill(server.pid, signal.SIGKILL)
+    return None
 
 
 def _free_port() -> int:

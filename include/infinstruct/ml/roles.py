@@ -16,6 +16,9 @@ from sqlalchemy.engine import Engine
 from infinstruct.ml.llm import BASE_URL_ENV, ChatSettings, JsonChat
 from infinstruct.strict import Strict
 
+EMBEDDED_MAX_TOKENS = 256   # the embedded server's answers, unless the role says otherwise
+EMBEDDED_TIMEOUT = 300.0    # seconds per request to the embedded server, unless the role says otherwise
+
 
 class Role(StrEnum):
     TAGGER = "tagger"         # ability labels of an instruction
@@ -55,12 +58,23 @@ def resolve(settings: RoleSettings) -> ChatSettings:
     from infinstruct.ml.llm_server import GGUF_NAME, ensure_local_llm
 
     server = ensure_local_llm()
-    # cached under the model, not the port: a restarted server asks nothing it already answered
+    # cached under the model, not the port: a restarted server asks nothing it already answered. Answers are
+    # capped: in JSON mode SmolLM2 rarely closes its object and writes until its context is full (~20 s a request)
     return ChatSettings.model_validate({**settings.model_dump(), "base_url": server.base_url, "model": server.model,
-                                        "endpoint_name": f"embedded:{GGUF_NAME}", "concurrency": 1})
+                                        "endpoint_name": f"embedded:{GGUF_NAME}", "concurrency": 1,
+                                        "max_tokens": settings.max_tokens or EMBEDDED_MAX_TOKENS,
+                                        "schema_in_response_format": True,   # llama.cpp: a grammar of the schema
+                                        # one request at a time, queued behind other tasks' on 2 cores
+                                        "timeout_seconds": settings.timeout_seconds
+                                        if "timeout_seconds" in settings.model_fields_set else EMBEDDED_TIMEOUT})
 
 
-def chat_for(llm: LLMSettings, role: Role | str, engine: Engine, run_id: str | None = None) -> JsonChat:
+def chat_for(llm: LLMSettings, role: Role | str, engine: Engine, run_id: str | None = None,
+             free_text: bool = False) -> JsonChat:
     """The client of a role (starting the embedded server when the role has no endpoint); its calls are
-    labelled with the role and run in llm_calls."""
-    return JsonChat(resolve(llm.role(role)), engine, run_id=run_id, role=str(Role(role)))
+    labelled with the role and run in llm_calls. `free_text`: the step asks for prose (a rewrite, an answer),
+    not JSON, whatever the role's settings say."""
+    settings = resolve(llm.role(role))
+    if free_text:
+        settings = settings.model_copy(update={"json_answers": False})
+    return JsonChat(settings, engine, run_id=run_id, role=str(Role(role)))

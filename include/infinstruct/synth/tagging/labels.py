@@ -82,12 +82,17 @@ class TagAnswer(BaseModel):
 
 _PUNCTUATION = re.compile(r"[^\w\s&+#/-]+")   # keep c++, c#, q&a, ci/cd, self-driving
 _SPACES = re.compile(r"\s+")
+_MARKDOWN_LEAD = re.compile(r"^(?:#+\s+|[-*>]+\s*)+")   # "### French", "- algebra", "> logic"
+MAX_LABEL_WORDS = 6   # longer is a sentence, not an ability
 
 
 def normalise_label(label: str, synonyms: dict[str, str] | None = None) -> str:
-    """A label as it is compared and stored: NFKC, lower case, without punctuation or a plural last word."""
-    text = unicodedata.normalize("NFKC", label).casefold()
+    """A label as it is compared and stored: NFKC, lower case, without punctuation or a plural last word;
+    "" for what is not a label (no letter, such as "..." or "1.5", or a sentence)."""
+    text = _MARKDOWN_LEAD.sub("", unicodedata.normalize("NFKC", label).casefold().strip())
     text = _SPACES.sub(" ", _PUNCTUATION.sub(" ", text)).strip(" -/")
+    if not any(ch.isalpha() for ch in text) or len(text.split(" ")) > MAX_LABEL_WORDS:
+        return ""
     words = text.split(" ")
     last = words[-1] if words else ""
     if len(last) > 3 and last.endswith("s") and not last.endswith(("ss", "us", "is", "ics")):

@@ -24,16 +24,19 @@ from infinstruct.synth.tagging.labels import LabelMerger, TagAnswer, TaggingSett
 
 log = logging.getLogger(__name__)
 
-TAG_PROMPT_VERSION = 1
+TAG_PROMPT_VERSION = 2   # 2: one worked example (small models copied the "..." placeholders of v1's format line)
 TAG_SYSTEM = "You label instructions with the abilities and the knowledge needed to answer them well."
 TAG_PROMPT = ("List the specific abilities and knowledge areas needed to answer the instruction below, as 2 to 6 "
-              "short noun phrases (for example \"python programming\", \"algebra\", \"persuasive writing\"). "
-              "Answer with only a JSON object: {\"abilities\": [\"...\", \"...\"]}\n\nInstruction:\n")
+              "short noun phrases. Answer with only a JSON object with the key \"abilities\".\n\nInstruction:\n")
+EXAMPLE = ("Write a SQL query that lists each customer's total spending, highest first.",
+           '{"abilities": ["sql", "database querying", "data aggregation"]}')
 MAX_INSTRUCTION_CHARS = 4_000
 
 
 def tag_messages(instruction: str) -> list[dict[str, str]]:
+    """The tagger's request: the task, one worked example, then the instruction (the last message)."""
     return [{"role": "system", "content": TAG_SYSTEM},
+            {"role": "user", "content": TAG_PROMPT + EXAMPLE[0]}, {"role": "assistant", "content": EXAMPLE[1]},
             {"role": "user", "content": TAG_PROMPT + instruction[:MAX_INSTRUCTION_CHARS]}]
 
 
@@ -70,13 +73,25 @@ def tag_partition(engine: Engine, recipe: Recipe, run_id: str, partition_id: str
     tagger = tagger_key(settings, chat.settings)
     with engine.connect() as conn:
         rows = conn.execute(_UNTAGGED, {"p": partition_id, "t": tagger}).all()
+    records = {record_id: orjson.loads(conversation) for record_id, conversation in rows}   # one per content
+    todo = [(record_id, instruction_text((t["role"], t["content"]) for t in conversation))
+            for record_id, conversation in records.items()]
+    return {"partition_id": partition_id, **tag_records(engine, settings, chat, run_id, todo)}
+
+
+def tag_records(engine: Engine, settings: TaggingSettings, chat: Any, run_id: str,
+                records: list[tuple[str, str]]) -> dict[str, Any]:
+    """Tag (record id, instruction) pairs that this tagger has not tagged yet; returns counts."""
+    tagger = tagger_key(settings, chat.settings)
+    with engine.connect() as conn:
+        done = set(conn.execute(sa.text("select record_id from record_tags where tagger = :t and record_id = any(:ids)"),
+                                {"t": tagger, "ids": [r for r, _ in records]}).scalars())
         known = _known_labels(conn, tagger)
-    todo = list({record_id: orjson.loads(conversation) for record_id, conversation in rows}.items())   # one per content
+    todo = [(record_id, text) for record_id, text in dict(records).items() if record_id not in done]
     if not todo:
-        return {"partition_id": partition_id, "tagged": 0, "failed": 0, "tagger": tagger}
-    instructions = [instruction_text((t["role"], t["content"]) for t in conversation) for _, conversation in todo]
+        return {"tagged": 0, "failed": 0, "already_tagged": len(done), "tagger": tagger}
     seeds = [int(record_id[:8], 16) for record_id, _ in todo]   # a sampled tagger samples per record, repeatably
-    answers = chat.ask_structured([tag_messages(text) for text in instructions], f"tag-v{TAG_PROMPT_VERSION}",
+    answers = chat.ask_structured([tag_messages(text) for _, text in todo], f"tag-v{TAG_PROMPT_VERSION}",
                                   TagAnswer, seeds)
     merger = LabelMerger(settings, known)
     stored = []
@@ -86,6 +101,9 @@ def tag_partition(engine: Engine, recipe: Recipe, run_id: str, partition_id: str
             continue
         normalised = list(dict.fromkeys(filter(None, (normalise_label(label, settings.synonyms)
                                                       for label in answer.value.abilities))))[:settings.max_labels]
+        if not normalised:   # placeholders, numbers or sentences only: recorded like an answer that did not fit
+            stored.append({"r": record_id, "a": [], "c": [], "raw": answer.text, "e": "no usable label in the answer"})
+            continue
         canonical = list(dict.fromkeys(merger.add(normalised).values()))
         categories = list(dict.fromkeys(coarse_category(canonical, settings)))
         stored.append({"r": record_id, "a": canonical, "c": categories, "raw": answer.text, "e": None})
@@ -95,6 +113,5 @@ def tag_partition(engine: Engine, recipe: Recipe, run_id: str, partition_id: str
             " values (:r, :t, :a, :c, :raw, :e, :run) on conflict (record_id, tagger) do nothing"),
             [{**row, "t": tagger, "run": run_id} for row in stored])
     failed = sum(1 for row in stored if row["e"])
-    log.info("tagging %s: %d records tagged, %d without usable labels (tagger %s)", partition_id,
-             len(stored) - failed, failed, tagger)
-    return {"partition_id": partition_id, "tagged": len(stored) - failed, "failed": failed, "tagger": tagger}
+    log.info("tagging: %d records tagged, %d without usable labels (tagger %s)", len(stored) - failed, failed, tagger)
+    return {"tagged": len(stored) - failed, "failed": failed, "already_tagged": len(done), "tagger": tagger}

@@ -1,0 +1,87 @@
+"""Shared by the infinstruct DAGs (not a DAG itself): the Airflow task of a declared stage.
+
+A stage (`infinstruct.stages.StageSpec`) becomes a task that makes one call into the library: its step,
+with the run id, the partition or batch it is mapped over, and the DAG params it names, as paths. Bad
+data or configuration (a `DataError`) fails the task at once, without pointless retries.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from airflow.sdk import Asset, get_current_context, task
+from airflow.sdk.exceptions import AirflowFailException
+
+from infinstruct.stages import Kind, StageSpec
+
+PROJECT = Path(__file__).resolve().parents[1]
+# emitted by the curation DAG's export (extra: the release's path and version, and the recipe it was made with);
+# the synthesis DAG is scheduled on it
+RELEASE_ASSET = Asset(name="infinstruct_release", uri="infinstruct://release")
+
+
+_FROM_RELEASE_EVENT = {"release": "path", "recipe": "recipe"}   # param -> the release asset event's extra key
+
+
+def _from_release_event(context, name: str) -> str | None:
+    """The value the newest release asset event that triggered this run gives the param, if any."""
+    key = _FROM_RELEASE_EVENT.get(name)
+    events = [e for events in (context.get("triggering_asset_events") or {}).values() for e in events]
+    values = [e.extra.get(key) for e in events if key and e.extra and e.extra.get(key)]
+    return values[-1] if values else None
+
+
+def _param_path(name: str) -> str:
+    """A path param (or what a triggering release event says instead); relative paths are taken from the
+    project folder, whatever the worker's cwd."""
+    context = get_current_context()
+    path = Path(_from_release_event(context, name) or context["params"][name]).expanduser()
+    return str(path if path.is_absolute() else PROJECT / path)
+
+
+def _call(step, *args):
+    from infinstruct.errors import DataError
+    try:
+        return step(*args)
+    except DataError as exc:
+        raise AirflowFailException(f"{type(exc).__name__}: {exc}") from exc
+
+
+def stage_task(spec: StageSpec, outlets: list | None = None):
+    """The Airflow task of a declared stage: one call into the library (`spec.step`)."""
+    argument = "batch" if spec.kind is Kind.BATCH else "partition_id"
+
+    def run(partition_id: str | None = None, batch: int | None = None):   # no **kwargs: Airflow would fill it
+        import importlib
+        module, _, function = spec.step.rpartition(":")
+        step = getattr(importlib.import_module(module or "infinstruct.pipeline"), function)
+        mapped = [batch if spec.kind is Kind.BATCH else partition_id] if spec.mapped else []
+        args = [get_current_context()["run_id"], *mapped, *(_param_path(name) for name in spec.params)]
+        result = _call(step, *args)
+        if outlets and isinstance(result, dict):   # the asset event says which release it is, and of which recipe
+            context = get_current_context()
+            for outlet in outlets:
+                context["outlet_events"][outlet].extra = {"path": result.get("path"), "version": result.get("version"),
+                                                          "recipe": _param_path("recipe")}
+        return result
+
+    run.__doc__ = spec.summary
+    return task(run, task_id=spec.task, pool=spec.pool or "default_pool", outlets=outlets or [],
+                map_index_template=("{{ task.op_kwargs['%s'] }}" % argument) if spec.mapped else None)
+
+
+def wire(stages: tuple[StageSpec, ...], outlets: dict[str, list] | None = None) -> dict:
+    """The tasks of `stages`, mapped ones expanded over the list their `over` task (else the plan) returns, and
+    each waiting for its `after` tasks. Default trigger rule all_success: a failed instance stops what follows."""
+    tasks, plan = {}, None
+    for spec in stages:
+        operator = stage_task(spec, (outlets or {}).get(spec.task))
+        if spec.mapped:
+            argument = "batch" if spec.kind is Kind.BATCH else "partition_id"
+            tasks[spec.task] = operator.expand(**{argument: tasks[spec.over] if spec.over else plan})
+        else:
+            tasks[spec.task] = operator()
+            if spec.kind is Kind.PLAN:
+                plan = tasks[spec.task]
+        for upstream in spec.after:
+            tasks[upstream] >> tasks[spec.task]
+    return tasks
