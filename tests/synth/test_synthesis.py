@@ -220,3 +220,48 @@ def test_the_diagnosis_steers_the_next_run_to_the_weak_categories(dag, engine, r
                              {"r": nxt}).all()
     assert seeds[0].instruction == "Write a Python function that reverses a linked list."
     assert "weak_category" in seeds[0].why and all("weak_category" not in s.why for s in seeds[1:])
+
+
+def with_synthesis(recipe: Path, folder: Path, roles: dict | None = None, **synthesis) -> Path:
+    """The recipe with some `synthesis` settings (and LLM roles) changed, written to `folder`."""
+    import yaml
+    raw = yaml.safe_load(recipe.read_text())
+    raw["synthesis"] = {**raw["synthesis"], **synthesis}
+    for role, settings in (roles or {}).items():
+        raw["llm"]["roles"][role] |= settings
+    path = folder / recipe.name
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def test_conversations_continue_for_the_turns_the_recipe_asks(dag, engine, released, tmp_path):
+    recipe, out = released
+    run_id = synthesize(dag, with_synthesis(Path(recipe), tmp_path, responses={"turns": 2}), out)
+    with engine.connect() as conn:
+        kept = conn.execute(sa.text("select conversation from synth_children where run_id = :r and verdict = 'kept'"),
+                            {"r": run_id}).scalars().all()
+    assert kept and all([t["role"] for t in c] == ["user", "assistant", "user", "assistant"] for c in kept)
+    assert all(c[2]["content"] == "Here is a careful answer." or c[2]["content"] for c in kept)
+
+
+def test_a_budget_cap_stops_the_step_cleanly_and_the_next_run_continues(dag, engine, released, double, tmp_path):
+    recipe, out = released
+    capped = with_synthesis(Path(recipe), tmp_path, roles={"evolver": {"model": "budget-model", "concurrency": 1,
+                                                                      "max_tokens_per_step": 100}})
+    dag_run = dag.test(run_conf={"recipe": str(capped), "release": str(out), "out_dir": str(out)})
+    states = {ti.task_id: str(ti.state) for ti in dag_run.get_task_instances()}
+    assert str(dag_run.state) == "failed" and states["export_synthesis"] == "upstream_failed"
+    stopped = [ti.try_number for ti in dag_run.get_task_instances() if ti.task_id == "evolve" and str(ti.state) == "failed"]
+    assert stopped and set(stopped) == {1}   # each batch's step stopped at its cap, and was not retried
+    with engine.connect() as conn:
+        paid = conn.execute(sa.text("select count(*) from llm_calls where run_id = :r and role = 'evolver'"),
+                            {"r": dag_run.run_id}).scalar()
+        status = conn.execute(sa.text("select status from synth_runs where run_id = :r"), {"r": dag_run.run_id}).scalar()
+    assert paid >= 2 and status == "failed"   # each answer costs the double's 55 tokens: the third is not sent
+    uncapped = with_synthesis(Path(recipe), tmp_path, roles={"evolver": {"model": "budget-model"}})
+    run_id = synthesize(dag, uncapped, out)
+    with engine.connect() as conn:
+        again = conn.execute(sa.text("select count(*) from llm_calls where run_id = :r and role = 'evolver'"),
+                             {"r": run_id}).scalar()
+        children_made = conn.execute(sa.text("select count(*) from synth_children where run_id = :r"), {"r": run_id}).scalar()
+    assert again + paid == children_made   # one evolver request per child, none paid twice
