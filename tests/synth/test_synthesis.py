@@ -205,7 +205,14 @@ def test_the_diagnosis_steers_the_next_run_to_the_weak_categories(dag, engine, r
     assert weak and all(report[c]["failed"] == report[c]["graded"] for c in weak)   # linked lists: every answer failed
     folder = out / Path(recipe).stem / "synthetic"
     latest = folder / (folder / "LATEST").read_text().strip()
-    assert set(json.loads((latest / "weak_domains.json").read_text())) == weak
+    from infinstruct.synth.settings import DiagnosisSettings
+    assert "programming and software development" in weak   # Phase 1's top-up: 1 + the fail rate, by Phase-1 domain
+    assert json.loads((latest / "weak_domains.json").read_text()) == {DiagnosisSettings().phase1_domain(c): 2.0
+                                                                      for c in weak} and "code" in {
+        DiagnosisSettings().phase1_domain(c) for c in weak}
+    from infinstruct.curate.scoring.domains import DomainSettings
+    from infinstruct.curate.selection.quotas import load_boosts
+    assert load_boosts(str(latest / "weak_domains.json"), list(DomainSettings().resolved()))   # Phase 1 reads it
     rerun = synthesize(dag, recipe, out)   # the same release again: a re-run, the same seeds
     with engine.connect() as conn:
         assert "weak_category" not in {w for (why,) in conn.execute(sa.text(

@@ -35,6 +35,7 @@ from sqlalchemy.engine import Engine
 
 from infinstruct.ml.langid import detect
 from infinstruct.release.parts import LABEL_FIELDS, RECORD_SCHEMA, release_record, sha256_file
+from infinstruct.store.stage_state import stream
 from infinstruct.synth.diagnosis.stage import diagnosis_report
 from infinstruct.synth.run import SynthesisRun, release_parts
 from infinstruct.synth.tagging.labels import TaggingSettings
@@ -83,21 +84,22 @@ def _tags(engine: Engine, tagger: str, ids: list[str]) -> dict[str, tuple[list[s
 
 
 def _write_synthetic(engine: Engine, run: SynthesisRun, staging: Path, tagger: str) -> tuple[int, Counter]:
-    with engine.connect() as conn:
-        children = conn.execute(sa.text(
-            "select child_id, root_id, operation, conversation, reward from synth_children where run_id = :r"
-            " and verdict = 'kept' order by child_id"), {"r": run.run_id}).all()
-    tags = _tags(engine, tagger, sorted({c.root_id for c in children}))
+    """The kept children as records, streamed in batches."""
     writer = _Writer(staging, "synthetic")
     by_operation: Counter = Counter()
-    for start in range(0, len(children), BATCH):
-        records = []
-        for c in children[start:start + BATCH]:
-            language = detect(c.conversation[0]["content"])[0]
-            record = release_record(c.child_id, c.conversation, f"synthetic:{c.operation}", language)
-            records.append({**record, "label": _labels(*tags.get(c.root_id, ([], []))), "reward": c.reward})
-            by_operation[c.operation] += 1
-        writer.write(records)
+    with engine.connect() as conn:
+        rows = conn.execute(sa.text(
+            "select child_id, root_id, operation, conversation, reward from synth_children where run_id = :r"
+            " and verdict = 'kept' order by child_id"), {"r": run.run_id}, execution_options=stream(BATCH))
+        for children in rows.partitions(BATCH):
+            tags = _tags(engine, tagger, sorted({c.root_id for c in children}))
+            records = []
+            for c in children:
+                language = detect(c.conversation[0]["content"])[0]
+                record = release_record(c.child_id, c.conversation, f"synthetic:{c.operation}", language)
+                records.append({**record, "label": _labels(*tags.get(c.root_id, ([], []))), "reward": c.reward})
+                by_operation[c.operation] += 1
+            writer.write(records)
     writer.close()
     return writer.count, by_operation
 
@@ -128,6 +130,19 @@ def _write_ledger(engine: Engine, run: SynthesisRun, staging: Path) -> tuple[Cou
     return Counter(r["reason"] or r["verdict"] for r in rows), digest
 
 
+def phase1_weak_domains(run: SynthesisRun, report: list[dict]) -> dict[str, float]:
+    """Phase 1's top-up input ({domain: factor}, `selection.weak_domains`): each weak category's Phase-1 domain
+    asks for 1 + its fail rate more records (the highest of its categories). Only domains the recipe's
+    selection knows, when it has one: the top-up rejects any other."""
+    settings, boosts = run.settings.diagnosis, {}
+    known = set(run.recipe.selection.domains.resolved()) if run.recipe.selection is not None else None
+    for row in report:
+        domain = settings.phase1_domain(row["category"])
+        if row["weak"] and (known is None or domain in known):
+            boosts[domain] = max(boosts.get(domain, 1.0), round(1.0 + row["fail_rate"], 3))
+    return dict(sorted(boosts.items()))
+
+
 def export_synthesis(engine: Engine, run: SynthesisRun, out_dir: str | os.PathLike) -> dict[str, Any]:
     """Write the run's release folder and record it; returns its manifest (with `path`)."""
     from infinstruct.ml.roles import Role, chat_for
@@ -145,9 +160,7 @@ def export_synthesis(engine: Engine, run: SynthesisRun, out_dir: str | os.PathLi
     outcomes, ledger_digest = _write_ledger(engine, run, staging)
     report = diagnosis_report(engine, run.run_id)
     (staging / "diagnosis.json").write_text(json.dumps(report, indent=2) + "\n")
-    # Phase 1's top-up reads {domain: boost}: a weak category asks for more of its records
-    (staging / "weak_domains.json").write_text(json.dumps({r["category"]: 1.0 + r["fail_rate"] for r in report
-                                                           if r["weak"]}, indent=2) + "\n")
+    (staging / "weak_domains.json").write_text(json.dumps(phase1_weak_domains(run, report), indent=2) + "\n")
     files = {str(p.relative_to(staging)): {"sha256": sha256_file(p), "bytes": p.stat().st_size}
              for p in sorted(staging.rglob("*")) if p.is_file()}
     # the same records and outcomes from another run are the same release (the ledger's run ids aside)

@@ -58,11 +58,26 @@ class JudgingSettings(Strict):
     min_reward: float = Field(5.0, ge=0, le=10)    # the judge's overall score (1-10) a kept child needs
 
 
+_PHASE1_DOMAIN = {   # coarse category -> Phase 1's domain, where it is not `knowledge`
+    "mathematical ability": "math", "logic and reasoning": "math",
+    "programming and software development": "code", "data science and analytics": "code",
+    "operation and maintenance": "code",
+    "communication and social media": "chat", "open task completion": "chat", "creativity and design": "chat",
+    "literary creation and artistic knowledge": "chat", "task generation": "chat", "psychological knowledge": "chat",
+}
+
+
 class DiagnosisSettings(Strict):
     enabled: bool = True
     fail_below: float = Field(5.0, ge=0, le=10)    # a student answer graded under this failed
     weak_fail_rate: float = Field(0.5, ge=0, le=1)  # a category whose students failed this often is weak
     min_graded: int = Field(1, ge=1)               # ... with at least this many graded answers
+    # Phase 1's top-up speaks of its selection domains: the domain of each coarse category (else the default)
+    phase1_domains: dict[str, str] = Field(default_factory=lambda: dict(_PHASE1_DOMAIN))
+    phase1_default_domain: str = "knowledge"
+
+    def phase1_domain(self, category: str) -> str:
+        return self.phase1_domains.get(category, self.phase1_default_domain)
 
 
 class SynthesisGates(Strict):

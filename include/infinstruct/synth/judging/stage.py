@@ -68,7 +68,8 @@ def judge_batch(engine: Engine, run: SynthesisRun, batch: int) -> dict[str, Any]
     with engine.begin() as conn:
         conn.execute(sa.text(
             "update synth_children set verdict = 'kept', stage = 'evolution', reason = null, judge = null, reward = null,"
-            " student = null where run_id = :r and batch = :b and stage = 'judging'"), {"r": run.run_id, "b": batch})
+            " student = null, detail = case when reason like 'judge:%' then null else detail end"
+            " where run_id = :r and batch = :b and stage = 'judging'"), {"r": run.run_id, "b": batch})
         children = conn.execute(sa.text("select child_id, conversation from synth_children where run_id = :r and"
                                         " batch = :b and verdict = 'kept' order by child_id"),
                                 {"r": run.run_id, "b": batch}).all()

@@ -28,7 +28,7 @@ from infinstruct.synth.run import SynthesisRun
 log = logging.getLogger(__name__)
 
 RESET = """update synth_children set verdict = 'kept', stage = 'evolution', reason = null, conversation = null,
-  judge = null, reward = null, student = null
+  judge = null, reward = null, student = null, detail = case when stage = 'evolution' then detail end
   where run_id = :r and batch = :b and (verdict = 'kept' or stage <> 'evolution')"""
 
 

@@ -10,6 +10,7 @@ of Phase 2, closed release by release.
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from typing import Any
 
 import sqlalchemy as sa
@@ -52,41 +53,57 @@ def _ifd(engine: Engine, run: SynthesisRun, pairs: list[tuple[str, str]]) -> lis
     return [s.ratio if s is not None else None for s in scores]
 
 
+def _candidates(engine: Engine, run: SynthesisRun, tagger: str) -> list[Candidate]:
+    """Every tagged record of the release, with its proxy hardness, streamed (the texts are not kept: a release
+    may hold millions; `_texts` reads back those of the few that need them)."""
+    settings = run.settings.seeds
+    with engine.connect() as conn:
+        tags = {row.record_id: row for row in conn.execute(sa.text(
+            "select t.record_id, t.abilities, t.categories from record_tags t join synth_release_records r"
+            " on r.record_id = t.record_id and r.run_id = :run where t.tagger = :t"), {"t": tagger, "run": run.run_id})}
+    candidates = []
+    for record in released_records(run.release_path):
+        row = tags.get(record["id"])
+        if row is None:
+            continue
+        proxy = difficulty_score(measure_signals(tuple(record["turns"]))) if settings.hardness != "off" else None
+        candidates.append(Candidate(record["id"], "", tuple(row.abilities), tuple(row.categories),
+                                    proxy, "proxy" if proxy is not None else None))
+    return candidates
+
+
+def _texts(run: SynthesisRun, ids: set[str]) -> dict[str, tuple[str, str]]:
+    """(instruction, first answer) of the records `ids`, streamed from the release."""
+    return {r["id"]: (r["instruction"], r["response"]) for r in released_records(run.release_path) if r["id"] in ids}
+
+
 def select_seeds(engine: Engine, run: SynthesisRun) -> list[int]:
     """Pick and store the run's seeds (replacing any of a previous try); returns the batch numbers."""
     settings = run.settings.seeds
     tagging = run.recipe.tagging or TaggingSettings()
     tagger = tagger_key(tagging, chat_for(run.recipe.llm, Role.TAGGER, engine, run_id=run.run_id).settings)
-    records = {r["id"]: r for r in released_records(run.release_path)}
-    with engine.connect() as conn:
-        tags = {row.record_id: row for row in conn.execute(sa.text(
-            "select record_id, abilities, categories from record_tags where tagger = :t and record_id = any(:ids)"),
-            {"t": tagger, "ids": list(records)})}
+    candidates = _candidates(engine, run, tagger)
     weak = weak_categories(engine, run)
-    candidates = []
-    for record_id, row in tags.items():
-        record = records[record_id]
-        proxy = difficulty_score(measure_signals(tuple(record["turns"]))) if settings.hardness != "off" else None
-        candidates.append(Candidate(record_id, record["instruction"], tuple(row.abilities), tuple(row.categories),
-                                    proxy, "proxy" if proxy is not None else None))
     counts = label_counts(candidates)
     hardness_kind = "proxy"
     if settings.hardness == "ifd":
-        shortlist = rank_seeds([Candidate(c.record_id, c.instruction, c.labels, c.categories) for c in candidates],
+        shortlist = rank_seeds([replace(c, hardness=None, hardness_kind=None) for c in candidates],
                                counts, settings, weak)[:settings.ifd_candidates]
-        ifd = _ifd(engine, run, [(s.candidate.instruction, records[s.candidate.record_id]["response"])
-                                 for s in shortlist])
+        texts = _texts(run, {s.candidate.record_id for s in shortlist})
+        ifd = _ifd(engine, run, [texts[s.candidate.record_id] for s in shortlist])
         if ifd is not None:
             hardness_kind = "ifd"
             by_id = {s.candidate.record_id: value for s, value in zip(shortlist, ifd)}
-            candidates = [Candidate(c.record_id, c.instruction, c.labels, c.categories, by_id.get(c.record_id),
-                                    "ifd" if by_id.get(c.record_id) is not None else None) for c in candidates]
+            candidates = [replace(c, hardness=by_id.get(c.record_id),
+                                  hardness_kind="ifd" if by_id.get(c.record_id) is not None else None)
+                          for c in candidates]
         else:
             log.info("synthesis %s: the student's endpoint gives no prompt log-probs: hardness by the proxy", run.run_id)
     seeds = rank_seeds(candidates, counts, settings, weak, limit=settings.max_seeds)
+    texts = _texts(run, {s.candidate.record_id for s in seeds})
     rows = [{"run": run.run_id, "r": s.candidate.record_id, "b": rank // settings.batch_size, "k": rank,
              "s": s.score, "w": list(s.why), "c": list(s.candidate.categories), "h": s.candidate.hardness,
-             "hk": s.candidate.hardness_kind, "i": s.candidate.instruction} for rank, s in enumerate(seeds)]
+             "hk": s.candidate.hardness_kind, "i": texts[s.candidate.record_id][0]} for rank, s in enumerate(seeds)]
     with engine.begin() as conn:
         conn.execute(sa.text("delete from synth_seeds where run_id = :r"), {"r": run.run_id})
         if rows:
