@@ -64,6 +64,12 @@ def test_sample_run_writes_a_release_that_adds_up(dag, tmp_path):
     manifest = json.loads((release / "manifest.json").read_text())
     ledger = pd.read_parquet(release / "ledger.parquet")
     data = pd.read_parquet(release / "data")   # one Parquet file per partition
+    # the export emits the release asset that schedules Phase 2, saying which release it is
+    from airflow.models.asset import AssetEvent
+    from airflow.utils.session import create_session
+    with create_session() as session:
+        events = [e.extra for e in session.query(AssetEvent).filter(AssetEvent.source_run_id == dag_run.run_id)]
+    assert events == [{"path": str(release), "version": manifest["version"], "recipe": str(SAMPLE_RECIPE)}]
 
     # every input line of every source is in the ledger exactly once, and the verdicts add up
     assert manifest["totals"] == {"lines": 45, "kept": 28, "dropped": 6, "quarantined": 11}

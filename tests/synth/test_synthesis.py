@@ -113,6 +113,19 @@ def dag(airflow_home):
     return bag.dags["infinstruct_synthesis"]
 
 
+def test_the_dag_is_the_declared_stages_scheduled_on_the_release_asset(dag):
+    from infinstruct.stages import LLM_POOL, SYNTHESIS_STAGES, Kind
+    for spec in SYNTHESIS_STAGES:   # mapped over the release's files (the plan) or the seed batches
+        task = dag.task_dict[spec.task]
+        assert task.is_mapped == spec.mapped
+        assert task.upstream_task_ids == set(spec.after) | ({spec.over or "plan_release"} if spec.mapped else set())
+        assert task.pool == (spec.pool or "default_pool")
+    assert {s.task for s in SYNTHESIS_STAGES if s.kind is Kind.BATCH} == {"evolve", "respond", "judge", "diagnose"}
+    assert all(dag.task_dict[t].pool == LLM_POOL for t in ("tag_records", "evolve", "respond", "judge", "diagnose"))
+    assert "infinstruct_release" in str(dag.timetable.asset_condition)   # each release triggers a run
+    assert set(dag.params.keys()) == {"recipe", "release", "out_dir"}
+
+
 def synthesize(dag, recipe: Path, out: Path):
     dag_run = dag.test(run_conf={"recipe": str(recipe), "release": str(out), "out_dir": str(out)})
     failed = {ti.task_id for ti in dag_run.get_task_instances() if str(ti.state) != "success"}
