@@ -47,7 +47,7 @@ def _ifd(engine: Engine, run: SynthesisRun, pairs: list[tuple[str, str]]) -> lis
     from infinstruct.ml.roles import resolve
 
     settings = resolve(run.recipe.llm.role(Role.STUDENT))
-    if not logprobs.supports_prompt_logprobs(settings, engine):
+    if not logprobs.supports_prompt_logprobs(settings, engine, run_id=run.run_id):
         return None
     scores = logprobs.ifd_scores(settings, engine, pairs, run_id=run.run_id)
     return [s.ratio if s is not None else None for s in scores]
