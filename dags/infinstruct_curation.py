@@ -36,7 +36,8 @@ def _mark_failed(context) -> None:
     start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
     catchup=False,
     max_active_runs=1,  # runs of one dataset share its partitions and decisions
-    default_args={"retries": 2, "retry_delay": timedelta(seconds=30), "retry_exponential_backoff": True},
+    default_args={"retries": 2, "retry_delay": timedelta(seconds=30), "retry_exponential_backoff": True,
+                  "execution_timeout": timedelta(hours=6)},   # a hung task fails (and is retried), never hangs the night
     params={
         "recipe": Param(DEFAULT_RECIPE, type="string", description="Path of the recipe YAML"),
         "out_dir": Param(DEFAULT_OUT, type="string", description="Folder that receives <dataset>/vNNNN releases"),

@@ -46,6 +46,15 @@ def _call(step, *args):
         raise AirflowFailException(f"{type(exc).__name__}: {exc}") from exc
 
 
+def _check_conf(context) -> None:
+    """A run's conf may only set the DAG's params: a misspelt key (`recipes`) would silently run the default."""
+    conf = getattr(context.get("dag_run"), "conf", None) or {}
+    declared = set(context["dag"].params)   # the task's `params` already hold the conf's keys, known or not
+    unknown = sorted(set(conf) - declared)
+    if unknown:
+        raise AirflowFailException(f"unknown conf key(s) {unknown}: this DAG's params are {sorted(declared)}")
+
+
 def stage_task(spec: StageSpec, outlets: list | None = None):
     """The Airflow task of a declared stage: one call into the library (`spec.step`)."""
     argument = "batch" if spec.kind is Kind.BATCH else "partition_id"
@@ -54,6 +63,8 @@ def stage_task(spec: StageSpec, outlets: list | None = None):
         import importlib
         module, _, function = spec.step.rpartition(":")
         step = getattr(importlib.import_module(module or "infinstruct.pipeline"), function)
+        if spec.kind is Kind.SETUP:
+            _check_conf(get_current_context())
         mapped = [batch if spec.kind is Kind.BATCH else partition_id] if spec.mapped else []
         args = [get_current_context()["run_id"], *mapped, *(_param_path(name) for name in spec.params)]
         result = _call(step, *args)

@@ -210,3 +210,9 @@ def _subclasses(cls) -> list[type]:
             out.append(sub)
             todo.append(sub)
     return out
+
+
+def test_a_misspelt_conf_key_fails_the_run_instead_of_running_the_default(dag, tmp_path):
+    dag_run = dag.test(run_conf={"recipes": str(SAMPLE_RECIPE), "out_dir": str(tmp_path)})
+    assert str(dag_run.state) == "failed" and states(dag_run)[("start_run", -1)] == "failed"
+    assert not (tmp_path / "sample").exists()   # nothing ran on the default recipe
