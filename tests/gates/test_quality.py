@@ -172,3 +172,15 @@ def test_gate_snapshot_table_is_replaced_and_dropped(engine, ingested):
         pipeline.check_ingested(run_id)
     with engine.connect() as conn:
         assert conn.execute(gone, {"t": table}).scalar()
+
+
+def test_release_gate_fails_a_release_with_no_record(engine, tmp_path):
+    write_jsonl(tmp_path / "a.jsonl", [{"instruction": "", "input": "", "output": ""}, "not json"])   # nothing survives
+    recipe = write_recipe(tmp_path, f"empty-{uuid.uuid4().hex[:6]}", [{"name": "a", "path": "a.jsonl", "format": "alpaca"}],
+                          ingest={"max_quarantine_ratio": 1.0})
+    run_id = run_partition_steps(recipe)
+    for part in run_partitions(run_id):
+        pipeline.write_release_part(run_id, part, tmp_path / "out")
+    with pytest.raises(GateFailed, match="release_records"):
+        pipeline.check_release(run_id)
+    assert not (tmp_path / "out" / "LATEST").exists()

@@ -345,3 +345,10 @@ def test_excerpt_of_a_line_is_readable_and_bounded():
 def test_excerpt_of_decoded_items_and_reader_errors():
     assert excerpt({"q": "caf\u00e9"}) == '{"q": "caf\\u00e9"}'
     assert excerpt(ConversationError(Quarantine.INVALID_JSON, "broken")) == ""
+
+
+@pytest.mark.parametrize("raw", [b"[" * 20_000 + b"]" * 20_000 + b"\n",
+                                 b'{"instruction": "q", "input": "", "output": "a", "n": ' + b"9" * 5_000 + b"}\n"],
+                         ids=["nested-20k-deep", "integer-of-5000-digits"])
+def test_a_line_python_cannot_read_is_one_invalid_json_line_not_a_failed_partition(raw):
+    assert reason_of(raw, ALPACA, max_chars=1_000_000) is Quarantine.INVALID_JSON   # not too long: unreadable

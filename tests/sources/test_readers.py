@@ -265,3 +265,11 @@ def test_an_empty_parquet_file_is_one_shard_with_no_rows(tmp_path):
     assert len(shards) == 1
     assert [item for start, end, first, _ in shards
             for item in readers.read_parquet(str(path), start, end, first, 10)] == []
+
+
+@pytest.mark.parametrize("bad", [b"[" * 100_000 + b"]" * 100_000, b"9" * 5_000], ids=["nested", "long-integer"])
+def test_an_element_python_cannot_read_is_quarantined_not_raised(tmp_path, bad):
+    data = b'[{"q": "first"}, ' + bad + b', {"q": "unreached"}]'
+    got = read_array(write_bytes(tmp_path / "a.json", data))
+    assert got[0] == (1, {"q": "first"})
+    assert isinstance(got[1][1], ConversationError) and got[1][1].reason == Quarantine.INVALID_JSON

@@ -223,7 +223,7 @@ def check_release(engine: Engine, recipe: Recipe, run_id: str) -> GateResult:
                        sa.literal(share, sa.Float).label("allowed_language_share"),
                        sa.literal(near.share, sa.Float).label("near_duplicate_share"))
     expectations = release_level_expectations(recipe)
-    if to_check:
+    if to_check and released:
         whole = len(to_check) == len(parts)
         contaminated = sa.exists().where(contamination.c.partition_id == records.c.partition_id,
                                          contamination.c.line_no == records.c.line_no)
@@ -236,8 +236,9 @@ def check_release(engine: Engine, recipe: Recipe, run_id: str) -> GateResult:
             query = query.where(records.c.partition_id.in_(to_check))
         expectations += release_record_expectations(recipe, whole)
         scope = "release" if whole else f"release: {len(to_check)} new or changed of {len(parts)} parts"
-    else:
-        query, scope = sa.select(*release_columns), f"release: all {len(parts)} parts validated before"
+    else:   # one row of the release's own measures: an empty release fails `release_records >= 1` (not vacuously)
+        query = sa.select(*release_columns)
+        scope = f"release: all {len(parts)} parts validated before" if released else "release: no record released"
     result = run_gate(engine, run_id, "release", scope, query, expectations, {"near_duplicates": near.as_dict()})
     with engine.begin() as conn:
         conn.execute(sa.text("update release_parts set checked_key = :k where dataset = :d and partition_id = any(:ps)"

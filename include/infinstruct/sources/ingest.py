@@ -85,6 +85,10 @@ def _loads_strictly(line: bytes) -> Any:
         return json.loads(text)
     except json.JSONDecodeError as exc:
         raise ConversationError(Quarantine.INVALID_JSON, f"{exc.msg}: column {exc.colno}") from None
+    except RecursionError:   # nesting deeper than Python's stack: one bad line, not a failed partition
+        raise ConversationError(Quarantine.INVALID_JSON, "nested too deeply to read") from None
+    except ValueError as exc:   # e.g. an integer of more digits than Python converts (4,300)
+        raise ConversationError(Quarantine.INVALID_JSON, str(exc)[:200]) from None
 
 
 def excerpt(item: Any) -> str:

@@ -81,7 +81,11 @@ def read_json_array(path: str, max_chars: int) -> Iterator[Item]:
                 while True:
                     try:
                         value, end = decoder.raw_decode(buf, pos)
-                    except json.JSONDecodeError as exc:
+                    except (RecursionError, ValueError) as exc:
+                        if not isinstance(exc, json.JSONDecodeError):   # too deep, a number too long: unreadable
+                            what = "nested too deeply to read" if isinstance(exc, RecursionError) else str(exc)[:200]
+                            raise ConversationError(Quarantine.INVALID_JSON, f"element {element}: {what}; rest of file "
+                                                    "unreadable") from None
                         if len(buf) - pos > max_chars * 2 + READ_CHUNK:
                             raise ConversationError(Quarantine.TOO_LONG, f"element {element} exceeds {max_chars} characters; rest of file unreadable") from None
                         if not fill():
