@@ -90,6 +90,42 @@ def test_changed_file_is_reingested_and_new_tail_added(engine, tmp_path):
     assert accounting(engine, run_id)["a"] == {"lines": 10, "kept": 10, "dropped": 0, "quarantined": 0}
 
 
+def test_a_file_repaired_after_planning_fails_its_retry_until_re_planned_and_then_loses_no_line(engine, tmp_path):
+    # the operator's story (issue 13): a shard fails, mostly malformed; the file is fixed; only the failed ingest
+    # is cleared. Its planned byte range no longer holds the file's lines: it must fail, not ingest half of them
+    broken = [GOOD[0], GOOD[1], "{oops", "{oops", "{oops", "{oops"]
+    path = write_jsonl(tmp_path / "a.jsonl", broken)
+    recipe = write_recipe(tmp_path, f"fix-{uuid.uuid4().hex[:6]}", [{"name": "a", "path": "a.jsonl", "format": "alpaca"}])
+    run_id = start(recipe)
+    (part,) = pipeline.plan(run_id)
+    with pytest.raises(IngestError, match="4 of 6 lines quarantined"):
+        pipeline.ingest_partition(run_id, part)
+    write_jsonl(path, GOOD[:6])   # repaired: longer, every line good
+    with pytest.raises(IngestError, match="changed since it was planned"):
+        pipeline.ingest_partition(run_id, part)   # the cleared task alone
+    (part,) = pipeline.plan(run_id)               # re-planned (clear plan_partitions with its downstream)
+    pipeline.ingest_partition(run_id, part)
+    pipeline.deduplicate(run_id)
+    assert accounting(engine, run_id)["a"] == {"lines": 6, "kept": 6, "dropped": 0, "quarantined": 0}
+
+
+def test_a_shard_rewritten_in_place_with_the_same_size_and_times_is_not_ingested_as_planned(engine, tmp_path):
+    path = write_jsonl(tmp_path / "a.jsonl", GOOD[:3])
+    recipe = write_recipe(tmp_path, f"same-{uuid.uuid4().hex[:6]}", [{"name": "a", "path": "a.jsonl", "format": "alpaca"}])
+    run_id = start(recipe)
+    (part,) = pipeline.plan(run_id)
+    stat = os.stat(path)
+    path.write_bytes(path.read_bytes().replace(b"Answer 1.", b"Answer 9."))   # the same length
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    with engine.begin() as conn:   # as if stat could not tell (ctime cannot be set back): only the bytes differ
+        conn.execute(sa.text("update source_files set ctime_ns = :c where path = :p"),
+                     {"c": os.stat(path).st_ctime_ns, "p": str(path)})
+    with pytest.raises(IngestError, match="not the ones planned"):
+        pipeline.ingest_partition(run_id, part)
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("select count(*) from records where partition_id = :p"), {"p": part}).scalar() == 0
+
+
 def age(path, seconds: float = 60) -> None:
     """Set the file's mtime in the past, as a file written before yesterday's run has it."""
     past = time.time() - seconds

@@ -5,6 +5,7 @@ never duplicate or lose rows; a partition whose content is already in the store 
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from collections import Counter
@@ -21,6 +22,7 @@ from infinstruct.errors import DataError
 from infinstruct.record.conversation import ConversationError, Record, Turn, build_record
 from infinstruct.record.reasons import Quarantine
 from infinstruct.sources.formats import mapper_for
+from infinstruct.sources.plan import FileState
 from infinstruct.sources.readers import read_json_array, read_jsonl, read_parquet
 from infinstruct.stages import whole_dataset_stages
 from infinstruct.store.pgcopy import Copier, CopyTable, json_field, text_field
@@ -118,6 +120,33 @@ def partition_items(part: dict, batch_size: int, max_chars: int) -> Iterator[tup
         raise IngestError(f"cannot read Parquet file {path}: {exc}") from exc
 
 
+def _changed_since_planned(conn, recipe: Recipe, part) -> str | None:
+    """How the partition's file differs from what the plan scanned (stat), or None when it does not."""
+    planned = conn.execute(sa.text("select size, mtime_ns, ctime_ns, inode from source_files where dataset = :d"
+                                   " and source = :s and path = :p"),
+                           {"d": recipe.name, "s": part["source"], "p": part["path"]}).mappings().first()
+    try:
+        now = FileState.of(part["path"])
+    except OSError as exc:
+        return f"it cannot be read now ({exc.strerror})"
+    if planned is None or FileState(**planned) == now:
+        return None
+    return f"{planned['size']:,} bytes when planned, {now.size:,} now" if planned["size"] != now.size \
+        else "modified after it was planned"
+
+
+class _Checksummed:
+    """The items of a JSON-lines shard, hashed as they are read: the bytes must be the ones the plan hashed."""
+
+    def __init__(self, items: Iterator[tuple[int, Any]]):
+        self.items, self.digest = items, hashlib.sha256()
+
+    def __iter__(self):
+        for line_no, item in self.items:
+            self.digest.update(item)
+            yield line_no, item
+
+
 def ingest_partition(engine: Engine, recipe: Recipe, run_id: str, partition_id: str, *, force: bool = False) -> IngestResult:
     """Ingest one planned partition; skip it when its content is already ingested (unless force)."""
     with engine.connect() as conn:
@@ -128,6 +157,12 @@ def ingest_partition(engine: Engine, recipe: Recipe, run_id: str, partition_id: 
         log.info("partition %s (%s shard %s) unchanged since run %s: skipped", partition_id, part["path"], part["shard"], part["run_id"])
         return IngestResult(partition_id, part["lines"], part["records"], part["quarantined"], skipped=True)
 
+    with engine.connect() as conn:
+        changed = _changed_since_planned(conn, recipe, part)
+    if changed:   # the planned byte ranges no longer hold the file's lines: reading them would lose or mix lines
+        raise IngestError(
+            f"{part['path']} changed since it was planned ({changed}): re-plan before ingesting it (clear "
+            f"plan_partitions with its downstream tasks, or start a new run); shard {part['shard']} not ingested")
     source = recipe.source(part["source"])
     mapper, settings = mapper_for(source), recipe.ingest
     reasons: Counter[str] = Counter()
@@ -146,8 +181,11 @@ def ingest_partition(engine: Engine, recipe: Recipe, run_id: str, partition_id: 
         records = CopyTable(copier, "records", RECORD_COLUMNS, settings.batch_size)
         quarantine = CopyTable(copier, "quarantine", QUARANTINE_COLUMNS, settings.batch_size)
         pid, src, lines = partition_id.encode(), text_field(source.name), 0
+        items = partition_items(part, settings.batch_size, settings.max_record_chars)
+        if part["format"] == "jsonl":
+            items = _Checksummed(items)
         try:
-            for line_no, item in partition_items(part, settings.batch_size, settings.max_record_chars):
+            for line_no, item in items:
                 lines += 1
                 try:
                     rec = parse_item(item, mapper, settings.max_record_chars)
@@ -165,6 +203,9 @@ def ingest_partition(engine: Engine, recipe: Recipe, run_id: str, partition_id: 
             copier.close(check=False)  # the error at hand is the one to report
             raise
         copier.close()  # waits for the last COPY; its error, if any, fails the transaction
+        if isinstance(items, _Checksummed) and items.digest.hexdigest() != part["checksum"]:   # rolled back
+            raise IngestError(f"{part['path']} shard {part['shard']}: its lines are not the ones planned (rewritten in "
+                              "place since?): re-plan before ingesting it")
         too_bad = lines > 0 and quarantine.rows / lines > settings.max_quarantine_ratio
         conn.execute(sa.text(
             "update partitions set status = :status, ingested_checksum = :checksum, lines = :lines, records = :records,"
