@@ -162,7 +162,7 @@ def request_hash(url: str, model: str, prompt_version: str, messages: Messages, 
     return hashlib.sha256(json.dumps(key, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
 
 
-def _retry_after(error: Exception) -> float | None:
+def retry_after(error: Exception) -> float | None:
     """Seconds from a Retry-After header (the seconds form; an HTTP date is ignored)."""
     response = getattr(error, "response", None)
     value = response.headers.get("retry-after") if response is not None else None
@@ -270,8 +270,8 @@ class JsonChat:
                                         " from llm_responses where request_hash = any(:h)"), {"h": list(hashes)})
             return dict(rows.all())
 
-    def _store(self, h: str, completion) -> None:
-        response = completion.model_dump(mode="json")
+    def _store(self, h: str, response: dict) -> None:
+        """Keep an answer (the endpoint's response, as JSON) under its request hash."""
         with self.engine.begin() as conn:   # its own short transaction: kept even if the task dies next
             conn.execute(sa.text(
                 "insert into llm_responses (request_hash, model, response, usage)"
@@ -327,17 +327,17 @@ class JsonChat:
     def _ask(self, messages: Messages, h: str, params: dict, parse: Callable[[str], T]) -> T:
         import openai
 
-        s, last, retry_after = self.settings, "", None
+        s, last, wait = self.settings, "", None
         for attempt in range(s.max_retries + 1):
             if attempt:
-                self._wait(attempt - 1, retry_after)
-                retry_after = None
+                self._wait(attempt - 1, wait)
+                wait = None
             self._check_budget()
             started = time.monotonic()
             try:
                 completion = self.client.chat.completions.create(model=s.model, messages=messages, **params)
             except openai.RateLimitError as e:
-                last, retry_after = f"429 rate limited: {e.message}", _retry_after(e)
+                last, wait = f"429 rate limited: {e.message}", retry_after(e)
                 self._record(h, attempt + 1, "rate_limited", started, last)
                 continue
             except openai.APIStatusError as e:
@@ -362,7 +362,7 @@ class JsonChat:
                 continue
             failed = getattr(value, "error", None)   # a structured answer that did not fit: kept, not retried
             self._record(h, attempt + 1, "invalid_answer" if failed else "ok", started, failed, usage)
-            self._store(h, completion)
+            self._store(h, completion.model_dump(mode="json"))
             return value
         raise LLMError(f"{self.base_url} model {s.model!r}: no valid answer after {s.max_retries + 1} attempts;"
                        f" last: {last}")

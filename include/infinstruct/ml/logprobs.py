@@ -30,25 +30,22 @@ Never paid twice: each answer is kept in `llm_responses` under `ml.llm.request_h
 messages=[{"role": "prompt", ...}] (no chat request has that role, so no key collides), looked up before
 sending; every request sent is a row of `llm_calls` (role student). 429 (after Retry-After), 5xx, timeouts
 and connection errors are retried with backoff; any other status fails at once (`LLMRefused`; to the probe
-it means "no prompt log-probs"). Unlike `JsonChat`, the
-settings' budget caps are not applied here (its check is private); the calls still count in llm_calls.
+it means "no prompt log-probs"). The client is a `JsonChat` (its cache, call records, backoff and budget caps)
+that asks another endpoint path.
 """
 from __future__ import annotations
 
 import logging
 import math
-import os
-import random
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Sequence
 
-import orjson
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from infinstruct.ml.llm import PLACEHOLDER_KEY, ChatSettings, LLMError, base_url, request_hash
+from infinstruct.ml.llm import BudgetExhausted, ChatSettings, JsonChat, LLMError, request_hash, retry_after
 from infinstruct.ml.llm_server import MODEL_ALIAS
 from infinstruct.ml.roles import Role
 
@@ -154,17 +151,12 @@ def ifd_scores(settings: ChatSettings, engine: Engine, pairs: Sequence[tuple[str
     return out
 
 
-class _EchoClient:
-    """Echoed completions of prompts, cached in llm_responses, every request sent recorded in llm_calls."""
+class _EchoClient(JsonChat):
+    """Echoed completions of prompts: JsonChat's cache, call records, backoff and budget, another endpoint path."""
 
     def __init__(self, settings: ChatSettings, engine: Engine, run_id: str | None):
-        import openai
-
-        self.settings, self.engine, self.run_id = settings, engine, run_id
-        self.url = base_url(settings)
-        self.endpoint = settings.endpoint_name or self.url   # the cache key's, as JsonChat's
-        self.client = openai.OpenAI(base_url=self.url, api_key=os.environ.get(settings.api_key_env) or PLACEHOLDER_KEY,
-                                    timeout=settings.timeout_seconds, max_retries=0)   # retries: ours
+        super().__init__(settings, engine, run_id=run_id, role=ROLE)
+        self.endpoint = settings.endpoint_name or self.base_url   # the cache key's, as JsonChat's
 
     def logprobs_of(self, prompts: Sequence[str]) -> dict[str, dict | None]:
         """choices[0].logprobs of each distinct prompt's echoed completion: cached ones first, the rest asked."""
@@ -178,32 +170,32 @@ class _EchoClient:
         todo = [p for p in hashes if p not in out]
         with ThreadPoolExecutor(max_workers=self.settings.concurrency) as pool:
             try:
-                for p, answer in zip(todo, pool.map(lambda p: self._ask(p, hashes[p]), todo)):
+                for p, answer in zip(todo, pool.map(lambda p: self._echo(p, hashes[p]), todo)):
                     out[p] = answer
-            except LLMError:   # what is in flight still lands in the cache; start nothing more
+            except (LLMError, BudgetExhausted):   # what is in flight still lands in the cache; start nothing more
                 pool.shutdown(wait=True, cancel_futures=True)
                 raise
         return out
 
-    def _ask(self, prompt: str, h: str) -> dict | None:
+    def _echo(self, prompt: str, h: str) -> dict | None:
         import openai
 
-        s, last, retry_after = self.settings, "", None
+        s, last, wait = self.settings, "", None
         for attempt in range(1, s.max_retries + 2):
             if attempt > 1:
-                delay = s.backoff_seconds * 2 ** (attempt - 2) * random.uniform(0.5, 1.5)
-                time.sleep(min(max(delay, retry_after or 0.0), s.max_backoff_seconds))
-                retry_after = None
+                self._wait(attempt - 2, wait)
+                wait = None
+            self._check_budget()
             started = time.monotonic()
             try:
                 completion = self.client.completions.create(model=s.model, prompt=prompt, **PARAMS)
             except openai.RateLimitError as e:
-                last, retry_after = f"429 rate limited: {e.message}", _retry_after(e)
+                last, wait = f"429 rate limited: {e.message}", retry_after(e)
                 self._record(h, attempt, "rate_limited", started, last)
             except openai.APIStatusError as e:
                 if e.status_code < 500:
                     self._record(h, attempt, "refused", started, f"{e.status_code}: {e.message}")
-                    raise LLMRefused(f"{self.url} refused an echoed completion from model {s.model!r} with "
+                    raise LLMRefused(f"{self.base_url} refused an echoed completion from model {s.model!r} with "
                                      f"{e.status_code}: {e.message} (not retried); prompt {prompt[:160]!r}") from e
                 last = f"{e.status_code} server error: {e.message}"
                 self._record(h, attempt, "server_error", started, last)
@@ -215,40 +207,7 @@ class _EchoClient:
                 self._record(h, attempt, "ok", started, usage=response.get("usage"))
                 self._store(h, response)
                 return response["choices"][0].get("logprobs") if response.get("choices") else None
-        raise LLMError(f"{self.url} model {s.model!r}: no echoed completion after {s.max_retries + 1} attempts;"
+        raise LLMError(f"{self.base_url} model {s.model!r}: no echoed completion after {s.max_retries + 1} attempts;"
                        f" last: {last}; prompt {prompt[:160]!r}")
 
-    def _store(self, h: str, response: dict) -> None:
-        with self.engine.begin() as conn:   # its own short transaction: kept even if the task dies next
-            conn.execute(sa.text(
-                "insert into llm_responses (request_hash, model, response, usage)"
-                " values (:h, :m, cast(:r as jsonb), cast(:u as jsonb)) on conflict (request_hash) do nothing"),
-                {"h": h, "m": self.settings.model, "r": orjson.dumps(response).decode(),
-                 "u": orjson.dumps(response.get("usage")).decode()})
 
-    def _record(self, h: str, attempt: int, status: str, started: float, error: str | None = None,
-                usage: dict | None = None) -> None:
-        s, usage = self.settings, usage or {}
-        prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
-        cost = None
-        if s.usd_per_million_prompt_tokens is not None and s.usd_per_million_completion_tokens is not None:
-            cost = ((prompt or 0) * s.usd_per_million_prompt_tokens
-                    + (completion or 0) * s.usd_per_million_completion_tokens) / 1e6
-        with self.engine.begin() as conn:
-            conn.execute(sa.text(
-                "insert into llm_calls (request_hash, run_id, role, model, base_url, attempt, status, error,"
-                " latency_ms, prompt_tokens, completion_tokens, cost_usd)"
-                " values (:h, :run, :role, :m, :u, :a, :s, :e, :l, :p, :c, :cost)"),
-                {"h": h, "run": self.run_id, "role": ROLE, "m": s.model, "u": self.url, "a": attempt, "s": status,
-                 "e": error, "l": int((time.monotonic() - started) * 1000), "p": prompt, "c": completion,
-                 "cost": cost})
-
-
-def _retry_after(error: Exception) -> float | None:
-    """Seconds from a Retry-After header (the seconds form); llm.py's is private, so a copy."""
-    response = getattr(error, "response", None)
-    value = response.headers.get("retry-after") if response is not None else None
-    try:
-        return max(0.0, float(value)) if value is not None else None
-    except ValueError:
-        return None
