@@ -12,17 +12,12 @@ from __future__ import annotations
 
 import os
 from datetime import timedelta
-from pathlib import Path
 
 import pendulum
 from airflow.sdk import Param, dag
-from infinstruct_tasks import RELEASE_ASSET, wire
+from infinstruct_tasks import DEFAULT_OUT, DEFAULT_RECIPE, RELEASE_ASSET, wire
 
 from infinstruct.stages import all_stages
-
-PROJECT = Path(__file__).resolve().parents[1]
-DEFAULT_RECIPE = os.environ.get("INFINSTRUCT_RECIPE", str(PROJECT / "include" / "recipes" / "sample.yaml"))
-DEFAULT_OUT = os.environ.get("INFINSTRUCT_OUT", str(PROJECT / "releases"))
 
 
 def _mark_failed(context) -> None:

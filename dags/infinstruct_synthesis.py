@@ -10,19 +10,13 @@ A failed gate or a data error fails the run without retries and holds back the e
 """
 from __future__ import annotations
 
-import os
 from datetime import timedelta
-from pathlib import Path
 
 import pendulum
 from airflow.sdk import Param, dag
-from infinstruct_tasks import RELEASE_ASSET, wire
+from infinstruct_tasks import DEFAULT_OUT, DEFAULT_RECIPE, RELEASE_ASSET, wire
 
 from infinstruct.stages import SYNTHESIS_STAGES
-
-PROJECT = Path(__file__).resolve().parents[1]
-DEFAULT_RECIPE = os.environ.get("INFINSTRUCT_RECIPE", str(PROJECT / "include" / "recipes" / "sample.yaml"))
-DEFAULT_OUT = os.environ.get("INFINSTRUCT_OUT", str(PROJECT / "releases"))
 
 
 def _mark_failed(context) -> None:

@@ -6,6 +6,7 @@ data or configuration (a `DataError`) fails the task at once, without pointless 
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from airflow.sdk import Asset, get_current_context, task
@@ -14,6 +15,8 @@ from airflow.sdk.exceptions import AirflowFailException
 from infinstruct.stages import Kind, StageSpec
 
 PROJECT = Path(__file__).resolve().parents[1]
+DEFAULT_RECIPE = os.environ.get("INFINSTRUCT_RECIPE", str(PROJECT / "include" / "recipes" / "sample.yaml"))
+DEFAULT_OUT = os.environ.get("INFINSTRUCT_OUT", str(PROJECT / "releases"))
 # emitted by the curation DAG's export (extra: the release's path and version, and the recipe it was made with);
 # the synthesis DAG is scheduled on it
 RELEASE_ASSET = Asset(name="infinstruct_release", uri="infinstruct://release")

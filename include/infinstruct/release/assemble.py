@@ -127,6 +127,18 @@ def _folder_holds(dataset_dir: Path, version: int, content_hash: str) -> bool:
     return not manifest.exists() or json.loads(manifest.read_text()).get("content_hash") == content_hash
 
 
+def store_release(conn, manifest: dict, folder: Path) -> None:
+    """Record a release (its dataset, version, run, content hash and manifest) in `releases`; a version written
+    again is replaced."""
+    conn.execute(sa.text(
+        "insert into releases (dataset, version, run_id, content_hash, path, manifest)"
+        " values (:d, :v, :run, :h, :path, cast(:m as jsonb))"
+        " on conflict (dataset, version) do update set run_id = excluded.run_id, path = excluded.path,"
+        " manifest = excluded.manifest, created_at = now()"),
+        {"d": manifest["dataset"], "v": manifest["version"], "run": manifest["run_id"], "h": manifest["content_hash"],
+         "path": str(folder), "m": json.dumps(manifest)})
+
+
 def export_release(engine: Engine, recipe: Recipe, run_id: str, out_dir: str | os.PathLike) -> dict[str, Any]:
     """Put the run's release together under out_dir/<dataset>/ from its validated parts; returns the manifest."""
     with engine.connect() as conn:
@@ -181,11 +193,6 @@ def export_release(engine: Engine, recipe: Recipe, run_id: str, out_dir: str | o
         shutil.rmtree(folder, ignore_errors=True)
         staging.rename(folder)
         (dataset_dir / "LATEST").write_text(folder.name + "\n")
-        conn.execute(sa.text(
-            "insert into releases (dataset, version, run_id, content_hash, path, manifest)"
-            " values (:d, :v, :run, :h, :path, cast(:m as jsonb))"
-            " on conflict (dataset, version) do update set run_id = excluded.run_id, path = excluded.path,"
-            " manifest = excluded.manifest, created_at = now()"),
-            {"d": recipe.name, "v": version, "run": run_id, "h": content_hash, "path": str(folder), "m": json.dumps(manifest)})
+        store_release(conn, manifest, folder)
         conn.execute(sa.text("update runs set status = 'succeeded', finished_at = now() where run_id = :run"), {"run": run_id})
     return {**manifest, "path": str(folder)}

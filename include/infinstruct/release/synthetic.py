@@ -34,6 +34,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from infinstruct.ml.langid import detect
+from infinstruct.release.assemble import store_release
 from infinstruct.release.parts import LABEL_FIELDS, RECORD_SCHEMA, release_record, sha256_file
 from infinstruct.store.stage_state import stream
 from infinstruct.synth.diagnosis.stage import diagnosis_report
@@ -190,11 +191,7 @@ def export_synthesis(engine: Engine, run: SynthesisRun, out_dir: str | os.PathLi
         shutil.rmtree(folder, ignore_errors=True)
         staging.rename(folder)
         (root / "LATEST").write_text(folder.name + "\n")
-        conn.execute(sa.text(
-            "insert into releases (dataset, version, run_id, content_hash, path, manifest)"
-            " values (:d, :v, :run, :h, :path, cast(:m as jsonb)) on conflict (dataset, version) do update set"
-            " run_id = excluded.run_id, path = excluded.path, manifest = excluded.manifest, created_at = now()"),
-            {"d": name, "v": version, "run": run.run_id, "h": content_hash, "path": str(folder), "m": json.dumps(manifest)})
+        store_release(conn, manifest, folder)
         conn.execute(sa.text("update synth_runs set status = 'succeeded', finished_at = now() where run_id = :r"),
                      {"r": run.run_id})
     return {**manifest, "path": str(folder)}
