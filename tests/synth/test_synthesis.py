@@ -285,3 +285,26 @@ def test_a_budget_cap_stops_the_step_cleanly_and_the_next_run_continues(dag, eng
                              {"r": run_id}).scalar()
         children_made = conn.execute(sa.text("select count(*) from synth_children where run_id = :r"), {"r": run_id}).scalar()
     assert again + paid == children_made   # one evolver request per child, none paid twice
+
+
+def test_the_ui_shows_a_synthesis_run(dag, engine, released):
+    import importlib.util
+
+    from fastapi.testclient import TestClient
+    recipe, out = released
+    run_id = synthesize(dag, recipe, out)
+    spec = importlib.util.spec_from_file_location("infinstruct_views", ROOT / "plugins" / "infinstruct_views.py")
+    plugin = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(plugin)
+    plugin.app.dependency_overrides[plugin.get_user] = lambda: None   # past Airflow's login
+    client = TestClient(plugin.app)
+    assert run_id in client.get("/synthesis/").text
+    page = client.get(f"/synthesis/run/{run_id}").text
+    assert "evolution:refusal</code>" in page and "judge:low_score</code>" in page   # why children were dropped
+    assert "every answer came from the cache" in page and "programming and software development" in page
+    with engine.connect() as conn:   # a run that paid for its answers shows them by role
+        paid = conn.execute(sa.text("select c.run_id from llm_calls c join synth_runs s using (run_id) where"
+                                    " s.dataset = :d and c.role = 'evolver' limit 1"), {"d": Path(recipe).stem}).scalar()
+    page = client.get(f"/synthesis/run/{paid}").text
+    assert "<td>evolver</td>" in page and "<td>judge</td>" in page and "<td>tagger</td>" in page
+    assert client.get("/synthesis/run/no-such-run").status_code == 404
