@@ -216,3 +216,15 @@ def test_a_misspelt_conf_key_fails_the_run_instead_of_running_the_default(dag, t
     dag_run = dag.test(run_conf={"recipes": str(SAMPLE_RECIPE), "out_dir": str(tmp_path)})
     assert str(dag_run.state) == "failed" and states(dag_run)[("start_run", -1)] == "failed"
     assert not (tmp_path / "sample").exists()   # nothing ran on the default recipe
+
+
+def test_a_release_asset_event_names_the_release_and_recipe_a_synthesis_run_works_on():
+    from types import SimpleNamespace
+    tasks = _dag_module()
+    older = SimpleNamespace(extra={"path": "/r/sample/v0001", "version": 1, "recipe": "/recipes/a.yaml"})
+    newer = SimpleNamespace(extra={"path": "/r/sample/v0002", "version": 2, "recipe": "/recipes/a.yaml"})
+    context = {"triggering_asset_events": {tasks.RELEASE_ASSET: [older, newer]}}
+    assert tasks._from_release_event(context, "release") == "/r/sample/v0002"   # the newest event's
+    assert tasks._from_release_event(context, "recipe") == "/recipes/a.yaml"
+    assert tasks._from_release_event(context, "out_dir") is None              # not said by the event: the param
+    assert tasks._from_release_event({}, "release") is None                   # triggered by hand
