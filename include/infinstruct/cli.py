@@ -114,8 +114,13 @@ def synthesize(recipe_path: str, release: str, out_dir: str) -> int:
     recipe, path = load_recipe(recipe_path)
     if recipe.synthesis is None:
         raise SystemExit(f"recipe {path} has no `synthesis` section: add one (`synthesis: {{}}` takes the defaults)")
-    dag_run = _test_run(SYNTHESIS_DAG_ID, {"recipe": str(path), "release": str(Path(release).resolve()),
-                                           "out_dir": str(Path(out_dir).resolve())})
+    from infinstruct.ml.llm_server import stop_local_llm
+    try:
+        dag_run = _test_run(SYNTHESIS_DAG_ID, {"recipe": str(path), "release": str(Path(release).resolve()),
+                                               "out_dir": str(Path(out_dir).resolve())})
+    finally:   # the embedded LLM server, if the run started one: its work is done (the cache keeps the answers)
+        if stop_local_llm():
+            print("stopped the embedded LLM server")
     if str(dag_run.state) != "success":
         from infinstruct.synth.pipeline import mark_failed
         mark_failed(dag_run.run_id)
