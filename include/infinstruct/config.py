@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from infinstruct.curate.decontam.embedding import EmbeddingMatchSettings
 from infinstruct.curate.decontam.ngrams import BenchmarkSpec, NgramSettings
@@ -30,6 +30,14 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_RECIPE = PROJECT_ROOT / "include" / "recipes" / "sample.yaml"
 
 SourceFormat = Literal["alpaca", "sharegpt", "messages", "custom"]
+# dataset and source names become folder and file names: letters, digits, _ . -, and not only dots ("..": the parent)
+NAME_PATTERN = r"^[A-Za-z0-9_.-]+$"
+
+
+def _folder_name(name: str) -> str:
+    if not name.strip("."):
+        raise ValueError(f"{name!r} is no folder name (only dots)")
+    return name
 CUSTOM_FIELDS = ("system", "user", "input", "assistant")
 
 
@@ -40,7 +48,8 @@ class RecipeError(DataError, ValueError):
 class Source(Strict):
     """One raw instruction source: files (a path or glob) in one format."""
 
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    name: str = Field(pattern=NAME_PATTERN, max_length=100)
+    _plain_name = field_validator("name")(_folder_name)
     path: str
     format: SourceFormat
     # custom format only: conversation field -> dotted path in the raw record (e.g. instances.0.output)
@@ -93,7 +102,8 @@ class DecontamSettings(Strict):
 
 
 class Recipe(Strict):
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    name: str = Field(pattern=NAME_PATTERN, max_length=100)
+    _plain_name = field_validator("name")(_folder_name)
     description: str = ""
     sources: list[Source] = Field(min_length=1)
     ingest: IngestSettings = IngestSettings()

@@ -104,3 +104,23 @@ def test_export_refuses_parts_that_are_stale_or_not_validated(engine, tmp_path):
     with pytest.raises(ReleasePartError, match="run write_release_part"):
         pipeline.export_release(run_id, out)
     assert not list((out / recipe.stem).glob("v0*"))   # no release without its gate
+
+
+def test_a_version_rewritten_is_never_missing_even_if_the_rewrite_is_cut_short(tmp_path):
+    from infinstruct.release.assemble import replace_folder, restore_replaced
+    dataset = tmp_path / "demo"
+    (dataset / "v0001").mkdir(parents=True)
+    (dataset / "v0001" / "manifest.json").write_text("old")
+    staging = dataset / ".staging-x"
+    staging.mkdir()
+    (staging / "manifest.json").write_text("new")
+    replace_folder(staging, dataset / "v0001")
+    assert (dataset / "v0001" / "manifest.json").read_text() == "new" and sorted(p.name for p in dataset.iterdir()) == ["v0001"]
+    # a crash between moving the old folder aside and moving the new one in: the next export puts it back
+    (dataset / "v0001").rename(dataset / ".replaced-v0001")
+    restore_replaced(dataset)
+    assert (dataset / "v0001" / "manifest.json").read_text() == "new"
+    # a crash after the new one is in place: the old one left aside is deleted
+    (dataset / ".replaced-v0001").mkdir()
+    restore_replaced(dataset)
+    assert sorted(p.name for p in dataset.iterdir()) == ["v0001"]

@@ -125,6 +125,13 @@ def test_duplicate_source_names_fail(folder):
     assert "unique" in message and "tasks" in message
 
 
+@pytest.mark.parametrize("name", ["..", ".", "x" * 101])
+def test_a_name_that_is_no_plain_folder_name_fails(folder, name):
+    # a dataset named ".." would put its release in the parent of --out; a source name becomes a file name
+    assert error_of(write_recipe(folder, name, [ALPACA_SOURCE]))
+    assert error_of(write_recipe(folder, "demo", [{**ALPACA_SOURCE, "name": name}]))
+
+
 def test_a_recipe_without_sources_fails(folder):
     assert "sources" in error_of(write_recipe(folder, "demo", []))
 

@@ -127,6 +127,29 @@ def _folder_holds(dataset_dir: Path, version: int, content_hash: str) -> bool:
     return not manifest.exists() or json.loads(manifest.read_text()).get("content_hash") == content_hash
 
 
+def replace_folder(new: Path, folder: Path) -> None:
+    """Put the folder `new` in place of `folder`. An existing one is moved aside first and deleted only once the
+    new one is in place: a crash in between leaves it beside (`.replaced-<name>`), where `restore_replaced`
+    finds it, never a version that LATEST and the store point to with nothing there."""
+    old = folder.with_name(f".replaced-{folder.name}")
+    if folder.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        folder.rename(old)
+    new.rename(folder)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def restore_replaced(dataset_dir: Path) -> None:
+    """Finish a replacement a crash cut short: an old version folder left aside goes back where it was when
+    nothing took its place, and is deleted when something did."""
+    for old in dataset_dir.glob(".replaced-v*"):
+        target = dataset_dir / old.name.removeprefix(".replaced-")
+        if target.exists():
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            old.rename(target)
+
+
 def store_release(conn, manifest: dict, folder: Path) -> None:
     """Record a release (its dataset, version, run, content hash and manifest) in `releases`; a version written
     again is replaced."""
@@ -150,6 +173,8 @@ def export_release(engine: Engine, recipe: Recipe, run_id: str, out_dir: str | o
         raise ReleasePartError(f"{len(unchecked)} release part(s) were not validated by check_release (e.g. "
                                f"{unchecked[0]}): run check_release before export_release")
     dataset_dir = Path(out_dir).resolve() / recipe.name
+    if dataset_dir.is_dir():
+        restore_replaced(dataset_dir)
     staging = dataset_dir / f".staging-{hashlib.sha256(run_id.encode()).hexdigest()[:12]}"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
@@ -190,8 +215,7 @@ def export_release(engine: Engine, recipe: Recipe, run_id: str, out_dir: str | o
         }
         (staging / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
         (staging / "README.md").write_text(card.render(manifest))
-        shutil.rmtree(folder, ignore_errors=True)
-        staging.rename(folder)
+        replace_folder(staging, folder)
         (dataset_dir / "LATEST").write_text(folder.name + "\n")
         store_release(conn, manifest, folder)
         conn.execute(sa.text("update runs set status = 'succeeded', finished_at = now() where run_id = :run"), {"run": run_id})

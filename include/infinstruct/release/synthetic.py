@@ -34,7 +34,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from infinstruct.ml.langid import detect
-from infinstruct.release.assemble import store_release
+from infinstruct.release.assemble import replace_folder, restore_replaced, store_release
 from infinstruct.release.parts import LABEL_FIELDS, RECORD_SCHEMA, release_record, sha256_file
 from infinstruct.store.stage_state import stream
 from infinstruct.synth.diagnosis.stage import diagnosis_report
@@ -152,6 +152,8 @@ def export_synthesis(engine: Engine, run: SynthesisRun, out_dir: str | os.PathLi
                         chat_for(run.recipe.llm, Role.TAGGER, engine, run_id=run.run_id).settings)
     name = f"{run.dataset}/synthetic"
     root = Path(out_dir).resolve() / run.dataset / "synthetic"
+    if root.is_dir():
+        restore_replaced(root)
     staging = root / f".staging-{hashlib.sha256(run.run_id.encode()).hexdigest()[:12]}"
     shutil.rmtree(staging, ignore_errors=True)
     (staging / "data").mkdir(parents=True)
@@ -188,8 +190,7 @@ def export_synthesis(engine: Engine, run: SynthesisRun, out_dir: str | os.PathLi
         }
         (staging / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
         (staging / "README.md").write_text(render_card(manifest, report))
-        shutil.rmtree(folder, ignore_errors=True)
-        staging.rename(folder)
+        replace_folder(staging, folder)
         (root / "LATEST").write_text(folder.name + "\n")
         store_release(conn, manifest, folder)
         conn.execute(sa.text("update synth_runs set status = 'succeeded', finished_at = now() where run_id = :r"),
