@@ -202,7 +202,7 @@ def _subclasses(cls) -> list[type]:
     import infinstruct.ml.llm  # noqa: F401
     import infinstruct.sources.ingest  # noqa: F401
     import infinstruct.store.ledger  # noqa: F401
-    import infinstruct.synth.evolution.stage  # noqa: F401
+    import infinstruct.synth.requests  # noqa: F401
     import infinstruct.synth.run  # noqa: F401
     out, todo = [], [cls]
     while todo:

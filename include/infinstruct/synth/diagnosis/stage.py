@@ -18,8 +18,8 @@ from sqlalchemy.engine import Engine
 
 from infinstruct.ml.roles import Role, chat_for
 from infinstruct.synth import prompts
-from infinstruct.synth.evolution.stage import _ask, request_seed
 from infinstruct.synth.judging.stage import grade
+from infinstruct.synth.requests import request_seed, within_budget
 from infinstruct.synth.run import SynthesisRun
 
 log = logging.getLogger(__name__)
@@ -38,7 +38,7 @@ def diagnose_batch(engine: Engine, run: SynthesisRun, batch: int) -> dict[str, A
     judge = chat_for(run.recipe.llm, Role.JUDGE, engine, run_id=run.run_id)
     asks = [[{"role": "user", "content": prompts.render("student", run.settings.prompts, instruction=c.instruction)}]
             for c in children]
-    answers = _ask(student.ask_many, asks, "student-v1", str, [request_seed(c.child_id, "student") for c in children])
+    answers = within_budget(student.ask_many, asks, "student-v1", str, [request_seed(c.child_id, "student") for c in children])
     grades = grade(judge, run, [(c.child_id, c.instruction, a) for c, a in zip(children, answers)], "student")
     rows = []
     for child, answer, verdict in zip(children, answers, grades):

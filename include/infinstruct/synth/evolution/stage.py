@@ -18,20 +18,15 @@ import sqlalchemy as sa
 from pydantic import BaseModel
 from sqlalchemy.engine import Engine
 
-from infinstruct.errors import DataError
 from infinstruct.ml.embeddings import encode
-from infinstruct.ml.llm import BudgetExhausted
 from infinstruct.ml.roles import Role, chat_for
 from infinstruct.synth import prompts
 from infinstruct.synth.evolution.elimination import Elimination, clean_evolved, similarity_check, text_check
+from infinstruct.synth.requests import request_seed, within_budget
 from infinstruct.synth.run import SynthesisRun
 from infinstruct.synth.settings import EvolutionSettings
 
 log = logging.getLogger(__name__)
-
-
-class BudgetReached(DataError, RuntimeError):
-    """A budget cap stopped the step: what was answered is cached, and the next run continues from there."""
 
 
 class EqualityAnswer(BaseModel):
@@ -52,11 +47,6 @@ class Child:
     detail: str | None = None
 
 
-def request_seed(*parts: object) -> int:
-    """A 32-bit seed from what a request is about (its parent, its round): the same on every run."""
-    return int(hashlib.sha256("|".join(map(str, parts)).encode()).hexdigest()[:8], 16)
-
-
 def pick_operation(parent_id: str, round_no: int, settings: EvolutionSettings) -> str:
     """The operation of a parent's evolution in a round: a weighted draw seeded by the parent and round."""
     names = [name for name, weight in settings.operations.items() if weight > 0]
@@ -69,13 +59,6 @@ def child_id(parent_id: str, operation: str, round_no: int, text: str) -> str:
     return hashlib.sha256(f"{parent_id}|{operation}|{round_no}|{text}".encode()).hexdigest()[:32]
 
 
-def _ask(call, *args):
-    try:
-        return call(*args)
-    except BudgetExhausted as exc:
-        raise BudgetReached(f"evolution stopped at the budget cap: {exc}") from exc
-
-
 def evolve_round(run: SynthesisRun, parents: list[tuple[str, str, str]], round_no: int, evolver, judge) -> list[Child]:
     """One round over (root id, parent id, parent text): every child, kept (reason None) or eliminated."""
     settings, overrides = run.settings.evolution, run.settings.prompts
@@ -83,7 +66,7 @@ def evolve_round(run: SynthesisRun, parents: list[tuple[str, str, str]], round_n
     requests = [[{"role": "user", "content": prompts.render(f"evolve_{op}", overrides, instruction=text)}]
                 for op, (_, _, text) in zip(operations, parents)]
     seeds = [request_seed(parent_id, round_no) for _, parent_id, _ in parents]
-    answers = _ask(evolver.ask_many, requests, "evolve-v1", str, seeds)
+    answers = within_budget(evolver.ask_many, requests, "evolve-v1", str, seeds)
     children = []
     for op, (root_id, parent_id, parent_text), answer in zip(operations, parents, answers):
         text = clean_evolved(answer)
@@ -106,7 +89,7 @@ def evolve_round(run: SynthesisRun, parents: list[tuple[str, str, str]], round_n
         if checked:
             requests = [[{"role": "user", "content": prompts.render("equality_check", overrides, parent=p,
                                                                       child=c.instruction)}] for c, p in checked]
-            verdicts = _ask(judge.ask_structured, requests, "equality-v1", EqualityAnswer,
+            verdicts = within_budget(judge.ask_structured, requests, "equality-v1", EqualityAnswer,
                             [request_seed(c.child_id, "equality") for c, _ in checked])
             for (child, _), verdict in zip(checked, verdicts):
                 if verdict.value is not None and verdict.value.same:

@@ -20,7 +20,7 @@ from sqlalchemy.engine import Engine
 from infinstruct.ml.llm import Answer, JsonChat
 from infinstruct.ml.roles import Role, chat_for
 from infinstruct.synth import prompts
-from infinstruct.synth.evolution.stage import _ask, request_seed
+from infinstruct.synth.requests import request_seed, within_budget
 from infinstruct.synth.run import SynthesisRun
 
 log = logging.getLogger(__name__)
@@ -52,7 +52,7 @@ def grade(judge: JsonChat, run: SynthesisRun, items: list[tuple[str, str, str]],
     requests = [[{"role": "user", "content": prompts.render("judge", run.settings.prompts, instruction=instruction,
                                                             response=response[:MAX_RESPONSE_CHARS])}]
                 for _, instruction, response in items]
-    return _ask(judge.ask_structured, requests, "judge-v1", Verdict, [request_seed(i, purpose) for i, _, _ in items])
+    return within_budget(judge.ask_structured, requests, "judge-v1", Verdict, [request_seed(i, purpose) for i, _, _ in items])
 
 
 def _last_answer(conversation: list[dict[str, str]]) -> tuple[str, str]:

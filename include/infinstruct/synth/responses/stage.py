@@ -22,7 +22,7 @@ from infinstruct.ml.roles import Role, chat_for
 from infinstruct.record.conversation import ASSISTANT, USER
 from infinstruct.synth import prompts
 from infinstruct.synth.evolution.elimination import content_words
-from infinstruct.synth.evolution.stage import _ask, request_seed
+from infinstruct.synth.requests import request_seed, within_budget
 from infinstruct.synth.run import SynthesisRun
 
 log = logging.getLogger(__name__)
@@ -63,13 +63,13 @@ def respond_batch(engine: Engine, run: SynthesisRun, batch: int) -> dict[str, An
             asks = [[{"role": USER, "content": prompts.render("follow_up", overrides,
                                                               conversation=_transcript(conversations[i]))}]
                     for i in open_ids]
-            follow_ups = _ask(responder.ask_many, asks, "follow-up-v1", str,
+            follow_ups = within_budget(responder.ask_many, asks, "follow-up-v1", str,
                               [request_seed(i, turn, "follow_up") for i in open_ids])
             for i, text in zip(open_ids, follow_ups):
                 if content_words(text):   # an empty follow-up ends the conversation where it is
                     conversations[i].append({"role": USER, "content": text.strip()})
             open_ids = [i for i in open_ids if conversations[i][-1]["role"] == USER]
-        answers = _ask(responder.ask_many, [conversations[i] for i in open_ids], "respond-v1", str,
+        answers = within_budget(responder.ask_many, [conversations[i] for i in open_ids], "respond-v1", str,
                        [request_seed(i, turn, "respond") for i in open_ids])
         for i, answer in zip(open_ids, answers):
             problem = answer_problem(answer)
