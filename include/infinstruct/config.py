@@ -152,11 +152,25 @@ class Recipe(Strict):
         return {s.name: self.priority(s.name) for s in self.sources}
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, but a key given twice in one mapping is an error (YAML keeps the last, silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"key {key!r} is given twice",
+                                                        key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
 def load_recipe(path: str | os.PathLike) -> tuple[Recipe, Path]:
     """Load and validate a recipe; source paths are resolved relative to the recipe file."""
     path = Path(path).expanduser().resolve()
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)
     except FileNotFoundError:
         raise RecipeError(f"recipe not found: {path}") from None
     except yaml.YAMLError as exc:

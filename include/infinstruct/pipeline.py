@@ -23,6 +23,7 @@ from infinstruct.curate.scoring import stage as scoring_stage
 from infinstruct.curate.selection import stage as selection_stage
 from infinstruct.curate.semantic_dedup import stage as semantic_dedup_stage
 from infinstruct.gates import checks as gates
+from infinstruct.preflight import check_inputs
 from infinstruct.release import assemble, parts
 from infinstruct.sources import ingest
 from infinstruct.sources.plan import FileState, ScannedFile, plan_recipe
@@ -44,6 +45,7 @@ def run_recipe(run_id: str) -> Recipe:
 def start_run(run_id: str, recipe_path: str | os.PathLike) -> dict[str, Any]:
     """Validate the recipe and record the run with a snapshot of it (a retry updates the snapshot)."""
     recipe, path = load_recipe(recipe_path)
+    check_inputs(recipe)   # a missing benchmark or target file fails here, not after hours of work
     if any(s is not None and s.index != "exact" for s in (recipe.semantic_dedup, recipe.selection)):
         vector_support(get_engine())   # first: a pgvector that would crash the server is found before any work
     with get_engine().begin() as conn:

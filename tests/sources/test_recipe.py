@@ -212,3 +212,32 @@ def test_a_matched_file_of_unknown_type_is_a_source_error(folder):
     recipe, _ = load_recipe(write_recipe(folder, "demo", [{**ALPACA_SOURCE, "path": "data/*"}]))
     with pytest.raises(plan.SourceError, match="notes.txt"):
         plan.source_files(recipe.sources[0])
+
+
+def test_a_key_given_twice_fails_instead_of_the_last_one_winning(folder):
+    path = folder / "twice.yaml"
+    path.write_text("name: demo\nsources:\n  - {name: tasks, path: data/tasks.jsonl, format: alpaca}\n"
+                    "gates: {min_turn_chars: 2}\ngates: {min_turn_chars: 3}\n")
+    assert "given twice" in error_of(path)
+
+
+def test_a_yes_is_no_number(folder):
+    message = error_of(write_recipe(folder, "demo", [ALPACA_SOURCE], gates={"min_allowed_language_share": True}))
+    assert "min_allowed_language_share" in message and "expected a number" in message
+
+
+def test_inputs_a_stage_could_not_use_fail_the_run_at_its_start(folder):
+    from infinstruct import pipeline
+    from infinstruct.config import RecipeError
+    bad_field = write_jsonl(folder / "bench.jsonl", [{"question": "What is 2+2?"}])
+    cases = {
+        "no_bench": {"decontamination": {"benchmarks": [{"name": "b", "path": "nowhere.jsonl", "fields": ["question"]}]}},
+        "bad_field": {"decontamination": {"benchmarks": [{"name": "b", "path": str(bad_field), "fields": ["prompt"]}]}},
+        "no_target": {"selection": {"keep_all": ["math", "code", "knowledge", "chat"],
+                                    "targets": {"math": {"path": "nowhere.jsonl", "fields": ["question"]}}}},
+    }
+    for name, extra in cases.items():
+        recipe = write_recipe(folder, f"pre-{name}", [ALPACA_SOURCE], **extra)
+        with pytest.raises(RecipeError) as info:
+            pipeline.start_run(f"pre-{name}-run", recipe)
+        assert ("nowhere.jsonl" in str(info.value)) or ("no field 'prompt'" in str(info.value)), str(info.value)
