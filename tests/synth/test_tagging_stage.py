@@ -1,7 +1,7 @@
-"""The tagging step over a run's partitions: labels per kept record from the tagger role, on a real PostgreSQL.
+"""The tagging step over a release's files: labels per released record from the tagger role, on a real PostgreSQL.
 
 Specification (the tagger is the OpenAI-compatible double, then the real embedded SmolLM2):
-* every record the release keeps gets one row of `record_tags` for this tagger: its labels normalised and
+* every record of the release gets one row of `record_tags` for this tagger: its labels normalised and
   merged, with their coarse categories, or, when the answer does not fit even after its repair, the error
   and no labels; dropped records are not tagged;
 * a second pass asks nothing (tags are kept per record and tagger);
@@ -15,11 +15,10 @@ import uuid
 import pytest
 import sqlalchemy as sa
 
-from conftest import kept_record_ids, run_dedup_steps, run_partitions, sample_recipe, write_jsonl, write_recipe
+from conftest import kept_record_ids, publish, run_dedup_steps, sample_recipe, write_jsonl, write_recipe
 from infinstruct.ml.llm import BASE_URL_ENV
 from infinstruct.ml.llm_server import stop_local_llm
-from infinstruct.pipeline import get_engine, run_recipe
-from infinstruct.synth.tagging.stage import tag_partition
+from infinstruct.synth import pipeline as synthesis
 from llm_double import JudgeDouble
 
 FIRST_USER_TURN = "(select e->>'content' from json_array_elements(r.conversation) e where e->>'role' = 'user' limit 1)"
@@ -38,8 +37,11 @@ def by_instruction(tagged: dict[str, tuple]) -> dict[str, tuple]:
     return {instruction: rest for instruction, *rest in tagged.values()}
 
 
-def tag_run(run_id: str) -> list[dict]:
-    return [tag_partition(get_engine(), run_recipe(run_id), run_id, p) for p in run_partitions(run_id)]
+def tag_release(recipe, out) -> list[dict]:
+    """The synthesis DAG's first tasks over the release in `out`: start, plan, tag every release file."""
+    run_id = f"tags-{uuid.uuid4().hex[:8]}"
+    synthesis.start_synthesis(run_id, recipe, out)
+    return [synthesis.tag_release_part(run_id, part) for part in synthesis.plan_release(run_id)]
 
 
 @pytest.fixture
@@ -69,9 +71,12 @@ def test_every_kept_record_is_tagged_once_with_labels_or_its_error(engine, doubl
     recipe["llm"] = {"roles": {"tagger": {"base_url": double.url, "model": "tagger-double", "concurrency": 2,
                                           "backoff_seconds": 0.001}}}
     recipe["tagging"] = {}
-    run_id = run_dedup_steps(write_recipe(tmp_path, **recipe))
+    recipe["gates"] = {"min_allowed_language_share": 0.9}   # the French line is one of 30 released records
+    path = write_recipe(tmp_path, **recipe)
+    run_id = run_dedup_steps(path)
+    publish(run_id, tmp_path / "out")
 
-    results = tag_run(run_id)
+    results = tag_release(path, tmp_path / "out")
     tagged = tags(engine, run_id)
     assert set(tagged) == kept_record_ids(engine, run_id)   # every kept record, and only those
     assert sum(r["tagged"] + r["failed"] for r in results) == len(tagged)
@@ -82,7 +87,7 @@ def test_every_kept_record_is_tagged_once_with_labels_or_its_error(engine, doubl
     abilities, categories, error = tagged["Translate 'the cat sleeps on the warm windowsill' into French."]
     assert abilities == [] and categories == [] and "Invalid JSON" in error   # kept with its error, no labels
     before = double.count()
-    assert all(r["tagged"] == r["failed"] == 0 for r in tag_run(run_id))   # a second pass asks nothing
+    assert all(r["tagged"] == r["failed"] == 0 for r in tag_release(path, tmp_path / "out"))   # asks nothing again
     assert double.count() == before
 
 
@@ -94,10 +99,11 @@ def test_the_embedded_smollm2_tags_without_breaking_anything(engine, tmp_path, m
         {"instruction": "Explain how a binary search works.", "input": "", "output": "It halves the range each step."},
         {"instruction": "Give three tips for a job interview.", "input": "", "output": "Prepare, listen, follow up."}])
     path = write_recipe(tmp_path, name, [{"name": "few", "path": str(src), "format": "alpaca"}],
-                        semantic_dedup=None, tagging={})
+                        semantic_dedup=None, tagging={}, synthesis={})
     try:
         run_id = run_dedup_steps(path)
-        tag_run(run_id)
+        publish(run_id, tmp_path / "out")
+        tag_release(path, tmp_path / "out")
         tagged = tags(engine, run_id)
         assert set(tagged) == kept_record_ids(engine, run_id) and len(tagged) == 2
         assert all((abilities and categories and error is None) or (not abilities and error)

@@ -49,24 +49,40 @@ class LLMSettings(Strict):
         return self.roles.get(Role(role), RoleSettings())
 
 
-def resolve(settings: RoleSettings) -> ChatSettings:
-    """The endpoint a role's requests go to: its own, $INFINSTRUCT_LLM_BASE_URL, or the embedded server."""
-    if settings.base_url or os.environ.get(BASE_URL_ENV, "").strip():
+def _uses_embedded(settings: RoleSettings) -> bool:
+    return not (settings.base_url or os.environ.get(BASE_URL_ENV, "").strip())
+
+
+def planned(settings: RoleSettings) -> ChatSettings:
+    """The settings a role's requests use, without starting anything: for the embedded server, all but its
+    address (which is all `resolve` adds). What a cache key of the role's answers is made of."""
+    if not _uses_embedded(settings):
         if not settings.model:
             raise ValueError(f"${BASE_URL_ENV} is set: the role needs a model (the name that endpoint serves)")
         return ChatSettings.model_validate(settings.model_dump())
-    from infinstruct.ml.llm_server import GGUF_NAME, ensure_local_llm
+    from infinstruct.ml.llm_server import GGUF_NAME, MODEL_ALIAS
 
-    server = ensure_local_llm()
     # cached under the model, not the port: a restarted server asks nothing it already answered. Answers are
     # capped: in JSON mode SmolLM2 rarely closes its object and writes until its context is full (~20 s a request)
-    return ChatSettings.model_validate({**settings.model_dump(), "base_url": server.base_url, "model": server.model,
+    return ChatSettings.model_validate({**settings.model_dump(), "model": MODEL_ALIAS,
                                         "endpoint_name": f"embedded:{GGUF_NAME}", "concurrency": 1,
                                         "max_tokens": settings.max_tokens or EMBEDDED_MAX_TOKENS,
                                         "schema_in_response_format": True,   # llama.cpp: a grammar of the schema
                                         # one request at a time, queued behind other tasks' on 2 cores
                                         "timeout_seconds": settings.timeout_seconds
                                         if "timeout_seconds" in settings.model_fields_set else EMBEDDED_TIMEOUT})
+
+
+def resolve(settings: RoleSettings) -> ChatSettings:
+    """The endpoint a role's requests go to: its own, $INFINSTRUCT_LLM_BASE_URL, or the embedded server
+    (started if none answers)."""
+    chosen = planned(settings)
+    if not _uses_embedded(settings):
+        return chosen
+    from infinstruct.ml.llm_server import ensure_local_llm
+
+    server = ensure_local_llm()
+    return chosen.model_copy(update={"base_url": server.base_url, "model": server.model})
 
 
 def chat_for(llm: LLMSettings, role: Role | str, engine: Engine, run_id: str | None = None,

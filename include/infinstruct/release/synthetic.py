@@ -39,8 +39,7 @@ from infinstruct.release.parts import LABEL_FIELDS, RECORD_SCHEMA, release_recor
 from infinstruct.store.stage_state import stream
 from infinstruct.synth.diagnosis.stage import diagnosis_report
 from infinstruct.synth.run import SynthesisRun, release_parts
-from infinstruct.synth.tagging.labels import TaggingSettings
-from infinstruct.synth.tagging.stage import tagger_key
+from infinstruct.synth.tagging.stage import tagger_of
 
 LEDGER_SCHEMA = pa.schema([
     ("record_id", pa.string()), ("root_id", pa.string()), ("parent_id", pa.string()), ("round", pa.int64()),
@@ -146,10 +145,7 @@ def phase1_weak_domains(run: SynthesisRun, report: list[dict]) -> dict[str, floa
 
 def export_synthesis(engine: Engine, run: SynthesisRun, out_dir: str | os.PathLike) -> dict[str, Any]:
     """Write the run's release folder and record it; returns its manifest (with `path`)."""
-    from infinstruct.ml.roles import Role, chat_for
-
-    tagger = tagger_key(run.recipe.tagging or TaggingSettings(),
-                        chat_for(run.recipe.llm, Role.TAGGER, engine, run_id=run.run_id).settings)
+    tagger = tagger_of(run.recipe)
     name = f"{run.dataset}/synthetic"
     root = Path(out_dir).resolve() / run.dataset / "synthetic"
     if root.is_dir():

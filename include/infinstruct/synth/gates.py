@@ -41,15 +41,14 @@ def check_tags(engine: Engine, run: SynthesisRun, tagger: str) -> GateResult:
     return run_gate(engine, run.run_id, "tags", "released records", query, expectations)
 
 
-def _children(run_id: str):
-    return sa.table("synth_children", *(sa.column(c) for c in (
-        "run_id", "child_id", "parent_id", "instruction", "verdict", "reason", "reward", "stage", "judge")))
+CHILDREN = sa.table("synth_children", *(sa.column(c) for c in (
+    "run_id", "child_id", "parent_id", "instruction", "verdict", "reason", "reward", "stage", "judge")))
 
 
 def check_evolution(engine: Engine, run: SynthesisRun) -> GateResult:
     import great_expectations.expectations as gxe
 
-    child, parent = _children(run.run_id), _children(run.run_id).alias("parent")
+    child, parent = CHILDREN, CHILDREN.alias("parent")
     seeds = sa.table("synth_seeds", sa.column("run_id"), sa.column("record_id"), sa.column("instruction"))
     parent_text = sa.func.coalesce(parent.c.instruction, seeds.c.instruction)
     kept = child.c.verdict == "kept"
@@ -74,7 +73,7 @@ def check_evolution(engine: Engine, run: SynthesisRun) -> GateResult:
 def check_judging(engine: Engine, run: SynthesisRun) -> GateResult:
     import great_expectations.expectations as gxe
 
-    child = _children(run.run_id)
+    child = CHILDREN
     kept = child.c.verdict == "kept"
     judged = sa.select(child.c.child_id,
                        sa.case((kept, child.c.reward), else_=None).label("kept_reward"),

@@ -22,7 +22,7 @@ from infinstruct.synth.run import SynthesisError, release_parts, released_record
 from infinstruct.synth.run import start_synthesis as _start
 from infinstruct.synth.seeds import stage as seeds
 from infinstruct.synth.tagging.labels import TaggingSettings
-from infinstruct.synth.tagging.stage import tag_records, tagger_key
+from infinstruct.synth.tagging.stage import tag_records, tagger_of
 
 log = logging.getLogger(__name__)
 
@@ -40,28 +40,23 @@ def plan_release(run_id: str) -> list[str]:
     return parts
 
 
-def _tagger(run) -> tuple[TaggingSettings, Any]:
-    settings = run.recipe.tagging or TaggingSettings()
-    return settings, chat_for(run.recipe.llm, Role.TAGGER, get_engine(), run_id=run.run_id)
-
-
 def tag_release_part(run_id: str, part: str) -> dict[str, Any]:
     """Tag the records of one release file that this tagger has not tagged (and note them as the run's)."""
     engine, run = get_engine(), synthesis_run(get_engine(), run_id)
     records = [(r["id"], r["instruction"]) for r in released_records(run.release_path, [part])]
     with engine.begin() as conn:
         conn.execute(sa.text("delete from synth_release_records where run_id = :r and part = :p"), {"r": run_id, "p": part})
-        if records:
-            conn.execute(sa.text("insert into synth_release_records (run_id, record_id, part) values (:r, :i, :p)"
-                                 " on conflict do nothing"), [{"r": run_id, "i": i, "p": part} for i, _ in records])
-    settings, chat = _tagger(run)
+        conn.execute(sa.text("insert into synth_release_records (run_id, record_id, part)"
+                             " select :r, unnest(cast(:ids as text[])), :p on conflict do nothing"),
+                     {"r": run_id, "ids": [i for i, _ in records], "p": part})   # one statement, not one per record
+    settings = run.recipe.tagging or TaggingSettings()
+    chat = chat_for(run.recipe.llm, Role.TAGGER, engine, run_id=run_id)
     return {"part": part, "records": len(records), **tag_records(engine, settings, chat, run_id, records)}
 
 
 def check_tags(run_id: str) -> dict[str, Any]:
     run = synthesis_run(get_engine(), run_id)
-    settings, chat = _tagger(run)
-    result = gates.check_tags(get_engine(), run, tagger_key(settings, chat.settings))
+    result = gates.check_tags(get_engine(), run, tagger_of(run.recipe))
     return {"gate": result.gate, "success": result.success, "statistics": result.statistics}
 
 

@@ -17,11 +17,10 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from infinstruct.curate.scoring.signals import difficulty_score, measure_signals
-from infinstruct.ml.roles import Role, chat_for
+from infinstruct.ml.roles import Role
 from infinstruct.synth.run import SynthesisRun, released_records
 from infinstruct.synth.seeds.select import Candidate, label_counts, rank_seeds
-from infinstruct.synth.tagging.labels import TaggingSettings
-from infinstruct.synth.tagging.stage import tagger_key
+from infinstruct.synth.tagging.stage import tagger_of
 
 log = logging.getLogger(__name__)
 
@@ -80,8 +79,7 @@ def _texts(run: SynthesisRun, ids: set[str]) -> dict[str, tuple[str, str]]:
 def select_seeds(engine: Engine, run: SynthesisRun) -> list[int]:
     """Pick and store the run's seeds (replacing any of a previous try); returns the batch numbers."""
     settings = run.settings.seeds
-    tagging = run.recipe.tagging or TaggingSettings()
-    tagger = tagger_key(tagging, chat_for(run.recipe.llm, Role.TAGGER, engine, run_id=run.run_id).settings)
+    tagger = tagger_of(run.recipe)
     candidates = _candidates(engine, run, tagger)
     weak = weak_categories(engine, run)
     counts = label_counts(candidates)

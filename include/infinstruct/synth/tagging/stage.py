@@ -1,10 +1,10 @@
-"""The tagging step: ability labels for the kept records of a partition, from the tagger role.
+"""The tagging step: ability labels for released records, from the tagger role.
 
-For every record of the partition that no stage dropped and that has no tags from this tagger yet, the
+For every record given that has no tags from this tagger yet (synth.pipeline gives a release file's), the
 tagger is asked (one structured request per record, cached, repaired once) which abilities the instruction
 needs; the labels are normalised, merged onto known wordings and given coarse categories (`labels`), and
 stored per record id in `record_tags`. A record whose answer does not fit is stored with its error and no
-labels: recorded, never a crash of the partition.
+labels: recorded, never a crash of the batch.
 """
 from __future__ import annotations
 
@@ -13,13 +13,11 @@ import json
 import logging
 from typing import Any
 
-import orjson
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from infinstruct.config import Recipe
-from infinstruct.ml.roles import Role, chat_for
-from infinstruct.record.conversation import instruction_text
+from infinstruct.ml.roles import Role, planned
 from infinstruct.synth.tagging.labels import LabelMerger, TagAnswer, TaggingSettings, coarse_category, normalise_label
 
 log = logging.getLogger(__name__)
@@ -54,29 +52,9 @@ def _known_labels(conn: Connection, tagger: str) -> list[str]:
         " where tagger = :t order by label, tagged_at) x order by tagged_at, label"), {"t": tagger}).scalars().all()
 
 
-# the partition's records that no stage dropped (the release's) and that this tagger has not tagged
-_UNTAGGED = sa.text("""
-select r.record_id, r.conversation::text from records r
-where r.partition_id = :p
-  and not exists (select 1 from decisions d where d.partition_id = r.partition_id and d.line_no = r.line_no
-                  and d.verdict = 'dropped')
-  and not exists (select 1 from record_tags t where t.record_id = r.record_id and t.tagger = :t)
-order by r.line_no""")
-
-
-def tag_partition(engine: Engine, recipe: Recipe, run_id: str, partition_id: str) -> dict[str, Any]:
-    """Tag the partition's kept records that this tagger has not tagged; returns counts."""
-    settings = recipe.tagging
-    if settings is None:
-        return {"partition_id": partition_id, "disabled": True}
-    chat = chat_for(recipe.llm, Role.TAGGER, engine, run_id=run_id)
-    tagger = tagger_key(settings, chat.settings)
-    with engine.connect() as conn:
-        rows = conn.execute(_UNTAGGED, {"p": partition_id, "t": tagger}).all()
-    records = {record_id: orjson.loads(conversation) for record_id, conversation in rows}   # one per content
-    todo = [(record_id, instruction_text((t["role"], t["content"]) for t in conversation))
-            for record_id, conversation in records.items()]
-    return {"partition_id": partition_id, **tag_records(engine, settings, chat, run_id, todo)}
+def tagger_of(recipe: Recipe) -> str:
+    """The tagger key of a recipe's tagging (its defaults when the section is absent), without starting a server."""
+    return tagger_key(recipe.tagging or TaggingSettings(), planned(recipe.llm.role(Role.TAGGER)))
 
 
 def tag_records(engine: Engine, settings: TaggingSettings, chat: Any, run_id: str,
