@@ -88,3 +88,16 @@ def test_the_selection_keeps_the_recipes_mix_and_ledgers_the_rest(release):
     assert left_out.reason.str.match(r"^not_selected:(knowledge|math|code)$").all()
     assert left_out.detail.str.match(r"^rank \d+ of \d+ in ").all()
     assert manifest["composition"]["before"]["total"] == selection["pool"]
+
+
+def test_every_duplicate_resolves_to_the_record_standing_for_it(release):
+    """`duplicate_of` is the direct partner; `representative` is where its chain ends: a record that stood
+    after deduplication, in the release unless the selection left it out (issue 14, section 2)."""
+    _, ledger, data = release
+    duplicates = ledger[ledger.reason.isin(["exact_duplicate", "duplicate_instruction", "near_duplicate",
+                                            "semantic_duplicate"])]
+    assert len(duplicates) > 0 and duplicates.representative.notna().all()
+    kept = set(ledger[ledger.verdict == "kept"].record_id)
+    not_selected = set(ledger[ledger.stage == "select"].record_id)
+    assert set(duplicates.representative) <= kept | not_selected
+    assert set(duplicates.representative) & kept <= set(data.id)

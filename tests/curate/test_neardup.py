@@ -1,5 +1,5 @@
 """The near-duplicate core (infinstruct.curate.near_dedup.minhash), as a spec: what counts as a near-duplicate at the
-default settings, how band keys behave in a store, and which record a cluster keeps."""
+default settings, how band keys behave in a store, and which records are kept."""
 from __future__ import annotations
 
 import json
@@ -15,6 +15,7 @@ from infinstruct.curate.near_dedup.minhash import (
     KeySet,
     Member,
     NearDupSettings,
+    PairJudge,
     band_keys,
     boilerplate_shingles,
     candidate_pairs,
@@ -22,8 +23,9 @@ from infinstruct.curate.near_dedup.minhash import (
     confirm,
     confirm_pairs,
     differs_in_essential_words,
-    duplicate_of,
     jaccard_estimate,
+    languages,
+    representatives,
     shingle_text,
     signatures,
     text_words,
@@ -189,7 +191,7 @@ def test_a_huge_bucket_is_paired_within_a_window_not_all_pairs():
     keys = band_keys(signatures([PROMPT] * 300, S), S)
     within = candidate_pairs(keys, window=8).within
     assert len(within) < 300 * 8 and (within[:, 0] < within[:, 1]).all()
-    assert (clusters(300, within) == 0).all()  # still one cluster
+    assert (clusters(300, within) == 0).all()  # still one connected component
 
 
 def test_an_empty_batch_gives_empty_arrays():
@@ -212,9 +214,68 @@ def test_keep_rule_lowest_priority_then_most_complete_then_smallest_id():
                Member("r-c", priority=0, completeness=100),
                Member("r-a", priority=0, completeness=400),   # best source, most complete: kept
                Member("r-d", priority=0, completeness=400),   # tie with r-a: larger id loses
-               Member("r-e", priority=5, completeness=10)]    # alone in its cluster: kept
-    cluster_ids = np.array([0, 0, 0, 0, 4])
-    assert duplicate_of(cluster_ids, members) == ["r-a", "r-a", None, "r-a", None]
+               Member("r-e", priority=5, completeness=10)]    # no pair: kept
+    pairs = np.array([[0, 2], [1, 2], [2, 3], [0, 1], [0, 3], [1, 3]])
+    found = representatives(members, pairs, np.full(len(pairs), 0.9))
+    assert [None if r is None else members[r.row].record_id for r in found] == ["r-a", "r-a", None, "r-a", None]
+
+
+def test_a_chain_of_look_alikes_keeps_every_record_that_resembles_no_accepted_one():
+    # a~b and b~c are pairs, a and c are not: a is accepted, b is its duplicate, and c stays (connected
+    # components would drop c as a duplicate of a, which it does not resemble)
+    members = [Member("a", 0, 300), Member("b", 0, 200), Member("c", 0, 100)]
+    found = representatives(members, np.array([[0, 1], [1, 2]]), np.array([0.7, 0.9]))
+    assert found == [None, (0, 0.7), None]   # b names a, with the a~b estimate, not the b~c one
+
+
+def test_a_duplicate_names_its_most_similar_accepted_record_and_that_pairs_estimate():
+    members = [Member("a", 0, 300), Member("b", 0, 200), Member("c", 0, 100)]
+    found = representatives(members, np.array([[0, 2], [1, 2]]), np.array([0.65, 0.8]))
+    assert found == [None, None, (1, 0.8)]
+
+
+def test_a_record_accepted_by_an_earlier_run_is_never_dropped():
+    members = [Member("new", 0, 900), Member("old", 9, 10, accepted=True)]
+    assert representatives(members, np.array([[0, 1]]), np.array([0.9])) == [(1, 0.9), None]
+
+
+def test_a_record_paired_with_no_accepted_record_is_judged_against_its_clusters_accepted_ones():
+    # a hot template's bucket pairs each row with a window of neighbours only: row 3 is paired with
+    # row 2 alone, a duplicate of row 0; it is judged against row 0 itself, and dropped if it resembles it
+    members = [Member(f"r{n}", 0, 100 - n) for n in range(5)]
+    pairs = np.array([[0, 1], [0, 2], [2, 3], [3, 4]])
+    asked = []
+
+    def similar(row, others):
+        asked.append((row, list(others)))
+        return [0.75 if row == 3 else None for _ in others]
+
+    found = representatives(members, pairs, np.full(len(pairs), 0.9), similar)
+    assert found == [None, (0, 0.9), (0, 0.9), (0, 0.75), None]
+    assert asked == [(3, [0]), (4, [0])]   # row 4 resembles row 0 no more than the threshold: kept
+
+
+def test_a_hot_bucket_keeps_one_record_though_its_pairs_are_windowed():
+    texts = [f"{PROMPT} {'Please answer carefully.' if n % 2 else 'Answer carefully.'}" + " " * n for n in range(300)]
+    texts = [t.replace("lighthouse keeper", "lighthouse keeper" if n % 3 else "lighthouse guard") for n, t in enumerate(texts)]
+    judge = PairJudge(texts, S)
+    within = candidate_pairs(band_keys(judge.sigs, S), window=8).within
+    confirmed, estimates = judge.confirm(within)
+    members = [Member(f"r{n:03d}", 0, len(t)) for n, t in enumerate(texts)]
+    found = representatives(members, confirmed, estimates, judge.similar)
+    assert sum(r is None for r in found) == 1
+
+
+def test_programming_languages_are_essential_words():
+    assert languages("Write a C++ function, then port it to C# and C.") == {"lang:cpp", "lang:csharp", "lang:c"}
+    assert languages("Use JavaScript (not Java) or golang; python3 is fine") == {
+        "lang:javascript", "lang:java", "lang:go", "lang:python"}
+    assert languages("Let's go to the beach; rust never sleeps.") == set()   # English words, not languages
+    factorial = "Write a {} function that computes the factorial of a non-negative integer using recursion."
+    assert differs_in_essential_words(factorial.format("C++"), factorial.format("C#"))
+    assert differs_in_essential_words(factorial.format("Java"), factorial.format("JavaScript"))
+    assert near_pairs([factorial.format("C++"), factorial.format("C#"), factorial.format("C")]) == set()
+    assert not differs_in_essential_words(factorial.format("C++"), factorial.format("c++").replace("Write", "Please write"))
 
 
 def test_short_instructions_are_never_near_duplicates():
@@ -276,3 +337,49 @@ def test_the_stores_instruction_text_is_the_user_turns_as_python_joins_them(engi
             text = conn.execute(sa.text(f"select {INSTRUCTION_SQL} from (select cast(:c as json) as conversation) r"),
                                 {"c": json.dumps(conversation)}).scalar_one()
             assert text == instruction_text((t["role"], t["content"]) for t in conversation)
+
+
+# --- the stage: decided against accepted records, explained by the pair that decided --------------------
+
+def test_the_stage_drops_a_record_only_as_a_duplicate_of_an_accepted_record_it_resembles(engine, tmp_path):
+    """Look-alike prompts in several languages do not chain: each language keeps one prompt, and every
+    near_duplicate row names a kept record of its own language, with that pair's Jaccard estimate."""
+    import uuid
+
+    import sqlalchemy as sa
+
+    from conftest import run_partition_steps, write_jsonl, write_recipe
+    from infinstruct import pipeline
+
+    variants = ["Write a {} function that computes the factorial of a non-negative integer.",
+                "Write a {} function that computes the factorial of a given non-negative integer.",
+                "Write a {} function which computes the factorial of a non-negative integer n.",
+                "Please write a {} function that computes the factorial of a non-negative integer.",
+                "Write a {} function that computes the factorial of a non-negative integer recursively."]
+    prompts = {(lang, n): v.format(lang) for lang in ("C++", "C#", "C", "Java", "JavaScript", "Python")
+               for n, v in enumerate(variants)}
+    lines = list(prompts.items())
+    write_jsonl(tmp_path / "code.jsonl", [{"instruction": text, "input": "", "output": f"An answer, {n}."}
+                                          for n, (_, text) in enumerate(lines)])
+    recipe = write_recipe(tmp_path, f"chains-{uuid.uuid4().hex[:6]}",
+                          [{"name": "code", "path": "code.jsonl", "format": "alpaca"}])
+    run_id = run_partition_steps(recipe)
+    pipeline.deduplicate(run_id)
+    pipeline.near_deduplicate(run_id)
+    with engine.connect() as conn:
+        rows = conn.execute(sa.text(
+            "select r.line_no, r.record_id, d.reason, d.duplicate_of, d.score from records r"
+            " join run_partitions rp on rp.partition_id = r.partition_id and rp.run_id = :r"
+            " left join decisions d on d.partition_id = r.partition_id and d.line_no = r.line_no"
+            " order by r.line_no"), {"r": run_id}).all()
+    language = {record_id: lines[line_no - 1][0][0] for line_no, record_id, *_ in rows}
+    text = {record_id: lines[line_no - 1][1] for line_no, record_id, *_ in rows}
+    kept = {record_id for _, record_id, reason, *_ in rows if reason is None}
+    assert sorted(language[r] for r in kept) == sorted({lang for lang, _ in prompts})   # one per language
+    judge = PairJudge(list(text.values()), S)
+    index = {record_id: n for n, record_id in enumerate(text)}
+    for _, record_id, reason, duplicate_of, score in rows:
+        if reason is not None:
+            assert reason == "near_duplicate" and duplicate_of in kept
+            assert language[duplicate_of] == language[record_id]
+            assert score == judge.similar(index[record_id], [index[duplicate_of]])[0]

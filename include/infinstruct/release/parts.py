@@ -38,10 +38,10 @@ from infinstruct.config import Recipe
 from infinstruct.errors import DataError
 from infinstruct.record.conversation import EXPORT_ROLE
 from infinstruct.record.reasons import Stage, Verdict
-from infinstruct.store.ledger import LEDGER_COLUMNS, AccountingError, ledger_query
+from infinstruct.store.ledger import LEDGER_COLUMNS, AccountingError, ledger_rows
 from infinstruct.store.stage_state import stream
 
-PART_VERSION = 1
+PART_VERSION = 2   # 2: the ledger's `representative` column
 BATCH = 10_000
 FILES = ("records.jsonl", "records.parquet", "ledger.parquet")
 LABEL_FIELDS = ("ability_en", "ability_zh", "cate_ability_en", "cate_ability_zh")
@@ -57,6 +57,7 @@ LEDGER_SCHEMA = pa.schema([
     ("source", pa.string()), ("file", pa.string()), ("line", pa.int64()), ("partition_id", pa.string()),
     ("record_id", pa.string()), ("verdict", pa.string()), ("stage", pa.string()), ("reason", pa.string()),
     ("score", pa.float64()), ("duplicate_of", pa.string()), ("detail", pa.string()), ("run_id", pa.string()),
+    ("representative", pa.string()),
 ])
 assert tuple(LEDGER_SCHEMA.names) == LEDGER_COLUMNS
 
@@ -189,8 +190,7 @@ def _write_ledger(conn: Connection, run_id: str, partition_id: str, folder: Path
     by_stage: dict[str, Counter] = defaultdict(Counter)
     with pq.ParquetWriter(folder / "ledger.parquet", LEDGER_SCHEMA) as writer:
         written = False
-        result = conn.execute(ledger_query(run_id, partition_id), execution_options=stream(BATCH * 5))
-        for rows in result.partitions(BATCH * 5):
+        for rows in ledger_rows(conn, run_id, partition_id, batch=BATCH * 5, stream_options=stream(BATCH * 5)):
             columns = list(zip(*rows))   # column arrays straight from the row tuples: no dict per row
             writer.write_table(pa.Table.from_arrays([pa.array(c, type=f.type) for c, f in zip(columns, LEDGER_SCHEMA)],
                                                     schema=LEDGER_SCHEMA))

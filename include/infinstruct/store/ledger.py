@@ -2,19 +2,29 @@
 
 Every input line is exactly one of: a record (kept, or dropped by a stage's decision) or a
 quarantined line. `accounting` checks lines = kept + dropped + quarantined per source.
+
+A duplicate's `duplicate_of` is the record it was found to duplicate when its stage ran; a later stage
+may drop that one too (an exact copy of a record that semantic dedup removed afterwards). Its
+`representative` follows those drops to the record that stands for it after deduplication
+(`representatives`), which the release holds unless the selection left it out.
 """
 from __future__ import annotations
 
+from typing import Iterable, Iterator, Sequence
+
 import sqlalchemy as sa
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 
 from infinstruct.errors import DataError
-from infinstruct.record.reasons import Stage, Verdict
+from infinstruct.record.reasons import Drop, Stage, Verdict
 from infinstruct.stages import ledger_order
 from infinstruct.store.db import decisions, partitions, quarantine, records, run_partitions
 
-LEDGER_COLUMNS = ("source", "file", "line", "partition_id", "record_id", "verdict", "stage", "reason", "score",
-                  "duplicate_of", "detail", "run_id")
+STORED_COLUMNS = ("source", "file", "line", "partition_id", "record_id", "verdict", "stage", "reason", "score",
+                  "duplicate_of", "detail", "run_id")   # what `ledger_query` returns
+LEDGER_COLUMNS = (*STORED_COLUMNS, "representative")     # a release's ledger.parquet: `ledger_rows`
+DUPLICATE_REASONS = frozenset(d.value for d in Drop)
+MAX_CHAIN = 32   # duplicate_of links followed at most; a longer chain is a defect, reported as such
 
 
 def in_run(run_id: str, partition_col):
@@ -34,7 +44,7 @@ def kept_records(run_id: str, *columns) -> sa.Select:
 
 
 def ledger_query(run_id: str, partition_id: str | None = None) -> sa.Select:
-    """One row per input line (LEDGER_COLUMNS) of the run, or of one of its partitions, ordered by source,
+    """One row per input line (STORED_COLUMNS) of the run, or of one of its partitions, ordered by source,
     file and line."""
     # a line dropped by several stages is reported under the earliest stage of the pipeline
     stage_rank = sa.func.array_position(sa.literal(ledger_order(), sa.ARRAY(sa.Text)), decisions.c.stage)
@@ -66,7 +76,70 @@ def ledger_query(run_id: str, partition_id: str | None = None) -> sa.Select:
     if partition_id is not None:
         quarantined = quarantined.where(quarantine.c.partition_id == partition_id)
     union = sa.union_all(parsed, quarantined).subquery("ledger")
-    return sa.select(*(union.c[name] for name in LEDGER_COLUMNS)).order_by(union.c.source, union.c.file, union.c.line)
+    return sa.select(*(union.c[name] for name in STORED_COLUMNS)).order_by(union.c.source, union.c.file, union.c.line)
+
+
+def ledger_rows(conn: Connection, run_id: str, partition_id: str | None = None, *,
+                batch: int = 50_000, stream_options: dict | None = None) -> Iterator[list[tuple]]:
+    """`ledger_query`'s rows with their `representative` (LEDGER_COLUMNS), in batches."""
+    reason_at, of_at = STORED_COLUMNS.index("reason"), STORED_COLUMNS.index("duplicate_of")
+    result = conn.execute(ledger_query(run_id, partition_id), execution_options=stream_options or {})
+    for rows in result.partitions(batch):
+        wanted = {row[of_at] for row in rows if row[reason_at] in DUPLICATE_REASONS}
+        found = representatives(conn, run_id, wanted)
+        yield [(*row, found.get(row[of_at]) if row[reason_at] in DUPLICATE_REASONS else None) for row in rows]
+
+
+_FATES = sa.text("""
+select r.record_id, dd.stage, dd.reason, dd.duplicate_of
+from records r
+join run_partitions rp on rp.partition_id = r.partition_id and rp.run_id = :run
+left join lateral (select d.stage, d.reason, d.duplicate_of from decisions d
+                   where d.partition_id = r.partition_id and d.line_no = r.line_no and d.verdict = 'dropped'
+                   order by array_position(cast(:order as text[]), d.stage) limit 1) dd on true
+where r.record_id = any(:ids)
+""")
+
+
+def representatives(conn: Connection, run_id: str, record_ids: Iterable[str]) -> dict[str, str | None]:
+    """Per record id (a duplicate's `duplicate_of`): the record that stands for it after deduplication.
+
+    That is the id itself when one of its copies in the run is dropped by no stage, or by a stage after
+    the deduplication (selection); else the `duplicate_of` of the copy a later dedup stage dropped,
+    followed the same way. None when the chain ends at a record that no copy of stands for (or loops)."""
+    order = ledger_order()
+    last_dedup = max(order.index(s) for s in (Stage.DEDUP, Stage.NEAR_DEDUP, Stage.SEMANTIC_DEDUP) if s in order)
+    out: dict[str, str | None] = {}
+    links: dict[str, str | None] = {}  # id -> the next id of its chain (itself when it stands)
+    todo = set(record_ids) - {None}
+    for _ in range(MAX_CHAIN):
+        if not todo:
+            break
+        fates: dict[str, list[tuple]] = {i: [] for i in todo}
+        for record_id, stage, reason, duplicate_of in conn.execute(_FATES, {"run": run_id, "ids": sorted(todo), "order": order}):
+            fates[record_id].append((stage, reason, duplicate_of))
+        for record_id, rows in fates.items():
+            links[record_id] = _next(record_id, rows, order, last_dedup)
+        todo = {n for n in links.values() if n is not None and n not in links}
+    for record_id in set(record_ids) - {None}:
+        seen, current = set(), record_id
+        while current is not None and links.get(current) not in (current, None) and current not in seen:
+            seen.add(current)
+            current = links.get(current)
+        out[record_id] = current if current is not None and links.get(current) == current else None
+    return out
+
+
+def _next(record_id: str, rows: Sequence[tuple], order: list[str], last_dedup: int) -> str | None:
+    """Where a record id's chain goes: itself when a copy stands after deduplication, else the record a
+    dedup stage dropped its surviving copy for (exact copies name the id itself: not a link)."""
+    link = None
+    for stage, reason, duplicate_of in rows:
+        if stage is None or order.index(stage) > last_dedup:
+            return record_id
+        if reason in DUPLICATE_REASONS and reason != Drop.EXACT_DUPLICATE.value:
+            link = duplicate_of
+    return link
 
 
 def accounting(engine: Engine, run_id: str) -> dict[str, dict[str, int]]:

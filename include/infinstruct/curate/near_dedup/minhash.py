@@ -13,7 +13,9 @@ The pipeline, one pure function per step (the stage persists band keys in Postgr
    `KeySet`: which of many stored keys are among a batch's keys (to find the existing rows worth reading).
 5. `confirm_pairs`: estimated Jaccard >= `threshold` (`pair_jaccard`, `jaccard_estimate`), and no
    essential word (number, quoted word, name) swapped for another (`differs_in_essential_words`).
-6. `clusters` (union-find over confirmed pairs) and `duplicate_of` (the documented keep rule).
+6. `representatives`: walk the records in keep order (`keep_rank`); a record is dropped only when its
+   confirmed similarity to a record already accepted reaches the threshold (never by chaining through a
+   dropped one); `clusters` (connected components) only say which accepted records to compare it with.
 
 Everything that changes band keys (rensa version and algorithm, this module's ALGORITHM_VERSION,
 shingle size, num_perm, bands, seed) is in `NearDupSettings.index_fingerprint`: persisted keys with
@@ -39,7 +41,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib.metadata import version
 from itertools import chain
-from typing import Iterator, NamedTuple, Sequence
+from typing import Callable, Iterator, NamedTuple, Sequence
 
 import numpy as np
 from pydantic import Field, model_validator
@@ -115,6 +117,15 @@ _WORD_CHARS = _WordChars()
 _QUOTED = re.compile(r"""(?:^|(?<=[\s(\[:=]))['"“‘`]([^'"”’`\n]{1,200})['"”’`](?=[\s.,;:!?)\]]|$)""")
 # a capitalised word that does not start a sentence, a line or a list item
 _MID_SENTENCE_CAPITALISED = re.compile(r"(?<=[^\s.!?:\n>*#-] )[A-Z][\w'-]*")
+# programming languages, which shingles cannot tell apart ("C", "C++" and "C#" all become the word "c"):
+# names that are also English words count only as written ("Go", "Rust", "C"), the others in any case
+_LANGUAGE_ALIASES = {"c++": "cpp", "c#": "csharp", "f#": "fsharp", "js": "javascript", "golang": "go",
+                     "objective-c": "objc", "node.js": "javascript", "ts": "typescript", "vb.net": "vbnet"}
+_LANGUAGE_ANY_CASE = re.compile(
+    r"(?<![\w+#.-])(c\+\+|c#|f#|objective-c|node\.js|vb\.net|javascript|typescript|python|java|kotlin|haskell|"
+    r"php|perl|scala|fortran|cobol|matlab|golang|elixir|erlang|clojure|ocaml|powershell|bash|sql|html|css|lua|"
+    r"solidity|verilog|vhdl|lisp|prolog|cpp|csharp)(?:\d(?:\.\d+)?)?(?![\w+#])", re.IGNORECASE)
+_LANGUAGE_AS_WRITTEN = re.compile(r"(?<![\w+#.-])(C|R|Go|Rust|Swift|Ruby|Dart|Julia|Scheme|Racket|Groovy|JS|TS)(?![\w+#])")
 
 
 def text_words(text: str) -> list[str]:
@@ -321,10 +332,17 @@ def pair_jaccard(sigs: np.ndarray, pairs: np.ndarray, other: np.ndarray | None =
     return out
 
 
+def languages(text: str) -> set[str]:
+    """The programming languages a text names, as `lang:<name>` tokens (never equal to a word)."""
+    found = {m.lower() for m in _LANGUAGE_ANY_CASE.findall(text)} | {m.lower() for m in _LANGUAGE_AS_WRITTEN.findall(text)}
+    return {"lang:" + _LANGUAGE_ALIASES.get(name, name) for name in found}
+
+
 def essential_words(text: str) -> set[str]:
-    """Words that make a prompt what it is, casefolded: numbers, words inside quotes, and words
-    capitalised in mid-sentence (names: "France", "Picasso"). Templates differ in exactly these."""
-    found: set[str] = set()
+    """Words that make a prompt what it is, casefolded: numbers, words inside quotes, words capitalised
+    in mid-sentence (names: "France", "Picasso") and programming languages (`languages`). Templates
+    differ in exactly these."""
+    found: set[str] = languages(text)
     for span in _QUOTED.findall(text):
         found.update(text_words(span))
     for word in _MID_SENTENCE_CAPITALISED.findall(text):
@@ -343,7 +361,7 @@ def differs_in_essential_words(text_a: str, text_b: str) -> bool:
     English.") and case or whitespace variants never trip it. A plain lower-case word is no signal:
     "a haiku about autumn" vs "... about snow" still needs the Jaccard threshold.
     """
-    words_a, words_b = set(text_words(text_a)), set(text_words(text_b))
+    words_a, words_b = set(text_words(text_a)) | languages(text_a), set(text_words(text_b)) | languages(text_b)
     return bool(essential_words(text_a) - words_b) and bool(essential_words(text_b) - words_a)
 
 
@@ -390,26 +408,44 @@ def without_boilerplate(pairs: np.ndarray, estimates: np.ndarray, texts: Sequenc
     return pairs[keep], estimates[keep]
 
 
-def confirm(pairs: np.ndarray, texts: Sequence[str], settings: NearDupSettings, *,
-            chunk: int = 20_000) -> tuple[np.ndarray, np.ndarray]:
-    """Steps 2 and 5 for candidate `pairs` over `texts`: `signatures`, `confirm_pairs`, then
-    `without_boilerplate` with the boilerplate counted over these texts (`boilerplate_shingles`).
-    Each text is shingled once for its signature and the count, a chunk at a time (all the texts'
-    shingles at once would hold ~1 KB a text). Returns (confirmed pairs, their estimates)."""
-    sigs = np.empty((len(texts), settings.num_perm), dtype=np.uint32)
-    counts: Counter[str] = Counter()
-    for start in range(0, len(texts), chunk):
-        shingles = [shingle_text(t, settings.shingle) for t in texts[start:start + chunk]]
-        counts.update(chain.from_iterable(map(set, shingles)))
-        sigs[start:start + len(shingles)] = _signature_rows(shingles, settings)
-    confirmed, estimates = confirm_pairs(pairs, sigs, texts, settings)
-    return without_boilerplate(confirmed, estimates, texts, settings, _frequent(counts, settings))
+class PairJudge:
+    """Steps 2 and 5 over one set of texts: their `signatures` and the boilerplate counted over them
+    (`boilerplate_shingles`), kept so that pairs found later can be judged the same way. Each text is
+    shingled once for its signature and the count, a chunk at a time (all the texts' shingles at once
+    would hold ~1 KB a text)."""
+
+    def __init__(self, texts: Sequence[str], settings: NearDupSettings, *, chunk: int = 20_000):
+        self.texts, self.settings = texts, settings
+        self.sigs = np.empty((len(texts), settings.num_perm), dtype=np.uint32)
+        counts: Counter[str] = Counter()
+        for start in range(0, len(texts), chunk):
+            shingles = [shingle_text(t, settings.shingle) for t in texts[start:start + chunk]]
+            counts.update(chain.from_iterable(map(set, shingles)))
+            self.sigs[start:start + len(shingles)] = _signature_rows(shingles, settings)
+        self.boilerplate = _frequent(counts, settings)
+
+    def confirm(self, pairs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """`confirm_pairs`, then `without_boilerplate`: (confirmed pairs, their estimates)."""
+        confirmed, estimates = confirm_pairs(pairs, self.sigs, self.texts, self.settings)
+        return without_boilerplate(confirmed, estimates, self.texts, self.settings, self.boilerplate)
+
+    def similar(self, row: int, others: Sequence[int]) -> list[float | None]:
+        """Per other row: the estimate when (row, other) is a confirmed pair, else None."""
+        pairs = np.array([[row, other] for other in others], dtype=np.int64).reshape(-1, 2)
+        confirmed, estimates = self.confirm(pairs)
+        found = dict(zip(confirmed[:, 1].tolist(), estimates.tolist()))
+        return [found.get(other) for other in others]
 
 
-# --- 6. clusters and the keep rule -------------------------------------------------------------------
+def confirm(pairs: np.ndarray, texts: Sequence[str], settings: NearDupSettings) -> tuple[np.ndarray, np.ndarray]:
+    """`PairJudge(texts).confirm(pairs)`: (confirmed pairs, their estimates)."""
+    return PairJudge(texts, settings).confirm(pairs)
+
+
+# --- 6. the keep rule and the representatives ---------------------------------------------------------
 
 def clusters(n: int, pairs: np.ndarray) -> np.ndarray:
-    """Connected components of the confirmed pairs (union-find, hooking on the smaller index).
+    """Connected components of the pairs (union-find, hooking on the smaller index).
     Returns per row its cluster id: the smallest row index in its cluster (a lone row is its own)."""
     parent = np.arange(n)
     if len(pairs) == 0:
@@ -431,7 +467,7 @@ def clusters(n: int, pairs: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Member:
-    """A record in a near-duplicate cluster, with what the keep rule looks at."""
+    """A record in a confirmed pair, with what the keep rule looks at."""
 
     record_id: str
     priority: int        # source priority from the recipe: lower wins
@@ -446,14 +482,49 @@ def keep_rank(member: Member) -> tuple[bool, int, int, str]:
     return (not member.accepted, member.priority, -member.completeness, member.record_id)
 
 
-def duplicate_of(cluster_ids: np.ndarray, members: Sequence[Member]) -> list[str | None]:
-    """Per row: None for the kept record of its cluster, else the record id it duplicates (the kept one)."""
-    if len(cluster_ids) != len(members):
-        raise ValueError(f"{len(cluster_ids)} cluster ids for {len(members)} members")
-    ids = cluster_ids.tolist()
-    kept: dict[int, int] = {}  # cluster id -> row of its kept member
-    for row, (cid, member) in enumerate(zip(ids, members)):
-        best = kept.get(cid)
-        if best is None or keep_rank(member) < keep_rank(members[best]):
-            kept[cid] = row
-    return [None if kept[cid] == row else members[kept[cid]].record_id for row, cid in enumerate(ids)]
+class Representative(NamedTuple):
+    """Why a record was dropped: the accepted record it near-duplicates, and that pair's Jaccard estimate."""
+
+    row: int
+    jaccard: float
+
+
+def representatives(members: Sequence[Member], pairs: np.ndarray, estimates: np.ndarray,
+                    similar: Callable[[int, Sequence[int]], list[float | None]] | None = None, *,
+                    max_checks: int = 64) -> list[Representative | None]:
+    """Per member: None when it is accepted, else the accepted member it duplicates.
+
+    Members are walked in keep order (`keep_rank`). One is dropped only when it is a confirmed pair with
+    a member accepted before it, and names the most similar such member (ties: the earlier in keep
+    order). So a chain a~b~c, where a and c are no pair, keeps c: connected components would drop it as
+    a duplicate of a record it does not resemble. A member accepted by an earlier run is always accepted.
+
+    The pairs are only candidates' confirmations: a hot template's bucket pairs each row with its window
+    of neighbours only (`candidate_pairs`), so a member may be paired with no accepted member of its
+    cluster (connected component) at all. `similar(row, rows)` (`PairJudge.similar`) then judges it
+    against up to `max_checks` accepted members of its cluster, the earliest in keep order first."""
+    if len(pairs) != len(estimates):
+        raise ValueError(f"{len(pairs)} pairs for {len(estimates)} estimates")
+    neighbours: list[list[tuple[int, float]]] = [[] for _ in members]
+    for (a, b), e in zip(pairs.tolist(), estimates.tolist()):
+        neighbours[a].append((b, e))
+        neighbours[b].append((a, e))
+    cluster = clusters(len(members), pairs).tolist()
+    order = sorted(range(len(members)), key=lambda row: keep_rank(members[row]))
+    position = {row: n for n, row in enumerate(order)}
+    out: list[Representative | None] = [None] * len(members)
+    accepted = np.zeros(len(members), dtype=bool)
+    accepted_in: dict[int, list[int]] = {}   # cluster -> its accepted rows, in keep order
+    for row in order:
+        if not members[row].accepted:
+            found = [(e, other) for other, e in neighbours[row] if accepted[other]]
+            if not found and similar is not None and accepted_in.get(cluster[row]):
+                others = accepted_in[cluster[row]][:max_checks]
+                found = [(e, other) for other, e in zip(others, similar(row, others)) if e is not None]
+            if found:
+                e, other = max(found, key=lambda f: (f[0], -position[f[1]]))
+                out[row] = Representative(other, e)
+                continue
+        accepted[row] = True
+        accepted_in.setdefault(cluster[row], []).append(row)
+    return out

@@ -6,12 +6,14 @@
 3. Signatures are recomputed only for candidate rows (same settings give the same signatures), and a
    pair is confirmed by estimated Jaccard and the essential-word guard (`minhash.confirm_pairs`), then
    re-checked without template boilerplate (shingles shared by many candidates: `without_boilerplate`).
-4. Clusters keep one record by the recipe's rule (source priority, then the longest conversation, then
-   the smallest id); the others are ledgered `near_duplicate` with the kept id and the Jaccard estimate.
+4. The records are walked in the recipe's keep order (source priority, then the longest conversation, then
+   the smallest id): one is ledgered `near_duplicate` only when a confirmed pair joins it to a record
+   accepted before it, with that record's id and that pair's Jaccard estimate (`minhash.representatives`);
+   chains of look-alikes (a~b, b~c, a≁c) are not clusters: c stays unless it resembles an accepted record.
 
 Incremental (`stage_state.whole_dataset_scope`): when the run only added partitions, candidates are the pairs
 with at least one new record, old records are the ones still standing after this stage's earlier passes,
-and an old record always wins its cluster (`minhash.Member.accepted`); only new records are decided.
+and an old record is always accepted (`minhash.Member.accepted`); only new records are decided.
 Such a pass holds only the new records and the old ones sharing a band key with one of them
 (`_standing(..., incremental=True)`): every old partition's keys are read once, by binary COPY straight
 into numpy, and tested against the new keys (`minhash.KeySet`), without a Python object per row, and only
@@ -51,6 +53,7 @@ log = logging.getLogger(__name__)
 BATCH = 5_000
 T = TypeVar("T")
 KEY_STAGE = "lsh_keys"  # stage_completions row for a partition's band keys
+DECISION_VERSION = 2    # bump when the same pairs would be decided differently (2: accepted representatives)
 
 
 INSTRUCTION_SQL = instruction_sql("r")   # the instructions come out of PostgreSQL without their answers
@@ -244,7 +247,7 @@ class NearDedupStage(DatasetStage):
     ledger = Stage.NEAR_DEDUP
 
     def settings(self) -> object:
-        return [self.recipe.near_dedup, self.recipe.priorities]
+        return [self.recipe.near_dedup, self.recipe.priorities, {"decision": DECISION_VERSION}]
 
     def upstream(self) -> list[str]:
         return [*decided_before(self.ledger), KEY_STAGE]   # new band keys of a partition mean a full pass
@@ -271,20 +274,17 @@ class NearDedupStage(DatasetStage):
             return outcome
         local = np.searchsorted(involved, pairs)         # pairs over the involved rows only
         details = _details(conn, standing, involved)
-        confirmed, estimates = minhash.confirm(local, [d[3] for d in details], settings)
-        cluster = minhash.clusters(len(involved), confirmed)
+        judge = minhash.PairJudge([d[3] for d in details], settings)
+        confirmed, estimates = judge.confirm(local)
         accepted = ~standing.new[involved]
         members = [minhash.Member(record_id, recipe.priority(source), total, bool(old))
                    for (record_id, source, total, _), old in zip(details, accepted)]
-        kept_ids = minhash.duplicate_of(cluster, members)
-        best = {}  # row -> highest estimate of a confirmed pair it is in, as the ledger's score
-        for (a, b), e in zip(confirmed.tolist(), estimates.tolist()):
-            best[a], best[b] = max(best.get(a, 0.0), e), max(best.get(b, 0.0), e)
-        for n, kept_id in enumerate(kept_ids):
-            if kept_id is not None and not accepted[n]:   # an old record stands, even beside an older one
+        for n, duplicate in enumerate(minhash.representatives(members, confirmed, estimates, judge.similar)):
+            if duplicate is not None:
                 i = involved[n]
-                outcome.decisions.append(Decision(standing.partitions[standing.part[i]], int(standing.line[i]),
-                                                  Drop.NEAR_DUPLICATE.value, score=best.get(n), duplicate_of=kept_id))
+                outcome.decisions.append(Decision(
+                    standing.partitions[standing.part[i]], int(standing.line[i]), Drop.NEAR_DUPLICATE.value,
+                    score=duplicate.jaccard, duplicate_of=members[duplicate.row].record_id))
         return outcome
 
 
