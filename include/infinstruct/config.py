@@ -89,6 +89,11 @@ class GateSettings(Strict):
     # essential word aside; audited: the records of new release parts, at most `near_duplicate_sample`
     max_near_duplicate_share: float = Field(0.01, ge=0, le=1)
     near_duplicate_sample: int = Field(20_000, ge=1)
+    # an independent, looser contamination check of released records (curate/decontam/audit.py): the share
+    # it flags is reported; bounded only when set (looser means false alarms on same-topic questions)
+    contamination_sample: int = Field(2_000, ge=1)
+    contamination_audit_cosine: float = Field(0.8, gt=0, le=1)
+    max_contamination_suspect_share: float | None = Field(None, ge=0, le=1)
 
 
 class DecontamSettings(Strict):

@@ -6,7 +6,15 @@ import uuid
 import pytest
 import sqlalchemy as sa
 
-from conftest import publish, run_partition_steps, run_partitions, run_record_id, write_jsonl, write_recipe
+from conftest import (
+    kept_record_ids,
+    publish,
+    run_partition_steps,
+    run_partitions,
+    run_record_id,
+    write_jsonl,
+    write_recipe,
+)
 from infinstruct import pipeline
 from infinstruct.gates.checks import GateFailed
 from infinstruct.release.parts import ReleasePartError
@@ -184,3 +192,41 @@ def test_release_gate_fails_a_release_with_no_record(engine, tmp_path):
     with pytest.raises(GateFailed, match="release_records"):
         pipeline.check_release(run_id)
     assert not (tmp_path / "out" / "LATEST").exists()
+
+
+ITEM = ("A farmer has 48 sheep and sells a quarter of them at the spring market, then buys 9 lambs from his "
+        "neighbour and loses 3 during a storm in the summer. How many sheep does the farmer have at the end of the year?")
+# every sixth word changed: the decontamination stage's 13-grams find nothing, the audit's 6-grams do
+EDITED = ("A farmer owns 48 sheep and sells a quarter of them at the autumn market, then buys 9 lambs off his "
+          "neighbour and loses 3 in a storm during the summer. How many sheep will the farmer have by the end of the year?")
+
+
+def test_release_gate_reports_what_an_independent_looser_contamination_check_still_finds(engine, tmp_path):
+    """The stage's own table cannot show its misses: the gate re-matches a sample of the released records
+    against the benchmark files with looser settings and reports the share it flags, with examples; a
+    recipe can bound it."""
+    write_jsonl(tmp_path / "bench.jsonl", [{"question": ITEM}])
+    write_jsonl(tmp_path / "a.jsonl", ROWS + [{"instruction": EDITED, "input": "", "output": "The farmer has 42 sheep."}])
+    decontamination = {"benchmarks": [{"name": "farm", "path": str(tmp_path / "bench.jsonl"), "fields": ["question"]}],
+                       "embedding": None}
+    for bound, passes in ((None, True), (0.0, False)):
+        gates = {} if bound is None else {"max_contamination_suspect_share": bound}
+        recipe = write_recipe(tmp_path, f"gate-{uuid.uuid4().hex[:6]}", [{"name": "a", "path": "a.jsonl", "format": "alpaca"}],
+                              decontamination=decontamination, gates=gates, semantic_dedup=None)
+        run_id = run_partition_steps(recipe)   # the stage keeps the edited item: no 13-gram survives the edits
+        assert run_record_id(engine, run_id, "a.jsonl", len(ROWS) + 1) in kept_record_ids(engine, run_id)
+        pipeline.deduplicate(run_id)
+        pipeline.near_deduplicate(run_id)
+        (part,) = run_partitions(run_id)
+        pipeline.write_release_part(run_id, part, tmp_path / "out")
+        if passes:
+            pipeline.check_release(run_id)
+        else:
+            with pytest.raises(GateFailed, match="contamination_suspect_share"):
+                pipeline.check_release(run_id)
+        with engine.connect() as conn:
+            audit = conn.execute(sa.text("select statistics->'contamination_suspects' from gate_results"
+                                         " where run_id = :r and gate = 'release'"), {"r": run_id}).scalar()
+        assert (audit["sampled"], audit["suspects"]) == (7, 1)
+        [example] = audit["examples"]
+        assert example["record_id"] == run_record_id(engine, run_id, "a.jsonl", len(ROWS) + 1) and example["item"] == "farm:1"

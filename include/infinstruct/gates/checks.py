@@ -19,6 +19,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from infinstruct.config import Recipe
+from infinstruct.curate.decontam import audit as contamination_audit
 from infinstruct.curate.near_dedup import audit as near_duplicate_audit
 from infinstruct.errors import DataError
 from infinstruct.record.conversation import ROLE_PATTERN
@@ -65,7 +66,7 @@ def record_expectations(recipe: Recipe) -> list:
     ]
 
 
-RELEASE_GATE_VERSION = 2   # bump when the release expectations change: every release part is validated again
+RELEASE_GATE_VERSION = 3   # bump when the release expectations change: every release part is validated again
 
 
 def release_gate_key(recipe: Recipe) -> str:
@@ -78,7 +79,8 @@ def release_gate_key(recipe: Recipe) -> str:
 
 def release_level_expectations(recipe: Recipe) -> list:
     """The release as a whole: not empty, the language mix within bounds ("und": no letters to tell), and few
-    of the audited records with a near-duplicate left in it (curate.near_dedup.audit)."""
+    of the audited records with a near-duplicate left in it (curate.near_dedup.audit), and, when the recipe
+    bounds it, few flagged by the independent contamination audit (curate.decontam.audit)."""
     import great_expectations.expectations as gxe
 
     return [
@@ -87,6 +89,9 @@ def release_level_expectations(recipe: Recipe) -> list:
                                           max_value=1.0),
         gxe.ExpectColumnValuesToBeBetween(column="near_duplicate_share", min_value=0.0,
                                           max_value=recipe.gates.max_near_duplicate_share),
+        *([gxe.ExpectColumnValuesToBeBetween(column="contamination_suspect_share", min_value=0.0,
+                                             max_value=recipe.gates.max_contamination_suspect_share)]
+          if recipe.gates.max_contamination_suspect_share is not None else []),
     ]
 
 
@@ -219,9 +224,11 @@ def check_release(engine: Engine, recipe: Recipe, run_id: str) -> GateResult:
     allowed = {*recipe.rules.allowed_languages, "und"}
     share = sum(row[4] for row in after if row[2] in allowed) / released if released else 0.0
     near = near_duplicate_audit.audit(engine, recipe, run_id, to_check)
+    suspects = contamination_audit.audit(engine, recipe, run_id, to_check)
     release_columns = (sa.literal(released, sa.BigInteger).label("release_records"),
                        sa.literal(share, sa.Float).label("allowed_language_share"),
-                       sa.literal(near.share, sa.Float).label("near_duplicate_share"))
+                       sa.literal(near.share, sa.Float).label("near_duplicate_share"),
+                       sa.literal(suspects.share, sa.Float).label("contamination_suspect_share"))
     expectations = release_level_expectations(recipe)
     if to_check and released:
         whole = len(to_check) == len(parts)
@@ -239,7 +246,11 @@ def check_release(engine: Engine, recipe: Recipe, run_id: str) -> GateResult:
     else:   # one row of the release's own measures: an empty release fails `release_records >= 1` (not vacuously)
         query = sa.select(*release_columns)
         scope = f"release: all {len(parts)} parts validated before" if released else "release: no record released"
-    result = run_gate(engine, run_id, "release", scope, query, expectations, {"near_duplicates": near.as_dict()})
+    result = run_gate(engine, run_id, "release", scope, query, expectations,
+                      {"near_duplicates": near.as_dict(), "contamination_suspects": suspects.as_dict()})
+    if suspects.suspects:
+        log.warning("release gate of run %s: the independent contamination audit flags %d of %d sampled released"
+                    " records (e.g. %s)", run_id, suspects.suspects, suspects.sampled, suspects.examples[:2])
     with engine.begin() as conn:
         conn.execute(sa.text("update release_parts set checked_key = :k where dataset = :d and partition_id = any(:ps)"
                              " and fingerprint = any(:fs)"),
