@@ -5,6 +5,7 @@ import json
 
 import pandas as pd
 import sqlalchemy as sa
+from together import run_together
 
 from conftest import SAMPLE_RECIPE
 from infinstruct.cli import main
@@ -58,3 +59,12 @@ def test_the_stage_table_is_printed_from_the_declaration_and_is_the_readme_s(cap
     assert near == {"task": "near_deduplicate", "kind": "whole dataset", "step": "near_deduplicate",
                     "after": ["deduplicate"], "ledger_stage": "near_dedup", "reasons": ["near_duplicate"],
                     "section": "near_dedup"}
+
+
+def test_two_first_runs_on_a_fresh_airflow_home_both_migrate_it(tmp_path):
+    """Both would run `airflow db migrate` at once ("table connection already exists"): the second waits."""
+    airflow = tmp_path / "airflow"
+    results = run_together("from infinstruct.cli import ensure_airflow_db", "ensure_airflow_db()", tmp_path, n=2,
+                           env={"AIRFLOW_HOME": str(airflow)})
+    assert [r.returncode for r in results] == [0, 0], [r.stderr[-3000:] for r in results]
+    assert list(airflow.glob(".infinstruct-migrated-*")) and (airflow / "airflow.db").exists()

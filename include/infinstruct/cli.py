@@ -57,10 +57,24 @@ def ensure_airflow_db() -> None:
     key = hashlib.sha256(json.dumps(AIRFLOW_POOLS, sort_keys=True).encode()).hexdigest()[:8]
     marker = home / f".infinstruct-migrated-{version('apache-airflow-core')}-{key}"
     default_sqlite = "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN" not in os.environ
-    if not marker.exists() or (default_sqlite and not (home / "airflow.db").exists()):
-        subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], check=True, stdout=subprocess.DEVNULL)
-        create_pools()
-        marker.touch()
+
+    def needed() -> bool:
+        return not marker.exists() or (default_sqlite and not (home / "airflow.db").exists())
+
+    if needed():
+        # two first runs on a fresh home would both migrate ("table connection already exists"): one waits
+        with airflow_setup_lock(home):
+            if needed():
+                subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], check=True, stdout=subprocess.DEVNULL)
+                create_pools()
+                marker.touch()
+
+
+def airflow_setup_lock(home: Path):
+    """The lock serialising the setup of Airflow's metadata database for the Airflow home `home`."""
+    from infinstruct.setup_lock import setup_lock
+
+    return setup_lock(home / ".infinstruct-setup.lock", f"Airflow's metadata database of {home}")
 
 
 def create_pools() -> None:
@@ -186,8 +200,9 @@ def main(argv: list[str] | None = None) -> int:
         return print_stages(args.json, args.synthesis)
     if args.command == "setup-airflow":
         _airflow_env()
-        subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], check=True, stdout=subprocess.DEVNULL)
-        create_pools()
+        with airflow_setup_lock(Path(os.environ["AIRFLOW_HOME"])):
+            subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], check=True, stdout=subprocess.DEVNULL)
+            create_pools()
         print(subprocess.run([sys.executable, "-m", "airflow", "pools", "list"], check=True, capture_output=True,
                              text=True).stdout)
         return 0

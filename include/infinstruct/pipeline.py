@@ -27,7 +27,7 @@ from infinstruct.preflight import check_inputs
 from infinstruct.release import assemble, parts
 from infinstruct.sources import ingest
 from infinstruct.sources.plan import FileState, ScannedFile, plan_recipe
-from infinstruct.store.db import get_engine
+from infinstruct.store.db import get_engine, logged_if_store_unreachable
 from infinstruct.store.vector_probe import vector_support
 
 log = logging.getLogger(__name__)
@@ -174,6 +174,7 @@ def export_release(run_id: str, out_dir: str | os.PathLike) -> dict[str, Any]:
     return {"path": manifest["path"], "version": manifest["version"], "totals": manifest["totals"]}
 
 
+@logged_if_store_unreachable
 def mark_failed(run_id: str) -> None:
     """Record that a run ended without a release (called from the DAG's failure callback and the CLI)."""
     with get_engine().begin() as conn:

@@ -34,15 +34,21 @@ def normalise_url(url: str) -> str:
 
 
 def embedded_database_url(dbname: str, pgdata: Path | None = None) -> str:
-    """Start (or attach to) the embedded PostgreSQL and make sure database `dbname` exists."""
-    from infinstruct.store.embedded_server import start_server
+    """Start (or attach to) the embedded PostgreSQL and make sure database `dbname` exists.
+
+    The database is created under the data directory's setup lock: two first runs would otherwise both see
+    it missing and one fail on `create database`."""
+    from infinstruct.setup_lock import setup_lock
+    from infinstruct.store.embedded_server import lock_file, start_server
 
     pgdata = pgdata or infinstruct_home() / "pgdata"
-    server = start_server(pgdata)
     if not re.fullmatch(r"[a-z_][a-z0-9_]*", dbname):
         raise ValueError(f"embedded database name must be a plain identifier, got {dbname!r}")
-    exists = server.psql(f"select 1 from pg_database where datname = '{dbname}';")
-    if "1 row" not in exists:
-        log.info("creating database %s in embedded PostgreSQL at %s", dbname, pgdata)
-        server.psql(f"create database {dbname};")
+    server = start_server(pgdata)
+    exists = f"select 1 from pg_database where datname = '{dbname}';"
+    if "1 row" not in server.psql(exists):
+        with setup_lock(lock_file(pgdata), f"the embedded PostgreSQL at {pgdata}"):
+            if "1 row" not in server.psql(exists):
+                log.info("creating database %s in embedded PostgreSQL at %s", dbname, pgdata)
+                server.psql(f"create database {dbname};")
     return normalise_url(server.get_uri(dbname))

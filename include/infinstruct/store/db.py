@@ -7,15 +7,20 @@ transaction each, under an advisory lock so concurrent task processes never race
 from __future__ import annotations
 
 import functools
+import logging
 import re
+from collections.abc import Callable
 from importlib import resources
+from typing import TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Engine
 
 from infinstruct.store.database_url import database_url
+from infinstruct.store.embedded_server import EmbeddedServerError
 
+log = logging.getLogger(__name__)
 MIGRATION_LOCK = 72_114_2001  # arbitrary constant: the advisory lock id for migrations
 
 
@@ -29,6 +34,25 @@ def _migrated_engine(url: str) -> Engine:
 def get_engine(url: str | None = None) -> Engine:
     """An engine on the configured (or embedded) database, migrated to the latest schema once per process."""
     return _migrated_engine(database_url(url))
+
+
+Step = TypeVar("Step", bound=Callable[..., None])
+
+
+def logged_if_store_unreachable(step: Step) -> Step:
+    """For a step that records a failure (`mark_failed`): a metadata store that cannot be reached (the embedded
+    server dead and not restartable, a configured server down) is logged, not raised. Raising there would only
+    hide the failure being recorded (in the DAG's failure callback, in the CLI's exit); the run's row stays
+    `running` until a retry of the run records its end."""
+    @functools.wraps(step)
+    def recorded(*args, **kwargs):
+        try:
+            return step(*args, **kwargs)
+        except (sa.exc.OperationalError, sa.exc.InterfaceError, EmbeddedServerError) as exc:
+            log.error("%s%r: the metadata store could not be reached, so this was not recorded (a retry of the run "
+                      "records its end): %s", step.__name__, args, exc)
+            return None
+    return recorded  # type: ignore[return-value]
 
 
 # Core table handles for the queries that are built rather than written (columns used in queries only).

@@ -12,7 +12,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from infinstruct.ml.roles import Role, chat_for
-from infinstruct.store.db import get_engine
+from infinstruct.store.db import get_engine, logged_if_store_unreachable
 from infinstruct.synth import gates
 from infinstruct.synth.diagnosis import stage as diagnosis
 from infinstruct.synth.evolution import stage as evolution
@@ -109,6 +109,7 @@ def export_synthesis(run_id: str, out_dir: str | os.PathLike) -> dict[str, Any]:
     return {"path": manifest["path"], "version": manifest["version"], "totals": manifest["totals"]}
 
 
+@logged_if_store_unreachable
 def mark_failed(run_id: str) -> None:
     from infinstruct.synth.run import finish_synthesis
     finish_synthesis(get_engine(), run_id, "failed")
