@@ -37,7 +37,8 @@ def runs() -> HTMLResponse:
     from infinstruct.store.run_report import recent_runs
 
     rows = [[f'<a href="run/{escape(r["run_id"])}">{escape(r["run_id"])}</a>', escape(r["dataset"]),
-             f'<span class="{"ok" if r["status"] == "succeeded" else "bad" if r["status"] == "failed" else ""}">{escape(r["status"])}</span>',
+             f'<span class="{"ok" if r["status"] == "succeeded" else "bad" if r["status"] == "failed" else ""}"'
+             f' title="{escape(r["end_reason"] or "")}">{escape(r["status"])}</span>',
              escape(str(r["started_at"])[:19]), str(r["partitions"]),
              f'<span class="bad">{r["failed_gates"]}</span>' if r["failed_gates"] else "0",
              f'v{r["version"]:04d}' if r["version"] else ""] for r in recent_runs(get_engine())]

@@ -26,8 +26,9 @@ from infinstruct.gates import checks as gates
 from infinstruct.preflight import check_inputs
 from infinstruct.release import assemble, parts
 from infinstruct.sources import ingest
-from infinstruct.sources.plan import FileState, ScannedFile, plan_recipe
-from infinstruct.store.db import get_engine, logged_if_store_unreachable
+from infinstruct.sources.plan import FileState, ScannedFile, other_spellings, plan_recipe
+from infinstruct.store.db import get_engine
+from infinstruct.store.housekeeping import abandon_stale_runs, forget_spellings
 from infinstruct.store.vector_probe import vector_support
 
 log = logging.getLogger(__name__)
@@ -52,8 +53,12 @@ def start_run(run_id: str, recipe_path: str | os.PathLike) -> dict[str, Any]:
         conn.execute(sa.text(
             "insert into runs (run_id, dataset, recipe, recipe_hash) values (:run, :d, cast(:r as jsonb), :h)"
             " on conflict (run_id) do update set recipe = excluded.recipe, recipe_hash = excluded.recipe_hash,"
-            " status = 'running', finished_at = null"),
+            " status = 'running', finished_at = null, end_reason = null"),
             {"run": run_id, "d": recipe.name, "r": json.dumps(recipe.model_dump(mode="json")), "h": recipe_hash(recipe)})
+        abandoned = abandon_stale_runs(conn, recipe.name, run_id)
+    if abandoned:
+        log.warning("run %s: earlier run(s) of %r still recorded as running marked failed (abandoned): %s",
+                    run_id, recipe.name, ", ".join(abandoned))
     log.info("run %s: recipe %s (%s), %d sources", run_id, path, recipe_hash(recipe), len(recipe.sources))
     return {"run_id": run_id, "dataset": recipe.name, "recipe_hash": recipe_hash(recipe)}
 
@@ -77,6 +82,9 @@ def plan(run_id: str) -> list[str]:
     plans, scans = plan_recipe(recipe, known)
     rescanned = [s for s in scans if known.get((s.source, s.path)) is not s]
     with get_engine().begin() as conn:
+        stored = set(known) | {tuple(r) for r in conn.execute(
+            sa.text("select source, path from partitions where dataset = :d"), {"d": recipe.name})}
+        forgotten = forget_spellings(conn, recipe.name, other_spellings({(s.source, s.path) for s in scans}, stored))
         if plans:
             conn.execute(sa.text(
                 "insert into partitions (partition_id, dataset, source, path, shard, format, start_offset, end_offset,"
@@ -98,6 +106,9 @@ def plan(run_id: str) -> list[str]:
         conn.execute(sa.text("delete from run_partitions where run_id = :run"), {"run": run_id})
         conn.execute(sa.text("insert into run_partitions (run_id, partition_id) values (:run, :p)"),
                      [{"run": run_id, "p": p.partition_id} for p in plans])
+    if forgotten:
+        log.warning("run %s: %d partition(s) of files planned before under another spelling deleted (their records"
+                    " were the same files' records again); the whole-dataset stages start over", run_id, len(forgotten))
     log.info("run %s: %d partitions over %d sources (%d of %d files read, the others unchanged since their last scan)",
              run_id, len(plans), len(recipe.sources), len(rescanned), len(scans))
     return [p.partition_id for p in plans]
@@ -174,7 +185,6 @@ def export_release(run_id: str, out_dir: str | os.PathLike) -> dict[str, Any]:
     return {"path": manifest["path"], "version": manifest["version"], "totals": manifest["totals"]}
 
 
-@logged_if_store_unreachable
 def mark_failed(run_id: str) -> None:
     """Record that a run ended without a release (called from the DAG's failure callback and the CLI)."""
     with get_engine().begin() as conn:

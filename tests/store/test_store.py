@@ -250,6 +250,25 @@ def test_nightly_run_with_one_added_file_touches_only_that_file(engine, tmp_path
     assert before[0][3] == first_run != second_run
 
 
+def test_partitions_ingested_by_an_earlier_record_version_are_ingested_again(engine, tmp_path):
+    # issue 14: records ingested before the control-junk cleaning kept it; an unchanged file must not keep them
+    write_jsonl(tmp_path / "a.jsonl", [{"instruction": "\x1b[31mName\x1b[0m a \u202ecolour\u202c.", "input": "",
+                                        "output": "Blue\x07\ufffe."}, *GOOD[:2]])
+    recipe = write_recipe(tmp_path, f"version-{uuid.uuid4().hex[:6]}", [{"name": "a", "path": "a.jsonl", "format": "alpaca"}])
+    (first,) = ingest_all(start(recipe))
+    with engine.begin() as conn:   # what the previous version wrote: the shard's checksum alone
+        conn.execute(sa.text("update partitions set ingested_checksum = checksum where partition_id = :p"),
+                     {"p": first["partition_id"]})
+    (again,) = ingest_all(start(recipe))
+    assert not again["skipped"] and again["records"] == 3
+    (third,) = ingest_all(start(recipe))
+    assert third["skipped"]
+    with engine.connect() as conn:
+        texts = conn.execute(sa.text("select conversation::text from records where partition_id = :p and line_no = 1"),
+                             {"p": first["partition_id"]}).scalar_one()
+    assert texts == '[{"role":"user","content":"Name a colour."},{"role":"assistant","content":"Blue."}]'
+
+
 def test_forced_reingest_redoes_the_later_stages(engine, tmp_path):
     write_jsonl(tmp_path / "a.jsonl", GOOD[:3] + [{"instruction": "Refuse.", "input": "",
                                                    "output": "As an AI language model, I cannot do that."}])

@@ -22,6 +22,12 @@ _NO_RESPONSE = re.compile(r"^s?(ua)*u$")
 
 Turn = tuple[str, str]  # (role, content)
 
+# Version of what makes a record of raw turns (normalise_text, build_record): part of what a partition's
+# `ingested_checksum` says is in `records`, so a change re-ingests stored partitions once instead of leaving
+# records made the old way beside new ones (equal content would no longer share an id).
+# 2: control characters, ANSI escapes, bidi controls and noncharacters removed.
+RECORD_VERSION = 2
+
 
 class ConversationError(ValueError):
     """A raw record cannot become a conversation; `reason` says why in the closed vocabulary."""

@@ -19,7 +19,7 @@ from sqlalchemy.engine import Engine
 
 from infinstruct.config import Recipe
 from infinstruct.errors import DataError
-from infinstruct.record.conversation import ConversationError, Record, Turn, build_record
+from infinstruct.record.conversation import RECORD_VERSION, ConversationError, Record, Turn, build_record
 from infinstruct.record.reasons import Quarantine
 from infinstruct.sources.formats import mapper_for
 from infinstruct.sources.plan import FileState
@@ -50,6 +50,12 @@ class IngestResult:
     def as_dict(self) -> dict[str, Any]:
         return {"partition_id": self.partition_id, "lines": self.lines, "records": self.records,
                 "quarantined": self.quarantined, "skipped": self.skipped}
+
+
+def ingested_content(checksum: str) -> str:
+    """What `partitions.ingested_checksum` holds once a shard is in `records`: its checksum and the
+    RECORD_VERSION its records were made with (a new version re-ingests it)."""
+    return f"{checksum}:r{RECORD_VERSION}"
 
 
 def parse_item(item: Any, mapper: Callable[[dict], list[Turn]], max_chars: int) -> Record:
@@ -153,7 +159,7 @@ def ingest_partition(engine: Engine, recipe: Recipe, run_id: str, partition_id: 
         part = conn.execute(sa.text("select * from partitions where partition_id = :p"), {"p": partition_id}).mappings().first()
     if part is None:
         raise IngestError(f"partition {partition_id} is not planned; run the plan step first")
-    if not force and part["status"] == "ingested" and part["ingested_checksum"] == part["checksum"]:
+    if not force and part["status"] == "ingested" and part["ingested_checksum"] == ingested_content(part["checksum"]):
         log.info("partition %s (%s shard %s) unchanged since run %s: skipped", partition_id, part["path"], part["shard"], part["run_id"])
         return IngestResult(partition_id, part["lines"], part["records"], part["quarantined"], skipped=True)
 
@@ -210,7 +216,7 @@ def ingest_partition(engine: Engine, recipe: Recipe, run_id: str, partition_id: 
         conn.execute(sa.text(
             "update partitions set status = :status, ingested_checksum = :checksum, lines = :lines, records = :records,"
             " quarantined = :quarantined, run_id = :run, updated_at = now() where partition_id = :p"),
-            {"status": "failed" if too_bad else "ingested", "checksum": None if too_bad else part["checksum"],
+            {"status": "failed" if too_bad else "ingested", "checksum": None if too_bad else ingested_content(part["checksum"]),
              "lines": lines, "records": records.rows, "quarantined": quarantine.rows, "run": run_id, "p": partition_id})
     log.info("partition %s (%s shard %s): %d lines, %d records, %d quarantined %s", partition_id, part["path"],
              part["shard"], lines, records.rows, quarantine.rows, dict(reasons))

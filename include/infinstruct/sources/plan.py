@@ -90,10 +90,12 @@ def file_kind(path: str) -> str:
 
 
 def source_files(source: Source) -> list[str]:
-    """The files a source names, sorted so partition numbering is stable."""
+    """The files a source names, sorted so partition numbering is stable. A file is named by its real path
+    (symlinks, `.`, `..` and `//` resolved), so two spellings of one file are one file with one set of partitions."""
     pattern = source.path
-    files = sorted(p for p in glob.glob(pattern, recursive=True) if Path(p).is_file()) if glob.has_magic(pattern) else (
+    files = [p for p in glob.glob(pattern, recursive=True) if Path(p).is_file()] if glob.has_magic(pattern) else (
         [pattern] if Path(pattern).is_file() else [])
+    files = sorted({os.path.realpath(p) for p in files})   # one file, one identity, however it is spelled
     if not files:
         raise SourceError(f"source {source.name!r}: no file matches {pattern}")
     for f in files:
@@ -175,9 +177,19 @@ def plan_source(dataset: str, source: Source, shard_lines: int,
 def plan_recipe(recipe: Recipe, known: Mapping[tuple[str, str], ScannedFile] | None = None
                 ) -> tuple[list[PartitionPlan], list[ScannedFile]]:
     """Every partition the recipe's sources currently consist of, and the scans of their files."""
-    plans, scans = [], []
+    plans, scans, owner = [], [], {}
     for source in recipe.sources:
         source_plans, source_scans = plan_source(recipe.name, source, recipe.ingest.shard_lines, known)
+        for scan in source_scans:   # one file in two sources would be two partitions: each record twice
+            if owner.setdefault(scan.path, source.name) != source.name:
+                raise SourceError(f"{scan.path} is a file of source {owner[scan.path]!r} and of source {source.name!r}:"
+                                  " a file belongs to one source; narrow the path or glob of one of them")
         plans += source_plans
         scans += source_scans
     return plans, scans
+
+
+def other_spellings(planned: set[tuple[str, str]], stored: set[tuple[str, str]]) -> set[tuple[str, str]]:
+    """The stored (source, path) pairs that name a planned (source, real path) by another spelling (through a
+    symlink, or written before real paths were a file's identity): their partitions hold its records twice."""
+    return {(source, path) for source, path in stored - planned if (source, os.path.realpath(path)) in planned}

@@ -11,10 +11,11 @@ from infinstruct.store.ledger import ledger_query
 
 
 def recent_runs(engine: Engine, limit: int = 50) -> list[dict[str, Any]]:
-    """Newest runs first, with their release version when they produced one."""
+    """Newest runs first, with their release version when they produced one (and `end_reason`: why a run
+    was marked failed by another, e.g. abandoned by a killed process)."""
     with engine.connect() as conn:
         return [dict(r) for r in conn.execute(sa.text(
-            "select r.run_id, r.dataset, r.status, r.started_at, r.finished_at, r.recipe_hash, rel.version,"
+            "select r.run_id, r.dataset, r.status, r.end_reason, r.started_at, r.finished_at, r.recipe_hash, rel.version,"
             " (select count(*) from run_partitions rp where rp.run_id = r.run_id) as partitions,"
             " (select count(*) from gate_results g where g.run_id = r.run_id and not g.success) as failed_gates"
             " from runs r left join releases rel on rel.run_id = r.run_id"
