@@ -27,7 +27,7 @@ from infinstruct.preflight import check_inputs
 from infinstruct.release import assemble, parts
 from infinstruct.sources import ingest
 from infinstruct.sources.plan import FileState, ScannedFile, other_spellings, plan_recipe
-from infinstruct.store.db import get_engine
+from infinstruct.store.db import get_engine, logged_if_store_unreachable
 from infinstruct.store.housekeeping import abandon_stale_runs, forget_spellings
 from infinstruct.store.vector_probe import vector_support
 
@@ -185,6 +185,7 @@ def export_release(run_id: str, out_dir: str | os.PathLike) -> dict[str, Any]:
     return {"path": manifest["path"], "version": manifest["version"], "totals": manifest["totals"]}
 
 
+@logged_if_store_unreachable
 def mark_failed(run_id: str) -> None:
     """Record that a run ended without a release (called from the DAG's failure callback and the CLI)."""
     with get_engine().begin() as conn:
