@@ -30,7 +30,9 @@ def _mark_failed(context) -> None:
     schedule=os.environ.get("INFINSTRUCT_SCHEDULE", "0 2 * * *"),
     start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
     catchup=False,
-    max_active_runs=1,  # runs of one dataset share its partitions and decisions
+    max_active_runs=1,  # runs of one dataset share its partitions and decisions; a backfill runs up to its own
+                        # --max-active-runs at once, so each task also holds the run lease of its dataset
+                        # (infinstruct_tasks._run_lease): the second run of a dataset waits for the first
     default_args={"retries": 2, "retry_delay": timedelta(seconds=30), "retry_exponential_backoff": True,
                   "execution_timeout": timedelta(hours=6)},   # a hung task fails (and is retried), never hangs the night
     params={

@@ -29,7 +29,8 @@ def _mark_failed(context) -> None:
     schedule=[RELEASE_ASSET],
     start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
     catchup=False,
-    max_active_runs=1,   # runs share the LLM endpoints and the dataset's synthetic versions
+    max_active_runs=1,   # runs share the LLM endpoints and the dataset's synthetic versions (a backfill ignores
+                         # this: the run lease keeps its runs of one dataset apart, see infinstruct_tasks)
     default_args={"retries": 2, "retry_delay": timedelta(seconds=30), "retry_exponential_backoff": True,
                   "execution_timeout": timedelta(hours=6)},
     params={
@@ -44,7 +45,7 @@ def _mark_failed(context) -> None:
     doc_md=__doc__,
 )
 def infinstruct_synthesis():
-    wire(SYNTHESIS_STAGES)
+    wire(SYNTHESIS_STAGES, phase="synthesis")   # its runs hold the lease of <dataset>/synthetic, not the dataset's
 
 
 infinstruct_synthesis()

@@ -58,8 +58,21 @@ def _check_conf(context) -> None:
         raise AirflowFailException(f"unknown conf key(s) {unknown}: this DAG's params are {sorted(declared)}")
 
 
-def stage_task(spec: StageSpec, outlets: list | None = None):
-    """The Airflow task of a declared stage: one call into the library (`spec.step`)."""
+def _run_lease(phase: str, run_id: str, first: bool):
+    """The run's lease of its dataset, held around the step (store/run_lease.py): runs of one dataset never
+    overlap, whatever started them (schedule, trigger, backfill, `infinstruct run`). The first task names the
+    dataset from the recipe param, the others find it from the run's row; a task waits while another run has it."""
+    from infinstruct.config import load_recipe
+    from infinstruct.store.db import get_engine
+    from infinstruct.store.run_lease import task_lease
+
+    dataset = _call(lambda: load_recipe(_param_path("recipe"))[0].name) if first else None
+    return task_lease(get_engine(), run_id, phase, dataset)
+
+
+def stage_task(spec: StageSpec, outlets: list | None = None, phase: str = "curation"):
+    """The Airflow task of a declared stage: one call into the library (`spec.step`), under the run's lease of
+    its dataset (`phase`: whose runs these are, curation or synthesis)."""
     argument = "batch" if spec.kind is Kind.BATCH else "partition_id"
 
     def run(partition_id: str | None = None, batch: int | None = None):   # no **kwargs: Airflow would fill it
@@ -70,7 +83,8 @@ def stage_task(spec: StageSpec, outlets: list | None = None):
             _check_conf(get_current_context())
         mapped = [batch if spec.kind is Kind.BATCH else partition_id] if spec.mapped else []
         args = [get_current_context()["run_id"], *mapped, *(_param_path(name) for name in spec.params)]
-        result = _call(step, *args)
+        with _run_lease(phase, args[0], first=spec.kind is Kind.SETUP):
+            result = _call(step, *args)
         if outlets and isinstance(result, dict):   # the asset event says which release it is, and of which recipe
             context = get_current_context()
             for outlet in outlets:
@@ -83,12 +97,12 @@ def stage_task(spec: StageSpec, outlets: list | None = None):
                 map_index_template=("{{ task.op_kwargs['%s'] }}" % argument) if spec.mapped else None)
 
 
-def wire(stages: tuple[StageSpec, ...], outlets: dict[str, list] | None = None) -> dict:
+def wire(stages: tuple[StageSpec, ...], outlets: dict[str, list] | None = None, phase: str = "curation") -> dict:
     """The tasks of `stages`, mapped ones expanded over the list their `over` task (else the plan) returns, and
     each waiting for its `after` tasks. Default trigger rule all_success: a failed instance stops what follows."""
     tasks, plan = {}, None
     for spec in stages:
-        operator = stage_task(spec, (outlets or {}).get(spec.task))
+        operator = stage_task(spec, (outlets or {}).get(spec.task), phase)
         if spec.mapped:
             argument = "batch" if spec.kind is Kind.BATCH else "partition_id"
             tasks[spec.task] = operator.expand(**{argument: tasks[spec.over] if spec.over else plan})

@@ -9,6 +9,7 @@
     infinstruct database-url                      print the metadata store URL (starts the embedded server)
     infinstruct vector-support                    whether pgvector works on that server (the probe's answer)
     infinstruct stages [--json] [--synthesis]     the stages a DAG is built from, in order
+    infinstruct leases [--release DATASET]        which run holds each dataset (runs of one dataset never overlap)
 
 `run` and `synthesize` need no Airflow services: they use $AIRFLOW_HOME if set, else
 <INFINSTRUCT_HOME>/airflow with a SQLite metadata database, migrated (and given its pools) on first use.
@@ -188,6 +189,10 @@ def main(argv: list[str] | None = None) -> int:
                            help="a release folder, or the folder holding <dataset>/LATEST (default: ./releases)")
     synth_cmd.add_argument("--out", default="releases", help="folder that receives <dataset>/synthetic/vNNNN")
     commands.add_parser("setup-airflow", help="migrate Airflow's database and create the pools the DAGs use")
+    leases_cmd = commands.add_parser("leases", help="which run holds each dataset's lease (one run at a time per dataset)")
+    leases_cmd.add_argument("--release", metavar="DATASET",
+                            help="free the dataset's lease by hand (only when its holder is known dead: a dead holder "
+                                 "is taken over by itself after INFINSTRUCT_RUN_LOCK_STALE seconds)")
     prompts_cmd = commands.add_parser("prompts", help="print Phase 2's prompt templates")
     prompts_cmd.add_argument("name", nargs="?", help="one template")
     args = parser.parse_args(argv)
@@ -215,6 +220,15 @@ def main(argv: list[str] | None = None) -> int:
     engine = get_engine()
     if args.command == "migrate":
         print(f"schema version {schema_version(engine)}")
+    elif args.command == "leases":
+        from infinstruct.store import run_lease
+        if args.release:
+            holder = run_lease.force_release(engine, args.release)
+            print(f"released {args.release} (held by run {holder})" if holder else f"no lease on {args.release}")
+            return 0
+        for lease in run_lease.leases(engine):
+            print(json.dumps(lease, default=str))
+        return 0
     elif args.command == "vector-support":
         from infinstruct.store.vector_probe import cpu_description, vector_support
         support = vector_support(engine)

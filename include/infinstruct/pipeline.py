@@ -27,6 +27,7 @@ from infinstruct.preflight import check_inputs
 from infinstruct.release import assemble, parts
 from infinstruct.sources import ingest
 from infinstruct.sources.plan import FileState, ScannedFile, other_spellings, plan_recipe
+from infinstruct.store import run_lease
 from infinstruct.store.db import get_engine, logged_if_store_unreachable
 from infinstruct.store.housekeeping import abandon_stale_runs, forget_spellings
 from infinstruct.store.vector_probe import vector_support
@@ -187,7 +188,9 @@ def export_release(run_id: str, out_dir: str | os.PathLike) -> dict[str, Any]:
 
 @logged_if_store_unreachable
 def mark_failed(run_id: str) -> None:
-    """Record that a run ended without a release (called from the DAG's failure callback and the CLI)."""
+    """Record that a run ended without a release (called from the DAG's failure callback and the CLI), and let
+    the next run of its dataset have the dataset (store/run_lease.py)."""
     with get_engine().begin() as conn:
         conn.execute(sa.text("update runs set status = 'failed', finished_at = now() where run_id = :run and status <> 'succeeded'"),
                      {"run": run_id})
+        run_lease.release(conn, run_id, "curation")

@@ -37,6 +37,7 @@ from infinstruct.record.reasons import Verdict
 from infinstruct.release import card
 from infinstruct.release.composition import composition, selection_summary
 from infinstruct.release.parts import LEDGER_SCHEMA, ReleasePartError, current_parts, sha256_file
+from infinstruct.store import run_lease
 
 
 def part_name(part: dict) -> str:
@@ -186,6 +187,8 @@ def export_release(engine: Engine, recipe: Recipe, run_id: str, out_dir: str | o
 
     with engine.begin() as conn:
         conn.execute(sa.text("select pg_advisory_xact_lock(hashtext(:d))"), {"d": recipe.name})
+        # the version is numbered under the run's lease of the dataset (released below, in this transaction)
+        run_lease.claim_for_release(conn, recipe.name, run_id, "curation")
         last = conn.execute(sa.text(
             "select version, content_hash, path, manifest from releases where dataset = :d order by version desc limit 1"),
             {"d": recipe.name}).mappings().first()
@@ -219,4 +222,5 @@ def export_release(engine: Engine, recipe: Recipe, run_id: str, out_dir: str | o
         (dataset_dir / "LATEST").write_text(folder.name + "\n")
         store_release(conn, manifest, folder)
         conn.execute(sa.text("update runs set status = 'succeeded', finished_at = now() where run_id = :run"), {"run": run_id})
+        run_lease.release(conn, run_id, "curation")
     return {**manifest, "path": str(folder)}

@@ -36,6 +36,7 @@ from sqlalchemy.engine import Engine
 from infinstruct.ml.langid import detect
 from infinstruct.release.assemble import replace_folder, restore_replaced, store_release
 from infinstruct.release.parts import LABEL_FIELDS, RECORD_SCHEMA, release_record, sha256_file
+from infinstruct.store import run_lease
 from infinstruct.store.stage_state import stream
 from infinstruct.synth.diagnosis.stage import diagnosis_report
 from infinstruct.synth.run import SynthesisRun, release_parts
@@ -146,7 +147,7 @@ def phase1_weak_domains(run: SynthesisRun, report: list[dict]) -> dict[str, floa
 def export_synthesis(engine: Engine, run: SynthesisRun, out_dir: str | os.PathLike) -> dict[str, Any]:
     """Write the run's release folder and record it; returns its manifest (with `path`)."""
     tagger = tagger_of(run.recipe)
-    name = f"{run.dataset}/synthetic"
+    name = run_lease.lease_name(run.dataset, "synthesis")   # `<dataset>/synthetic`: its releases and its lease
     root = Path(out_dir).resolve() / run.dataset / "synthetic"
     if root.is_dir():
         restore_replaced(root)
@@ -167,6 +168,7 @@ def export_synthesis(engine: Engine, run: SynthesisRun, out_dir: str | os.PathLi
     content_hash = hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:16]
     with engine.begin() as conn:
         conn.execute(sa.text("select pg_advisory_xact_lock(hashtext(:d))"), {"d": name})
+        run_lease.claim_for_release(conn, name, run.run_id, "synthesis")   # numbered under the run's lease
         last = conn.execute(sa.text("select version, content_hash from releases where dataset = :d"
                                     " order by version desc limit 1"), {"d": name}).first()
         on_disk = [int(p.name[1:]) for p in root.glob("v[0-9][0-9][0-9][0-9]*") if p.name[1:].isdigit()]
@@ -191,6 +193,7 @@ def export_synthesis(engine: Engine, run: SynthesisRun, out_dir: str | os.PathLi
         store_release(conn, manifest, folder)
         conn.execute(sa.text("update synth_runs set status = 'succeeded', finished_at = now() where run_id = :r"),
                      {"r": run.run_id})
+        run_lease.release(conn, run.run_id, "synthesis")
     return {**manifest, "path": str(folder)}
 
 

@@ -21,6 +21,7 @@ from sqlalchemy.engine import Engine
 from infinstruct.config import Recipe, load_recipe, recipe_hash
 from infinstruct.errors import DataError
 from infinstruct.record.conversation import ASSISTANT, EXPORT_ROLE, instruction_text
+from infinstruct.store import run_lease
 from infinstruct.synth.settings import SynthesisSettings
 
 log = logging.getLogger(__name__)
@@ -111,3 +112,4 @@ def finish_synthesis(engine: Engine, run_id: str, status: str) -> None:
     with engine.begin() as conn:
         conn.execute(sa.text("update synth_runs set status = :s, finished_at = now() where run_id = :r"
                              " and status <> 'succeeded'"), {"s": status, "r": run_id})
+        run_lease.release(conn, run_id, "synthesis")   # the next synthesis run of the dataset may start
