@@ -80,7 +80,9 @@ def plan(run_id: str) -> list[str]:
     recipe = run_recipe(run_id)
     with get_engine().connect() as conn:
         known = _known_files(conn, recipe.name)
-    plans, scans = plan_recipe(recipe, known)
+    plans, scans, skipped = plan_recipe(recipe, known)
+    for s in skipped:   # nothing to read, so no line to account for: say so where a user looks
+        log.warning("run %s: source %r: %s left out of the plan (%s): %s", run_id, s.source, s.path, s.reason, s.detail)
     rescanned = [s for s in scans if known.get((s.source, s.path)) is not s]
     with get_engine().begin() as conn:
         stored = set(known) | {tuple(r) for r in conn.execute(
@@ -107,11 +109,16 @@ def plan(run_id: str) -> list[str]:
         conn.execute(sa.text("delete from run_partitions where run_id = :run"), {"run": run_id})
         conn.execute(sa.text("insert into run_partitions (run_id, partition_id) values (:run, :p)"),
                      [{"run": run_id, "p": p.partition_id} for p in plans])
+        conn.execute(sa.text("delete from skipped_files where run_id = :run"), {"run": run_id})
+        if skipped:
+            conn.execute(sa.text("insert into skipped_files (run_id, source, path, reason, detail)"
+                                 " values (:run, :source, :path, :reason, :detail)"),
+                         [{"run": run_id, **vars(s), "reason": s.reason.value} for s in skipped])
     if forgotten:
         log.warning("run %s: %d partition(s) of files planned before under another spelling deleted (their records"
                     " were the same files' records again); the whole-dataset stages start over", run_id, len(forgotten))
-    log.info("run %s: %d partitions over %d sources (%d of %d files read, the others unchanged since their last scan)",
-             run_id, len(plans), len(recipe.sources), len(rescanned), len(scans))
+    log.info("run %s: %d partitions over %d sources (%d of %d files read, the others unchanged since their last scan;"
+             " %d left out)", run_id, len(plans), len(recipe.sources), len(rescanned), len(scans), len(skipped))
     return [p.partition_id for p in plans]
 
 

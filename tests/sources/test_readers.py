@@ -3,8 +3,9 @@
 * JSONL: `plan.jsonl_shards(path, shard_lines)` cuts a file into shards of `shard_lines` lines
   (byte ranges plus the 1-based number of the shard's first line and a checksum);
   `readers.read_jsonl(path, start, end, first_line)` yields `(line_no, raw line bytes)` for one shard.
-* JSON array: `readers.read_json_array(path, max_chars)` yields `(element_no, value)`, and one final
-  `(element_no, ConversationError)` when the rest of the file cannot be read.
+* JSON array: `readers.read_json_array(path, max_chars)` yields `(element_no, value)`, a ConversationError
+  as the value of an element it cannot read (and goes on), and one final `(element_no, ConversationError)`
+  when the rest of the file cannot be read (an element never closes, a separator is missing).
 * Parquet: `plan.parquet_shards(path, shard_lines)` groups whole row groups;
   `readers.read_parquet(path, start_group, end_group, first_row, batch_size)` yields `(row_no, row)`.
 
@@ -146,12 +147,13 @@ def test_an_element_bigger_than_the_read_chunk(tmp_path):
     assert [value for _, value in got] == elements
 
 
-def test_an_element_far_over_max_chars_is_too_long_and_ends_the_file(tmp_path):
-    elements = [{"q": "small"}, {"q": "x" * 2_500_000}, {"q": "unreached"}]
+def test_an_element_far_over_max_chars_is_too_long_and_the_next_is_read(tmp_path):
+    elements = [{"q": "small"}, {"q": "x" * 2_500_000}, {"q": "after"}]
     got = read_array(write_bytes(tmp_path / "a.json", json.dumps(elements).encode()), max_chars=100_000)
     assert got[0] == (1, {"q": "small"})
-    assert [no for no, _ in got] == [1, 2]
+    assert [no for no, _ in got] == [1, 2, 3]
     assert isinstance(got[1][1], ConversationError) and got[1][1].reason == Quarantine.TOO_LONG
+    assert got[2] == (3, {"q": "after"})
 
 
 @pytest.mark.parametrize("data", [b'{"question": "q", "answer": "a"}', b"", b"   \n", b"not json", b'"[]"'],

@@ -6,7 +6,8 @@
         jsonl/<source>-<partition>.jsonl    the same records as JSON lines
         ledger.parquet                      one row per input line: why it is, or is not, in the release
         manifest.json                       counts per source / stage / reason, composition, recipe hash, run id,
-                                            checksums of every file, parts, diff to the last release
+                                            checksums of every file, parts, diff to the last release,
+                                            files the plan left out (skipped_files, when any)
         README.md                           the dataset card, laid out from the manifest (card.py)
     <out>/<dataset>/LATEST   the newest version's folder name
 
@@ -168,6 +169,9 @@ def export_release(engine: Engine, recipe: Recipe, run_id: str, out_dir: str | o
     with engine.connect() as conn:
         parts = current_parts(conn, recipe, run_id)
         selection = selection_summary(conn, run_id)
+        skipped = [dict(r) for r in conn.execute(sa.text(   # files the plan left out (empty, broken symlinks)
+            "select source, path, reason, detail from skipped_files where run_id = :run order by source, path"),
+            {"run": run_id}).mappings()]
     key = release_gate_key(recipe)
     unchecked = [p["partition_id"] for p in parts if p["checked_key"] != key]
     if unchecked:
@@ -210,6 +214,7 @@ def export_release(engine: Engine, recipe: Recipe, run_id: str, out_dir: str | o
             "stages": stages,
             "composition": composition((row for p in parts for row in p["summary"]["composition"]), selection),
             "diff": diff,
+            **({"skipped_files": skipped} if skipped else {}),
             "files": files,
             "parts": {p["partition_id"]: {"name": part_name(p), "source": p["summary"]["source"],
                                           "kept": p["summary"]["counts"][Verdict.KEPT.value],

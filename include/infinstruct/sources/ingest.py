@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from infinstruct.config import Recipe
-from infinstruct.errors import DataError
+from infinstruct.errors import DataError, permanent_os_error
 from infinstruct.record.conversation import RECORD_VERSION, ConversationError, Record, Turn, build_record
 from infinstruct.record.reasons import Quarantine
 from infinstruct.sources.formats import mapper_for
@@ -103,7 +103,7 @@ def excerpt(item: Any) -> str:
     if isinstance(item, bytes):
         text = item.decode("utf-8", errors="replace")
     elif isinstance(item, ConversationError):
-        text = ""
+        text = getattr(item, "text", "")   # readers.UnreadableElement: the start of the element's raw text
     else:
         text = json.dumps(item, ensure_ascii=True, default=str)
     return text[:EXCERPT_CHARS].replace("\x00", "\\0").rstrip("\r\n")
@@ -119,7 +119,10 @@ def partition_items(part: dict, batch_size: int, max_chars: int) -> Iterator[tup
         else:
             yield from read_json_array(path, max_chars)
     except OSError as exc:
-        raise IngestError(f"cannot read {path}: {exc}") from exc
+        # missing, forbidden, or (pyarrow's OSError without an errno) corrupt: the same on a retry; not EIO
+        if permanent_os_error(exc) or (kind == "parquet" and exc.errno is None):
+            raise IngestError(f"cannot read {path}: {exc}") from exc
+        raise
     except Exception as exc:  # pyarrow raises its own types for corrupt files; name the file
         if kind != "parquet":
             raise

@@ -6,6 +6,10 @@
 * Parquet (.parquet): shards of whole row groups holding about `shard_lines` rows.
 * JSON array (.json): one shard per file (a JSON document has no line boundaries to split on).
 
+A matched file with nothing to read is not planned but reported (`SkippedFile`, with a `SkipReason`): an
+empty file, a symlink to nothing. A file that is missing, forbidden or not valid Parquet fails the plan with
+a `SourceError` naming it (retrying cannot fix it); other OS errors (EIO, a stale network mount) propagate.
+
 Reading every file to checksum it is the one cost of a nightly run that grows with the whole pool, so
 `plan_recipe` takes what the previous plan found (`ScannedFile`, kept in the `source_files` table) and
 reuses a file's shards while its size, mtime, ctime and inode are unchanged, as make and git do. Like
@@ -19,11 +23,12 @@ import hashlib
 import os
 import time
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 from typing import Mapping
 
 from infinstruct.config import Recipe, Source
-from infinstruct.errors import DataError
+from infinstruct.errors import DataError, permanent_os_error
 
 READ_CHUNK = 1 << 20
 RACY_NS = 2_000_000_000  # the coarsest common file timestamp granularity (FAT: 2 s)
@@ -31,6 +36,20 @@ RACY_NS = 2_000_000_000  # the coarsest common file timestamp granularity (FAT: 
 
 class SourceError(DataError, ValueError):
     """A source path matches no file or a file has a type we cannot read."""
+
+
+class SkipReason(StrEnum):
+    EMPTY_FILE = "empty_file"            # 0 bytes: no line to account for
+    BROKEN_SYMLINK = "broken_symlink"    # matched by the source's path, but points to nothing
+
+
+@dataclass(frozen=True)
+class SkippedFile:
+    """A file a source matches that plan leaves out, and why (`pipeline.plan` logs and records it per run)."""
+    source: str
+    path: str
+    reason: SkipReason
+    detail: str
 
 
 @dataclass(frozen=True)
@@ -89,18 +108,31 @@ def file_kind(path: str) -> str:
     raise SourceError(f"{path}: unknown file type; use .jsonl/.ndjson (JSON lines), .json (JSON array) or .parquet")
 
 
-def source_files(source: Source) -> list[str]:
-    """The files a source names, sorted so partition numbering is stable. A file is named by its real path
-    (symlinks, `.`, `..` and `//` resolved), so two spellings of one file are one file with one set of partitions."""
+def matched_files(source: Source) -> tuple[list[str], list[SkippedFile]]:
+    """The files a source names, sorted so partition numbering is stable, and the matches that are broken
+    symlinks (folders are not matches). A file is named by its real path (symlinks, `.`, `..` and `//`
+    resolved), so two spellings of one file are one file with one set of partitions."""
     pattern = source.path
-    files = [p for p in glob.glob(pattern, recursive=True) if Path(p).is_file()] if glob.has_magic(pattern) else (
-        [pattern] if Path(pattern).is_file() else [])
+    candidates = sorted(glob.glob(pattern, recursive=True)) if glob.has_magic(pattern) else [pattern]
+    files, broken = [], []
+    for p in candidates:
+        if Path(p).is_file():
+            files.append(p)
+        elif Path(p).is_symlink():   # is_file follows the link: this one leads nowhere (or in a loop)
+            broken.append(SkippedFile(source.name, p, SkipReason.BROKEN_SYMLINK,
+                                      f"symlink to {os.readlink(p)}, which does not exist"))
     files = sorted({os.path.realpath(p) for p in files})   # one file, one identity, however it is spelled
     if not files:
-        raise SourceError(f"source {source.name!r}: no file matches {pattern}")
+        why = f"; {broken[0].path} is a {broken[0].detail}" if broken else ""
+        raise SourceError(f"source {source.name!r}: no file matches {pattern}{why}")
     for f in files:
         file_kind(f)
-    return files
+    return files, broken
+
+
+def source_files(source: Source) -> list[str]:
+    """The files a source names, sorted so partition numbering is stable."""
+    return matched_files(source)[0]
 
 
 def partition_id(dataset: str, source: str, path: str, shard: int) -> str:
@@ -133,9 +165,15 @@ def file_sha256(path: str) -> str:
 
 def parquet_shards(path: str, shard_lines: int) -> list[tuple[int, int, int, str]]:
     """(first row group, last row group + 1, first row number, file sha256) per shard."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
-    meta = pq.ParquetFile(path).metadata
+    try:
+        meta = pq.ParquetFile(path).metadata
+    except (pa.ArrowException, OSError) as exc:   # pyarrow's OSError without an errno is a corrupt file, too
+        if isinstance(exc, OSError) and exc.errno is not None:
+            raise
+        raise SourceError(f"{path}: not a readable Parquet file ({exc})") from None
     checksum, shards, start, rows, first_row = file_sha256(path), [], 0, 0, 1
     for group in range(meta.num_row_groups):
         rows += meta.row_group(group).num_rows
@@ -159,34 +197,47 @@ def scan_file(source: str, path: str, shard_lines: int) -> ScannedFile:
     return ScannedFile(source, path, state, shard_lines, scanned_at, tuple(map(tuple, shards)))
 
 
-def plan_source(dataset: str, source: Source, shard_lines: int,
-                known: Mapping[tuple[str, str], ScannedFile] | None = None) -> tuple[list[PartitionPlan], list[ScannedFile]]:
-    """The source's partitions, and each file's scan (reused from `known` when the file is unchanged)."""
+def plan_source(dataset: str, source: Source, shard_lines: int, known: Mapping[tuple[str, str], ScannedFile] | None = None
+                ) -> tuple[list[PartitionPlan], list[ScannedFile], list[SkippedFile]]:
+    """The source's partitions, each file's scan (reused from `known` when the file is unchanged), and the
+    files left out."""
     plans, scans = [], []
-    for path in source_files(source):
+    files, skipped = matched_files(source)
+    for path in files:
         before = (known or {}).get((source.name, path))
-        scan = before if before is not None and before.reusable(FileState.of(path), shard_lines) else (
-            scan_file(source.name, path, shard_lines))
+        try:
+            state = FileState.of(path)
+            if state.size == 0:
+                skipped.append(SkippedFile(source.name, path, SkipReason.EMPTY_FILE, "the file is empty (0 bytes)"))
+                continue
+            scan = before if before is not None and before.reusable(state, shard_lines) else (
+                scan_file(source.name, path, shard_lines))
+        except OSError as exc:
+            if not permanent_os_error(exc):
+                raise
+            raise SourceError(f"source {source.name!r}: cannot read {path}: {exc.strerror}") from exc
         scans.append(scan)
         for shard, (start, end, first, checksum) in enumerate(scan.shards):
             plans.append(PartitionPlan(partition_id(dataset, source.name, path, shard), dataset, source.name,
                                        path, shard, file_kind(path), start, end, first, checksum))
-    return plans, scans
+    return plans, scans, skipped
 
 
 def plan_recipe(recipe: Recipe, known: Mapping[tuple[str, str], ScannedFile] | None = None
-                ) -> tuple[list[PartitionPlan], list[ScannedFile]]:
-    """Every partition the recipe's sources currently consist of, and the scans of their files."""
-    plans, scans, owner = [], [], {}
+                ) -> tuple[list[PartitionPlan], list[ScannedFile], list[SkippedFile]]:
+    """Every partition the recipe's sources currently consist of, the scans of their files, and the files
+    the sources match that hold nothing to read."""
+    plans, scans, skipped, owner = [], [], [], {}
     for source in recipe.sources:
-        source_plans, source_scans = plan_source(recipe.name, source, recipe.ingest.shard_lines, known)
+        source_plans, source_scans, source_skipped = plan_source(recipe.name, source, recipe.ingest.shard_lines, known)
         for scan in source_scans:   # one file in two sources would be two partitions: each record twice
             if owner.setdefault(scan.path, source.name) != source.name:
                 raise SourceError(f"{scan.path} is a file of source {owner[scan.path]!r} and of source {source.name!r}:"
                                   " a file belongs to one source; narrow the path or glob of one of them")
         plans += source_plans
         scans += source_scans
-    return plans, scans
+        skipped += source_skipped
+    return plans, scans, skipped
 
 
 def other_spellings(planned: set[tuple[str, str]], stored: set[tuple[str, str]]) -> set[tuple[str, str]]:

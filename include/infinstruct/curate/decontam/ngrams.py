@@ -74,12 +74,15 @@ from pathlib import Path
 import numpy as np
 from pydantic import Field
 
-from infinstruct.errors import DataError
+from infinstruct.errors import DataError, permanent_os_error
 from infinstruct.strict import Strict
 
 DEFAULT_N = 13
 DEFAULT_THRESHOLD = 0.1
 DEFAULT_MIN_SHORT_WORDS = 4
+
+
+_NOT_UTF8 = re.compile("[\udc80-\udcff]")  # what surrogateescape makes of bytes that are not UTF-8
 
 
 class BenchmarkError(DataError, ValueError):
@@ -161,24 +164,41 @@ def iter_items(spec: BenchmarkSpec, base_dir: Path | None = None) -> Iterator[Be
         path = base_dir / path
     if not path.is_file():
         raise BenchmarkError(f"benchmark {spec.name!r}: file {str(path)!r} not found")
-    with path.open(encoding="utf-8") as lines:
-        for line_no, line in enumerate(lines, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{line_no}"
-            try:
-                record = json.loads(line)
-                texts = [t for f in spec.fields for t in _flatten(_resolve(record, f), f"{where}: field {f!r}")]
-                item_id = str(_resolve(record, spec.id_field)) if spec.id_field else str(line_no)
-            except json.JSONDecodeError as exc:
-                raise BenchmarkError(f"{where}: not JSON ({exc.msg})") from None
-            except KeyError as exc:
-                raise BenchmarkError(f"{where}: no field {exc.args[0]!r} (benchmark {spec.name!r})") from None
-            texts = [t for t in texts if t.strip()]
-            if not spec.split_values:
-                texts = ["\n".join(texts)] if texts else []
-            for k, text in enumerate(texts, 1):
-                yield BenchmarkItem(spec.name, item_id if len(texts) == 1 else f"{item_id}#{k}", text)
+    try:
+        # a leading byte order mark is not part of the first item; bytes that are not UTF-8 are named by line
+        with path.open(encoding="utf-8-sig", errors="surrogateescape") as lines:
+            for line_no, line in enumerate(lines, 1):
+                if not line.strip():
+                    continue
+                yield from _line_items(spec, line, line_no, f"{path}:{line_no}")
+    except OSError as exc:   # e.g. unreadable, or gone since the check above: the same on a retry
+        if not permanent_os_error(exc):
+            raise
+        raise BenchmarkError(f"benchmark {spec.name!r}: cannot read {str(path)!r}: {exc.strerror}") from None
+
+
+def _line_items(spec: BenchmarkSpec, line: str, line_no: int, where: str) -> Iterator[BenchmarkItem]:
+    if _NOT_UTF8.search(line):
+        raise BenchmarkError(f"{where}: not UTF-8 (benchmark {spec.name!r})")
+    try:
+        record = json.loads(line)
+        texts = [t for f in spec.fields for t in _flatten(_resolve(record, f), f"{where}: field {f!r}")]
+        item_id = str(_resolve(record, spec.id_field)) if spec.id_field else str(line_no)
+    except BenchmarkError:
+        raise
+    except json.JSONDecodeError as exc:
+        raise BenchmarkError(f"{where}: not JSON ({exc.msg})") from None
+    except KeyError as exc:
+        raise BenchmarkError(f"{where}: no field {exc.args[0]!r} (benchmark {spec.name!r})") from None
+    except RecursionError:
+        raise BenchmarkError(f"{where}: nested too deeply to read (benchmark {spec.name!r})") from None
+    except ValueError as exc:   # e.g. an integer of more digits than Python converts
+        raise BenchmarkError(f"{where}: {str(exc)[:200]} (benchmark {spec.name!r})") from None
+    texts = [t for t in texts if t.strip()]
+    if not spec.split_values:
+        texts = ["\n".join(texts)] if texts else []
+    for k, text in enumerate(texts, 1):
+        yield BenchmarkItem(spec.name, item_id if len(texts) == 1 else f"{item_id}#{k}", text)
 
 
 def load_items(spec: BenchmarkSpec, base_dir: Path | None = None) -> list[BenchmarkItem]:

@@ -19,7 +19,8 @@ from sqlalchemy.engine import Connection, Engine
 from infinstruct.config import DecontamSettings, Recipe
 from infinstruct.contract import Decision, Outcome, PartitionStage, StageResult
 from infinstruct.curate.decontam.embedding import EmbeddingMatcher
-from infinstruct.curate.decontam.ngrams import Match, NgramIndex, best_matches, iter_items
+from infinstruct.curate.decontam.ngrams import BenchmarkError, Match, NgramIndex, best_matches, iter_items
+from infinstruct.errors import permanent_os_error
 from infinstruct.record.conversation import ASSISTANT, USER, instruction_text
 from infinstruct.record.reasons import Stage, Verdict, contamination_reason
 from infinstruct.stages import decided_before
@@ -60,7 +61,15 @@ def embedding_matcher(settings: DecontamSettings) -> EmbeddingMatcher:
 
 def benchmark_digests(settings: DecontamSettings) -> tuple[str, ...]:
     """sha256 of every benchmark file: a changed benchmark is new input for the stage and its caches."""
-    return tuple(_file_digest(b.path) for b in settings.benchmarks)
+    digests = []
+    for benchmark in settings.benchmarks:
+        try:
+            digests.append(_file_digest(benchmark.path))
+        except OSError as exc:   # gone or unreadable since the run started: a retry finds it the same
+            if not permanent_os_error(exc):
+                raise
+            raise BenchmarkError(f"benchmark {benchmark.name!r}: cannot read {benchmark.path!r}: {exc.strerror}") from None
+    return tuple(digests)
 
 
 def match_text(turns: tuple, include_response: bool) -> str:
