@@ -57,6 +57,8 @@ sys.path.insert(0, str(HERE))
 
 import eval_corpus  # noqa: E402
 
+DUPLICATE_REASONS = {"exact_duplicate", "duplicate_instruction", "near_duplicate", "semantic_duplicate"}
+
 NAME = "quality-eval"
 TARGETS = {"near_recall": 0.95, "near_precision": 0.95, "verbatim": 1.0, "wrapped": 0.95, "paraphrased": 0.95,
            "clean_contam_false": 0.01, "junk_recall": 0.95}
@@ -167,11 +169,11 @@ def read_parquet(path: Path) -> list[dict]:
 def ledger_from_db(url: str, run_id: str) -> list[dict]:
     import sqlalchemy as sa
 
-    from infinstruct.store.ledger import ledger_query
+    from infinstruct.store.ledger import LEDGER_COLUMNS, ledger_rows
     engine = sa.create_engine(url)
     try:
         with engine.connect() as conn:
-            return [dict(r) for r in conn.execute(ledger_query(run_id)).mappings()]
+            return [dict(zip(LEDGER_COLUMNS, row)) for rows in ledger_rows(conn, run_id) for row in rows]
     finally:
         engine.dispose()
 
@@ -247,11 +249,50 @@ def analyse(labels: list[dict], ledger: list[dict], texts: dict[tuple[str, int],
         if not found:
             near_misses[edit].append({"status": status, "copy": head(k), "original": head(o),
                                       "copy_reason": row(k).get("reason"), "original_reason": row(o).get("reason")})
+    # --- look-alike chains: each task/language keeps a prompt, and a drop names its own task/language ----
+    def group(k) -> str | None:
+        label = lab.get(k)
+        return label["variant"] if label and label["category"] == "lookalike" else None
+
+    def named_group(k, column: str = "duplicate_of") -> str | None:
+        """The look-alike group of the record row k names (None: a record outside the look-alikes)."""
+        named = rid_keys.get(row(k).get(column) or "", [])
+        return group(named[0]) if named else None
+
+    def same_group(k) -> bool:
+        return group(k) is not None and fam(k) == "dedup" and named_group(k) == group(k)
+
+    def for_other(k) -> bool:   # dropped as a duplicate of another task's or language's look-alike
+        return fam(k) == "dedup" and named_group(k) not in (None, group(k))
+
+    groups: dict[str, list] = defaultdict(list)
+    for k in lab:
+        if group(k):
+            groups[group(k)].append(k)
+    # a group lives on in the release when a member is kept, or stands for a record outside the look-alikes
+    # (a real pool prompt of the same task and language): lost when every member went for another group's
+    lost = sorted(g for g, ks in groups.items()
+                  if not any(fam(k) is None or (fam(k) == "dedup" and named_group(k, "representative") in (None, g))
+                             for k in ks))
+    lookalike = {"groups": len(groups), "groups_kept": len(groups) - len(lost), "lost_groups": lost,
+                 "records": sum(map(len, groups.values())),
+                 "dropped_for_own_group": sum(same_group(k) for ks in groups.values() for k in ks),
+                 "dropped_for_other": sum(for_other(k) for ks in groups.values() for k in ks),
+                 "dropped_for_other_examples": [(head(k), row(k)["reason"], head(rid_keys[row(k)["duplicate_of"]][0]))
+                                                for ks in groups.values() for k in ks if for_other(k)][:5]}
+
+    # --- lineage: a duplicate's representative is a record of the release -----------------------------
+    released = {r["record_id"] for r in rows.values() if r.get("verdict") == "kept"}
+    dup_rows = [row(k) for k in rows if row(k).get("reason") in DUPLICATE_REASONS]
+    lineage = {"duplicates": len(dup_rows),
+               "duplicate_of_released": sum(r.get("duplicate_of") in released for r in dup_rows),
+               "representative_released": sum(r.get("representative") in released for r in dup_rows)}
+
     dup_drops = [k for k in rows if fam(k) == "dedup"]
-    dup_tp = [k for k in dup_drops if pair_found(k)]
+    dup_tp = [k for k in dup_drops if pair_found(k) or same_group(k)]   # a look-alike for its own group: a real duplicate
     dup_by_reason = Counter(row(k)["reason"] for k in dup_drops)
     dup_tp_by_reason = Counter(row(k)["reason"] for k in dup_tp)
-    dup_fp = [k for k in dup_drops if not pair_found(k)]
+    dup_fp = [k for k in dup_drops if not (pair_found(k) or same_group(k))]
     dup_fp_examples = []
     for k in dup_fp[:200]:
         kept = rid_keys.get(row(k).get("duplicate_of") or "", [])
@@ -348,6 +389,7 @@ def analyse(labels: list[dict], ledger: list[dict], texts: dict[tuple[str, int],
             "junk": junk, "junk_sub": junk_sub, "junk_misses": junk_misses,
             "rules": {"drops": len(rule_drops), "tp": len(rule_tp)},
             "false": false, "false_examples": false_examples, "reasons": reasons,
+            "lookalike": lookalike, "lineage": lineage,
             "lines": len(rows), "labelled": len(lab)}
 
 
@@ -379,6 +421,13 @@ def targets(a: dict) -> list[tuple[str, str, bool]]:
                 f"{clean['decontam']} of {clean['n']} ({(clean_con or 0):.2%})", (clean_con or 0) < TARGETS["clean_contam_false"]))
     jr = share(j["found"], j["n"])
     out.append(("junk recall ≥ 0.95 (any rule)", _f(jr), (jr or 0) >= TARGETS["junk_recall"]))
+    la, li = a["lookalike"], a["lineage"]
+    out.append(("look-alike prompts: every task/language keeps one, none dropped for another's",
+                f"{la['groups_kept']}/{la['groups']} kept, {la['dropped_for_other']} dropped for another",
+                la["groups_kept"] == la["groups"] and la["dropped_for_other"] == 0))
+    out.append(("lineage: every duplicate's representative is in the release",
+                f"{li['representative_released']}/{li['duplicates']} (duplicate_of: {li['duplicate_of_released']})",
+                li["representative_released"] == li["duplicates"]))
     return out
 
 

@@ -30,6 +30,11 @@ Categories
     negative_sibling    templated prompts that differ in one essential word (a name, number, quoted
                         title or a plain word): different tasks, never duplicates. Variant = the kind
                         of word that differs.
+    lookalike:<task>/<language>  short programming prompts, one task in several languages, each phrased
+                        4 ways (`detail`: task, language, phrasing): the phrasings of one language are
+                        near-duplicates of each other, and of the other languages' only in shingles
+                        (C / C++ / C#, Java / JavaScript). Every task/language must keep a prompt; a drop
+                        must name a prompt of its own task and language.
     contam:<variant>    an item of GSM8K test, MT-Bench or HumanEval: `verbatim`; `wrapped` in a longer
                         prompt; `short_in_preamble` (MT-Bench turns under 13 words and GSM8K questions
                         of <= 22 words, inside a preamble); `paraphrased` (synonyms for common words,
@@ -699,6 +704,19 @@ class Builder:
                     raise ValueError(f"sibling answer fails the default rules: {rec.user!r} / {rec.output!r}")
                 self.add(file, rec)
 
+    def lookalikes(self) -> None:
+        for t, (task, (phrase, how)) in enumerate(LOOKALIKE_TASKS.items()):
+            for lang in LOOKALIKE_LANGUAGES:
+                for n, template in enumerate(LOOKALIKE_PHRASINGS):
+                    answer = (f"In {lang}, the function {how}. It handles the smallest inputs first, then loops once over "
+                              f"the rest, so it runs in linear time and needs no extra memory. Test it with a few small "
+                              f"inputs before you rely on it{'.' if n % 2 else ' in a larger program.'}")
+                    rec = Rec(template.format(lang=lang, task=phrase), "", answer, "lookalike", f"{task}/{lang}", "template",
+                              {"task": task, "language": lang, "phrasing": n})
+                    if not passes_rules(rec.user, rec.output):
+                        raise ValueError(f"look-alike answer fails the default rules: {rec.user!r} / {rec.output!r}")
+                    self.add(FILES[(t + n) % len(FILES)], rec)
+
     def contamination(self) -> None:
         by_bench: dict[str, list[Item]] = defaultdict(list)
         for item in self.items:
@@ -914,6 +932,19 @@ class Builder:
         return summary
 
 
+LOOKALIKE_TASKS = {
+    "factorial": ("computes the factorial of a non-negative integer", "multiplies the numbers from 1 up to n"),
+    "reverse": ("reverses a string without using a built-in reverse function", "swaps characters from both ends"),
+    "palindrome": ("checks whether a string is a palindrome, ignoring case", "compares characters from both ends"),
+    "fibonacci": ("returns the n-th Fibonacci number using iteration", "keeps the last two numbers in variables"),
+    "maximum": ("finds the largest element in an array of integers", "keeps the largest value seen so far"),
+    "vowels": ("counts the vowels in a given string", "checks each character against the five vowels"),
+}
+LOOKALIKE_LANGUAGES = ("C", "C++", "C#", "Java", "JavaScript", "Python", "Rust", "Go")
+LOOKALIKE_PHRASINGS = ("Write a {lang} function that {task}.", "Write a function in {lang} that {task}.",
+                       "Please write a {lang} function that {task}.", "How would you write a {lang} function that {task}?")
+
+
 def build(out: Path, seed: int = 0, data: Path = DATA) -> dict:
     """Generate the corpus into `out`; returns the summary (also written to summary.json)."""
     b = Builder(data, seed)
@@ -921,6 +952,7 @@ def build(out: Path, seed: int = 0, data: Path = DATA) -> dict:
     b.clean()
     b.near_copies()
     b.siblings()
+    b.lookalikes()
     b.contamination()
     b.junk()
     return b.write(out)

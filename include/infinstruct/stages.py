@@ -128,7 +128,9 @@ STAGES: tuple[StageSpec, ...] = (
                       'mix within bounds; and at most `gates.max_near_duplicate_share` of those records with a '
                       'near-duplicate left anywhere in the release (pairs re-derived from the stored LSH band keys, '
                       'confirmed as `near_deduplicate` confirms them; the audit, with example pairs, is in '
-                      '`gate_results.statistics`)'),
+                      '`gate_results.statistics`); and the share of a sample of those records that an independent, '
+                      'looser contamination check flags (reported with examples; bounded by '
+                      '`gates.max_contamination_suspect_share` when set)'),
     StageSpec("export_release", Kind.EXPORT, "export_release", after=("check_release",), params=("out_dir",),
               summary='puts the versioned release folder together from the validated parts: their record files hard-linked,'
                       ' their ledgers concatenated, their counts added up'),
