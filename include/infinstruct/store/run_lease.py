@@ -109,7 +109,7 @@ def try_acquire(conn: Connection, dataset: str, run_id: str, phase: str, stale: 
     if not (ours or dead):
         return holder
     if not ours:
-        log.warning("taking over the lease of dataset %r from a dead holder: %s, its run %s", dataset,
+        log.warning("taking over the lease of dataset %r from a dead holder: %s (its run: %s)", dataset,
                     holder.describe(), row.status or "not recorded")
     conn.execute(sa.text(
         "update run_leases set run_id = :run, phase = :phase, holder = :who, heartbeat_at = now(),"
