@@ -453,3 +453,60 @@ def test_record_language_policy(monkeypatch, user, response, expected):
     answers = iter([user, response])
     monkeypatch.setattr(rules_module, "detect", lambda text, max_chars=None: next(answers))
     assert measure(chat("some instruction", "some answer"))["record_language"] == expected
+
+
+# --- a rule is a registered unit; its measurement is versioned on its own ------------------------------
+
+def test_every_rule_is_registered_with_the_measurements_it_reads():
+    from infinstruct.curate.rules.filters import MEASUREMENTS, RULES
+    assert [f.rule for f in RULES] == list(Rule)
+    turns = chat("Write a haiku about the sea, please.", "Waves fold into foam / the gull writes on the wind / tide keeps what it takes.")
+    everything = measure(turns)
+    for rule_filter in RULES:   # a rule's check needs only the statistics of the measurements it reads
+        subset = measure(turns, rule_filter.reads)
+        assert rule_filter.fails(subset, DEFAULTS) == rule_filter.fails(everything, DEFAULTS)
+    assert everything == {k: v for name in MEASUREMENTS for k, v in measure(turns, [name]).items()}
+
+
+def test_a_changed_measurement_is_the_only_one_taken_again_for_stored_records(engine, tmp_path, monkeypatch):
+    """A new or changed measurement (its version bumped) is measured for the stored records alone: the
+    other statistics are reused; statistics stored under the former single version count as version 2."""
+    import dataclasses
+    import uuid
+
+    import sqlalchemy as sa
+
+    from conftest import write_jsonl, write_recipe
+    from infinstruct import pipeline
+    from infinstruct.curate.rules import filters
+
+    write_jsonl(tmp_path / "a.jsonl", [{"instruction": f"Name a colour of the rainbow, number {n}.", "input": "",
+                                        "output": f"Colour {n}: indigo."} for n in range(5)])
+    recipe = write_recipe(tmp_path, f"rules-{uuid.uuid4().hex[:6]}", [{"name": "a", "path": "a.jsonl", "format": "alpaca"}])
+    run_id = f"rules-{uuid.uuid4().hex[:8]}"
+    pipeline.start_run(run_id, recipe)
+    (part,) = pipeline.plan(run_id)
+    pipeline.ingest_partition(run_id, part)
+    assert pipeline.apply_rules(run_id, part)["measured"] == 5
+
+    taken = []
+
+    def counting(name, compute):
+        def wrapped(conversation):
+            taken.append(name)
+            return compute(conversation)
+        return wrapped
+
+    registry = {name: dataclasses.replace(m, compute=counting(name, m.compute)) for name, m in filters.MEASUREMENTS.items()}
+    registry["echo"] = dataclasses.replace(registry["echo"], version=3)
+    monkeypatch.setattr(filters, "MEASUREMENTS", registry)
+    assert pipeline.apply_rules(run_id, part)["measured"] == 5   # new versions: the stage runs again
+    assert taken == ["echo"] * 5
+
+    taken.clear()
+    with engine.begin() as conn:   # as stored before per-measurement versions, at the former version 2
+        conn.execute(sa.text("update record_stats set versions = null, version = 2 where record_id in"
+                             " (select record_id from records where partition_id = :p)"), {"p": part})
+    monkeypatch.setattr(filters, "MEASUREMENTS", {**registry, "echo": dataclasses.replace(registry["echo"], version=2)})
+    pipeline.apply_rules(run_id, part)
+    assert taken == []   # version 2 of every measurement: nothing to take again

@@ -1,10 +1,15 @@
 """Rule filters: cheap, explainable checks that drop junk conversations before dedup.
 
 The measurement is kept apart from the threshold (Data-Juicer ``compute_stats``/``process``,
-NeMo Curator ``score_document``/``keep_document``): `measure` computes every statistic once,
+NeMo Curator ``score_document``/``keep_document``): `measure` computes the statistics once,
 `judge` compares them with `RuleSettings`, so a new threshold needs no recompute and the stats can
 be stored beside the decision. A dropped record goes to the ledger as ``rule:<name>`` with the
 measured value that failed. ``check(turns, settings) == judge(measure(turns), settings)``.
+
+A rule is one unit, registered in `RULES`: its `Rule` (the reason), the `Measurement`s it reads
+(registered in `MEASUREMENTS`, each with its own version), its check, its settings in `RuleSettings`
+and its test. Stored statistics carry each measurement's version, so a new or changed measurement is
+taken for the stored records alone; the others are reused.
 
 Statistics of `measure` (stable names: they are stored and compared):
 
@@ -62,16 +67,15 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from enum import StrEnum
+from functools import cached_property
 from itertools import repeat
+from typing import Callable, Iterable
 
 from pydantic import Field
 
 from infinstruct.ml.langid import UNDETERMINED, detect
 from infinstruct.strict import Strict
 
-# Version of the statistics' definitions: stored beside them, bump it whenever `measure` changes
-# what a statistic means, so stored stats are re-measured rather than judged with new thresholds.
-STATS_VERSION = 2  # 2: refusal grammar, echo by paragraph, loop_words, shorter unterminated lines
 SURE_LANGUAGE = 0.8  # an instruction identified this surely names the record's language
 
 USER, ASSISTANT = "user", "assistant"
@@ -383,7 +387,7 @@ def refusal_phrase(text: str) -> str:
     if any(marker in opening for marker in _PHRASE_MARKERS):  # 8 substring tests rule out all 45 phrases
         phrase = next((phrase for phrase in REFUSAL_PHRASES if phrase in opening), "")
         if phrase:
-            return phrase  # the stable names of the common wordings, as stored since STATS_VERSION 1
+            return phrase  # the stable names of the common wordings, as stored since the refusal measurement's version 1
     # substring gates first: the regexes cost ~10x more than `in` on the typical answer that has no refusal
     found = _AI_SPEAKER.search(opening) if any(word in opening for word in _AI_SPEAKER_WORDS) else None
     if not opening.isascii() and "我" in opening:
@@ -458,57 +462,137 @@ def response_ending(text: str) -> Ending:
 
 LANGUAGE_SAMPLE_CHARS = 100  # measured: 100 characters misread fewer prompts than 200 (less input data)
 
-# --- measure / judge -------------------------------------------------------------------------
+# --- measurements: statistics computed together, versioned together ------------------------------
 
 
-def measure(turns: Turns) -> Stats:
-    """Every statistic the rules use, computed once (names and meanings in the module docstring)."""
-    user_tokens, answer_tokens, users, answers = [], [], [], []
-    total_tokens = 0
-    echo = 0.0
-    question = ""
-    refusal = ""
-    for role, content in turns:
+class Conversation:
+    """The texts the measurements share, each made at most once for a record."""
+
+    def __init__(self, turns: Turns):
+        self.turns = turns
+
+    @cached_property
+    def users(self) -> list[str]:
+        return [content for role, content in self.turns if role == USER]
+
+    @cached_property
+    def answers(self) -> list[str]:
+        return [content for role, content in self.turns if role == ASSISTANT]
+
+    @cached_property
+    def answer_splits(self) -> list[list[str]]:
+        """Each answer's whitespace words (for the token estimate and the echo test)."""
+        return [answer.split() for answer in self.answers]
+
+    @cached_property
+    def user_text(self) -> str:
+        return "\n".join(self.users)
+
+    @cached_property
+    def answer_text(self) -> str:
+        return "\n".join(self.answers)
+
+    @cached_property
+    def answer_words(self) -> list[str]:
+        return _words(self.answer_text)
+
+
+def _tokens(c: Conversation) -> Stats:
+    answers = iter(c.answer_splits)
+    user_tokens, answer_tokens, total = [], [], 0
+    for role, content in c.turns:
         if role == ASSISTANT:
-            words = content.split()  # once for the token estimate and the echo test
-            tokens = estimate_tokens(content, words)
+            tokens = estimate_tokens(content, next(answers))
             answer_tokens.append(tokens)
-            answers.append(content)
-            if question:
-                echo = max(echo, _echo_ratio(question, " ".join(words)))
-            refusal = refusal or refusal_phrase(content)
         else:
             tokens = estimate_tokens(content)
             if role == USER:
                 user_tokens.append(tokens)
-                users.append(content)
-                question = content
-        total_tokens += tokens
-    user_text, answer_text = "\n".join(users), "\n".join(answers)
-    answer_words = _words(answer_text)
+        total += tokens
+    return {"min_user_tokens": min(user_tokens, default=0), "min_response_tokens": min(answer_tokens, default=0),
+            "total_tokens": total}
+
+
+def _text_ratio(c: Conversation) -> Stats:
+    return {"text_ratio": min(text_ratio(c.user_text), text_ratio(c.answer_text))}
+
+
+def _language(c: Conversation) -> Stats:
+    language, confidence = detect(c.user_text, LANGUAGE_SAMPLE_CHARS)
+    response_language, response_confidence = detect(c.answer_text, LANGUAGE_SAMPLE_CHARS)
+    return {"language": language, "language_confidence": confidence, "response_language": response_language,
+            "response_language_confidence": response_confidence,
+            # the record's language (the release's `langdetect`): the instruction's, unless the response is
+            # identified more surely and the instruction not surely (short prompts are often misread)
+            "record_language": language if confidence >= min(response_confidence, SURE_LANGUAGE) else response_language}
+
+
+def _refusal_phrase(c: Conversation) -> Stats:
+    return {"refusal": next((phrase for phrase in map(refusal_phrase, c.answers) if phrase), "")}
+
+
+def _echo_ratio_stat(c: Conversation) -> Stats:
+    echo, question, answers = 0.0, "", iter(c.answer_splits)
+    for role, content in c.turns:
+        if role == ASSISTANT:
+            words = next(answers)
+            if question:
+                echo = max(echo, _echo_ratio(question, " ".join(words)))
+        elif role == USER:
+            question = content
+    return {"echo_ratio": echo}
+
+
+def _repetition_stats(c: Conversation) -> Stats:
     # a loop ends a turn: measured per answer (one tokenisation when there is one answer)
-    loop = _loop_words(answer_words) if len(answers) == 1 else max(map(loop_words, answers), default=0)
-    language, confidence = detect(user_text, LANGUAGE_SAMPLE_CHARS)
-    response_language, response_confidence = detect(answer_text, LANGUAGE_SAMPLE_CHARS)
-    return {
-        "min_user_tokens": min(user_tokens, default=0),
-        "min_response_tokens": min(answer_tokens, default=0),
-        "total_tokens": total_tokens,
-        "text_ratio": min(text_ratio(user_text), text_ratio(answer_text)),
-        "language": language,
-        "language_confidence": confidence,
-        "response_language": response_language,
-        "response_language_confidence": response_confidence,
-        # the record's language (the release's `langdetect`): the instruction's, unless the response is
-        # identified more surely and the instruction not surely (short prompts are often misread)
-        "record_language": language if confidence >= min(response_confidence, SURE_LANGUAGE) else response_language,
-        "refusal": refusal,
-        "echo_ratio": echo,
-        "dup_ngram_ratio": _dup_ngram_ratio(answer_words),
-        "loop_words": loop,
-        "dup_line_ratio": dup_line_ratio(answer_text),
-        "response_ending": response_ending(answers[-1]).value if answers else Ending.COMPLETE.value,
-    }
+    loop = _loop_words(c.answer_words) if len(c.answers) == 1 else max(map(loop_words, c.answers), default=0)
+    return {"dup_ngram_ratio": _dup_ngram_ratio(c.answer_words), "loop_words": loop}
+
+
+def _dup_line_ratio(c: Conversation) -> Stats:
+    return {"dup_line_ratio": dup_line_ratio(c.answer_text)}
+
+
+def _response_ending(c: Conversation) -> Stats:
+    return {"response_ending": response_ending(c.answers[-1]).value if c.answers else Ending.COMPLETE.value}
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """Statistics computed together (names and meanings in the module docstring). Stored per record with
+    `version`: bump it whenever `compute` changes what they mean, and only this measurement is taken
+    again for the stored records (a new measurement is taken for them once; the others are kept)."""
+
+    name: str
+    version: int
+    compute: Callable[[Conversation], Stats]
+
+
+# versions start at 2: the statistics' single STATS_VERSION they were stored under before
+MEASUREMENTS: dict[str, Measurement] = {m.name: m for m in (
+    Measurement("tokens", 2, _tokens),
+    Measurement("text_ratio", 2, _text_ratio),
+    Measurement("language", 2, _language),
+    Measurement("refusal", 2, _refusal_phrase),   # 2: refusal grammar
+    Measurement("echo", 2, _echo_ratio_stat),      # 2: echo by paragraph
+    Measurement("repetition", 2, _repetition_stats),   # 2: loop_words
+    Measurement("dup_lines", 2, _dup_line_ratio),
+    Measurement("response_ending", 2, _response_ending),   # 2: shorter unterminated lines
+)}
+
+
+def measurement_versions() -> dict[str, int]:
+    """{measurement: version} of every registered measurement: what stored statistics must match."""
+    return {name: m.version for name, m in MEASUREMENTS.items()}
+
+
+def measure(turns: Turns, measurements: Iterable[str] | None = None) -> Stats:
+    """The statistics of the given measurements (default: all), each computed once."""
+    conversation = Conversation(turns)
+    stats: Stats = {}
+    for name in MEASUREMENTS if measurements is None else measurements:
+        stats.update(MEASUREMENTS[name].compute(conversation))
+    return stats
 
 
 def _language_failure(stats: Stats, s: RuleSettings) -> str | None:
@@ -570,21 +654,38 @@ def _truncated(stats: Stats, s: RuleSettings) -> str | None:
     return stats["response_ending"] if stats["response_ending"] in s.truncated_endings else None
 
 
-_FAILURES = {  # in Rule order
-    Rule.EMPTY_OR_SHORT: _empty_or_short, Rule.TOO_LONG: _too_long, Rule.GARBAGE: _garbage,
-    Rule.LANGUAGE: _language_failure, Rule.REFUSAL: _refusal, Rule.ECHO: _echo, Rule.REPETITION: _repetition,
-    Rule.REPEATED_LINES: _repeated_lines, Rule.TRUNCATED: _truncated,
-}
-assert list(_FAILURES) == list(Rule), "every rule has its check, in Rule order"
+@dataclass(frozen=True)
+class RuleFilter:
+    """One rule: its reason (`Rule`), the measurements it reads and its check (the measured value that fails
+    it, or None). Its settings are fields of `RuleSettings`; its test is in tests/curate/test_rules.py."""
+
+    rule: Rule
+    reads: tuple[str, ...]
+    fails: Callable[[Stats, RuleSettings], float | str | None]
+
+
+RULES: tuple[RuleFilter, ...] = (   # in Rule order: the first failing rule is the drop reason
+    RuleFilter(Rule.EMPTY_OR_SHORT, ("tokens",), _empty_or_short),
+    RuleFilter(Rule.TOO_LONG, ("tokens",), _too_long),
+    RuleFilter(Rule.GARBAGE, ("text_ratio",), _garbage),
+    RuleFilter(Rule.LANGUAGE, ("language",), _language_failure),
+    RuleFilter(Rule.REFUSAL, ("refusal",), _refusal),
+    RuleFilter(Rule.ECHO, ("echo",), _echo),
+    RuleFilter(Rule.REPETITION, ("repetition", "dup_lines"), _repetition),
+    RuleFilter(Rule.REPEATED_LINES, ("dup_lines",), _repeated_lines),
+    RuleFilter(Rule.TRUNCATED, ("response_ending",), _truncated),
+)
+if [f.rule for f in RULES] != list(Rule) or not {m for f in RULES for m in f.reads} <= set(MEASUREMENTS):
+    raise ImportError("every Rule has one RuleFilter, in Rule order, reading registered measurements")
 
 
 def judge(stats: Stats, settings: RuleSettings) -> Verdict:
     """The first enabled rule, in `Rule` order, that the stats fail, with the failing value."""
-    for rule, failure in _FAILURES.items():
-        if rule in settings.enabled:
-            value = failure(stats, settings)
+    for rule_filter in RULES:
+        if rule_filter.rule in settings.enabled:
+            value = rule_filter.fails(stats, settings)
             if value is not None:
-                return Verdict(False, rule, value)
+                return Verdict(False, rule_filter.rule, value)
     return KEEP
 
 
