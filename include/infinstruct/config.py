@@ -22,6 +22,7 @@ from infinstruct.curate.selection.quotas import SelectionSettings
 from infinstruct.curate.semantic_dedup.pairs import SemanticDedupSettings
 from infinstruct.errors import DataError
 from infinstruct.ml.roles import LLMSettings
+from infinstruct.release.writers import ReleaseSettings
 from infinstruct.strict import Strict
 from infinstruct.synth.settings import SynthesisSettings
 from infinstruct.synth.tagging.labels import TaggingSettings
@@ -118,6 +119,7 @@ class Recipe(Strict):
     semantic_dedup: SemanticDedupSettings | None = SemanticDedupSettings()  # null: off
     gates: GateSettings = GateSettings()
     selection: SelectionSettings | None = None   # null: release every standing record
+    release: ReleaseSettings = ReleaseSettings()  # the record formats a release holds
     stages: dict[str, dict[str, Any]] = {}       # the sections of your own stages ($INFINSTRUCT_STAGES), by task
     llm: LLMSettings = LLMSettings()              # Phase 2's LLM roles (a role left out: the embedded server)
     tagging: TaggingSettings | None = None        # Phase 2's ability tagging (null: the defaults, when synthesising)
@@ -229,7 +231,7 @@ def _absolute(path: str, base_dir: Path) -> str:
     return expanded if os.path.isabs(expanded) else str((base_dir / expanded).resolve())
 
 
-_LATER_SECTIONS = ("stages",)
+_LATER_SECTIONS = ("stages", "release")
 PHASE2_SECTIONS = ("llm", "tagging", "synthesis")
 
 

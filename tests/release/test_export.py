@@ -124,3 +124,29 @@ def test_a_version_rewritten_is_never_missing_even_if_the_rewrite_is_cut_short(t
     (dataset / ".replaced-v0001").mkdir()
     restore_replaced(dataset)
     assert sorted(p.name for p in dataset.iterdir()) == ["v0001"]
+
+
+def test_the_recipe_chooses_the_record_formats_and_every_format_holds_the_same_records(engine, tmp_path):
+    """Record writers sit behind one seam (release/writers.py): the recipe's `release.formats` says which
+    files a release holds; Parquet is required (the card's load_dataset config and Phase 2 read it)."""
+    import pyarrow.parquet as pq
+    from pydantic import ValidationError
+
+    from infinstruct.release.writers import ReleaseSettings
+
+    write_jsonl(tmp_path / "a.jsonl", ROWS)
+    both = write_recipe(tmp_path, f"fmt-{uuid.uuid4().hex[:6]}", [{"name": "a", "path": "a.jsonl", "format": "alpaca"}])
+    folder = tmp_path / "out" / both.stem / "v0001"
+    release(both, tmp_path / "out")
+    [parquet], [jsonl] = list((folder / "data").glob("*.parquet")), list((folder / "jsonl").glob("*.jsonl"))
+    as_json = [json.loads(line) for line in jsonl.read_text().splitlines()]
+    assert pq.read_table(parquet).to_pylist() == as_json and len(as_json) == len(ROWS)
+
+    only = write_recipe(tmp_path, f"fmt-{uuid.uuid4().hex[:6]}", [{"name": "a", "path": "a.jsonl", "format": "alpaca"}],
+                        release={"formats": ["parquet"]})
+    result = release(only, tmp_path / "out")
+    folder = tmp_path / "out" / only.stem / "v0001"
+    assert not (folder / "jsonl").exists() and len(list((folder / "data").glob("*.parquet"))) == 1
+    assert not any(name.startswith("jsonl/") for name in result["manifest"]["files"])
+    with pytest.raises(ValidationError, match="parquet is required"):
+        ReleaseSettings(formats=["jsonl"])

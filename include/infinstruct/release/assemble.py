@@ -3,7 +3,7 @@
     <out>/<dataset>/v0001/
         data/<source>-<partition>.parquet   the kept records, one file per partition: id, conversations[{from, value}],
                                             label, langdetect, source, reward (read the folder: pd.read_parquet(".../data"))
-        jsonl/<source>-<partition>.jsonl    the same records as JSON lines
+        jsonl/<source>-<partition>.jsonl    the same records as JSON lines (the formats: `release.formats`)
         ledger.parquet                      one row per input line: why it is, or is not, in the release
         manifest.json                       counts per source / stage / reason, composition, recipe hash, run id,
                                             checksums of every file, parts, diff to the last release,
@@ -38,6 +38,7 @@ from infinstruct.record.reasons import Verdict
 from infinstruct.release import card
 from infinstruct.release.composition import composition, selection_summary
 from infinstruct.release.parts import LEDGER_SCHEMA, ReleasePartError, current_parts, sha256_file
+from infinstruct.release.writers import writer_class
 from infinstruct.store import run_lease
 
 
@@ -54,11 +55,12 @@ def _link(src: Path, dst: Path) -> None:
         shutil.copy2(src, dst)
 
 
-def _release_files(parts: list[dict], staging: Path) -> dict[str, dict]:
-    """Link the parts' record files into staging/data and staging/jsonl and concatenate their ledgers into
-    staging/ledger.parquet; returns {relative path: {sha256, bytes, records}}."""
-    (staging / "data").mkdir()
-    (staging / "jsonl").mkdir()
+def _release_files(parts: list[dict], staging: Path, formats: list[str]) -> dict[str, dict]:
+    """Link the parts' record files into the formats' folders (staging/data, staging/jsonl) and concatenate
+    their ledgers into staging/ledger.parquet; returns {relative path: {sha256, bytes, records}}."""
+    writers = [writer_class(fmt) for fmt in formats]
+    for writer in writers:
+        (staging / writer.folder).mkdir()
     files: dict[str, dict] = {}
     with pq.ParquetWriter(staging / "ledger.parquet", LEDGER_SCHEMA) as ledger:
         for part in parts:
@@ -67,8 +69,8 @@ def _release_files(parts: list[dict], staging: Path) -> dict[str, dict]:
             kept = summary["counts"][Verdict.KEPT.value]
             if kept == 0:
                 continue
-            for kind, name in (("data", "records.parquet"), ("jsonl", "records.jsonl")):
-                relative = f"{kind}/{part_name(part)}.{name.rsplit('.', 1)[1]}"
+            for writer in writers:
+                name, relative = f"records{writer.suffix}", f"{writer.folder}/{part_name(part)}{writer.suffix}"
                 _link(folder / name, staging / relative)
                 files[relative] = {**summary["files"][name], "records": kept}
     files["ledger.parquet"] = {"sha256": sha256_file(staging / "ledger.parquet"),
@@ -183,7 +185,7 @@ def export_release(engine: Engine, recipe: Recipe, run_id: str, out_dir: str | o
     staging = dataset_dir / f".staging-{hashlib.sha256(run_id.encode()).hexdigest()[:12]}"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
-    files = _release_files(parts, staging)
+    files = _release_files(parts, staging, recipe.release.formats)
     counts, reasons, stages = _totals(parts)
     kept = sum(c[Verdict.KEPT.value] for c in counts.values())
     ids = [[p["partition_id"], p["summary"]["ids_hash"]] for p in parts if p["summary"]["counts"][Verdict.KEPT.value]]

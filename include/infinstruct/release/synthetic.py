@@ -5,7 +5,7 @@
                                     label = their seed's abilities and categories
         data/foundation-*.parquet   with `synthesis.merge_foundation`: the Phase-1 release's records with their
                                     labels filled in (label.ability_en, label.cate_ability_en)
-        jsonl/…                     the same records as JSON lines
+        jsonl/…                     the same records as JSON lines (the formats: `release.formats`)
         ledger.parquet              every child, kept or dropped: parent, root seed, operation, round, prompt
                                     version, which stage decided, why, score, reward
         diagnosis.json              the per-category report of the students' failures
@@ -36,6 +36,7 @@ from sqlalchemy.engine import Engine
 from infinstruct.ml.langid import detect
 from infinstruct.release.assemble import replace_folder, restore_replaced, store_release
 from infinstruct.release.parts import LABEL_FIELDS, RECORD_SCHEMA, release_record, sha256_file
+from infinstruct.release.writers import RecordFiles, writer_class
 from infinstruct.store import run_lease
 from infinstruct.store.stage_state import stream
 from infinstruct.synth.diagnosis.stage import diagnosis_report
@@ -55,28 +56,6 @@ def _labels(abilities: list[str] | None, categories: list[str] | None) -> dict[s
     return {**{f: [] for f in LABEL_FIELDS}, "ability_en": list(abilities or []), "cate_ability_en": list(categories or [])}
 
 
-class _Writer:
-    """Records into one Parquet file and one JSONL file, in batches."""
-
-    def __init__(self, staging: Path, name: str):
-        self.paths = (f"data/{name}.parquet", f"jsonl/{name}.jsonl")
-        self.parquet = pq.ParquetWriter(staging / self.paths[0], RECORD_SCHEMA)
-        self.jsonl = open(staging / self.paths[1], "wb")
-        self.count = 0
-
-    def write(self, records: list[dict]) -> None:
-        if records:
-            self.jsonl.write(b"".join(orjson.dumps(r) + b"\n" for r in records))
-            self.parquet.write_table(pa.Table.from_pylist(records, schema=RECORD_SCHEMA))
-            self.count += len(records)
-
-    def close(self) -> None:
-        if self.count == 0:
-            self.parquet.write_table(RECORD_SCHEMA.empty_table())
-        self.parquet.close()
-        self.jsonl.close()
-
-
 def _tags(engine: Engine, tagger: str, ids: list[str]) -> dict[str, tuple[list[str], list[str]]]:
     with engine.connect() as conn:
         return {r.record_id: (r.abilities, r.categories) for r in conn.execute(sa.text(
@@ -86,7 +65,7 @@ def _tags(engine: Engine, tagger: str, ids: list[str]) -> dict[str, tuple[list[s
 
 def _write_synthetic(engine: Engine, run: SynthesisRun, staging: Path, tagger: str) -> tuple[int, Counter]:
     """The kept children as records, streamed in batches."""
-    writer = _Writer(staging, "synthetic")
+    writer = RecordFiles(staging, "synthetic", run.recipe.release.formats, RECORD_SCHEMA, by_format=True)
     by_operation: Counter = Counter()
     with engine.connect() as conn:
         rows = conn.execute(sa.text(
@@ -109,7 +88,8 @@ def _write_foundation(engine: Engine, run: SynthesisRun, staging: Path, tagger: 
     """The Phase-1 release's records, their labels filled in from record_tags (streamed, batch by batch)."""
     total = 0
     for part in release_parts(run.release_path):
-        writer = _Writer(staging, "foundation-" + Path(part).stem)
+        writer = RecordFiles(staging, "foundation-" + Path(part).stem, run.recipe.release.formats, RECORD_SCHEMA,
+                             by_format=True)
         for batch in pq.ParquetFile(run.release_path / part).iter_batches(BATCH):
             records = batch.to_pylist()
             tags = _tags(engine, tagger, [r["id"] for r in records])
@@ -153,8 +133,8 @@ def export_synthesis(engine: Engine, run: SynthesisRun, out_dir: str | os.PathLi
         restore_replaced(root)
     staging = root / f".staging-{hashlib.sha256(run.run_id.encode()).hexdigest()[:12]}"
     shutil.rmtree(staging, ignore_errors=True)
-    (staging / "data").mkdir(parents=True)
-    (staging / "jsonl").mkdir()
+    for fmt in run.recipe.release.formats:
+        (staging / writer_class(fmt).folder).mkdir(parents=True)
     synthetic, by_operation = _write_synthetic(engine, run, staging, tagger)
     foundation = _write_foundation(engine, run, staging, tagger) if run.settings.merge_foundation else 0
     outcomes, ledger_digest = _write_ledger(engine, run, staging)
