@@ -28,6 +28,7 @@ from sqlalchemy.engine import Connection, Engine
 from infinstruct.config import Recipe
 from infinstruct.record.reasons import Verdict
 from infinstruct.stages import decided_before, fixed_reasons
+from infinstruct.store.ledger import standing_sql
 from infinstruct.store.stage_state import (
     Scope,
     complete,
@@ -202,8 +203,7 @@ class DatasetStage(ABC):
         """The records this pass decides (`deciding`) that no stage before this one dropped, by line."""
         return conn.execute(sa.text(
             f"select {columns} from records r join deciding dp on dp.partition_id = r.partition_id"
-            " where not exists (select 1 from decisions d where d.partition_id = r.partition_id"
-            " and d.line_no = r.line_no and d.verdict = 'dropped' and d.stage = any(:earlier))"
+            f" where {standing_sql('r')}"
             " order by r.partition_id, r.line_no"), {"earlier": decided_before(self.ledger)})
 
     def run(self) -> StageResult:

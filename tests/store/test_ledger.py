@@ -39,3 +39,29 @@ def test_a_copy_of_a_record_that_near_dedup_dropped_is_represented_by_the_record
     assert (ledger["a.jsonl", 1]["reason"], ledger["a.jsonl", 1]["duplicate_of"]) == ("near_duplicate", kept)
     assert ledger["a.jsonl", 1]["representative"] == kept
     assert ledger["a.jsonl", 2]["verdict"] == "kept" and ledger["a.jsonl", 2]["representative"] is None
+
+
+def test_standing_is_one_definition_for_python_and_sql(engine, tmp_path):
+    """`dropped` (SQLAlchemy) and `dropped_sql` / `standing_sql` (SQL text, as the stages' statements use it)
+    select the same records before every stage."""
+    import sqlalchemy as sa
+
+    from infinstruct.stages import decided_before, ledger_order
+    from infinstruct.store.db import records
+    from infinstruct.store.ledger import dropped, in_run, standing_sql
+
+    write_jsonl(tmp_path / "a.jsonl", [alpaca(STORY + " forever"), alpaca(STORY, LONG_ANSWER), alpaca("Hi", ""),
+                                       alpaca(STORY + " forever")])
+    recipe = write_recipe(tmp_path, f"standing-{uuid.uuid4().hex[:6]}", [{"name": "a", "path": "a.jsonl", "format": "alpaca"}])
+    run_id = run_dedup_steps(recipe)
+    with engine.connect() as conn:
+        for stage in ledger_order()[1:]:
+            earlier = decided_before(stage)
+            by_python = conn.execute(sa.select(records.c.line_no).where(
+                in_run(run_id, records.c.partition_id), ~dropped(records, earlier)).order_by(records.c.line_no)).scalars().all()
+            by_sql = conn.execute(sa.text(
+                "select r.line_no from records r join run_partitions rp on rp.partition_id = r.partition_id"
+                f" and rp.run_id = :run where {standing_sql('r')} order by r.line_no"),
+                {"run": run_id, "earlier": earlier}).scalars().all()
+            assert by_python == by_sql, stage
+        assert by_python == [2]   # before selection: the copy, the empty answer and the near-copy are gone

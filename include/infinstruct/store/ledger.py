@@ -32,10 +32,28 @@ def in_run(run_id: str, partition_col):
     return sa.exists().where(run_partitions.c.run_id == run_id, run_partitions.c.partition_id == partition_col)
 
 
-def dropped(rec=records):
-    """Some stage dropped the record line (of `records` or an alias of it)."""
-    return sa.exists().where(decisions.c.partition_id == rec.c.partition_id, decisions.c.line_no == rec.c.line_no,
-                             decisions.c.verdict == Verdict.DROPPED.value)
+def dropped(rec=records, stages: list[str] | None = None):
+    """Some stage (of `stages`, when given) dropped the record line (of `records` or an alias of it).
+    The same test in SQL text: `dropped_sql`; "standing before stage S" is its negation over
+    `stages.decided_before(S)`."""
+    found = sa.exists().where(decisions.c.partition_id == rec.c.partition_id, decisions.c.line_no == rec.c.line_no,
+                              decisions.c.verdict == Verdict.DROPPED.value)
+    return found if stages is None else found.where(decisions.c.stage.in_(stages))
+
+
+def dropped_sql(alias: str = "r", stages: str | None = ":earlier", *, fence: bool = False) -> str:
+    """`dropped` as SQL text: some stage of the text[] expression `stages` (None: any stage) dropped the
+    record line `alias`. `fence` adds `offset 0`, which keeps the test a per-row index lookup whatever the
+    planner's statistics say (right after the stages' bulk writes they are often missing or stale)."""
+    stage = f" and d.stage = any({stages})" if stages is not None else ""
+    return (f"exists (select 1 from decisions d where d.partition_id = {alias}.partition_id"
+            f" and d.line_no = {alias}.line_no and d.verdict = 'dropped'{stage}{' offset 0' if fence else ''})")
+
+
+def standing_sql(alias: str = "r", stages: str = ":earlier", *, fence: bool = False) -> str:
+    """SQL text: the record line `alias` stands before a stage: no stage of `stages` (the stages deciding
+    before it, `stages.decided_before`, bound as :earlier) dropped it."""
+    return "not " + dropped_sql(alias, stages, fence=fence)
 
 
 def kept_records(run_id: str, *columns) -> sa.Select:

@@ -28,10 +28,11 @@ from infinstruct.config import Recipe
 from infinstruct.contract import DatasetStage, Outcome, StageResult
 from infinstruct.record.reasons import Drop, Stage
 from infinstruct.store.db import refresh_statistics
+from infinstruct.store.ledger import standing_sql
 from infinstruct.store.stage_state import Scope
 
 # The records a pass decides (is_new) and the standing ones they are compared with, one of two ways.
-_FULL_SCOPE = """
+_FULL_SCOPE = f"""
 with scoped as (
     select r.partition_id, r.line_no, r.record_id, r.instruction_key, r.total_chars, sp.priority, p.path, p.shard,
            dp.partition_id is not null as is_new
@@ -40,24 +41,20 @@ with scoped as (
     join partitions p on p.partition_id = r.partition_id
     join source_priority sp on sp.source = r.source
     left join deciding dp on dp.partition_id = r.partition_id
-    where not exists (  -- a record an earlier stage dropped is no one's original; nor is an old duplicate
-        select 1 from decisions d where d.partition_id = r.partition_id and d.line_no = r.line_no
-        and d.verdict = 'dropped' and d.stage = any(:earlier))
-      -- two plain anti-joins: one condition mixing both (an OR over `dp`) is planned as a per-row subplan
-      and (dp.partition_id is not null or not exists (
-        select 1 from decisions d where d.partition_id = r.partition_id and d.line_no = r.line_no
-        and d.verdict = 'dropped' and d.stage = :stage))
+    -- a record an earlier stage dropped is no one's original; nor is an old duplicate (two plain anti-joins:
+    -- one condition mixing both, an OR over `dp`, is planned as a per-row subplan)
+    where {standing_sql("r")}
+      and (dp.partition_id is not null or {standing_sql("r", "array[:stage]")})
 )"""
 
 # incremental: the new records, then by index only the standing old records asking one of their instructions.
 # `offset 0` fences keep each lookup a per-row (or per-key) index scan whatever the statistics say: right
 # after the stages' bulk writes they are often missing or stale, and a misestimate turns them into scans.
-_INCREMENTAL_SCOPE = """
+_INCREMENTAL_SCOPE = f"""
 with new as materialized (
     select r.partition_id, r.line_no, r.record_id, r.instruction_key, r.total_chars, r.source
     from records r join deciding dp on dp.partition_id = r.partition_id
-    where not exists (select 1 from decisions d where d.partition_id = r.partition_id and d.line_no = r.line_no
-                      and d.verdict = 'dropped' and d.stage = any(:earlier) offset 0)
+    where {standing_sql("r", fence=True)}
 ), old as (
     select r.*
     from (select distinct instruction_key from new) asked
@@ -65,8 +62,7 @@ with new as materialized (
                         from records r where r.instruction_key = asked.instruction_key offset 0) r
     join run_partitions rp on rp.partition_id = r.partition_id and rp.run_id = :run
     where not exists (select 1 from deciding dp where dp.partition_id = r.partition_id)
-      and not exists (select 1 from decisions d where d.partition_id = r.partition_id and d.line_no = r.line_no
-                      and d.verdict = 'dropped' and (d.stage = any(:earlier) or d.stage = :stage) offset 0)
+      and {standing_sql("r", "array_append(:earlier, :stage)", fence=True)}
 ), scoped as (
     select x.partition_id, x.line_no, x.record_id, x.instruction_key, x.total_chars, sp.priority, p.path, p.shard, x.is_new
     from (select *, true as is_new from new union all select *, false from old) x

@@ -45,7 +45,9 @@ from infinstruct.curate.selection.quotas import SelectionSettings
 from infinstruct.ml.embeddings import EmbeddingSettings
 from infinstruct.record.conversation import instruction_text
 from infinstruct.record.reasons import Stage
+from infinstruct.stages import decided_before
 from infinstruct.store.embedding_cache import instruction_vectors
+from infinstruct.store.ledger import standing_sql
 from infinstruct.store.pgcopy import Copier, CopyTable, json_field, text_field
 from infinstruct.store.stage_state import stream
 
@@ -61,8 +63,7 @@ select distinct on (r.record_id) r.record_id, r.conversation, s.signals_version,
        s.difficulty, s.domain_key, s.domain, s.confidence, s.scorer
 from records r left join record_scores s on s.record_id = r.record_id
 where r.partition_id = :p
-  and not exists (select 1 from decisions d where d.partition_id = r.partition_id and d.line_no = r.line_no
-                  and d.verdict = 'dropped' and d.stage <> :select)
+  and """ + standing_sql("r") + """
   and (s.record_id is null or s.signals_version <> :v or s.scores_key <> :sk or s.domain_key <> :dk)
 order by r.record_id
 """)
@@ -167,7 +168,7 @@ def score_partition(engine: Engine, recipe: Recipe, run_id: str, partition_id: s
     scores_key, domain_key = keys(settings)
     scored = 0
     with engine.connect() as reader:   # streamed: a partition's conversations never all in memory
-        result = reader.execute(_TODO, {"p": partition_id, "select": Stage.SELECT.value, "v": SIGNALS_VERSION,
+        result = reader.execute(_TODO, {"p": partition_id, "earlier": decided_before(Stage.SELECT), "v": SIGNALS_VERSION,
                                         "sk": scores_key, "dk": domain_key}, execution_options=stream(BATCH))
         for todo in result.partitions():
             rows = score_batch(engine, settings, todo)

@@ -75,7 +75,9 @@ from infinstruct.curate.selection.quotas import (
 )
 from infinstruct.record.conversation import instruction_sql
 from infinstruct.record.reasons import Stage, Verdict, not_selected_reason
+from infinstruct.stages import decided_before
 from infinstruct.store.embedding_cache import read_vectors
+from infinstruct.store.ledger import standing_sql
 from infinstruct.store.pgcopy import Copier, CopyTable, text_field
 from infinstruct.store.stage_state import DECISION_COLUMNS, forget_decisions, stream
 from infinstruct.store.vector_index import StoredIndex, index_kind
@@ -93,8 +95,7 @@ select r.partition_id, r.line_no, r.record_id, s.domain, s.quality, s.difficulty
 from records r
 join run_partitions rp on rp.partition_id = r.partition_id and rp.run_id = :run
 left join record_scores s on s.record_id = r.record_id
-where not exists (select 1 from decisions d where d.partition_id = r.partition_id and d.line_no = r.line_no
-                  and d.verdict = 'dropped' and d.stage <> :select)
+where """ + standing_sql("r") + """
 """)
 
 
@@ -287,7 +288,7 @@ def select_records(engine: Engine, recipe: Recipe, run_id: str) -> dict[str, Any
         vector_support(engine)   # probed (once per server start) outside the stage's transaction
     with engine.begin() as conn:
         dataset = conn.execute(sa.text("select dataset from runs where run_id = :r"), {"r": run_id}).scalar_one()
-        conn.execute(_POOL, {"run": run_id, "select": Stage.SELECT.value, "sk": scores_key, "dk": domain_key})
+        conn.execute(_POOL, {"run": run_id, "earlier": decided_before(Stage.SELECT), "sk": scores_key, "dk": domain_key})
         unscored = conn.execute(sa.text("select count(*) from pool where unscored")).scalar_one()
         if unscored:
             raise SelectionError(f"{unscored} standing records have no current scores: run score_records first")

@@ -44,6 +44,7 @@ from infinstruct.record.conversation import instruction_text
 from infinstruct.record.reasons import Drop, Stage
 from infinstruct.stages import decided_before
 from infinstruct.store.embedding_cache import instruction_vectors, read_vectors
+from infinstruct.store.ledger import standing_sql
 from infinstruct.store.stage_state import Scope, deciding_table, stream, whole_dataset_scope
 from infinstruct.store.vector_index import StoredIndex, VectorIndexError, index_kind
 from infinstruct.store.vector_probe import vector_support
@@ -59,9 +60,7 @@ select row_number() over (order by sp.priority, r.total_chars desc, r.record_id,
 from records r
 join deciding dp on dp.partition_id = r.partition_id
 join source_priority sp on sp.source = r.source
-where not exists (select 1 from decisions d where d.partition_id = r.partition_id and d.line_no = r.line_no
-                  and d.verdict = 'dropped' and d.stage = any(:earlier))
-""")
+where """ + standing_sql("r"))
 
 
 class AcceptedSet:
