@@ -150,3 +150,16 @@ def test_the_recipe_chooses_the_record_formats_and_every_format_holds_the_same_r
     assert not any(name.startswith("jsonl/") for name in result["manifest"]["files"])
     with pytest.raises(ValidationError, match="parquet is required"):
         ReleaseSettings(formats=["jsonl"])
+
+
+def test_the_card_orders_tied_rows_the_same_way_in_every_process():
+    """A set's iteration order depends on the process's string hashing: the card must not."""
+    import subprocess
+    import sys
+    code = ("from infinstruct.release.card import _mix;"
+            "c = {'before': {'language': {k: {'count': 1, 'share': .1} for k in 'zh ja ko fr de es it'.split()}},"
+            " 'after': {'language': {k: {'count': 1, 'share': .1} for k in 'zh ja ko fr de es it'.split()}}};"
+            "print(_mix(c, 'language'))")
+    outputs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                              env={"PYTHONHASHSEED": str(seed), "PATH": "/usr/bin:/bin"}).stdout for seed in range(6)}
+    assert len(outputs) == 1

@@ -20,7 +20,9 @@ def _mix(composition: dict, dimension: str) -> list[str]:
     before, after = composition["before"][dimension], composition["after"][dimension]
     rows = [[f"`{key}`", f"{before.get(key, {}).get('count', 0):,}", f"{before.get(key, {}).get('share', 0):.1%}",
              f"{after.get(key, {}).get('count', 0):,}", f"{after.get(key, {}).get('share', 0):.1%}"]
-            for key in sorted(set(before) | set(after), key=lambda k: -after.get(k, {}).get("count", 0))]
+            # ties by standing count, then by name: a set's order changes from process to process (string hashing)
+            for key in sorted(set(before) | set(after), key=lambda k: (-after.get(k, {}).get("count", 0),
+                                                                       -before.get(k, {}).get("count", 0), k))]
     return _table([dimension, "standing", "share", "released", "share"], rows)
 
 
