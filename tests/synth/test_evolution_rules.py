@@ -110,3 +110,11 @@ def test_a_judge_s_zero_is_the_bottom_of_the_scale_and_other_scores_off_it_do_no
         Verdict.model_validate({**base, "correctness": 204})
     with pytest.raises(ValidationError):
         Verdict.model_validate({**base, "overall": 11})
+
+
+def test_an_evolved_instruction_is_normalised_as_an_ingested_turn_is():
+    """LLM output carries what ingested text may carry (ANSI escapes, control characters, chat-template
+    tokens): the release must not (issue 14, 3.10)."""
+    from infinstruct.synth.evolution.elimination import clean_evolved
+    raw = "#Rewritten Prompt#: \x1b[1mExplain\x1b[0m how a\u202e tide\x07 works on a\x0bmoon.<|im_end|>"
+    assert clean_evolved(raw) == "Explain how a tide works on a\nmoon."

@@ -13,6 +13,7 @@ import re
 from enum import StrEnum
 
 from infinstruct.curate.rules.filters import refusal_phrase
+from infinstruct.record.normalise import normalise_text
 from infinstruct.synth.prompts import SCAFFOLDING_MARKERS
 from infinstruct.synth.settings import EvolutionSettings
 
@@ -39,8 +40,9 @@ _WORD = re.compile(r"\w+", re.UNICODE)
 
 
 def clean_evolved(text: str) -> str:
-    """The evolved instruction without the evolver's leading label and enclosing quotes."""
-    text = _LEADING_LABEL.sub("", text.strip(), count=1).strip()
+    """The evolved instruction without the evolver's leading label and enclosing quotes, normalised as an
+    ingested turn is (`normalise_text`: control characters, ANSI escapes, chat-template tokens go)."""
+    text = _LEADING_LABEL.sub("", normalise_text(text), count=1).strip()
     if len(text) >= 2 and text[0] == text[-1] and text[0] in "\"'`":
         text = text[1:-1].strip()
     return text

@@ -20,6 +20,7 @@ from sqlalchemy.engine import Engine
 from infinstruct.curate.rules.filters import refusal_phrase
 from infinstruct.ml.roles import Role, chat_for
 from infinstruct.record.conversation import ASSISTANT, USER
+from infinstruct.record.normalise import normalise_text
 from infinstruct.synth import prompts
 from infinstruct.synth.evolution.elimination import content_words
 from infinstruct.synth.requests import request_seed, within_budget
@@ -66,17 +67,18 @@ def respond_batch(engine: Engine, run: SynthesisRun, batch: int) -> dict[str, An
             follow_ups = within_budget(responder.ask_many, asks, "follow-up-v1", str,
                               [request_seed(i, turn, "follow_up") for i in open_ids])
             for i, text in zip(open_ids, follow_ups):
+                text = normalise_text(text)   # as an ingested turn: controls, escapes, template tokens go
                 if content_words(text):   # an empty follow-up ends the conversation where it is
-                    conversations[i].append({"role": USER, "content": text.strip()})
+                    conversations[i].append({"role": USER, "content": text})
             open_ids = [i for i in open_ids if conversations[i][-1]["role"] == USER]
         answers = within_budget(responder.ask_many, [conversations[i] for i in open_ids], "respond-v1", str,
                        [request_seed(i, turn, "respond") for i in open_ids])
-        for i, answer in zip(open_ids, answers):
+        for i, answer in zip(open_ids, map(normalise_text, answers)):   # as an ingested turn is normalised
             problem = answer_problem(answer)
             if problem:
                 problems[i] = problem
             else:
-                conversations[i].append({"role": ASSISTANT, "content": answer.strip()})
+                conversations[i].append({"role": ASSISTANT, "content": answer})
     rows = [{"r": run.run_id, "c": i, "conv": orjson.dumps(turns).decode() if i not in problems else None,
              "reason": problems.get(i, (None, None))[0], "detail": problems.get(i, (None, None))[1]}
             for i, turns in conversations.items()]
