@@ -141,7 +141,9 @@ def run_pipeline(recipe: Path, releases: Path, keep: bool, library: str | None =
         run = re.findall(r"^run (\S+): (\S+)$", text, re.MULTILINE)
         info["run_id"], info["state"] = run[-1] if run else (None, "unknown")
         release = re.findall(r"^release \S+ v\d+: (.+)$", text, re.MULTILINE)
-        info["summary"] = next((json.loads(ln) for ln in reversed(text.splitlines()) if ln.startswith('{"lines"')), None)
+        totals = re.search(r"^ *(\d+) lines: (\d+) kept, (\d+) dropped.*?(\d+) quarantined", text, re.MULTILINE)
+        info["summary"] = (dict(zip(("lines", "kept", "dropped", "quarantined"), map(int, totals.groups()))) if totals
+                           else next((json.loads(ln) for ln in reversed(text.splitlines()) if ln.startswith('{"lines"')), None))
         if release:
             info["release"] = release[-1].strip()
             info["ledger"] = read_parquet(Path(info["release"]) / "ledger.parquet")

@@ -73,9 +73,8 @@ def _run_lease(phase: str, run_id: str, first: bool):
 def stage_task(spec: StageSpec, outlets: list | None = None, phase: str = "curation"):
     """The Airflow task of a declared stage: one call into the library (`spec.step`), under the run's lease of
     its dataset (`phase`: whose runs these are, curation or synthesis)."""
-    argument = "batch" if spec.kind is Kind.BATCH else "partition_id"
-
-    def run(partition_id: str | None = None, batch: int | None = None):   # no **kwargs: Airflow would fill it
+    # `label` only names the mapped instance in the grid (map_index_template), from the plan's item
+    def run(partition_id: str | None = None, batch: int | None = None, label: str | None = None):   # no **kwargs
         import importlib
         module, _, function = spec.step.rpartition(":")
         step = getattr(importlib.import_module(module or "infinstruct.pipeline"), function)
@@ -93,8 +92,15 @@ def stage_task(spec: StageSpec, outlets: list | None = None, phase: str = "curat
         return result
 
     run.__doc__ = spec.summary
+    shown = "task.op_kwargs['batch']" if spec.kind is Kind.BATCH else \
+        "task.op_kwargs['label'] or task.op_kwargs['partition_id']"
     return task(run, task_id=spec.task, pool=spec.pool or "default_pool", outlets=outlets or [],
-                map_index_template=("{{ task.op_kwargs['%s'] }}" % argument) if spec.mapped else None)
+                map_index_template="{{ %s }}" % shown if spec.mapped else None)
+
+
+def _as_partition(item) -> dict:
+    """A plan's item as a mapped instance's arguments: the partition and its label (`chat/2 of 3`)."""
+    return item if isinstance(item, dict) else {"partition_id": item, "label": str(item)}
 
 
 def wire(stages: tuple[StageSpec, ...], outlets: dict[str, list] | None = None, phase: str = "curation") -> dict:
@@ -104,8 +110,11 @@ def wire(stages: tuple[StageSpec, ...], outlets: dict[str, list] | None = None, 
     for spec in stages:
         operator = stage_task(spec, (outlets or {}).get(spec.task), phase)
         if spec.mapped:
-            argument = "batch" if spec.kind is Kind.BATCH else "partition_id"
-            tasks[spec.task] = operator.expand(**{argument: tasks[spec.over] if spec.over else plan})
+            if spec.over:
+                argument = "batch" if spec.kind is Kind.BATCH else "partition_id"
+                tasks[spec.task] = operator.expand(**{argument: tasks[spec.over]})
+            else:   # over the plan's partitions, each with its label
+                tasks[spec.task] = operator.expand_kwargs(plan.map(_as_partition))
         else:
             tasks[spec.task] = operator()
             if spec.kind is Kind.PLAN:

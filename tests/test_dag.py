@@ -60,6 +60,10 @@ def test_sample_run_writes_a_release_that_adds_up(dag, tmp_path):
     assert str(dag_run.state) == "success", states(dag_run)
     # shards of 6 lines: chat 16 lines -> 3, tasks 17 -> 3, the JSON array and the Parquet file -> 1 each
     assert len([k for k in states(dag_run) if k[0] == "ingest"]) == 8
+    # the grid names each mapped instance by its source and shard, not by the partition hash
+    assert sorted(ti.rendered_map_index for ti in dag_run.get_task_instances() if ti.task_id == "apply_rules") == [
+        "chat/1 of 3", "chat/2 of 3", "chat/3 of 3", "qa/1 of 1", "support/1 of 1", "tasks/1 of 3", "tasks/2 of 3",
+        "tasks/3 of 3"]
     release = tmp_path / "sample" / (tmp_path / "sample" / "LATEST").read_text().strip()
     manifest = json.loads((release / "manifest.json").read_text())
     ledger = pd.read_parquet(release / "ledger.parquet")
@@ -164,10 +168,22 @@ def test_every_pool_a_task_uses_is_created_by_setup(airflow_home):
     from infinstruct.stages import AIRFLOW_POOLS
     bag = DagBag(dag_folder=str(ROOT / "dags"))
     used = {t.pool for dag in bag.dags.values() for t in dag.tasks}
-    assert used - {"default_pool"} <= set(AIRFLOW_POOLS) and "infinstruct_llm" in used
+    assert used - {"default_pool"} <= set(AIRFLOW_POOLS) and {"infinstruct_llm", "infinstruct_embedding"} <= used
+    # the tasks that load torch and MiniLM share the embedding pool: a few at once, not one per shard
+    curation = bag.dags[DAG_ID].task_dict
+    assert {task for task, t in curation.items() if t.pool == "infinstruct_embedding"} == {
+        "decontaminate", "semantic_deduplicate", "score_records", "select_records"}
     listed = subprocess.run([sys.executable, "-m", "airflow", "pools", "list", "-o", "json"], check=True,
                             capture_output=True, text=True).stdout
     assert used <= {p["pool"] for p in json.loads(listed)}   # airflow_home ran the setup: a missing pool waits forever
+
+
+def test_every_task_has_an_execution_timeout(airflow_home):
+    """A hung task fails (and is retried) instead of hanging the night."""
+    from airflow.dag_processing.dagbag import DagBag
+    bag = DagBag(dag_folder=str(ROOT / "dags"))
+    missing = [(dag.dag_id, t.task_id) for dag in bag.dags.values() for t in dag.tasks if not t.execution_timeout]
+    assert bag.dags and not missing
 
 
 @pytest.mark.parametrize("error", ["BenchmarkError", "EmbeddingError", "LLMConfigError", "ScoringError",

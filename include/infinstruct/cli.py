@@ -10,9 +10,17 @@
     infinstruct vector-support                    whether pgvector works on that server (the probe's answer)
     infinstruct stages [--json] [--synthesis]     the stages a DAG is built from, in order
     infinstruct leases [--release DATASET]        which run holds each dataset (runs of one dataset never overlap)
+    infinstruct status [--dataset D] [--runs N]   the last runs: their funnels (lines, kept, dropped by stage,
+                                                  quarantined) and releases
+    infinstruct explain <record-id | file:line>   every decision on the line(s), the gates of its run, the releases
+                                                  that hold it
+    infinstruct diff <release-a> <release-b>      records added / removed / unchanged, per source and reason
+                                                  (a release folder, or dataset@version)
 
 `run` and `synthesize` need no Airflow services: they use $AIRFLOW_HOME if set, else
 <INFINSTRUCT_HOME>/airflow with a SQLite metadata database, migrated (and given its pools) on first use.
+They print a line per stage as it finishes and a summary; Airflow's and the tasks' logs go to
+<INFINSTRUCT_HOME>/logs/<command>-<time>.log (the path is printed; --verbose: to the terminal too).
 """
 from __future__ import annotations
 
@@ -22,6 +30,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from infinstruct.config import DEFAULT_RECIPE, PROJECT_ROOT, infinstruct_home, load_recipe
@@ -91,60 +100,62 @@ def create_pools() -> None:
                            check=True, stdout=subprocess.DEVNULL)
 
 
-def _test_run(dag_id: str, conf: dict):
-    """One run of a DAG in this process (dag.test), its task states printed; returns the DagRun."""
-    _airflow_env()
-    ensure_airflow_db()
-    from airflow.dag_processing.dagbag import DagBag
+def _test_run(dag_id: str, conf: dict, verbose: bool = False):
+    """One run of a DAG in this process (dag.test): a line per stage as it finishes, Airflow's and the tasks'
+    logs to a log file (and the terminal too when `verbose`); returns the DagRun, the log file and the seconds."""
+    from infinstruct import progress
+    from infinstruct.stages import SYNTHESIS_STAGES, all_stages
 
-    bag = DagBag(dag_folder=os.environ["AIRFLOW__CORE__DAGS_FOLDER"])
-    if bag.import_errors:
-        raise SystemExit(f"DAG import errors: {bag.import_errors}")
-    dag_run = bag.dags[dag_id].test(run_conf=conf)
-    states = {}
-    for ti in dag_run.get_task_instances():
-        states.setdefault(ti.state, []).append(ti.task_id + (f"[{ti.map_index}]" if ti.map_index >= 0 else ""))
-    print(f"\nrun {dag_run.run_id}: {dag_run.state}")
-    for state, tasks in sorted(states.items(), key=lambda kv: str(kv[0])):
-        print(f"  {state}: {len(tasks)} task(s) {' '.join(sorted(tasks)) if state != 'success' else ''}")
-    return dag_run
+    log = progress.log_path("synthesize" if dag_id == SYNTHESIS_DAG_ID else "run")
+    print(f"{dag_id}: Airflow and task logs go to {log}{' (and here)' if verbose else ''}", flush=True)
+    started = time.monotonic()
+    with progress.logs_to(log, verbose) as out:
+        _airflow_env()
+        ensure_airflow_db()
+        from airflow.dag_processing.dagbag import DagBag
+
+        bag = DagBag(dag_folder=os.environ["AIRFLOW__CORE__DAGS_FOLDER"])
+        if bag.import_errors:
+            raise SystemExit(f"DAG import errors: {bag.import_errors}")
+        tasks = [s.task for s in (SYNTHESIS_STAGES if dag_id == SYNTHESIS_DAG_ID else all_stages())]
+        with progress.DagRunProgress(dag_id, tasks, out):
+            dag_run = bag.dags[dag_id].test(run_conf=conf)
+    return dag_run, log, time.monotonic() - started
 
 
-def run(recipe_path: str, out_dir: str) -> int:
+def run(recipe_path: str, out_dir: str, verbose: bool = False) -> int:
     recipe, path = load_recipe(recipe_path)  # fail fast, with a clear message, before Airflow starts
-    dag_run = _test_run(DAG_ID, {"recipe": str(path), "out_dir": str(Path(out_dir).resolve())})
+    dag_run, log, elapsed = _test_run(DAG_ID, {"recipe": str(path), "out_dir": str(Path(out_dir).resolve())}, verbose)
     if str(dag_run.state) != "success":
         from infinstruct.pipeline import mark_failed
         mark_failed(dag_run.run_id)
-        return 1
-    release = _release_of(dag_run.run_id)
-    if release:
-        print(f"release {recipe.name} v{release['version']:04d}: {release['path']}")
-        totals = release["manifest"]["totals"]
-        print(json.dumps({key: totals[key] for key in ("lines", "kept", "dropped", "quarantined")}))
-    return 0
+    return _summary(dag_run, log, elapsed)
 
 
-def synthesize(recipe_path: str, release: str, out_dir: str) -> int:
+def _summary(dag_run, log: Path, elapsed: float) -> int:
+    """Print what the run made (release, totals, drops by stage, gates) or what failed; the exit code."""
+    from infinstruct.progress import run_summary
+    from infinstruct.store.db import get_engine
+    ok = str(dag_run.state) == "success"
+    print(run_summary(get_engine(), dag_run, _release_of(dag_run.run_id) if ok else None, log, elapsed))
+    return 0 if ok else 1
+
+
+def synthesize(recipe_path: str, release: str, out_dir: str, verbose: bool = False) -> int:
     recipe, path = load_recipe(recipe_path)
     if recipe.synthesis is None:
         raise SystemExit(f"recipe {path} has no `synthesis` section: add one (`synthesis: {{}}` takes the defaults)")
     from infinstruct.ml.llm_server import stop_local_llm
     try:
-        dag_run = _test_run(SYNTHESIS_DAG_ID, {"recipe": str(path), "release": str(Path(release).resolve()),
-                                               "out_dir": str(Path(out_dir).resolve())})
+        dag_run, log, elapsed = _test_run(SYNTHESIS_DAG_ID, {"recipe": str(path), "release": str(Path(release).resolve()),
+                                                             "out_dir": str(Path(out_dir).resolve())}, verbose)
     finally:   # the embedded LLM server, if the run started one: its work is done (the cache keeps the answers)
         if stop_local_llm():
             print("stopped the embedded LLM server")
     if str(dag_run.state) != "success":
         from infinstruct.synth.pipeline import mark_failed
         mark_failed(dag_run.run_id)
-        return 1
-    release_row = _release_of(dag_run.run_id)
-    if release_row:
-        print(f"release {release_row['manifest']['dataset']} v{release_row['version']:04d}: {release_row['path']}")
-        print(json.dumps(release_row["manifest"]["totals"]))
-    return 0
+    return _summary(dag_run, log, elapsed)
 
 
 def _release_of(run_id: str) -> dict | None:
@@ -156,6 +167,29 @@ def _release_of(run_id: str) -> dict | None:
         row = conn.execute(sa.text("select version, path, manifest from releases where run_id = :r order by version desc limit 1"),
                            {"r": run_id}).mappings().first()
     return dict(row) if row else None
+
+
+def _report(args, engine) -> int:
+    """`status`, `explain` and `diff`: read-only views of the store and the releases."""
+    if args.command == "status":
+        from infinstruct.store import run_status
+        print(run_status.render(run_status.last_runs(engine, args.dataset, args.runs)))
+    elif args.command == "explain":
+        from infinstruct.store import explain
+        try:
+            print(explain.render(explain.explain(engine, args.ref)))
+        except explain.ExplainError as exc:
+            print(exc, file=sys.stderr)
+            return 1
+    else:
+        from infinstruct.release import diff
+        try:
+            a, b = diff.resolve(args.a, engine), diff.resolve(args.b, engine)
+        except diff.ReleaseNotFound as exc:
+            print(exc, file=sys.stderr)
+            return 1
+        print(diff.render(diff.diff_releases(a, b)))
+    return 0
 
 
 def print_stages(as_json: bool, synthesis: bool = False) -> int:
@@ -177,6 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     run_cmd = commands.add_parser("run", help="run the curation DAG once on a recipe (no Airflow services needed)")
     run_cmd.add_argument("--recipe", default=str(DEFAULT_RECIPE), help="recipe YAML (default: the bundled sample)")
     run_cmd.add_argument("--out", default="releases", help="release folder (default: ./releases)")
+    run_cmd.add_argument("--verbose", action="store_true", help="Airflow's and the tasks' log lines on the terminal too")
     commands.add_parser("migrate", help="create or upgrade the metadata store schema")
     commands.add_parser("database-url", help="print the metadata store URL")
     commands.add_parser("vector-support", help="probe (once per server start) whether pgvector works on the server")
@@ -188,6 +223,16 @@ def main(argv: list[str] | None = None) -> int:
     synth_cmd.add_argument("--release", default="releases",
                            help="a release folder, or the folder holding <dataset>/LATEST (default: ./releases)")
     synth_cmd.add_argument("--out", default="releases", help="folder that receives <dataset>/synthetic/vNNNN")
+    synth_cmd.add_argument("--verbose", action="store_true", help="Airflow's and the tasks' log lines on the terminal too")
+    status_cmd = commands.add_parser("status", help="the last runs and their funnels")
+    status_cmd.add_argument("--dataset", help="only this dataset's runs")
+    status_cmd.add_argument("--runs", type=int, default=5, help="how many runs, newest first (default 5)")
+    explain_cmd = commands.add_parser("explain", help="a record's lineage: every decision, gate and release")
+    explain_cmd.add_argument("ref", metavar="record-id | file:line", help="a record id, or a source file's path (or its"
+                                                                          " end) and line number")
+    diff_cmd = commands.add_parser("diff", help="what changed between two releases")
+    diff_cmd.add_argument("a", metavar="release-a", help="a release folder, or dataset@version (sample@1)")
+    diff_cmd.add_argument("b", metavar="release-b", help="a release folder, or dataset@version")
     commands.add_parser("setup-airflow", help="migrate Airflow's database and create the pools the DAGs use")
     leases_cmd = commands.add_parser("leases", help="which run holds each dataset's lease (one run at a time per dataset)")
     leases_cmd.add_argument("--release", metavar="DATASET",
@@ -198,9 +243,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     if args.command == "run":
-        return run(args.recipe, args.out)
+        return run(args.recipe, args.out, verbose=args.verbose)
     if args.command == "synthesize":
-        return synthesize(args.recipe, args.release, args.out)
+        return synthesize(args.recipe, args.release, args.out, args.verbose)
     if args.command == "stages":
         return print_stages(args.json, args.synthesis)
     if args.command == "setup-airflow":
@@ -229,6 +274,8 @@ def main(argv: list[str] | None = None) -> int:
         for lease in run_lease.leases(engine):
             print(json.dumps(lease, default=str))
         return 0
+    elif args.command in ("status", "explain", "diff"):
+        return _report(args, engine)
     elif args.command == "vector-support":
         from infinstruct.store.vector_probe import cpu_description, vector_support
         support = vector_support(engine)

@@ -26,6 +26,7 @@ from infinstruct.gates import checks as gates
 from infinstruct.preflight import check_inputs
 from infinstruct.release import assemble, parts
 from infinstruct.sources import ingest
+from infinstruct.sources.labels import run_partition_labels
 from infinstruct.sources.plan import FileState, ScannedFile, other_spellings, plan_recipe
 from infinstruct.store import run_lease
 from infinstruct.store.db import get_engine, logged_if_store_unreachable
@@ -120,6 +121,13 @@ def plan(run_id: str) -> list[str]:
     log.info("run %s: %d partitions over %d sources (%d of %d files read, the others unchanged since their last scan;"
              " %d left out)", run_id, len(plans), len(recipe.sources), len(rescanned), len(scans), len(skipped))
     return [p.partition_id for p in plans]
+
+
+def plan_partitions(run_id: str) -> list[dict[str, str]]:
+    """`plan`, each partition id with its label for people (`chat/2 of 3`: Airflow names a mapped instance by it)."""
+    ids = plan(run_id)
+    labels = run_partition_labels(get_engine(), run_id)
+    return [{"partition_id": p, "label": labels.get(p, p)} for p in ids]
 
 
 def ingest_partition(run_id: str, partition_id: str) -> dict[str, Any]:

@@ -19,7 +19,8 @@ from infinstruct.record.reasons import Drop, Quarantine, Stage
 
 class Kind(StrEnum):
     SETUP = "setup"                 # once per run, before any data
-    PLAN = "plan"                   # returns the partition ids the per-partition stages are mapped over
+    PLAN = "plan"                   # returns the partitions the per-partition stages are mapped over (ids, or
+                                    # {"partition_id", "label"}: the label names the mapped instances)
     PARTITION = "per partition"     # a mapped task: one instance per partition, re-run alone when it fails
     BATCH = "per batch"             # a mapped task over the batches a seed step returns (Phase 2's LLM steps)
     DATASET = "whole dataset"       # one task over every partition of the dataset (full or incremental pass)
@@ -48,20 +49,24 @@ class StageSpec:
 
 
 LLM_POOL = "infinstruct_llm"
+EMBEDDING_POOL = "infinstruct_embedding"   # tasks that load torch and MiniLM: a few at once, not one per mapped shard
 # every pool a stage names, with its slots and what it is for: `infinstruct setup-airflow` and docker-compose's
 # airflow-init create them (a task whose pool is missing waits forever, with only a scheduler warning)
 AIRFLOW_POOLS = {LLM_POOL: (1, "LLM requests of Phase 2: one task at a time per endpoint-bound worker; raise it "
-                              "when the roles' endpoints serve many requests at once")}
+                              "when the roles' endpoints serve many requests at once"),
+                 EMBEDDING_POOL: (2, "tasks that embed with the sentence-transformers model (torch, MiniLM): each "
+                                     "loads the model and takes a core; raise it with the workers' cores and memory")}
 
 
 STAGES: tuple[StageSpec, ...] = (
     StageSpec("start_run", Kind.SETUP, "start_run", params=("recipe",),
               summary='validates the recipe, stores a snapshot of it with the run (`runs`) and, where the recipe uses a '
                       'vector index, proves once per server start that pgvector works there (see "The embedded server")'),
-    StageSpec("plan_partitions", Kind.PLAN, "plan", after=("start_run",), section="sources",
+    StageSpec("plan_partitions", Kind.PLAN, "plan_partitions", after=("start_run",), section="sources",
               summary="expands every source's path/glob into files and files into shards (`partitions`); returns partition "
-                      'ids. A file whose size, mtime, ctime and inode are unchanged since its last scan (`source_files`) is'
-                      ' not read again, as make and git decide (`touch` a file to have it re-read)'),
+                      'ids with their labels (`chat/2 of 3`: what the grid names mapped instances by). A file whose size, '
+                      'mtime, ctime and inode are unchanged since its last scan (`source_files`) is not read again, as make '
+                      'and git decide (`touch` a file to have it re-read)'),
     StageSpec("ingest", Kind.PARTITION, "ingest_partition", decides=Stage.INGEST, section="ingest",
               reasons=tuple(q.code for q in Quarantine),
               summary='streams one shard, maps each line to the conversation schema, normalises the text, COPYs records and'
@@ -77,6 +82,7 @@ STAGES: tuple[StageSpec, ...] = (
                       "into `record_stats` and drops those the recipe's thresholds fail"),
     StageSpec("decontaminate", Kind.PARTITION, "decontaminate", after=("apply_rules",), decides=Stage.DECONTAM,
               reasons=("contaminated:*",), section="decontamination",
+              pool=EMBEDDING_POOL,
               summary='drops records that contain a benchmark item (13-gram overlap, short items by containment), plus '
                       "MiniLM cosine against every benchmark item (≥ 0.90 alone, or ≥ 0.70 with at least 45% of the item's "
                       'word pairs in the record) (the instruction of each record the rules kept, its vector cached per '
@@ -95,11 +101,13 @@ STAGES: tuple[StageSpec, ...] = (
                       'prompts, or swapped names/numbers/quoted words'),
     StageSpec("semantic_deduplicate", Kind.DATASET, "semantic_deduplicate", after=("near_deduplicate",),
               decides=Stage.SEMANTIC_DEDUP, reasons=(Drop.SEMANTIC_DUPLICATE.value,), section="semantic_dedup",
+              pool=EMBEDDING_POOL,
               summary='MiniLM embeddings of the instructions still standing (cached per record in `embedding_cache`), taken'
                       ' in keep-rule order; a record whose cosine to an accepted one reaches the threshold is dropped, '
                       'unless they differ in a number, name or quoted word. The accepted set persists (`semantic_accepted`,'
                       ' searched with a pgvector HNSW index, or exactly where the server has no pgvector)'),
     StageSpec("score_records", Kind.PARTITION, "score_records", after=("semantic_deduplicate",), section="selection",
+              pool=EMBEDDING_POOL,
               summary='per standing record, once per content (`record_scores`): cheap signals (lengths, structure, '
                       "reasoning markers, code/math detection), quality and difficulty from the recipe's weights "
                       '(re-derived from stored signals when a weight changes), and the domain (math, code, knowledge, chat,'
@@ -107,6 +115,7 @@ STAGES: tuple[StageSpec, ...] = (
                       'cached instruction vector. Off (returns at once) without a `selection`'),
     StageSpec("select_records", Kind.DATASET, "select", after=("score_records",), decides=Stage.SELECT,
               reasons=("not_selected:*",), section="selection",
+              pool=EMBEDDING_POOL,
               summary="Phase 1 selection under per-domain quotas: ranks each domain's records by quality (+ difficulty) and"
                       " DSIR importance toward the domain's target file, then accepts them DEITA-style while their cosine "
                       'to the already selected set stays under the threshold, until the quota is full. Continues from the '
