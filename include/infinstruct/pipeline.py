@@ -24,6 +24,7 @@ from infinstruct.curate.selection import stage as selection_stage
 from infinstruct.curate.semantic_dedup import stage as semantic_dedup_stage
 from infinstruct.gates import checks as gates
 from infinstruct.preflight import check_inputs
+from infinstruct.record.reasons import Stage
 from infinstruct.release import assemble, parts
 from infinstruct.sources import ingest
 from infinstruct.sources.labels import run_partition_labels
@@ -31,6 +32,7 @@ from infinstruct.sources.plan import FileState, ScannedFile, other_spellings, pl
 from infinstruct.store import run_lease
 from infinstruct.store.db import get_engine, logged_if_store_unreachable
 from infinstruct.store.housekeeping import abandon_stale_runs, forget_spellings
+from infinstruct.store.stage_counts import counted
 from infinstruct.store.vector_probe import vector_support
 
 log = logging.getLogger(__name__)
@@ -130,6 +132,7 @@ def plan_partitions(run_id: str) -> list[dict[str, str]]:
     return [{"partition_id": p, "label": labels.get(p, p)} for p in ids]
 
 
+@counted(Stage.INGEST)
 def ingest_partition(run_id: str, partition_id: str) -> dict[str, Any]:
     return ingest.ingest_partition(get_engine(), run_recipe(run_id), run_id, partition_id).as_dict()
 
@@ -139,10 +142,12 @@ def check_ingested(run_id: str) -> dict[str, Any]:
     return {"gate": result.gate, "success": result.success, "statistics": result.statistics}
 
 
+@counted(Stage.RULES)
 def apply_rules(run_id: str, partition_id: str) -> dict[str, Any]:
     return rules_stage.apply_rules(get_engine(), run_recipe(run_id), run_id, partition_id).as_dict()
 
 
+@counted(Stage.DECONTAM)
 def decontaminate(run_id: str, partition_id: str) -> dict[str, Any]:
     return decontam_stage.decontaminate(get_engine(), run_recipe(run_id), run_id, partition_id).as_dict()
 
@@ -153,16 +158,19 @@ def minhash(run_id: str, partition_id: str) -> dict[str, Any]:
     return {"partition_id": partition_id, "computed": computed}
 
 
+@counted(Stage.DEDUP)
 def deduplicate(run_id: str) -> dict[str, Any]:
     result = dedup_stage.exact_dedup(get_engine(), run_recipe(run_id), run_id)
     log.info("run %s: dedup dropped %s (%s)", run_id, result.by_reason, result.why)
     return result.as_dict()
 
 
+@counted(Stage.NEAR_DEDUP)
 def near_deduplicate(run_id: str) -> dict[str, Any]:
     return near_dedup_stage.near_dedup(get_engine(), run_recipe(run_id), run_id).as_dict()
 
 
+@counted(Stage.SEMANTIC_DEDUP)
 def semantic_deduplicate(run_id: str) -> dict[str, Any]:
     return semantic_dedup_stage.semantic_dedup(get_engine(), run_recipe(run_id), run_id).as_dict()
 
@@ -171,6 +179,7 @@ def score_records(run_id: str, partition_id: str) -> dict[str, Any]:
     return scoring_stage.score_partition(get_engine(), run_recipe(run_id), run_id, partition_id)
 
 
+@counted(Stage.SELECT)
 def select(run_id: str) -> dict[str, Any]:
     result = selection_stage.select_records(get_engine(), run_recipe(run_id), run_id)
     # XCom gets the counts; the per-domain summary is in selection_state and the release manifest
