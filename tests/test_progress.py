@@ -21,3 +21,8 @@ def test_gates_plans_releases_and_switched_off_stages_say_what_they_are():
     assert describe("select_records", [{"disabled": True}]) == "off (its recipe section is absent)"
     assert describe("deduplicate", [{"decided": 5, "dropped": 0, "by_reason": {}, "why": "incremental"}]) == \
         "decided 5, dropped 0 (incremental)"
+
+
+def test_a_batch_index_is_not_a_count():
+    assert describe("judge", [{"batch": 0, "kept": 1, "judged": 2}, {"batch": 1, "kept": 0, "judged": 1}]) == \
+        "kept 1, judged 3"

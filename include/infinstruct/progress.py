@@ -117,8 +117,8 @@ def describe(task: str, results: list[Any]) -> str:
     flags: dict[str, int] = {}
     for result in results:
         for key, value in result.items():
-            if key in reasons or key in ("version", "disabled", "full_pass"):
-                continue   # a drop reason's count (shown with `dropped`), or said otherwise
+            if key in reasons or key in ("version", "disabled", "full_pass", "batch"):
+                continue   # a drop reason's count (shown with `dropped`), an index, or said otherwise
             if isinstance(value, bool):
                 flags[key] = flags.get(key, 0) + value
             elif isinstance(value, (int, float)):
