@@ -14,7 +14,7 @@ import os
 from datetime import timedelta
 
 import pendulum
-from airflow.sdk import Param, dag
+from airflow.sdk import CronPartitionTimetable, Param, dag
 from infinstruct_tasks import DEFAULT_OUT, DEFAULT_RECIPE, RELEASE_ASSET, wire
 
 from infinstruct.stages import all_stages
@@ -27,7 +27,10 @@ def _mark_failed(context) -> None:
 
 @dag(
     dag_id="infinstruct_curation",
-    schedule=os.environ.get("INFINSTRUCT_SCHEDULE", "0 2 * * *"),
+    # nightly at 02:00 UTC for the night before: each scheduled (or backfilled) run carries that night's date as
+    # its partition key, and sources whose path names `{partition}` are read up to it (sources/plan.py)
+    schedule=CronPartitionTimetable(os.environ.get("INFINSTRUCT_SCHEDULE", "0 2 * * *"), timezone="UTC", run_offset=-1,
+                                    key_format="%Y-%m-%d"),
     start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
     catchup=False,
     max_active_runs=1,  # runs of one dataset share its partitions and decisions; a backfill runs up to its own
@@ -38,6 +41,9 @@ def _mark_failed(context) -> None:
     params={
         "recipe": Param(DEFAULT_RECIPE, type="string", description="Path of the recipe YAML"),
         "out_dir": Param(DEFAULT_OUT, type="string", description="Folder that receives <dataset>/vNNNN releases"),
+        "partition": Param(None, type=["null", "string"],
+                           description="Partition key for a manual run (e.g. 2026-12-01): sources naming {partition} "
+                                       "are read up to it; scheduled and backfilled runs carry their night's key"),
     },
     on_failure_callback=_mark_failed,
     tags=["infinstruct", "phase1"],

@@ -41,6 +41,17 @@ def _param_path(name: str) -> str:
     return str(path if path.is_absolute() else PROJECT / path)
 
 
+def _run_partition(context) -> str | None:
+    """The run's partition key: the schedule's or a backfill's (CronPartitionTimetable), else the `partition`
+    param (a manual trigger, `infinstruct run --partition`), else None (every partition)."""
+    return context.get("partition_key") or context["params"].get("partition") or None
+
+
+def _param(name: str) -> str | None:
+    """A step's param: the run's partition key, or a path param."""
+    return _run_partition(get_current_context()) if name == "partition" else _param_path(name)
+
+
 def _call(step, *args):
     from infinstruct.errors import DataError
     try:
@@ -81,7 +92,7 @@ def stage_task(spec: StageSpec, outlets: list | None = None, phase: str = "curat
         if spec.kind is Kind.SETUP:
             _check_conf(get_current_context())
         mapped = [batch if spec.kind is Kind.BATCH else partition_id] if spec.mapped else []
-        args = [get_current_context()["run_id"], *mapped, *(_param_path(name) for name in spec.params)]
+        args = [get_current_context()["run_id"], *mapped, *(_param(name) for name in spec.params)]
         with _run_lease(phase, args[0], first=spec.kind is Kind.SETUP):
             result = _call(step, *args)
         if outlets and isinstance(result, dict):   # the asset event says which release it is, and of which recipe

@@ -52,7 +52,7 @@ def test_dag_shape(dag):
     assert dag.task_dict["write_release_part"].upstream_task_ids == {"check_selection", "plan_partitions"}
     assert dag.task_dict["check_release"].upstream_task_ids == {"write_release_part"}
     assert all(t.trigger_rule == "all_success" for t in dag.tasks)
-    assert set(dag.params.keys()) == {"recipe", "out_dir"}
+    assert set(dag.params.keys()) == {"recipe", "out_dir", "partition"}
 
 
 def test_sample_run_writes_a_release_that_adds_up(dag, tmp_path):

@@ -123,9 +123,10 @@ def _test_run(dag_id: str, conf: dict, verbose: bool = False):
     return dag_run, log, time.monotonic() - started
 
 
-def run(recipe_path: str, out_dir: str, verbose: bool = False) -> int:
+def run(recipe_path: str, out_dir: str, partition: str | None = None, verbose: bool = False) -> int:
     recipe, path = load_recipe(recipe_path)  # fail fast, with a clear message, before Airflow starts
-    dag_run, log, elapsed = _test_run(DAG_ID, {"recipe": str(path), "out_dir": str(Path(out_dir).resolve())}, verbose)
+    conf = {"recipe": str(path), "out_dir": str(Path(out_dir).resolve())}
+    dag_run, log, elapsed = _test_run(DAG_ID, conf | ({"partition": partition} if partition else {}), verbose)
     if str(dag_run.state) != "success":
         from infinstruct.pipeline import mark_failed
         mark_failed(dag_run.run_id)
@@ -212,6 +213,8 @@ def main(argv: list[str] | None = None) -> int:
     run_cmd.add_argument("--recipe", default=str(DEFAULT_RECIPE), help="recipe YAML (default: the bundled sample)")
     run_cmd.add_argument("--out", default="releases", help="release folder (default: ./releases)")
     run_cmd.add_argument("--verbose", action="store_true", help="Airflow's and the tasks' log lines on the terminal too")
+    run_cmd.add_argument("--partition", help="partition key (e.g. 2026-12-01): sources naming {partition} are read up "
+                                             "to it, as the nightly run or a backfill of that night reads them")
     commands.add_parser("migrate", help="create or upgrade the metadata store schema")
     commands.add_parser("database-url", help="print the metadata store URL")
     commands.add_parser("vector-support", help="probe (once per server start) whether pgvector works on the server")
@@ -243,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     if args.command == "run":
-        return run(args.recipe, args.out, verbose=args.verbose)
+        return run(args.recipe, args.out, args.partition, args.verbose)
     if args.command == "synthesize":
         return synthesize(args.recipe, args.release, args.out, args.verbose)
     if args.command == "stages":

@@ -46,6 +46,9 @@ class RecipeError(DataError, ValueError):
     """The recipe file is missing, not YAML, or does not match the recipe schema."""
 
 
+PARTITION = "{partition}"   # in a source path: the run's partition key (e.g. a date folder), see sources/plan.py
+
+
 class Source(Strict):
     """One raw instruction source: files (a path or glob) in one format."""
 
@@ -57,6 +60,21 @@ class Source(Strict):
     fields: dict[str, str] | None = None
     # lower wins when the same instruction comes from several sources; default: order in the recipe
     priority: int | None = None
+
+    @field_validator("path")
+    @classmethod
+    def _partition_placeholder(cls, path: str) -> str:
+        """`{partition}` may name one path component's variable part: `incoming/{partition}/*.jsonl`,
+        `dumps/day={partition}/part-*.parquet` (the rest of that component literal, no `**` before it)."""
+        if PARTITION not in path:
+            return path
+        if path.count(PARTITION) > 1:
+            raise ValueError(f"{path}: name the partition once ({PARTITION})")
+        parts = path.replace(os.sep, "/").split("/")
+        at = next(i for i, part in enumerate(parts) if PARTITION in part)
+        if "**" in parts[:at] or any(c in parts[at].replace(PARTITION, "") for c in "*?["):
+            raise ValueError(f"{path}: the path component with {PARTITION} must be otherwise literal, with no ** before it")
+        return path
 
     @model_validator(mode="after")
     def _fields_match_format(self) -> "Source":

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from typing import Any
 
 import sqlalchemy as sa
@@ -22,6 +23,7 @@ from infinstruct.curate.rules import stage as rules_stage
 from infinstruct.curate.scoring import stage as scoring_stage
 from infinstruct.curate.selection import stage as selection_stage
 from infinstruct.curate.semantic_dedup import stage as semantic_dedup_stage
+from infinstruct.errors import DataError
 from infinstruct.gates import checks as gates
 from infinstruct.preflight import check_inputs
 from infinstruct.record.reasons import Stage
@@ -47,24 +49,37 @@ def run_recipe(run_id: str) -> Recipe:
     return Recipe.model_validate(raw)
 
 
-def start_run(run_id: str, recipe_path: str | os.PathLike) -> dict[str, Any]:
-    """Validate the recipe and record the run with a snapshot of it (a retry updates the snapshot)."""
+PARTITION_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:+-]{0,63}$")   # a date, a datetime, a batch name
+
+
+class PartitionKeyError(DataError, ValueError):
+    """A run's partition key that cannot name a folder."""
+
+
+def start_run(run_id: str, recipe_path: str | os.PathLike, partition: str | None = None) -> dict[str, Any]:
+    """Validate the recipe and record the run with a snapshot of it (a retry updates the snapshot). `partition`:
+    the run's partition key (the schedule's or a backfill's night), which sources naming `{partition}` are read
+    up to; None: every partition."""
+    if partition is not None and not PARTITION_KEY.match(partition):
+        raise PartitionKeyError(f"partition key {partition!r}: use letters, digits and . _ : + - (e.g. 2026-12-01)")
     recipe, path = load_recipe(recipe_path)
     check_inputs(recipe)   # a missing benchmark or target file fails here, not after hours of work
     if any(s is not None and s.index != "exact" for s in (recipe.semantic_dedup, recipe.selection)):
         vector_support(get_engine())   # first: a pgvector that would crash the server is found before any work
     with get_engine().begin() as conn:
         conn.execute(sa.text(
-            "insert into runs (run_id, dataset, recipe, recipe_hash) values (:run, :d, cast(:r as jsonb), :h)"
+            "insert into runs (run_id, dataset, recipe, recipe_hash, partition_key) values (:run, :d, cast(:r as jsonb), :h, :k)"
             " on conflict (run_id) do update set recipe = excluded.recipe, recipe_hash = excluded.recipe_hash,"
-            " status = 'running', finished_at = null, end_reason = null"),
-            {"run": run_id, "d": recipe.name, "r": json.dumps(recipe.model_dump(mode="json")), "h": recipe_hash(recipe)})
+            " partition_key = excluded.partition_key, status = 'running', finished_at = null, end_reason = null"),
+            {"run": run_id, "d": recipe.name, "r": json.dumps(recipe.model_dump(mode="json")), "h": recipe_hash(recipe),
+             "k": partition})
         abandoned = abandon_stale_runs(conn, recipe.name, run_id)
     if abandoned:
         log.warning("run %s: earlier run(s) of %r still recorded as running marked failed (abandoned): %s",
                     run_id, recipe.name, ", ".join(abandoned))
-    log.info("run %s: recipe %s (%s), %d sources", run_id, path, recipe_hash(recipe), len(recipe.sources))
-    return {"run_id": run_id, "dataset": recipe.name, "recipe_hash": recipe_hash(recipe)}
+    log.info("run %s: recipe %s (%s), %d sources%s", run_id, path, recipe_hash(recipe), len(recipe.sources),
+             f", partitions up to {partition}" if partition is not None else "")
+    return {"run_id": run_id, "dataset": recipe.name, "recipe_hash": recipe_hash(recipe), "partition": partition}
 
 
 def _known_files(conn, dataset: str) -> dict[tuple[str, str], ScannedFile]:
@@ -83,7 +98,8 @@ def plan(run_id: str) -> list[str]:
     recipe = run_recipe(run_id)
     with get_engine().connect() as conn:
         known = _known_files(conn, recipe.name)
-    plans, scans, skipped = plan_recipe(recipe, known)
+        partition = conn.execute(sa.text("select partition_key from runs where run_id = :run"), {"run": run_id}).scalar()
+    plans, scans, skipped = plan_recipe(recipe, known, partition)
     for s in skipped:   # nothing to read, so no line to account for: say so where a user looks
         log.warning("run %s: source %r: %s left out of the plan (%s): %s", run_id, s.source, s.path, s.reason, s.detail)
     rescanned = [s for s in scans if known.get((s.source, s.path)) is not s]

@@ -34,7 +34,7 @@ class StageSpec:
     kind: Kind
     step: str                        # the function the task calls: of infinstruct.pipeline, or "module:function"
     after: tuple[str, ...] = ()      # the tasks it waits for (besides the plan, for a per-partition stage)
-    params: tuple[str, ...] = ()     # DAG params passed after the run (and partition) id, as paths
+    params: tuple[str, ...] = ()     # DAG params passed after the run (and partition) id, as paths (`partition`: the run's key)
     decides: str | None = None       # the ledger stage of the decisions it writes (a Stage, or your own name)
     reasons: tuple[str, ...] = ()    # the reason codes it may write (`<prefix>:*`: one per rule/benchmark/domain)
     section: str | None = None       # its recipe section
@@ -59,7 +59,7 @@ AIRFLOW_POOLS = {LLM_POOL: (1, "LLM requests of Phase 2: one task at a time per 
 
 
 STAGES: tuple[StageSpec, ...] = (
-    StageSpec("start_run", Kind.SETUP, "start_run", params=("recipe",),
+    StageSpec("start_run", Kind.SETUP, "start_run", params=("recipe", "partition"),
               summary='validates the recipe, stores a snapshot of it with the run (`runs`) and, where the recipe uses a '
                       'vector index, proves once per server start that pgvector works there (see "The embedded server")'),
     StageSpec("plan_partitions", Kind.PLAN, "plan_partitions", after=("start_run",), section="sources",

@@ -241,3 +241,33 @@ def test_inputs_a_stage_could_not_use_fail_the_run_at_its_start(folder):
         with pytest.raises(RecipeError) as info:
             pipeline.start_run(f"pre-{name}-run", recipe)
         assert ("nowhere.jsonl" in str(info.value)) or ("no field 'prompt'" in str(info.value)), str(info.value)
+
+
+# --------------------------------------------------------------------------------------------------
+# Date partitions: a source path may name the partition its files belong to
+# --------------------------------------------------------------------------------------------------
+
+def test_a_path_naming_the_partition_reads_the_partitions_up_to_the_runs_key(tmp_path):
+    for night in ("2026-12-01", "2026-12-02", "2026-12-03"):
+        (tmp_path / "incoming" / night).mkdir(parents=True)
+        write_jsonl(tmp_path / "incoming" / night / "chat.jsonl", [{"instruction": f"Night {night}?", "output": "Yes."}])
+    path = write_recipe(tmp_path, "nightly", [{"name": "chat", "path": "incoming/{partition}/*.jsonl", "format": "alpaca"}])
+    recipe, _ = load_recipe(path)
+    source = recipe.source("chat")
+    night = lambda f: Path(f).parent.name  # noqa: E731
+    assert [night(f) for f in plan.source_files(source)] == ["2026-12-01", "2026-12-02", "2026-12-03"]  # no key: all
+    assert [night(f) for f in plan.source_files(source, "2026-12-02")] == ["2026-12-01", "2026-12-02"]
+    assert [night(f) for f in plan.source_files(source, "2026-12-01")] == ["2026-12-01"]
+    with pytest.raises(plan.SourceError, match="up to '2026-11-30'"):
+        plan.source_files(source, "2026-11-30")
+    assert plan.partition_of(source.path, plan.source_files(source)[0]) == "2026-12-01"
+
+
+@pytest.mark.parametrize("bad, message", [
+    ("in/{partition}/{partition}.jsonl", "once"),
+    ("**/{partition}/*.jsonl", "no \\*\\* before it"),
+    ("in/day-*-{partition}/*.jsonl", "otherwise literal"),
+])
+def test_the_partition_names_one_otherwise_literal_path_component(tmp_path, bad, message):
+    path = write_recipe(tmp_path, "bad", [{"name": "chat", "path": bad, "format": "alpaca"}])
+    assert message.replace("\\", "") in error_of(path)

@@ -6,6 +6,10 @@
 * Parquet (.parquet): shards of whole row groups holding about `shard_lines` rows.
 * JSON array (.json): one shard per file (a JSON document has no line boundaries to split on).
 
+A source path may name the partition a file belongs to (`incoming/{partition}/*.jsonl`, one folder per
+night): a run with a partition key (the nightly schedule's, a backfill's, `infinstruct run --partition`)
+plans the files of the partitions up to its key, a run without one every file.
+
 A matched file with nothing to read is not planned but reported (`SkippedFile`, with a `SkipReason`): an
 empty file, a symlink to nothing. A file that is missing, forbidden or not valid Parquet fails the plan with
 a `SourceError` naming it (retrying cannot fix it); other OS errors (EIO, a stale network mount) propagate.
@@ -27,7 +31,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Mapping
 
-from infinstruct.config import Recipe, Source
+from infinstruct.config import PARTITION, Recipe, Source
 from infinstruct.errors import DataError, permanent_os_error
 
 READ_CHUNK = 1 << 20
@@ -108,12 +112,29 @@ def file_kind(path: str) -> str:
     raise SourceError(f"{path}: unknown file type; use .jsonl/.ndjson (JSON lines), .json (JSON array) or .parquet")
 
 
-def matched_files(source: Source) -> tuple[list[str], list[SkippedFile]]:
+def partition_of(pattern: str, path: str) -> str:
+    """The partition a file matched by a source path with `{partition}` belongs to: that component's variable part."""
+    parts, matched = pattern.split("/"), path.split("/")
+    at = next(i for i, part in enumerate(parts) if PARTITION in part)
+    prefix, suffix = parts[at].split(PARTITION)
+    component = matched[at]
+    return component[len(prefix):len(component) - len(suffix)]
+
+
+def matched_files(source: Source, partition: str | None = None) -> tuple[list[str], list[SkippedFile]]:
     """The files a source names, sorted so partition numbering is stable, and the matches that are broken
     symlinks (folders are not matches). A file is named by its real path (symlinks, `.`, `..` and `//`
-    resolved), so two spellings of one file are one file with one set of partitions."""
+    resolved), so two spellings of one file are one file with one set of partitions.
+
+    A path with `{partition}` (`incoming/{partition}/*.jsonl`) matches every partition's files; with the run's
+    `partition` key, only those of the partitions up to it (compared as strings: ISO dates sort as days do), so
+    a run for a past night, a backfill, sees the dataset as it was that night."""
     pattern = source.path
-    candidates = sorted(glob.glob(pattern, recursive=True)) if glob.has_magic(pattern) else [pattern]
+    template = PARTITION in pattern
+    matches = pattern.replace(PARTITION, "*") if template else pattern
+    candidates = sorted(glob.glob(matches, recursive=True)) if glob.has_magic(matches) else [matches]
+    if template and partition is not None:
+        candidates = [p for p in candidates if partition_of(pattern, p) <= partition]
     files, broken = [], []
     for p in candidates:
         if Path(p).is_file():
@@ -124,15 +145,16 @@ def matched_files(source: Source) -> tuple[list[str], list[SkippedFile]]:
     files = sorted({os.path.realpath(p) for p in files})   # one file, one identity, however it is spelled
     if not files:
         why = f"; {broken[0].path} is a {broken[0].detail}" if broken else ""
-        raise SourceError(f"source {source.name!r}: no file matches {pattern}{why}")
+        upto = f" for partitions up to {partition!r}" if template and partition is not None else ""
+        raise SourceError(f"source {source.name!r}: no file matches {pattern}{upto}{why}")
     for f in files:
         file_kind(f)
     return files, broken
 
 
-def source_files(source: Source) -> list[str]:
+def source_files(source: Source, partition: str | None = None) -> list[str]:
     """The files a source names, sorted so partition numbering is stable."""
-    return matched_files(source)[0]
+    return matched_files(source, partition)[0]
 
 
 def partition_id(dataset: str, source: str, path: str, shard: int) -> str:
@@ -197,12 +219,12 @@ def scan_file(source: str, path: str, shard_lines: int) -> ScannedFile:
     return ScannedFile(source, path, state, shard_lines, scanned_at, tuple(map(tuple, shards)))
 
 
-def plan_source(dataset: str, source: Source, shard_lines: int, known: Mapping[tuple[str, str], ScannedFile] | None = None
-                ) -> tuple[list[PartitionPlan], list[ScannedFile], list[SkippedFile]]:
+def plan_source(dataset: str, source: Source, shard_lines: int, known: Mapping[tuple[str, str], ScannedFile] | None = None,
+                partition: str | None = None) -> tuple[list[PartitionPlan], list[ScannedFile], list[SkippedFile]]:
     """The source's partitions, each file's scan (reused from `known` when the file is unchanged), and the
-    files left out."""
+    files left out (`partition`: the run's partition key, see `matched_files`)."""
     plans, scans = [], []
-    files, skipped = matched_files(source)
+    files, skipped = matched_files(source, partition)
     for path in files:
         before = (known or {}).get((source.name, path))
         try:
@@ -223,13 +245,15 @@ def plan_source(dataset: str, source: Source, shard_lines: int, known: Mapping[t
     return plans, scans, skipped
 
 
-def plan_recipe(recipe: Recipe, known: Mapping[tuple[str, str], ScannedFile] | None = None
-                ) -> tuple[list[PartitionPlan], list[ScannedFile], list[SkippedFile]]:
-    """Every partition the recipe's sources currently consist of, the scans of their files, and the files
-    the sources match that hold nothing to read."""
+def plan_recipe(recipe: Recipe, known: Mapping[tuple[str, str], ScannedFile] | None = None,
+                partition: str | None = None) -> tuple[list[PartitionPlan], list[ScannedFile], list[SkippedFile]]:
+    """Every partition the recipe's sources currently consist of (up to the run's `partition` key, for the
+    sources whose path names it), the scans of their files, and the files the sources match that hold
+    nothing to read."""
     plans, scans, skipped, owner = [], [], [], {}
     for source in recipe.sources:
-        source_plans, source_scans, source_skipped = plan_source(recipe.name, source, recipe.ingest.shard_lines, known)
+        source_plans, source_scans, source_skipped = plan_source(recipe.name, source, recipe.ingest.shard_lines, known,
+                                                                 partition)
         for scan in source_scans:   # one file in two sources would be two partitions: each record twice
             if owner.setdefault(scan.path, source.name) != source.name:
                 raise SourceError(f"{scan.path} is a file of source {owner[scan.path]!r} and of source {source.name!r}:"
