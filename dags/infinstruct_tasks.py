@@ -95,11 +95,12 @@ def stage_task(spec: StageSpec, outlets: list | None = None, phase: str = "curat
         args = [get_current_context()["run_id"], *mapped, *(_param(name) for name in spec.params)]
         with _run_lease(phase, args[0], first=spec.kind is Kind.SETUP):
             result = _call(step, *args)
-        if outlets and isinstance(result, dict):   # the asset event says which release it is, and of which recipe
+        if outlets and isinstance(result, dict):   # the asset event: which release, of which recipe and night
             context = get_current_context()
             for outlet in outlets:
                 context["outlet_events"][outlet].extra = {"path": result.get("path"), "version": result.get("version"),
-                                                          "recipe": _param_path("recipe")}
+                                                          "recipe": _param_path("recipe"),
+                                                          "partition": _run_partition(context)}
         return result
 
     run.__doc__ = spec.summary

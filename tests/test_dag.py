@@ -73,7 +73,8 @@ def test_sample_run_writes_a_release_that_adds_up(dag, tmp_path):
     from airflow.utils.session import create_session
     with create_session() as session:
         events = [e.extra for e in session.query(AssetEvent).filter(AssetEvent.source_run_id == dag_run.run_id)]
-    assert events == [{"path": str(release), "version": manifest["version"], "recipe": str(SAMPLE_RECIPE)}]
+    assert events == [{"path": str(release), "version": manifest["version"], "recipe": str(SAMPLE_RECIPE),
+                       "partition": None}]   # a manual run without a partition key: every partition
 
     # every input line of every source is in the ledger exactly once, and the verdicts add up
     assert manifest["totals"] == {"lines": 45, "kept": 28, "dropped": 6, "quarantined": 11}
