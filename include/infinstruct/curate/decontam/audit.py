@@ -10,7 +10,9 @@ same sample), with settings the stage does not use:
 * n-grams: `n` halved (at least 5 words) and the threshold halved, so a wrapped or lightly edited item
   that the stage's 13-grams miss still shares evidence;
 * embeddings: the instruction's cosine to every item at `gates.contamination_audit_cosine` (0.80), on the
-  cosine alone, without the word-pair evidence the stage asks for below 0.90.
+  cosine alone, without the word-pair evidence the stage asks for below 0.90 (when the recipe embeds:
+  the stage has cached every instruction's vector then, so the audit encodes nothing; a recipe that turns
+  embedding decontamination off is audited by n-grams alone, not charged a model's encoding of the sample).
 
 The share of sampled records with any such match is what the gate reports (`contamination_suspects`,
 with examples) and, when the recipe sets `gates.max_contamination_suspect_share`, bounds. Looser means
@@ -66,12 +68,15 @@ def _ngram_index(settings_json: str, digests: tuple[str, ...]) -> NgramIndex:
     return NgramIndex([item for spec in settings.benchmarks for item in iter_items(spec)], settings.ngram)
 
 
-def matchers(settings: DecontamSettings, cosine: float) -> tuple[NgramIndex, EmbeddingMatcher]:
-    """The audit's n-gram index and embedding matcher; the items' vectors are the stage's (embedded once)."""
+def matchers(settings: DecontamSettings, cosine: float) -> tuple[NgramIndex, EmbeddingMatcher | None]:
+    """The audit's n-gram index and, when the recipe embeds, its embedding matcher (the items' vectors are
+    the stage's, embedded once)."""
     loose = audit_settings(settings, cosine)
-    stage = embedding_matcher(settings.model_copy(update={"embedding": settings.embedding or EmbeddingMatchSettings()}))
-    return (_ngram_index(loose.model_dump_json(), benchmark_digests(settings)),
-            EmbeddingMatcher(stage.items, stage.vectors, loose.embedding))
+    index = _ngram_index(loose.model_dump_json(), benchmark_digests(settings))
+    if settings.embedding is None:
+        return index, None
+    stage = embedding_matcher(settings)
+    return index, EmbeddingMatcher(stage.items, stage.vectors, loose.embedding)
 
 
 def audit(engine: Engine, recipe: Recipe, run_id: str, partition_ids: list[str]) -> ContaminationAudit:
@@ -92,10 +97,11 @@ def audit(engine: Engine, recipe: Recipe, run_id: str, partition_ids: list[str])
     ids = [record_id for record_id, _ in rows]
     turns = [parse_turns(conversation) for _, conversation in rows]
     found = index.contaminating_many([match_text(t, settings.include_response) for t in turns])
-    instructions = [instruction_text(t) for t in turns]
-    vectors = instruction_vectors(engine, matcher.settings.embedding, ids, instructions)
-    for n, matches in enumerate(matcher.match_vectors(vectors, instructions)):
-        found[n] = found[n] + matches
+    if settings.embedding is not None:
+        instructions = [instruction_text(t) for t in turns]
+        vectors = instruction_vectors(engine, matcher.settings.embedding, ids, instructions)
+        for n, matches in enumerate(matcher.match_vectors(vectors, instructions)):
+            found[n] = found[n] + matches
     suspects = [(ids[n], best_matches(m)[0]) for n, m in enumerate(found) if m]
     examples = [{"record_id": rid, "item": f"{m.benchmark}:{m.item_id}", "method": m.method.value,
                  "score": round(m.score, 4)} for rid, m in suspects[:5]]
