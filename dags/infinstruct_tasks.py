@@ -89,6 +89,9 @@ def stage_task(spec: StageSpec, outlets: list | None = None, phase: str = "curat
         import importlib
         module, _, function = spec.step.rpartition(":")
         step = getattr(importlib.import_module(module or "infinstruct.pipeline"), function)
+        if spec.decides is not None and not hasattr(step, "counts"):   # a stage of your own: its counts are kept too
+            from infinstruct.store.stage_counts import counted
+            step = counted(spec.decides)(step)
         if spec.kind is Kind.SETUP:
             _check_conf(get_current_context())
         mapped = [batch if spec.kind is Kind.BATCH else partition_id] if spec.mapped else []

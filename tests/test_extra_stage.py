@@ -83,6 +83,12 @@ def test_a_dag_run_ledgers_its_drops(extra_stage, airflow_home, tmp_path, capsys
     manifest = json.loads((release / "manifest.json").read_text())
     # the sample's 45 lines (28 kept) and 2 more: 3 of the 28 and 1 of the 2 answer in fewer than 3 words
     assert manifest["totals"] == {"lines": 47, "kept": 26, "dropped": 10, "quarantined": 11}
+    # its counts are kept for the run's funnel (the UI, `infinstruct status`) as a built-in stage's are
+    from infinstruct.store.db import get_engine
+    from infinstruct.store.stage_counts import run_funnels
+    funnel = run_funnels(get_engine(), [dag_run.run_id])[dag_run.run_id]
+    [ours] = [s for s in funnel["stages"] if s["stage"] == "min_answer_words"]
+    assert ours["state"] == "done" and ours["dropped"] == {"too_few_answer_words": 4} and funnel["kept"] == 26
 
     dag_run = dag.test(run_conf={"recipe": str(_recipe(tmp_path, "extra_off", None)), "out_dir": str(tmp_path)})
     assert str(dag_run.state) == "success"

@@ -89,6 +89,7 @@ def counted(stage: Stage | str) -> Callable:
             with get_engine().begin() as conn:
                 record_stage_counts(conn, run_id, stage, args[0] if args else None)
             return result
+        run.counts = stage   # the DAG wraps a step of your own stage that lacks it (dags/infinstruct_tasks.py)
         return run
     return wrap
 
