@@ -19,8 +19,11 @@ def test_gates_plans_releases_and_switched_off_stages_say_what_they_are():
     assert describe("plan_partitions", [[{"partition_id": "a", "label": "chat/1 of 2"}, "b"]]) == "2 partition(s)"
     assert describe("export_release", [{"path": "/r/sample/v0003", "version": 3, "totals": {}}]) == "v0003 at /r/sample/v0003"
     assert describe("select_records", [{"disabled": True}]) == "off (its recipe section is absent)"
-    assert describe("deduplicate", [{"decided": 5, "dropped": 0, "by_reason": {}, "why": "incremental"}]) == \
-        "decided 5, dropped 0 (incremental)"
+    assert describe("deduplicate", [{"decided": 5, "dropped": 0, "by_reason": {}, "skipped": False, "full_pass": False,
+                                     "why": "2 partition(s) added"}]) == "decided 5, dropped 0, incremental pass (2 partition(s) added)"
+    assert describe("deduplicate", [{"decided": 9, "dropped": 1, "by_reason": {"exact_duplicate": 1}, "skipped": False,
+                                     "full_pass": True, "why": "first pass"}]) == \
+        "decided 9, dropped 1 (exact_duplicate 1), full pass (first pass)"   # a flag not set is not shown
 
 
 def test_a_batch_index_is_not_a_count():

@@ -125,11 +125,13 @@ def describe(task: str, results: list[Any]) -> str:
                 totals[key] = totals.get(key, 0) + value
     keys = [k for k in FIRST if k in totals] + sorted(k for k in totals if k not in FIRST)
     shown = [f"{k} {_fmt(totals[k])}" + (_reasons(reasons) if k == "dropped" else "") for k in keys[:MAX_COUNTS]]
-    shown += [f"{k} {n} of {len(results)}" if len(results) > 1 else k for k, n in flags.items() if n or k in FIRST]
+    shown += [f"{k} {n} of {len(results)}" if len(results) > 1 else k for k, n in flags.items()
+              if n or (k in FIRST and len(results) > 1)]   # one instance: a flag only when set
     if "dataset" in first and "recipe_hash" in first:
         shown.insert(0, f"dataset {first['dataset']}, recipe {first['recipe_hash']}")
-    why = f" ({first['why']})" if isinstance(first.get("why"), str) and len(results) == 1 else ""
-    return ", ".join(shown) + why
+    if isinstance(first.get("why"), str) and len(results) == 1:   # a whole-dataset pass: which kind, and why
+        shown.append(f"{'full' if first.get('full_pass') else 'incremental'} pass ({first['why']})")
+    return ", ".join(shown)
 
 
 def _reasons(reasons: dict[str, int]) -> str:
