@@ -167,12 +167,17 @@ def test_worker_keeps_warm_shutdown_setting(services):
 @pytest.mark.parametrize("name", ["airflow-scheduler", "airflow-worker", "airflow-dag-processor", "airflow-triggerer"])
 def test_project_folders_are_mounted(services, name):
     mounts = mounts_of(services[name])
-    for folder in ("dags", "plugins", "include", "logs", "config"):
+    for folder in ("dags", "plugins", "include", "logs", "config", "releases", "data"):
         container = f"/opt/airflow/{folder}"
         assert container in mounts, f"{name}: {container} is not mounted"
         assert mounts[container].endswith(f"/{folder}") or mounts[container] == f"./{folder}", (
             f"{name}: {container} is mounted from {mounts[container]!r}"
         )
+
+
+def test_releases_go_to_the_folder_every_container_shares(compose):
+    """Any worker writes a partition's release part and the export hard-links them: one shared folder."""
+    assert compose["x-airflow-common"]["environment"]["INFINSTRUCT_OUT"] == "/opt/airflow/releases"
 
 
 def test_mounted_project_folders_exist_in_the_repo():
