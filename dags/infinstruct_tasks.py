@@ -89,7 +89,8 @@ def stage_task(spec: StageSpec, outlets: list | None = None, phase: str = "curat
         import importlib
         module, _, function = spec.step.rpartition(":")
         step = getattr(importlib.import_module(module or "infinstruct.pipeline"), function)
-        if spec.decides is not None and not hasattr(step, "counts"):   # a stage of your own: its counts are kept too
+        if phase == "curation" and spec.decides is not None and not hasattr(step, "counts"):
+            # a curation stage of your own: its counts are kept too (Phase 2's outcomes are in synth_children)
             from infinstruct.store.stage_counts import counted
             step = counted(spec.decides)(step)
         if spec.kind is Kind.SETUP:
