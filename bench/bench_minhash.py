@@ -13,6 +13,7 @@ planted near-copies per edit kind, plus templated prompts that differ in one ess
 duplicates). Prints recall and precision per edit kind and the share of templated sibling pairs that
 get confirmed, at the default settings; `--sweep` prints the grid the defaults were chosen from.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,11 +42,30 @@ from infinstruct.curate.near_dedup.minhash import (  # noqa: E402
 )
 
 POOL = Path(__file__).resolve().parents[2] / "shared" / "data" / "pool"
-OPENERS = ("Explain", "Describe", "Write", "Summarize", "List", "Give", "Compare", "Identify", "Suggest",
-           "Rewrite", "Classify", "Generate", "Outline", "Create", "What is", "How does", "Why do", "How can")
+OPENERS = (
+    "Explain",
+    "Describe",
+    "Write",
+    "Summarize",
+    "List",
+    "Give",
+    "Compare",
+    "Identify",
+    "Suggest",
+    "Rewrite",
+    "Classify",
+    "Generate",
+    "Outline",
+    "Create",
+    "What is",
+    "How does",
+    "Why do",
+    "How can",
+)
 
 
 # --- data ---------------------------------------------------------------------------------------------
+
 
 def synthetic_prompts(n: int, seed: int) -> list[str]:
     """Prompts of 10-60 words: an opener, Zipf-weighted words, a comma now and then, one or two sentences."""
@@ -84,18 +104,51 @@ def real_instructions() -> list[str]:
     return unique
 
 
-APPENDED = ["Please explain your reasoning step by step.", "Keep the answer under one hundred words.",
-            "Use simple language that a beginner can follow.", "Format your answer as a bulleted list.",
-            "Answer in a friendly and professional tone.", "Give at least two examples in your answer.",
-            "Make sure to double check your final answer.", "Write the response in formal academic English.",
-            "Include a short summary at the end.", "Do not use any technical jargon in the answer.",
-            "Think carefully before you respond to this.", "Respond in no more than three sentences."]
-SYNONYMS = {"write": "compose", "explain": "describe", "short": "brief", "give": "provide", "list": "enumerate",
-            "make": "create", "find": "determine", "show": "demonstrate", "use": "utilize", "help": "assist",
-            "big": "large", "small": "little", "answer": "response", "example": "instance", "many": "numerous",
-            "calculate": "compute", "total": "overall", "buy": "purchase", "each": "every", "begin": "start",
-            "important": "significant", "create": "generate", "describe": "explain", "good": "great",
-            "how": "in what way", "simple": "basic", "quickly": "rapidly", "story": "tale", "about": "regarding"}
+APPENDED = [
+    "Please explain your reasoning step by step.",
+    "Keep the answer under one hundred words.",
+    "Use simple language that a beginner can follow.",
+    "Format your answer as a bulleted list.",
+    "Answer in a friendly and professional tone.",
+    "Give at least two examples in your answer.",
+    "Make sure to double check your final answer.",
+    "Write the response in formal academic English.",
+    "Include a short summary at the end.",
+    "Do not use any technical jargon in the answer.",
+    "Think carefully before you respond to this.",
+    "Respond in no more than three sentences.",
+]
+SYNONYMS = {
+    "write": "compose",
+    "explain": "describe",
+    "short": "brief",
+    "give": "provide",
+    "list": "enumerate",
+    "make": "create",
+    "find": "determine",
+    "show": "demonstrate",
+    "use": "utilize",
+    "help": "assist",
+    "big": "large",
+    "small": "little",
+    "answer": "response",
+    "example": "instance",
+    "many": "numerous",
+    "calculate": "compute",
+    "total": "overall",
+    "buy": "purchase",
+    "each": "every",
+    "begin": "start",
+    "important": "significant",
+    "create": "generate",
+    "describe": "explain",
+    "good": "great",
+    "how": "in what way",
+    "simple": "basic",
+    "quickly": "rapidly",
+    "story": "tale",
+    "about": "regarding",
+}
 
 
 def _words(rng: random.Random, vocab: list[str], k: int) -> list[str]:
@@ -108,8 +161,10 @@ def edit(text: str, kind: str, rng: random.Random, vocab: list[str]) -> str:
     essential = essential_words(text)
     ordinary = [i for i, w in enumerate(words) if not set(text_words(w)) & essential] or list(range(len(words)))
     if kind == "whitespace_case":
-        styled = [w.upper() if r < 0.15 else w.lower() if r < 0.5 else w.capitalize() if r < 0.6 else w
-                  for w, r in ((w, rng.random()) for w in words)]
+        styled = [
+            w.upper() if r < 0.15 else w.lower() if r < 0.5 else w.capitalize() if r < 0.6 else w
+            for w, r in ((w, rng.random()) for w in words)
+        ]
         seps = [rng.choice(("  ", "\n", "\t", " \n ")) if rng.random() < 0.2 else " " for _ in styled]
         return "  " + "".join(w + s for w, s in zip(styled, seps)).rstrip(".?!") + rng.choice(("", "!", "?"))
     if kind in ("substituted_words", "appended_and_swapped"):
@@ -145,25 +200,39 @@ EDIT_KINDS = ("whitespace_case", "appended_sentence", "substituted_words", "ligh
 TEMPLATES = [  # (template, fillers): one essential word differs between siblings
     ("Translate '{}' into French.", ("cat", "dog", "house", "river", "apple", "window", "friend", "book")),
     ("What is the capital of {}?", ("France", "Spain", "Kenya", "Peru", "Japan", "Canada", "Egypt", "Chile")),
-    ("Give me three synonyms for the word \"{}\".", ("happy", "fast", "angry", "small", "bright", "calm")),
+    ('Give me three synonyms for the word "{}".', ("happy", "fast", "angry", "small", "bright", "calm")),
     ("Write a haiku about {}.", ("autumn", "the sea", "coffee", "snow", "friendship", "mountains")),
     ("What is {} multiplied by 7?", ("12", "15", "23", "48", "91", "105")),
     ("Name five famous paintings by {}.", ("Picasso", "Monet", "Rembrandt", "Vermeer", "Klimt", "Goya")),
-    ("Write a Python function that returns the {} of a list of numbers.",
-     ("sum", "average", "median", "maximum", "minimum", "product", "variance")),
-    ("Explain the main causes of the {} and describe how it changed the political map of Europe in the "
-     "decades that followed.", ("First World War", "French Revolution", "Thirty Years War", "Cold War")),
-    ("Write a 300-word blog post about the benefits of {} for busy office workers, with three practical "
-     "tips they can start using this week and a short encouraging conclusion.",
-     ("yoga", "meditation", "running", "cycling", "swimming", "journaling", "gardening")),
-    ("You are a helpful travel assistant. Plan a relaxed five-day itinerary for a couple visiting {} in "
-     "spring, including one day trip, two local restaurants per day and a rainy-day backup plan.",
-     ("Lisbon", "Kyoto", "Vienna", "Istanbul", "Montreal", "Edinburgh", "Seville")),
-    ("Summarize the following paragraph in one sentence for a {} audience: Renewable energy sources such "
-     "as wind and solar power have become cheaper than coal in most countries over the last decade.",
-     ("young", "technical", "general", "business", "political")),
-    ("Write a SQL query that returns the ten customers with the highest total {} in 2023 from the orders "
-     "table, joined with the customers table on customer_id.", ("revenue", "discount", "refunds", "quantity")),
+    (
+        "Write a Python function that returns the {} of a list of numbers.",
+        ("sum", "average", "median", "maximum", "minimum", "product", "variance"),
+    ),
+    (
+        "Explain the main causes of the {} and describe how it changed the political map of Europe in the "
+        "decades that followed.",
+        ("First World War", "French Revolution", "Thirty Years War", "Cold War"),
+    ),
+    (
+        "Write a 300-word blog post about the benefits of {} for busy office workers, with three practical "
+        "tips they can start using this week and a short encouraging conclusion.",
+        ("yoga", "meditation", "running", "cycling", "swimming", "journaling", "gardening"),
+    ),
+    (
+        "You are a helpful travel assistant. Plan a relaxed five-day itinerary for a couple visiting {} in "
+        "spring, including one day trip, two local restaurants per day and a rainy-day backup plan.",
+        ("Lisbon", "Kyoto", "Vienna", "Istanbul", "Montreal", "Edinburgh", "Seville"),
+    ),
+    (
+        "Summarize the following paragraph in one sentence for a {} audience: Renewable energy sources such "
+        "as wind and solar power have become cheaper than coal in most countries over the last decade.",
+        ("young", "technical", "general", "business", "political"),
+    ),
+    (
+        "Write a SQL query that returns the ten customers with the highest total {} in 2023 from the orders "
+        "table, joined with the customers table on customer_id.",
+        ("revenue", "discount", "refunds", "quantity"),
+    ),
 ]
 
 
@@ -175,7 +244,7 @@ def build_corpus(bases: list[str], per_kind: int, seed: int):
     rng.shuffle(order)
     texts, group, kind = list(bases), list(range(len(bases))), ["base"] * len(bases)
     for k, name in enumerate(EDIT_KINDS):  # a disjoint set of bases per kind
-        for b in order[k * per_kind:(k + 1) * per_kind]:
+        for b in order[k * per_kind : (k + 1) * per_kind]:
             texts.append(edit(bases[b], name, rng, vocab))
             group.append(b)
             kind.append(name)
@@ -191,6 +260,7 @@ def build_corpus(bases: list[str], per_kind: int, seed: int):
 
 # --- quality ------------------------------------------------------------------------------------------
 
+
 def evaluate(texts, sigs, keys, s: NearDupSettings, group, kind):
     conf, _ = confirm_pairs(candidate_pairs(keys).within, sigs, texts, s)
     true = group[conf[:, 0]] == group[conf[:, 1]]
@@ -204,8 +274,9 @@ def evaluate(texts, sigs, keys, s: NearDupSettings, group, kind):
     templ = {}
     for name in ("templated_short", "templated_long"):
         members = np.flatnonzero(kind == name)
-        siblings = sum(len(f) * (len(f) - 1) // 2 for t, f in TEMPLATES
-                       if (len(t.split()) >= 15) == (name == "templated_long"))
+        siblings = sum(
+            len(f) * (len(f) - 1) // 2 for t, f in TEMPLATES if (len(t.split()) >= 15) == (name == "templated_long")
+        )
         wrong = int(((kind[conf[:, 0]] == name) & (kind[conf[:, 1]] == name)).sum())
         templ[name] = (wrong, siblings, len(members))
     edits = ~(np.char.startswith(kind[conf[:, 0]], "templated") & np.char.startswith(kind[conf[:, 1]], "templated"))
@@ -224,8 +295,10 @@ def quality(texts, group, kind, s: NearDupSettings, show_examples: bool = True):
     print(f"{'all edits (macro)':<22}{'':>8}{recall:>8.3f}{precision:>10.3f}   (all pairs but templated-templated)")
     print(f"base-base pairs confirmed (natural near-duplicates or false positives in real data): {base_pairs}")
     for name, (wrong, siblings, members) in templ.items():
-        print(f"{name:<22} {members} prompts, {siblings} sibling pairs (one essential word apart), "
-              f"wrongly confirmed: {wrong} ({wrong / siblings:.1%})")
+        print(
+            f"{name:<22} {members} prompts, {siblings} sibling pairs (one essential word apart), "
+            f"wrongly confirmed: {wrong} ({wrong / siblings:.1%})"
+        )
     if show_examples and len(base_conf):
         print("examples of confirmed base-base pairs:")
         for i, j in base_conf[:3]:
@@ -238,10 +311,16 @@ LAYOUTS = ((64, 32, 2), (96, 32, 3), (128, 32, 4), (128, 64, 2), (160, 32, 5), (
 def sweep(texts, group, kind, out=sys.stdout):
     """Recall per kind and precision over a grid; prints the best recall at precision >= 0.95 with at
     most 32 bands (each band is a row per record in the Postgres key table)."""
-    print(f"\nSweep ({len(texts)} texts): g = essential-word guard; recall = macro over edit kinds; "
-          "bb = base-base pairs confirmed; tS/tL = templated sibling pairs confirmed (of 137 / 64)", file=out)
-    print(f"{'w':>2}{'perm':>5}{'b x r':>7}{'thr':>6}{'g':>2}{'recall':>7}{'prec':>6}{'bb':>4}{'tS':>4}{'tL':>4} "
-          + " ".join(f"{k[:10]:>10}" for k in EDIT_KINDS), file=out)
+    print(
+        f"\nSweep ({len(texts)} texts): g = essential-word guard; recall = macro over edit kinds; "
+        "bb = base-base pairs confirmed; tS/tL = templated sibling pairs confirmed (of 137 / 64)",
+        file=out,
+    )
+    print(
+        f"{'w':>2}{'perm':>5}{'b x r':>7}{'thr':>6}{'g':>2}{'recall':>7}{'prec':>6}{'bb':>4}{'tS':>4}{'tL':>4} "
+        + " ".join(f"{k[:10]:>10}" for k in EDIT_KINDS),
+        file=out,
+    )
     best = []
     for w, (p, b, r) in itertools.product((2, 3, 4), LAYOUTS):
         s0 = NearDupSettings(shingle=w, num_perm=p, bands=b, rows=r)
@@ -253,23 +332,34 @@ def sweep(texts, group, kind, out=sys.stdout):
             s = s0.model_copy(update={"threshold": thr, "essential_word_guard": guard})
             rows, templ, precision, recall, bb, _ = evaluate(texts, sigs, keys, s, group, kind)
             best.append((recall, precision, s))
-            print(f"{w:>2}{p:>5}{f'{b}x{r}':>7}{thr:>6}{'G' if guard else '-':>2}{recall:>7.3f}{precision:>6.3f}{bb:>4}"
-                  f"{templ['templated_short'][0]:>4}{templ['templated_long'][0]:>4} "
-                  + " ".join(f"{rows[k][0]:>10.3f}" for k in EDIT_KINDS), file=out, flush=True)
+            print(
+                f"{w:>2}{p:>5}{f'{b}x{r}':>7}{thr:>6}{'G' if guard else '-':>2}{recall:>7.3f}{precision:>6.3f}{bb:>4}"
+                f"{templ['templated_short'][0]:>4}{templ['templated_long'][0]:>4} "
+                + " ".join(f"{rows[k][0]:>10.3f}" for k in EDIT_KINDS),
+                file=out,
+                flush=True,
+            )
     for floor in (0.95, 0.975):
         ok = [x for x in best if x[1] >= floor and x[2].bands <= 32]
         r, p, s = max(ok, key=lambda x: (round(x[0], 2), x[1]))
-        print(f"best recall at precision >= {floor} and <= 32 bands: {r:.3f} (precision {p:.3f}) with "
-              f"{s.model_dump()}", file=out)
-    print("defaults: the second line. The corpus is ~1/3 planted copies; a real pool has fewer duplicates, so "
-          "the same false pairs weigh more there: keep a precision margin (and leave room for the semantic "
-          "stage's own false pairs).", file=out)
+        print(
+            f"best recall at precision >= {floor} and <= 32 bands: {r:.3f} (precision {p:.3f}) with {s.model_dump()}",
+            file=out,
+        )
+    print(
+        "defaults: the second line. The corpus is ~1/3 planted copies; a real pool has fewer duplicates, so "
+        "the same false pairs weigh more there: keep a precision margin (and leave room for the semantic "
+        "stage's own false pairs).",
+        file=out,
+    )
 
 
 # --- speed --------------------------------------------------------------------------------------------
 
+
 def datasketch_loop(texts, s: NearDupSettings, batch: bool) -> float:
     from datasketch import MinHash
+
     t0 = time.perf_counter()
     for text in texts:
         m = MinHash(num_perm=s.num_perm, seed=s.seed)
@@ -289,10 +379,12 @@ def speed(n: int, seed: int, baseline_limit: int | None, s: NearDupSettings) -> 
     for i in rng.sample(range(n // 2, n), n // 20):  # 5% near-copies of earlier prompts
         texts[i] = edit(texts[rng.randrange(i)], rng.choice(EDIT_KINDS), rng, vocab)
     words = np.array([len(t.split()) for t in texts])
-    print(f"Speed: {n} synthetic prompts (5% near-copies), {words.min()}-{words.max()} words "
-          f"(mean {words.mean():.0f}); "
-          f"shingle={s.shingle}, num_perm={s.num_perm}, bands={s.bands}x{s.rows}; "
-          f"{platform.processor() or platform.machine()}, python {platform.python_version()}")
+    print(
+        f"Speed: {n} synthetic prompts (5% near-copies), {words.min()}-{words.max()} words "
+        f"(mean {words.mean():.0f}); "
+        f"shingle={s.shingle}, num_perm={s.num_perm}, bands={s.bands}x{s.rows}; "
+        f"{platform.processor() or platform.machine()}, python {platform.python_version()}"
+    )
     t0 = time.perf_counter()
     sigs = signatures(texts, s)
     t1 = time.perf_counter()
@@ -310,16 +402,22 @@ def speed(n: int, seed: int, baseline_limit: int | None, s: NearDupSettings) -> 
     naive = datasketch_loop(base_texts, s, batch=False)
     batched = datasketch_loop(base_texts, s, batch=True)
     print(f"{'step':<56}{'seconds':>9}{'records/s':>14}")
-    for name, dt in (("signatures (rensa bulk R-MinHash)", t1 - t0), ("band keys (numpy)", t2 - t1),
-                     (f"candidate pairs ({len(cand)} pairs)", t3 - t2),
-                     (f"confirm by Jaccard estimate ({len(conf)} pairs)", t4 - t3), ("clusters", t5 - t4)):
+    for name, dt in (
+        ("signatures (rensa bulk R-MinHash)", t1 - t0),
+        ("band keys (numpy)", t2 - t1),
+        (f"candidate pairs ({len(cand)} pairs)", t3 - t2),
+        (f"confirm by Jaccard estimate ({len(conf)} pairs)", t4 - t3),
+        ("clusters", t5 - t4),
+    ):
         print(f"{name:<56}{dt:>9.2f}{n / max(dt, 1e-6):>14,.0f}")
     print(f"{'signatures + band keys':<56}{t2 - t0:>9.2f}{ours:>14,.0f}")
     print(f"{'all of the above':<56}{t5 - t0:>9.2f}{n / (t5 - t0):>14,.0f}")
     print(f"{'datasketch loop, MinHash.update' + note:<56}{len(base_texts) / naive:>9.2f}{naive:>14,.0f}")
     print(f"{'datasketch loop, MinHash.update_batch' + note:<56}{len(base_texts) / batched:>9.2f}{batched:>14,.0f}")
-    print(f"speed-up of signatures + band keys: {ours / naive:.1f}x the update loop, "
-          f"{ours / batched:.1f}x the update_batch loop")
+    print(
+        f"speed-up of signatures + band keys: {ours / naive:.1f}x the update loop, "
+        f"{ours / batched:.1f}x the update_batch loop"
+    )
 
 
 def main() -> None:
@@ -336,8 +434,10 @@ def main() -> None:
         speed(args.n, args.seed, args.baseline_limit, s)
     bases = real_instructions() if POOL.is_dir() else synthetic_prompts(10_000, args.seed + 1)
     texts, group, kind = build_corpus(bases, args.per_kind, args.seed)
-    print(f"\nQuality corpus: {len(bases)} unique {'real instructions' if POOL.is_dir() else 'synthetic prompts'}"
-          f" + {args.per_kind} planted copies per edit kind + {sum(len(f) for _, f in TEMPLATES)} templated prompts")
+    print(
+        f"\nQuality corpus: {len(bases)} unique {'real instructions' if POOL.is_dir() else 'synthetic prompts'}"
+        f" + {args.per_kind} planted copies per edit kind + {sum(len(f) for _, f in TEMPLATES)} templated prompts"
+    )
     if args.sweep:
         sweep(texts, group, kind)
     quality(texts, group, kind, s)

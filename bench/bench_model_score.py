@@ -16,6 +16,7 @@ Effect, on the 805 AlpacaEval instructions (no database):
 * GPT-4 (1106 preview) vs Alpaca-7B answers to the same instruction: share of instructions where GPT-4's
   answer has the higher quality, signals only vs with the model weight; mean relevance per answering model.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -64,30 +65,36 @@ def cost(n: int) -> None:
     from infinstruct.store.embedding_cache import instruction_vectors
 
     third = n // 3
-    records = (read("alpaca_eval_gpt4_1106_preview.sharegpt.jsonl", third) + read("code_alpaca_2k.alpaca.jsonl", third)
-               + read("gsm8k_train.custom.jsonl", n - 2 * third))
+    records = (
+        read("alpaca_eval_gpt4_1106_preview.sharegpt.jsonl", third)
+        + read("code_alpaca_2k.alpaca.jsonl", third)
+        + read("gsm8k_train.custom.jsonl", n - 2 * third)
+    )
     ids = [f"bench{i:06d}" for i in range(len(records))]
-    rows = [(rid, [{"role": r, "content": c} for r, c in turns], None, None, None, None, None, None, None, None, None)
-            for rid, turns in zip(ids, records)]
-    every = {"keep_all": ["math", "code", "knowledge", "chat"]}   # quotas play no part in scoring
+    rows = [
+        (rid, [{"role": r, "content": c} for r, c in turns], None, None, None, None, None, None, None, None, None)
+        for rid, turns in zip(ids, records)
+    ]
+    every = {"keep_all": ["math", "code", "knowledge", "chat"]}  # quotas play no part in scoring
 
     def settings(name: str, repeat: int) -> SelectionSettings:
         if name == "no scorer":
             return SelectionSettings(**every)
         # a cold cache: embedding settings of another fingerprint (new for each repeat), instructions encoded too
         embedding = {"max_chars": 1999 - repeat} if name == "scorer, cold cache" else None
-        return SelectionSettings(**every, scoring={"scorer": {"kind": "embedding", "embedding": embedding},
-                                                   "quality": {"model": 1.0}})
+        return SelectionSettings(
+            **every, scoring={"scorer": {"kind": "embedding", "embedding": embedding}, "quality": {"model": 1.0}}
+        )
 
     with temporary_database() as (url, _):
         engine = get_engine(url)
         print(machine_facts(engine))
         t = time.perf_counter()
         instruction_vectors(engine, settings("no scorer", 0).embedding, ids, [instruction_text(tr) for tr in records])
-        score_batch(engine, settings("scorer, cold cache", 99), rows[:20])   # loads the model and the classifier
+        score_batch(engine, settings("scorer, cold cache", 99), rows[:20])  # loads the model and the classifier
         print(f"warm-up (instruction vectors into embedding_cache, models loaded): {time.perf_counter() - t:.1f} s")
         times: dict[str, float] = {}
-        for repeat in range(2):   # best of two: other work shares the machine
+        for repeat in range(2):  # best of two: other work shares the machine
             for name in ("no scorer", "scorer, cached instructions", "scorer, cold cache"):
                 t = time.perf_counter()
                 out = score_batch(engine, settings(name, repeat), rows)
@@ -97,8 +104,10 @@ def cost(n: int) -> None:
                     relevance = np.array([o[2]["model_score"] for o in out])
         with engine.connect() as conn:
             cached = conn.execute(sa.text("select count(*) from embedding_cache")).scalar_one()
-        print(f"\nscore_batch over {len(rows)} records (embedding_cache rows: {cached}; "
-              f"relevance mean {relevance.mean():.3f}, p10 {np.percentile(relevance, 10):.3f})\n")
+        print(
+            f"\nscore_batch over {len(rows)} records (embedding_cache rows: {cached}; "
+            f"relevance mean {relevance.mean():.3f}, p10 {np.percentile(relevance, 10):.3f})\n"
+        )
         print("| run | s | records/s | model score only: records/s |")
         print("| --- | ---: | ---: | ---: |")
         for name, seconds in times.items():
@@ -123,15 +132,19 @@ def effect() -> None:
     scorer = EmbeddingRelevanceScorer()
     t = time.perf_counter()
     vectors = encode(questions, scorer.settings)
-    relevance = {a: scorer.score_vectors(vectors, ["\n".join(c for r, c in t if r == "assistant") for t in recs])
-                 for a, recs in answers.items()}
+    relevance = {
+        a: scorer.score_vectors(vectors, ["\n".join(c for r, c in t if r == "assistant") for t in recs])
+        for a, recs in answers.items()
+    }
     perm = np.random.default_rng(0).permutation(len(gpt4))
-    perm = np.where(perm == np.arange(len(gpt4)), np.roll(perm, 1), perm)   # no answer stays with its question
+    perm = np.where(perm == np.arange(len(gpt4)), np.roll(perm, 1), perm)  # no answer stays with its question
     mismatched = [[("user", q), ("assistant", gpt4[j][-1][1])] for q, j in zip(questions, perm)]
     relevance["mismatched"] = scorer.score_vectors(vectors, [t[-1][1] for t in mismatched])
     seconds = time.perf_counter() - t
-    print(f"\nrelevance of {len(questions)} instructions x {len(relevance)} answer sets: {seconds:.1f} s "
-          f"({len(questions) * (len(relevance) + 1) / seconds:.1f} texts/s)\n")
+    print(
+        f"\nrelevance of {len(questions)} instructions x {len(relevance)} answer sets: {seconds:.1f} s "
+        f"({len(questions) * (len(relevance) + 1) / seconds:.1f} texts/s)\n"
+    )
 
     signals_only = ScoringSettings()
     settings = {"signals only": signals_only}
@@ -146,11 +159,15 @@ def effect() -> None:
     for name, s in settings.items():
         q = {a: qualities(recs, relevance[a], s) for a, recs in answers.items()}
         q_mis = qualities(mismatched, relevance["mismatched"], s)
-        print(f"| {name} | {auc(q[ANSWERERS[0]], q_mis):.3f} | {(q[ANSWERERS[0]] > q[ANSWERERS[1]]).mean():.3f} "
-              f"| {(q[ANSWERERS[0]] > q[ANSWERERS[2]]).mean():.3f} |")
-    print(f"| model score alone | {auc(relevance[ANSWERERS[0]], relevance['mismatched']):.3f} "
-          f"| {(relevance[ANSWERERS[0]] > relevance[ANSWERERS[1]]).mean():.3f} "
-          f"| {(relevance[ANSWERERS[0]] > relevance[ANSWERERS[2]]).mean():.3f} |")
+        print(
+            f"| {name} | {auc(q[ANSWERERS[0]], q_mis):.3f} | {(q[ANSWERERS[0]] > q[ANSWERERS[1]]).mean():.3f} "
+            f"| {(q[ANSWERERS[0]] > q[ANSWERERS[2]]).mean():.3f} |"
+        )
+    print(
+        f"| model score alone | {auc(relevance[ANSWERERS[0]], relevance['mismatched']):.3f} "
+        f"| {(relevance[ANSWERERS[0]] > relevance[ANSWERERS[1]]).mean():.3f} "
+        f"| {(relevance[ANSWERERS[0]] > relevance[ANSWERERS[2]]).mean():.3f} |"
+    )
     print("\n| answers | mean relevance | p10 | share < 0.2 |")
     print("| --- | ---: | ---: | ---: |")
     for a, rel in relevance.items():

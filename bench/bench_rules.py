@@ -21,6 +21,7 @@
 
 Prints the timings; nothing is asserted about time.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,8 +45,12 @@ SHARED_SOURCES = (  # include/recipes/shared_pool.yaml's sources, by file name
     ("alpaca_eval_models", "alpaca_eval_*.alpaca.jsonl", "alpaca", None),
     ("code_alpaca", "code_alpaca_2k.alpaca.jsonl", "alpaca", None),
     ("gsm8k_train", "gsm8k_train.custom.jsonl", "custom", {"user": "question", "assistant": "answer"}),
-    ("self_instruct_seed", "self_instruct_seed.custom.jsonl", "custom",
-     {"user": "instruction", "input": "instances.0.input", "assistant": "instances.0.output"}),
+    (
+        "self_instruct_seed",
+        "self_instruct_seed.custom.jsonl",
+        "custom",
+        {"user": "instruction", "input": "instances.0.input", "assistant": "instances.0.output"},
+    ),
     ("self_instruct_messages", "self_instruct_seed.messages.jsonl", "messages", None),
 )
 CORPUS_FILES = ("code_alpaca", "gsm8k_train", "self_instruct", "alpaca_eval")  # eval_corpus.py's Alpaca files
@@ -68,13 +73,25 @@ def recipe_for(args) -> dict:
         sources.append({"name": "synthetic", "path": str(synthetic_pool(args.n, args.seed)), "format": "alpaca"})
     if args.shared:
         for name, pattern, fmt, fields in SHARED_SOURCES:
-            sources.append({"name": name, "path": str(Path(args.shared) / pattern), "format": fmt,
-                            **({"fields": fields} if fields else {})})
+            sources.append(
+                {
+                    "name": name,
+                    "path": str(Path(args.shared) / pattern),
+                    "format": fmt,
+                    **({"fields": fields} if fields else {}),
+                }
+            )
     if args.corpus:
         for name in CORPUS_FILES:
-            sources.append({"name": f"corpus_{name}", "path": str(Path(args.corpus) / f"{name}.jsonl"), "format": "alpaca"})
-    return {"name": "bench_rules", "sources": sources, "semantic_dedup": None,
-            "decontamination": {"benchmarks": [], "embedding": None}}
+            sources.append(
+                {"name": f"corpus_{name}", "path": str(Path(args.corpus) / f"{name}.jsonl"), "format": "alpaca"}
+            )
+    return {
+        "name": "bench_rules",
+        "sources": sources,
+        "semantic_dedup": None,
+        "decontamination": {"benchmarks": [], "embedding": None},
+    }
 
 
 @contextmanager
@@ -98,6 +115,7 @@ def fresh_database(server: str | None):
         yield url
     finally:
         from infinstruct.store.db import get_engine
+
         get_engine(url).dispose()
         with admin.connect() as conn:
             conn.execute(sa.text(f'drop database if exists "{name}" with (force)'))
@@ -109,7 +127,9 @@ def server_cpu(engine) -> float:
     import sqlalchemy as sa
 
     with engine.connect() as conn:
-        pids = conn.execute(sa.text("select pid from pg_stat_activity where datname = current_database()")).scalars().all()
+        pids = (
+            conn.execute(sa.text("select pid from pg_stat_activity where datname = current_database()")).scalars().all()
+        )
     total = 0
     for pid in pids:
         try:
@@ -128,9 +148,12 @@ def dump(engine, path: Path) -> int:
     with engine.connect() as conn:
         for record_id, version, stats in conn.execute(sa.text("select record_id, version, stats from record_stats")):
             lines.append(json.dumps(["stats", record_id, version, stats], sort_keys=True, ensure_ascii=False))
-        for row in conn.execute(sa.text(
+        for row in conn.execute(
+            sa.text(
                 "select p.path, d.line_no, d.verdict, d.reason, d.score, d.detail, d.duplicate_of from decisions d"
-                " join partitions p using (partition_id) where d.stage = 'rules'")):
+                " join partitions p using (partition_id) where d.stage = 'rules'"
+            )
+        ):
             lines.append(json.dumps(["decision", Path(row[0]).name, *row[1:]], ensure_ascii=False))
     lines.sort()
     path.write_text("".join(line + "\n" for line in lines))
@@ -143,19 +166,24 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--shared", help="also every file of this folder (../shared/data/pool)")
     parser.add_argument("--corpus", help="also the Alpaca files of this eval_corpus.py output folder")
-    parser.add_argument("--database-url", default=os.environ.get("INFINSTRUCT_TEST_DATABASE_URL"),
-                        help="server to create the run's database on (default: INFINSTRUCT_TEST_DATABASE_URL, else embedded)")
+    parser.add_argument(
+        "--database-url",
+        default=os.environ.get("INFINSTRUCT_TEST_DATABASE_URL"),
+        help="server to create the run's database on (default: INFINSTRUCT_TEST_DATABASE_URL, else embedded)",
+    )
     parser.add_argument("--profile", help="write cProfile stats of the measure pass here")
     parser.add_argument("--dump", help="write the stored stats and rule decisions here")
     args = parser.parse_args()
 
     import yaml
+
     out = HERE / "out" / "rules"
     out.mkdir(parents=True, exist_ok=True)
     recipe_path = out / f"recipe_{os.getpid()}.yaml"
     recipe_path.write_text(yaml.safe_dump(recipe_for(args), sort_keys=False))
     import infinstruct
     from infinstruct import pipeline
+
     log(f"library {Path(infinstruct.__file__).parent}")
 
     with fresh_database(args.database_url) as url:
@@ -187,21 +215,36 @@ def main() -> int:
             results = [pipeline.apply_rules(run_id, p) for p in partitions]
             if profiler and label == "measure":
                 profiler.disable()
-            timings[label] = {"wall": time.monotonic() - t0, "cpu": time.process_time() - cpu,
-                              "server_cpu": server_cpu(engine) - server,
-                              "measured": sum(r["measured"] for r in results),
-                              "dropped": sum(r["dropped"] for r in results)}
+            timings[label] = {
+                "wall": time.monotonic() - t0,
+                "cpu": time.process_time() - cpu,
+                "server_cpu": server_cpu(engine) - server,
+                "measured": sum(r["measured"] for r in results),
+                "dropped": sum(r["dropped"] for r in results),
+            }
             t = timings[label]
-            log(f"{label}: {t['wall']:.2f}s wall ({records / t['wall']:,.0f} records/s), {t['cpu']:.2f}s CPU of this "
-                f"process, {t['server_cpu']:.2f}s CPU of the server's backends; {t['measured']:,} measured, {t['dropped']:,} dropped")
+            log(
+                f"{label}: {t['wall']:.2f}s wall ({records / t['wall']:,.0f} records/s), {t['cpu']:.2f}s CPU of this "
+                f"process, {t['server_cpu']:.2f}s CPU of the server's backends; {t['measured']:,} measured, {t['dropped']:,} dropped"
+            )
         if profiler:
             profiler.dump_stats(args.profile)
         if args.dump:
             log(f"dump: {dump(engine, Path(args.dump)):,} lines in {args.dump}")
     recipe_path.unlink()
-    print(json.dumps({"library": str(Path(infinstruct.__file__).parent), "records": records,
-                      "partitions": len(partitions), "load_at_start": facts["load"], "postgres": facts["postgres"],
-                      "timings": timings}, indent=2))
+    print(
+        json.dumps(
+            {
+                "library": str(Path(infinstruct.__file__).parent),
+                "records": records,
+                "partitions": len(partitions),
+                "load_at_start": facts["load"],
+                "postgres": facts["postgres"],
+                "timings": timings,
+            },
+            indent=2,
+        )
+    )
     return 0
 
 

@@ -24,6 +24,7 @@ ones plus noise (cosine ~0.9 to their source), quota 10%.
 domains: rules + centroid classification of --n pool instructions with vectors given (the pipeline
 embeds once for diversity and domains): records/s excluding the embedding, and the domain mix per source.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -71,14 +72,18 @@ def conversations() -> list[tuple[str, tuple[tuple[str, str], ...]]]:
 def machine() -> str:
     cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?")
     load = " / ".join(f"{x:.2f}" for x in os.getloadavg())
-    return (f"{len(os.sched_getaffinity(0))} CPUs ({cpu}); load average at start {load}; "
-            f"Python {platform.python_version()}, numpy {np.__version__}")
+    return (
+        f"{len(os.sched_getaffinity(0))} CPUs ({cpu}); load average at start {load}; "
+        f"Python {platform.python_version()}, numpy {np.__version__}"
+    )
 
 
 # --- scoring -----------------------------------------------------------------------------------
 
+
 def run_scoring(args) -> None:
     from infinstruct.curate.scoring.signals import difficulty_score, measure_signals, quality_score
+
     records = conversations()
     t = time.perf_counter()
     signals = [measure_signals(turns) for _, turns in records]
@@ -88,21 +93,42 @@ def run_scoring(args) -> None:
     difficulty = np.array([difficulty_score(s) for s in signals])
     score_s = time.perf_counter() - t
     print(f"### Scoring: {len(records):,} pool records\n")
-    table(["step", "records", "seconds", "records/s"],
-          [["measure_signals (full conversations)", len(records), f"{measure_s:.2f}", f"{len(records) / measure_s:,.0f}"],
-           ["quality_score + difficulty_score from stored signals", len(records), f"{score_s:.2f}",
-            f"{len(records) / score_s:,.0f}"]])
+    table(
+        ["step", "records", "seconds", "records/s"],
+        [
+            [
+                "measure_signals (full conversations)",
+                len(records),
+                f"{measure_s:.2f}",
+                f"{len(records) / measure_s:,.0f}",
+            ],
+            [
+                "quality_score + difficulty_score from stored signals",
+                len(records),
+                f"{score_s:.2f}",
+                f"{len(records) / score_s:,.0f}",
+            ],
+        ],
+    )
     sources = np.array([s for s, _ in records])
     rows = []
     for source in sorted(set(sources)):
         m = sources == source
-        rows.append([source, int(m.sum()), f"{quality[m].mean():.3f}", f"{difficulty[m].mean():.3f}",
-                     f"{np.mean([signals[i]['has_code'] for i in np.flatnonzero(m)]):.2f}",
-                     f"{np.mean([signals[i]['has_math'] for i in np.flatnonzero(m)]):.2f}"])
+        rows.append(
+            [
+                source,
+                int(m.sum()),
+                f"{quality[m].mean():.3f}",
+                f"{difficulty[m].mean():.3f}",
+                f"{np.mean([signals[i]['has_code'] for i in np.flatnonzero(m)]):.2f}",
+                f"{np.mean([signals[i]['has_math'] for i in np.flatnonzero(m)]):.2f}",
+            ]
+        )
     table(["source", "records", "mean quality", "mean difficulty", "has_code", "has_math"], rows)
 
 
 # --- dsir --------------------------------------------------------------------------------------
+
 
 def perturb(text: str, rng: random.Random) -> str:
     words = text.split()
@@ -123,9 +149,10 @@ def run_dsir(args) -> None:
         kl_divergence,
         resample,
     )
+
     records = conversations()
     gsm8k = [turns[0][1] for source, turns in records if source == "gsm8k_train"]
-    target, held_out = gsm8k[: len(gsm8k) // 2], gsm8k[len(gsm8k) // 2:]
+    target, held_out = gsm8k[: len(gsm8k) // 2], gsm8k[len(gsm8k) // 2 :]
     others = [next(c for r, c in turns if r == "user") for source, turns in records if source != "gsm8k_train"]
     real = others + held_out
     real_is_gsm8k = np.array([False] * len(others) + [True] * len(held_out))
@@ -153,38 +180,90 @@ def run_dsir(args) -> None:
         floor = kl_divergence(model.target, distribution(ngrams.counts(held_out), settings.smoothing))
         same = np.array_equal(picked, resample(log_w, k, seed=0))
         overlap = len(set(picked.tolist()) & set(resample(log_w, k, seed=1).tolist())) / k
-        rows.append([name, len(pool), k, f"{is_gsm8k.mean():.1%}", f"{is_gsm8k[picked].mean():.1%}",
-                     f"{shift['kl_before']:.4f}", f"{shift['kl_after']:.4f}", f"{shift['kl_reduction']:.1%}",
-                     f"{floor:.4f}",
-                     "yes" if same else "NO", f"{overlap:.1%}"])
-        timing.append([name, len(pool), f"{t1 - t0:.2f}", f"{(len(target) + len(pool)) / (t1 - t0):,.0f}",
-                       f"{t2 - t1:.2f}", f"{len(pool) / (t2 - t1):,.0f}", f"{t3 - t2:.3f}",
-                       f"{len(pool) / (t3 - t0):,.0f}"])
-    table(["pool", "texts", "k", "gsm8k share in pool", "in selection", "KL before (nats)", "KL after",
-           "KL reduction",
-           "KL to held-out gsm8k alone", "same seed identical", "overlap with seed 1"], rows)
-    table(["pool", "texts", "fit s (target + pool)", "fit texts/s", "weights s", "weights texts/s", "resample s",
-           "end to end pool texts/s"], timing)
+        rows.append(
+            [
+                name,
+                len(pool),
+                k,
+                f"{is_gsm8k.mean():.1%}",
+                f"{is_gsm8k[picked].mean():.1%}",
+                f"{shift['kl_before']:.4f}",
+                f"{shift['kl_after']:.4f}",
+                f"{shift['kl_reduction']:.1%}",
+                f"{floor:.4f}",
+                "yes" if same else "NO",
+                f"{overlap:.1%}",
+            ]
+        )
+        timing.append(
+            [
+                name,
+                len(pool),
+                f"{t1 - t0:.2f}",
+                f"{(len(target) + len(pool)) / (t1 - t0):,.0f}",
+                f"{t2 - t1:.2f}",
+                f"{len(pool) / (t2 - t1):,.0f}",
+                f"{t3 - t2:.3f}",
+                f"{len(pool) / (t3 - t0):,.0f}",
+            ]
+        )
+    table(
+        [
+            "pool",
+            "texts",
+            "k",
+            "gsm8k share in pool",
+            "in selection",
+            "KL before (nats)",
+            "KL after",
+            "KL reduction",
+            "KL to held-out gsm8k alone",
+            "same seed identical",
+            "overlap with seed 1",
+        ],
+        rows,
+    )
+    table(
+        [
+            "pool",
+            "texts",
+            "fit s (target + pool)",
+            "fit texts/s",
+            "weights s",
+            "weights texts/s",
+            "resample s",
+            "end to end pool texts/s",
+        ],
+        timing,
+    )
 
 
 # --- diversity ---------------------------------------------------------------------------------
 
+
 def unique_instructions(n: int, seed: int = 0) -> list[tuple[str, str, float]]:
     """(source, instruction, quality) of n random unique pool instructions."""
     from infinstruct.curate.scoring.signals import measure_signals, quality_score
+
     seen, out = set(), []
     for source, turns in conversations():
         text = next(c for r, c in turns if r == "user")
-        if text not in seen:   # AlpacaEval's 8 files share 805 prompts: named once, as alpaca_eval
+        if text not in seen:  # AlpacaEval's 8 files share 805 prompts: named once, as alpaca_eval
             seen.add(text)
-            out.append(("alpaca_eval" if source.startswith("alpaca_eval") else source, text,
-                        quality_score(measure_signals(turns))))
+            out.append(
+                (
+                    "alpaca_eval" if source.startswith("alpaca_eval") else source,
+                    text,
+                    quality_score(measure_signals(turns)),
+                )
+            )
     return random.Random(seed).sample(out, min(n, len(out)))
 
 
 def run_diversity(args) -> None:
     from infinstruct.curate.selection.diversity import diversity_report, greedy_select
     from infinstruct.ml.embeddings import encode
+
     sample = unique_instructions(args.n)
     texts = [t for _, t, _ in sample]
     scores = np.array([q for _, _, q in sample])
@@ -194,15 +273,26 @@ def run_diversity(args) -> None:
     vectors = encode(texts)
     enc_s = time.perf_counter() - t
     quota = len(texts) // 2
-    print(f"### Diversity: {len(texts):,} unique pool instructions, MiniLM {len(texts) / enc_s:,.0f} texts/s "
-          f"({enc_s:.0f} s); quota {quota:,}\n")
+    print(
+        f"### Diversity: {len(texts):,} unique pool instructions, MiniLM {len(texts) / enc_s:,.0f} texts/s "
+        f"({enc_s:.0f} s); quota {quota:,}\n"
+    )
     whole = diversity_report(vectors)
     rng = np.random.default_rng(0)
     random_pick = rng.choice(len(texts), quota, replace=False)
     rand = diversity_report(vectors[random_pick])
-    rows = [["all candidates", whole["n"], "", whole["mean_nn_cosine"], whole["p95_nn_cosine"], "", ""],
-            ["random sample", rand["n"], "", rand["mean_nn_cosine"], rand["p95_nn_cosine"],
-             f"{scores[random_pick].mean():.3f}", ""]]
+    rows = [
+        ["all candidates", whole["n"], "", whole["mean_nn_cosine"], whole["p95_nn_cosine"], "", ""],
+        [
+            "random sample",
+            rand["n"],
+            "",
+            rand["mean_nn_cosine"],
+            rand["p95_nn_cosine"],
+            f"{scores[random_pick].mean():.3f}",
+            "",
+        ],
+    ]
     for threshold in (0.6, 0.7, 0.8, 0.9):
         t = time.perf_counter()
         result = greedy_select(ids, scores, vectors, threshold, quota)
@@ -210,9 +300,17 @@ def run_diversity(args) -> None:
         chosen = np.array([int(i[1:]) for i in result.selected])
         rep = diversity_report(vectors[chosen])
         c = result.counts()
-        rows.append([f"greedy, threshold {threshold}", rep["n"], f"{c['too_similar']:,} too similar",
-                     rep["mean_nn_cosine"], rep["p95_nn_cosine"], f"{scores[chosen].mean():.3f}",
-                     f"{len(texts) / dt:,.0f}"])
+        rows.append(
+            [
+                f"greedy, threshold {threshold}",
+                rep["n"],
+                f"{c['too_similar']:,} too similar",
+                rep["mean_nn_cosine"],
+                rep["p95_nn_cosine"],
+                f"{scores[chosen].mean():.3f}",
+                f"{len(texts) / dt:,.0f}",
+            ]
+        )
     table(["set", "size", "rejected", "mean NN cosine", "p95 NN cosine", "mean quality", "candidates/s"], rows)
 
     # throughput at scale: noisy copies of the real vectors
@@ -230,19 +328,26 @@ def run_diversity(args) -> None:
         dt = time.perf_counter() - t
         c = result.counts()
         walked = c["selected"] + c["too_similar"]
-        rows.append([n, f"{threshold}", n // 10, c["selected"], walked, f"{dt:.1f}", f"{walked / dt:,.0f}",
-                     f"{n / dt:,.0f}"])
-    print(f"At scale: {n:,} vectors = real ones + noise (mean cosine {cos_to_source:.2f} to their source), "
-          f"quota 10%, exact numpy index\n")
-    table(["candidates", "threshold", "quota", "selected", "walked (compared)", "seconds", "walked/s",
-           "candidates/s"], rows)
+        rows.append(
+            [n, f"{threshold}", n // 10, c["selected"], walked, f"{dt:.1f}", f"{walked / dt:,.0f}", f"{n / dt:,.0f}"]
+        )
+    print(
+        f"At scale: {n:,} vectors = real ones + noise (mean cosine {cos_to_source:.2f} to their source), "
+        f"quota 10%, exact numpy index\n"
+    )
+    table(
+        ["candidates", "threshold", "quota", "selected", "walked (compared)", "seconds", "walked/s", "candidates/s"],
+        rows,
+    )
 
 
 # --- domains -----------------------------------------------------------------------------------
 
+
 def run_domains(args) -> None:
     from infinstruct.curate.scoring.domains import DomainClassifier
     from infinstruct.ml.embeddings import encode
+
     sample = unique_instructions(args.n, seed=1)
     texts = [t for _, t, _ in sample]
     vectors = encode(texts)
@@ -251,8 +356,10 @@ def run_domains(args) -> None:
     t = time.perf_counter()
     labels = classifier.classify(texts, vectors)
     dt = time.perf_counter() - t
-    print(f"### Domains: {len(texts):,} unique pool instructions, classified with vectors given: "
-          f"{len(texts) / dt:,.0f} records/s (rules + centroids, excluding the embedding)\n")
+    print(
+        f"### Domains: {len(texts):,} unique pool instructions, classified with vectors given: "
+        f"{len(texts) / dt:,.0f} records/s (rules + centroids, excluding the embedding)\n"
+    )
     by_source: dict[str, Counter] = {}
     for (source, _, _), label in zip(sample, labels):
         by_source.setdefault(source, Counter())[label.domain] += 1

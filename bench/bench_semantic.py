@@ -15,6 +15,7 @@ encode: MiniLM texts/s on real prompts. decontam: recall per planted variant kin
 pool's false-positive rate against ../shared/data/benchmarks, by cosine threshold. static: a model2vec
 model distilled from the same MiniLM: distill time, texts/s, and whether near-copies stay >= 0.9.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,6 +38,7 @@ DIM = 384
 
 # --- index -------------------------------------------------------------------------------------
 
+
 def clustered_vectors(n: int, rng: np.random.Generator, topics: int = 2000) -> np.ndarray:
     centres = rng.standard_normal((topics, DIM)).astype(np.float32)
     v = centres[rng.integers(0, topics, n)] + rng.standard_normal((n, DIM)).astype(np.float32)
@@ -46,7 +48,7 @@ def clustered_vectors(n: int, rng: np.random.Generator, topics: int = 2000) -> n
 def exact_top(base: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
     out = []
     for s in range(0, len(queries), 256):
-        sims = queries[s:s + 256] @ base.T
+        sims = queries[s : s + 256] @ base.T
         part = np.argpartition(-sims, k, axis=1)[:, :k]
         order = np.argsort(-np.take_along_axis(sims, part, 1), axis=1)
         out.append(np.take_along_axis(part, order, 1))
@@ -65,6 +67,7 @@ def bench_pgvector(base, extra, queries, truth, k):
 
     from infinstruct import semantic
     from infinstruct.store.embedded_server import start_server
+
     folder = Path(tempfile.mkdtemp(prefix="bench-pgvector-"))
     server = start_server(folder, cleanup_mode="delete")
     engine = sa.create_engine(server.get_uri().replace("postgresql://", "postgresql+psycopg2://"))
@@ -96,8 +99,16 @@ def bench_pgvector(base, extra, queries, truth, k):
         found = [set() for _ in queries]
         for row, key, _ in hits:
             found[row].add(int(key[1:]))
-        rows.append((f"pgvector hnsw m16 efc64 ef{ef}", len(base) / load, build, len(extra) / incr,
-                     len(queries) / q, recall(found, truth)))
+        rows.append(
+            (
+                f"pgvector hnsw m16 efc64 ef{ef}",
+                len(base) / load,
+                build,
+                len(extra) / incr,
+                len(queries) / q,
+                recall(found, truth),
+            )
+        )
     engine.dispose()
     server.cleanup()
     return rows
@@ -105,6 +116,7 @@ def bench_pgvector(base, extra, queries, truth, k):
 
 def bench_usearch(base, extra, queries, truth, k):
     from usearch.index import Index
+
     index = Index(ndim=DIM, metric="cos", dtype="f32", connectivity=16, expansion_add=64, expansion_search=40)
     t = time.perf_counter()
     index.add(np.arange(len(base)), base)
@@ -117,11 +129,14 @@ def bench_usearch(base, extra, queries, truth, k):
     res = index.search(queries, k)
     q = time.perf_counter() - t
     found = [set(r.tolist()) for r in res.keys]
-    return [("usearch hnsw m16 efc64 ef40", float("nan"), build, len(extra) / incr, len(queries) / q, recall(found, truth))]
+    return [
+        ("usearch hnsw m16 efc64 ef40", float("nan"), build, len(extra) / incr, len(queries) / q, recall(found, truth))
+    ]
 
 
 def bench_faiss(base, extra, queries, truth, k):
     import faiss
+
     index = faiss.IndexHNSWFlat(DIM, 16, faiss.METRIC_INNER_PRODUCT)
     index.hnsw.efConstruction = 64
     t = time.perf_counter()
@@ -135,7 +150,9 @@ def bench_faiss(base, extra, queries, truth, k):
     t = time.perf_counter()
     index.add(extra)
     incr = time.perf_counter() - t
-    return [("faiss hnsw m16 efc64 ef40", float("nan"), build, len(extra) / incr, len(queries) / q, recall(found, truth))]
+    return [
+        ("faiss hnsw m16 efc64 ef40", float("nan"), build, len(extra) / incr, len(queries) / q, recall(found, truth))
+    ]
 
 
 def run_index(args) -> None:
@@ -156,13 +173,18 @@ def run_index(args) -> None:
             rows += fn(base, extra, queries, truth, k)
         except ImportError as exc:
             print(f"{name}: skipped ({exc})")
-    print(f"\n{args.n:,} vectors x {DIM}, {args.queries} queries (k = 5), incremental = {len(extra):,} rows into the built index")
-    print(f"{'index':34} {'load rows/s':>12} {'build s':>8} {'incr rows/s':>12} {'queries/s':>10}  recall@5: all / near-copy / fresh")
+    print(
+        f"\n{args.n:,} vectors x {DIM}, {args.queries} queries (k = 5), incremental = {len(extra):,} rows into the built index"
+    )
+    print(
+        f"{'index':34} {'load rows/s':>12} {'build s':>8} {'incr rows/s':>12} {'queries/s':>10}  recall@5: all / near-copy / fresh"
+    )
     for name, load, build, incr, qps, rec in rows:
         print(f"{name:34} {load:12,.0f} {build:8.1f} {incr:12,.0f} {qps:10,.0f}  {rec}")
 
 
 # --- encode / decontam / static ----------------------------------------------------------------
+
 
 def pool_prompts(limit: int | None = None, with_source: bool = False) -> list:
     texts = []
@@ -185,30 +207,54 @@ def pool_prompts(limit: int | None = None, with_source: bool = False) -> list:
 
 def run_encode(args) -> None:
     from infinstruct.ml.embeddings import EmbeddingSettings, encode
+
     texts = random.Random(1).sample(pool_prompts(), args.n)
     settings = EmbeddingSettings()
     encode(texts[:4], settings)
     t = time.perf_counter()
     encode(texts, settings)
     dt = time.perf_counter() - t
-    print(f"MiniLM encode: {args.n} pool prompts ({np.mean([len(x) for x in texts]):.0f} chars avg) "
-          f"in {dt:.1f} s = {args.n / dt:.0f} texts/s (batch {settings.batch_size}, max_chars {settings.max_chars})")
+    print(
+        f"MiniLM encode: {args.n} pool prompts ({np.mean([len(x) for x in texts]):.0f} chars avg) "
+        f"in {dt:.1f} s = {args.n / dt:.0f} texts/s (batch {settings.batch_size}, max_chars {settings.max_chars})"
+    )
 
 
 def benchmark_items():
     from infinstruct.curate.decontam.ngrams import BenchmarkSpec, load_items
-    specs = [BenchmarkSpec(name="gsm8k_test", path=str(DATA / "benchmarks/gsm8k_test.jsonl"), fields=["question"]),
-             BenchmarkSpec(name="mt_bench", path=str(DATA / "benchmarks/mt_bench_questions.jsonl"), fields=["turns"],
-                           id_field="question_id"),
-             BenchmarkSpec(name="humaneval", path=str(DATA / "benchmarks/humaneval.jsonl"), fields=["prompt"],
-                           id_field="task_id")]
+
+    specs = [
+        BenchmarkSpec(name="gsm8k_test", path=str(DATA / "benchmarks/gsm8k_test.jsonl"), fields=["question"]),
+        BenchmarkSpec(
+            name="mt_bench",
+            path=str(DATA / "benchmarks/mt_bench_questions.jsonl"),
+            fields=["turns"],
+            id_field="question_id",
+        ),
+        BenchmarkSpec(
+            name="humaneval", path=str(DATA / "benchmarks/humaneval.jsonl"), fields=["prompt"], id_field="task_id"
+        ),
+    ]
     return [item for spec in specs for item in load_items(spec)]
 
 
 _FILLER = ["really", "please", "quickly", "certain", "some", "the", "a", "kindly", "exactly", "roughly"]
-_SYNONYMS = {"how": "in what way", "many": "much", "each": "every", "buys": "purchases", "has": "owns",
-             "total": "overall", "find": "determine", "write": "compose", "function": "routine",
-             "return": "give back", "list": "array", "number": "count", "what": "which", "makes": "earns"}
+_SYNONYMS = {
+    "how": "in what way",
+    "many": "much",
+    "each": "every",
+    "buys": "purchases",
+    "has": "owns",
+    "total": "overall",
+    "find": "determine",
+    "write": "compose",
+    "function": "routine",
+    "return": "give back",
+    "list": "array",
+    "number": "count",
+    "what": "which",
+    "makes": "earns",
+}
 
 
 def paraphrase(text: str, rng: random.Random, rate: float = 0.15) -> str:
@@ -225,9 +271,13 @@ def paraphrase(text: str, rng: random.Random, rate: float = 0.15) -> str:
 
 
 def wrap(text: str, rng: random.Random) -> str:
-    pre = rng.choice(["I'm studying for an exam and got stuck on this one. ",
-                      "My teacher gave us the following task, can you help?\n\n",
-                      "Please solve the problem below and explain each step carefully.\n"])
+    pre = rng.choice(
+        [
+            "I'm studying for an exam and got stuck on this one. ",
+            "My teacher gave us the following task, can you help?\n\n",
+            "Please solve the problem below and explain each step carefully.\n",
+        ]
+    )
     post = rng.choice(["\nThanks a lot in advance!", "\nShow your reasoning before the final answer.", ""])
     return pre + text + post
 
@@ -235,50 +285,73 @@ def wrap(text: str, rng: random.Random) -> str:
 def planted(items, per_kind: int, rng: random.Random) -> dict[str, list[tuple[str, str]]]:
     """kind -> [(text, 'benchmark/item_id')]"""
     sample = rng.sample(items, min(per_kind, len(items)))
-    return {"verbatim": [(i.text, f"{i.benchmark}/{i.item_id}") for i in sample],
-            "wrapped": [(wrap(i.text, rng), f"{i.benchmark}/{i.item_id}") for i in sample],
-            "paraphrased 15%": [(paraphrase(i.text, rng, 0.15), f"{i.benchmark}/{i.item_id}") for i in sample],
-            "paraphrased 30%": [(paraphrase(i.text, rng, 0.30), f"{i.benchmark}/{i.item_id}") for i in sample],
-            "wrapped + paraphrased": [(wrap(paraphrase(i.text, rng, 0.15), rng), f"{i.benchmark}/{i.item_id}")
-                                      for i in sample]}
+    return {
+        "verbatim": [(i.text, f"{i.benchmark}/{i.item_id}") for i in sample],
+        "wrapped": [(wrap(i.text, rng), f"{i.benchmark}/{i.item_id}") for i in sample],
+        "paraphrased 15%": [(paraphrase(i.text, rng, 0.15), f"{i.benchmark}/{i.item_id}") for i in sample],
+        "paraphrased 30%": [(paraphrase(i.text, rng, 0.30), f"{i.benchmark}/{i.item_id}") for i in sample],
+        "wrapped + paraphrased": [
+            (wrap(paraphrase(i.text, rng, 0.15), rng), f"{i.benchmark}/{i.item_id}") for i in sample
+        ],
+    }
 
 
-UNION_AT = 0.80   # the embedding threshold of the "ngram or embedding" column
+UNION_AT = 0.80  # the embedding threshold of the "ngram or embedding" column
 
 
 def run_decontam(args) -> None:
     from infinstruct.curate.decontam.embedding import EmbeddingMatcher, EmbeddingMatchSettings
     from infinstruct.curate.decontam.ngrams import NgramIndex
     from infinstruct.ml.embeddings import EmbeddingSettings
+
     rng = random.Random(3)
     items = benchmark_items()
     t = time.perf_counter()
     matcher = EmbeddingMatcher.build(items, EmbeddingMatchSettings(embedding=EmbeddingSettings(), threshold=0.0))
     print(f"embedding matcher: {len(items)} benchmark items indexed in {time.perf_counter() - t:.1f} s")
     thresholds = [0.70, 0.75, 0.80, 0.85, 0.90]
-    print(f"{'variant':24} {'n':>5} " + " ".join(f"{'>=' + format(x, '.2f'):>7}" for x in thresholds) + f" {'ngram|' + format(UNION_AT, '.2f'):>7}  (recall: best match is the planted item)")
-    ngram = NgramIndex.build(items)   # the n-gram matcher at its defaults, for the union column
+    print(
+        f"{'variant':24} {'n':>5} "
+        + " ".join(f"{'>=' + format(x, '.2f'):>7}" for x in thresholds)
+        + f" {'ngram|' + format(UNION_AT, '.2f'):>7}  (recall: best match is the planted item)"
+    )
+    ngram = NgramIndex.build(items)  # the n-gram matcher at its defaults, for the union column
     for kind, pairs in planted(items, args.per_kind, rng).items():
         texts = [text for text, _ in pairs]
         best = [m[0] if m else None for m in matcher.match(texts)]
-        cells = [np.mean([b is not None and f"{b.benchmark}/{b.item_id}" == want and b.score >= x
-                          for b, (_, want) in zip(best, pairs)]) for x in thresholds]
-        union = np.mean([bool(ngram.contaminating(t)) or (b is not None and b.score >= UNION_AT) for t, b in zip(texts, best)])
+        cells = [
+            np.mean(
+                [
+                    b is not None and f"{b.benchmark}/{b.item_id}" == want and b.score >= x
+                    for b, (_, want) in zip(best, pairs)
+                ]
+            )
+            for x in thresholds
+        ]
+        union = np.mean(
+            [bool(ngram.contaminating(t)) or (b is not None and b.score >= UNION_AT) for t, b in zip(texts, best)]
+        )
         print(f"{kind:24} {len(pairs):5} " + " ".join(f"{c:7.3f}" for c in cells) + f" {union:7.3f}")
     sample = rng.sample(pool_prompts(with_source=True), args.clean)
     best = [m[0].score if m else -1.0 for m in matcher.match([t for _, t in sample])]
-    for name, keep in (("clean pool flagged", lambda src: True),
-                       ("  without alpaca_eval", lambda src: not src.startswith("alpaca_eval"))):
+    for name, keep in (
+        ("clean pool flagged", lambda src: True),
+        ("  without alpaca_eval", lambda src: not src.startswith("alpaca_eval")),
+    ):
         rows = [(b, t) for b, (src, t) in zip(best, sample) if keep(src)]
         union = np.mean([bool(ngram.contaminating(t)) or b >= UNION_AT for b, t in rows])
-        print(f"{name:24} {len(rows):5} " + " ".join(f"{np.mean([b >= x for b, _ in rows]):7.3f}" for x in thresholds)
-              + f" {union:7.3f}")
+        print(
+            f"{name:24} {len(rows):5} "
+            + " ".join(f"{np.mean([b >= x for b, _ in rows]):7.3f}" for x in thresholds)
+            + f" {union:7.3f}"
+        )
     for score, (src, text) in sorted(zip(best, sample), reverse=True)[:6]:
         print(f"   clean {score:.3f} {src}: {text[:80]!r}")
 
 
 def run_static(args) -> None:
     from infinstruct.ml.embeddings import EmbeddingSettings, distill_static_model, encode
+
     folder = Path(tempfile.mkdtemp(prefix="m2v-"))
     t = time.perf_counter()
     distill_static_model(folder)
@@ -291,9 +364,11 @@ def run_static(args) -> None:
     for _ in range(10):
         encode(texts, static)
     sps = 10 * len(texts) / (time.perf_counter() - t)
-    edits = {"appended sentence": lambda s: s + " Please answer briefly.",
-             "2 words swapped": lambda s: _swap(s, rng),
-             "paraphrased 15%": lambda s: paraphrase(s, rng, 0.15)}
+    edits = {
+        "appended sentence": lambda s: s + " Please answer briefly.",
+        "2 words swapped": lambda s: _swap(s, rng),
+        "paraphrased 15%": lambda s: paraphrase(s, rng, 0.15),
+    }
     shuffled = texts[1:] + texts[:1]
     print(f"static model: distilled in {distill_s:.0f} s, {sps:,.0f} texts/s ({len(texts)} pool prompts x 10)")
     print(f"{'pairs':22} {'MiniLM >=0.9':>12} {'static >=0.9':>12} {'MiniLM med':>10} {'static med':>10}")
@@ -303,8 +378,10 @@ def run_static(args) -> None:
             a, b = encode(texts, settings), encode(pair_b, settings)
             cos = (a * b).sum(axis=1)
             row.append(cos)
-        print(f"{name:22} {np.mean(row[0] >= 0.9):12.3f} {np.mean(row[1] >= 0.9):12.3f} "
-              f"{np.median(row[0]):10.3f} {np.median(row[1]):10.3f}")
+        print(
+            f"{name:22} {np.mean(row[0] >= 0.9):12.3f} {np.mean(row[1] >= 0.9):12.3f} "
+            f"{np.median(row[0]):10.3f} {np.median(row[1]):10.3f}"
+        )
 
 
 def _swap(text: str, rng: random.Random) -> str:

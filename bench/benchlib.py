@@ -1,4 +1,5 @@
 """What the benchmarks share: a throw-away embedded PostgreSQL and the facts about the machine."""
+
 from __future__ import annotations
 
 import os
@@ -37,14 +38,31 @@ def machine_facts(engine, **versions: str) -> dict[str, Any]:
 
     cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?")
     mem_kb = next(int(ln.split()[1]) for ln in open("/proc/meminfo") if ln.startswith("MemTotal:"))
-    out = {"nproc": len(os.sched_getaffinity(0)), "cpu": cpu, "ram_gib": round(mem_kb / 2**20, 1),
-           "load": " / ".join(f"{x:.2f}" for x in os.getloadavg()), "python": platform.python_version(),
-           **versions, "sqlalchemy": sqlalchemy.__version__, "psycopg2": psycopg2.__version__.split()[0]}
+    out = {
+        "nproc": len(os.sched_getaffinity(0)),
+        "cpu": cpu,
+        "ram_gib": round(mem_kb / 2**20, 1),
+        "load": " / ".join(f"{x:.2f}" for x in os.getloadavg()),
+        "python": platform.python_version(),
+        **versions,
+        "sqlalchemy": sqlalchemy.__version__,
+        "psycopg2": psycopg2.__version__.split()[0],
+    }
     with engine.connect() as conn:
-        pg = [conn.exec_driver_sql(q).scalar_one() for q in ("select version()", "show shared_buffers", "show work_mem",
-                                                               "show fsync", "show synchronous_commit")]
-    return out | {"postgres": f"{pg[0].split(' on ')[0]}; shared_buffers {pg[1]}, work_mem {pg[2]}, fsync {pg[3]}, "
-                              f"synchronous_commit {pg[4]}"}
+        pg = [
+            conn.exec_driver_sql(q).scalar_one()
+            for q in (
+                "select version()",
+                "show shared_buffers",
+                "show work_mem",
+                "show fsync",
+                "show synchronous_commit",
+            )
+        ]
+    return out | {
+        "postgres": f"{pg[0].split(' on ')[0]}; shared_buffers {pg[1]}, work_mem {pg[2]}, fsync {pg[3]}, "
+        f"synchronous_commit {pg[4]}"
+    }
 
 
 def table(header: list[str], rows: list[list]) -> None:

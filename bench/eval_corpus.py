@@ -54,6 +54,7 @@ them, so a miss in their stage is not hidden by an earlier stage. Junk is never 
 library. Fillers for planted records (answers, junk instructions) come from pool records kept apart
 from the clean set, so no planted record repeats a clean one.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -70,20 +71,39 @@ DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 FILES = ("code_alpaca", "gsm8k_train", "self_instruct", "alpaca_eval")
 BASE_SIZE = {"code_alpaca": 900, "gsm8k_train": 900, "self_instruct": 175, "alpaca_eval": 600}
 ALPACA_EVAL_BASE = "alpaca_eval_claude-2.alpaca.jsonl"
-ALPACA_EVAL_DONORS = ("alpaca_eval_Meta-Llama-3-8B-Instruct.alpaca.jsonl",
-                      "alpaca_eval_Infinity-Instruct-7M-Gen-Llama3_1-8B.alpaca.jsonl",
-                      "alpaca_eval_vicuna-7b.alpaca.jsonl")
+ALPACA_EVAL_DONORS = (
+    "alpaca_eval_Meta-Llama-3-8B-Instruct.alpaca.jsonl",
+    "alpaca_eval_Infinity-Instruct-7M-Gen-Llama3_1-8B.alpaca.jsonl",
+    "alpaca_eval_vicuna-7b.alpaca.jsonl",
+)
 NEAR_EDITS = ("whitespace", "appended_phrase", "swapped_words", "light_rewording", "combined")
 NEAR_PER_EDIT = 120
 JUNK_PER_KIND = 40
-JUNK_KINDS = ("empty_or_short", "too_long", "garbage", "language", "refusal", "echo", "repetition", "repeated_lines",
-              "truncated")  # = infinstruct.curate.rules.filters.Rule, in its order
+JUNK_KINDS = (
+    "empty_or_short",
+    "too_long",
+    "garbage",
+    "language",
+    "refusal",
+    "echo",
+    "repetition",
+    "repeated_lines",
+    "truncated",
+)  # = infinstruct.curate.rules.filters.Rule, in its order
 # contaminated records per (benchmark, variant); each benchmark item is used once
-CONTAM_PLAN = {("gsm8k_test", "verbatim"): 60, ("gsm8k_test", "wrapped"): 60, ("gsm8k_test", "paraphrased"): 90,
-               ("gsm8k_test", "short_in_preamble"): 20,
-               ("mt_bench", "verbatim"): 40, ("mt_bench", "wrapped"): 40, ("mt_bench", "paraphrased"): 40,
-               ("mt_bench", "short_in_preamble"): 40,
-               ("humaneval", "verbatim"): 40, ("humaneval", "wrapped"): 40, ("humaneval", "code_renamed"): 84}
+CONTAM_PLAN = {
+    ("gsm8k_test", "verbatim"): 60,
+    ("gsm8k_test", "wrapped"): 60,
+    ("gsm8k_test", "paraphrased"): 90,
+    ("gsm8k_test", "short_in_preamble"): 20,
+    ("mt_bench", "verbatim"): 40,
+    ("mt_bench", "wrapped"): 40,
+    ("mt_bench", "paraphrased"): 40,
+    ("mt_bench", "short_in_preamble"): 40,
+    ("humaneval", "verbatim"): 40,
+    ("humaneval", "wrapped"): 40,
+    ("humaneval", "code_renamed"): 84,
+}
 SHORT_GSM8K_WORDS = 22  # GSM8K questions this short (words, numbers included) count as short items
 CONTAM_FILE = {"gsm8k_test": "gsm8k_train", "mt_bench": "alpaca_eval", "humaneval": "code_alpaca"}
 
@@ -101,7 +121,7 @@ class Rec:
     detail: dict[str, Any] = field(default_factory=dict)
     benchmark: str | None = None
     item_id: str | None = None
-    origin: "Rec | None" = None      # near-copy -> its original; original -> its copy
+    origin: "Rec | None" = None  # near-copy -> its original; original -> its copy
     file: str = ""
     line: int = 0
 
@@ -125,14 +145,18 @@ def words(text: str) -> list[str]:
 
 def shingles(text: str, k: int = 2) -> set[str]:
     w = words(text)
-    return {" ".join(w[i:i + k]) for i in range(max(len(w) - k + 1, 1))}
+    return {" ".join(w[i : i + k]) for i in range(max(len(w) - k + 1, 1))}
 
 
 def essential(token: str, first: bool) -> bool:
     """A number, a name (capitalised, not sentence-initial), a quoted or code-like token: never edited."""
     core = token.strip(".,;:!?()[]")
-    return (any(c.isdigit() for c in token) or (not first and core[:1].isupper()) or any(c in token for c in "\"'`“”‘’_=()[]{}<>/\\")
-            or not core.isalpha())
+    return (
+        any(c.isdigit() for c in token)
+        or (not first and core[:1].isupper())
+        or any(c in token for c in "\"'`“”‘’_=()[]{}<>/\\")
+        or not core.isalpha()
+    )
 
 
 def ordinary_positions(tokens: list[str]) -> list[int]:
@@ -140,6 +164,7 @@ def ordinary_positions(tokens: list[str]) -> list[int]:
 
 
 # --- pool --------------------------------------------------------------------------------------
+
 
 def read_jsonl(path: Path) -> list[dict]:
     with path.open(encoding="utf-8") as fh:
@@ -150,15 +175,29 @@ def load_pool(data: Path) -> dict[str, list[Rec]]:
     """Real records per origin (file order), as Alpaca records labelled clean."""
     pool = data / "pool"
     out: dict[str, list[Rec]] = {}
-    out["code_alpaca"] = [Rec(r["instruction"], r.get("input") or "", r["output"], "clean", "plain",
-                              f"code_alpaca_2k.alpaca.jsonl:{i}") for i, r in enumerate(read_jsonl(pool / "code_alpaca_2k.alpaca.jsonl"), 1)]
-    out["gsm8k_train"] = [Rec(r["question"], "", r["answer"], "clean", "plain", f"gsm8k_train.custom.jsonl:{i}")
-                          for i, r in enumerate(read_jsonl(pool / "gsm8k_train.custom.jsonl"), 1)]
-    out["self_instruct"] = [Rec(r["instruction"], r["instances"][0]["input"] or "", r["instances"][0]["output"], "clean", "plain",
-                                f"self_instruct_seed.custom.jsonl:{i}")
-                            for i, r in enumerate(read_jsonl(pool / "self_instruct_seed.custom.jsonl"), 1)]
-    out["alpaca_eval"] = [Rec(r["instruction"], r.get("input") or "", r["output"], "clean", "plain", f"{ALPACA_EVAL_BASE}:{i}")
-                          for i, r in enumerate(read_jsonl(pool / ALPACA_EVAL_BASE), 1)]
+    out["code_alpaca"] = [
+        Rec(r["instruction"], r.get("input") or "", r["output"], "clean", "plain", f"code_alpaca_2k.alpaca.jsonl:{i}")
+        for i, r in enumerate(read_jsonl(pool / "code_alpaca_2k.alpaca.jsonl"), 1)
+    ]
+    out["gsm8k_train"] = [
+        Rec(r["question"], "", r["answer"], "clean", "plain", f"gsm8k_train.custom.jsonl:{i}")
+        for i, r in enumerate(read_jsonl(pool / "gsm8k_train.custom.jsonl"), 1)
+    ]
+    out["self_instruct"] = [
+        Rec(
+            r["instruction"],
+            r["instances"][0]["input"] or "",
+            r["instances"][0]["output"],
+            "clean",
+            "plain",
+            f"self_instruct_seed.custom.jsonl:{i}",
+        )
+        for i, r in enumerate(read_jsonl(pool / "self_instruct_seed.custom.jsonl"), 1)
+    ]
+    out["alpaca_eval"] = [
+        Rec(r["instruction"], r.get("input") or "", r["output"], "clean", "plain", f"{ALPACA_EVAL_BASE}:{i}")
+        for i, r in enumerate(read_jsonl(pool / ALPACA_EVAL_BASE), 1)
+    ]
     return out
 
 
@@ -173,26 +212,31 @@ def alpaca_eval_answers(data: Path) -> dict[str, list[tuple[str, str]]]:
 
 # --- benchmarks --------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class Item:
     benchmark: str
     item_id: str
     text: str
-    answer: str = ""       # GSM8K answer / HumanEval canonical solution
+    answer: str = ""  # GSM8K answer / HumanEval canonical solution
     entry_point: str = ""
 
 
 def load_benchmarks(data: Path) -> list[Item]:
     """Items with the ids the pipeline's decontamination uses (see README: benchmarks)."""
     bench = data / "benchmarks"
-    items = [Item("gsm8k_test", str(i), r["question"], r["answer"])
-             for i, r in enumerate(read_jsonl(bench / "gsm8k_test.jsonl"), 1)]
+    items = [
+        Item("gsm8k_test", str(i), r["question"], r["answer"])
+        for i, r in enumerate(read_jsonl(bench / "gsm8k_test.jsonl"), 1)
+    ]
     for r in read_jsonl(bench / "mt_bench_questions.jsonl"):
         turns = [t for t in r["turns"] if t.strip()]
         for k, t in enumerate(turns, 1):
             items.append(Item("mt_bench", f"{r['question_id']}#{k}" if len(turns) > 1 else str(r["question_id"]), t))
-    items += [Item("humaneval", r["task_id"], r["prompt"], r["canonical_solution"], r["entry_point"])
-              for r in read_jsonl(bench / "humaneval.jsonl")]
+    items += [
+        Item("humaneval", r["task_id"], r["prompt"], r["canonical_solution"], r["entry_point"])
+        for r in read_jsonl(bench / "humaneval.jsonl")
+    ]
     return items
 
 
@@ -203,7 +247,7 @@ def benchmark_hits(texts: list[str], items: list[Item], n: int = 10, share: floa
     totals, short = [], []
     for j, item in enumerate(items):
         w = words(item.text)
-        grams = {tuple(w[i:i + n]) for i in range(len(w) - n + 1)}
+        grams = {tuple(w[i : i + n]) for i in range(len(w) - n + 1)}
         totals.append(len(grams))
         for g in grams:
             index[g].add(j)
@@ -213,7 +257,7 @@ def benchmark_hits(texts: list[str], items: list[Item], n: int = 10, share: floa
     for t, text in enumerate(texts):
         w = words(text)
         count: Counter = Counter()
-        for g in {tuple(w[i:i + n]) for i in range(len(w) - n + 1)}:
+        for g in {tuple(w[i : i + n]) for i in range(len(w) - n + 1)}:
             count.update(index.get(g, ()))
         found = [j for j, c in count.items() if c >= share * totals[j]]
         joined = " " + " ".join(w) + " "
@@ -232,38 +276,131 @@ def passes_rules(user: str, answer: str) -> bool:
     """True when the default rule filters keep (user, answer): used only for non-junk planted records."""
     global _RULE_SETTINGS
     from infinstruct.curate.rules.filters import RuleSettings, check
+
     _RULE_SETTINGS = _RULE_SETTINGS or RuleSettings()
     return check((("user", user), ("assistant", answer)), _RULE_SETTINGS).keep
 
 
 # --- near-copies -------------------------------------------------------------------------------
 
-APPENDED = ("Please answer briefly.", "Thanks in advance!", "Explain your answer.", "Keep it short and simple, please.",
-            "Can you help me with this?", "I need this for a school assignment.", "Please be as detailed as possible.",
-            "Answer in plain English.", "Thank you so much for your help!", "Use an example if you can.",
-            "This is urgent, so a quick reply would be great.", "Please respond in a friendly tone.",
-            "Give a step-by-step answer.", "I'd appreciate a clear explanation.", "Make the answer easy to follow.")
+APPENDED = (
+    "Please answer briefly.",
+    "Thanks in advance!",
+    "Explain your answer.",
+    "Keep it short and simple, please.",
+    "Can you help me with this?",
+    "I need this for a school assignment.",
+    "Please be as detailed as possible.",
+    "Answer in plain English.",
+    "Thank you so much for your help!",
+    "Use an example if you can.",
+    "This is urgent, so a quick reply would be great.",
+    "Please respond in a friendly tone.",
+    "Give a step-by-step answer.",
+    "I'd appreciate a clear explanation.",
+    "Make the answer easy to follow.",
+)
 PREPENDED = ("Hi there! ", "Quick question: ", "Hello, ", "Hey, I have a question. ", "Hi! ")
 SYNONYMS = {
-    "write": "compose", "explain": "describe", "describe": "explain", "give": "provide", "list": "enumerate",
-    "make": "create", "create": "make", "find": "identify", "show": "demonstrate", "use": "employ", "help": "assist",
-    "big": "large", "large": "big", "small": "little", "answer": "reply", "example": "instance", "many": "numerous",
-    "calculate": "compute", "compute": "calculate", "total": "overall", "buy": "purchase", "bought": "purchased",
-    "each": "every", "begin": "start", "start": "begin", "important": "significant", "good": "great", "simple": "basic",
-    "quickly": "rapidly", "story": "tale", "about": "regarding", "generate": "produce", "short": "brief", "tell": "inform",
-    "need": "require", "want": "wish", "get": "obtain", "choose": "select", "select": "choose", "suggest": "recommend",
-    "recommend": "suggest", "program": "program", "function": "method", "method": "function", "following": "next",
-    "given": "provided", "provided": "given", "sentence": "phrase", "text": "passage", "article": "piece",
-    "people": "persons", "money": "cash", "house": "home", "car": "vehicle", "job": "work", "week": "seven days",
-    "also": "as well", "then": "afterwards", "after": "following", "before": "prior to", "into": "in to",
-    "famous": "well-known", "different": "distinct", "difference": "distinction", "way": "manner", "ways": "manners",
-    "idea": "notion", "ideas": "notions", "happy": "glad", "hard": "difficult", "easy": "simple", "fast": "quick",
-    "better": "superior", "best": "finest", "buys": "purchases", "makes": "creates", "gets": "receives",
-    "needs": "requires", "uses": "employs", "wants": "wishes", "shows": "demonstrates", "wrote": "composed",
-    "summary": "synopsis", "summarize": "sum up", "check": "verify", "determine": "establish", "build": "construct",
+    "write": "compose",
+    "explain": "describe",
+    "describe": "explain",
+    "give": "provide",
+    "list": "enumerate",
+    "make": "create",
+    "create": "make",
+    "find": "identify",
+    "show": "demonstrate",
+    "use": "employ",
+    "help": "assist",
+    "big": "large",
+    "large": "big",
+    "small": "little",
+    "answer": "reply",
+    "example": "instance",
+    "many": "numerous",
+    "calculate": "compute",
+    "compute": "calculate",
+    "total": "overall",
+    "buy": "purchase",
+    "bought": "purchased",
+    "each": "every",
+    "begin": "start",
+    "start": "begin",
+    "important": "significant",
+    "good": "great",
+    "simple": "basic",
+    "quickly": "rapidly",
+    "story": "tale",
+    "about": "regarding",
+    "generate": "produce",
+    "short": "brief",
+    "tell": "inform",
+    "need": "require",
+    "want": "wish",
+    "get": "obtain",
+    "choose": "select",
+    "select": "choose",
+    "suggest": "recommend",
+    "recommend": "suggest",
+    "program": "program",
+    "function": "method",
+    "method": "function",
+    "following": "next",
+    "given": "provided",
+    "provided": "given",
+    "sentence": "phrase",
+    "text": "passage",
+    "article": "piece",
+    "people": "persons",
+    "money": "cash",
+    "house": "home",
+    "car": "vehicle",
+    "job": "work",
+    "week": "seven days",
+    "also": "as well",
+    "then": "afterwards",
+    "after": "following",
+    "before": "prior to",
+    "into": "in to",
+    "famous": "well-known",
+    "different": "distinct",
+    "difference": "distinction",
+    "way": "manner",
+    "ways": "manners",
+    "idea": "notion",
+    "ideas": "notions",
+    "happy": "glad",
+    "hard": "difficult",
+    "easy": "simple",
+    "fast": "quick",
+    "better": "superior",
+    "best": "finest",
+    "buys": "purchases",
+    "makes": "creates",
+    "gets": "receives",
+    "needs": "requires",
+    "uses": "employs",
+    "wants": "wishes",
+    "shows": "demonstrates",
+    "wrote": "composed",
+    "summary": "synopsis",
+    "summarize": "sum up",
+    "check": "verify",
+    "determine": "establish",
+    "build": "construct",
 }
-CONTRACTIONS = (("do not", "don't"), ("does not", "doesn't"), ("can not", "can't"), ("cannot", "can't"),
-                ("I am", "I'm"), ("it is", "it's"), ("what is", "what's"), ("is not", "isn't"), ("you are", "you're"))
+CONTRACTIONS = (
+    ("do not", "don't"),
+    ("does not", "doesn't"),
+    ("can not", "can't"),
+    ("cannot", "can't"),
+    ("I am", "I'm"),
+    ("it is", "it's"),
+    ("what is", "what's"),
+    ("is not", "isn't"),
+    ("you are", "you're"),
+)
 
 
 def _case_like(new: str, old: str) -> str:
@@ -283,15 +420,18 @@ def _substitute(tokens: list[str], rng: random.Random, k: int) -> int:
 def _swap(tokens: list[str], rng: random.Random, k: int) -> int:
     """Swap up to k pairs of adjacent ordinary words (punctuation stays in place)."""
     ordinary = set(ordinary_positions(tokens))
-    spots = [i for i in range(len(tokens) - 1) if i in ordinary and i + 1 in ordinary
-             and not tokens[i].endswith((",", ".", ";", ":", "?", "!"))]
+    spots = [
+        i
+        for i in range(len(tokens) - 1)
+        if i in ordinary and i + 1 in ordinary and not tokens[i].endswith((",", ".", ";", ":", "?", "!"))
+    ]
     rng.shuffle(spots)
     done, used = 0, set()
     for i in spots:
         if done == k or i in used or i + 1 in used:
             continue
         a, b = tokens[i], tokens[i + 1]
-        tail = b[len(b.rstrip(".,;:!?")):]
+        tail = b[len(b.rstrip(".,;:!?")) :]
         a_first = a[:1].isupper() and i == 0
         a2, b2 = b.rstrip(".,;:!?"), a
         if a_first:
@@ -331,7 +471,9 @@ def near_copy(text: str, edit: str, rng: random.Random) -> tuple[str, dict]:
                 joined = re.sub(rf"\b{full}\b", short, joined, count=1)
                 changed += 1
         if changed < 2 and not joined.lower().startswith("please"):
-            joined = "Please " + joined[:1].lower() + joined[1:] if not essential(tokens[0], False) else "Please: " + joined
+            joined = (
+                "Please " + joined[:1].lower() + joined[1:] if not essential(tokens[0], False) else "Please: " + joined
+            )
             changed += 1
         tokens = joined.split(" ")
         detail["rewordings"] = changed
@@ -350,93 +492,277 @@ def near_copy(text: str, edit: str, rng: random.Random) -> tuple[str, dict]:
 
 SIBLINGS: list[tuple[str, str, list[str], Callable[[str], str]]] = [
     # (kind of the differing word, template, fillers, answer)
-    ("name", "Write a short biography of {} in about 150 words, focusing on the most important achievements and the lasting influence of the work.",
-     ["Marie Curie", "Isaac Newton", "Ada Lovelace", "Nelson Mandela", "Frida Kahlo", "Alan Turing", "Rosalind Franklin"],
-     lambda f: f"{f} is remembered as one of the most influential figures of their field. Their early years shaped a lifelong curiosity, and their major achievements changed how later generations worked and thought. Today {f} is studied, quoted and celebrated around the world."),
-    ("number", "How many minutes are there in {} hours? Show the calculation.", ["3", "7", "12", "18", "25", "40"],
-     lambda f: f"Each hour has 60 minutes, so {f} hours have {f} × 60 = {int(f) * 60} minutes."),
-    ("quoted", "Translate the word \"{}\" into Spanish and use it in a simple example sentence.",
-     ["bread", "window", "river", "teacher", "morning", "garden", "friendship"],
-     lambda f: f"The Spanish translation of \"{f}\" is {dict(bread='pan', window='ventana', river='río', teacher='profesor', morning='mañana', garden='jardín', friendship='amistad')[f]}. You can use it in a short sentence about everyday life, and the meaning stays the same as in English."),
-    ("word", "Write a Python function that checks whether a given string is a {} and returns True or False.",
-     ["palindrome", "pangram", "isogram", "hexadecimal number", "binary number", "valid identifier"],
-     lambda f: f"Here is a simple function for that check:\n\n```python\ndef check(text):\n    \"\"\"Return True if text is a {f}.\"\"\"\n    text = text.strip()\n    return bool(text) and is_{f.replace(' ', '_')}(text)\n```\n\nIt strips surrounding whitespace first, so the check is not fooled by spaces."),
-    ("name", "What were the main causes and consequences of the {}? Answer in three short paragraphs.",
-     ["French Revolution", "American Civil War", "Industrial Revolution", "Great Depression", "Meiji Restoration", "Russian Revolution"],
-     lambda f: f"The {f} grew out of long-standing economic pressure, social tension and political conflict.\n\nIts immediate consequences were felt in government, the economy and daily life.\n\nIn the long run, the {f} reshaped institutions and ideas far beyond its own time."),
-    ("word", "Give me a recipe for a vegetarian {} that can be prepared in under 30 minutes on a weeknight.",
-     ["lasagna", "curry", "chili", "risotto", "stir-fry", "soup", "burrito"],
-     lambda f: f"Here is a quick vegetarian {f}: prepare your vegetables first, cook the aromatics in a little oil, add the main ingredients with spices, and simmer until everything is tender. Season to taste and serve hot."),
-    ("number", "Write a SQL query that lists all employees whose salary is greater than {} and sorts them by last name.",
-     ["40000", "55000", "60000", "75000", "90000", "120000"],
-     lambda f: f"```sql\nSELECT first_name, last_name, salary\nFROM employees\nWHERE salary > {f}\nORDER BY last_name;\n```"),
-    ("number", "Convert {} degrees Celsius to Fahrenheit and explain the formula you used.", ["-10", "0", "15", "37", "60", "100"],
-     lambda f: f"Fahrenheit = Celsius × 9/5 + 32, so {f} °C is {int(f) * 9 / 5 + 32:g} °F."),
-    ("word", "Write a haiku about {}.", ["the ocean", "falling leaves", "a city at night", "first snow", "an old cat", "morning coffee"],
-     lambda f: f"A short haiku on {f}:\n\nQuiet hours drift by,\nsmall moments of {f.split()[-1]} and light,\nthe world holds its breath."),
-    ("word", "Explain the difference between a {} and a virus in simple terms for a ten-year-old.",
-     ["bacterium", "fungus", "parasite", "protozoan", "prion"],
-     lambda f: f"A {f} and a virus are both tiny things that can make you sick, but they are built differently. A virus needs to get inside your cells to copy itself, while a {f} works in its own way. Doctors treat them with different medicines."),
-    ("name", "Plan a three-day trip to {} for a family with two young children, including museums, parks and budget-friendly restaurants.",
-     ["Barcelona", "Copenhagen", "Prague", "Singapore", "Toronto", "Melbourne", "Dublin"],
-     lambda f: f"Day 1: explore the old town of {f} and visit a children's museum.\nDay 2: spend the morning in a large park and the afternoon at a science centre.\nDay 3: take a short boat or tram tour and finish at a family-friendly market."),
-    ("word", "What is the time complexity of {} sort, and when would you choose it over the alternatives?",
-     ["bubble", "merge", "quick", "heap", "insertion", "radix", "selection"],
-     lambda f: f"The complexity of {f} sort depends on the input and on the implementation. Choose it when its trade-offs, such as memory use, stability or simplicity, fit your data better than the alternatives."),
-    ("quoted", "Summarize the plot of '{}' in five sentences without revealing the ending.",
-     ["Hamlet", "Moby-Dick", "Pride and Prejudice", "The Great Gatsby", "Don Quixote", "Frankenstein", "Jane Eyre"],
-     lambda f: f"'{f}' follows a memorable protagonist through a series of conflicts. The opening sets up the world and its tensions. The middle raises the stakes. Secondary characters complicate every choice. Everything builds towards a decisive turning point."),
-    ("number", "Sarah buys {} notebooks at $3 each and pays with a $50 bill. How much change does she get?", ["4", "6", "7", "9", "11", "13"],
-     lambda f: f"The notebooks cost {f} × $3 = ${int(f) * 3}, so her change is $50 - ${int(f) * 3} = ${50 - int(f) * 3}."),
-    ("word", "Write a cover letter for a junior {} position at a mid-sized company, highlighting teamwork and eagerness to learn.",
-     ["accountant", "data analyst", "graphic designer", "nurse", "software developer", "marketing assistant", "electrician"],
-     lambda f: f"Dear Hiring Manager,\n\nI am excited to apply for the junior {f} position. I enjoy working in teams, I learn quickly, and I am eager to grow with your company.\n\nKind regards,\nAlex Morgan"),
-    ("word", "List five common symptoms of {} and explain when someone should see a doctor.",
-     ["influenza", "dehydration", "anemia", "migraine", "asthma", "diabetes"],
-     lambda f: f"Common signs of {f} include tiredness, discomfort and changes in how the body feels day to day. Anyone whose symptoms are severe, sudden or lasting should see a doctor promptly."),
-    ("word", "Rewrite the following sentence in the {} tense: 'The committee approves the new budget.'",
-     ["past", "future", "present perfect", "past perfect", "future perfect", "present continuous"],
-     lambda f: f"In the {f} tense, the verb changes form while the subject and object stay the same."),
-    ("word", "Write a JavaScript function that returns the {} element of an array of numbers.",
-     ["largest", "smallest", "second largest", "median", "most frequent", "last even"],
-     lambda f: f"```javascript\nfunction pick(values) {{\n  // returns the {f} element\n  return select(values, '{f}');\n}}\n```"),
-    ("word", "Compose a friendly reminder email to the team that the {} meeting has been moved to Thursday at 3 pm.",
-     ["budget", "quarterly review", "design", "onboarding", "safety", "planning"],
-     lambda f: f"Hi team,\n\nA quick reminder: the {f} meeting has moved to Thursday at 3 pm. Please update your calendars.\n\nThanks!"),
-    ("number", "Is {} a prime number? Explain how you checked.", ["91", "97", "119", "127", "221", "229"],
-     lambda f: f"To check {f}, divide it by every prime up to its square root. " + (
-         "None of them divides it, so it is prime." if all(int(f) % d for d in range(2, int(int(f) ** 0.5) + 1))
-         else "One of them divides it evenly, so it is not prime.")),
+    (
+        "name",
+        "Write a short biography of {} in about 150 words, focusing on the most important achievements and the lasting influence of the work.",
+        [
+            "Marie Curie",
+            "Isaac Newton",
+            "Ada Lovelace",
+            "Nelson Mandela",
+            "Frida Kahlo",
+            "Alan Turing",
+            "Rosalind Franklin",
+        ],
+        lambda f: (
+            f"{f} is remembered as one of the most influential figures of their field. Their early years shaped a lifelong curiosity, and their major achievements changed how later generations worked and thought. Today {f} is studied, quoted and celebrated around the world."
+        ),
+    ),
+    (
+        "number",
+        "How many minutes are there in {} hours? Show the calculation.",
+        ["3", "7", "12", "18", "25", "40"],
+        lambda f: f"Each hour has 60 minutes, so {f} hours have {f} × 60 = {int(f) * 60} minutes.",
+    ),
+    (
+        "quoted",
+        'Translate the word "{}" into Spanish and use it in a simple example sentence.',
+        ["bread", "window", "river", "teacher", "morning", "garden", "friendship"],
+        lambda f: (
+            f'The Spanish translation of "{f}" is {dict(bread="pan", window="ventana", river="río", teacher="profesor", morning="mañana", garden="jardín", friendship="amistad")[f]}. You can use it in a short sentence about everyday life, and the meaning stays the same as in English.'
+        ),
+    ),
+    (
+        "word",
+        "Write a Python function that checks whether a given string is a {} and returns True or False.",
+        ["palindrome", "pangram", "isogram", "hexadecimal number", "binary number", "valid identifier"],
+        lambda f: (
+            f'Here is a simple function for that check:\n\n```python\ndef check(text):\n    """Return True if text is a {f}."""\n    text = text.strip()\n    return bool(text) and is_{f.replace(" ", "_")}(text)\n```\n\nIt strips surrounding whitespace first, so the check is not fooled by spaces.'
+        ),
+    ),
+    (
+        "name",
+        "What were the main causes and consequences of the {}? Answer in three short paragraphs.",
+        [
+            "French Revolution",
+            "American Civil War",
+            "Industrial Revolution",
+            "Great Depression",
+            "Meiji Restoration",
+            "Russian Revolution",
+        ],
+        lambda f: (
+            f"The {f} grew out of long-standing economic pressure, social tension and political conflict.\n\nIts immediate consequences were felt in government, the economy and daily life.\n\nIn the long run, the {f} reshaped institutions and ideas far beyond its own time."
+        ),
+    ),
+    (
+        "word",
+        "Give me a recipe for a vegetarian {} that can be prepared in under 30 minutes on a weeknight.",
+        ["lasagna", "curry", "chili", "risotto", "stir-fry", "soup", "burrito"],
+        lambda f: (
+            f"Here is a quick vegetarian {f}: prepare your vegetables first, cook the aromatics in a little oil, add the main ingredients with spices, and simmer until everything is tender. Season to taste and serve hot."
+        ),
+    ),
+    (
+        "number",
+        "Write a SQL query that lists all employees whose salary is greater than {} and sorts them by last name.",
+        ["40000", "55000", "60000", "75000", "90000", "120000"],
+        lambda f: (
+            f"```sql\nSELECT first_name, last_name, salary\nFROM employees\nWHERE salary > {f}\nORDER BY last_name;\n```"
+        ),
+    ),
+    (
+        "number",
+        "Convert {} degrees Celsius to Fahrenheit and explain the formula you used.",
+        ["-10", "0", "15", "37", "60", "100"],
+        lambda f: f"Fahrenheit = Celsius × 9/5 + 32, so {f} °C is {int(f) * 9 / 5 + 32:g} °F.",
+    ),
+    (
+        "word",
+        "Write a haiku about {}.",
+        ["the ocean", "falling leaves", "a city at night", "first snow", "an old cat", "morning coffee"],
+        lambda f: (
+            f"A short haiku on {f}:\n\nQuiet hours drift by,\nsmall moments of {f.split()[-1]} and light,\nthe world holds its breath."
+        ),
+    ),
+    (
+        "word",
+        "Explain the difference between a {} and a virus in simple terms for a ten-year-old.",
+        ["bacterium", "fungus", "parasite", "protozoan", "prion"],
+        lambda f: (
+            f"A {f} and a virus are both tiny things that can make you sick, but they are built differently. A virus needs to get inside your cells to copy itself, while a {f} works in its own way. Doctors treat them with different medicines."
+        ),
+    ),
+    (
+        "name",
+        "Plan a three-day trip to {} for a family with two young children, including museums, parks and budget-friendly restaurants.",
+        ["Barcelona", "Copenhagen", "Prague", "Singapore", "Toronto", "Melbourne", "Dublin"],
+        lambda f: (
+            f"Day 1: explore the old town of {f} and visit a children's museum.\nDay 2: spend the morning in a large park and the afternoon at a science centre.\nDay 3: take a short boat or tram tour and finish at a family-friendly market."
+        ),
+    ),
+    (
+        "word",
+        "What is the time complexity of {} sort, and when would you choose it over the alternatives?",
+        ["bubble", "merge", "quick", "heap", "insertion", "radix", "selection"],
+        lambda f: (
+            f"The complexity of {f} sort depends on the input and on the implementation. Choose it when its trade-offs, such as memory use, stability or simplicity, fit your data better than the alternatives."
+        ),
+    ),
+    (
+        "quoted",
+        "Summarize the plot of '{}' in five sentences without revealing the ending.",
+        ["Hamlet", "Moby-Dick", "Pride and Prejudice", "The Great Gatsby", "Don Quixote", "Frankenstein", "Jane Eyre"],
+        lambda f: (
+            f"'{f}' follows a memorable protagonist through a series of conflicts. The opening sets up the world and its tensions. The middle raises the stakes. Secondary characters complicate every choice. Everything builds towards a decisive turning point."
+        ),
+    ),
+    (
+        "number",
+        "Sarah buys {} notebooks at $3 each and pays with a $50 bill. How much change does she get?",
+        ["4", "6", "7", "9", "11", "13"],
+        lambda f: (
+            f"The notebooks cost {f} × $3 = ${int(f) * 3}, so her change is $50 - ${int(f) * 3} = ${50 - int(f) * 3}."
+        ),
+    ),
+    (
+        "word",
+        "Write a cover letter for a junior {} position at a mid-sized company, highlighting teamwork and eagerness to learn.",
+        [
+            "accountant",
+            "data analyst",
+            "graphic designer",
+            "nurse",
+            "software developer",
+            "marketing assistant",
+            "electrician",
+        ],
+        lambda f: (
+            f"Dear Hiring Manager,\n\nI am excited to apply for the junior {f} position. I enjoy working in teams, I learn quickly, and I am eager to grow with your company.\n\nKind regards,\nAlex Morgan"
+        ),
+    ),
+    (
+        "word",
+        "List five common symptoms of {} and explain when someone should see a doctor.",
+        ["influenza", "dehydration", "anemia", "migraine", "asthma", "diabetes"],
+        lambda f: (
+            f"Common signs of {f} include tiredness, discomfort and changes in how the body feels day to day. Anyone whose symptoms are severe, sudden or lasting should see a doctor promptly."
+        ),
+    ),
+    (
+        "word",
+        "Rewrite the following sentence in the {} tense: 'The committee approves the new budget.'",
+        ["past", "future", "present perfect", "past perfect", "future perfect", "present continuous"],
+        lambda f: f"In the {f} tense, the verb changes form while the subject and object stay the same.",
+    ),
+    (
+        "word",
+        "Write a JavaScript function that returns the {} element of an array of numbers.",
+        ["largest", "smallest", "second largest", "median", "most frequent", "last even"],
+        lambda f: (
+            f"```javascript\nfunction pick(values) {{\n  // returns the {f} element\n  return select(values, '{f}');\n}}\n```"
+        ),
+    ),
+    (
+        "word",
+        "Compose a friendly reminder email to the team that the {} meeting has been moved to Thursday at 3 pm.",
+        ["budget", "quarterly review", "design", "onboarding", "safety", "planning"],
+        lambda f: (
+            f"Hi team,\n\nA quick reminder: the {f} meeting has moved to Thursday at 3 pm. Please update your calendars.\n\nThanks!"
+        ),
+    ),
+    (
+        "number",
+        "Is {} a prime number? Explain how you checked.",
+        ["91", "97", "119", "127", "221", "229"],
+        lambda f: (
+            f"To check {f}, divide it by every prime up to its square root. "
+            + (
+                "None of them divides it, so it is prime."
+                if all(int(f) % d for d in range(2, int(int(f) ** 0.5) + 1))
+                else "One of them divides it evenly, so it is not prime."
+            )
+        ),
+    ),
 ]
 
 
 # --- contamination variants -------------------------------------------------------------------
 
-WRAP_BEFORE = ("I'm studying for an exam and came across the following problem. I'd like to understand how to approach it properly.",
-               "My teacher gave us this as homework and I want to check my own work against a careful solution.",
-               "Here is a task from a practice set that our study group could not agree on.",
-               "Please help me with the question below. I have tried a few times but I keep getting stuck halfway.",
-               "You are an expert tutor. A student sends you the following message and asks for guidance.",
-               "I am preparing material for a workshop and need a model answer for this exercise.")
-WRAP_AFTER = ("Please explain each step and point out common mistakes.", "Give the final answer at the end, clearly marked.",
-              "Keep the explanation concise but complete.", "Thanks a lot, this really helps me prepare.",
-              "After answering, suggest one similar exercise I could try on my own.", "")
-PREAMBLES = ("I'm practising for an interview and my mentor suggested questions like the one below, so here it is:",
-             "A friend of mine sent me this message in our group chat this morning and nobody could answer it:",
-             "We are collecting example prompts for a workshop on writing clear answers, and this is the next one:",
-             "Our reading club ended yesterday's session with the following question, which we never finished discussing:",
-             "Before my shift starts I like to think about one small question, and today I picked this:")
-POSTAMBLES = ("Any help is appreciated.", "Thank you for your time.", "Please answer in a few paragraphs.", "I look forward to your answer.")
-CODE_LEADS = ("Complete the following Python function.", "Implement this function:", "Finish the code below so that all the examples pass.")
-PARAPHRASE = {**SYNONYMS, "how much": "what amount", "how many": "what number of", "each": "every", "per": "a", "every": "each",
-              "sells": "sells off", "makes": "earns", "earns": "makes", "spends": "pays out", "pays": "spends",
-              "more": "additional", "less": "fewer", "half": "one half", "twice": "two times", "times": "times over",
-              "day": "daily period", "days": "days", "year": "twelve months", "total": "in all", "altogether": "in total",
-              "store": "shop", "shop": "store", "buy": "get", "gets": "receives", "has": "owns", "have": "own", "want": "would like",
-              "wants": "would like", "decides": "chooses", "decided": "chose", "starts": "begins", "started": "began",
-              "friends": "pals", "friend": "pal", "kids": "children", "children": "kids", "dollars": "bucks",
-              "writing": "composing", "discuss": "talk about", "describe": "outline", "imagine": "picture", "craft": "create",
-              "compose": "write", "draft": "prepare", "develop": "create", "provide": "give", "explain": "clarify"}
+WRAP_BEFORE = (
+    "I'm studying for an exam and came across the following problem. I'd like to understand how to approach it properly.",
+    "My teacher gave us this as homework and I want to check my own work against a careful solution.",
+    "Here is a task from a practice set that our study group could not agree on.",
+    "Please help me with the question below. I have tried a few times but I keep getting stuck halfway.",
+    "You are an expert tutor. A student sends you the following message and asks for guidance.",
+    "I am preparing material for a workshop and need a model answer for this exercise.",
+)
+WRAP_AFTER = (
+    "Please explain each step and point out common mistakes.",
+    "Give the final answer at the end, clearly marked.",
+    "Keep the explanation concise but complete.",
+    "Thanks a lot, this really helps me prepare.",
+    "After answering, suggest one similar exercise I could try on my own.",
+    "",
+)
+PREAMBLES = (
+    "I'm practising for an interview and my mentor suggested questions like the one below, so here it is:",
+    "A friend of mine sent me this message in our group chat this morning and nobody could answer it:",
+    "We are collecting example prompts for a workshop on writing clear answers, and this is the next one:",
+    "Our reading club ended yesterday's session with the following question, which we never finished discussing:",
+    "Before my shift starts I like to think about one small question, and today I picked this:",
+)
+POSTAMBLES = (
+    "Any help is appreciated.",
+    "Thank you for your time.",
+    "Please answer in a few paragraphs.",
+    "I look forward to your answer.",
+)
+CODE_LEADS = (
+    "Complete the following Python function.",
+    "Implement this function:",
+    "Finish the code below so that all the examples pass.",
+)
+PARAPHRASE = {
+    **SYNONYMS,
+    "how much": "what amount",
+    "how many": "what number of",
+    "each": "every",
+    "per": "a",
+    "every": "each",
+    "sells": "sells off",
+    "makes": "earns",
+    "earns": "makes",
+    "spends": "pays out",
+    "pays": "spends",
+    "more": "additional",
+    "less": "fewer",
+    "half": "one half",
+    "twice": "two times",
+    "times": "times over",
+    "day": "daily period",
+    "days": "days",
+    "year": "twelve months",
+    "total": "in all",
+    "altogether": "in total",
+    "store": "shop",
+    "shop": "store",
+    "buy": "get",
+    "gets": "receives",
+    "has": "owns",
+    "have": "own",
+    "want": "would like",
+    "wants": "would like",
+    "decides": "chooses",
+    "decided": "chose",
+    "starts": "begins",
+    "started": "began",
+    "friends": "pals",
+    "friend": "pal",
+    "kids": "children",
+    "children": "kids",
+    "dollars": "bucks",
+    "writing": "composing",
+    "discuss": "talk about",
+    "describe": "outline",
+    "imagine": "picture",
+    "craft": "create",
+    "compose": "write",
+    "draft": "prepare",
+    "develop": "create",
+    "provide": "give",
+    "explain": "clarify",
+}
 DROPPABLE = ("the", "a", "an", "that", "just", "very", "really", "then", "also")
 _NUMBER = re.compile(r"(?<![\w.])(\d+(?:,\d{3})*(?:\.\d+)?)(?![\w])")
 
@@ -456,6 +782,7 @@ def change_numbers(text: str, rng: random.Random) -> tuple[str, dict[str, str]]:
                     break
             mapping[old] = new_s
         return mapping[old]
+
     return _NUMBER.sub(repl, text), mapping
 
 
@@ -471,7 +798,7 @@ def paraphrase(text: str, rng: random.Random) -> tuple[str, dict]:
         core = tok.strip(".,;:!?\"'()").lower()
         pair = (core + " " + tokens[i + 1].strip(".,;:!?").lower()) if i + 1 < len(tokens) else ""
         if pair in PARAPHRASE and rng.random() < 0.6:
-            out.append(_case_like(PARAPHRASE[pair], tok) + tokens[i + 1][len(tokens[i + 1].rstrip(".,;:!?")):])
+            out.append(_case_like(PARAPHRASE[pair], tok) + tokens[i + 1][len(tokens[i + 1].rstrip(".,;:!?")) :])
             changed += 2
             i += 2
             continue
@@ -484,11 +811,38 @@ def paraphrase(text: str, rng: random.Random) -> tuple[str, dict]:
             out.append(tok)
         i += 1
     n = max(len(text.split()), 1)
-    return " ".join(out), {"numbers_changed": len(mapping), "words_changed_share": round((changed + len(mapping)) / n, 3)}
+    return " ".join(out), {
+        "numbers_changed": len(mapping),
+        "words_changed_share": round((changed + len(mapping)) / n, 3),
+    }
 
 
-CODE_NAMES = ("values", "items", "data", "seq", "arr", "xs", "nums", "elements", "collection", "inputs", "limit", "target",
-              "text_in", "word_list", "count", "size", "k_value", "base", "first", "second", "left", "right", "lst", "obj")
+CODE_NAMES = (
+    "values",
+    "items",
+    "data",
+    "seq",
+    "arr",
+    "xs",
+    "nums",
+    "elements",
+    "collection",
+    "inputs",
+    "limit",
+    "target",
+    "text_in",
+    "word_list",
+    "count",
+    "size",
+    "k_value",
+    "base",
+    "first",
+    "second",
+    "left",
+    "right",
+    "lst",
+    "obj",
+)
 
 
 def rename_code(item: Item, rng: random.Random) -> tuple[str, str, dict]:
@@ -498,8 +852,10 @@ def rename_code(item: Item, rng: random.Random) -> tuple[str, str, dict]:
     params = [p.split(":")[0].split("=")[0].strip().lstrip("*") for p in m.group(1).split(",")] if m else []
     params = [p for p in params if p.isidentifier()]
     names = rng.sample([n for n in CODE_NAMES if n not in prompt], len(params))
-    mapping = {item.entry_point: rng.choice(("solve", "compute_result", "process", "my_func", "helper", "run_task"))
-               + f"_{rng.randint(1, 99)}"}
+    mapping = {
+        item.entry_point: rng.choice(("solve", "compute_result", "process", "my_func", "helper", "run_task"))
+        + f"_{rng.randint(1, 99)}"
+    }
     mapping.update(zip(params, names))
     for old, new in mapping.items():
         prompt = re.sub(rf"\b{re.escape(old)}\b", new, prompt)
@@ -510,49 +866,212 @@ def rename_code(item: Item, rng: random.Random) -> tuple[str, str, dict]:
 # --- junk ---------------------------------------------------------------------------------------
 
 LANGUAGE_PAIRS = [  # (language, instruction, answer), written for this corpus
-    ("fr", "Quels sont les avantages du télétravail pour les employés ?", "Le télétravail permet de gagner du temps sur les trajets, d'organiser sa journée plus librement et souvent de mieux se concentrer. En revanche, il demande de la discipline et peut isoler certaines personnes."),
-    ("fr", "Explique simplement comment fonctionne une carte bancaire.", "Quand vous payez, le terminal envoie une demande à votre banque, qui vérifie votre solde et autorise ou refuse le paiement en quelques secondes. Le montant est ensuite débité de votre compte."),
-    ("de", "Wie kann ich meine Zeit beim Lernen besser einteilen?", "Erstelle einen festen Wochenplan, teile große Aufgaben in kleine Schritte und plane regelmäßige Pausen ein. Es hilft auch, das Handy während der Lernzeit in einen anderen Raum zu legen."),
-    ("de", "Erkläre kurz, wie eine Wärmepumpe funktioniert.", "Eine Wärmepumpe entzieht der Umgebung, zum Beispiel der Luft oder dem Erdreich, Wärme und hebt sie mit Hilfe eines Kompressors auf ein höheres Temperaturniveau. Diese Wärme wird dann zum Heizen des Hauses genutzt."),
-    ("es", "¿Cuál es la diferencia entre el clima y el tiempo?", "El tiempo describe las condiciones de la atmósfera en un momento y lugar concretos, mientras que el clima es el promedio de esas condiciones durante muchos años en una región."),
-    ("es", "Escribe una receta sencilla de tortilla de patatas.", "Pela y corta cuatro patatas en láminas finas, fríelas a fuego medio con una cebolla picada, bate seis huevos con sal, mezcla todo y cuaja la tortilla en la sartén por ambos lados."),
-    ("it", "Come posso migliorare la mia pronuncia in inglese?", "Ascolta ogni giorno podcast e film in lingua originale, ripeti ad alta voce le frasi che senti e registra la tua voce per confrontarla con quella dei madrelingua."),
-    ("it", "Descrivi in breve la storia del Colosseo.", "Il Colosseo fu costruito a Roma tra il 70 e l'80 dopo Cristo sotto gli imperatori Vespasiano e Tito. Ospitava combattimenti di gladiatori e spettacoli pubblici e poteva accogliere decine di migliaia di spettatori."),
-    ("pt", "Quais são os benefícios de beber água regularmente?", "Beber água ajuda a regular a temperatura do corpo, melhora a digestão, mantém a pele hidratada e contribui para a concentração ao longo do dia."),
-    ("pt", "Explique o que é inflação de forma simples.", "Inflação é o aumento geral e contínuo dos preços de bens e serviços. Quando ela sobe, o mesmo dinheiro compra menos coisas do que antes."),
-    ("nl", "Wat zijn de voordelen van fietsen naar je werk?", "Fietsen is goed voor je gezondheid, het kost weinig geld en je staat niet in de file. Bovendien is het beter voor het milieu dan de auto."),
-    ("nl", "Geef drie tips om beter te slapen.", "Ga elke dag op hetzelfde tijdstip naar bed, vermijd schermen in het laatste uur voor het slapen en zorg voor een koele, donkere slaapkamer."),
-    ("ru", "Как научиться быстро читать?", "Начните с тренировки внимания: читайте без проговаривания слов про себя, охватывайте взглядом несколько слов сразу и постепенно увеличивайте темп. Регулярная практика важнее любых специальных техник."),
-    ("ru", "Объясни, почему небо голубое.", "Солнечный свет рассеивается молекулами воздуха, причём короткие синие волны рассеиваются сильнее, чем красные. Поэтому мы видим небо голубым со всех сторон."),
-    ("ja", "日本でおすすめの観光地を教えてください。", "京都の古いお寺や神社、北海道の雄大な自然、沖縄の美しい海などがおすすめです。季節によって楽しみ方が変わるので、旅行の時期に合わせて選ぶとよいでしょう。"),
-    ("ja", "朝ごはんを食べることの利点は何ですか？", "朝ごはんを食べると、体温が上がって頭がすっきりし、午前中の集中力が高まります。また、昼食の食べ過ぎを防ぐ効果もあります。"),
-    ("ko", "건강한 식습관을 유지하는 방법을 알려주세요.", "채소와 과일을 충분히 먹고, 가공식품과 설탕이 많은 음료는 줄이는 것이 좋습니다. 또한 규칙적인 시간에 식사하고 물을 자주 마시는 습관을 들이세요."),
-    ("ko", "서울에서 가볼 만한 곳을 추천해 주세요.", "경복궁과 북촌 한옥마을에서 전통 문화를 느낄 수 있고, 남산타워에서는 도시 전경을 볼 수 있습니다. 저녁에는 한강 공원에서 산책하는 것도 좋습니다."),
-    ("ar", "ما هي فوائد القراءة اليومية؟", "القراءة اليومية توسع المعرفة وتحسن المفردات وتقوي التركيز، كما أنها تساعد على تقليل التوتر وتنمية الخيال."),
-    ("ar", "اشرح باختصار كيف تعمل الألواح الشمسية.", "تتكون الألواح الشمسية من خلايا تحول ضوء الشمس مباشرة إلى كهرباء، ثم يحول جهاز خاص هذا التيار إلى كهرباء صالحة للاستخدام في المنزل."),
-    ("tr", "Sağlıklı bir kahvaltı için ne önerirsin?", "Yumurta, peynir, zeytin, domates ve salatalıktan oluşan bir kahvaltı hem doyurucu hem de besleyicidir. Yanında tam buğday ekmeği ve bir bardak çay iyi gider."),
-    ("tr", "İstanbul'un tarihini kısaca anlat.", "İstanbul, Bizans İmparatorluğu döneminde Konstantinopolis adıyla başkent olmuş, 1453'te Osmanlılar tarafından fethedilmiştir. Yüzyıllar boyunca ticaret ve kültürün merkezi olmuştur."),
-    ("pl", "Jak mogę oszczędzać więcej pieniędzy każdego miesiąca?", "Zapisuj wszystkie wydatki, ustal miesięczny budżet i odkładaj stałą kwotę zaraz po otrzymaniu wypłaty. Warto też zrezygnować z subskrypcji, z których rzadko korzystasz."),
-    ("pl", "Opisz krótko, czym jest fotosynteza.", "Fotosynteza to proces, w którym rośliny wykorzystują światło słoneczne, wodę i dwutlenek węgla do wytwarzania glukozy i tlenu."),
-    ("sv", "Vad är fördelarna med att promenera varje dag?", "Dagliga promenader stärker hjärtat, förbättrar humöret och hjälper dig att sova bättre. Det är dessutom gratis och kan göras nästan var som helst."),
-    ("vi", "Làm thế nào để học tiếng Anh hiệu quả?", "Bạn nên luyện nghe mỗi ngày, học từ vựng theo chủ đề và thực hành nói với người khác. Kiên trì là yếu tố quan trọng nhất."),
-    ("hi", "योग करने के क्या फायदे हैं?", "योग करने से शरीर लचीला बनता है, तनाव कम होता है और मन शांत रहता है। नियमित अभ्यास से नींद भी बेहतर होती है।"),
-    ("id", "Apa manfaat berolahraga secara teratur?", "Olahraga teratur membantu menjaga berat badan, memperkuat jantung, dan membuat suasana hati lebih baik. Cukup tiga puluh menit setiap hari sudah memberi hasil."),
-    ("el", "Ποια είναι τα οφέλη της μεσογειακής διατροφής;", "Η μεσογειακή διατροφή είναι πλούσια σε λαχανικά, όσπρια και ελαιόλαδο, και συνδέεται με μικρότερο κίνδυνο καρδιακών παθήσεων και μεγαλύτερη διάρκεια ζωής."),
-    ("uk", "Як швидко вивчити нові слова?", "Використовуйте картки з інтервальним повторенням, вчіть слова в контексті речень і щодня повторюйте вивчене хоча б кілька хвилин."),
-    ("cs", "Jak se správně starat o pokojové rostliny?", "Zalévejte je podle potřeby, ne podle kalendáře, dopřejte jim dostatek světla a jednou za čas je přesaďte do větší nádoby s čerstvým substrátem."),
-    ("fi", "Mitkä ovat saunomisen hyödyt?", "Saunominen rentouttaa lihaksia, parantaa verenkiertoa ja auttaa monia nukkumaan paremmin. Muista juoda riittävästi vettä saunan jälkeen."),
-    ("da", "Hvordan laver man en god kop kaffe derhjemme?", "Brug friskmalede bønner, vand lige under kogepunktet og det rigtige forhold mellem kaffe og vand. Rengør kaffemaskinen jævnligt, så smagen forbliver frisk."),
-    ("no", "Hva er den beste måten å lære å svømme på?", "Start på grunt vann med en erfaren instruktør, øv på pusten og flyteteknikken først, og bygg gradvis opp selvtilliten før du svømmer på dypt vann."),
-    ("hu", "Milyen előnyei vannak a rendszeres sportolásnak?", "A rendszeres mozgás erősíti a szívet és az izmokat, javítja a hangulatot, és segít megőrizni az egészséges testsúlyt."),
-    ("ro", "Care sunt cele mai frumoase orașe din România?", "Brașov, Sibiu și Cluj-Napoca sunt foarte apreciate pentru centrele lor istorice, arhitectura deosebită și atmosfera plăcută."),
-    ("fr", "Donne-moi trois idées de cadeaux pour un ami qui aime cuisiner.", "Un bon couteau de chef, un livre de recettes du monde entier ou un cours de cuisine avec un chef local feront sûrement plaisir."),
-    ("de", "Was sollte man bei einem Vorstellungsgespräch beachten?", "Bereite dich gut auf das Unternehmen vor, komme pünktlich, beantworte Fragen ehrlich und stelle am Ende selbst ein paar durchdachte Fragen."),
-    ("es", "¿Qué consejos me das para aprender a programar?", "Empieza con un lenguaje sencillo como Python, practica todos los días con pequeños proyectos y no tengas miedo de leer el código de otras personas."),
-    ("it", "Quali sono i piatti tipici della cucina napoletana?", "Tra i piatti più famosi ci sono la pizza margherita, gli spaghetti alle vongole, la pastiera e il babà al rum."),
+    (
+        "fr",
+        "Quels sont les avantages du télétravail pour les employés ?",
+        "Le télétravail permet de gagner du temps sur les trajets, d'organiser sa journée plus librement et souvent de mieux se concentrer. En revanche, il demande de la discipline et peut isoler certaines personnes.",
+    ),
+    (
+        "fr",
+        "Explique simplement comment fonctionne une carte bancaire.",
+        "Quand vous payez, le terminal envoie une demande à votre banque, qui vérifie votre solde et autorise ou refuse le paiement en quelques secondes. Le montant est ensuite débité de votre compte.",
+    ),
+    (
+        "de",
+        "Wie kann ich meine Zeit beim Lernen besser einteilen?",
+        "Erstelle einen festen Wochenplan, teile große Aufgaben in kleine Schritte und plane regelmäßige Pausen ein. Es hilft auch, das Handy während der Lernzeit in einen anderen Raum zu legen.",
+    ),
+    (
+        "de",
+        "Erkläre kurz, wie eine Wärmepumpe funktioniert.",
+        "Eine Wärmepumpe entzieht der Umgebung, zum Beispiel der Luft oder dem Erdreich, Wärme und hebt sie mit Hilfe eines Kompressors auf ein höheres Temperaturniveau. Diese Wärme wird dann zum Heizen des Hauses genutzt.",
+    ),
+    (
+        "es",
+        "¿Cuál es la diferencia entre el clima y el tiempo?",
+        "El tiempo describe las condiciones de la atmósfera en un momento y lugar concretos, mientras que el clima es el promedio de esas condiciones durante muchos años en una región.",
+    ),
+    (
+        "es",
+        "Escribe una receta sencilla de tortilla de patatas.",
+        "Pela y corta cuatro patatas en láminas finas, fríelas a fuego medio con una cebolla picada, bate seis huevos con sal, mezcla todo y cuaja la tortilla en la sartén por ambos lados.",
+    ),
+    (
+        "it",
+        "Come posso migliorare la mia pronuncia in inglese?",
+        "Ascolta ogni giorno podcast e film in lingua originale, ripeti ad alta voce le frasi che senti e registra la tua voce per confrontarla con quella dei madrelingua.",
+    ),
+    (
+        "it",
+        "Descrivi in breve la storia del Colosseo.",
+        "Il Colosseo fu costruito a Roma tra il 70 e l'80 dopo Cristo sotto gli imperatori Vespasiano e Tito. Ospitava combattimenti di gladiatori e spettacoli pubblici e poteva accogliere decine di migliaia di spettatori.",
+    ),
+    (
+        "pt",
+        "Quais são os benefícios de beber água regularmente?",
+        "Beber água ajuda a regular a temperatura do corpo, melhora a digestão, mantém a pele hidratada e contribui para a concentração ao longo do dia.",
+    ),
+    (
+        "pt",
+        "Explique o que é inflação de forma simples.",
+        "Inflação é o aumento geral e contínuo dos preços de bens e serviços. Quando ela sobe, o mesmo dinheiro compra menos coisas do que antes.",
+    ),
+    (
+        "nl",
+        "Wat zijn de voordelen van fietsen naar je werk?",
+        "Fietsen is goed voor je gezondheid, het kost weinig geld en je staat niet in de file. Bovendien is het beter voor het milieu dan de auto.",
+    ),
+    (
+        "nl",
+        "Geef drie tips om beter te slapen.",
+        "Ga elke dag op hetzelfde tijdstip naar bed, vermijd schermen in het laatste uur voor het slapen en zorg voor een koele, donkere slaapkamer.",
+    ),
+    (
+        "ru",
+        "Как научиться быстро читать?",
+        "Начните с тренировки внимания: читайте без проговаривания слов про себя, охватывайте взглядом несколько слов сразу и постепенно увеличивайте темп. Регулярная практика важнее любых специальных техник.",
+    ),
+    (
+        "ru",
+        "Объясни, почему небо голубое.",
+        "Солнечный свет рассеивается молекулами воздуха, причём короткие синие волны рассеиваются сильнее, чем красные. Поэтому мы видим небо голубым со всех сторон.",
+    ),
+    (
+        "ja",
+        "日本でおすすめの観光地を教えてください。",
+        "京都の古いお寺や神社、北海道の雄大な自然、沖縄の美しい海などがおすすめです。季節によって楽しみ方が変わるので、旅行の時期に合わせて選ぶとよいでしょう。",
+    ),
+    (
+        "ja",
+        "朝ごはんを食べることの利点は何ですか？",
+        "朝ごはんを食べると、体温が上がって頭がすっきりし、午前中の集中力が高まります。また、昼食の食べ過ぎを防ぐ効果もあります。",
+    ),
+    (
+        "ko",
+        "건강한 식습관을 유지하는 방법을 알려주세요.",
+        "채소와 과일을 충분히 먹고, 가공식품과 설탕이 많은 음료는 줄이는 것이 좋습니다. 또한 규칙적인 시간에 식사하고 물을 자주 마시는 습관을 들이세요.",
+    ),
+    (
+        "ko",
+        "서울에서 가볼 만한 곳을 추천해 주세요.",
+        "경복궁과 북촌 한옥마을에서 전통 문화를 느낄 수 있고, 남산타워에서는 도시 전경을 볼 수 있습니다. 저녁에는 한강 공원에서 산책하는 것도 좋습니다.",
+    ),
+    (
+        "ar",
+        "ما هي فوائد القراءة اليومية؟",
+        "القراءة اليومية توسع المعرفة وتحسن المفردات وتقوي التركيز، كما أنها تساعد على تقليل التوتر وتنمية الخيال.",
+    ),
+    (
+        "ar",
+        "اشرح باختصار كيف تعمل الألواح الشمسية.",
+        "تتكون الألواح الشمسية من خلايا تحول ضوء الشمس مباشرة إلى كهرباء، ثم يحول جهاز خاص هذا التيار إلى كهرباء صالحة للاستخدام في المنزل.",
+    ),
+    (
+        "tr",
+        "Sağlıklı bir kahvaltı için ne önerirsin?",
+        "Yumurta, peynir, zeytin, domates ve salatalıktan oluşan bir kahvaltı hem doyurucu hem de besleyicidir. Yanında tam buğday ekmeği ve bir bardak çay iyi gider.",
+    ),
+    (
+        "tr",
+        "İstanbul'un tarihini kısaca anlat.",
+        "İstanbul, Bizans İmparatorluğu döneminde Konstantinopolis adıyla başkent olmuş, 1453'te Osmanlılar tarafından fethedilmiştir. Yüzyıllar boyunca ticaret ve kültürün merkezi olmuştur.",
+    ),
+    (
+        "pl",
+        "Jak mogę oszczędzać więcej pieniędzy każdego miesiąca?",
+        "Zapisuj wszystkie wydatki, ustal miesięczny budżet i odkładaj stałą kwotę zaraz po otrzymaniu wypłaty. Warto też zrezygnować z subskrypcji, z których rzadko korzystasz.",
+    ),
+    (
+        "pl",
+        "Opisz krótko, czym jest fotosynteza.",
+        "Fotosynteza to proces, w którym rośliny wykorzystują światło słoneczne, wodę i dwutlenek węgla do wytwarzania glukozy i tlenu.",
+    ),
+    (
+        "sv",
+        "Vad är fördelarna med att promenera varje dag?",
+        "Dagliga promenader stärker hjärtat, förbättrar humöret och hjälper dig att sova bättre. Det är dessutom gratis och kan göras nästan var som helst.",
+    ),
+    (
+        "vi",
+        "Làm thế nào để học tiếng Anh hiệu quả?",
+        "Bạn nên luyện nghe mỗi ngày, học từ vựng theo chủ đề và thực hành nói với người khác. Kiên trì là yếu tố quan trọng nhất.",
+    ),
+    (
+        "hi",
+        "योग करने के क्या फायदे हैं?",
+        "योग करने से शरीर लचीला बनता है, तनाव कम होता है और मन शांत रहता है। नियमित अभ्यास से नींद भी बेहतर होती है।",
+    ),
+    (
+        "id",
+        "Apa manfaat berolahraga secara teratur?",
+        "Olahraga teratur membantu menjaga berat badan, memperkuat jantung, dan membuat suasana hati lebih baik. Cukup tiga puluh menit setiap hari sudah memberi hasil.",
+    ),
+    (
+        "el",
+        "Ποια είναι τα οφέλη της μεσογειακής διατροφής;",
+        "Η μεσογειακή διατροφή είναι πλούσια σε λαχανικά, όσπρια και ελαιόλαδο, και συνδέεται με μικρότερο κίνδυνο καρδιακών παθήσεων και μεγαλύτερη διάρκεια ζωής.",
+    ),
+    (
+        "uk",
+        "Як швидко вивчити нові слова?",
+        "Використовуйте картки з інтервальним повторенням, вчіть слова в контексті речень і щодня повторюйте вивчене хоча б кілька хвилин.",
+    ),
+    (
+        "cs",
+        "Jak se správně starat o pokojové rostliny?",
+        "Zalévejte je podle potřeby, ne podle kalendáře, dopřejte jim dostatek světla a jednou za čas je přesaďte do větší nádoby s čerstvým substrátem.",
+    ),
+    (
+        "fi",
+        "Mitkä ovat saunomisen hyödyt?",
+        "Saunominen rentouttaa lihaksia, parantaa verenkiertoa ja auttaa monia nukkumaan paremmin. Muista juoda riittävästi vettä saunan jälkeen.",
+    ),
+    (
+        "da",
+        "Hvordan laver man en god kop kaffe derhjemme?",
+        "Brug friskmalede bønner, vand lige under kogepunktet og det rigtige forhold mellem kaffe og vand. Rengør kaffemaskinen jævnligt, så smagen forbliver frisk.",
+    ),
+    (
+        "no",
+        "Hva er den beste måten å lære å svømme på?",
+        "Start på grunt vann med en erfaren instruktør, øv på pusten og flyteteknikken først, og bygg gradvis opp selvtilliten før du svømmer på dypt vann.",
+    ),
+    (
+        "hu",
+        "Milyen előnyei vannak a rendszeres sportolásnak?",
+        "A rendszeres mozgás erősíti a szívet és az izmokat, javítja a hangulatot, és segít megőrizni az egészséges testsúlyt.",
+    ),
+    (
+        "ro",
+        "Care sunt cele mai frumoase orașe din România?",
+        "Brașov, Sibiu și Cluj-Napoca sunt foarte apreciate pentru centrele lor istorice, arhitectura deosebită și atmosfera plăcută.",
+    ),
+    (
+        "fr",
+        "Donne-moi trois idées de cadeaux pour un ami qui aime cuisiner.",
+        "Un bon couteau de chef, un livre de recettes du monde entier ou un cours de cuisine avec un chef local feront sûrement plaisir.",
+    ),
+    (
+        "de",
+        "Was sollte man bei einem Vorstellungsgespräch beachten?",
+        "Bereite dich gut auf das Unternehmen vor, komme pünktlich, beantworte Fragen ehrlich und stelle am Ende selbst ein paar durchdachte Fragen.",
+    ),
+    (
+        "es",
+        "¿Qué consejos me das para aprender a programar?",
+        "Empieza con un lenguaje sencillo como Python, practica todos los días con pequeños proyectos y no tengas miedo de leer el código de otras personas.",
+    ),
+    (
+        "it",
+        "Quali sono i piatti tipici della cucina napoletana?",
+        "Tra i piatti più famosi ci sono la pizza margherita, gli spaghetti alle vongole, la pastiera e il babà al rum.",
+    ),
 ]
 REFUSALS = [  # (sub-variant, opening), followed or not by real content
-    ("ai_disclaimer", "As an AI language model, I don't have personal opinions or experiences, but I can share some general information."),
+    (
+        "ai_disclaimer",
+        "As an AI language model, I don't have personal opinions or experiences, but I can share some general information.",
+    ),
     ("ai_disclaimer", "As an AI language model, I cannot browse the internet or access real-time data."),
     ("ai_disclaimer", "As a large language model, I do not have feelings, but here is what I can tell you."),
     ("flat_refusal", "I'm sorry, but I can't assist with that request."),
@@ -581,8 +1100,11 @@ def symbol_soup(rng: random.Random, n: int) -> str:
 
 def ascii_art(rng: random.Random) -> str:
     width = rng.randint(12, 30)
-    rows = ["+" + "-" * width + "+"] + ["|" + "".join(rng.choice(" .:*#%@") for _ in range(width)) + "|"
-                                        for _ in range(rng.randint(4, 9))] + ["+" + "-" * width + "+"]
+    rows = (
+        ["+" + "-" * width + "+"]
+        + ["|" + "".join(rng.choice(" .:*#%@") for _ in range(width)) + "|" for _ in range(rng.randint(4, 9))]
+        + ["+" + "-" * width + "+"]
+    )
     return "\n".join(rows)
 
 
@@ -591,6 +1113,7 @@ def sentences(text: str) -> list[str]:
 
 
 # --- building --------------------------------------------------------------------------------------
+
 
 class Builder:
     def __init__(self, data: Path, seed: int):
@@ -686,8 +1209,19 @@ class Builder:
                     donors = [d for d in self.donors.get(orig.instruction, []) if passes_rules(text, d[1])]
                     if donors:
                         source, answer = self.rng.choice(donors)
-                copy = Rec(text, orig.input, answer, "near_copy", edit, source,
-                           {**detail, "instruction_words": len(words(orig.instruction)), "answer": "other model" if answer != orig.output else "same"})
+                copy = Rec(
+                    text,
+                    orig.input,
+                    answer,
+                    "near_copy",
+                    edit,
+                    source,
+                    {
+                        **detail,
+                        "instruction_words": len(words(orig.instruction)),
+                        "answer": "other model" if answer != orig.output else "same",
+                    },
+                )
                 if not passes_rules(copy.user, copy.output):
                     continue
                 orig.variant, orig.origin, copy.origin = "original", copy, orig
@@ -698,8 +1232,15 @@ class Builder:
         for g, (kind, template, fillers, answer) in enumerate(SIBLINGS):
             file = FILES[g % len(FILES)]
             for f in fillers:
-                rec = Rec(template.format(f), "", answer(f), "negative_sibling", kind, "template",
-                          {"group": g, "filler": f, "template": template})
+                rec = Rec(
+                    template.format(f),
+                    "",
+                    answer(f),
+                    "negative_sibling",
+                    kind,
+                    "template",
+                    {"group": g, "filler": f, "template": template},
+                )
                 if not passes_rules(rec.user, rec.output):
                     raise ValueError(f"sibling answer fails the default rules: {rec.user!r} / {rec.output!r}")
                 self.add(file, rec)
@@ -708,11 +1249,20 @@ class Builder:
         for t, (task, (phrase, how)) in enumerate(LOOKALIKE_TASKS.items()):
             for lang in LOOKALIKE_LANGUAGES:
                 for n, template in enumerate(LOOKALIKE_PHRASINGS):
-                    answer = (f"In {lang}, the function {how}. It handles the smallest inputs first, then loops once over "
-                              f"the rest, so it runs in linear time and needs no extra memory. Test it with a few small "
-                              f"inputs before you rely on it{'.' if n % 2 else ' in a larger program.'}")
-                    rec = Rec(template.format(lang=lang, task=phrase), "", answer, "lookalike", f"{task}/{lang}", "template",
-                              {"task": task, "language": lang, "phrasing": n})
+                    answer = (
+                        f"In {lang}, the function {how}. It handles the smallest inputs first, then loops once over "
+                        f"the rest, so it runs in linear time and needs no extra memory. Test it with a few small "
+                        f"inputs before you rely on it{'.' if n % 2 else ' in a larger program.'}"
+                    )
+                    rec = Rec(
+                        template.format(lang=lang, task=phrase),
+                        "",
+                        answer,
+                        "lookalike",
+                        f"{task}/{lang}",
+                        "template",
+                        {"task": task, "language": lang, "phrasing": n},
+                    )
                     if not passes_rules(rec.user, rec.output):
                         raise ValueError(f"look-alike answer fails the default rules: {rec.user!r} / {rec.output!r}")
                     self.add(FILES[(t + n) % len(FILES)], rec)
@@ -724,12 +1274,22 @@ class Builder:
         for b in by_bench:
             self.rng.shuffle(by_bench[b])
         nwords = lambda it: len(words(it.text))  # noqa: E731
-        short = lambda it: (nwords(it) < 13 if it.benchmark == "mt_bench"  # noqa: E731
-                            else it.benchmark == "gsm8k_test" and nwords(it) <= SHORT_GSM8K_WORDS)
-        pools = {b: {"short": [i for i in its if short(i)], "long": [i for i in its if not short(i)]}
-                 for b, its in by_bench.items()}
+
+        def short(it) -> bool:
+            return (
+                nwords(it) < 13
+                if it.benchmark == "mt_bench"
+                else (it.benchmark == "gsm8k_test" and nwords(it) <= SHORT_GSM8K_WORDS)
+            )
+
+        pools = {
+            b: {"short": [i for i in its if short(i)], "long": [i for i in its if not short(i)]}
+            for b, its in by_bench.items()
+        }
         # MT-Bench has no answers: take another AlpacaEval model's answer to a reserve instruction (off-topic)
-        donor_answers = [(src, ans) for r in self.reserve["alpaca_eval"] for src, ans in self.donors.get(r.instruction, [])]
+        donor_answers = [
+            (src, ans) for r in self.reserve["alpaca_eval"] for src, ans in self.donors.get(r.instruction, [])
+        ]
         self.rng.shuffle(donor_answers)
         for origin, rec in self.in_pool:
             self.add(origin, rec)
@@ -760,8 +1320,10 @@ class Builder:
                 detail["lead_in"] = True
         elif variant == "paraphrased":  # the best of 5 draws when a draw changes under 5% of the words
             tries = [paraphrase(text, rng) for _ in range(5)]
-            text, detail = next((t for t in tries if t[1]["words_changed_share"] >= 0.05),
-                                max(tries, key=lambda t: t[1]["words_changed_share"]))
+            text, detail = next(
+                (t for t in tries if t[1]["words_changed_share"] >= 0.05),
+                max(tries, key=lambda t: t[1]["words_changed_share"]),
+            )
             if item.benchmark == "gsm8k_test":
                 answer, _ = change_numbers(item.answer, rng)
         elif variant == "wrapped":
@@ -805,20 +1367,39 @@ class Builder:
         body = "\n\n".join(parts)
         r = self.take()
         if i % 2:
-            return Rec("Summarize the following collection of notes in five bullet points.", body, r.output, "", "", "AlpacaEval answers",
-                       {"sub": "long_prompt", "words": total})
-        return Rec(r.instruction, r.input, body, "", "", f"{r.pool} + AlpacaEval answers", {"sub": "long_answer", "words": total})
+            return Rec(
+                "Summarize the following collection of notes in five bullet points.",
+                body,
+                r.output,
+                "",
+                "",
+                "AlpacaEval answers",
+                {"sub": "long_prompt", "words": total},
+            )
+        return Rec(
+            r.instruction,
+            r.input,
+            body,
+            "",
+            "",
+            f"{r.pool} + AlpacaEval answers",
+            {"sub": "long_answer", "words": total},
+        )
 
     def _junk_garbage(self, i: int) -> Rec:
         r = self.take()
         sub = ("symbol_answer", "ascii_art_answer", "punctuation_runs", "symbol_prompt")[i % 4]
         if sub == "symbol_answer":
-            return Rec(r.instruction, r.input, symbol_soup(self.rng, self.rng.randint(40, 300)), "", "", r.pool, {"sub": sub})
+            return Rec(
+                r.instruction, r.input, symbol_soup(self.rng, self.rng.randint(40, 300)), "", "", r.pool, {"sub": sub}
+            )
         if sub == "ascii_art_answer":
             return Rec(r.instruction, r.input, ascii_art(self.rng), "", "", r.pool, {"sub": sub})
         if sub == "punctuation_runs":
-            runs = " ".join(self.rng.choice(("!!!!!", "?????", ".....", "-----", "*****", "~~~~~", "#####", "$$$$$"))
-                            for _ in range(self.rng.randint(6, 30)))
+            runs = " ".join(
+                self.rng.choice(("!!!!!", "?????", ".....", "-----", "*****", "~~~~~", "#####", "$$$$$"))
+                for _ in range(self.rng.randint(6, 30))
+            )
             return Rec(r.instruction, r.input, runs, "", "", r.pool, {"sub": sub})
         return Rec(symbol_soup(self.rng, self.rng.randint(30, 120)), "", r.output, "", "", r.pool, {"sub": sub})
 
@@ -831,7 +1412,15 @@ class Builder:
         r = self.take()
         with_content = i % 3 == 0 and sub == "ai_disclaimer"
         answer = opening + ("\n\n" + r.output if with_content else "")
-        return Rec(r.instruction, r.input, answer, "", "", r.pool, {"sub": sub, "opening": opening, "with_content": with_content})
+        return Rec(
+            r.instruction,
+            r.input,
+            answer,
+            "",
+            "",
+            r.pool,
+            {"sub": sub, "opening": opening, "with_content": with_content},
+        )
 
     def _junk_echo(self, i: int) -> Rec:
         sub = ("exact_copy", "quoted_copy", "copy_of_input", "prefix_copy")[i % 4]
@@ -842,10 +1431,10 @@ class Builder:
         if sub == "exact_copy":
             answer = r.user
         elif sub == "quoted_copy":
-            answer = f"\"{r.user}\""
+            answer = f'"{r.user}"'
         else:
             w = r.user.split()
-            answer = " ".join(w[:max(4, int(len(w) * self.rng.uniform(0.75, 0.95)))])
+            answer = " ".join(w[: max(4, int(len(w) * self.rng.uniform(0.75, 0.95)))])
         return Rec(r.instruction, r.input, answer, "", "", r.pool, {"sub": sub})
 
     def _junk_repetition(self, i: int) -> Rec:
@@ -858,7 +1447,7 @@ class Builder:
         elif sub == "loop_phrase":
             words_ = r.output.split()
             start = self.rng.randrange(0, max(1, len(words_) - 6))
-            phrase = " ".join(words_[start:start + self.rng.randint(3, 6)])
+            phrase = " ".join(words_[start : start + self.rng.randint(3, 6)])
             answer = " ".join(words_[:start]) + " " + " ".join([phrase] * self.rng.randint(15, 40))
         else:
             para = " ".join(sent[:3])
@@ -870,10 +1459,12 @@ class Builder:
         sub = ("short_lines", "list_items", "block")[i % 3]
         sent = [s for s in sentences(r.output) if "\n" not in s]
         if sub == "short_lines":
-            line = self.rng.choice(("Yes.", "I understand.", "Thank you!", "OK, got it.", "Sure, here you go.", "Done."))
+            line = self.rng.choice(
+                ("Yes.", "I understand.", "Thank you!", "OK, got it.", "Sure, here you go.", "Done.")
+            )
             answer = "\n".join([line] * self.rng.randint(5, 12))
         elif sub == "list_items":
-            items = [" ".join(s.split()[:self.rng.randint(3, 7)]).rstrip(",;:") for s in (sent or [r.output])[:2]]
+            items = [" ".join(s.split()[: self.rng.randint(3, 7)]).rstrip(",;:") for s in (sent or [r.output])[:2]]
             lines = [f"- {items[k % len(items)]}" for k in range(self.rng.randint(6, 14))]
             answer = "\n".join(lines)
         else:
@@ -892,8 +1483,11 @@ class Builder:
         r = self.take(("gsm8k_train", "alpaca_eval"), lambda r: len(r.output.split()) >= 40 and "```" not in r.output)
         tokens = r.output.split(" ")
         if sub == "cut_mid_sentence":
-            spots = [k for k in range(len(tokens) // 3, len(tokens) - 1) if not tokens[k - 1].endswith((".", "!", "?", ":", "\n"))
-                     and tokens[k - 1][-1:].isalpha()]
+            spots = [
+                k
+                for k in range(len(tokens) // 3, len(tokens) - 1)
+                if not tokens[k - 1].endswith((".", "!", "?", ":", "\n")) and tokens[k - 1][-1:].isalpha()
+            ]
         elif sub == "dangling_word":
             spots = [k for k in range(len(tokens) // 3, len(tokens) - 1) if tokens[k - 1].lower() in DANGLING]
         else:
@@ -902,7 +1496,15 @@ class Builder:
             return self._junk_truncated(i + 4)  # same sub-variant, another answer
         cut = self.rng.choice(spots)
         words_since = len(" ".join(tokens[:cut]).replace("\n", " ").split(". ")[-1].split())
-        return Rec(r.instruction, r.input, " ".join(tokens[:cut]), "", "", r.pool, {"sub": sub, "words_after_last_sentence_end": words_since})
+        return Rec(
+            r.instruction,
+            r.input,
+            " ".join(tokens[:cut]),
+            "",
+            "",
+            r.pool,
+            {"sub": sub, "words_after_last_sentence_end": words_since},
+        )
 
     # --- output ---------------------------------------------------------------------------------
     def write(self, out: Path) -> dict:
@@ -915,19 +1517,43 @@ class Builder:
         for f in FILES:
             with (out / f"{f}.jsonl").open("w", encoding="utf-8") as fh:
                 for rec in self.files[f]:
-                    fh.write(json.dumps({"instruction": rec.instruction, "input": rec.input, "output": rec.output},
-                                        ensure_ascii=False) + "\n")
-                    labels.append({"file": rec.file, "line": rec.line, "category": rec.category, "variant": rec.variant,
-                                   "label": rec.label, "pool": rec.pool, "benchmark": rec.benchmark, "item_id": rec.item_id,
-                                   "origin_file": rec.origin.file if rec.origin else None,
-                                   "origin_line": rec.origin.line if rec.origin else None, "detail": rec.detail})
+                    fh.write(
+                        json.dumps(
+                            {"instruction": rec.instruction, "input": rec.input, "output": rec.output},
+                            ensure_ascii=False,
+                        )
+                        + "\n"
+                    )
+                    labels.append(
+                        {
+                            "file": rec.file,
+                            "line": rec.line,
+                            "category": rec.category,
+                            "variant": rec.variant,
+                            "label": rec.label,
+                            "pool": rec.pool,
+                            "benchmark": rec.benchmark,
+                            "item_id": rec.item_id,
+                            "origin_file": rec.origin.file if rec.origin else None,
+                            "origin_line": rec.origin.line if rec.origin else None,
+                            "detail": rec.detail,
+                        }
+                    )
         with (out / "labels.jsonl").open("w", encoding="utf-8") as fh:
             for row in labels:
                 fh.write(json.dumps(row, ensure_ascii=False) + "\n")
-        summary = {"records": len(labels), "per_file": {f: len(self.files[f]) for f in FILES},
-                   "per_label": dict(sorted(Counter(r["label"] + ("" if r["category"] != "clean" else f" ({r['variant']})")
-                                                    for r in labels).items())),
-                   "left_out": dict(self.left_out)}
+        summary = {
+            "records": len(labels),
+            "per_file": {f: len(self.files[f]) for f in FILES},
+            "per_label": dict(
+                sorted(
+                    Counter(
+                        r["label"] + ("" if r["category"] != "clean" else f" ({r['variant']})") for r in labels
+                    ).items()
+                )
+            ),
+            "left_out": dict(self.left_out),
+        }
         (out / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
         return summary
 
@@ -941,8 +1567,12 @@ LOOKALIKE_TASKS = {
     "vowels": ("counts the vowels in a given string", "checks each character against the five vowels"),
 }
 LOOKALIKE_LANGUAGES = ("C", "C++", "C#", "Java", "JavaScript", "Python", "Rust", "Go")
-LOOKALIKE_PHRASINGS = ("Write a {lang} function that {task}.", "Write a function in {lang} that {task}.",
-                       "Please write a {lang} function that {task}.", "How would you write a {lang} function that {task}?")
+LOOKALIKE_PHRASINGS = (
+    "Write a {lang} function that {task}.",
+    "Write a function in {lang} that {task}.",
+    "Please write a {lang} function that {task}.",
+    "How would you write a {lang} function that {task}?",
+)
 
 
 def build(out: Path, seed: int = 0, data: Path = DATA) -> dict:

@@ -15,6 +15,7 @@ Planted junk, as fractions of all lines:
 
 The file is streamed: only a bounded window of recent lines is kept for planting duplicates.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -95,11 +96,41 @@ path liquid log meant quotient teeth shell neck data function network model cust
 policy software database report analysis benefit risk market health climate research article
 """.split()
 
-TASK_VERBS = ("Explain", "Describe", "Write", "Summarize", "List", "Give", "Compare", "Identify", "Suggest",
-              "Rewrite", "Classify", "Generate", "Outline", "Translate", "Create", "Evaluate", "Find", "Name")
+TASK_VERBS = (
+    "Explain",
+    "Describe",
+    "Write",
+    "Summarize",
+    "List",
+    "Give",
+    "Compare",
+    "Identify",
+    "Suggest",
+    "Rewrite",
+    "Classify",
+    "Generate",
+    "Outline",
+    "Translate",
+    "Create",
+    "Evaluate",
+    "Find",
+    "Name",
+)
 QUESTION_OPENERS = ("What is", "How does", "Why do", "Which of", "How can", "What are", "When should", "Who was")
-ACCENTED = ("café", "naïve", "résumé", "façade", "jalapeño", "coöperate", "Zürich", "São-Paulo", "crème",
-            "piñata", "über", "Ångström")
+ACCENTED = (
+    "café",
+    "naïve",
+    "résumé",
+    "façade",
+    "jalapeño",
+    "coöperate",
+    "Zürich",
+    "São-Paulo",
+    "crème",
+    "piñata",
+    "über",
+    "Ångström",
+)
 PUNCT_EXTRAS = ("—", "“", "”", "’", "…", "°C", "€", "×")
 
 
@@ -110,9 +141,9 @@ class _Text:
         self.rng = rng
         vocab = list(dict.fromkeys(WORDS))  # drop repeats, keep order, so the list is the same on every Python
         for start in range(0, len(vocab), 25):  # shuffle ranks within windows of 25: same shape, other words
-            window = vocab[start:start + 25]
+            window = vocab[start : start + 25]
             rng.shuffle(window)
-            vocab[start:start + 25] = window
+            vocab[start : start + 25] = window
         self.vocab = vocab
         # Zipf-Mandelbrot weights: the commonest word is about 6% of the text, as "the" is in English
         self.cum = list(itertools.accumulate(1.0 / (rank + 3) for rank in range(len(vocab))))
@@ -146,6 +177,7 @@ class _Text:
 def _skewed(rng: random.Random, low: int, high: int, median: float) -> int:
     """An integer in [low, high], log-normally skewed towards the short end."""
     import math
+
     while True:
         v = int(round(rng.lognormvariate(math.log(median), 0.6)))
         if low <= v <= high:
@@ -213,7 +245,9 @@ def _record(fmt: str, instruction: str, input_: str, output: str | None) -> dict
     if fmt == "sharegpt":
         turns = [{"from": "human", "value": user}] + ([{"from": "gpt", "value": output}] if output is not None else [])
         return {"conversations": turns}
-    msgs = [{"role": "user", "content": user}] + ([{"role": "assistant", "content": output}] if output is not None else [])
+    msgs = [{"role": "user", "content": user}] + (
+        [{"role": "assistant", "content": output}] if output is not None else []
+    )
     return {"messages": msgs}
 
 
@@ -229,10 +263,17 @@ def generate(path: str | os.PathLike, n: int, seed: int = 0, fmt: str = "alpaca"
         raise ValueError("n must be >= 0")
     rng = random.Random(seed)
     text = _Text(rng)
-    recent_lines: list[str] = []             # ring buffer of recent valid lines
+    recent_lines: list[str] = []  # ring buffer of recent valid lines
     recent_prompts: list[tuple[str, str]] = []  # ring buffer of recent (instruction, input)
-    counts = {"lines": 0, "unique": 0, "exact_duplicate": 0, "same_instruction": 0, "invalid_json": 0,
-              "missing_output": 0, "bytes": 0}
+    counts = {
+        "lines": 0,
+        "unique": 0,
+        "exact_duplicate": 0,
+        "same_instruction": 0,
+        "invalid_json": 0,
+        "missing_output": 0,
+        "bytes": 0,
+    }
 
     def remember(buf: list, item: Any) -> None:
         if len(buf) < WINDOW:
@@ -255,7 +296,7 @@ def generate(path: str | os.PathLike, n: int, seed: int = 0, fmt: str = "alpaca"
                     kind = "invalid_json"
                     good = _dumps(_record(fmt, instruction, input_, _output(text)))
                     if rng.random() < 0.7:  # a line cut short, as from an interrupted write
-                        line = good[:rng.randrange(10, len(good) - 2)]
+                        line = good[: rng.randrange(10, len(good) - 2)]
                     else:  # a Python repr instead of JSON
                         line = repr(_record(fmt, instruction, input_, _output(text)))
                 counts[kind] += 1

@@ -8,6 +8,7 @@ mapped over the release's record files, the LLM steps over the seed batches `sel
 them in the `infinstruct_llm` pool (created by `infinstruct setup-airflow` / docker-compose's airflow-init).
 A failed gate or a data error fails the run without retries and holds back the export.
 """
+
 from __future__ import annotations
 
 from datetime import timedelta
@@ -21,6 +22,7 @@ from infinstruct.stages import SYNTHESIS_STAGES
 
 def _mark_failed(context) -> None:
     from infinstruct.synth.pipeline import mark_failed
+
     mark_failed(context["run_id"])
 
 
@@ -29,15 +31,26 @@ def _mark_failed(context) -> None:
     schedule=[RELEASE_ASSET],
     start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
     catchup=False,
-    max_active_runs=1,   # runs share the LLM endpoints and the dataset's synthetic versions (a backfill ignores
-                         # this: the run lease keeps its runs of one dataset apart, see infinstruct_tasks)
-    default_args={"retries": 2, "retry_delay": timedelta(seconds=30), "retry_exponential_backoff": True,
-                  "execution_timeout": timedelta(hours=6)},
+    max_active_runs=1,  # runs share the LLM endpoints and the dataset's synthetic versions (a backfill ignores
+    # this: the run lease keeps its runs of one dataset apart, see infinstruct_tasks)
+    default_args={
+        "retries": 2,
+        "retry_delay": timedelta(seconds=30),
+        "retry_exponential_backoff": True,
+        "execution_timeout": timedelta(hours=6),
+    },
     params={
-        "recipe": Param(DEFAULT_RECIPE, type="string", description="Path of the recipe YAML (with a `synthesis` "
-                                                                   "section); an asset event's recipe comes first"),
-        "release": Param(DEFAULT_OUT, type="string", description="A release folder, or the folder holding "
-                                                                 "<dataset>/LATEST; an asset event's release comes first"),
+        "recipe": Param(
+            DEFAULT_RECIPE,
+            type="string",
+            description="Path of the recipe YAML (with a `synthesis` section); an asset event's recipe comes first",
+        ),
+        "release": Param(
+            DEFAULT_OUT,
+            type="string",
+            description="A release folder, or the folder holding "
+            "<dataset>/LATEST; an asset event's release comes first",
+        ),
         "out_dir": Param(DEFAULT_OUT, type="string", description="Folder that receives <dataset>/synthetic/vNNNN"),
     },
     on_failure_callback=_mark_failed,
@@ -45,7 +58,7 @@ def _mark_failed(context) -> None:
     doc_md=__doc__,
 )
 def infinstruct_synthesis():
-    wire(SYNTHESIS_STAGES, phase="synthesis")   # its runs hold the lease of <dataset>/synthetic, not the dataset's
+    wire(SYNTHESIS_STAGES, phase="synthesis")  # its runs hold the lease of <dataset>/synthetic, not the dataset's
 
 
 infinstruct_synthesis()

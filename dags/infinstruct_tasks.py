@@ -4,6 +4,7 @@ A stage (`infinstruct.stages.StageSpec`) becomes a task that makes one call into
 with the run id, the partition or batch it is mapped over, and the DAG params it names, as paths. Bad
 data or configuration (a `DataError`) fails the task at once, without pointless retries.
 """
+
 from __future__ import annotations
 
 import os
@@ -22,7 +23,7 @@ DEFAULT_OUT = os.environ.get("INFINSTRUCT_OUT", str(PROJECT / "releases"))
 RELEASE_ASSET = Asset(name="infinstruct_release", uri="infinstruct://release")
 
 
-_FROM_RELEASE_EVENT = {"release": "path", "recipe": "recipe"}   # param -> the release asset event's extra key
+_FROM_RELEASE_EVENT = {"release": "path", "recipe": "recipe"}  # param -> the release asset event's extra key
 
 
 def _from_release_event(context, name: str) -> str | None:
@@ -54,6 +55,7 @@ def _param(name: str) -> str | None:
 
 def _call(step, *args):
     from infinstruct.errors import DataError
+
     try:
         return step(*args)
     except DataError as exc:
@@ -63,7 +65,7 @@ def _call(step, *args):
 def _check_conf(context) -> None:
     """A run's conf may only set the DAG's params: a misspelt key (`recipes`) would silently run the default."""
     conf = getattr(context.get("dag_run"), "conf", None) or {}
-    declared = set(context["dag"].params)   # the task's `params` already hold the conf's keys, known or not
+    declared = set(context["dag"].params)  # the task's `params` already hold the conf's keys, known or not
     unknown = sorted(set(conf) - declared)
     if unknown:
         raise AirflowFailException(f"unknown conf key(s) {unknown}: this DAG's params are {sorted(declared)}")
@@ -84,14 +86,17 @@ def _run_lease(phase: str, run_id: str, first: bool):
 def stage_task(spec: StageSpec, outlets: list | None = None, phase: str = "curation"):
     """The Airflow task of a declared stage: one call into the library (`spec.step`), under the run's lease of
     its dataset (`phase`: whose runs these are, curation or synthesis)."""
+
     # `label` only names the mapped instance in the grid (map_index_template), from the plan's item
-    def run(partition_id: str | None = None, batch: int | None = None, label: str | None = None):   # no **kwargs
+    def run(partition_id: str | None = None, batch: int | None = None, label: str | None = None):  # no **kwargs
         import importlib
+
         module, _, function = spec.step.rpartition(":")
         step = getattr(importlib.import_module(module or "infinstruct.pipeline"), function)
         if phase == "curation" and spec.decides is not None and not hasattr(step, "counts"):
             # a curation stage of your own: its counts are kept too (Phase 2's outcomes are in synth_children)
             from infinstruct.store.stage_counts import counted
+
             step = counted(spec.decides)(step)
         if spec.kind is Kind.SETUP:
             _check_conf(get_current_context())
@@ -99,19 +104,30 @@ def stage_task(spec: StageSpec, outlets: list | None = None, phase: str = "curat
         args = [get_current_context()["run_id"], *mapped, *(_param(name) for name in spec.params)]
         with _run_lease(phase, args[0], first=spec.kind is Kind.SETUP):
             result = _call(step, *args)
-        if outlets and isinstance(result, dict):   # the asset event: which release, of which recipe and night
+        if outlets and isinstance(result, dict):  # the asset event: which release, of which recipe and night
             context = get_current_context()
             for outlet in outlets:
-                context["outlet_events"][outlet].extra = {"path": result.get("path"), "version": result.get("version"),
-                                                          "recipe": _param_path("recipe"),
-                                                          "partition": _run_partition(context)}
+                context["outlet_events"][outlet].extra = {
+                    "path": result.get("path"),
+                    "version": result.get("version"),
+                    "recipe": _param_path("recipe"),
+                    "partition": _run_partition(context),
+                }
         return result
 
     run.__doc__ = spec.summary
-    shown = "task.op_kwargs['batch']" if spec.kind is Kind.BATCH else \
-        "task.op_kwargs['label'] or task.op_kwargs['partition_id']"
-    return task(run, task_id=spec.task, pool=spec.pool or "default_pool", outlets=outlets or [],
-                map_index_template="{{ %s }}" % shown if spec.mapped else None)
+    shown = (
+        "task.op_kwargs['batch']"
+        if spec.kind is Kind.BATCH
+        else "task.op_kwargs['label'] or task.op_kwargs['partition_id']"
+    )
+    return task(
+        run,
+        task_id=spec.task,
+        pool=spec.pool or "default_pool",
+        outlets=outlets or [],
+        map_index_template="{{ %s }}" % shown if spec.mapped else None,
+    )
 
 
 def _as_partition(item) -> dict:
@@ -129,7 +145,7 @@ def wire(stages: tuple[StageSpec, ...], outlets: dict[str, list] | None = None, 
             if spec.over:
                 argument = "batch" if spec.kind is Kind.BATCH else "partition_id"
                 tasks[spec.task] = operator.expand(**{argument: tasks[spec.over]})
-            else:   # over the plan's partitions, each with its label
+            else:  # over the plan's partitions, each with its label
                 tasks[spec.task] = operator.expand_kwargs(plan.map(_as_partition))
         else:
             tasks[spec.task] = operator()

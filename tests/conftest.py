@@ -4,6 +4,7 @@ The store is a fresh database: on the server named by INFINSTRUCT_TEST_DATABASE_
 machine's PostgreSQL 15), else in an embedded PostgreSQL started under a temporary folder, so the
 suite needs no running service.
 """
+
 from __future__ import annotations
 
 import os
@@ -60,12 +61,14 @@ def database_url():
     else:
         from infinstruct.store.database_url import embedded_database_url
         from infinstruct.store.embedded_server import start_server
+
         # registered first with cleanup 'delete', so the server stops and its folder goes at the end
         embedded = start_server(_SESSION_HOME / "pgdata", cleanup_mode="delete")
         url = embedded_database_url("infinstruct_test", pgdata=_SESSION_HOME / "pgdata")
     os.environ["INFINSTRUCT_DATABASE_URL"] = url  # what pipeline steps (and DAG tasks) connect to
     yield url
     from infinstruct.store.db import _migrated_engine, get_engine
+
     get_engine(url).dispose()  # close pooled connections before the server goes
     _migrated_engine.cache_clear()
     if embedded is not None:
@@ -77,6 +80,7 @@ def database_url():
 @pytest.fixture(scope="session")
 def engine(database_url):
     from infinstruct.store.db import get_engine
+
     return get_engine(database_url)
 
 
@@ -84,6 +88,7 @@ def engine(database_url):
 def airflow_home(database_url) -> Path:
     """A migrated Airflow home (SQLite) whose DAG folder is the project's dags/."""
     from infinstruct.cli import ensure_airflow_db
+
     ensure_airflow_db()
     return Path(os.environ["AIRFLOW_HOME"])
 
@@ -91,6 +96,7 @@ def airflow_home(database_url) -> Path:
 def write_recipe(folder: Path, name: str, sources: list[dict], **extra) -> Path:
     """A recipe file in `folder` (source paths may be relative to it)."""
     import yaml
+
     path = folder / f"{name}.yaml"
     path.write_text(yaml.safe_dump({"name": name, "sources": sources, **extra}))
     return path
@@ -99,6 +105,7 @@ def write_recipe(folder: Path, name: str, sources: list[dict], **extra) -> Path:
 def sample_recipe(name: str) -> dict:
     """The bundled sample recipe as a mapping, renamed, with absolute paths: to extend and write elsewhere."""
     import yaml
+
     recipe = yaml.safe_load(SAMPLE_RECIPE.read_text())
     recipe["name"] = name
     for item in [*recipe["sources"], *recipe["decontamination"]["benchmarks"]]:
@@ -109,6 +116,7 @@ def sample_recipe(name: str) -> dict:
 def run_partition_steps(recipe_path) -> str:
     """A new run of the recipe through every per-partition step (ingest, rules, decontamination); its id."""
     from infinstruct import pipeline
+
     run_id = f"test-{uuid.uuid4().hex[:8]}"
     pipeline.start_run(run_id, recipe_path)
     for part in pipeline.plan(run_id):
@@ -123,14 +131,19 @@ def run_partitions(run_id: str) -> list[str]:
     import sqlalchemy as sa
 
     from infinstruct import pipeline
+
     with pipeline.get_engine().connect() as conn:
-        return conn.execute(sa.text("select partition_id from run_partitions where run_id = :r order by 1"),
-                            {"r": run_id}).scalars().all()
+        return (
+            conn.execute(sa.text("select partition_id from run_partitions where run_id = :r order by 1"), {"r": run_id})
+            .scalars()
+            .all()
+        )
 
 
 def run_dedup_steps(recipe_path) -> str:
     """A new run of the recipe through every step up to and with semantic_deduplicate; its id."""
     from infinstruct import pipeline
+
     run_id = run_partition_steps(recipe_path)
     pipeline.deduplicate(run_id)
     pipeline.near_deduplicate(run_id)
@@ -141,6 +154,7 @@ def run_dedup_steps(recipe_path) -> str:
 def run_scoring_steps(recipe_path) -> str:
     """A new run of the recipe through every step up to and with score_records; its id."""
     from infinstruct import pipeline
+
     run_id = run_dedup_steps(recipe_path)
     for part in run_partitions(run_id):
         pipeline.score_records(run_id, part)
@@ -150,6 +164,7 @@ def run_scoring_steps(recipe_path) -> str:
 def run_selection_steps(recipe_path) -> str:
     """A new run of the recipe through every step up to and with select_records (not its gate); its id."""
     from infinstruct import pipeline
+
     run_id = run_scoring_steps(recipe_path)
     pipeline.select(run_id)
     return run_id
@@ -158,32 +173,47 @@ def run_selection_steps(recipe_path) -> str:
 def kept_record_ids(engine, run_id: str) -> set[str]:
     """Record ids the run keeps (no stage dropped them)."""
     import sqlalchemy as sa
+
     with engine.connect() as conn:
-        return set(conn.execute(sa.text(
-            "select r.record_id from records r join run_partitions rp on rp.partition_id = r.partition_id"
-            " and rp.run_id = :r where not exists (select 1 from decisions d where d.partition_id = r.partition_id"
-            " and d.line_no = r.line_no and d.verdict = 'dropped')"), {"r": run_id}).scalars())
+        return set(
+            conn.execute(
+                sa.text(
+                    "select r.record_id from records r join run_partitions rp on rp.partition_id = r.partition_id"
+                    " and rp.run_id = :r where not exists (select 1 from decisions d where d.partition_id = r.partition_id"
+                    " and d.line_no = r.line_no and d.verdict = 'dropped')"
+                ),
+                {"r": run_id},
+            ).scalars()
+        )
 
 
 def stored_scores(engine, run_id: str) -> dict[str, dict]:
     """Per first user turn of the run's records: the stored quality, model score, scorer and domain, and
     whether the record still stands (no stage dropped it: `selected`, once select_records ran)."""
     import sqlalchemy as sa
+
     with engine.connect() as conn:
-        rows = conn.execute(sa.text(
-            "select r.conversation->0->>'content', s.quality, (s.signals->>'model_score')::float, s.scorer, s.domain,"
-            " not exists (select 1 from decisions d where d.partition_id = r.partition_id and d.line_no = r.line_no"
-            "             and d.verdict = 'dropped')"
-            " from records r join run_partitions rp on rp.partition_id = r.partition_id and rp.run_id = :r"
-            " join record_scores s on s.record_id = r.record_id"), {"r": run_id}).all()
-    return {q: {"quality": quality, "model_score": m, "scorer": scorer, "domain": domain, "selected": kept}
-            for q, quality, m, scorer, domain, kept in rows}
+        rows = conn.execute(
+            sa.text(
+                "select r.conversation->0->>'content', s.quality, (s.signals->>'model_score')::float, s.scorer, s.domain,"
+                " not exists (select 1 from decisions d where d.partition_id = r.partition_id and d.line_no = r.line_no"
+                "             and d.verdict = 'dropped')"
+                " from records r join run_partitions rp on rp.partition_id = r.partition_id and rp.run_id = :r"
+                " join record_scores s on s.record_id = r.record_id"
+            ),
+            {"r": run_id},
+        ).all()
+    return {
+        q: {"quality": quality, "model_score": m, "scorer": scorer, "domain": domain, "selected": kept}
+        for q, quality, m, scorer, domain, kept in rows
+    }
 
 
 def publish(run_id: str, out) -> dict:
     """The release tasks of the DAG for a run: write_release_part for every partition, check_release,
     export_release; returns export_release's result."""
     from infinstruct import pipeline
+
     for part in run_partitions(run_id):
         pipeline.write_release_part(run_id, part, out)
     pipeline.check_release(run_id)
@@ -193,16 +223,21 @@ def publish(run_id: str, out) -> dict:
 def run_record_id(engine, run_id: str, file_name: str, line: int) -> str:
     """The record id of line `line` of the file named `file_name` among the run's partitions."""
     import sqlalchemy as sa
+
     with engine.connect() as conn:
-        return conn.execute(sa.text(
-            "select r.record_id from records r join partitions p using (partition_id) join run_partitions rp"
-            " on rp.partition_id = r.partition_id where rp.run_id = :r and p.path like :p and r.line_no = :l"),
-            {"r": run_id, "p": f"%/{file_name}", "l": line}).scalar_one()
+        return conn.execute(
+            sa.text(
+                "select r.record_id from records r join partitions p using (partition_id) join run_partitions rp"
+                " on rp.partition_id = r.partition_id where rp.run_id = :r and p.path like :p and r.line_no = :l"
+            ),
+            {"r": run_id, "p": f"%/{file_name}", "l": line},
+        ).scalar_one()
 
 
 def write_jsonl(path: Path, lines: list) -> Path:
     """Write items as JSONL; str items are written verbatim (for malformed lines)."""
     import json
+
     path.write_text("".join((item if isinstance(item, str) else json.dumps(item)) + "\n" for item in lines))
     return path
 
@@ -210,6 +245,7 @@ def write_jsonl(path: Path, lines: list) -> Path:
 def has_pgvector(engine) -> bool:
     """pgvector is installed on the test server and the probe showed it works there."""
     from infinstruct.store.vector_probe import vector_support
+
     return vector_support(engine).ok
 
 

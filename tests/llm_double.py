@@ -1,5 +1,6 @@
 """An OpenAI-compatible double for the network only: a tiny HTTP server on 127.0.0.1, programmable per
 request and counting every request it gets (the code under test is always the real one)."""
+
 from __future__ import annotations
 
 import json
@@ -16,19 +17,25 @@ class JudgeDouble:
 
     def __init__(self, scores: dict[str, int] | None = None):
         self.scores, self.actions, self.requests = dict(scores or {}), deque(), []
-        self.answer = None   # a function of the request body giving the content, instead of the judge's score
+        self.answer = None  # a function of the request body giving the content, instead of the judge's score
         self.lock = threading.Lock()
         double = self
 
         class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):   # quiet
+            def log_message(self, *args):  # quiet
                 pass
 
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 with double.lock:
-                    double.requests.append({"path": self.path, "body": body, "at": time.monotonic(),
-                                            "authorization": self.headers.get("Authorization")})
+                    double.requests.append(
+                        {
+                            "path": self.path,
+                            "body": body,
+                            "at": time.monotonic(),
+                            "authorization": self.headers.get("Authorization"),
+                        }
+                    )
                     action = double.actions.popleft() if double.actions else None
                 double.respond(self, body, action)
 
@@ -46,7 +53,7 @@ class JudgeDouble:
         return len(self.requests)
 
     def respond(self, handler, body, action) -> None:
-        if action is None and not handler.path.endswith("/chat/completions"):   # e.g. /completions: not served
+        if action is None and not handler.path.endswith("/chat/completions"):  # e.g. /completions: not served
             action = ("status", 404)
         if action is None and self.answer is not None:
             action = ("content", self.answer(body))
@@ -54,7 +61,7 @@ class JudgeDouble:
             user = body["messages"][-1]["content"]
             instruction = user.split("[Instruction]\n", 1)[1].split("\n\n[Response]", 1)[0]
             action = ("score", self.scores.get(instruction, 5))
-        if action[0] == "hang":   # past the client's timeout: it has gone when we answer
+        if action[0] == "hang":  # past the client's timeout: it has gone when we answer
             time.sleep(action[1])
         if action[0] == "status":
             code, headers = action[1], action[2] if len(action) > 2 else {}
@@ -62,11 +69,20 @@ class JudgeDouble:
             return self.send(handler, code, payload, headers)
         content = action[1] if action[0] == "content" else json.dumps({"score": action[1]})
         content = content if action[0] != "hang" else '{"score": 5}'
-        self.send(handler, 200, {
-            "id": f"chatcmpl-{uuid.uuid4().hex[:8]}", "object": "chat.completion", "created": 0,
-            "model": body["model"],
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
-            "usage": {"prompt_tokens": 50, "completion_tokens": 5, "total_tokens": 55}})
+        self.send(
+            handler,
+            200,
+            {
+                "id": f"chatcmpl-{uuid.uuid4().hex[:8]}",
+                "object": "chat.completion",
+                "created": 0,
+                "model": body["model"],
+                "choices": [
+                    {"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}
+                ],
+                "usage": {"prompt_tokens": 50, "completion_tokens": 5, "total_tokens": 55},
+            },
+        )
 
     @staticmethod
     def send(handler, code: int, payload: dict, headers: dict | None = None) -> None:
@@ -78,7 +94,7 @@ class JudgeDouble:
             handler.send_header("Content-Length", str(len(data)))
             handler.end_headers()
             handler.wfile.write(data)
-        except OSError:   # the client timed out and went
+        except OSError:  # the client timed out and went
             pass
 
     def close(self) -> None:

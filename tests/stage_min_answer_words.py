@@ -4,6 +4,7 @@ Everything it needs is here: its declaration (STAGE, and AFTER: the task it foll
 recipe section `stages.min_answer_words`), its reason code and its decide step. Named in $INFINSTRUCT_STAGES,
 it becomes a task of the DAG, a stage of the ledger and a "decided before" of the stages after it.
 """
+
 from __future__ import annotations
 
 import orjson
@@ -21,12 +22,18 @@ REASON = "too_few_answer_words"
 
 
 class MinAnswerWordsSettings(Strict):
-    min_words: int = Field(3, ge=1)   # answers with fewer words are dropped
+    min_words: int = Field(3, ge=1)  # answers with fewer words are dropped
 
 
-STAGE = StageSpec("min_answer_words", Kind.DATASET, f"{__name__}:run", decides="min_answer_words",
-                  reasons=(REASON,), settings=MinAnswerWordsSettings,
-                  summary="drops records whose answers have fewer than `min_words` words in all")
+STAGE = StageSpec(
+    "min_answer_words",
+    Kind.DATASET,
+    f"{__name__}:run",
+    decides="min_answer_words",
+    reasons=(REASON,),
+    settings=MinAnswerWordsSettings,
+    summary="drops records whose answers have fewer than `min_words` words in all",
+)
 AFTER = "deduplicate"
 
 
@@ -41,7 +48,9 @@ class MinAnswerWords(DatasetStage):
 
     def decide(self, conn: Connection, scope: Scope) -> Outcome:
         minimum, outcome = self.settings().min_words, Outcome()
-        for partition_id, line_no, conversation in self.standing(conn, "r.partition_id, r.line_no, r.conversation::text"):
+        for partition_id, line_no, conversation in self.standing(
+            conn, "r.partition_id, r.line_no, r.conversation::text"
+        ):
             words = sum(len(t["content"].split()) for t in orjson.loads(conversation) if t["role"] == ASSISTANT)
             outcome.decided += 1
             if words < minimum:

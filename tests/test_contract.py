@@ -1,12 +1,19 @@
 """The stage contract's result: one shape for every stage, read back the same from what was stored."""
+
 from __future__ import annotations
 
 from infinstruct.contract import StageResult
 
 
 def test_a_result_reads_back_as_it_was_written():
-    result = StageResult("dedup", 10, {"exact_duplicate": 2, "duplicate_instruction": 1}, full_pass=True,
-                         why="first pass", numbers={"decided_partitions": 3})
+    result = StageResult(
+        "dedup",
+        10,
+        {"exact_duplicate": 2, "duplicate_instruction": 1},
+        full_pass=True,
+        why="first pass",
+        numbers={"decided_partitions": 3},
+    )
     stored = result.as_dict()
     assert stored["dropped"] == 3 and stored["exact_duplicate"] == 2 and stored["decided_partitions"] == 3
     assert StageResult.from_dict(stored) == result

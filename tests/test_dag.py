@@ -1,5 +1,6 @@
 """The curation DAG: it imports cleanly, has the expected shape, runs end to end on the bundled
 sample with `dag.test()`, and a failed partition fails the run and holds back the export."""
+
 from __future__ import annotations
 
 import json
@@ -11,15 +12,31 @@ import pytest
 from conftest import ROOT, SAMPLE_RECIPE, write_recipe
 
 DAG_ID = "infinstruct_curation"
-TASKS = {"start_run", "plan_partitions", "ingest", "check_ingested", "apply_rules", "decontaminate", "minhash", "deduplicate",
-         "near_deduplicate", "semantic_deduplicate", "score_records", "select_records", "check_selection",
-         "write_release_part", "check_release", "export_release"}
+TASKS = {
+    "start_run",
+    "plan_partitions",
+    "ingest",
+    "check_ingested",
+    "apply_rules",
+    "decontaminate",
+    "minhash",
+    "deduplicate",
+    "near_deduplicate",
+    "semantic_deduplicate",
+    "score_records",
+    "select_records",
+    "check_selection",
+    "write_release_part",
+    "check_release",
+    "export_release",
+}
 MAPPED = {"ingest", "apply_rules", "decontaminate", "minhash", "score_records", "write_release_part"}
 
 
 @pytest.fixture(scope="module")
 def dag(airflow_home):
     from airflow.dag_processing.dagbag import DagBag
+
     bag = DagBag(dag_folder=str(ROOT / "dags"))
     assert bag.import_errors == {}
     return bag.dags[DAG_ID]
@@ -31,11 +48,12 @@ def states(dag_run) -> dict[tuple[str, int], str]:
 
 def test_dag_shape(dag):
     from infinstruct.stages import STAGES, Kind
-    for spec in STAGES:   # the DAG is the declared stages: per-partition ones mapped over the plan's partitions
+
+    for spec in STAGES:  # the DAG is the declared stages: per-partition ones mapped over the plan's partitions
         task = dag.task_dict[spec.task]
         assert task.is_mapped == (spec.kind is Kind.PARTITION)
         assert task.upstream_task_ids == set(spec.after) | ({"plan_partitions"} if task.is_mapped else set())
-    declared = [s.task for s in STAGES]   # in the order they run: a stage waits only for stages above it
+    declared = [s.task for s in STAGES]  # in the order they run: a stage waits only for stages above it
     assert all(declared.index(up) < declared.index(s.task) for s in STAGES for up in s.after)
     # and the declaration is what the pipeline relies on
     assert set(dag.task_dict) == TASKS
@@ -62,19 +80,28 @@ def test_sample_run_writes_a_release_that_adds_up(dag, tmp_path):
     assert len([k for k in states(dag_run) if k[0] == "ingest"]) == 8
     # the grid names each mapped instance by its source and shard, not by the partition hash
     assert sorted(ti.rendered_map_index for ti in dag_run.get_task_instances() if ti.task_id == "apply_rules") == [
-        "chat/1 of 3", "chat/2 of 3", "chat/3 of 3", "qa/1 of 1", "support/1 of 1", "tasks/1 of 3", "tasks/2 of 3",
-        "tasks/3 of 3"]
+        "chat/1 of 3",
+        "chat/2 of 3",
+        "chat/3 of 3",
+        "qa/1 of 1",
+        "support/1 of 1",
+        "tasks/1 of 3",
+        "tasks/2 of 3",
+        "tasks/3 of 3",
+    ]
     release = tmp_path / "sample" / (tmp_path / "sample" / "LATEST").read_text().strip()
     manifest = json.loads((release / "manifest.json").read_text())
     ledger = pd.read_parquet(release / "ledger.parquet")
-    data = pd.read_parquet(release / "data")   # one Parquet file per partition
+    data = pd.read_parquet(release / "data")  # one Parquet file per partition
     # the export emits the release asset that schedules Phase 2, saying which release it is
     from airflow.models.asset import AssetEvent
     from airflow.utils.session import create_session
+
     with create_session() as session:
         events = [e.extra for e in session.query(AssetEvent).filter(AssetEvent.source_run_id == dag_run.run_id)]
-    assert events == [{"path": str(release), "version": manifest["version"], "recipe": str(SAMPLE_RECIPE),
-                       "partition": None}]   # a manual run without a partition key: every partition
+    assert events == [
+        {"path": str(release), "version": manifest["version"], "recipe": str(SAMPLE_RECIPE), "partition": None}
+    ]  # a manual run without a partition key: every partition
 
     # every input line of every source is in the ledger exactly once, and the verdicts add up
     assert manifest["totals"] == {"lines": 45, "kept": 28, "dropped": 6, "quarantined": 11}
@@ -85,8 +112,13 @@ def test_sample_run_writes_a_release_that_adds_up(dag, tmp_path):
     assert sorted(data.id) == sorted(ledger[ledger.verdict == "kept"].record_id)
     # drops say why and which kept record they duplicate
     dropped = ledger[ledger.verdict == "dropped"]
-    assert set(dropped.reason) == {"exact_duplicate", "duplicate_instruction", "near_duplicate", "rule:refusal",
-                                   "contaminated:sample_bench"}
+    assert set(dropped.reason) == {
+        "exact_duplicate",
+        "duplicate_instruction",
+        "near_duplicate",
+        "rule:refusal",
+        "contaminated:sample_bench",
+    }
     duplicates = dropped[dropped.stage.isin(["dedup", "near_dedup"])]
     assert duplicates.duplicate_of.isin(data.id).all()
     [leak] = dropped[dropped.stage == "decontam"].itertuples()
@@ -94,9 +126,17 @@ def test_sample_run_writes_a_release_that_adds_up(dag, tmp_path):
     [refusal] = dropped[dropped.stage == "rules"].itertuples()
     assert (refusal.line, refusal.detail) == (10, "i can't help with that")  # the refusal phrase it matched
     assert set(ledger[ledger.verdict == "quarantined"].reason) == {
-        "quarantine:invalid_json", "quarantine:bad_role", "quarantine:empty_turn", "quarantine:nul_byte",
-        "quarantine:no_response", "quarantine:missing_field", "quarantine:bad_role_order", "quarantine:blank_line",
-        "quarantine:wrong_type", "quarantine:not_an_object"}
+        "quarantine:invalid_json",
+        "quarantine:bad_role",
+        "quarantine:empty_turn",
+        "quarantine:nul_byte",
+        "quarantine:no_response",
+        "quarantine:missing_field",
+        "quarantine:bad_role_order",
+        "quarantine:blank_line",
+        "quarantine:wrong_type",
+        "quarantine:not_an_object",
+    }
     # the public Infinity-Instruct record shape
     jsonl = [json.loads(line) for path in sorted((release / "jsonl").glob("*.jsonl")) for line in path.open()]
     assert sorted(r["id"] for r in jsonl) == sorted(data.id)
@@ -104,7 +144,7 @@ def test_sample_run_writes_a_release_that_adds_up(dag, tmp_path):
     assert {t["from"] for record in jsonl for t in record["conversations"]} == {"system", "human", "gpt"}
     # real language identification: the Chinese conversation is zh, nearly all else en (short prompts are hard)
     assert "zh" in set(data.langdetect) and (data.langdetect == "en").mean() > 0.9
-    for name, file in manifest["files"].items():   # every file of the release, with its size and checksum
+    for name, file in manifest["files"].items():  # every file of the release, with its size and checksum
         assert file["bytes"] == (release / name).stat().st_size
     assert sum(f["records"] for name, f in manifest["files"].items() if name.startswith("data/")) == 28
     # the dataset card: Hugging Face's header pointing at the Parquet files, and the numbers of the manifest
@@ -117,28 +157,53 @@ def test_sample_run_writes_a_release_that_adds_up(dag, tmp_path):
 def test_failed_partition_fails_the_run_and_holds_back_the_export(dag, tmp_path):
     (tmp_path / "good.jsonl").write_text(json.dumps({"instruction": "Hi?", "input": "", "output": "Hello."}) + "\n")
     (tmp_path / "broken.json").write_text('{"this is": "not an array"}')
-    recipe = write_recipe(tmp_path, f"broken-{uuid.uuid4().hex[:6]}", [
-        {"name": "good", "path": "good.jsonl", "format": "alpaca"},
-        {"name": "broken", "path": "broken.json", "format": "alpaca"},
-    ])
+    recipe = write_recipe(
+        tmp_path,
+        f"broken-{uuid.uuid4().hex[:6]}",
+        [
+            {"name": "good", "path": "good.jsonl", "format": "alpaca"},
+            {"name": "broken", "path": "broken.json", "format": "alpaca"},
+        ],
+    )
     out = tmp_path / "out"
     dag_run = dag.test(run_conf={"recipe": str(recipe), "out_dir": str(out)})
     result = states(dag_run)
     assert str(dag_run.state) == "failed"
     assert sorted(state for (task, _), state in result.items() if task == "ingest") == ["failed", "success"]
-    for task in ("check_ingested", "deduplicate", "near_deduplicate", "semantic_deduplicate", "score_records",
-                 "select_records", "check_selection", "write_release_part", "check_release", "export_release"):
+    for task in (
+        "check_ingested",
+        "deduplicate",
+        "near_deduplicate",
+        "semantic_deduplicate",
+        "score_records",
+        "select_records",
+        "check_selection",
+        "write_release_part",
+        "check_release",
+        "export_release",
+    ):
         assert result[(task, -1)] == "upstream_failed"
     assert not out.exists() or not any(out.rglob("manifest.json"))
 
 
 def test_sample_run_with_a_selection_ledgers_what_it_leaves_out(dag, tmp_path):
     import yaml
+
     sample = yaml.safe_load(SAMPLE_RECIPE.read_text())
     sources = [{**s, "path": str((SAMPLE_RECIPE.parent / s["path"]).resolve())} for s in sample["sources"]]
-    recipe = write_recipe(tmp_path, f"sample-sel-{uuid.uuid4().hex[:6]}", sources, ingest=sample["ingest"],
-                          selection={"counts": {"math": 1, "code": 1}, "shares": {"knowledge": 1}, "size": 2,
-                                     "keep_all": ["chat"], "tolerance": 1.0})
+    recipe = write_recipe(
+        tmp_path,
+        f"sample-sel-{uuid.uuid4().hex[:6]}",
+        sources,
+        ingest=sample["ingest"],
+        selection={
+            "counts": {"math": 1, "code": 1},
+            "shares": {"knowledge": 1},
+            "size": 2,
+            "keep_all": ["chat"],
+            "tolerance": 1.0,
+        },
+    )
     dag_run = dag.test(run_conf={"recipe": str(recipe), "out_dir": str(tmp_path / "out")})
     assert str(dag_run.state) == "success", states(dag_run)
     assert len([k for k in states(dag_run) if k[0] == "score_records"]) == 8
@@ -149,7 +214,10 @@ def test_sample_run_with_a_selection_ledgers_what_it_leaves_out(dag, tmp_path):
     assert len(left_out) > 0 and left_out.reason.str.match(r"^not_selected:(math|code|knowledge)$").all()
     assert left_out.detail.str.match(r"^rank \d+ of \d+ in ").all()
     mix = manifest["composition"]
-    assert mix["before"]["total"] == manifest["totals"]["kept"] + len(left_out) and mix["after"]["total"] == manifest["totals"]["kept"]
+    assert (
+        mix["before"]["total"] == manifest["totals"]["kept"] + len(left_out)
+        and mix["after"]["total"] == manifest["totals"]["kept"]
+    )
     assert {"math", "code", "knowledge"} >= {d for d, e in mix["after"]["domain"].items() if d != "chat"}
     card = (release / "README.md").read_text()
     assert "## Composition" in card and f"| `chat` | {mix['before']['domain']['chat']['count']} |" in card
@@ -157,6 +225,7 @@ def test_sample_run_with_a_selection_ledgers_what_it_leaves_out(dag, tmp_path):
 
 def _dag_module():
     import infinstruct_tasks  # beside the DAG files (on sys.path as Airflow's DAG bundle puts it)
+
     return infinstruct_tasks
 
 
@@ -167,38 +236,59 @@ def test_every_pool_a_task_uses_is_created_by_setup(airflow_home):
     from airflow.dag_processing.dagbag import DagBag
 
     from infinstruct.stages import AIRFLOW_POOLS
+
     bag = DagBag(dag_folder=str(ROOT / "dags"))
     used = {t.pool for dag in bag.dags.values() for t in dag.tasks}
     assert used - {"default_pool"} <= set(AIRFLOW_POOLS) and {"infinstruct_llm", "infinstruct_embedding"} <= used
     # the tasks that load torch and MiniLM share the embedding pool: a few at once, not one per shard
     curation = bag.dags[DAG_ID].task_dict
     assert {task for task, t in curation.items() if t.pool == "infinstruct_embedding"} == {
-        "decontaminate", "semantic_deduplicate", "score_records", "select_records"}
-    listed = subprocess.run([sys.executable, "-m", "airflow", "pools", "list", "-o", "json"], check=True,
-                            capture_output=True, text=True).stdout
-    assert used <= {p["pool"] for p in json.loads(listed)}   # airflow_home ran the setup: a missing pool waits forever
+        "decontaminate",
+        "semantic_deduplicate",
+        "score_records",
+        "select_records",
+    }
+    listed = subprocess.run(
+        [sys.executable, "-m", "airflow", "pools", "list", "-o", "json"], check=True, capture_output=True, text=True
+    ).stdout
+    assert used <= {p["pool"] for p in json.loads(listed)}  # airflow_home ran the setup: a missing pool waits forever
 
 
 def test_every_task_has_an_execution_timeout(airflow_home):
     """A hung task fails (and is retried) instead of hanging the night."""
     from airflow.dag_processing.dagbag import DagBag
+
     bag = DagBag(dag_folder=str(ROOT / "dags"))
     missing = [(dag.dag_id, t.task_id) for dag in bag.dags.values() for t in dag.tasks if not t.execution_timeout]
     assert bag.dags and not missing
 
 
-@pytest.mark.parametrize("error", ["BenchmarkError", "EmbeddingError", "LLMConfigError", "ScoringError",
-                                   "AccountingError", "GateFailed", "RecipeError", "IngestError", "SynthesisError",
-                                   "BudgetReached"])
+@pytest.mark.parametrize(
+    "error",
+    [
+        "BenchmarkError",
+        "EmbeddingError",
+        "LLMConfigError",
+        "ScoringError",
+        "AccountingError",
+        "GateFailed",
+        "RecipeError",
+        "IngestError",
+        "SynthesisError",
+        "BudgetReached",
+    ],
+)
 def test_a_data_error_fails_its_task_without_retries(airflow_home, error):
     from airflow.sdk.exceptions import AirflowFailException
 
     from infinstruct.errors import DataError
+
     found = [cls for cls in _subclasses(DataError) if cls.__name__ == error]
     assert found, f"{error} is not a DataError"
 
     def step():
         raise found[0]("bad input")
+
     with pytest.raises(AirflowFailException, match=f"{error}: bad input"):
         _dag_module()._call(step)
 
@@ -206,6 +296,7 @@ def test_a_data_error_fails_its_task_without_retries(airflow_home, error):
 def test_other_errors_are_left_to_airflow_s_retries(airflow_home):
     def step():
         raise ConnectionError("server closed the connection unexpectedly")
+
     with pytest.raises(ConnectionError):
         _dag_module()._call(step)
 
@@ -221,6 +312,7 @@ def _subclasses(cls) -> list[type]:
     import infinstruct.store.ledger  # noqa: F401
     import infinstruct.synth.requests  # noqa: F401
     import infinstruct.synth.run  # noqa: F401
+
     out, todo = [], [cls]
     while todo:
         for sub in todo.pop().__subclasses__():
@@ -232,16 +324,17 @@ def _subclasses(cls) -> list[type]:
 def test_a_misspelt_conf_key_fails_the_run_instead_of_running_the_default(dag, tmp_path):
     dag_run = dag.test(run_conf={"recipes": str(SAMPLE_RECIPE), "out_dir": str(tmp_path)})
     assert str(dag_run.state) == "failed" and states(dag_run)[("start_run", -1)] == "failed"
-    assert not (tmp_path / "sample").exists()   # nothing ran on the default recipe
+    assert not (tmp_path / "sample").exists()  # nothing ran on the default recipe
 
 
 def test_a_release_asset_event_names_the_release_and_recipe_a_synthesis_run_works_on():
     from types import SimpleNamespace
+
     tasks = _dag_module()
     older = SimpleNamespace(extra={"path": "/r/sample/v0001", "version": 1, "recipe": "/recipes/a.yaml"})
     newer = SimpleNamespace(extra={"path": "/r/sample/v0002", "version": 2, "recipe": "/recipes/a.yaml"})
     context = {"triggering_asset_events": {tasks.RELEASE_ASSET: [older, newer]}}
-    assert tasks._from_release_event(context, "release") == "/r/sample/v0002"   # the newest event's
+    assert tasks._from_release_event(context, "release") == "/r/sample/v0002"  # the newest event's
     assert tasks._from_release_event(context, "recipe") == "/recipes/a.yaml"
-    assert tasks._from_release_event(context, "out_dir") is None              # not said by the event: the param
-    assert tasks._from_release_event({}, "release") is None                   # triggered by hand
+    assert tasks._from_release_event(context, "out_dir") is None  # not said by the event: the param
+    assert tasks._from_release_event({}, "release") is None  # triggered by hand

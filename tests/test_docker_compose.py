@@ -3,6 +3,7 @@
 yaml.safe_load resolves the `&anchor` / `*alias` references and `<<` merge keys, so every service is
 checked as Compose sees it after merging x-airflow-common into it.
 """
+
 from __future__ import annotations
 
 import re
@@ -141,9 +142,7 @@ def test_common_env_uses_celery_executor_with_redis_and_postgres(compose):
 def test_common_env_project_settings(compose):
     env = env_of(compose["x-airflow-common"])
     assert env["AIRFLOW__CORE__LOAD_EXAMPLES"] == "false"
-    assert env["AIRFLOW__CORE__AUTH_MANAGER"] == (
-        "airflow.providers.fab.auth_manager.fab_auth_manager.FabAuthManager"
-    )
+    assert env["AIRFLOW__CORE__AUTH_MANAGER"] == ("airflow.providers.fab.auth_manager.fab_auth_manager.FabAuthManager")
     assert env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"] == "http://airflow-apiserver:8080/execution/"
     assert env["AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK"] == "true"
     assert env["PYTHONPATH"] == "/opt/airflow/include"
@@ -224,7 +223,8 @@ def test_airflow_init_creates_infinstruct_database_and_pool(services):
     assert "INFINSTRUCT_DATABASE_URL" in script
     assert "CREATE DATABASE" in script
     from infinstruct.stages import AIRFLOW_POOLS
-    assert AIRFLOW_POOLS and all(f"airflow pools set {pool} " in script for pool in AIRFLOW_POOLS)   # none waits forever
+
+    assert AIRFLOW_POOLS and all(f"airflow pools set {pool} " in script for pool in AIRFLOW_POOLS)  # none waits forever
     env = env_of(init)
     assert env["_AIRFLOW_DB_MIGRATE"] == "true"
     assert env["_AIRFLOW_WWW_USER_CREATE"] == "true"
@@ -275,7 +275,8 @@ def test_dockerfile_extends_airflow_and_installs_requirements():
     copy = [line for line in lines if line.startswith("COPY") and "requirements.txt" in line]
     assert copy, "Dockerfile does not COPY requirements.txt"
     install = [
-        i for i, line in enumerate(lines)
+        i
+        for i, line in enumerate(lines)
         if line.startswith("RUN") and re.search(r"pip install\b.*--no-cache-dir.*-r\s+\S*requirements\.txt", line)
     ]
     assert install, "Dockerfile does not pip install -r requirements.txt"

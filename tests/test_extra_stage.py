@@ -8,6 +8,7 @@ Specification: with the module named in $INFINSTRUCT_STAGES,
   it count its drops as "decided before";
 * without its section in the recipe it decides nothing.
 """
+
 from __future__ import annotations
 
 import json
@@ -28,10 +29,17 @@ def extra_stage(monkeypatch):
 
 def _recipe(folder, name: str, section: dict | None):
     recipe = sample_recipe(name)
-    terse = write_jsonl(folder / "terse.alpaca.jsonl", [
-        {"instruction": "Is the sky on a clear summer afternoon usually blue?", "input": "", "output": "Yes."},
-        {"instruction": "Name the largest planet of the solar system and say what it is made of.", "input": "",
-         "output": "Jupiter, a gas giant made mostly of hydrogen and helium."}])
+    terse = write_jsonl(
+        folder / "terse.alpaca.jsonl",
+        [
+            {"instruction": "Is the sky on a clear summer afternoon usually blue?", "input": "", "output": "Yes."},
+            {
+                "instruction": "Name the largest planet of the solar system and say what it is made of.",
+                "input": "",
+                "output": "Jupiter, a gas giant made mostly of hydrogen and helium.",
+            },
+        ],
+    )
     recipe["sources"].append({"name": "terse", "path": str(terse), "format": "alpaca"})
     if section is not None:
         recipe["stages"] = {"min_answer_words": section}
@@ -50,13 +58,19 @@ def test_the_stage_takes_its_place_in_the_declaration(extra_stage):
 
 
 def test_its_recipe_section_is_checked(extra_stage, tmp_path):
-    assert load_recipe(_recipe(tmp_path, "extra_ok", {"min_words": 2}))[0].stage_settings("min_answer_words").min_words == 2
+    assert (
+        load_recipe(_recipe(tmp_path, "extra_ok", {"min_words": 2}))[0].stage_settings("min_answer_words").min_words
+        == 2
+    )
     with pytest.raises(RecipeError, match="stages.min_answer_words.min_wrds"):
         load_recipe(_recipe(tmp_path, "extra_typo", {"min_wrds": 2}))
     with pytest.raises(RecipeError, match="stages.max_answer_words: no stage of your own"):
         path = tmp_path / "other.yaml"
-        path.write_text(yaml.safe_dump({**yaml.safe_load(_recipe(tmp_path, "x", None).read_text()),
-                                        "stages": {"max_answer_words": {}}}))
+        path.write_text(
+            yaml.safe_dump(
+                {**yaml.safe_load(_recipe(tmp_path, "x", None).read_text()), "stages": {"max_answer_words": {}}}
+            )
+        )
         load_recipe(path)
 
 
@@ -64,14 +78,20 @@ def test_a_dag_run_ledgers_its_drops(extra_stage, airflow_home, tmp_path, capsys
     from airflow.dag_processing.dagbag import DagBag
 
     from infinstruct.cli import main
+
     bag = DagBag(dag_folder=str(ROOT / "dags"))
     assert bag.import_errors == {}
     dag = bag.dags["infinstruct_curation"]
     assert dag.task_dict["min_answer_words"].upstream_task_ids == {"deduplicate"}
     assert dag.task_dict["near_deduplicate"].upstream_task_ids == {"min_answer_words"}
-    assert main(["stages"]) == 0 and "| `min_answer_words` | whole dataset | `min_answer_words` |" in capsys.readouterr().out
+    assert (
+        main(["stages"]) == 0
+        and "| `min_answer_words` | whole dataset | `min_answer_words` |" in capsys.readouterr().out
+    )
 
-    dag_run = dag.test(run_conf={"recipe": str(_recipe(tmp_path, "extra_on", {"min_words": 3})), "out_dir": str(tmp_path)})
+    dag_run = dag.test(
+        run_conf={"recipe": str(_recipe(tmp_path, "extra_on", {"min_words": 3})), "out_dir": str(tmp_path)}
+    )
     assert str(dag_run.state) == "success"
     release = tmp_path / "extra_on" / (tmp_path / "extra_on" / "LATEST").read_text().strip()
     ledger = pd.read_parquet(release / "ledger.parquet")
@@ -86,6 +106,7 @@ def test_a_dag_run_ledgers_its_drops(extra_stage, airflow_home, tmp_path, capsys
     # its counts are kept for the run's funnel (the UI, `infinstruct status`) as a built-in stage's are
     from infinstruct.store.db import get_engine
     from infinstruct.store.stage_counts import run_funnels
+
     funnel = run_funnels(get_engine(), [dag_run.run_id])[dag_run.run_id]
     [ours] = [s for s in funnel["stages"] if s["stage"] == "min_answer_words"]
     assert ours["state"] == "done" and ours["dropped"] == {"too_few_answer_words": 4} and funnel["kept"] == 26

@@ -4,6 +4,7 @@ run again, gives the release a clean run gives (the same records, byte for byte,
 Each killed run holds its dataset's run lease when it dies; the next run takes it over once it is stale
 (INFINSTRUCT_RUN_LOCK_STALE, a few seconds here).
 """
+
 from __future__ import annotations
 
 import os
@@ -20,35 +21,60 @@ import sqlalchemy as sa
 
 from conftest import sample_recipe
 
-LEDGER_SAME = ["source", "line", "record_id", "verdict", "stage", "reason", "score", "duplicate_of", "detail",
-               "representative"]   # the file path, partition and run ids name the run, not its outcome
+LEDGER_SAME = [
+    "source",
+    "line",
+    "record_id",
+    "verdict",
+    "stage",
+    "reason",
+    "score",
+    "duplicate_of",
+    "detail",
+    "representative",
+]  # the file path, partition and run ids name the run, not its outcome
 
 
 def start(recipe: Path, out: Path) -> subprocess.Popen:
-    env = {**os.environ, "INFINSTRUCT_RUN_LOCK_STALE": "3", "INFINSTRUCT_RUN_LOCK_POLL": "1",
-           "INFINSTRUCT_RUN_LOCK_BEAT": "1"}
+    env = {
+        **os.environ,
+        "INFINSTRUCT_RUN_LOCK_STALE": "3",
+        "INFINSTRUCT_RUN_LOCK_POLL": "1",
+        "INFINSTRUCT_RUN_LOCK_BEAT": "1",
+    }
     code = f"import sys; from infinstruct.cli import main; sys.exit(main(['run', '--recipe', {str(recipe)!r}, '--out', {str(out)!r}]))"
-    return subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    return subprocess.Popen(
+        [sys.executable, "-c", code],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
 
 
 def release(out: Path, dataset: str) -> tuple[dict[str, str], pd.DataFrame]:
     folder = out / dataset / (out / dataset / "LATEST").read_text().strip()
     import hashlib
-    records = {p.name.split("-", 1)[0] + "/" + hashlib.sha256(p.read_bytes()).hexdigest()
-               for p in (folder / "data").glob("*.parquet")}
-    ledger = pd.read_parquet(folder / "ledger.parquet")[LEDGER_SAME].sort_values(["source", "line"]).reset_index(drop=True)
+
+    records = {
+        p.name.split("-", 1)[0] + "/" + hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in (folder / "data").glob("*.parquet")
+    }
+    ledger = (
+        pd.read_parquet(folder / "ledger.parquet")[LEDGER_SAME].sort_values(["source", "line"]).reset_index(drop=True)
+    )
     return records, ledger
 
 
 def write(tmp_path: Path, name: str) -> Path:
     import yaml
+
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump({**sample_recipe(name), "synthesis": None}))
     return path
 
 
-MOMENTS = {   # a query that turns true at the moment to kill the run
+MOMENTS = {  # a query that turns true at the moment to kill the run
     "during ingest": "select count(*) > 0 from records r join partitions p using (partition_id) where p.dataset = :d",
     "while writing the release parts": "select count(*) > 0 from release_parts where dataset = :d",
 }

@@ -1,31 +1,92 @@
 """The per-stage line `infinstruct run` prints: what a stage's instances returned, said in a few words."""
+
 from __future__ import annotations
 
 from infinstruct.progress import describe
 
 
 def test_mapped_counts_are_added_up_and_drops_carry_their_reasons():
-    results = [{"partition_id": "a", "decided": 4, "dropped": 1, "by_reason": {"rule:refusal": 1}, "rule:refusal": 1,
-                "skipped": False},
-               {"partition_id": "b", "decided": 6, "dropped": 2, "by_reason": {"rule:refusal": 1, "rule:too_short": 1},
-                "skipped": True}]
-    assert describe("apply_rules", results) == "decided 10, dropped 3 (rule:refusal 2, rule:too_short 1), skipped 1 of 2"
+    results = [
+        {
+            "partition_id": "a",
+            "decided": 4,
+            "dropped": 1,
+            "by_reason": {"rule:refusal": 1},
+            "rule:refusal": 1,
+            "skipped": False,
+        },
+        {
+            "partition_id": "b",
+            "decided": 6,
+            "dropped": 2,
+            "by_reason": {"rule:refusal": 1, "rule:too_short": 1},
+            "skipped": True,
+        },
+    ]
+    assert (
+        describe("apply_rules", results) == "decided 10, dropped 3 (rule:refusal 2, rule:too_short 1), skipped 1 of 2"
+    )
 
 
 def test_gates_plans_releases_and_switched_off_stages_say_what_they_are():
-    assert describe("check_release", [{"gate": "release", "success": True, "statistics": {
-        "successful_expectations": 17, "evaluated_expectations": 17}}]) == "gate release: passed (17/17 expectations)"
-    assert describe("check_release", [{"gate": "release", "success": False, "statistics": {}}]) == "gate release: FAILED"
+    assert (
+        describe(
+            "check_release",
+            [
+                {
+                    "gate": "release",
+                    "success": True,
+                    "statistics": {"successful_expectations": 17, "evaluated_expectations": 17},
+                }
+            ],
+        )
+        == "gate release: passed (17/17 expectations)"
+    )
+    assert (
+        describe("check_release", [{"gate": "release", "success": False, "statistics": {}}]) == "gate release: FAILED"
+    )
     assert describe("plan_partitions", [[{"partition_id": "a", "label": "chat/1 of 2"}, "b"]]) == "2 partition(s)"
-    assert describe("export_release", [{"path": "/r/sample/v0003", "version": 3, "totals": {}}]) == "v0003 at /r/sample/v0003"
+    assert (
+        describe("export_release", [{"path": "/r/sample/v0003", "version": 3, "totals": {}}])
+        == "v0003 at /r/sample/v0003"
+    )
     assert describe("select_records", [{"disabled": True}]) == "off (its recipe section is absent)"
-    assert describe("deduplicate", [{"decided": 5, "dropped": 0, "by_reason": {}, "skipped": False, "full_pass": False,
-                                     "why": "2 partition(s) added"}]) == "decided 5, dropped 0, incremental pass (2 partition(s) added)"
-    assert describe("deduplicate", [{"decided": 9, "dropped": 1, "by_reason": {"exact_duplicate": 1}, "skipped": False,
-                                     "full_pass": True, "why": "first pass"}]) == \
-        "decided 9, dropped 1 (exact_duplicate 1), full pass (first pass)"   # a flag not set is not shown
+    assert (
+        describe(
+            "deduplicate",
+            [
+                {
+                    "decided": 5,
+                    "dropped": 0,
+                    "by_reason": {},
+                    "skipped": False,
+                    "full_pass": False,
+                    "why": "2 partition(s) added",
+                }
+            ],
+        )
+        == "decided 5, dropped 0, incremental pass (2 partition(s) added)"
+    )
+    assert (
+        describe(
+            "deduplicate",
+            [
+                {
+                    "decided": 9,
+                    "dropped": 1,
+                    "by_reason": {"exact_duplicate": 1},
+                    "skipped": False,
+                    "full_pass": True,
+                    "why": "first pass",
+                }
+            ],
+        )
+        == "decided 9, dropped 1 (exact_duplicate 1), full pass (first pass)"
+    )  # a flag not set is not shown
 
 
 def test_a_batch_index_is_not_a_count():
-    assert describe("judge", [{"batch": 0, "kept": 1, "judged": 2}, {"batch": 1, "kept": 0, "judged": 1}]) == \
-        "kept 1, judged 3"
+    assert (
+        describe("judge", [{"batch": 0, "kept": 1, "judged": 2}, {"batch": 1, "kept": 0, "judged": 1}])
+        == "kept 1, judged 3"
+    )

@@ -1,5 +1,6 @@
 """The README's example recipe over every file of ../shared/data/pool, decontaminated against
 ../shared/data/benchmarks (development data: skipped where it is absent, e.g. on a user's machine)."""
+
 from __future__ import annotations
 
 import json
@@ -13,8 +14,10 @@ from infinstruct.cli import main
 from infinstruct.config import load_recipe
 from infinstruct.curate.decontam.ngrams import NgramIndex
 
-pytestmark = [pytest.mark.shared_data,
-              pytest.mark.skipif(not (SHARED_DATA / "pool").is_dir(), reason="../shared/data/pool is not present")]
+pytestmark = [
+    pytest.mark.shared_data,
+    pytest.mark.skipif(not (SHARED_DATA / "pool").is_dir(), reason="../shared/data/pool is not present"),
+]
 RECIPE = ROOT / "include" / "recipes" / "shared_pool.yaml"
 
 
@@ -23,8 +26,11 @@ def release(airflow_home, tmp_path_factory):
     out = tmp_path_factory.mktemp("pool")
     assert main(["run", "--recipe", str(RECIPE), "--out", str(out)]) == 0
     folder = out / "shared-pool" / (out / "shared-pool" / "LATEST").read_text().strip()
-    return (json.loads((folder / "manifest.json").read_text()), pd.read_parquet(folder / "ledger.parquet"),
-            pd.read_parquet(folder / "data"))
+    return (
+        json.loads((folder / "manifest.json").read_text()),
+        pd.read_parquet(folder / "ledger.parquet"),
+        pd.read_parquet(folder / "data"),
+    )
 
 
 def test_every_line_is_accounted_for(release):
@@ -42,7 +48,9 @@ def test_alpaca_eval_collapses_to_one_record_per_instruction(release):
     for path in (SHARED_DATA / "pool").glob("alpaca_eval_*"):
         for line_no, line in enumerate(path.open(), 1):
             row = json.loads(line)
-            instruction[(str(path.resolve()), line_no)] = row["instruction"] if "instruction" in row else row["conversations"][0]["value"]
+            instruction[(str(path.resolve()), line_no)] = (
+                row["instruction"] if "instruction" in row else row["conversations"][0]["value"]
+            )
     rows = ledger[ledger.source.str.startswith("alpaca_eval")]
     by_instruction = defaultdict(list)
     for row in rows.itertuples():
@@ -53,15 +61,21 @@ def test_alpaca_eval_collapses_to_one_record_per_instruction(release):
         assert len(kept) <= 1, text
         if not kept:  # every answer failed a rule or leaked a benchmark, or the one left was not selected
             left = [a for a in answers if a.stage not in ("rules", "decontam")]
-            assert not left or sum(a.stage == "select" for a in left) == 1, (text, [(a.stage, a.reason) for a in answers])
+            assert not left or sum(a.stage == "select" for a in left) == 1, (
+                text,
+                [(a.stage, a.reason) for a in answers],
+            )
 
 
 def test_no_benchmark_item_survives(release):
     _, ledger, data = release
     recipe, _ = load_recipe(RECIPE)
     index = NgramIndex.from_specs(recipe.decontamination.benchmarks, recipe.decontamination.ngram)
-    leaked = [(row.id, m) for row in data.itertuples()
-              for m in index.contaminating("\n".join(t["value"] for t in row.conversations))]
+    leaked = [
+        (row.id, m)
+        for row in data.itertuples()
+        for m in index.contaminating("\n".join(t["value"] for t in row.conversations))
+    ]
     assert leaked == []
     dropped = ledger[ledger.stage == "decontam"]
     assert set(dropped.reason) >= {"contaminated:mt_bench"}  # AlpacaEval carries MT-Bench questions 81 and 130
@@ -94,8 +108,9 @@ def test_every_duplicate_resolves_to_the_record_standing_for_it(release):
     """`duplicate_of` is the direct partner; `representative` is where its chain ends: a record that stood
     after deduplication, in the release unless the selection left it out (issue 14, section 2)."""
     _, ledger, data = release
-    duplicates = ledger[ledger.reason.isin(["exact_duplicate", "duplicate_instruction", "near_duplicate",
-                                            "semantic_duplicate"])]
+    duplicates = ledger[
+        ledger.reason.isin(["exact_duplicate", "duplicate_instruction", "near_duplicate", "semantic_duplicate"])
+    ]
     assert len(duplicates) > 0 and duplicates.representative.notna().all()
     kept = set(ledger[ledger.verdict == "kept"].record_id)
     not_selected = set(ledger[ledger.stage == "select"].record_id)

@@ -5,6 +5,7 @@ through the API server as a logged-in user would see them; the pages are checked
 PNG screenshots (in $INFINSTRUCT_SCREENSHOTS when set, e.g. docs/, else the test's temporary folder). Without
 Airflow's login the browser gets 401 and no data. Skipped where /usr/bin/chromium is absent.
 """
+
 from __future__ import annotations
 
 import base64
@@ -25,10 +26,21 @@ from conftest import publish, run_dedup_steps, run_partition_steps, sample_recip
 from infinstruct import pipeline
 
 CHROMIUM = Path("/usr/bin/chromium")
-pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian's chromium is not installed (/usr/bin/chromium):"
-                                " `apt-get install -y chromium` to run the headless-browser check of the UI plugin")
-CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync", "--no-first-run", "--hide-scrollbars")
+pytestmark = pytest.mark.skipif(
+    not CHROMIUM.exists(),
+    reason="Debian's chromium is not installed (/usr/bin/chromium):"
+    " `apt-get install -y chromium` to run the headless-browser check of the UI plugin",
+)
+CHROMIUM_FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--hide-scrollbars",
+)
 
 
 def _free_port() -> int:
@@ -76,18 +88,39 @@ def api_server(airflow_home, tmp_path_factory):
     password = secrets.token_urlsafe(12)
     (folder / "passwords.json").write_text(json.dumps({"admin": password}))
     port = _free_port()
-    env = {**os.environ, "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
-           "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(folder / "passwords.json"),
-           "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{port}"}
+    env = {
+        **os.environ,
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(folder / "passwords.json"),
+        "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{port}",
+    }
     log = (folder / "api-server.log").open("w")
-    server = subprocess.Popen([str(Path(sys.executable).with_name("airflow")), "api-server", "--host", "127.0.0.1",
-                               "--port", str(port), "--workers", "1"], env=env, stdout=log, stderr=subprocess.STDOUT,
-                              start_new_session=True)
+    server = subprocess.Popen(
+        [
+            str(Path(sys.executable).with_name("airflow")),
+            "api-server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     base = f"http://127.0.0.1:{port}"
     try:
-        _wait(lambda: urllib.request.urlopen(f"{base}/api/v2/monitor/health", timeout=5).status == 200, "the API server")
-        request = urllib.request.Request(f"{base}/auth/token", json.dumps({"username": "admin", "password": password}).encode(),
-                                         {"Content-Type": "application/json"})
+        _wait(
+            lambda: urllib.request.urlopen(f"{base}/api/v2/monitor/health", timeout=5).status == 200, "the API server"
+        )
+        request = urllib.request.Request(
+            f"{base}/auth/token",
+            json.dumps({"username": "admin", "password": password}).encode(),
+            {"Content-Type": "application/json"},
+        )
         token = json.load(urllib.request.urlopen(request, timeout=30))["access_token"]
         yield base, token
     finally:
@@ -100,13 +133,31 @@ class Browser:
     """Headless Chromium driven over the DevTools protocol (one page)."""
 
     def __init__(self, profile: Path):
-        self.process = subprocess.Popen([str(CHROMIUM), *CHROMIUM_FLAGS, f"--user-data-dir={profile}",
-                                         "--remote-debugging-port=0", "--window-size=1280,900", "about:blank"],
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        self.process = subprocess.Popen(
+            [
+                str(CHROMIUM),
+                *CHROMIUM_FLAGS,
+                f"--user-data-dir={profile}",
+                "--remote-debugging-port=0",
+                "--window-size=1280,900",
+                "about:blank",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         port = _wait(lambda: (profile / "DevToolsActivePort").read_text().split()[0], "Chromium's DevTools port", 60)
-        pages = _wait(lambda: [t for t in json.load(urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list"))
-                               if t["type"] == "page"], "a Chromium page", 60)
+        pages = _wait(
+            lambda: [
+                t
+                for t in json.load(urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list"))
+                if t["type"] == "page"
+            ],
+            "a Chromium page",
+            60,
+        )
         from websockets.sync.client import connect
+
         self.ws, self.next_id = connect(pages[0]["webSocketDebuggerUrl"], max_size=None), 0
 
     def __call__(self, method: str, **params):
@@ -131,7 +182,13 @@ class Browser:
     def screenshot(self, path: Path, width: int = 1280) -> None:
         """The whole page as PNG."""
         height = int(self("Page.getLayoutMetrics")["cssContentSize"]["height"])
-        self("Emulation.setDeviceMetricsOverride", width=width, height=max(height, 600), deviceScaleFactor=1, mobile=False)
+        self(
+            "Emulation.setDeviceMetricsOverride",
+            width=width,
+            height=max(height, 600),
+            deviceScaleFactor=1,
+            mobile=False,
+        )
         path.write_bytes(base64.b64decode(self("Page.captureScreenshot", format="png")["data"]))
         self("Emulation.clearDeviceMetricsOverride")
 
@@ -182,11 +239,16 @@ def test_pages_in_the_browser(sample_runs, api_server, browser, tmp_path, engine
     browser.screenshot(shots / "ui-run-running.png")
 
     import sqlalchemy as sa
-    with engine.connect() as conn:   # a record the exact dedup dropped: its lineage names what it duplicates
-        duplicate = conn.execute(sa.text(
-            "select r.record_id from decisions d join records r using (partition_id, line_no) join run_partitions rp"
-            " on rp.partition_id = d.partition_id and rp.run_id = :r where d.reason = 'exact_duplicate'"
-            " order by r.record_id limit 1"), {"r": sample_runs["second"]}).scalar_one()
+
+    with engine.connect() as conn:  # a record the exact dedup dropped: its lineage names what it duplicates
+        duplicate = conn.execute(
+            sa.text(
+                "select r.record_id from decisions d join records r using (partition_id, line_no) join run_partitions rp"
+                " on rp.partition_id = d.partition_id and rp.run_id = :r where d.reason = 'exact_duplicate'"
+                " order by r.record_id limit 1"
+            ),
+            {"r": sample_runs["second"]},
+        ).scalar_one()
     text = browser.open(f"{base}/infinstruct/explain?ref={duplicate}")
     assert "exact_duplicate" in text and "v0002" in text
     browser.screenshot(shots / "ui-lineage.png")

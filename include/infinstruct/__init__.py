@@ -3,4 +3,5 @@
 The library is plain Python: every Airflow task in dags/ is one call into it, and it never imports
 Airflow itself.
 """
+
 __version__ = "0.1.0"

@@ -22,6 +22,7 @@
 They print a line per stage as it finishes and a summary; Airflow's and the tasks' logs go to
 <INFINSTRUCT_HOME>/logs/<command>-<time>.log (the path is printed; --verbose: to the terminal too).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -75,7 +76,9 @@ def ensure_airflow_db() -> None:
         # two first runs on a fresh home would both migrate ("table connection already exists"): one waits
         with airflow_setup_lock(home):
             if needed():
-                subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], check=True, stdout=subprocess.DEVNULL)
+                subprocess.run(
+                    [sys.executable, "-m", "airflow", "db", "migrate"], check=True, stdout=subprocess.DEVNULL
+                )
                 create_pools()
                 marker.touch()
 
@@ -91,13 +94,17 @@ def create_pools() -> None:
     """Every pool a stage names (a task whose pool is missing would wait forever); existing ones keep their slots."""
     from infinstruct.stages import AIRFLOW_POOLS
 
-    listed = subprocess.run([sys.executable, "-m", "airflow", "pools", "list", "-o", "json"], check=True,
-                            capture_output=True, text=True).stdout
+    listed = subprocess.run(
+        [sys.executable, "-m", "airflow", "pools", "list", "-o", "json"], check=True, capture_output=True, text=True
+    ).stdout
     existing = {p["pool"] for p in json.loads(listed or "[]")}
     for name, (slots, description) in AIRFLOW_POOLS.items():
         if name not in existing:
-            subprocess.run([sys.executable, "-m", "airflow", "pools", "set", name, str(slots), description],
-                           check=True, stdout=subprocess.DEVNULL)
+            subprocess.run(
+                [sys.executable, "-m", "airflow", "pools", "set", name, str(slots), description],
+                check=True,
+                stdout=subprocess.DEVNULL,
+            )
 
 
 def _test_run(dag_id: str, conf: dict, verbose: bool = False):
@@ -129,6 +136,7 @@ def run(recipe_path: str, out_dir: str, partition: str | None = None, verbose: b
     dag_run, log, elapsed = _test_run(DAG_ID, conf | ({"partition": partition} if partition else {}), verbose)
     if str(dag_run.state) != "success":
         from infinstruct.pipeline import mark_failed
+
         mark_failed(dag_run.run_id)
     return _summary(dag_run, log, elapsed)
 
@@ -137,6 +145,7 @@ def _summary(dag_run, log: Path, elapsed: float) -> int:
     """Print what the run made (release, totals, drops by stage, gates) or what failed; the exit code."""
     from infinstruct.progress import run_summary
     from infinstruct.store.db import get_engine
+
     ok = str(dag_run.state) == "success"
     print(run_summary(get_engine(), dag_run, _release_of(dag_run.run_id) if ok else None, log, elapsed))
     return 0 if ok else 1
@@ -147,14 +156,19 @@ def synthesize(recipe_path: str, release: str, out_dir: str, verbose: bool = Fal
     if recipe.synthesis is None:
         raise SystemExit(f"recipe {path} has no `synthesis` section: add one (`synthesis: {{}}` takes the defaults)")
     from infinstruct.ml.llm_server import stop_local_llm
+
     try:
-        dag_run, log, elapsed = _test_run(SYNTHESIS_DAG_ID, {"recipe": str(path), "release": str(Path(release).resolve()),
-                                                             "out_dir": str(Path(out_dir).resolve())}, verbose)
-    finally:   # the embedded LLM server, if the run started one: its work is done (the cache keeps the answers)
+        dag_run, log, elapsed = _test_run(
+            SYNTHESIS_DAG_ID,
+            {"recipe": str(path), "release": str(Path(release).resolve()), "out_dir": str(Path(out_dir).resolve())},
+            verbose,
+        )
+    finally:  # the embedded LLM server, if the run started one: its work is done (the cache keeps the answers)
         if stop_local_llm():
             print("stopped the embedded LLM server")
     if str(dag_run.state) != "success":
         from infinstruct.synth.pipeline import mark_failed
+
         mark_failed(dag_run.run_id)
     return _summary(dag_run, log, elapsed)
 
@@ -165,8 +179,14 @@ def _release_of(run_id: str) -> dict | None:
     from infinstruct.store.db import get_engine
 
     with get_engine().connect() as conn:
-        row = conn.execute(sa.text("select version, path, manifest from releases where run_id = :r order by version desc limit 1"),
-                           {"r": run_id}).mappings().first()
+        row = (
+            conn.execute(
+                sa.text("select version, path, manifest from releases where run_id = :r order by version desc limit 1"),
+                {"r": run_id},
+            )
+            .mappings()
+            .first()
+        )
     return dict(row) if row else None
 
 
@@ -174,9 +194,11 @@ def _report(args, engine) -> int:
     """`status`, `explain` and `diff`: read-only views of the store and the releases."""
     if args.command == "status":
         from infinstruct.store import run_status
+
         print(run_status.render(run_status.last_runs(engine, args.dataset, args.runs)))
     elif args.command == "explain":
         from infinstruct.store import explain
+
         try:
             print(explain.render(explain.explain(engine, args.ref)))
         except explain.ExplainError as exc:
@@ -184,6 +206,7 @@ def _report(args, engine) -> int:
             return 1
     else:
         from infinstruct.release import diff
+
         try:
             a, b = diff.resolve(args.a, engine), diff.resolve(args.b, engine)
         except diff.ReleaseNotFound as exc:
@@ -195,26 +218,44 @@ def _report(args, engine) -> int:
 
 def print_stages(as_json: bool, synthesis: bool = False) -> int:
     from infinstruct.stages import SYNTHESIS_STAGES, all_stages, task_table
+
     stages = SYNTHESIS_STAGES if synthesis else all_stages()
     if as_json:
         for spec in stages:
-            print(json.dumps({"task": spec.task, "kind": spec.kind.value, "step": spec.step, "after": list(spec.after),
-                              "ledger_stage": str(spec.decides) if spec.decides else None,
-                              "reasons": list(spec.reasons), "section": spec.section}))
+            print(
+                json.dumps(
+                    {
+                        "task": spec.task,
+                        "kind": spec.kind.value,
+                        "step": spec.step,
+                        "after": list(spec.after),
+                        "ledger_stage": str(spec.decides) if spec.decides else None,
+                        "reasons": list(spec.reasons),
+                        "section": spec.section,
+                    }
+                )
+            )
     else:
         print(task_table(stages))
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="infinstruct", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="infinstruct", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     run_cmd = commands.add_parser("run", help="run the curation DAG once on a recipe (no Airflow services needed)")
     run_cmd.add_argument("--recipe", default=str(DEFAULT_RECIPE), help="recipe YAML (default: the bundled sample)")
     run_cmd.add_argument("--out", default="releases", help="release folder (default: ./releases)")
-    run_cmd.add_argument("--verbose", action="store_true", help="Airflow's and the tasks' log lines on the terminal too")
-    run_cmd.add_argument("--partition", help="partition key (e.g. 2026-12-01): sources naming {partition} are read up "
-                                             "to it, as the nightly run or a backfill of that night reads them")
+    run_cmd.add_argument(
+        "--verbose", action="store_true", help="Airflow's and the tasks' log lines on the terminal too"
+    )
+    run_cmd.add_argument(
+        "--partition",
+        help="partition key (e.g. 2026-12-01): sources naming {partition} are read up "
+        "to it, as the nightly run or a backfill of that night reads them",
+    )
     commands.add_parser("migrate", help="create or upgrade the metadata store schema")
     commands.add_parser("database-url", help="print the metadata store URL")
     commands.add_parser("vector-support", help="probe (once per server start) whether pgvector works on the server")
@@ -223,24 +264,35 @@ def main(argv: list[str] | None = None) -> int:
     stages_cmd.add_argument("--synthesis", action="store_true", help="the synthesis DAG's stages (Phase 2)")
     synth_cmd = commands.add_parser("synthesize", help="run the synthesis DAG (Phase 2) once on a release")
     synth_cmd.add_argument("--recipe", default=str(DEFAULT_RECIPE), help="recipe YAML with a `synthesis` section")
-    synth_cmd.add_argument("--release", default="releases",
-                           help="a release folder, or the folder holding <dataset>/LATEST (default: ./releases)")
+    synth_cmd.add_argument(
+        "--release",
+        default="releases",
+        help="a release folder, or the folder holding <dataset>/LATEST (default: ./releases)",
+    )
     synth_cmd.add_argument("--out", default="releases", help="folder that receives <dataset>/synthetic/vNNNN")
-    synth_cmd.add_argument("--verbose", action="store_true", help="Airflow's and the tasks' log lines on the terminal too")
+    synth_cmd.add_argument(
+        "--verbose", action="store_true", help="Airflow's and the tasks' log lines on the terminal too"
+    )
     status_cmd = commands.add_parser("status", help="the last runs and their funnels")
     status_cmd.add_argument("--dataset", help="only this dataset's runs")
     status_cmd.add_argument("--runs", type=int, default=5, help="how many runs, newest first (default 5)")
     explain_cmd = commands.add_parser("explain", help="a record's lineage: every decision, gate and release")
-    explain_cmd.add_argument("ref", metavar="record-id | file:line", help="a record id, or a source file's path (or its"
-                                                                          " end) and line number")
+    explain_cmd.add_argument(
+        "ref", metavar="record-id | file:line", help="a record id, or a source file's path (or its end) and line number"
+    )
     diff_cmd = commands.add_parser("diff", help="what changed between two releases")
     diff_cmd.add_argument("a", metavar="release-a", help="a release folder, or dataset@version (sample@1)")
     diff_cmd.add_argument("b", metavar="release-b", help="a release folder, or dataset@version")
     commands.add_parser("setup-airflow", help="migrate Airflow's database and create the pools the DAGs use")
-    leases_cmd = commands.add_parser("leases", help="which run holds each dataset's lease (one run at a time per dataset)")
-    leases_cmd.add_argument("--release", metavar="DATASET",
-                            help="free the dataset's lease by hand (only when its holder is known dead: a dead holder "
-                                 "is taken over by itself after INFINSTRUCT_RUN_LOCK_STALE seconds)")
+    leases_cmd = commands.add_parser(
+        "leases", help="which run holds each dataset's lease (one run at a time per dataset)"
+    )
+    leases_cmd.add_argument(
+        "--release",
+        metavar="DATASET",
+        help="free the dataset's lease by hand (only when its holder is known dead: a dead holder "
+        "is taken over by itself after INFINSTRUCT_RUN_LOCK_STALE seconds)",
+    )
     prompts_cmd = commands.add_parser("prompts", help="print Phase 2's prompt templates")
     prompts_cmd.add_argument("name", nargs="?", help="one template")
     args = parser.parse_args(argv)
@@ -256,20 +308,26 @@ def main(argv: list[str] | None = None) -> int:
         with airflow_setup_lock(Path(os.environ["AIRFLOW_HOME"])):
             subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], check=True, stdout=subprocess.DEVNULL)
             create_pools()
-        print(subprocess.run([sys.executable, "-m", "airflow", "pools", "list"], check=True, capture_output=True,
-                             text=True).stdout)
+        print(
+            subprocess.run(
+                [sys.executable, "-m", "airflow", "pools", "list"], check=True, capture_output=True, text=True
+            ).stdout
+        )
         return 0
     if args.command == "prompts":
         from infinstruct.synth.prompts import TEMPLATES, version
+
         for name in [args.name] if args.name else TEMPLATES:
             print(f"## {version(name)}\n{TEMPLATES[name]}\n")
         return 0
     from infinstruct.store.db import get_engine, schema_version
+
     engine = get_engine()
     if args.command == "migrate":
         print(f"schema version {schema_version(engine)}")
     elif args.command == "leases":
         from infinstruct.store import run_lease
+
         if args.release:
             holder = run_lease.force_release(engine, args.release)
             print(f"released {args.release} (held by run {holder})" if holder else f"no lease on {args.release}")
@@ -281,10 +339,20 @@ def main(argv: list[str] | None = None) -> int:
         return _report(args, engine)
     elif args.command == "vector-support":
         from infinstruct.store.vector_probe import cpu_description, vector_support
+
         support = vector_support(engine)
-        print(json.dumps({"works": support.ok, "detail": support.detail, "cpu": cpu_description(),
-                          "server_started_at": support.server_started_at.isoformat(),
-                          "index_auto": "pgvector" if support.ok else "exact"}, indent=2))
+        print(
+            json.dumps(
+                {
+                    "works": support.ok,
+                    "detail": support.detail,
+                    "cpu": cpu_description(),
+                    "server_started_at": support.server_started_at.isoformat(),
+                    "index_auto": "pgvector" if support.ok else "exact",
+                },
+                indent=2,
+            )
+        )
         return 0 if support.ok else 1
     else:
         print(engine.url.render_as_string(hide_password=False))

@@ -3,6 +3,7 @@
 A recipe is a YAML file validated into strict pydantic models: an unknown or misspelt key is an
 error naming the key, never a silently ignored setting.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -39,6 +40,8 @@ def _folder_name(name: str) -> str:
     if not name.strip("."):
         raise ValueError(f"{name!r} is no folder name (only dots)")
     return name
+
+
 CUSTOM_FIELDS = ("system", "user", "input", "assistant")
 
 
@@ -46,7 +49,7 @@ class RecipeError(DataError, ValueError):
     """The recipe file is missing, not YAML, or does not match the recipe schema."""
 
 
-PARTITION = "{partition}"   # in a source path: the run's partition key (e.g. a date folder), see sources/plan.py
+PARTITION = "{partition}"  # in a source path: the run's partition key (e.g. a date folder), see sources/plan.py
 
 
 class Source(Strict):
@@ -73,17 +76,23 @@ class Source(Strict):
         parts = path.replace(os.sep, "/").split("/")
         at = next(i for i, part in enumerate(parts) if PARTITION in part)
         if "**" in parts[:at] or any(c in parts[at].replace(PARTITION, "") for c in "*?["):
-            raise ValueError(f"{path}: the path component with {PARTITION} must be otherwise literal, with no ** before it")
+            raise ValueError(
+                f"{path}: the path component with {PARTITION} must be otherwise literal, with no ** before it"
+            )
         return path
 
     @model_validator(mode="after")
     def _fields_match_format(self) -> "Source":
         if self.format == "custom":
             if not self.fields or "user" not in self.fields or "assistant" not in self.fields:
-                raise ValueError(f"source {self.name!r}: format 'custom' needs fields with at least 'user' and 'assistant'")
+                raise ValueError(
+                    f"source {self.name!r}: format 'custom' needs fields with at least 'user' and 'assistant'"
+                )
             unknown = set(self.fields) - set(CUSTOM_FIELDS)
             if unknown:
-                raise ValueError(f"source {self.name!r}: unknown custom field(s) {sorted(unknown)}; allowed: {list(CUSTOM_FIELDS)}")
+                raise ValueError(
+                    f"source {self.name!r}: unknown custom field(s) {sorted(unknown)}; allowed: {list(CUSTOM_FIELDS)}"
+                )
         elif self.fields:
             raise ValueError(f"source {self.name!r}: 'fields' only applies to format 'custom'")
         return self
@@ -92,8 +101,8 @@ class Source(Strict):
 class IngestSettings(Strict):
     # JSONL lines / Parquet rows per partition: 50k lets a 100k-line file use both cores of a small worker
     shard_lines: int = Field(50_000, ge=1)
-    batch_size: int = Field(5_000, ge=1)              # rows per COPY batch
-    max_record_chars: int = Field(200_000, ge=1)      # longer records are quarantined as too_long
+    batch_size: int = Field(5_000, ge=1)  # rows per COPY batch
+    max_record_chars: int = Field(200_000, ge=1)  # longer records are quarantined as too_long
     max_quarantine_ratio: float = Field(0.5, ge=0, le=1)  # above it the partition fails: likely a wrong mapping
 
 
@@ -120,7 +129,7 @@ class DecontamSettings(Strict):
 
     benchmarks: list[BenchmarkSpec] = []
     ngram: NgramSettings = NgramSettings()
-    include_response: bool = True   # a response that quotes a benchmark item leaks it too
+    include_response: bool = True  # a response that quotes a benchmark item leaks it too
     # MiniLM cosine of the instruction (user turns) to every item catches paraphrases n-grams miss; null: off
     embedding: EmbeddingMatchSettings | None = EmbeddingMatchSettings()
 
@@ -136,12 +145,12 @@ class Recipe(Strict):
     near_dedup: NearDupSettings = NearDupSettings()
     semantic_dedup: SemanticDedupSettings | None = SemanticDedupSettings()  # null: off
     gates: GateSettings = GateSettings()
-    selection: SelectionSettings | None = None   # null: release every standing record
+    selection: SelectionSettings | None = None  # null: release every standing record
     release: ReleaseSettings = ReleaseSettings()  # the record formats a release holds
-    stages: dict[str, dict[str, Any]] = {}       # the sections of your own stages ($INFINSTRUCT_STAGES), by task
-    llm: LLMSettings = LLMSettings()              # Phase 2's LLM roles (a role left out: the embedded server)
-    tagging: TaggingSettings | None = None        # Phase 2's ability tagging (null: the defaults, when synthesising)
-    synthesis: SynthesisSettings | None = None    # Phase 2: seeds, evolution, responses, judging, diagnosis
+    stages: dict[str, dict[str, Any]] = {}  # the sections of your own stages ($INFINSTRUCT_STAGES), by task
+    llm: LLMSettings = LLMSettings()  # Phase 2's LLM roles (a role left out: the embedded server)
+    tagging: TaggingSettings | None = None  # Phase 2's ability tagging (null: the defaults, when synthesising)
+    synthesis: SynthesisSettings | None = None  # Phase 2: seeds, evolution, responses, judging, diagnosis
 
     @model_validator(mode="after")
     def _unique_source_names(self) -> "Recipe":
@@ -166,6 +175,7 @@ class Recipe(Strict):
     def stage_settings(self, task: str) -> Any | None:
         """The validated section `stages.<task>` of a registered stage, or None when the recipe has none (off)."""
         from infinstruct.stages import stage
+
         spec = stage(task)
         if task not in self.stages:
             return None
@@ -185,8 +195,7 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=deep)
             if key in seen:
-                raise yaml.constructor.ConstructorError(None, None, f"key {key!r} is given twice",
-                                                        key_node.start_mark)
+                raise yaml.constructor.ConstructorError(None, None, f"key {key!r} is given twice", key_node.start_mark)
             seen.add(key)
         return super().construct_mapping(node, deep)
 
@@ -217,7 +226,10 @@ def parse_recipe(raw: object, base_dir: Path, origin: str = "recipe") -> Recipe:
     _check_stage_sections(recipe, origin)
     sources = [s.model_copy(update={"path": _absolute(s.path, base_dir)}) for s in recipe.sources]
     benchmarks = [b.model_copy(update={"path": _absolute(b.path, base_dir)}) for b in recipe.decontamination.benchmarks]
-    update = {"sources": sources, "decontamination": recipe.decontamination.model_copy(update={"benchmarks": benchmarks})}
+    update = {
+        "sources": sources,
+        "decontamination": recipe.decontamination.model_copy(update={"benchmarks": benchmarks}),
+    }
     if recipe.selection is not None:
         update["selection"] = _absolute_selection(recipe.selection, base_dir)
     return recipe.model_copy(update=update)
@@ -226,15 +238,20 @@ def parse_recipe(raw: object, base_dir: Path, origin: str = "recipe") -> Recipe:
 def _check_stage_sections(recipe: Recipe, origin: str) -> None:
     """Every `stages.<task>` section names a registered stage and fits its settings model."""
     from infinstruct.stages import all_stages
+
     registered = {s.task: s for s in all_stages() if s.settings is not None}
     for task, section in recipe.stages.items():
         if task not in registered:
-            raise RecipeError(f"{origin}: stages.{task}: no stage of your own has that name (declared: "
-                              f"{sorted(registered) or 'none: modules named in INFINSTRUCT_STAGES declare them'})")
+            raise RecipeError(
+                f"{origin}: stages.{task}: no stage of your own has that name (declared: "
+                f"{sorted(registered) or 'none: modules named in INFINSTRUCT_STAGES declare them'})"
+            )
         try:
             registered[task].settings.model_validate(section)
         except ValidationError as exc:
-            problems = "; ".join(f"stages.{task}.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+            problems = "; ".join(
+                f"stages.{task}.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
+            )
             raise RecipeError(f"{origin}: {problems}") from None
 
 
@@ -258,8 +275,11 @@ def recipe_hash(recipe: Recipe, phase2: bool = False) -> str:
     which recipe produced it."""
     # sections added later are left out while at their defaults: recipes hash as they did before they existed;
     # Phase 2's sections do not shape a Phase-1 release
-    later = {name for name in _LATER_SECTIONS if getattr(recipe, name) == Recipe.model_fields[name].get_default(
-        call_default_factory=True)} | (set() if phase2 else set(PHASE2_SECTIONS))
+    later = {
+        name
+        for name in _LATER_SECTIONS
+        if getattr(recipe, name) == Recipe.model_fields[name].get_default(call_default_factory=True)
+    } | (set() if phase2 else set(PHASE2_SECTIONS))
     dumped = recipe.model_dump(mode="json", exclude=later or None)
     canonical = json.dumps(dumped, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]

@@ -1,11 +1,13 @@
 """The one base class for errors that retrying cannot fix."""
+
 from __future__ import annotations
 
 import errno
 
 # a file that is missing, forbidden or not a file is the same on a retry; EIO, ESTALE, a timeout may pass
-_PERMANENT_ERRNOS = frozenset({errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.EACCES, errno.EPERM, errno.ELOOP,
-                               errno.ENAMETOOLONG})
+_PERMANENT_ERRNOS = frozenset(
+    {errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.EACCES, errno.EPERM, errno.ELOOP, errno.ENAMETOOLONG}
+)
 
 
 class DataError(Exception):

@@ -5,6 +5,7 @@ metadata store, and returns a small JSON-able summary: ids and counts, never dat
 snapshotted into `runs` when the run starts, so every task of a run sees the same recipe even if the
 file changes meanwhile.
 """
+
 from __future__ import annotations
 
 import json
@@ -49,7 +50,7 @@ def run_recipe(run_id: str) -> Recipe:
     return Recipe.model_validate(raw)
 
 
-PARTITION_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:+-]{0,63}$")   # a date, a datetime, a batch name
+PARTITION_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:+-]{0,63}$")  # a date, a datetime, a batch name
 
 
 class PartitionKeyError(DataError, ValueError):
@@ -63,32 +64,62 @@ def start_run(run_id: str, recipe_path: str | os.PathLike, partition: str | None
     if partition is not None and not PARTITION_KEY.match(partition):
         raise PartitionKeyError(f"partition key {partition!r}: use letters, digits and . _ : + - (e.g. 2026-12-01)")
     recipe, path = load_recipe(recipe_path)
-    check_inputs(recipe)   # a missing benchmark or target file fails here, not after hours of work
+    check_inputs(recipe)  # a missing benchmark or target file fails here, not after hours of work
     if any(s is not None and s.index != "exact" for s in (recipe.semantic_dedup, recipe.selection)):
-        vector_support(get_engine())   # first: a pgvector that would crash the server is found before any work
+        vector_support(get_engine())  # first: a pgvector that would crash the server is found before any work
     with get_engine().begin() as conn:
-        conn.execute(sa.text(
-            "insert into runs (run_id, dataset, recipe, recipe_hash, partition_key) values (:run, :d, cast(:r as jsonb), :h, :k)"
-            " on conflict (run_id) do update set recipe = excluded.recipe, recipe_hash = excluded.recipe_hash,"
-            " partition_key = excluded.partition_key, status = 'running', finished_at = null, end_reason = null"),
-            {"run": run_id, "d": recipe.name, "r": json.dumps(recipe.model_dump(mode="json")), "h": recipe_hash(recipe),
-             "k": partition})
+        conn.execute(
+            sa.text(
+                "insert into runs (run_id, dataset, recipe, recipe_hash, partition_key) values (:run, :d, cast(:r as jsonb), :h, :k)"
+                " on conflict (run_id) do update set recipe = excluded.recipe, recipe_hash = excluded.recipe_hash,"
+                " partition_key = excluded.partition_key, status = 'running', finished_at = null, end_reason = null"
+            ),
+            {
+                "run": run_id,
+                "d": recipe.name,
+                "r": json.dumps(recipe.model_dump(mode="json")),
+                "h": recipe_hash(recipe),
+                "k": partition,
+            },
+        )
         abandoned = abandon_stale_runs(conn, recipe.name, run_id)
     if abandoned:
-        log.warning("run %s: earlier run(s) of %r still recorded as running marked failed (abandoned): %s",
-                    run_id, recipe.name, ", ".join(abandoned))
-    log.info("run %s: recipe %s (%s), %d sources%s", run_id, path, recipe_hash(recipe), len(recipe.sources),
-             f", partitions up to {partition}" if partition is not None else "")
+        log.warning(
+            "run %s: earlier run(s) of %r still recorded as running marked failed (abandoned): %s",
+            run_id,
+            recipe.name,
+            ", ".join(abandoned),
+        )
+    log.info(
+        "run %s: recipe %s (%s), %d sources%s",
+        run_id,
+        path,
+        recipe_hash(recipe),
+        len(recipe.sources),
+        f", partitions up to {partition}" if partition is not None else "",
+    )
     return {"run_id": run_id, "dataset": recipe.name, "recipe_hash": recipe_hash(recipe), "partition": partition}
 
 
 def _known_files(conn, dataset: str) -> dict[tuple[str, str], ScannedFile]:
-    rows = conn.execute(sa.text(
-        "select source, path, size, mtime_ns, ctime_ns, inode, shard_lines, scanned_at_ns, shards"
-        " from source_files where dataset = :d"), {"d": dataset})
-    return {(r.source, r.path): ScannedFile(r.source, r.path, FileState(r.size, r.mtime_ns, r.ctime_ns, r.inode),
-                                            r.shard_lines, r.scanned_at_ns, tuple(map(tuple, r.shards)))
-            for r in rows}
+    rows = conn.execute(
+        sa.text(
+            "select source, path, size, mtime_ns, ctime_ns, inode, shard_lines, scanned_at_ns, shards"
+            " from source_files where dataset = :d"
+        ),
+        {"d": dataset},
+    )
+    return {
+        (r.source, r.path): ScannedFile(
+            r.source,
+            r.path,
+            FileState(r.size, r.mtime_ns, r.ctime_ns, r.inode),
+            r.shard_lines,
+            r.scanned_at_ns,
+            tuple(map(tuple, r.shards)),
+        )
+        for r in rows
+    }
 
 
 def plan(run_id: str) -> list[str]:
@@ -98,46 +129,85 @@ def plan(run_id: str) -> list[str]:
     recipe = run_recipe(run_id)
     with get_engine().connect() as conn:
         known = _known_files(conn, recipe.name)
-        partition = conn.execute(sa.text("select partition_key from runs where run_id = :run"), {"run": run_id}).scalar()
+        partition = conn.execute(
+            sa.text("select partition_key from runs where run_id = :run"), {"run": run_id}
+        ).scalar()
     plans, scans, skipped = plan_recipe(recipe, known, partition)
-    for s in skipped:   # nothing to read, so no line to account for: say so where a user looks
+    for s in skipped:  # nothing to read, so no line to account for: say so where a user looks
         log.warning("run %s: source %r: %s left out of the plan (%s): %s", run_id, s.source, s.path, s.reason, s.detail)
     rescanned = [s for s in scans if known.get((s.source, s.path)) is not s]
     with get_engine().begin() as conn:
-        stored = set(known) | {tuple(r) for r in conn.execute(
-            sa.text("select source, path from partitions where dataset = :d"), {"d": recipe.name})}
+        stored = set(known) | {
+            tuple(r)
+            for r in conn.execute(sa.text("select source, path from partitions where dataset = :d"), {"d": recipe.name})
+        }
         forgotten = forget_spellings(conn, recipe.name, other_spellings({(s.source, s.path) for s in scans}, stored))
         if plans:
-            conn.execute(sa.text(
-                "insert into partitions (partition_id, dataset, source, path, shard, format, start_offset, end_offset,"
-                " first_line, checksum) values (:partition_id, :dataset, :source, :path, :shard, :format, :start_offset,"
-                " :end_offset, :first_line, :checksum)"
-                " on conflict (partition_id) do update set format = excluded.format, start_offset = excluded.start_offset,"
-                " end_offset = excluded.end_offset, first_line = excluded.first_line, checksum = excluded.checksum,"
-                " updated_at = now()"), [vars(p) for p in plans])
+            conn.execute(
+                sa.text(
+                    "insert into partitions (partition_id, dataset, source, path, shard, format, start_offset, end_offset,"
+                    " first_line, checksum) values (:partition_id, :dataset, :source, :path, :shard, :format, :start_offset,"
+                    " :end_offset, :first_line, :checksum)"
+                    " on conflict (partition_id) do update set format = excluded.format, start_offset = excluded.start_offset,"
+                    " end_offset = excluded.end_offset, first_line = excluded.first_line, checksum = excluded.checksum,"
+                    " updated_at = now()"
+                ),
+                [vars(p) for p in plans],
+            )
         if rescanned:
-            conn.execute(sa.text(
-                "insert into source_files (dataset, source, path, size, mtime_ns, ctime_ns, inode, shard_lines,"
-                " scanned_at_ns, shards) values (:d, :source, :path, :size, :mtime_ns, :ctime_ns, :inode, :shard_lines,"
-                " :scanned_at_ns, cast(:shards as jsonb))"
-                " on conflict (dataset, source, path) do update set size = excluded.size, mtime_ns = excluded.mtime_ns,"
-                " ctime_ns = excluded.ctime_ns, inode = excluded.inode, shard_lines = excluded.shard_lines,"
-                " scanned_at_ns = excluded.scanned_at_ns, shards = excluded.shards"),
-                [{"d": recipe.name, "source": s.source, "path": s.path, **vars(s.state), "shard_lines": s.shard_lines,
-                  "scanned_at_ns": s.scanned_at_ns, "shards": json.dumps(s.shards)} for s in rescanned])
+            conn.execute(
+                sa.text(
+                    "insert into source_files (dataset, source, path, size, mtime_ns, ctime_ns, inode, shard_lines,"
+                    " scanned_at_ns, shards) values (:d, :source, :path, :size, :mtime_ns, :ctime_ns, :inode, :shard_lines,"
+                    " :scanned_at_ns, cast(:shards as jsonb))"
+                    " on conflict (dataset, source, path) do update set size = excluded.size, mtime_ns = excluded.mtime_ns,"
+                    " ctime_ns = excluded.ctime_ns, inode = excluded.inode, shard_lines = excluded.shard_lines,"
+                    " scanned_at_ns = excluded.scanned_at_ns, shards = excluded.shards"
+                ),
+                [
+                    {
+                        "d": recipe.name,
+                        "source": s.source,
+                        "path": s.path,
+                        **vars(s.state),
+                        "shard_lines": s.shard_lines,
+                        "scanned_at_ns": s.scanned_at_ns,
+                        "shards": json.dumps(s.shards),
+                    }
+                    for s in rescanned
+                ],
+            )
         conn.execute(sa.text("delete from run_partitions where run_id = :run"), {"run": run_id})
-        conn.execute(sa.text("insert into run_partitions (run_id, partition_id) values (:run, :p)"),
-                     [{"run": run_id, "p": p.partition_id} for p in plans])
+        conn.execute(
+            sa.text("insert into run_partitions (run_id, partition_id) values (:run, :p)"),
+            [{"run": run_id, "p": p.partition_id} for p in plans],
+        )
         conn.execute(sa.text("delete from skipped_files where run_id = :run"), {"run": run_id})
         if skipped:
-            conn.execute(sa.text("insert into skipped_files (run_id, source, path, reason, detail)"
-                                 " values (:run, :source, :path, :reason, :detail)"),
-                         [{"run": run_id, **vars(s), "reason": s.reason.value} for s in skipped])
+            conn.execute(
+                sa.text(
+                    "insert into skipped_files (run_id, source, path, reason, detail)"
+                    " values (:run, :source, :path, :reason, :detail)"
+                ),
+                [{"run": run_id, **vars(s), "reason": s.reason.value} for s in skipped],
+            )
     if forgotten:
-        log.warning("run %s: %d partition(s) of files planned before under another spelling deleted (their records"
-                    " were the same files' records again); the whole-dataset stages start over", run_id, len(forgotten))
-    log.info("run %s: %d partitions over %d sources (%d of %d files read, the others unchanged since their last scan;"
-             " %d left out)", run_id, len(plans), len(recipe.sources), len(rescanned), len(scans), len(skipped))
+        log.warning(
+            "run %s: %d partition(s) of files planned before under another spelling deleted (their records"
+            " were the same files' records again); the whole-dataset stages start over",
+            run_id,
+            len(forgotten),
+        )
+    log.info(
+        "run %s: %d partitions over %d sources (%d of %d files read, the others unchanged since their last scan;"
+        " %d left out)",
+        run_id,
+        len(plans),
+        len(recipe.sources),
+        len(rescanned),
+        len(scans),
+        len(skipped),
+    )
     return [p.partition_id for p in plans]
 
 
@@ -222,7 +292,14 @@ def check_release(run_id: str) -> dict[str, Any]:
 
 def export_release(run_id: str, out_dir: str | os.PathLike) -> dict[str, Any]:
     manifest = assemble.export_release(get_engine(), run_recipe(run_id), run_id, out_dir)
-    log.info("run %s: release %s v%04d at %s: %s", run_id, manifest["dataset"], manifest["version"], manifest["path"], manifest["totals"])
+    log.info(
+        "run %s: release %s v%04d at %s: %s",
+        run_id,
+        manifest["dataset"],
+        manifest["version"],
+        manifest["path"],
+        manifest["totals"],
+    )
     return {"path": manifest["path"], "version": manifest["version"], "totals": manifest["totals"]}
 
 
@@ -231,6 +308,10 @@ def mark_failed(run_id: str) -> None:
     """Record that a run ended without a release (called from the DAG's failure callback and the CLI), and let
     the next run of its dataset have the dataset (store/run_lease.py)."""
     with get_engine().begin() as conn:
-        conn.execute(sa.text("update runs set status = 'failed', finished_at = now() where run_id = :run and status <> 'succeeded'"),
-                     {"run": run_id})
+        conn.execute(
+            sa.text(
+                "update runs set status = 'failed', finished_at = now() where run_id = :run and status <> 'succeeded'"
+            ),
+            {"run": run_id},
+        )
         run_lease.release(conn, run_id, "curation")

@@ -4,6 +4,7 @@ naming the file, not after ingest and rules have run (or at export).
 * every benchmark file exists and its first item has the recipe's fields;
 * every selection target file and the weak-domain report exist (the report must also parse).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -25,6 +26,7 @@ def check_inputs(recipe: Recipe) -> None:
                 raise RecipeError(f"selection.targets.{domain}: file {target.path!r} not found")
         if recipe.selection.weak_domains:
             from infinstruct.curate.selection.quotas import SelectionError, load_boosts
+
             try:
                 load_boosts(recipe.selection.weak_domains, list(recipe.selection.domains.resolved()))
             except SelectionError as exc:

@@ -5,6 +5,7 @@ and the tasks' own log lines go to a log file whose path is printed (`--verbose`
 The watcher reads Airflow's metadata database (task instances and their XCom return values) from a thread,
 so the library's steps stay unaware of it. Airflow is imported here only inside functions.
 """
+
 from __future__ import annotations
 
 import os
@@ -19,8 +20,23 @@ from infinstruct.config import infinstruct_home
 
 DONE = {"success", "failed", "upstream_failed", "skipped", "removed"}
 # the counts worth a person's glance, in this order; others follow, at most MAX_COUNTS in all
-FIRST = ("lines", "records", "quarantined", "decided", "standing", "kept", "dropped", "selected", "computed",
-         "written", "skipped", "children", "tagged", "batches", "seeds")
+FIRST = (
+    "lines",
+    "records",
+    "quarantined",
+    "decided",
+    "standing",
+    "kept",
+    "dropped",
+    "selected",
+    "computed",
+    "written",
+    "skipped",
+    "children",
+    "tagged",
+    "batches",
+    "seeds",
+)
 MAX_COUNTS = 6
 
 
@@ -39,7 +55,7 @@ def logs_to(path: Path, verbose: bool) -> Iterator[TextIO]:
     out = sys.stdout
     try:
         fd_backed = out.fileno() == 1
-    except (AttributeError, OSError, ValueError):   # pytest's capture and the like: not a file descriptor
+    except (AttributeError, OSError, ValueError):  # pytest's capture and the like: not a file descriptor
         fd_backed = False
     out.flush()
     sys.stderr.flush()
@@ -47,7 +63,7 @@ def logs_to(path: Path, verbose: bool) -> Iterator[TextIO]:
     terminal = os.fdopen(os.dup(saved[0]), "w", buffering=1) if fd_backed else out
     log = open(path, "ab")
     tee = None
-    if verbose:   # through a pipe that a thread copies to the log file and the terminal
+    if verbose:  # through a pipe that a thread copies to the log file and the terminal
         read_end, write_end = os.pipe()
         tee = threading.Thread(target=_tee, args=(read_end, log, saved[0]), daemon=True)
         tee.start()
@@ -67,8 +83,8 @@ def logs_to(path: Path, verbose: bool) -> Iterator[TextIO]:
         os.dup2(saved[0], 1)
         os.dup2(saved[1], 2)
         if tee is not None:
-            os.close(write_end)   # the pipe's last writer: the thread reads to its end and stops
-            tee.join(timeout=5)   # a child that kept the pipe open (a server started meanwhile) holds no one up
+            os.close(write_end)  # the pipe's last writer: the thread reads to its end and stops
+            tee.join(timeout=5)  # a child that kept the pipe open (a server started meanwhile) holds no one up
         log.close()
         os.close(saved[0])
         os.close(saved[1])
@@ -94,7 +110,7 @@ def describe(task: str, results: list[Any]) -> str:
     if not results:
         return ""
     first = results[0]
-    if isinstance(first, list):   # a plan: the partitions (or files, batches) what follows is mapped over
+    if isinstance(first, list):  # a plan: the partitions (or files, batches) what follows is mapped over
         return f"{len(first)} partition(s)" if task == "plan_partitions" else f"{len(first)} item(s)"
     if not isinstance(first, dict):
         return str(first)[:120]
@@ -102,8 +118,11 @@ def describe(task: str, results: list[Any]) -> str:
         if first.get("skipped"):
             return f"gate {first['gate']}: skipped ({first['skipped']})"
         stats = first.get("statistics") or {}
-        met = (f" ({stats.get('successful_expectations')}/{stats.get('evaluated_expectations')} expectations)"
-               if stats.get("evaluated_expectations") is not None else "")
+        met = (
+            f" ({stats.get('successful_expectations')}/{stats.get('evaluated_expectations')} expectations)"
+            if stats.get("evaluated_expectations") is not None
+            else ""
+        )
         return f"gate {first['gate']}: {'passed' if first.get('success') else 'FAILED'}{met}"
     if "path" in first and "version" in first:
         return f"v{first['version']:04d} at {first['path']}"
@@ -118,18 +137,21 @@ def describe(task: str, results: list[Any]) -> str:
     for result in results:
         for key, value in result.items():
             if key in reasons or key in ("version", "disabled", "full_pass", "batch"):
-                continue   # a drop reason's count (shown with `dropped`), an index, or said otherwise
+                continue  # a drop reason's count (shown with `dropped`), an index, or said otherwise
             if isinstance(value, bool):
                 flags[key] = flags.get(key, 0) + value
             elif isinstance(value, (int, float)):
                 totals[key] = totals.get(key, 0) + value
     keys = [k for k in FIRST if k in totals] + sorted(k for k in totals if k not in FIRST)
     shown = [f"{k} {_fmt(totals[k])}" + (_reasons(reasons) if k == "dropped" else "") for k in keys[:MAX_COUNTS]]
-    shown += [f"{k} {n} of {len(results)}" if len(results) > 1 else k for k, n in flags.items()
-              if n or (k in FIRST and len(results) > 1)]   # one instance: a flag only when set
+    shown += [
+        f"{k} {n} of {len(results)}" if len(results) > 1 else k
+        for k, n in flags.items()
+        if n or (k in FIRST and len(results) > 1)
+    ]  # one instance: a flag only when set
     if "dataset" in first and "recipe_hash" in first:
         shown.insert(0, f"dataset {first['dataset']}, recipe {first['recipe_hash']}")
-    if isinstance(first.get("why"), str) and len(results) == 1:   # a whole-dataset pass: which kind, and why
+    if isinstance(first.get("why"), str) and len(results) == 1:  # a whole-dataset pass: which kind, and why
         shown.append(f"{'full' if first.get('full_pass') else 'incremental'} pass ({first['why']})")
     return ", ".join(shown)
 
@@ -149,7 +171,7 @@ class DagRunProgress:
     def __init__(self, dag_id: str, tasks: list[str], out: TextIO, interval: float = 1.0):
         self.dag_id, self.tasks, self.out, self.interval = dag_id, tasks, out, interval
         self.reported: set[str] = set()
-        self.not_run: list[str] = []   # said in one line at the end
+        self.not_run: list[str] = []  # said in one line at the end
         self.run_id: str | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch, name="infinstruct-progress", daemon=True)
@@ -159,6 +181,7 @@ class DagRunProgress:
         import sqlalchemy as sa
         from airflow.models.dagrun import DagRun
         from airflow.utils.session import create_session
+
         with create_session() as session:
             return session.scalar(sa.select(sa.func.max(DagRun.id)).where(DagRun.dag_id == self.dag_id)) or 0
 
@@ -169,7 +192,7 @@ class DagRunProgress:
     def __exit__(self, *exc) -> None:
         self._stop.set()
         self._thread.join(timeout=30)
-        self.poll()   # what finished since the last look
+        self.poll()  # what finished since the last look
         if self.not_run:
             self.out.write(f"  not run (an upstream task failed): {', '.join(self.not_run)}\n")
             self.out.flush()
@@ -178,7 +201,7 @@ class DagRunProgress:
         while not self._stop.wait(self.interval):
             try:
                 self.poll()
-            except Exception:   # a busy SQLite database, a run not yet created: look again next time
+            except Exception:  # a busy SQLite database, a run not yet created: look again next time
                 continue
 
     def poll(self) -> None:
@@ -190,14 +213,24 @@ class DagRunProgress:
 
         with create_session() as session:
             if self.run_id is None:
-                self.run_id = session.scalar(sa.select(DagRun.run_id).where(
-                    DagRun.dag_id == self.dag_id, DagRun.id > self._after).order_by(DagRun.id).limit(1))
+                self.run_id = session.scalar(
+                    sa.select(DagRun.run_id)
+                    .where(DagRun.dag_id == self.dag_id, DagRun.id > self._after)
+                    .order_by(DagRun.id)
+                    .limit(1)
+                )
                 if self.run_id is None:
                     return
-            instances = session.execute(sa.select(
-                TaskInstance.task_id, TaskInstance.map_index, TaskInstance.state, TaskInstance.start_date,
-                TaskInstance.end_date, TaskInstance.rendered_map_index).where(
-                TaskInstance.dag_id == self.dag_id, TaskInstance.run_id == self.run_id)).all()
+            instances = session.execute(
+                sa.select(
+                    TaskInstance.task_id,
+                    TaskInstance.map_index,
+                    TaskInstance.state,
+                    TaskInstance.start_date,
+                    TaskInstance.end_date,
+                    TaskInstance.rendered_map_index,
+                ).where(TaskInstance.dag_id == self.dag_id, TaskInstance.run_id == self.run_id)
+            ).all()
             by_task: dict[str, list] = {}
             for row in instances:
                 by_task.setdefault(row.task_id, []).append(row)
@@ -206,10 +239,15 @@ class DagRunProgress:
                     continue
                 rows = by_task.get(task)
                 if not rows or any(r.state is None or str(r.state) not in DONE for r in rows):
-                    return   # in declared order: a later task waits for this one's line
-                values = session.execute(sa.select(XComModel.map_index, XComModel.value).where(
-                    XComModel.dag_id == self.dag_id, XComModel.run_id == self.run_id, XComModel.task_id == task,
-                    XComModel.key == "return_value")).all()
+                    return  # in declared order: a later task waits for this one's line
+                values = session.execute(
+                    sa.select(XComModel.map_index, XComModel.value).where(
+                        XComModel.dag_id == self.dag_id,
+                        XComModel.run_id == self.run_id,
+                        XComModel.task_id == task,
+                        XComModel.key == "return_value",
+                    )
+                ).all()
                 results = [XComModel.deserialize_value(v) for v in values]
                 self.reported.add(task)
                 if all(str(r.state) in ("upstream_failed", "removed") for r in rows):
@@ -230,7 +268,9 @@ def stage_line(task: str, rows: list, results: list[Any]) -> str:
         failed = [r.rendered_map_index or str(r.map_index) for r in rows if str(r.state) == "failed"]
         status = "FAILED" + (f" {', '.join(failed[:3])}{' …' if len(failed) > 3 else ''}" if mapped else "")
     else:
-        status = "not run" if all(s in ("upstream_failed", "removed") for s in states) else "/".join(sorted(set(states)))
+        status = (
+            "not run" if all(s in ("upstream_failed", "removed") for s in states) else "/".join(sorted(set(states)))
+        )
     starts = [r.start_date for r in rows if r.start_date]
     ends = [r.end_date for r in rows if r.end_date]
     elapsed = f"{(max(ends) - min(starts)).total_seconds():.1f}s" if starts and ends else ""
@@ -240,13 +280,17 @@ def stage_line(task: str, rows: list, results: list[Any]) -> str:
 
 def failed_instances(dag_run) -> list[str]:
     """`task [label]` of each failed task instance of a finished DagRun."""
-    return [ti.task_id + (f" [{ti.rendered_map_index or ti.map_index}]" if ti.map_index >= 0 else "")
-            for ti in dag_run.get_task_instances() if str(ti.state) == "failed"]
+    return [
+        ti.task_id + (f" [{ti.rendered_map_index or ti.map_index}]" if ti.map_index >= 0 else "")
+        for ti in dag_run.get_task_instances()
+        if str(ti.state) == "failed"
+    ]
 
 
 def error_lines(log: Path, limit: int = 3) -> list[str]:
     """The distinct error messages the failed tasks logged (`SomeError: ...`), for the summary."""
     import re
+
     if not log.exists():
         return []
     pattern = re.compile(r"\b((?:[A-Z]\w*(?:Error|Exception|Failed|Reached))(?::| -) .{3,300})")
@@ -263,6 +307,7 @@ def run_summary(engine, dag_run, release: dict | None, log: Path | None, elapsed
     the gates, what failed, and where the logs are."""
     from infinstruct.store.run_report import run_gates
     from infinstruct.store.run_status import _from_manifest
+
     lines = [f"run {dag_run.run_id}: {dag_run.state}"]
     if release:
         manifest = release["manifest"]
@@ -270,14 +315,18 @@ def run_summary(engine, dag_run, release: dict | None, log: Path | None, elapsed
         if "stages" in manifest and "lines" in manifest["totals"]:
             f = _from_manifest(manifest)
             stages = ", ".join(f"{s} {n}" for s, n in f["dropped_by_stage"].items())
-            lines.append(f"  {f['lines']} lines: {f['kept']} kept, {f['dropped']} dropped{f' ({stages})' if stages else ''},"
-                         f" {f['quarantined']} quarantined")
+            lines.append(
+                f"  {f['lines']} lines: {f['kept']} kept, {f['dropped']} dropped{f' ({stages})' if stages else ''},"
+                f" {f['quarantined']} quarantined"
+            )
         else:
             lines.append("  " + ", ".join(f"{k} {v}" for k, v in manifest["totals"].items()))
         diff = manifest.get("diff") or {}
         if diff.get("previous_version"):
-            lines.append(f"  against v{diff['previous_version']:04d}: +{diff['added']} added, -{diff['removed']} removed, "
-                         f"{diff['unchanged']} unchanged")
+            lines.append(
+                f"  against v{diff['previous_version']:04d}: +{diff['added']} added, -{diff['removed']} removed, "
+                f"{diff['unchanged']} unchanged"
+            )
     gates = run_gates(engine, dag_run.run_id)
     if gates:
         lines.append("  gates: " + ", ".join(f"{g['gate']} {'passed' if g['success'] else 'FAILED'}" for g in gates))

@@ -8,6 +8,7 @@ lock when its holder dies, so a run killed during setup never leaves the home lo
 lock is re-entrant (a setup step may call another that takes the same lock); two threads of one process
 exclude each other like two processes.
 """
+
 from __future__ import annotations
 
 import fcntl
@@ -20,7 +21,7 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-_held = threading.local()   # .depth: lock file -> how many times this thread holds it
+_held = threading.local()  # .depth: lock file -> how many times this thread holds it
 
 
 @contextmanager
@@ -36,7 +37,7 @@ def setup_lock(lock_file: Path, what: str) -> Iterator[None]:
             depth[key] -= 1
         return
     Path(key).parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(key, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)   # not inherited by initdb, airflow, ...
+    fd = os.open(key, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)  # not inherited by initdb, airflow, ...
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -49,4 +50,4 @@ def setup_lock(lock_file: Path, what: str) -> Iterator[None]:
         finally:
             del depth[key]
     finally:
-        os.close(fd)   # releases the lock
+        os.close(fd)  # releases the lock

@@ -1,4 +1,5 @@
 """The base of every recipe section: unknown keys are errors, values are immutable, and a yes/no is no number."""
+
 import types
 import typing
 

@@ -4,6 +4,7 @@ The selected set of a nightly run is the stored selection (`vector_index.StoredI
 or exact in memory) layered under this run's acceptances (`LayeredIndex`); the pgvector tests skip where
 the server has no pgvector (the embedded server has it).
 """
+
 from __future__ import annotations
 
 import math
@@ -39,10 +40,10 @@ def test_the_walk_accepts_by_score_unless_too_similar_until_the_quota_is_full():
     result = greedy_select(ids, scores, vectors, threshold=0.9, quota=3)
     decisions = list(result.decisions())
     assert [(d.record_id, d.outcome, d.rank, d.similar_to) for d in decisions] == [
-        ("a", Outcome.SELECTED, 1, None),             # nothing selected yet: nothing to compare
-        ("b", Outcome.TOO_SIMILAR, 2, "a"),           # 10° from a
+        ("a", Outcome.SELECTED, 1, None),  # nothing selected yet: nothing to compare
+        ("b", Outcome.TOO_SIMILAR, 2, "a"),  # 10° from a
         ("c", Outcome.SELECTED, 3, "a"),
-        ("d", Outcome.SELECTED, 4, "a"),              # 45° from both a and c: below 0.9, tie goes to a
+        ("d", Outcome.SELECTED, 4, "a"),  # 45° from both a and c: below 0.9, tie goes to a
         ("e", Outcome.QUOTA_FULL, 5, None),
     ]
     assert decisions[1].max_cosine == pytest.approx(math.cos(math.radians(10)), abs=1e-6)
@@ -63,8 +64,11 @@ def test_candidates_must_also_differ_from_the_records_selected_before():
     vectors = np.array([unit(5), unit(45), unit(200)], dtype=np.float32)
     result = greedy_select(["n1", "n2", "n3"], [3, 2, 1], vectors, 0.9, 10, existing=before)
     assert [(d.record_id, d.outcome, d.similar_to) for d in result.decisions()] == [
-        ("n1", Outcome.TOO_SIMILAR, "old1"), ("n2", Outcome.SELECTED, "old1"), ("n3", Outcome.SELECTED, "old2")]
-    assert len(before) == 4   # the index now holds this run's selection too: the next run continues from it
+        ("n1", Outcome.TOO_SIMILAR, "old1"),
+        ("n2", Outcome.SELECTED, "old1"),
+        ("n3", Outcome.SELECTED, "old2"),
+    ]
+    assert len(before) == 4  # the index now holds this run's selection too: the next run continues from it
 
 
 def sequential_reference(ids, scores, vectors, threshold, quota):
@@ -92,7 +96,7 @@ def test_batched_walk_equals_the_one_at_a_time_definition(batch_size):
     vectors = centres[rng.integers(0, 25, 800)] + 0.6 * rng.standard_normal((800, 48))
     vectors = (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)
     ids = [f"r{i:04d}" for i in rng.permutation(800)]
-    scores = np.round(rng.random(800), 2)          # many ties
+    scores = np.round(rng.random(800), 2)  # many ties
     result = greedy_select(ids, scores, vectors, threshold=0.75, quota=120, batch_size=batch_size)
     got = [(d.record_id, d.outcome.value, d.similar_to) for d in result.decisions()]
     assert got == sequential_reference(ids, scores, vectors, 0.75, 120)
@@ -103,7 +107,10 @@ def test_batched_walk_equals_the_one_at_a_time_definition(batch_size):
 def test_a_quota_of_zero_selects_nothing_and_a_large_quota_stops_at_the_candidates():
     vectors = np.array([unit(0), unit(90), unit(180)], dtype=np.float32)
     assert greedy_select(["a", "b", "c"], [1, 2, 3], vectors, 0.5, 0).counts() == {
-        "selected": 0, "too_similar": 0, "quota_full": 3}
+        "selected": 0,
+        "too_similar": 0,
+        "quota_full": 3,
+    }
     assert greedy_select(["a", "b", "c"], [1, 2, 3], vectors, 0.5, 100).selected == ["c", "b", "a"]
     empty = greedy_select([], [], np.empty((0, 2), dtype=np.float32), 0.5, 10)
     assert empty.selected == [] and list(empty.decisions()) == []
@@ -133,8 +140,8 @@ def test_nearest_neighbour_cosines_and_the_report():
 def test_a_large_set_is_reported_over_a_seeded_sample_which_says_so():
     picks = sample_positions(10_000, 500, seed=3)
     assert len(picks) == 500 == len(set(picks.tolist())) and (np.diff(picks) > 0).all()
-    assert picks.tolist() == sample_positions(10_000, 500, seed=3).tolist()     # the same seed, the same sample
-    assert sample_positions(20, 500).tolist() == list(range(20))                # small sets whole
+    assert picks.tolist() == sample_positions(10_000, 500, seed=3).tolist()  # the same seed, the same sample
+    assert sample_positions(20, 500).tolist() == list(range(20))  # small sets whole
     vectors = clustered(10_000, seed=1)
     report = diversity_report(vectors[picks], of=10_000)
     assert report["n"] == 10_000 and report["sampled"] == 500
@@ -156,9 +163,10 @@ def test_on_minilm_vectors_one_prompt_of_each_paraphrase_pair_is_kept():
     ids = [f"p{i:02d}" for i in range(len(texts))]
     vectors = encode(texts)
     result = greedy_select(ids, [1.0] * len(ids), vectors, threshold=0.85, quota=len(ids))
-    assert result.selected == ids[::2]         # ties walk by id: the first of each pair
-    assert all(d.similar_to == ids[int(d.record_id[1:]) - 1] for d in result.decisions()
-               if d.outcome is Outcome.TOO_SIMILAR)
+    assert result.selected == ids[::2]  # ties walk by id: the first of each pair
+    assert all(
+        d.similar_to == ids[int(d.record_id[1:]) - 1] for d in result.decisions() if d.outcome is Outcome.TOO_SIMILAR
+    )
     chosen = [int(i[1:]) for i in result.selected]
     assert diversity_report(vectors[chosen])["mean_nn_cosine"] < diversity_report(vectors)["mean_nn_cosine"] - 0.3
 
@@ -186,40 +194,42 @@ def test_the_stored_selection_under_this_runs_acceptances_decides_as_one_exact_i
     got = greedy_select(ids[candidates], scores, vectors[candidates], 0.7, 150, existing=layered)
     assert list(got.decisions()) == list(expected.decisions())
     assert any(d.similar_to in ids[kept] for d in got.decisions() if d.outcome is Outcome.TOO_SIMILAR)
-    assert layered.accepted.ids == got.selected and len(layered.before) == 100   # the stored part is left as it was
+    assert layered.accepted.ids == got.selected and len(layered.before) == 100  # the stored part is left as it was
 
 
 def test_the_stored_selection_outlives_the_run_and_forgets_the_records_let_go(engine, index):
     kind = index
     table = f"test_selected_{uuid.uuid4().hex[:8]}"
     old = np.array([unit(0), unit(60), unit(120)], dtype=np.float32)
-    with engine.begin() as conn:                       # the first run selects three records
+    with engine.begin() as conn:  # the first run selects three records
         index = StoredIndex(conn, table, kind)
         index.add(["a", "b", "c"], old)
-    with engine.begin() as conn:                       # the next run: "b" was let go
+    with engine.begin() as conn:  # the next run: "b" was let go
         index = StoredIndex(conn, table, kind)
-        if kind == "exact":                            # exact: the caller hands over the kept records' vectors
+        if kind == "exact":  # exact: the caller hands over the kept records' vectors
             index.load(["a", "b", "c"], old)
         assert len(index) == 3
         index.remove(["b"])
         assert len(index) == 2
         near_a, near_b = unit(3), unit(58)
         walked = LayeredIndex(index, 2)
-        result = greedy_select(["x", "y"], [2, 1], np.array([near_a, near_b], dtype=np.float32), 0.95, 5,
-                               existing=walked)
+        result = greedy_select(
+            ["x", "y"], [2, 1], np.array([near_a, near_b], dtype=np.float32), 0.95, 5, existing=walked
+        )
         assert [(d.record_id, d.outcome, d.similar_to) for d in result.decisions()] == [
-            ("x", Outcome.TOO_SIMILAR, "a"),           # searched against the stored selection
-            ("y", Outcome.SELECTED, "a")]              # b (2 deg away) was let go: never matched
-        assert len(index) == 2                         # this run's acceptances stay in memory until written
+            ("x", Outcome.TOO_SIMILAR, "a"),  # searched against the stored selection
+            ("y", Outcome.SELECTED, "a"),
+        ]  # b (2 deg away) was let go: never matched
+        assert len(index) == 2  # this run's acceptances stay in memory until written
         index.add(["y"], walked.accepted.vectors)
     with engine.begin() as conn:
         stored = StoredIndex(conn, table, kind)
-        if kind == "pgvector":                         # the table persists: a, c and y, not b
+        if kind == "pgvector":  # the table persists: a, c and y, not b
             assert sorted(conn.execute(sa.text(f"select record_key from {table}")).scalars()) == ["a", "c", "y"]
             best, best_id = stored.nearest(np.array([unit(59), unit(119)], dtype=np.float32))
             assert best_id == ["y", "c"] and best == pytest.approx([math.cos(math.radians(1))] * 2, abs=1e-5)
             stored.reset()
-        else:                                          # exact: nothing outlives the transaction
+        else:  # exact: nothing outlives the transaction
             assert len(stored) == 0 and stored.nearest(np.array([unit(0)], dtype=np.float32))[1] == [None]
     with engine.connect() as conn:
         assert conn.execute(sa.text("select to_regclass(:t)"), {"t": table}).scalar() is None

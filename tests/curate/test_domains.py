@@ -1,4 +1,5 @@
 """Domains: keyword rules + MiniLM nearest-centroid, combined into a domain and a confidence."""
+
 from __future__ import annotations
 
 import json
@@ -18,18 +19,26 @@ from infinstruct.ml.embeddings import encode
 from infinstruct.record.conversation import instruction_text
 
 CLEAR = {  # none of these is an exemplar
-    "math": ["A recipe needs 3 eggs for every 2 cups of flour. How many eggs are needed for 10 cups?",
-             "Solve the system of equations 2x + y = 7 and x - y = 2.",
-             "What is the sum of the interior angles of a hexagon?"],
-    "code": ["Write a Go program that reads a file line by line.",
-             "What does the `yield` keyword do in Python?",
-             "My React component re-renders endlessly. Here is the useEffect hook: useEffect(() => { setCount(count + 1) })"],
-    "knowledge": ["Why did the Roman Empire decline?",
-                  "What is the function of the ozone layer?",
-                  "Describe how the human heart pumps blood."],
-    "chat": ["Write a limerick about a forgetful wizard.",
-             "I just moved to a new city and feel lonely. How can I make friends?",
-             "Can you help me write a thank-you note to my grandmother for the sweater?"],
+    "math": [
+        "A recipe needs 3 eggs for every 2 cups of flour. How many eggs are needed for 10 cups?",
+        "Solve the system of equations 2x + y = 7 and x - y = 2.",
+        "What is the sum of the interior angles of a hexagon?",
+    ],
+    "code": [
+        "Write a Go program that reads a file line by line.",
+        "What does the `yield` keyword do in Python?",
+        "My React component re-renders endlessly. Here is the useEffect hook: useEffect(() => { setCount(count + 1) })",
+    ],
+    "knowledge": [
+        "Why did the Roman Empire decline?",
+        "What is the function of the ozone layer?",
+        "Describe how the human heart pumps blood.",
+    ],
+    "chat": [
+        "Write a limerick about a forgetful wizard.",
+        "I just moved to a new city and feel lonely. How can I make friends?",
+        "Can you help me write a thank-you note to my grandmother for the sweater?",
+    ],
 }
 
 
@@ -54,7 +63,7 @@ def test_rule_evidence_sums_the_weights_of_the_patterns_found(classifier):
     evidence = dict(zip(classifier.names, classifier.rule_evidence(["Calculate 15% of 80."])[0]))
     assert evidence == {"math": 2.5, "code": 0.0, "knowledge": 0.0, "chat": 0.0}  # calculate 1.5, "15%" 1.0
     evidence = dict(zip(classifier.names, classifier.rule_evidence(["Write a Python function to sort a list."])[0]))
-    assert evidence["code"] == 5.5 and evidence["math"] == 0.0    # language 2.5, write..function 2.0, function 1.0
+    assert evidence["code"] == 5.5 and evidence["math"] == 0.0  # language 2.5, write..function 2.0, function 1.0
 
 
 def test_probabilities_are_a_softmax_of_centroid_cosines_plus_rule_evidence(classifier):
@@ -65,7 +74,7 @@ def test_probabilities_are_a_softmax_of_centroid_cosines_plus_rule_evidence(clas
     logits = vectors @ classifier.centroids.T / 0.08 + classifier.rule_evidence(texts)
     expected = np.exp(logits - logits.max(axis=1, keepdims=True))
     np.testing.assert_allclose(p, expected / expected.sum(axis=1, keepdims=True), atol=1e-5)
-    np.testing.assert_allclose(p, classifier.probabilities(texts), atol=1e-5)   # vectors given = vectors made
+    np.testing.assert_allclose(p, classifier.probabilities(texts), atol=1e-5)  # vectors given = vectors made
     np.testing.assert_allclose(np.linalg.norm(classifier.centroids, axis=1), 1.0, atol=1e-5)
     with pytest.raises(ValueError, match="2 texts but 6 vectors"):
         classifier.probabilities(texts[:2], vectors)
@@ -82,17 +91,25 @@ def test_centroids_alone_when_rule_scale_is_zero(classifier):
 
 
 def test_a_recipe_adds_a_domain_and_extends_a_built_in_one():
-    settings = DomainSettings(domains={
-        "medical": {"patterns": {r"\b(?:symptoms?|diagnos\w*|dosage|treatment)\b": 2.0},
-                    "exemplars": ["What are the symptoms of type 2 diabetes?", "What is a safe dosage of ibuprofen?",
-                                  "How is pneumonia diagnosed and treated?"]},
-        "code": {"patterns": {r"\bterraform\b": 3.0}, "exemplars": ["Write a Terraform module for an S3 bucket."]},
-    })
+    settings = DomainSettings(
+        domains={
+            "medical": {
+                "patterns": {r"\b(?:symptoms?|diagnos\w*|dosage|treatment)\b": 2.0},
+                "exemplars": [
+                    "What are the symptoms of type 2 diabetes?",
+                    "What is a safe dosage of ibuprofen?",
+                    "How is pneumonia diagnosed and treated?",
+                ],
+            },
+            "code": {"patterns": {r"\bterraform\b": 3.0}, "exemplars": ["Write a Terraform module for an S3 bucket."]},
+        }
+    )
     specs = settings.resolved()
     assert list(specs) == ["math", "code", "knowledge", "chat", "medical"]
     assert r"\bterraform\b" in specs["code"].patterns and len(specs["code"].exemplars) == 17
-    labels = DomainClassifier(settings).classify(["What are the early symptoms of measles, and what is the treatment?",
-                                                  "Set up a terraform backend in GCS."])
+    labels = DomainClassifier(settings).classify(
+        ["What are the early symptoms of measles, and what is the treatment?", "Set up a terraform backend in GCS."]
+    )
     assert [label.domain for label in labels] == ["medical", "code"]
 
 
@@ -112,7 +129,12 @@ def test_domain_settings_are_checked_at_load():
 
 
 def test_the_classified_text_is_the_user_turns():
-    turns = (("system", "You are terse."), ("user", "Sort this list"), ("assistant", "[1, 2]"), ("user", "Now reverse it"))
+    turns = (
+        ("system", "You are terse."),
+        ("user", "Sort this list"),
+        ("assistant", "[1, 2]"),
+        ("user", "Now reverse it"),
+    )
     assert instruction_text(turns) == "Sort this list\nNow reverse it"
 
 
@@ -127,5 +149,5 @@ def test_accuracy_on_labelled_real_prompts(classifier):
         code.append(row["instruction"] + (f"\n\n{row['input']}" if row["input"] else ""))
     math_acc = np.mean([label.domain == "math" for label in classifier.classify(gsm8k)])
     code_acc = np.mean([label.domain == "code" for label in classifier.classify(code)])
-    assert math_acc >= 0.95, math_acc     # measured 1.00 (0.9995 on all 7,473)
-    assert code_acc >= 0.9, code_acc      # measured 0.94 (0.929 on all 2,017)
+    assert math_acc >= 0.95, math_acc  # measured 1.00 (0.9995 on all 7,473)
+    assert code_acc >= 0.9, code_acc  # measured 0.94 (0.929 on all 2,017)

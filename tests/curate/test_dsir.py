@@ -1,4 +1,5 @@
 """DSIR: hashed n-gram features, importance weights, Gumbel-top-k resampling, KL shift."""
+
 from __future__ import annotations
 
 import json
@@ -44,7 +45,7 @@ def test_words_are_lower_cased_letter_digit_runs_and_cjk_characters():
 
 def test_a_text_has_its_unigrams_and_bigrams_and_bigrams_never_cross_texts():
     docs, buckets = HashedNgrams().features(["a b c", "d e"])
-    assert docs.tolist() == [0, 0, 0, 1, 1, 0, 0, 1]   # 5 unigrams, then bigrams ab bc | de
+    assert docs.tolist() == [0, 0, 0, 1, 1, 0, 0, 1]  # 5 unigrams, then bigrams ab bc | de
     assert ((0 <= buckets) & (buckets < 10_000)).all()
     assert HashedNgrams().features([""])[0].size == 0
 
@@ -65,18 +66,21 @@ def test_counting_streams_in_batches_with_the_same_result():
 def test_the_log_weight_is_the_summed_log_ratio_of_the_text_features():
     model = ImportanceModel.fit(TARGET, RAW)
     text = RAW[3]
-    _, buckets = HashedNgrams().features([text])   # the same seed, the same buckets
+    _, buckets = HashedNgrams().features([text])  # the same seed, the same buckets
     assert model.log_weights([text])[0] == pytest.approx(
-        np.sum(np.log(model.target[buckets]) - np.log(model.raw[buckets])))
+        np.sum(np.log(model.target[buckets]) - np.log(model.raw[buckets]))
+    )
 
 
 def test_a_new_text_like_the_target_outweighs_one_of_the_same_length_that_is_not():
     model = ImportanceModel.fit(TARGET, RAW)
-    word_problem, story = model.log_weights([
-        "Lisa reads 15 pages a day. How many pages does she read in 4 days?",
-        "Write a short story about a dragon who loves to bake fresh bread.",
-    ])
-    assert word_problem > story + 2     # measured 6.2 nats apart
+    word_problem, story = model.log_weights(
+        [
+            "Lisa reads 15 pages a day. How many pages does she read in 4 days?",
+            "Write a short story about a dragon who loves to bake fresh bread.",
+        ]
+    )
+    assert word_problem > story + 2  # measured 6.2 nats apart
 
 
 def test_from_counts_equals_fit():
@@ -116,7 +120,7 @@ def test_keys_by_id_keep_a_selection_when_records_are_reordered_or_added():
     more_ids = ids + [f"new{i:03d}" for i in range(30)]
     more_w = np.concatenate([w, rng.normal(size=30)])
     after = {more_ids[i] for i in resample(more_w, 50, seed=3, ids=more_ids)}
-    assert {i for i in after if i.startswith("rec")} <= chosen   # old records only leave, for new ones
+    assert {i for i in after if i.startswith("rec")} <= chosen  # old records only leave, for new ones
     with pytest.raises(ValueError, match="ids"):
         resample(w, 5, seed=3, ids=ids[:10])
 
@@ -152,13 +156,13 @@ def test_gsm8k_target_selects_held_out_gsm8k_from_a_mixed_pool():
     target, held_out = gsm8k[:1500], gsm8k[1500:]
     others = [json.loads(line)["instruction"] for line in (pool_dir / "code_alpaca_2k.alpaca.jsonl").open()]
     others += [json.loads(line)["instruction"] for line in (pool_dir / "alpaca_eval_claude-2.alpaca.jsonl").open()]
-    pool = others + held_out                      # 1,500 of 4,322 (35%) are word problems
+    pool = others + held_out  # 1,500 of 4,322 (35%) are word problems
     model = ImportanceModel.fit(target, pool)
     picked = resample(model.log_weights(pool), 1000, seed=0)
     from_gsm8k = np.mean(picked >= len(others))
     ngrams = HashedNgrams()
     shift = model.shift(ngrams.counts(pool), ngrams.counts(pool[i] for i in picked))
     best = kl_divergence(model.target, distribution(ngrams.counts(held_out), 1.0))  # all word problems
-    assert from_gsm8k >= 0.95                      # measured 0.99
-    assert shift["kl_reduction"] >= 0.4            # measured 0.50 (0.25 -> 0.12 nats)
-    assert shift["kl_after"] <= 1.1 * best         # as close as the held-out word problems themselves
+    assert from_gsm8k >= 0.95  # measured 0.99
+    assert shift["kl_reduction"] >= 0.4  # measured 0.50 (0.25 -> 0.12 nats)
+    assert shift["kl_after"] <= 1.1 * best  # as close as the held-out word problems themselves

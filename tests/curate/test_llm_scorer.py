@@ -14,6 +14,7 @@ Specification:
 * another prompt version or another model scores every record again;
 * no endpoint configured is a clear error saying how to configure one; the key comes from the environment.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -48,8 +49,15 @@ def double():
 
 def judge(double: JudgeDouble, **overrides) -> dict:
     """Scorer settings on the double, fast: 0.2 s timeout, 1 ms backoff."""
-    return {"kind": "openai", "model": "judge-a", "base_url": double.url, "timeout_seconds": 0.2,
-            "backoff_seconds": 0.001, "max_retries": 3, **overrides}
+    return {
+        "kind": "openai",
+        "model": "judge-a",
+        "base_url": double.url,
+        "timeout_seconds": 0.2,
+        "backoff_seconds": 0.001,
+        "max_retries": 3,
+        **overrides,
+    }
 
 
 def scorer(engine, settings: dict) -> LLMJudgeScorer:
@@ -62,6 +70,7 @@ def fresh(text: str) -> str:
 
 
 # --- the client: requests, retries, errors ------------------------------------------------------
+
 
 def test_a_judge_score_becomes_a_model_score_in_0_1(engine, double):
     questions = [fresh("What is 2 + 2?"), fresh("Name a prime number."), fresh("Spell 'cat'.")]
@@ -76,16 +85,20 @@ def test_a_judge_score_becomes_a_model_score_in_0_1(engine, double):
     assert any("[Response]\nc-a-t" in r["messages"][1]["content"] for r in sent)
 
 
-@pytest.mark.parametrize("failure", [
-    ("status", 429, {"Retry-After": "0"}),
-    ("status", 500),
-    ("status", 503),
-    ("hang", 0.6),                       # past the 0.2 s timeout
-    ("content", "I would give it a 7."),  # not JSON
-    ("content", '{"score": 11}'),        # not 1..10
-    ("content", '{"score": 6.5}'),
-    ("content", '{"rating": 6}'),
-], ids=["429", "500", "503", "timeout", "not-json", "out-of-range", "not-integer", "no-score"])
+@pytest.mark.parametrize(
+    "failure",
+    [
+        ("status", 429, {"Retry-After": "0"}),
+        ("status", 500),
+        ("status", 503),
+        ("hang", 0.6),  # past the 0.2 s timeout
+        ("content", "I would give it a 7."),  # not JSON
+        ("content", '{"score": 11}'),  # not 1..10
+        ("content", '{"score": 6.5}'),
+        ("content", '{"rating": 6}'),
+    ],
+    ids=["429", "500", "503", "timeout", "not-json", "out-of-range", "not-integer", "no-score"],
+)
 def test_transient_failures_and_invalid_answers_are_retried_then_succeed(engine, double, failure):
     question = fresh("Why is the sea salty?")
     double.scores[question] = 8
@@ -100,7 +113,7 @@ def test_a_429_waits_for_its_retry_after(engine, double):
     double.then(("status", 429, {"Retry-After": "0.3"}))
     scorer(engine, judge(double)).score([fresh("Why do we sleep?")], ["To rest."])
     first, second = double.requests[before:]
-    assert second["at"] - first["at"] >= 0.3   # not the 1 ms backoff
+    assert second["at"] - first["at"] >= 0.3  # not the 1 ms backoff
 
 
 def test_a_401_fails_at_once_with_the_endpoints_message(engine, double):
@@ -114,8 +127,11 @@ def test_a_401_fails_at_once_with_the_endpoints_message(engine, double):
 def test_retries_that_never_succeed_fail_with_the_last_error_not_a_default(engine, double):
     before = double.count()
     double.then(*[("content", "not json")] * 3)
-    with pytest.raises(LLMError, match=r"no valid answer after 3 attempts; last: invalid answer \(not JSON\)"
-                                      r".*request 1 of 1: .*Hello\?"):
+    with pytest.raises(
+        LLMError,
+        match=r"no valid answer after 3 attempts; last: invalid answer \(not JSON\)"
+        r".*request 1 of 1: .*Hello\?",
+    ):
         scorer(engine, judge(double, max_retries=2)).score([fresh("Hello?")], ["Hi."])
     assert double.count() - before == 3
 
@@ -123,8 +139,9 @@ def test_retries_that_never_succeed_fail_with_the_last_error_not_a_default(engin
 def test_no_endpoint_is_a_clear_configuration_error(engine, monkeypatch):
     monkeypatch.delenv("INFINSTRUCT_LLM_BASE_URL", raising=False)
     settings = {"kind": "openai", "model": "judge-a"}
-    with pytest.raises(LLMConfigError, match="set base_url in the recipe .* or the environment variable "
-                                             "INFINSTRUCT_LLM_BASE_URL"):
+    with pytest.raises(
+        LLMConfigError, match="set base_url in the recipe .* or the environment variable INFINSTRUCT_LLM_BASE_URL"
+    ):
         scorer(engine, settings).score(["Hello?"], ["Hi."])
 
 
@@ -134,7 +151,7 @@ def test_the_endpoint_and_key_come_from_the_environment(engine, double, monkeypa
     settings = {"kind": "openai", "model": "judge-a", "api_key_env": "JUDGE_KEY", "timeout_seconds": 0.2}
     before = double.count()
     scorer(engine, settings).score([fresh("Hello?")], ["Hi."])
-    monkeypatch.delenv("JUDGE_KEY")   # a local server needs no key: a placeholder is sent
+    monkeypatch.delenv("JUDGE_KEY")  # a local server needs no key: a placeholder is sent
     scorer(engine, settings).score([fresh("Hello?")], ["Hi."])
     assert [r["authorization"] for r in double.requests[before:]] == ["Bearer secret-123", "Bearer no-key"]
 
@@ -164,21 +181,39 @@ QA = [  # (question, answer, the judge's score)
     ("How many legs does a spider have?", "Spiders have six legs, like all insects.", 2),
     ("What is the largest planet in the Solar System?", "I like turtles.", 1),
 ]
-EXEMPLARS = {"science": ["Why do objects fall to the ground?", "How does the heart pump blood?",
-                         "What causes earthquakes?", "How do plants make food from sunlight?"],
-             "code": ["Write a Python function that reverses a string.", "Fix the bug in this JavaScript loop."]}
+EXEMPLARS = {
+    "science": [
+        "Why do objects fall to the ground?",
+        "How does the heart pump blood?",
+        "What causes earthquakes?",
+        "How do plants make food from sunlight?",
+    ],
+    "code": ["Write a Python function that reverses a string.", "Fix the bug in this JavaScript loop."],
+}
 
 
 def recipe(folder, scorer_settings: dict) -> str:
     # judged quality alone ranks the records; the selection keeps the better half
-    selection = {"domains": {"builtin": False, "domains": {d: {"exemplars": e} for d, e in EXEMPLARS.items()}},
-                 "shares": {"science": 1.0}, "counts": {"code": 0}, "size": 0.5, "tolerance": 0.05,
-                 "rank": {"quality": 1.0, "difficulty": 0.0, "importance": 0.0}, "diversity_threshold": 0.99,
-                 "scoring": {"scorer": scorer_settings, "quality": {"length": 0, "elaboration": 0, "structure": 0,
-                                                                      "reasoning": 0, "model": 1.0}}}
-    return write_recipe(folder, f"judge_{uuid.uuid4().hex[:6]}", [{"name": "qa", "path": "qa.jsonl",
-                                                                 "format": "alpaca"}],
-                        semantic_dedup=None, selection=selection)
+    selection = {
+        "domains": {"builtin": False, "domains": {d: {"exemplars": e} for d, e in EXEMPLARS.items()}},
+        "shares": {"science": 1.0},
+        "counts": {"code": 0},
+        "size": 0.5,
+        "tolerance": 0.05,
+        "rank": {"quality": 1.0, "difficulty": 0.0, "importance": 0.0},
+        "diversity_threshold": 0.99,
+        "scoring": {
+            "scorer": scorer_settings,
+            "quality": {"length": 0, "elaboration": 0, "structure": 0, "reasoning": 0, "model": 1.0},
+        },
+    }
+    return write_recipe(
+        folder,
+        f"judge_{uuid.uuid4().hex[:6]}",
+        [{"name": "qa", "path": "qa.jsonl", "format": "alpaca"}],
+        semantic_dedup=None,
+        selection=selection,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -212,7 +247,10 @@ def story(engine, double, tmp_path_factory):
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(signals, "JUDGE_PROMPT_VERSION", 2)
-        measured("new_prompt", lambda: stored_scores(engine, run_scoring_steps(recipe(folder, judge(double, model="judge-c")))))
+        measured(
+            "new_prompt",
+            lambda: stored_scores(engine, run_scoring_steps(recipe(folder, judge(double, model="judge-c")))),
+        )
     return out, calls
 
 
@@ -226,10 +264,9 @@ def selected(engine, recipe_path) -> set[str]:
 def test_score_records_stores_the_judges_score_and_name(story):
     out, calls = story
     assert calls["first"] == len(QA)
-    assert {q: r["model_score"] for q, r in out["first"].items()} == pytest.approx(
-        {q: (s - 1) / 9 for q, _, s in QA})
+    assert {q: r["model_score"] for q, r in out["first"].items()} == pytest.approx({q: (s - 1) / 9 for q, _, s in QA})
     assert {r["scorer"] for r in out["first"].values()} == {"judge:judge-a:prompt=v1:chars=4000"}
-    assert all(r["quality"] == pytest.approx(r["model_score"]) for r in out["first"].values())   # model weight only
+    assert all(r["quality"] == pytest.approx(r["model_score"]) for r in out["first"].values())  # model weight only
 
 
 def test_the_selection_keeps_the_answers_the_judge_rated_best(story):
@@ -247,22 +284,27 @@ def test_a_task_that_died_halfway_pays_on_retry_only_for_what_it_had_not_got(sto
     # the third request was refused; the next, if already in flight, was answered and kept too
     assert calls["dying"] in (3, 4) and "refused model 'judge-c' with 401" in out["failure"]
     answered = calls["dying"] - 1
-    assert calls["retried"] == len(QA) - answered   # the answers it got are in llm_responses
+    assert calls["retried"] == len(QA) - answered  # the answers it got are in llm_responses
     assert {r["scorer"] for r in out["retried"].values()} == {"judge:judge-c:prompt=v1:chars=4000"}
-    assert sorted(r["model_score"] for r in out["retried"].values()).count(1.0) >= 2   # the two 10s kept
+    assert sorted(r["model_score"] for r in out["retried"].values()).count(1.0) >= 2  # the two 10s kept
 
 
 def test_another_model_or_prompt_version_scores_every_record_again(story):
     out, calls = story
-    assert calls["dying"] - 1 + calls["retried"] == len(QA)   # judge-a's scores were not reused for judge-c
+    assert calls["dying"] - 1 + calls["retried"] == len(QA)  # judge-a's scores were not reused for judge-c
     assert calls["new_prompt"] == len(QA)
     assert {r["scorer"] for r in out["new_prompt"].values()} == {"judge:judge-c:prompt=v2:chars=4000"}
 
 
 def test_answers_are_kept_with_their_usage(engine, story):
     with engine.connect() as conn:
-        rows = conn.execute(sa.text("select model, usage, response->'choices'->0->'message'->>'content'"
-                                    " from llm_responses where model = 'judge-c'")).all()
-    assert len(rows) == 2 * len(QA)   # prompt v1 and v2
-    assert all(usage["total_tokens"] == 55 and json.loads(content)["score"] in range(1, 11)
-               for _, usage, content in rows)
+        rows = conn.execute(
+            sa.text(
+                "select model, usage, response->'choices'->0->'message'->>'content'"
+                " from llm_responses where model = 'judge-c'"
+            )
+        ).all()
+    assert len(rows) == 2 * len(QA)  # prompt v1 and v2
+    assert all(
+        usage["total_tokens"] == 55 and json.loads(content)["score"] in range(1, 11) for _, usage, content in rows
+    )

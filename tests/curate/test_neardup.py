@@ -1,5 +1,6 @@
 """The near-duplicate core (infinstruct.curate.near_dedup.minhash), as a spec: what counts as a near-duplicate at the
 default settings, how band keys behave in a store, and which records are kept."""
+
 from __future__ import annotations
 
 import json
@@ -34,8 +35,10 @@ from infinstruct.curate.near_dedup.minhash import (
 
 S = NearDupSettings()
 
-PROMPT = ("Write a short story about a lighthouse keeper who finds a message in a bottle, "
-          "and explain how the discovery changes the rest of his life on the island.")
+PROMPT = (
+    "Write a short story about a lighthouse keeper who finds a message in a bottle, "
+    "and explain how the discovery changes the rest of his life on the island."
+)
 OTHERS = [
     "List three health benefits of drinking green tea every morning.",
     "How do I reverse a linked list in Python without using extra memory?",
@@ -52,6 +55,7 @@ def near_pairs(texts: list[str], settings: NearDupSettings = S) -> set[tuple[int
 
 
 # --- settings and shingles ---------------------------------------------------------------------------
+
 
 def test_settings_are_strict_and_bands_must_cover_the_signature():
     with pytest.raises(ValidationError, match="bands \\* rows must equal num_perm"):
@@ -85,6 +89,7 @@ def test_chinese_characters_are_words_of_their_own():
 
 # --- signatures and band keys ------------------------------------------------------------------------
 
+
 def test_identical_texts_have_the_same_signature_and_share_every_band_key():
     sigs = signatures([PROMPT, PROMPT, OTHERS[0]], S)
     assert sigs.shape == (3, S.num_perm) and sigs.dtype == np.uint32
@@ -102,8 +107,10 @@ def test_band_index_lives_in_the_key_so_bands_never_collide():
 
 
 def test_signatures_and_keys_are_deterministic_across_processes():
-    code = ("import json; from infinstruct.curate.near_dedup.minhash import *; s = NearDupSettings(); "
-            f"print(json.dumps(band_keys(signatures({[PROMPT] + OTHERS!r}, s), s).tolist()))")
+    code = (
+        "import json; from infinstruct.curate.near_dedup.minhash import *; s = NearDupSettings(); "
+        f"print(json.dumps(band_keys(signatures({[PROMPT] + OTHERS!r}, s), s).tolist()))"
+    )
     env = {**os.environ, "PYTHONHASHSEED": "123"}  # Python's own str hash must not matter
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     here = band_keys(signatures([PROMPT] + OTHERS, S), S)
@@ -114,9 +121,12 @@ def test_signatures_and_keys_are_deterministic_across_processes():
 
 # --- what is a near-duplicate ------------------------------------------------------------------------
 
+
 def test_a_whitespace_and_case_variant_is_a_confirmed_pair():
-    variant = "  WRITE a short story about a Lighthouse keeper who finds a message in a bottle,\n\nand explain " \
-              "how the discovery changes the rest of his life on the island!!"
+    variant = (
+        "  WRITE a short story about a Lighthouse keeper who finds a message in a bottle,\n\nand explain "
+        "how the discovery changes the rest of his life on the island!!"
+    )
     assert near_pairs([PROMPT, variant] + OTHERS) == {(0, 1)}
 
 
@@ -133,18 +143,23 @@ def test_unrelated_texts_are_never_paired():
     assert near_pairs([PROMPT] + OTHERS) == set()
 
 
-@pytest.mark.parametrize("a, b", [
-    ("Translate 'cat' into French.", "Translate 'dog' into French."),
-    ("What is the capital of France?", "What is the capital of Spain?"),
-    ("What is 12 multiplied by 7?", "What is 15 multiplied by 7?"),
-    # a real AlpacaEval pair: ~0.8 Jaccard, so only the essential-word guard keeps them apart
-    ("I like to host guests at my home from time to time, and I am gathering recipes of different dishes and "
-     "drinks to keep things interesting. I am interested in trying some Somali dishes. Can you give me a recipe "
-     "for Canjeero?",
-     "I like to host guests at my home from time to time, and I am gathering recipes of different dishes and "
-     "drinks to keep things interesting. I am interested in trying some Danish dishes. Can you give me a recipe "
-     "for Koldskål?"),
-])
+@pytest.mark.parametrize(
+    "a, b",
+    [
+        ("Translate 'cat' into French.", "Translate 'dog' into French."),
+        ("What is the capital of France?", "What is the capital of Spain?"),
+        ("What is 12 multiplied by 7?", "What is 15 multiplied by 7?"),
+        # a real AlpacaEval pair: ~0.8 Jaccard, so only the essential-word guard keeps them apart
+        (
+            "I like to host guests at my home from time to time, and I am gathering recipes of different dishes and "
+            "drinks to keep things interesting. I am interested in trying some Somali dishes. Can you give me a recipe "
+            "for Canjeero?",
+            "I like to host guests at my home from time to time, and I am gathering recipes of different dishes and "
+            "drinks to keep things interesting. I am interested in trying some Danish dishes. Can you give me a recipe "
+            "for Koldskål?",
+        ),
+    ],
+)
 def test_templated_prompts_differing_in_a_name_number_or_quoted_word_are_not_duplicates(a, b):
     assert differs_in_essential_words(a, b)
     assert near_pairs([a, b]) == set()
@@ -157,12 +172,15 @@ def test_case_and_whitespace_never_trip_the_essential_word_guard():
 def test_known_limit_one_plain_word_changed_in_a_long_template_is_still_paired():
     # Jaccard cannot tell a one-word template change from a near-copy with a word or two edited, and a
     # lower-case content word is no signal for the guard; bench/bench_minhash.py measures how often.
-    template = ("Write a 300-word blog post about the benefits of {} for busy office workers, with three "
-                "practical tips they can start using this week and a short encouraging conclusion.")
+    template = (
+        "Write a 300-word blog post about the benefits of {} for busy office workers, with three "
+        "practical tips they can start using this week and a short encouraging conclusion."
+    )
     assert near_pairs([template.format("yoga"), template.format("meditation")]) == {(0, 1)}
 
 
 # --- candidate search --------------------------------------------------------------------------------
+
 
 def test_new_rows_are_matched_against_existing_rows():
     existing = OTHERS + [PROMPT]
@@ -180,11 +198,11 @@ def test_a_key_set_finds_exactly_its_members_among_stored_keys():
     members = band_keys(signatures([PROMPT, *OTHERS], S), S)
     stored = rng.integers(0, 1 << 62, size=(1_000, S.bands), dtype=np.int64)
     stored[3, 5], stored[900, 0] = members[0, 5], members[4, 0]
-    stored[10, 1] = members[1, 1] ^ (1 << 40)   # same low bits as a member, another key: not one
+    stored[10, 1] = members[1, 1] ^ (1 << 40)  # same low bits as a member, another key: not one
     found = KeySet(members).contains(stored)
     assert found.shape == stored.shape
     assert sorted(zip(*np.nonzero(found))) == [(3, 5), (900, 0)]
-    assert not KeySet(members[:0]).contains(stored).any()   # an empty set holds nothing
+    assert not KeySet(members[:0]).contains(stored).any()  # an empty set holds nothing
 
 
 def test_a_huge_bucket_is_paired_within_a_window_not_all_pairs():
@@ -203,6 +221,7 @@ def test_an_empty_batch_gives_empty_arrays():
 
 # --- clusters and the keep rule ----------------------------------------------------------------------
 
+
 def test_clusters_are_connected_components_named_by_their_smallest_row():
     pairs = np.array([[3, 4], [1, 3], [5, 6]])
     assert clusters(7, pairs).tolist() == [0, 1, 2, 1, 1, 5, 5]
@@ -210,11 +229,13 @@ def test_clusters_are_connected_components_named_by_their_smallest_row():
 
 
 def test_keep_rule_lowest_priority_then_most_complete_then_smallest_id():
-    members = [Member("r-b", priority=1, completeness=900),   # a worse source, however complete
-               Member("r-c", priority=0, completeness=100),
-               Member("r-a", priority=0, completeness=400),   # best source, most complete: kept
-               Member("r-d", priority=0, completeness=400),   # tie with r-a: larger id loses
-               Member("r-e", priority=5, completeness=10)]    # no pair: kept
+    members = [
+        Member("r-b", priority=1, completeness=900),  # a worse source, however complete
+        Member("r-c", priority=0, completeness=100),
+        Member("r-a", priority=0, completeness=400),  # best source, most complete: kept
+        Member("r-d", priority=0, completeness=400),  # tie with r-a: larger id loses
+        Member("r-e", priority=5, completeness=10),
+    ]  # no pair: kept
     pairs = np.array([[0, 2], [1, 2], [2, 3], [0, 1], [0, 3], [1, 3]])
     found = representatives(members, pairs, np.full(len(pairs), 0.9))
     assert [None if r is None else members[r.row].record_id for r in found] == ["r-a", "r-a", None, "r-a", None]
@@ -225,7 +246,7 @@ def test_a_chain_of_look_alikes_keeps_every_record_that_resembles_no_accepted_on
     # components would drop c as a duplicate of a, which it does not resemble)
     members = [Member("a", 0, 300), Member("b", 0, 200), Member("c", 0, 100)]
     found = representatives(members, np.array([[0, 1], [1, 2]]), np.array([0.7, 0.9]))
-    assert found == [None, (0, 0.7), None]   # b names a, with the a~b estimate, not the b~c one
+    assert found == [None, (0, 0.7), None]  # b names a, with the a~b estimate, not the b~c one
 
 
 def test_a_duplicate_names_its_most_similar_accepted_record_and_that_pairs_estimate():
@@ -252,12 +273,15 @@ def test_a_record_paired_with_no_accepted_record_is_judged_against_its_clusters_
 
     found = representatives(members, pairs, np.full(len(pairs), 0.9), similar)
     assert found == [None, (0, 0.9), (0, 0.9), (0, 0.75), None]
-    assert asked == [(3, [0]), (4, [0])]   # row 4 resembles row 0 no more than the threshold: kept
+    assert asked == [(3, [0]), (4, [0])]  # row 4 resembles row 0 no more than the threshold: kept
 
 
 def test_a_hot_bucket_keeps_one_record_though_its_pairs_are_windowed():
     texts = [f"{PROMPT} {'Please answer carefully.' if n % 2 else 'Answer carefully.'}" + " " * n for n in range(300)]
-    texts = [t.replace("lighthouse keeper", "lighthouse keeper" if n % 3 else "lighthouse guard") for n, t in enumerate(texts)]
+    texts = [
+        t.replace("lighthouse keeper", "lighthouse keeper" if n % 3 else "lighthouse guard")
+        for n, t in enumerate(texts)
+    ]
     judge = PairJudge(texts, S)
     within = candidate_pairs(band_keys(judge.sigs, S), window=8).within
     confirmed, estimates = judge.confirm(within)
@@ -269,18 +293,28 @@ def test_a_hot_bucket_keeps_one_record_though_its_pairs_are_windowed():
 def test_programming_languages_are_essential_words():
     assert languages("Write a C++ function, then port it to C# and C.") == {"lang:cpp", "lang:csharp", "lang:c"}
     assert languages("Use JavaScript (not Java) or golang; python3 is fine") == {
-        "lang:javascript", "lang:java", "lang:go", "lang:python"}
-    assert languages("Let's go to the beach; rust never sleeps.") == set()   # English words, not languages
+        "lang:javascript",
+        "lang:java",
+        "lang:go",
+        "lang:python",
+    }
+    assert languages("Let's go to the beach; rust never sleeps.") == set()  # English words, not languages
     factorial = "Write a {} function that computes the factorial of a non-negative integer using recursion."
     assert differs_in_essential_words(factorial.format("C++"), factorial.format("C#"))
     assert differs_in_essential_words(factorial.format("Java"), factorial.format("JavaScript"))
     assert near_pairs([factorial.format("C++"), factorial.format("C#"), factorial.format("C")]) == set()
-    assert not differs_in_essential_words(factorial.format("C++"), factorial.format("c++").replace("Write", "Please write"))
+    assert not differs_in_essential_words(
+        factorial.format("C++"), factorial.format("c++").replace("Write", "Please write")
+    )
 
 
 def test_short_instructions_are_never_near_duplicates():
-    texts = ["How do I make apple juice?", "How do I make escargot?",
-             "How many minutes are there in a day?", "How many minutes are there in one day?"]
+    texts = [
+        "How do I make apple juice?",
+        "How do I make escargot?",
+        "How many minutes are there in a day?",
+        "How many minutes are there in one day?",
+    ]
     sigs = signatures(texts, S)
     pairs = np.array([[0, 1], [2, 3]])
     confirmed, _ = confirm_pairs(pairs, sigs, texts, NearDupSettings(threshold=0.3))
@@ -291,9 +325,17 @@ def test_short_instructions_are_never_near_duplicates():
 
 def test_template_boilerplate_does_not_make_prompts_duplicates():
     suffix = " Try to explain your answer. Your explanation should take the reader through your reasoning step-by-step."
-    fermi = [q + suffix for q in ("How many atoms are in a grain of salt?", "How many snowflakes fall during a typical winter?",
-                                  "How many songs have been recorded throughout history?", "How many words are spoken daily on Earth?",
-                                  "How many lightning strikes occur on Earth each day?", "How many pages are in all the books ever written?")]
+    fermi = [
+        q + suffix
+        for q in (
+            "How many atoms are in a grain of salt?",
+            "How many snowflakes fall during a typical winter?",
+            "How many songs have been recorded throughout history?",
+            "How many words are spoken daily on Earth?",
+            "How many lightning strikes occur on Earth each day?",
+            "How many pages are in all the books ever written?",
+        )
+    ]
     copy = fermi[0].replace("grain of salt?", "grain of table salt?")
     texts = fermi + [copy]
     settings = NearDupSettings(threshold=0.5)
@@ -326,20 +368,27 @@ def test_the_stores_instruction_text_is_the_user_turns_as_python_joins_them(engi
     from infinstruct.record.conversation import instruction_text
 
     conversations = [
-        [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi."},
-         {"role": "assistant", "content": "Hello."}, {"role": "user", "content": "Name a prime."}],
+        [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "Hi."},
+            {"role": "assistant", "content": "Hello."},
+            {"role": "user", "content": "Name a prime."},
+        ],
         [{"role": "user", "content": 'Quote "this", a \\ backslash,\na tab\t and 中文 ünïcödé 🙂'}],
         [{"role": "user", "content": ""}, {"role": "assistant", "content": "?"}],
         [{"role": "assistant", "content": "no user turn"}],
     ]
     with engine.connect() as conn:
         for conversation in conversations:
-            text = conn.execute(sa.text(f"select {INSTRUCTION_SQL} from (select cast(:c as json) as conversation) r"),
-                                {"c": json.dumps(conversation)}).scalar_one()
+            text = conn.execute(
+                sa.text(f"select {INSTRUCTION_SQL} from (select cast(:c as json) as conversation) r"),
+                {"c": json.dumps(conversation)},
+            ).scalar_one()
             assert text == instruction_text((t["role"], t["content"]) for t in conversation)
 
 
 # --- the stage: decided against accepted records, explained by the pair that decided --------------------
+
 
 def test_the_stage_drops_a_record_only_as_a_duplicate_of_an_accepted_record_it_resembles(engine, tmp_path):
     """Look-alike prompts in several languages do not chain: each language keeps one prompt, and every
@@ -351,31 +400,43 @@ def test_the_stage_drops_a_record_only_as_a_duplicate_of_an_accepted_record_it_r
     from conftest import run_partition_steps, write_jsonl, write_recipe
     from infinstruct import pipeline
 
-    variants = ["Write a {} function that computes the factorial of a non-negative integer.",
-                "Write a {} function that computes the factorial of a given non-negative integer.",
-                "Write a {} function which computes the factorial of a non-negative integer n.",
-                "Please write a {} function that computes the factorial of a non-negative integer.",
-                "Write a {} function that computes the factorial of a non-negative integer recursively."]
-    prompts = {(lang, n): v.format(lang) for lang in ("C++", "C#", "C", "Java", "JavaScript", "Python")
-               for n, v in enumerate(variants)}
+    variants = [
+        "Write a {} function that computes the factorial of a non-negative integer.",
+        "Write a {} function that computes the factorial of a given non-negative integer.",
+        "Write a {} function which computes the factorial of a non-negative integer n.",
+        "Please write a {} function that computes the factorial of a non-negative integer.",
+        "Write a {} function that computes the factorial of a non-negative integer recursively.",
+    ]
+    prompts = {
+        (lang, n): v.format(lang)
+        for lang in ("C++", "C#", "C", "Java", "JavaScript", "Python")
+        for n, v in enumerate(variants)
+    }
     lines = list(prompts.items())
-    write_jsonl(tmp_path / "code.jsonl", [{"instruction": text, "input": "", "output": f"An answer, {n}."}
-                                          for n, (_, text) in enumerate(lines)])
-    recipe = write_recipe(tmp_path, f"chains-{uuid.uuid4().hex[:6]}",
-                          [{"name": "code", "path": "code.jsonl", "format": "alpaca"}])
+    write_jsonl(
+        tmp_path / "code.jsonl",
+        [{"instruction": text, "input": "", "output": f"An answer, {n}."} for n, (_, text) in enumerate(lines)],
+    )
+    recipe = write_recipe(
+        tmp_path, f"chains-{uuid.uuid4().hex[:6]}", [{"name": "code", "path": "code.jsonl", "format": "alpaca"}]
+    )
     run_id = run_partition_steps(recipe)
     pipeline.deduplicate(run_id)
     pipeline.near_deduplicate(run_id)
     with engine.connect() as conn:
-        rows = conn.execute(sa.text(
-            "select r.line_no, r.record_id, d.reason, d.duplicate_of, d.score from records r"
-            " join run_partitions rp on rp.partition_id = r.partition_id and rp.run_id = :r"
-            " left join decisions d on d.partition_id = r.partition_id and d.line_no = r.line_no"
-            " order by r.line_no"), {"r": run_id}).all()
+        rows = conn.execute(
+            sa.text(
+                "select r.line_no, r.record_id, d.reason, d.duplicate_of, d.score from records r"
+                " join run_partitions rp on rp.partition_id = r.partition_id and rp.run_id = :r"
+                " left join decisions d on d.partition_id = r.partition_id and d.line_no = r.line_no"
+                " order by r.line_no"
+            ),
+            {"r": run_id},
+        ).all()
     language = {record_id: lines[line_no - 1][0][0] for line_no, record_id, *_ in rows}
     text = {record_id: lines[line_no - 1][1] for line_no, record_id, *_ in rows}
     kept = {record_id for _, record_id, reason, *_ in rows if reason is None}
-    assert sorted(language[r] for r in kept) == sorted({lang for lang, _ in prompts})   # one per language
+    assert sorted(language[r] for r in kept) == sorted({lang for lang, _ in prompts})  # one per language
     judge = PairJudge(list(text.values()), S)
     index = {record_id: n for n, record_id in enumerate(text)}
     for _, record_id, reason, duplicate_of, score in rows:

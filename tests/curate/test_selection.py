@@ -7,6 +7,7 @@ Specification:
 * a weak-domain report multiplies a quota and/or adds to it; an unknown domain in it is an error;
 * when a shares domain cannot fill its quota, the shares quotas shrink together (the mix holds).
 """
+
 from __future__ import annotations
 
 import json
@@ -36,13 +37,16 @@ def test_the_sample_recipe_has_no_selection_and_the_stage_order_puts_select_last
     assert not_selected_reason("math") == "not_selected:math"
 
 
-@pytest.mark.parametrize("selection, message", [
-    ({"shares": {"knowledge": 1, "math": 1, "code": 1}}, "['chat'] need a place"),
-    ({**PAPER, "counts": {"math": 10}}, "more than one of"),
-    ({**PAPER, "targets": {"maths": {"path": "x.jsonl", "fields": ["q"]}}}, "unknown domain 'maths'"),
-    ({**PAPER, "tolerence": 0.1}, "tolerence"),
-    ({**PAPER, "scoring": {"quality": {"model": 0.5}}}, "needs a model to score with"),
-])
+@pytest.mark.parametrize(
+    "selection, message",
+    [
+        ({"shares": {"knowledge": 1, "math": 1, "code": 1}}, "['chat'] need a place"),
+        ({**PAPER, "counts": {"math": 10}}, "more than one of"),
+        ({**PAPER, "targets": {"maths": {"path": "x.jsonl", "fields": ["q"]}}}, "unknown domain 'maths'"),
+        ({**PAPER, "tolerence": 0.1}, "tolerence"),
+        ({**PAPER, "scoring": {"quality": {"model": 0.5}}}, "needs a model to score with"),
+    ],
+)
 def test_bad_selection_sections_are_errors_naming_the_problem(tmp_path, selection, message):
     raw = {"name": "x", "sources": [{"name": "a", "path": "a.jsonl", "format": "alpaca"}], "selection": selection}
     with pytest.raises(RecipeError, match=message.replace("[", r"\[").replace("]", r"\]")):
@@ -50,9 +54,15 @@ def test_bad_selection_sections_are_errors_naming_the_problem(tmp_path, selectio
 
 
 def test_target_and_report_paths_are_relative_to_the_recipe(tmp_path):
-    raw = {"name": "x", "sources": [{"name": "a", "path": "a.jsonl", "format": "alpaca"}],
-           "selection": {**PAPER, "targets": {"math": {"path": "t/gsm8k_train.jsonl", "fields": ["question"]}},
-                         "weak_domains": "weak.json"}}
+    raw = {
+        "name": "x",
+        "sources": [{"name": "a", "path": "a.jsonl", "format": "alpaca"}],
+        "selection": {
+            **PAPER,
+            "targets": {"math": {"path": "t/gsm8k_train.jsonl", "fields": ["question"]}},
+            "weak_domains": "weak.json",
+        },
+    }
     selection = parse_recipe(raw, tmp_path).selection
     assert selection.targets["math"].path == str(tmp_path / "t" / "gsm8k_train.jsonl")
     assert selection.weak_domains == str(tmp_path / "weak.json")
@@ -62,7 +72,7 @@ def test_shares_are_a_mix_of_a_size_given_as_a_share_of_the_pool_or_a_count():
     settings = SelectionSettings(**PAPER, size=0.5)
     available = {"knowledge": 600, "math": 200, "code": 200, "chat": 77}
     quotas = plan_quotas(settings, available)
-    assert quotas == {"knowledge": 268, "math": 116, "code": 116}   # 500 in the paper's 44:19:19
+    assert quotas == {"knowledge": 268, "math": 116, "code": 116}  # 500 in the paper's 44:19:19
     assert plan_quotas(SelectionSettings(**PAPER, size=82), available) == {"knowledge": 44, "math": 19, "code": 19}
     mixed = SelectionSettings(shares={"knowledge": 1, "chat": 1}, counts={"math": 7, "code": 0}, size=10)
     assert plan_quotas(mixed, available) == {"knowledge": 5, "chat": 5, "math": 7, "code": 0}
@@ -86,12 +96,17 @@ def test_a_weak_domain_report_raises_quotas(tmp_path):
 def test_a_short_domain_shrinks_every_share_quota_together():
     settings = SelectionSettings(shares={"knowledge": 2, "math": 1}, counts={"code": 5}, keep_all=["chat"])
     quotas = {"knowledge": 200, "math": 100, "code": 5}
-    assert fit_quotas(settings, quotas, {"knowledge": 200, "math": 100, "code": 3}) == quotas   # counts never scale
-    assert fit_quotas(settings, quotas, {"knowledge": 200, "math": 40, "code": 5}) == {"knowledge": 80, "math": 40, "code": 5}
+    assert fit_quotas(settings, quotas, {"knowledge": 200, "math": 100, "code": 3}) == quotas  # counts never scale
+    assert fit_quotas(settings, quotas, {"knowledge": 200, "math": 40, "code": 5}) == {
+        "knowledge": 80,
+        "math": 40,
+        "code": 5,
+    }
 
 
 def test_an_unreadable_target_is_a_selection_error(tmp_path):
     from infinstruct.curate.selection.stage import _fingerprint, target_texts
+
     settings = SelectionSettings(**PAPER, targets={"math": {"path": str(tmp_path / "absent.jsonl"), "fields": ["q"]}})
     with pytest.raises(SelectionError, match="selection.targets.math"):
         _fingerprint(settings)

@@ -3,6 +3,7 @@
 The index tests need pgvector: the embedded server has it; an external server named
 by INFINSTRUCT_TEST_DATABASE_URL may not (the machine's PostgreSQL 15 has none), and then they skip.
 """
+
 from __future__ import annotations
 
 import uuid
@@ -30,35 +31,61 @@ NEAR_R2 = "Please explain how binary search works, and give its time complexity.
 NEAR_R3 = "List 3 benefits of regular exercise for older adults, briefly."
 SETTINGS = EmbeddingSettings()
 
-GSM = BenchmarkItem("gsm8k_test", "3", "Josh decides to try flipping a house. He buys a house for $80,000 and then "
-                                       "puts in $50,000 in repairs. This increased the value of the house by 150%. "
-                                       "How much profit did he make?")
-MT = BenchmarkItem("mt_bench", "81#1", "Compose an engaging travel blog post about a recent trip to Hawaii, "
-                                       "highlighting cultural experiences and must-see attractions.")
-PARAPHRASED_GSM = ("Josh wants to flip a house. He purchases a home for $92,000 and then spends $35,000 on repairs. "
-                   "That raised the house's value by 120%. What was his profit?")
-WRAPPED_MT = ("I need help with my homework. Compose an engaging travel blog post about a recent trip to Hawaii, "
-              "highlighting cultural experiences and must-see attractions. Thanks!")
+GSM = BenchmarkItem(
+    "gsm8k_test",
+    "3",
+    "Josh decides to try flipping a house. He buys a house for $80,000 and then "
+    "puts in $50,000 in repairs. This increased the value of the house by 150%. "
+    "How much profit did he make?",
+)
+MT = BenchmarkItem(
+    "mt_bench",
+    "81#1",
+    "Compose an engaging travel blog post about a recent trip to Hawaii, "
+    "highlighting cultural experiences and must-see attractions.",
+)
+PARAPHRASED_GSM = (
+    "Josh wants to flip a house. He purchases a home for $92,000 and then spends $35,000 on repairs. "
+    "That raised the house's value by 120%. What was his profit?"
+)
+WRAPPED_MT = (
+    "I need help with my homework. Compose an engaging travel blog post about a recent trip to Hawaii, "
+    "highlighting cultural experiences and must-see attractions. Thanks!"
+)
 # GSM8K test 1309, and a paraphrase in the evidence band (cosine 0.86): its wording is the item's, its number is not
-EGGS = BenchmarkItem("gsm8k_test", "1309", "If there are 10 eggs in a basket, and there are twice as many eggs in a second "
-                                           "basket, how many eggs are in both baskets put together?")
-PARAPHRASED_EGGS = ("There are 12 eggs in one basket, and a second basket has twice as many eggs. How many eggs are there "
-                    "in both baskets put together?")
+EGGS = BenchmarkItem(
+    "gsm8k_test",
+    "1309",
+    "If there are 10 eggs in a basket, and there are twice as many eggs in a second "
+    "basket, how many eggs are in both baskets put together?",
+)
+PARAPHRASED_EGGS = (
+    "There are 12 eggs in one basket, and a second basket has twice as many eggs. How many eggs are there "
+    "in both baskets put together?"
+)
 # GSM8K test 1317, and a GSM8K *train* question on its topic (cosine 0.90): another problem, worded otherwise
-RADIATOR = BenchmarkItem("gsm8k_test", "1317", "Mark's car breaks down and he needs to get a new radiator.  The cost for a "
-                                               "new radiator is $400 but he goes to get it at a junk shop and gets it for "
-                                               "80% off.  He then hires a mechanic to install it and it takes 3 hours at "
-                                               "$50 an hour.  How much did he pay?")
-RADIATOR_NEIGHBOUR = ("Mark needs to replace the radiator in his car.  The work takes 2 hours and the mechanic charges $75 "
-                      "an hour.  The part cost $150.  How much did he pay?")
+RADIATOR = BenchmarkItem(
+    "gsm8k_test",
+    "1317",
+    "Mark's car breaks down and he needs to get a new radiator.  The cost for a "
+    "new radiator is $400 but he goes to get it at a junk shop and gets it for "
+    "80% off.  He then hires a mechanic to install it and it takes 3 hours at "
+    "$50 an hour.  How much did he pay?",
+)
+RADIATOR_NEIGHBOUR = (
+    "Mark needs to replace the radiator in his car.  The work takes 2 hours and the mechanic charges $75 "
+    "an hour.  The part cost $150.  How much did he pay?"
+)
 
 
 @pytest.fixture(scope="module")
 def vector_table(engine):
     """A fresh pgvector table for this module (skips where the server has no pgvector)."""
     if not has_pgvector(engine):
-        pytest.skip("this PostgreSQL has no pgvector extension (the embedded server has it; "
-                    "unset INFINSTRUCT_TEST_DATABASE_URL or install pgvector on the server)")
+        pytest.skip(
+            "this PostgreSQL has no pgvector extension (the embedded server has it; "
+            "unset INFINSTRUCT_TEST_DATABASE_URL or install pgvector on the server)"
+        )
     table = f"semantic_test_{uuid.uuid4().hex[:8]}"
     VectorIndex(engine, table=table).create()
     return table
@@ -87,7 +114,7 @@ def test_added_vectors_are_found_again_by_their_near_copies(engine, vector_table
     keys = list(PROMPTS)
     assert index.add(keys, np.stack([vectors[k] for k in keys])) == len(keys)
     hits = index.neighbours(np.stack([vectors["near_r2"], vectors["near_r3"]]), k=3, min_cosine=0.0)
-    best = {row: (key, cos) for row, key, cos in reversed(hits)}   # first hit per row = best
+    best = {row: (key, cos) for row, key, cos in reversed(hits)}  # first hit per row = best
     assert best[0][0] == "r2" and best[0][1] >= 0.9
     assert best[1][0] == "r3" and best[1][1] >= 0.85
     assert [h[2] for h in hits if h[0] == 0] == sorted((h[2] for h in hits if h[0] == 0), reverse=True)
@@ -134,6 +161,7 @@ def test_pairs_within_is_exact_and_lists_each_pair_once():
 
 # --- embedding decontamination -----------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def matcher() -> EmbeddingMatcher:
     return EmbeddingMatcher.build([GSM, MT, EGGS, RADIATOR], EmbeddingMatchSettings())
@@ -160,22 +188,26 @@ def test_paraphrase_escapes_ngrams_but_not_embeddings_and_the_results_merge(matc
 
 def test_verbatim_items_match_themselves_at_cosine_one(matcher):
     found = matcher.match([item.text for item in matcher.items])
-    assert [[(m.benchmark, m.item_id) for m in ms][:1] for ms in found] == [[(i.benchmark, i.item_id)] for i in matcher.items]
+    assert [[(m.benchmark, m.item_id) for m in ms][:1] for ms in found] == [
+        [(i.benchmark, i.item_id)] for i in matcher.items
+    ]
     assert all(ms[0].score == pytest.approx(1.0, abs=1e-5) and ms[0].score <= 1.0 for ms in found)
 
 
 def test_a_paraphrase_under_the_cosine_threshold_is_caught_by_the_items_wording(matcher):
     s = matcher.settings
-    assert NgramIndex.build([EGGS]).contaminating(PARAPHRASED_EGGS) == []        # n-grams miss it
+    assert NgramIndex.build([EGGS]).contaminating(PARAPHRASED_EGGS) == []  # n-grams miss it
     assert pair_share(word_pairs(EGGS.text), word_pairs(PARAPHRASED_EGGS)) >= s.min_pair_share
     [[match]] = matcher.match([PARAPHRASED_EGGS])
     assert (match.benchmark, match.item_id, match.method) == ("gsm8k_test", "1309", MatchMethod.EMBEDDING)
-    assert s.evidence_threshold <= match.score < s.threshold                    # the evidence band: score = cosine
+    assert s.evidence_threshold <= match.score < s.threshold  # the evidence band: score = cosine
 
 
 def test_a_different_problem_on_an_items_topic_is_kept(matcher):
     # cosine alone at the old 0.80 called it contaminated; it shares few of the item's word pairs
-    cosine_only = EmbeddingMatcher(matcher.items, matcher.vectors, EmbeddingMatchSettings(threshold=0.8, evidence_threshold=None))
+    cosine_only = EmbeddingMatcher(
+        matcher.items, matcher.vectors, EmbeddingMatchSettings(threshold=0.8, evidence_threshold=None)
+    )
     [[match]] = cosine_only.match([RADIATOR_NEIGHBOUR])
     assert match.item_id == "1317" and match.score < matcher.settings.threshold
     assert pair_share(word_pairs(RADIATOR.text), word_pairs(RADIATOR_NEIGHBOUR)) < matcher.settings.min_pair_share
@@ -183,7 +215,13 @@ def test_a_different_problem_on_an_items_topic_is_kept(matcher):
 
 
 def test_match_vectors_gives_what_match_gives_for_embedded_texts(matcher):
-    texts = [PARAPHRASED_GSM, WRAPPED_MT, PARAPHRASED_EGGS, RADIATOR_NEIGHBOUR, "Suggest a vegetarian recipe for a picnic."]
+    texts = [
+        PARAPHRASED_GSM,
+        WRAPPED_MT,
+        PARAPHRASED_EGGS,
+        RADIATOR_NEIGHBOUR,
+        "Suggest a vegetarian recipe for a picnic.",
+    ]
     assert matcher.match_vectors(encode(texts, matcher.settings.embedding), texts) == matcher.match(texts)
     assert matcher.match_vectors(np.empty((0, 384), np.float32), []) == []
     with pytest.raises(ValueError, match="2 vectors for 1 texts"):
@@ -192,13 +230,18 @@ def test_match_vectors_gives_what_match_gives_for_embedded_texts(matcher):
 
 def test_without_an_evidence_band_the_cosine_alone_decides(matcher):
     one_tier = EmbeddingMatcher(matcher.items, matcher.vectors, EmbeddingMatchSettings(evidence_threshold=None))
-    assert one_tier.match([PARAPHRASED_EGGS]) == [[]]                               # under 0.90
-    assert [m.item_id for m in one_tier.match([PARAPHRASED_GSM])[0]] == ["3"]       # over it
+    assert one_tier.match([PARAPHRASED_EGGS]) == [[]]  # under 0.90
+    assert [m.item_id for m in one_tier.match([PARAPHRASED_GSM])[0]] == ["3"]  # over it
 
 
 def test_word_pairs_read_numbers_and_defined_names_as_the_ngram_matcher_does():
-    assert word_pairs("He paid $80,000, then 5%.") == {("he", "paid"), ("paid", "0"), ("0", "0"), ("0", "then"),
-                                                        ("then", "0")}
+    assert word_pairs("He paid $80,000, then 5%.") == {
+        ("he", "paid"),
+        ("paid", "0"),
+        ("0", "0"),
+        ("0", "then"),
+        ("then", "0"),
+    }
     renamed = "def helper(values):\n    return sorted(values)"
     assert word_pairs(renamed) == word_pairs("def sort_list(items):\n    return sorted(items)")
     assert pair_share(frozenset(), word_pairs(renamed)) == 0.0

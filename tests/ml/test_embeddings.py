@@ -1,4 +1,5 @@
 """Embeddings: the bundled MiniLM, loaded offline, on a few real-looking prompts."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -15,10 +16,14 @@ PROMPTS = [
     "List three benefits of regular exercise for older adults.",
     "What is the capital of Australia?",
 ]
-NEAR_COPY = ("Explain how a binary search works and give its time complexity.",
-             "Please explain how binary search works, and give its time complexity.")
-UNRELATED = ("Explain how a binary search works and give its time complexity.",
-             "Suggest a vegetarian recipe for a summer picnic.")
+NEAR_COPY = (
+    "Explain how a binary search works and give its time complexity.",
+    "Please explain how binary search works, and give its time complexity.",
+)
+UNRELATED = (
+    "Explain how a binary search works and give its time complexity.",
+    "Suggest a vegetarian recipe for a summer picnic.",
+)
 SETTINGS = EmbeddingSettings()
 
 
@@ -62,7 +67,9 @@ def test_texts_are_cut_to_max_chars_before_encoding():
 
 def test_without_normalize_the_raw_model_output_is_returned():
     raw = encode(PROMPTS[:2], SETTINGS.model_copy(update={"normalize": False}))
-    np.testing.assert_allclose(raw / np.linalg.norm(raw, axis=1, keepdims=True), encode(PROMPTS[:2], SETTINGS), atol=1e-5)
+    np.testing.assert_allclose(
+        raw / np.linalg.norm(raw, axis=1, keepdims=True), encode(PROMPTS[:2], SETTINGS), atol=1e-5
+    )
 
 
 def test_a_model_that_is_not_a_local_directory_is_an_error_not_a_download(tmp_path):

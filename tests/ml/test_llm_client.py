@@ -7,6 +7,7 @@ Specification (the network is the OpenAI-compatible double of llm_double.py):
   asks again, the same one is answered from the cache; the default settings keep the judge's old key;
 * free-text answers (json_answers: false) are asked for without a JSON response format.
 """
+
 from __future__ import annotations
 
 import json
@@ -29,8 +30,17 @@ def double():
 
 def chat(engine, double, **settings) -> JsonChat:
     # one request at a time: the double answers in arrival order
-    return JsonChat(ChatSettings(model=f"m-{uuid.uuid4().hex[:6]}", base_url=double.url, timeout_seconds=0.5, concurrency=1,
-                                 backoff_seconds=0.001, **settings), engine)
+    return JsonChat(
+        ChatSettings(
+            model=f"m-{uuid.uuid4().hex[:6]}",
+            base_url=double.url,
+            timeout_seconds=0.5,
+            concurrency=1,
+            backoff_seconds=0.001,
+            **settings,
+        ),
+        engine,
+    )
 
 
 def as_json(text: str) -> dict:
@@ -42,8 +52,13 @@ def as_json(text: str) -> dict:
 
 def calls(engine, model: str) -> list[tuple]:
     with engine.connect() as conn:
-        return conn.execute(sa.text("select attempt, status, prompt_tokens, completion_tokens, cost_usd from llm_calls"
-                                    " where model = :m order by id"), {"m": model}).all()
+        return conn.execute(
+            sa.text(
+                "select attempt, status, prompt_tokens, completion_tokens, cost_usd from llm_calls"
+                " where model = :m order by id"
+            ),
+            {"m": model},
+        ).all()
 
 
 def test_every_request_sent_is_recorded_with_its_tokens_and_cost(engine, double):
@@ -54,7 +69,7 @@ def test_every_request_sent_is_recorded_with_its_tokens_and_cost(engine, double)
     assert [(a, s) for a, s, *_ in rows] == [(1, "server_error"), (2, "invalid_answer"), (3, "ok")]
     assert rows[2][2:] == (50, 5, pytest.approx((50 * 2.0 + 5 * 10.0) / 1e6))
     before = double.count()
-    assert client.ask_many([[{"role": "user", "content": "hi"}]], "v1", as_json) == [{"ok": 1}]   # cached
+    assert client.ask_many([[{"role": "user", "content": "hi"}]], "v1", as_json) == [{"ok": 1}]  # cached
     assert double.count() == before and len(calls(engine, client.settings.model)) == 3
 
 
@@ -63,16 +78,18 @@ def test_sampling_and_seeds_are_sent_and_keyed(engine, double):
     sampled = chat(engine, double, temperature=0.8, top_p=0.9, max_tokens=32)
     double.then(("content", '{"v": 1}'), ("content", '{"v": 2}'))
     before = double.count()
-    assert sampled.ask_many(messages, "v1", as_json, seeds=[1, 2]) == [{"v": 1}, {"v": 2}]   # two seeds: two asks
+    assert sampled.ask_many(messages, "v1", as_json, seeds=[1, 2]) == [{"v": 1}, {"v": 2}]  # two seeds: two asks
     sent = [r["body"] for r in double.requests[before:]]
-    assert {(b["temperature"], b["top_p"], b["max_tokens"], b["seed"]) for b in sent} == {(0.8, 0.9, 32, 1),
-                                                                                          (0.8, 0.9, 32, 2)}
+    assert {(b["temperature"], b["top_p"], b["max_tokens"], b["seed"]) for b in sent} == {
+        (0.8, 0.9, 32, 1),
+        (0.8, 0.9, 32, 2),
+    }
     before = double.count()
-    assert sampled.ask_many(messages, "v1", as_json, seeds=[2, 1]) == [{"v": 2}, {"v": 1}]   # each from the cache
+    assert sampled.ask_many(messages, "v1", as_json, seeds=[2, 1]) == [{"v": 2}, {"v": 1}]  # each from the cache
     assert double.count() == before
     hotter = JsonChat(sampled.settings.model_copy(update={"temperature": 1.0}), engine)
     double.then(("content", '{"v": 3}'))
-    assert hotter.ask_many(messages[:1], "v1", as_json, seeds=[1]) == [{"v": 3}]   # another temperature: asked
+    assert hotter.ask_many(messages[:1], "v1", as_json, seeds=[1]) == [{"v": 3}]  # another temperature: asked
     assert double.count() == before + 1
 
 
@@ -85,7 +102,9 @@ def test_free_text_answers_are_asked_without_a_json_format(engine, double):
     client = chat(engine, double, json_answers=False)
     double.then(("content", "Once upon a time."))
     before = double.count()
-    assert client.ask_many([[{"role": "user", "content": f"tell {uuid.uuid4().hex}"}]], "v1", str) == ["Once upon a time."]
+    assert client.ask_many([[{"role": "user", "content": f"tell {uuid.uuid4().hex}"}]], "v1", str) == [
+        "Once upon a time."
+    ]
     assert "response_format" not in double.requests[before]["body"]
 
 
@@ -96,31 +115,36 @@ class Labels(BaseModel):
 def test_a_structured_answer_that_does_not_fit_gets_one_repair_then_is_a_recorded_failure(engine, double):
     client = chat(engine, double)
     asks = [[{"role": "user", "content": f"label {uuid.uuid4().hex[:6]} #{n}"}] for n in range(3)]
-    double.then(("content", '{"abilities": ["math"]}'), ("content", '{"skills": 1}'), ("content", "oops"),
-                ("content", '{"abilities": ["coding"]}'), ("content", '{"abilities": "not a list"}'))
+    double.then(
+        ("content", '{"abilities": ["math"]}'),
+        ("content", '{"skills": 1}'),
+        ("content", "oops"),
+        ("content", '{"abilities": ["coding"]}'),
+        ("content", '{"abilities": "not a list"}'),
+    )
     answers = client.ask_structured(asks, "v1", Labels)
     assert [a.value for a in answers] == [Labels(abilities=["math"]), Labels(abilities=["coding"]), None]
     assert [a.repaired for a in answers] == [False, True, True]
     assert "abilities" in answers[2].error and answers[2].text == '{"abilities": "not a list"}'
-    repair = double.requests[-1]["body"]["messages"]   # the request's own turns, its output, then the error
+    repair = double.requests[-1]["body"]["messages"]  # the request's own turns, its output, then the error
     assert repair[0] == asks[2][0] and repair[1] == {"role": "assistant", "content": "oops"}
     assert "cannot be used" in repair[2]["content"] and '"abilities"' in repair[2]["content"]
     statuses = [s for _, s, *_ in calls(engine, client.settings.model)]
     assert sorted(statuses) == ["invalid_answer"] * 3 + ["ok"] * 2
     before = double.count()
-    assert [a.value for a in client.ask_structured(asks, "v1", Labels)] == [a.value for a in answers]   # cached
+    assert [a.value for a in client.ask_structured(asks, "v1", Labels)] == [a.value for a in answers]  # cached
     assert double.count() == before
 
 
 def test_a_budget_cap_stops_sending_and_the_next_run_continues_from_the_cache(engine, double):
     asks = [[{"role": "user", "content": f"budget {uuid.uuid4().hex[:6]} #{n}"}] for n in range(3)]
-    capped = chat(engine, double, max_tokens_per_step=100)   # each answer of the double costs 55 tokens
+    capped = chat(engine, double, max_tokens_per_step=100)  # each answer of the double costs 55 tokens
     double.then(*[("content", f'{{"n": {n}}}') for n in range(3)])
     with pytest.raises(BudgetExhausted, match=r"step tokens 110 of 100.*2 of 3 requests answered") as stop:
         capped.ask_many(asks, "v1", as_json)
     assert (stop.value.answered, stop.value.total) == (2, 3)
     before = double.count()
-    again = JsonChat(capped.settings, engine)   # the next run: two answers from the cache, one request sent
+    again = JsonChat(capped.settings, engine)  # the next run: two answers from the cache, one request sent
     assert again.ask_many(asks, "v1", as_json) == [{"n": 0}, {"n": 1}, {"n": 2}]
     assert double.count() == before + 1
 
@@ -130,15 +154,17 @@ def test_a_run_budget_counts_every_step_of_the_run(engine, double):
     settings = dict(usd_per_million_prompt_tokens=2.0, usd_per_million_completion_tokens=10.0, max_usd_per_run=0.0002)
     first = JsonChat(chat(engine, double, **settings).settings, engine, run_id=run_id, role="tagger")
     double.then(("content", "a"), ("content", "b"))
-    first.ask_many([[{"role": "user", "content": f"run budget {uuid.uuid4().hex}"}]], "v1", str)   # 0.00015 USD
-    second = JsonChat(first.settings, engine, run_id=run_id, role="evolver")   # another step of the same run
-    second.ask_many([[{"role": "user", "content": f"run budget {uuid.uuid4().hex}"}]], "v1", str)   # 0.0003 now
+    first.ask_many([[{"role": "user", "content": f"run budget {uuid.uuid4().hex}"}]], "v1", str)  # 0.00015 USD
+    second = JsonChat(first.settings, engine, run_id=run_id, role="evolver")  # another step of the same run
+    second.ask_many([[{"role": "user", "content": f"run budget {uuid.uuid4().hex}"}]], "v1", str)  # 0.0003 now
     before = double.count()
     with pytest.raises(BudgetExhausted, match="run USD"):
         second.ask_many([[{"role": "user", "content": f"run budget {uuid.uuid4().hex}"}]], "v1", str)
-    assert double.count() == before   # stopped before sending
+    assert double.count() == before  # stopped before sending
     with engine.connect() as conn:
-        roles = conn.execute(sa.text("select role from llm_calls where run_id = :r order by id"), {"r": run_id}).scalars()
+        roles = conn.execute(
+            sa.text("select role from llm_calls where run_id = :r order by id"), {"r": run_id}
+        ).scalars()
         assert list(roles) == ["tagger", "evolver"]
 
 
@@ -148,8 +174,9 @@ def test_answers_are_cached_under_the_endpoint_name_when_one_is_given(engine, do
     first = chat(engine, double, endpoint_name="replicas")
     double.then(("content", '{"a": 1}'))
     assert first.ask_many(question, "v1", as_json) == [{"a": 1}]
-    moved = JsonChat(first.settings.model_copy(update={"base_url": double.url.replace("127.0.0.1", "localhost")}),
-                     engine)   # the same server under another URL
+    moved = JsonChat(
+        first.settings.model_copy(update={"base_url": double.url.replace("127.0.0.1", "localhost")}), engine
+    )  # the same server under another URL
     before = double.count()
     assert moved.ask_many(question, "v1", as_json) == [{"a": 1}]
     assert double.count() == before

@@ -8,6 +8,7 @@ identity. When an item cannot become a record, `parse_item` raises `Conversation
 
 Pure unit tests: no database, no files.
 """
+
 from __future__ import annotations
 
 import json
@@ -54,13 +55,15 @@ def reason_of(item, mapper_fn, max_chars: int = MAX_CHARS) -> Quarantine:
 # alpaca: instruction / input / output
 # --------------------------------------------------------------------------------------------------
 
+
 def test_alpaca_input_is_appended_to_the_instruction_after_a_blank_line():
     item = {"instruction": "Translate to French.", "input": "Good morning", "output": "Bonjour"}
     assert turns(line(item), ALPACA) == [("user", "Translate to French.\n\nGood morning"), ("assistant", "Bonjour")]
 
 
-@pytest.mark.parametrize("extra", [{}, {"input": ""}, {"input": "   \n"}, {"input": None}],
-                         ids=["missing", "empty", "whitespace", "null"])
+@pytest.mark.parametrize(
+    "extra", [{}, {"input": ""}, {"input": "   \n"}, {"input": None}], ids=["missing", "empty", "whitespace", "null"]
+)
 def test_alpaca_without_a_real_input_uses_the_instruction_alone(extra):
     item = {"instruction": "Say hello.", "output": "Hello!", **extra}
     assert turns(line(item), ALPACA) == [("user", "Say hello."), ("assistant", "Hello!")]
@@ -80,33 +83,48 @@ def test_an_already_decoded_item_is_parsed_like_its_jsonl_line():
 # sharegpt: conversations: [{from, value}]
 # --------------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("asker, answerer", [("human", "gpt"), ("user", "assistant"), ("Human", "GPT"),
-                                             (" human ", "chatgpt"), ("user", "model")])
+
+@pytest.mark.parametrize(
+    "asker, answerer",
+    [("human", "gpt"), ("user", "assistant"), ("Human", "GPT"), (" human ", "chatgpt"), ("user", "model")],
+)
 def test_sharegpt_speaker_aliases(asker, answerer):
     item = {"conversations": [{"from": asker, "value": "Hi"}, {"from": answerer, "value": "Hello"}]}
     assert turns(line(item), SHAREGPT) == [("user", "Hi"), ("assistant", "Hello")]
 
 
 def test_sharegpt_multi_turn_with_a_leading_system_turn():
-    item = {"conversations": [
-        {"from": "system", "value": "You are terse."},
-        {"from": "human", "value": "2+2?"},
-        {"from": "gpt", "value": "4"},
-        {"from": "human", "value": "And 3+3?"},
-        {"from": "gpt", "value": "6"},
-    ]}
+    item = {
+        "conversations": [
+            {"from": "system", "value": "You are terse."},
+            {"from": "human", "value": "2+2?"},
+            {"from": "gpt", "value": "4"},
+            {"from": "human", "value": "And 3+3?"},
+            {"from": "gpt", "value": "6"},
+        ]
+    }
     record = parse_item(line(item), SHAREGPT, MAX_CHARS)
     assert record.role_pattern == "suaua"
-    assert turns(line(item), SHAREGPT) == [("system", "You are terse."), ("user", "2+2?"), ("assistant", "4"),
-                                           ("user", "And 3+3?"), ("assistant", "6")]
+    assert turns(line(item), SHAREGPT) == [
+        ("system", "You are terse."),
+        ("user", "2+2?"),
+        ("assistant", "4"),
+        ("user", "And 3+3?"),
+        ("assistant", "6"),
+    ]
     assert record.min_turn_chars == 1
     assert record.total_chars == sum(len(c) for _, c in turns(line(item), SHAREGPT))
 
 
 @pytest.mark.parametrize("system", ["", "   \n\t"], ids=["empty", "whitespace"])
 def test_an_empty_system_turn_is_dropped_not_quarantined(system):
-    item = {"conversations": [{"from": "system", "value": system}, {"from": "human", "value": "Hi"},
-                              {"from": "gpt", "value": "Hello"}]}
+    item = {
+        "conversations": [
+            {"from": "system", "value": system},
+            {"from": "human", "value": "Hi"},
+            {"from": "gpt", "value": "Hello"},
+        ]
+    }
     record = parse_item(line(item), SHAREGPT, MAX_CHARS)
     assert record.role_pattern == "ua"
     assert turns(line(item), SHAREGPT) == [("user", "Hi"), ("assistant", "Hello")]
@@ -118,23 +136,36 @@ def test_an_empty_system_turn_is_dropped_not_quarantined(system):
 # messages: the OpenAI chat shape, content a string or a list of text parts
 # --------------------------------------------------------------------------------------------------
 
+
 def test_messages_with_string_content_and_a_system_turn():
-    item = {"messages": [{"role": "system", "content": "Be kind."}, {"role": "user", "content": "Hi"},
-                         {"role": "assistant", "content": "Hello"}]}
+    item = {
+        "messages": [
+            {"role": "system", "content": "Be kind."},
+            {"role": "user", "content": "Hi"},
+            {"role": "assistant", "content": "Hello"},
+        ]
+    }
     assert turns(line(item), MESSAGES) == [("system", "Be kind."), ("user", "Hi"), ("assistant", "Hello")]
 
 
 def test_messages_text_parts_are_joined_with_newlines():
-    item = {"messages": [
-        {"role": "user", "content": [{"type": "text", "text": "Describe:"}, {"type": "text", "text": "a cat"}]},
-        {"role": "assistant", "content": [{"type": "text", "text": "Small, furry."}]},
-    ]}
+    item = {
+        "messages": [
+            {"role": "user", "content": [{"type": "text", "text": "Describe:"}, {"type": "text", "text": "a cat"}]},
+            {"role": "assistant", "content": [{"type": "text", "text": "Small, furry."}]},
+        ]
+    }
     assert turns(line(item), MESSAGES) == [("user", "Describe:\na cat"), ("assistant", "Small, furry.")]
 
 
 def test_messages_developer_role_is_a_system_turn():
-    item = {"messages": [{"role": "developer", "content": "Rules."}, {"role": "user", "content": "Hi"},
-                         {"role": "assistant", "content": "Hello"}]}
+    item = {
+        "messages": [
+            {"role": "developer", "content": "Rules."},
+            {"role": "user", "content": "Hi"},
+            {"role": "assistant", "content": "Hello"},
+        ]
+    }
     assert [r for r, _ in turns(item, MESSAGES)] == ["system", "user", "assistant"]
 
 
@@ -142,22 +173,30 @@ def test_messages_developer_role_is_a_system_turn():
 # custom: a mapping of conversation fields to dotted paths (dict keys and list indexes)
 # --------------------------------------------------------------------------------------------------
 
+
 def test_custom_question_answer():
     assert turns(line({"question": "Capital of France?", "answer": "Paris", "id": 7}), QA) == [
-        ("user", "Capital of France?"), ("assistant", "Paris")]
+        ("user", "Capital of France?"),
+        ("assistant", "Paris"),
+    ]
 
 
 def test_custom_dotted_paths_with_list_indexes_on_a_self_instruct_record():
-    self_instruct = mapper("custom", {"user": "instruction", "input": "instances.0.input",
-                                      "assistant": "instances.0.output"})
-    item = {"id": "seed_task_1", "instruction": "Is the number even?",
-            "instances": [{"input": "42", "output": "Yes"}, {"input": "7", "output": "No"}]}
+    self_instruct = mapper(
+        "custom", {"user": "instruction", "input": "instances.0.input", "assistant": "instances.0.output"}
+    )
+    item = {
+        "id": "seed_task_1",
+        "instruction": "Is the number even?",
+        "instances": [{"input": "42", "output": "Yes"}, {"input": "7", "output": "No"}],
+    }
     assert turns(line(item), self_instruct) == [("user", "Is the number even?\n\n42"), ("assistant", "Yes")]
 
 
 def test_custom_empty_input_path_value_is_ignored():
-    self_instruct = mapper("custom", {"user": "instruction", "input": "instances.0.input",
-                                      "assistant": "instances.0.output"})
+    self_instruct = mapper(
+        "custom", {"user": "instruction", "input": "instances.0.input", "assistant": "instances.0.output"}
+    )
     item = {"instruction": "Tell a joke.", "instances": [{"input": "", "output": "Knock knock."}]}
     assert turns(item, self_instruct) == [("user", "Tell a joke."), ("assistant", "Knock knock.")]
 
@@ -182,19 +221,39 @@ QUARANTINE_CASES = [
     ("blank_line", ALPACA, b"\n", MAX_CHARS, Quarantine.BLANK_LINE),
     ("blank_line_spaces", ALPACA, b"  \t \r\n", MAX_CHARS, Quarantine.BLANK_LINE),
     ("invalid_utf8", ALPACA, b'\xff{"instruction": "a", "output": "b"}\n', MAX_CHARS, Quarantine.INVALID_UTF8),
-    ("invalid_utf8_in_value", ALPACA, b'{"instruction": "caf\xe9", "output": "b"}\n', MAX_CHARS,
-     Quarantine.INVALID_UTF8),
-    ("invalid_unicode", ALPACA, b'{"instruction": "bad \\ud800 text", "output": "b"}\n', MAX_CHARS,
-     Quarantine.INVALID_UNICODE),
+    (
+        "invalid_utf8_in_value",
+        ALPACA,
+        b'{"instruction": "caf\xe9", "output": "b"}\n',
+        MAX_CHARS,
+        Quarantine.INVALID_UTF8,
+    ),
+    (
+        "invalid_unicode",
+        ALPACA,
+        b'{"instruction": "bad \\ud800 text", "output": "b"}\n',
+        MAX_CHARS,
+        Quarantine.INVALID_UNICODE,
+    ),
     ("nul_byte_raw", ALPACA, b'{"instruction": "a\x00b", "output": "c"}\n', MAX_CHARS, Quarantine.NUL_BYTE),
     ("nul_byte_escape", ALPACA, b'{"instruction": "a", "output": "b\\u0000c"}\n', MAX_CHARS, Quarantine.NUL_BYTE),
-    ("nul_byte_decoded", SHAREGPT, {"conversations": [{"from": "human", "value": "a\x00"},
-                                                      {"from": "gpt", "value": "b"}]}, MAX_CHARS, Quarantine.NUL_BYTE),
+    (
+        "nul_byte_decoded",
+        SHAREGPT,
+        {"conversations": [{"from": "human", "value": "a\x00"}, {"from": "gpt", "value": "b"}]},
+        MAX_CHARS,
+        Quarantine.NUL_BYTE,
+    ),
     ("too_long_text", ALPACA, line({"instruction": "x" * 60, "output": "y" * 41}), 100, Quarantine.TOO_LONG),
     ("too_long_line", ALPACA, line({"instruction": "x" * 500, "output": "y"}), 100, Quarantine.TOO_LONG),
     ("invalid_json", ALPACA, b'{"instruction": "a", "output": \n', MAX_CHARS, Quarantine.INVALID_JSON),
-    ("invalid_json_single_quotes", ALPACA, b"{'instruction': 'a', 'output': 'b'}\n", MAX_CHARS,
-     Quarantine.INVALID_JSON),
+    (
+        "invalid_json_single_quotes",
+        ALPACA,
+        b"{'instruction': 'a', 'output': 'b'}\n",
+        MAX_CHARS,
+        Quarantine.INVALID_JSON,
+    ),
     ("not_an_object_list", ALPACA, b'["instruction", "output"]\n', MAX_CHARS, Quarantine.NOT_AN_OBJECT),
     ("not_an_object_string", ALPACA, b'"just text"\n', MAX_CHARS, Quarantine.NOT_AN_OBJECT),
     ("not_an_object_decoded", ALPACA, 42, MAX_CHARS, Quarantine.NOT_AN_OBJECT),
@@ -203,47 +262,130 @@ QUARANTINE_CASES = [
     ("missing_field_sharegpt", SHAREGPT, line({"messages": []}), MAX_CHARS, Quarantine.MISSING_FIELD),
     ("missing_field_custom", QA, line({"question": "a", "answers": ["b"]}), MAX_CHARS, Quarantine.MISSING_FIELD),
     ("wrong_type", ALPACA, line({"instruction": "a", "output": 42}), MAX_CHARS, Quarantine.WRONG_TYPE),
-    ("wrong_type_input", ALPACA, line({"instruction": "a", "input": ["x"], "output": "b"}), MAX_CHARS,
-     Quarantine.WRONG_TYPE),
+    (
+        "wrong_type_input",
+        ALPACA,
+        line({"instruction": "a", "input": ["x"], "output": "b"}),
+        MAX_CHARS,
+        Quarantine.WRONG_TYPE,
+    ),
     ("wrong_type_conversations", SHAREGPT, line({"conversations": "human: hi"}), MAX_CHARS, Quarantine.WRONG_TYPE),
     ("wrong_type_turn", SHAREGPT, line({"conversations": ["hi", "hello"]}), MAX_CHARS, Quarantine.WRONG_TYPE),
-    ("wrong_type_image_part", MESSAGES, line({"messages": [
-        {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]},
-        {"role": "assistant", "content": "a cat"}]}), MAX_CHARS, Quarantine.WRONG_TYPE),
+    (
+        "wrong_type_image_part",
+        MESSAGES,
+        line(
+            {
+                "messages": [
+                    {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]},
+                    {"role": "assistant", "content": "a cat"},
+                ]
+            }
+        ),
+        MAX_CHARS,
+        Quarantine.WRONG_TYPE,
+    ),
     ("wrong_type_custom", QA, line({"question": "a", "answer": {"text": "b"}}), MAX_CHARS, Quarantine.WRONG_TYPE),
-    ("bad_role", SHAREGPT, line({"conversations": [{"from": "narrator", "value": "a"},
-                                                   {"from": "gpt", "value": "b"}]}), MAX_CHARS, Quarantine.BAD_ROLE),
-    ("bad_role_messages", MESSAGES, line({"messages": [{"role": "tool", "content": "a"},
-                                                       {"role": "assistant", "content": "b"}]}), MAX_CHARS,
-     Quarantine.BAD_ROLE),
+    (
+        "bad_role",
+        SHAREGPT,
+        line({"conversations": [{"from": "narrator", "value": "a"}, {"from": "gpt", "value": "b"}]}),
+        MAX_CHARS,
+        Quarantine.BAD_ROLE,
+    ),
+    (
+        "bad_role_messages",
+        MESSAGES,
+        line({"messages": [{"role": "tool", "content": "a"}, {"role": "assistant", "content": "b"}]}),
+        MAX_CHARS,
+        Quarantine.BAD_ROLE,
+    ),
     ("empty_conversation", SHAREGPT, line({"conversations": []}), MAX_CHARS, Quarantine.EMPTY_CONVERSATION),
     ("empty_conversation_messages", MESSAGES, line({"messages": []}), MAX_CHARS, Quarantine.EMPTY_CONVERSATION),
     ("empty_turn", ALPACA, line({"instruction": "a", "output": "  \n "}), MAX_CHARS, Quarantine.EMPTY_TURN),
-    ("empty_turn_user", SHAREGPT, line({"conversations": [{"from": "human", "value": ""},
-                                                          {"from": "gpt", "value": "b"}]}), MAX_CHARS,
-     Quarantine.EMPTY_TURN),
-    ("bad_role_order", SHAREGPT, line({"conversations": [{"from": "gpt", "value": "a"},
-                                                         {"from": "human", "value": "b"}]}), MAX_CHARS,
-     Quarantine.BAD_ROLE_ORDER),
-    ("bad_role_order_two_users", SHAREGPT, line({"conversations": [
-        {"from": "human", "value": "a"}, {"from": "human", "value": "b"}, {"from": "gpt", "value": "c"}]}), MAX_CHARS,
-     Quarantine.BAD_ROLE_ORDER),
-    ("bad_role_order_late_system", SHAREGPT, line({"conversations": [
-        {"from": "human", "value": "a"}, {"from": "gpt", "value": "b"}, {"from": "system", "value": "c"},
-        {"from": "human", "value": "d"}, {"from": "gpt", "value": "e"}]}), MAX_CHARS, Quarantine.BAD_ROLE_ORDER),
-    ("no_response", SHAREGPT, line({"conversations": [{"from": "human", "value": "a"}]}), MAX_CHARS,
-     Quarantine.NO_RESPONSE),
-    ("no_response_after_system", MESSAGES, line({"messages": [{"role": "system", "content": "s"},
-                                                              {"role": "user", "content": "a"}]}), MAX_CHARS,
-     Quarantine.NO_RESPONSE),
-    ("no_response_multi_turn", SHAREGPT, line({"conversations": [
-        {"from": "human", "value": "a"}, {"from": "gpt", "value": "b"}, {"from": "human", "value": "c"}]}),
-     MAX_CHARS, Quarantine.NO_RESPONSE),
+    (
+        "empty_turn_user",
+        SHAREGPT,
+        line({"conversations": [{"from": "human", "value": ""}, {"from": "gpt", "value": "b"}]}),
+        MAX_CHARS,
+        Quarantine.EMPTY_TURN,
+    ),
+    (
+        "bad_role_order",
+        SHAREGPT,
+        line({"conversations": [{"from": "gpt", "value": "a"}, {"from": "human", "value": "b"}]}),
+        MAX_CHARS,
+        Quarantine.BAD_ROLE_ORDER,
+    ),
+    (
+        "bad_role_order_two_users",
+        SHAREGPT,
+        line(
+            {
+                "conversations": [
+                    {"from": "human", "value": "a"},
+                    {"from": "human", "value": "b"},
+                    {"from": "gpt", "value": "c"},
+                ]
+            }
+        ),
+        MAX_CHARS,
+        Quarantine.BAD_ROLE_ORDER,
+    ),
+    (
+        "bad_role_order_late_system",
+        SHAREGPT,
+        line(
+            {
+                "conversations": [
+                    {"from": "human", "value": "a"},
+                    {"from": "gpt", "value": "b"},
+                    {"from": "system", "value": "c"},
+                    {"from": "human", "value": "d"},
+                    {"from": "gpt", "value": "e"},
+                ]
+            }
+        ),
+        MAX_CHARS,
+        Quarantine.BAD_ROLE_ORDER,
+    ),
+    (
+        "no_response",
+        SHAREGPT,
+        line({"conversations": [{"from": "human", "value": "a"}]}),
+        MAX_CHARS,
+        Quarantine.NO_RESPONSE,
+    ),
+    (
+        "no_response_after_system",
+        MESSAGES,
+        line({"messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "a"}]}),
+        MAX_CHARS,
+        Quarantine.NO_RESPONSE,
+    ),
+    (
+        "no_response_multi_turn",
+        SHAREGPT,
+        line(
+            {
+                "conversations": [
+                    {"from": "human", "value": "a"},
+                    {"from": "gpt", "value": "b"},
+                    {"from": "human", "value": "c"},
+                ]
+            }
+        ),
+        MAX_CHARS,
+        Quarantine.NO_RESPONSE,
+    ),
 ]
 
 
-@pytest.mark.parametrize("mapper_fn, item, max_chars, expected",
-                         [case[1:] for case in QUARANTINE_CASES], ids=[case[0] for case in QUARANTINE_CASES])
+@pytest.mark.parametrize(
+    "mapper_fn, item, max_chars, expected",
+    [case[1:] for case in QUARANTINE_CASES],
+    ids=[case[0] for case in QUARANTINE_CASES],
+)
 def test_quarantine_reason(mapper_fn, item, max_chars, expected):
     assert reason_of(item, mapper_fn, max_chars) == expected
 
@@ -281,6 +423,7 @@ def test_a_utf8_byte_order_mark_before_the_first_record_is_ignored():
 # Identity: record_id (the whole normalised conversation) and instruction_key (the user turns)
 # --------------------------------------------------------------------------------------------------
 
+
 def test_record_id_is_stable_and_ignores_surrounding_whitespace():
     plain = {"instruction": "Name a colour.", "output": "Blue"}
     padded = {"instruction": "\n  Name a colour.  ", "input": "  ", "output": "\tBlue \n"}
@@ -293,8 +436,9 @@ def test_record_id_is_stable_and_ignores_surrounding_whitespace():
 
 def test_record_id_is_the_same_across_formats_for_the_same_conversation():
     alpaca = parse_item({"instruction": "Hi", "output": "Hello"}, ALPACA, MAX_CHARS)
-    sharegpt = parse_item({"conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello"}]},
-                          SHAREGPT, MAX_CHARS)
+    sharegpt = parse_item(
+        {"conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello"}]}, SHAREGPT, MAX_CHARS
+    )
     custom = parse_item({"question": "Hi", "answer": "Hello"}, QA, MAX_CHARS)
     assert alpaca.record_id == sharegpt.record_id == custom.record_id
 
@@ -305,12 +449,15 @@ def test_record_id_uses_unicode_nfc():
     assert composed.record_id == decomposed.record_id
 
 
-@pytest.mark.parametrize("other", [
-    {"instruction": "Name a colour.", "output": "Red"},
-    {"instruction": "Name a color.", "output": "Blue"},
-    {"instruction": "name a colour.", "output": "Blue"},
-    {"instruction": "Name a colour.", "input": "Primary only.", "output": "Blue"},
-])
+@pytest.mark.parametrize(
+    "other",
+    [
+        {"instruction": "Name a colour.", "output": "Red"},
+        {"instruction": "Name a color.", "output": "Blue"},
+        {"instruction": "name a colour.", "output": "Blue"},
+        {"instruction": "Name a colour.", "input": "Primary only.", "output": "Blue"},
+    ],
+)
 def test_record_id_differs_for_different_content(other):
     base = parse_item({"instruction": "Name a colour.", "output": "Blue"}, ALPACA, MAX_CHARS)
     assert base.record_id != parse_item(other, ALPACA, MAX_CHARS).record_id
@@ -336,6 +483,7 @@ def test_instruction_key_ignores_the_system_turn_and_differs_for_other_questions
 # excerpt: what the quarantine table shows of a rejected item
 # --------------------------------------------------------------------------------------------------
 
+
 def test_excerpt_of_a_line_is_readable_and_bounded():
     assert excerpt(b'{"a": "b\x00c"}\r\n') == '{"a": "b\\0c"}'
     assert excerpt(b"\xffabc\n") == "\ufffdabc"
@@ -347,8 +495,13 @@ def test_excerpt_of_decoded_items_and_reader_errors():
     assert excerpt(ConversationError(Quarantine.INVALID_JSON, "broken")) == ""
 
 
-@pytest.mark.parametrize("raw", [b"[" * 20_000 + b"]" * 20_000 + b"\n",
-                                 b'{"instruction": "q", "input": "", "output": "a", "n": ' + b"9" * 5_000 + b"}\n"],
-                         ids=["nested-20k-deep", "integer-of-5000-digits"])
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"[" * 20_000 + b"]" * 20_000 + b"\n",
+        b'{"instruction": "q", "input": "", "output": "a", "n": ' + b"9" * 5_000 + b"}\n",
+    ],
+    ids=["nested-20k-deep", "integer-of-5000-digits"],
+)
 def test_a_line_python_cannot_read_is_one_invalid_json_line_not_a_failed_partition(raw):
-    assert reason_of(raw, ALPACA, max_chars=1_000_000) is Quarantine.INVALID_JSON   # not too long: unreadable
+    assert reason_of(raw, ALPACA, max_chars=1_000_000) is Quarantine.INVALID_JSON  # not too long: unreadable

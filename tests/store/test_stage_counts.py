@@ -7,6 +7,7 @@ Specification:
 * a running run's unfinished stages are pending and it has no kept count; a failed run's are "not run";
 * a retried stage replaces its counts.
 """
+
 from __future__ import annotations
 
 import uuid
@@ -18,14 +19,20 @@ from infinstruct import pipeline
 from infinstruct.store.run_report import run_funnel
 from infinstruct.store.stage_counts import run_funnel_by_source, run_funnels
 
-GOOD = [{"instruction": f"Name {n} primary colours.", "input": "", "output": "Red, yellow and blue."} for n in range(2, 8)]
+GOOD = [
+    {"instruction": f"Name {n} primary colours.", "input": "", "output": "Red, yellow and blue."} for n in range(2, 8)
+]
 REFUSAL = {"instruction": "Tell me a joke about cats.", "input": "", "output": "I'm sorry, but I can't help with that."}
 
 
 def _start(tmp_path, lines) -> tuple:
     write_jsonl(tmp_path / "a.jsonl", lines)
-    recipe = write_recipe(tmp_path, f"counts-{uuid.uuid4().hex[:6]}", [{"name": "a", "path": "a.jsonl", "format": "alpaca"}],
-                          ingest={"max_quarantine_ratio": 1.0})
+    recipe = write_recipe(
+        tmp_path,
+        f"counts-{uuid.uuid4().hex[:6]}",
+        [{"name": "a", "path": "a.jsonl", "format": "alpaca"}],
+        ingest={"max_quarantine_ratio": 1.0},
+    )
     return recipe
 
 
@@ -66,7 +73,7 @@ def test_each_stage_stores_what_it_saw(engine, tmp_path):
 def test_a_past_run_keeps_its_funnel_when_a_later_run_reingests_the_file(engine, tmp_path):
     recipe = _start(tmp_path, [GOOD[0], "{oops", "{oops", "{oops"])
     first, _ = _run(recipe)
-    write_jsonl(tmp_path / "a.jsonl", GOOD)   # repaired: six good lines
+    write_jsonl(tmp_path / "a.jsonl", GOOD)  # repaired: six good lines
     second, _ = _run(recipe)
     funnels = run_funnels(engine, [first, second])
     assert _stage(funnels[first], "ingest")["standing_in"] == 4 and funnels[first]["kept"] == 1
@@ -80,7 +87,11 @@ def test_a_running_run_shows_undecided_stages_as_pending(engine, tmp_path):
     run_id, _ = _run(recipe, upto="apply_rules")
     funnel = run_funnels(engine, [run_id])[run_id]
     assert [(s["stage"], s["state"]) for s in funnel["stages"][:4]] == [
-        ("ingest", "done"), ("rules", "done"), ("decontam", "pending"), ("dedup", "pending")]
+        ("ingest", "done"),
+        ("rules", "done"),
+        ("decontam", "pending"),
+        ("dedup", "pending"),
+    ]
     assert _stage(funnel, "dedup")["standing_out"] is None and funnel["kept"] is None
     pipeline.mark_failed(run_id)
     funnel = run_funnels(engine, [run_id])[run_id]
@@ -92,6 +103,8 @@ def test_a_retried_stage_replaces_its_counts(engine, tmp_path):
     run_id, _ = _run(recipe, upto="deduplicate")
     pipeline.deduplicate(run_id)
     with engine.connect() as conn:
-        rows = conn.execute(sa.text("select count(*), sum(standing_out) from run_stage_counts"
-                                    " where run_id = :r and stage = 'dedup'"), {"r": run_id}).one()
+        rows = conn.execute(
+            sa.text("select count(*), sum(standing_out) from run_stage_counts where run_id = :r and stage = 'dedup'"),
+            {"r": run_id},
+        ).one()
     assert tuple(rows) == (1, 2)

@@ -8,6 +8,7 @@ Specification:
   `index: auto` then searches exactly and `index: pgvector` fails with that message;
 * the release of the sample is the same either way.
 """
+
 from __future__ import annotations
 
 import json
@@ -25,10 +26,14 @@ from infinstruct.store import vector_probe
 from infinstruct.store.vector_index import VectorIndexError, index_kind
 from infinstruct.store.vector_probe import vector_support
 
-STORY = ("Write a short story about a lighthouse keeper who finds a message in a bottle sent by her "
-         "grandmother fifty years ago.")
-REWORDED = ("Write a brief story about a lighthouse keeper who discovers a bottle with a message her "
-            "grandmother sent fifty years earlier.")
+STORY = (
+    "Write a short story about a lighthouse keeper who finds a message in a bottle sent by her "
+    "grandmother fifty years ago."
+)
+REWORDED = (
+    "Write a brief story about a lighthouse keeper who discovers a bottle with a message her "
+    "grandmother sent fifty years earlier."
+)
 # What a backend killed by the CPU looks like from the client: the connection drops mid-statement.
 DYING_BACKEND = ("a backend that dies", "select pg_terminate_backend(pg_backend_pid())")
 
@@ -60,8 +65,12 @@ def test_probe_passes_on_the_embedded_server_and_is_remembered(pgvector_server, 
         assert index_kind(conn, "auto", "semantic_dedup.index") == "pgvector"
         started = conn.execute(sa.text("select pg_postmaster_start_time()")).scalar_one()
         assert support.server_started_at == started
-        assert conn.execute(sa.text("select count(*) from pg_database where datname = :d"),
-                            {"d": vector_probe.PROBE_DATABASE}).scalar_one() == 0   # the throwaway database went
+        assert (
+            conn.execute(
+                sa.text("select count(*) from pg_database where datname = :d"), {"d": vector_probe.PROBE_DATABASE}
+            ).scalar_one()
+            == 0
+        )  # the throwaway database went
 
 
 def test_a_failing_probe_means_exact_search_and_a_clear_error(failing_probe, pgvector_server, caplog):
@@ -73,20 +82,26 @@ def test_a_failing_probe_means_exact_search_and_a_clear_error(failing_probe, pgv
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1, warnings
     assert "CPU:" in warnings[0] and "exactly" in warnings[0]
-    with pgvector_server.connect() as conn:   # the server is back and answers
+    with pgvector_server.connect() as conn:  # the server is back and answers
         assert index_kind(conn, "auto", "semantic_dedup.index") == "exact"
         assert index_kind(conn, "exact", "semantic_dedup.index") == "exact"
-        with pytest.raises(VectorIndexError, match="selection.index is 'pgvector' but pgvector does not work on "
-                                                   "this server: .*a backend that dies"):
+        with pytest.raises(
+            VectorIndexError,
+            match="selection.index is 'pgvector' but pgvector does not work on this server: .*a backend that dies",
+        ):
             index_kind(conn, "pgvector", "selection.index")
 
 
 def _sample_recipe(folder: Path, name: str) -> Path:
     recipe = sample_recipe(name)
     # a rewording beyond MinHash's reach, so that the semantic stage has something to decide
-    reworded = write_jsonl(folder / "reworded.alpaca.jsonl", [
-        {"instruction": text, "input": "", "output": "A complete and helpful answer to the request."}
-        for text in (STORY, REWORDED)])
+    reworded = write_jsonl(
+        folder / "reworded.alpaca.jsonl",
+        [
+            {"instruction": text, "input": "", "output": "A complete and helpful answer to the request."}
+            for text in (STORY, REWORDED)
+        ],
+    )
     recipe["sources"].append({"name": "reworded", "path": str(reworded), "format": "alpaca"})
     recipe["semantic_dedup"] = {"index": "auto"}
     path = folder / f"{name}.yaml"
@@ -97,7 +112,9 @@ def _sample_recipe(folder: Path, name: str) -> Path:
 def _release(out: Path, dataset: str) -> tuple[pd.DataFrame, pd.DataFrame]:
     folder = out / dataset / (out / dataset / "LATEST").read_text().strip()
     records = pd.read_parquet(folder / "data").sort_values("id").reset_index(drop=True)
-    ledger = pd.read_parquet(folder / "ledger.parquet").drop(columns=["run_id", "partition_id"])  # both name the dataset
+    ledger = pd.read_parquet(folder / "ledger.parquet").drop(
+        columns=["run_id", "partition_id"]
+    )  # both name the dataset
     return records, ledger.sort_values(["source", "file", "line"]).reset_index(drop=True)
 
 
@@ -125,6 +142,7 @@ def test_the_sample_release_is_the_same_with_or_without_pgvector(pgvector_server
 
 def test_the_command_line_tells_whether_pgvector_works(pgvector_server, capsys):
     from infinstruct.cli import main
+
     assert main(["vector-support"]) == 0
     answer = json.loads(capsys.readouterr().out)
     assert answer["works"] is True and answer["index_auto"] == "pgvector" and answer["cpu"]

@@ -12,6 +12,7 @@ Specification:
   score first, ties in a fixed order; an untagged record is never a seed;
 * a judge's 0 is the bottom of the 1-10 scale, other scores off the scale do not fit.
 """
+
 from __future__ import annotations
 
 from collections import Counter
@@ -29,37 +30,45 @@ PARENT = "Write a Python function that reverses a linked list."
 SETTINGS = EvolutionSettings()
 
 
-@pytest.mark.parametrize("raw, clean", [
-    ("#Rewritten Prompt#: Reverse a doubly linked list in place.", "Reverse a doubly linked list in place."),
-    ("Rewritten prompt: \"Reverse it in O(1) space.\"", "Reverse it in O(1) space."),
-    ("Here is the rewritten prompt: Sort the list first.", "Sort the list first."),
-    ("  Reverse the list recursively.  ", "Reverse the list recursively."),
-])
+@pytest.mark.parametrize(
+    "raw, clean",
+    [
+        ("#Rewritten Prompt#: Reverse a doubly linked list in place.", "Reverse a doubly linked list in place."),
+        ('Rewritten prompt: "Reverse it in O(1) space."', "Reverse it in O(1) space."),
+        ("Here is the rewritten prompt: Sort the list first.", "Sort the list first."),
+        ("  Reverse the list recursively.  ", "Reverse the list recursively."),
+    ],
+)
 def test_the_evolver_s_wrapping_is_removed(raw, clean):
     assert clean_evolved(raw) == clean
 
 
-@pytest.mark.parametrize("child, reason", [
-    ("", Elimination.EMPTY),
-    ("Please do it for them, if you can.", Elimination.EMPTY),
-    ("Rewrite the given prompt: " + PARENT, Elimination.SCAFFOLDING),
-    ("As a prompt rewriter, I add a constraint: reverse it in place.", Elimination.SCAFFOLDING),
-    ("I'm sorry, but I can't help with that.", Elimination.REFUSAL),
-    ("write a python function that reverses a linked list", Elimination.NO_GAIN),
-])
+@pytest.mark.parametrize(
+    "child, reason",
+    [
+        ("", Elimination.EMPTY),
+        ("Please do it for them, if you can.", Elimination.EMPTY),
+        ("Rewrite the given prompt: " + PARENT, Elimination.SCAFFOLDING),
+        ("As a prompt rewriter, I add a constraint: reverse it in place.", Elimination.SCAFFOLDING),
+        ("I'm sorry, but I can't help with that.", Elimination.REFUSAL),
+        ("write a python function that reverses a linked list", Elimination.NO_GAIN),
+    ],
+)
 def test_failed_evolutions_are_eliminated_with_their_reason(child, reason):
     found = text_check(child, PARENT, SETTINGS)
     assert found is not None and found[0] is reason and found[1]
 
 
 def test_a_real_rewrite_passes_the_text_checks():
-    assert text_check(PARENT + " Do it in place, in O(1) extra space, and explain each pointer change.",
-                      PARENT, SETTINGS) is None
+    assert (
+        text_check(PARENT + " Do it in place, in O(1) extra space, and explain each pointer change.", PARENT, SETTINGS)
+        is None
+    )
 
 
 def test_similarity_bounds_depend_on_the_operation():
     assert similarity_check(0.2, "deepen", SETTINGS)[0] is Elimination.UNRELATED
-    assert similarity_check(0.2, "breadth", SETTINGS) is None          # a new instruction of the same domain
+    assert similarity_check(0.2, "breadth", SETTINGS) is None  # a new instruction of the same domain
     assert similarity_check(0.05, "breadth", SETTINGS)[0] is Elimination.UNRELATED
     assert similarity_check(0.99, "deepen", SETTINGS)[0] is Elimination.NO_GAIN
     assert similarity_check(0.8, "deepen", SETTINGS) is None
@@ -93,14 +102,19 @@ def test_seeds_are_the_informative_candidates_best_first():
     ]
     counts = label_counts(pool)
     seeds = rank_seeds(pool, counts, settings)
-    assert [s.candidate.record_id for s in seeds][0] == "all" and seeds[0].why == ("rare_label", "multi_ability", "hard")
-    assert {s.candidate.record_id for s in seeds} == {"all", "rare", "multi", "hard"}   # no signal, no seed
+    assert [s.candidate.record_id for s in seeds][0] == "all" and seeds[0].why == (
+        "rare_label",
+        "multi_ability",
+        "hard",
+    )
+    assert {s.candidate.record_id for s in seeds} == {"all", "rare", "multi", "hard"}  # no signal, no seed
     weak = {s.candidate.record_id: s for s in rank_seeds(pool, counts, settings, weak_categories=frozenset({"math"}))}
-    assert weak["multi"].why == ("multi_ability", "weak_category") and weak["multi"].score == 3.0   # 1 + 2
+    assert weak["multi"].why == ("multi_ability", "weak_category") and weak["multi"].score == 3.0  # 1 + 2
     order = [s.candidate.record_id for s in rank_seeds(pool, counts, settings, weak_categories=frozenset({"math"}))]
-    assert order.index("multi") < min(order.index("rare"), order.index("hard"))   # a weak category comes first
-    assert [s.candidate.record_id for s in rank_seeds(pool, counts, settings, limit=2)] == \
-           [s.candidate.record_id for s in seeds[:2]]
+    assert order.index("multi") < min(order.index("rare"), order.index("hard"))  # a weak category comes first
+    assert [s.candidate.record_id for s in rank_seeds(pool, counts, settings, limit=2)] == [
+        s.candidate.record_id for s in seeds[:2]
+    ]
 
 
 def test_a_judge_s_zero_is_the_bottom_of_the_scale_and_other_scores_off_it_do_not_fit():
@@ -116,5 +130,6 @@ def test_an_evolved_instruction_is_normalised_as_an_ingested_turn_is():
     """LLM output carries what ingested text may carry (ANSI escapes, control characters, chat-template
     tokens): the release must not (issue 14, 3.10)."""
     from infinstruct.synth.evolution.elimination import clean_evolved
+
     raw = "#Rewritten Prompt#: \x1b[1mExplain\x1b[0m how a\u202e tide\x07 works on a\x0bmoon.<|im_end|>"
     assert clean_evolved(raw) == "Explain how a tide works on a\nmoon."

@@ -5,6 +5,7 @@ Specification: the run succeeds although most of what a 135M model writes is eli
 accounted for, kept or dropped with a reason); every request sent is a row of `llm_calls` with its role,
 tokens and latency; a second run sends no request at all and gives the same synthetic release.
 """
+
 from __future__ import annotations
 
 import json
@@ -21,7 +22,8 @@ from infinstruct.ml.llm_server import stop_local_llm
 
 def test_the_sample_synthesises_end_to_end_on_smollm2(engine, airflow_home, tmp_path, monkeypatch):
     from airflow.dag_processing.dagbag import DagBag
-    monkeypatch.setenv("INFINSTRUCT_HOME", str(tmp_path))   # its own embedded LLM server, stopped at the end
+
+    monkeypatch.setenv("INFINSTRUCT_HOME", str(tmp_path))  # its own embedded LLM server, stopped at the end
     monkeypatch.delenv(BASE_URL_ENV, raising=False)
     recipe = write_recipe(tmp_path, **sample_recipe(f"smol-{uuid.uuid4().hex[:6]}"))
     out = tmp_path / "releases"
@@ -32,15 +34,24 @@ def test_the_sample_synthesises_end_to_end_on_smollm2(engine, airflow_home, tmp_
         first = dag.test(run_conf=conf)
         assert str(first.state) == "success", {t.task_id: str(t.state) for t in first.get_task_instances()}
         with engine.connect() as conn:
-            calls = conn.execute(sa.text("select role, status, prompt_tokens, completion_tokens, latency_ms from llm_calls"
-                                         " where run_id = :r"), {"r": first.run_id}).all()
-            outcomes = conn.execute(sa.text("select verdict, reason from synth_children where run_id = :r"),
-                                    {"r": first.run_id}).all()
-            seeds = conn.execute(sa.text("select count(*) from synth_seeds where run_id = :r"), {"r": first.run_id}).scalar()
+            calls = conn.execute(
+                sa.text(
+                    "select role, status, prompt_tokens, completion_tokens, latency_ms from llm_calls where run_id = :r"
+                ),
+                {"r": first.run_id},
+            ).all()
+            outcomes = conn.execute(
+                sa.text("select verdict, reason from synth_children where run_id = :r"), {"r": first.run_id}
+            ).all()
+            seeds = conn.execute(
+                sa.text("select count(*) from synth_seeds where run_id = :r"), {"r": first.run_id}
+            ).scalar()
         assert {c.role for c in calls} >= {"tagger", "evolver", "judge"} and seeds == 4
-        assert all(c.latency_ms >= 0 and (c.status not in ("ok", "invalid_answer") or c.completion_tokens is not None)
-                   for c in calls)
-        assert outcomes and all(v == "kept" or r for v, r in outcomes)   # every drop has its reason
+        assert all(
+            c.latency_ms >= 0 and (c.status not in ("ok", "invalid_answer") or c.completion_tokens is not None)
+            for c in calls
+        )
+        assert outcomes and all(v == "kept" or r for v, r in outcomes)  # every drop has its reason
         folder = out / recipe.stem / "synthetic" / "v0001"
         manifest = json.loads((folder / "manifest.json").read_text())
         assert manifest["totals"]["children"] == len(outcomes) == len(pd.read_parquet(folder / "ledger.parquet"))
@@ -48,8 +59,10 @@ def test_the_sample_synthesises_end_to_end_on_smollm2(engine, airflow_home, tmp_
         again = dag.test(run_conf=conf)
         assert str(again.state) == "success"
         with engine.connect() as conn:
-            sent = conn.execute(sa.text("select count(*) from llm_calls where run_id = :r"), {"r": again.run_id}).scalar()
-        assert sent == 0   # every answer came from the cache
+            sent = conn.execute(
+                sa.text("select count(*) from llm_calls where run_id = :r"), {"r": again.run_id}
+            ).scalar()
+        assert sent == 0  # every answer came from the cache
         assert not (out / recipe.stem / "synthetic" / "v0002").exists()
         assert Path(folder).is_dir()
     finally:

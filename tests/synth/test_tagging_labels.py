@@ -8,6 +8,7 @@ Specification:
 * a label goes to the coarse category it is about (the Infinity-Instruct vocabulary by default);
 * a tagger answer without any label is invalid.
 """
+
 from __future__ import annotations
 
 import pytest
@@ -23,17 +24,20 @@ from infinstruct.synth.tagging.labels import (
 )
 
 
-@pytest.mark.parametrize("raw, label", [
-    ("  Mathematical Reasoning. ", "mathematical reasoning"),
-    ("Python programming!!", "python programming"),
-    ("Algebraic Equations", "algebraic equation"),
-    ("Data Analysis", "data analysis"),            # -is is not a plural
-    ("C++ Programming", "c++ programming"),
-    ("C# delegates", "c# delegate"),
-    ("Statistics", "statistics"),                  # a field, not a plural
-    ("open Q&A", "open q&a"),
-    ("ＦＵＬＬ-width  Text", "full-width text"),
-])
+@pytest.mark.parametrize(
+    "raw, label",
+    [
+        ("  Mathematical Reasoning. ", "mathematical reasoning"),
+        ("Python programming!!", "python programming"),
+        ("Algebraic Equations", "algebraic equation"),
+        ("Data Analysis", "data analysis"),  # -is is not a plural
+        ("C++ Programming", "c++ programming"),
+        ("C# delegates", "c# delegate"),
+        ("Statistics", "statistics"),  # a field, not a plural
+        ("open Q&A", "open q&a"),
+        ("ＦＵＬＬ-width  Text", "full-width text"),
+    ],
+)
 def test_labels_are_normalised(raw, label):
     assert normalise_label(raw) == label
 

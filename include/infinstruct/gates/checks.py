@@ -5,6 +5,7 @@ that with a GX 1.x suite, inside PostgreSQL (so a gate over millions of records 
 memory), stores its result in `gate_results`, and raises GateFailed when any expectation fails, which
 fails the Airflow task and stops every downstream task.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -45,10 +46,14 @@ class GateResult:
     failures: list[dict[str, Any]] = field(default_factory=list)
 
     def summary(self) -> str:
-        failed = "; ".join(f"{f['expectation']}({f.get('column') or ''}): {f['unexpected_count']} unexpected, e.g. {f['sample']}"
-                           for f in self.failures)
+        failed = "; ".join(
+            f"{f['expectation']}({f.get('column') or ''}): {f['unexpected_count']} unexpected, e.g. {f['sample']}"
+            for f in self.failures
+        )
         return f"gate {self.gate} on {self.scope}: {'passed' if self.success else 'FAILED'} " + (
-            f"({self.statistics.get('successful_expectations')}/{self.statistics.get('evaluated_expectations')})" + (f" — {failed}" if failed else ""))
+            f"({self.statistics.get('successful_expectations')}/{self.statistics.get('evaluated_expectations')})"
+            + (f" — {failed}" if failed else "")
+        )
 
 
 def record_expectations(recipe: Recipe) -> list:
@@ -56,7 +61,10 @@ def record_expectations(recipe: Recipe) -> list:
     import great_expectations.expectations as gxe
 
     return [
-        *(gxe.ExpectColumnToExist(column=c) for c in ("record_id", "instruction_key", "role_pattern", "min_turn_chars", "total_chars")),
+        *(
+            gxe.ExpectColumnToExist(column=c)
+            for c in ("record_id", "instruction_key", "role_pattern", "min_turn_chars", "total_chars")
+        ),
         gxe.ExpectColumnValuesToNotBeNull(column="record_id"),
         gxe.ExpectColumnValuesToMatchRegex(column="record_id", regex=RECORD_ID_PATTERN),
         gxe.ExpectColumnValuesToNotBeNull(column="instruction_key"),
@@ -66,14 +74,16 @@ def record_expectations(recipe: Recipe) -> list:
     ]
 
 
-RELEASE_GATE_VERSION = 3   # bump when the release expectations change: every release part is validated again
+RELEASE_GATE_VERSION = 3  # bump when the release expectations change: every release part is validated again
 
 
 def release_gate_key(recipe: Recipe) -> str:
     """What a release part's validation depends on besides its content: the gate's expectations and thresholds.
     A part validated under this key is not validated again (release_parts.checked_key)."""
-    blob = json.dumps([RELEASE_GATE_VERSION, recipe.gates.model_dump(mode="json"), sorted(recipe.rules.allowed_languages)],
-                      sort_keys=True)
+    blob = json.dumps(
+        [RELEASE_GATE_VERSION, recipe.gates.model_dump(mode="json"), sorted(recipe.rules.allowed_languages)],
+        sort_keys=True,
+    )
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -85,13 +95,23 @@ def release_level_expectations(recipe: Recipe) -> list:
 
     return [
         gxe.ExpectColumnValuesToBeBetween(column="release_records", min_value=1),
-        gxe.ExpectColumnValuesToBeBetween(column="allowed_language_share", min_value=recipe.gates.min_allowed_language_share,
-                                          max_value=1.0),
-        gxe.ExpectColumnValuesToBeBetween(column="near_duplicate_share", min_value=0.0,
-                                          max_value=recipe.gates.max_near_duplicate_share),
-        *([gxe.ExpectColumnValuesToBeBetween(column="contamination_suspect_share", min_value=0.0,
-                                             max_value=recipe.gates.max_contamination_suspect_share)]
-          if recipe.gates.max_contamination_suspect_share is not None else []),
+        gxe.ExpectColumnValuesToBeBetween(
+            column="allowed_language_share", min_value=recipe.gates.min_allowed_language_share, max_value=1.0
+        ),
+        gxe.ExpectColumnValuesToBeBetween(
+            column="near_duplicate_share", min_value=0.0, max_value=recipe.gates.max_near_duplicate_share
+        ),
+        *(
+            [
+                gxe.ExpectColumnValuesToBeBetween(
+                    column="contamination_suspect_share",
+                    min_value=0.0,
+                    max_value=recipe.gates.max_contamination_suspect_share,
+                )
+            ]
+            if recipe.gates.max_contamination_suspect_share is not None
+            else []
+        ),
     ]
 
 
@@ -101,11 +121,22 @@ def release_record_expectations(recipe: Recipe, whole_release: bool) -> list:
     record's copies counted across the whole release)."""
     import great_expectations.expectations as gxe
 
-    unique = ([gxe.ExpectColumnValuesToBeUnique(column="record_id"), gxe.ExpectColumnValuesToBeUnique(column="instruction_key")]
-              if whole_release else
-              [gxe.ExpectColumnValuesToBeBetween(column=c, min_value=1, max_value=1)
-               for c in ("record_id_copies", "instruction_key_copies")])
-    return [*record_expectations(recipe), *unique, gxe.ExpectColumnValuesToBeInSet(column="contaminated", value_set=[False])]
+    unique = (
+        [
+            gxe.ExpectColumnValuesToBeUnique(column="record_id"),
+            gxe.ExpectColumnValuesToBeUnique(column="instruction_key"),
+        ]
+        if whole_release
+        else [
+            gxe.ExpectColumnValuesToBeBetween(column=c, min_value=1, max_value=1)
+            for c in ("record_id_copies", "instruction_key_copies")
+        ]
+    )
+    return [
+        *record_expectations(recipe),
+        *unique,
+        gxe.ExpectColumnValuesToBeInSet(column="contaminated", value_set=[False]),
+    ]
 
 
 def _gate_url(engine: Engine) -> str:
@@ -117,12 +148,14 @@ def _gate_url(engine: Engine) -> str:
 
 def snapshot_table(gate: str, run_id: str) -> str:
     """The name of a gate's snapshot table for a run: only [a-z0-9_], the run id hashed (never raw input)."""
-    if not re.fullmatch(r"[a-z_]+", gate):   # a raise, not an assert: asserts vanish under python -O
+    if not re.fullmatch(r"[a-z_]+", gate):  # a raise, not an assert: asserts vanish under python -O
         raise ValueError(f"gate name must be lower-case letters and underscores, got {gate!r}")
     return f"gate_rows_{gate}_{hashlib.sha256(run_id.encode()).hexdigest()[:12]}"
 
 
-def validate_query(engine: Engine, query: sa.Select, expectations: list, name: str, run_id: str) -> tuple[bool, dict, list]:
+def validate_query(
+    engine: Engine, query: sa.Select, expectations: list, name: str, run_id: str
+) -> tuple[bool, dict, list]:
     """Run GX expectations on a query, evaluated by PostgreSQL. Returns (success, statistics, failures).
 
     The query is evaluated once, into an unlogged snapshot table of just its columns, and GX validates that:
@@ -140,7 +173,7 @@ def validate_query(engine: Engine, query: sa.Select, expectations: list, name: s
     try:
         with engine.begin() as conn:
             conn.execute(sa.text(f"drop table if exists {table}"))
-            conn.execute(sa.text("set local jit = off"))   # one pass: compiling it cost more than it saved (~0.25 s)
+            conn.execute(sa.text("set local jit = off"))  # one pass: compiling it cost more than it saved (~0.25 s)
             conn.execute(sa.text(f"create unlogged table {table} as {literal_sql(query, engine)}"))
         context = gx.get_context(mode="ephemeral")
         context.variables.progress_bars = {"globally": False}
@@ -148,7 +181,9 @@ def validate_query(engine: Engine, query: sa.Select, expectations: list, name: s
             warnings.simplefilter("ignore")
             datasource = context.data_sources.add_sql("infinstruct", connection_string=_gate_url(engine))
         try:
-            batch = datasource.add_table_asset(name, table_name=table).add_batch_definition_whole_table("all").get_batch()
+            batch = (
+                datasource.add_table_asset(name, table_name=table).add_batch_definition_whole_table("all").get_batch()
+            )
             suite = context.suites.add(gx.ExpectationSuite(name=name))
             for expectation in expectations:
                 suite.add_expectation(expectation)
@@ -158,29 +193,49 @@ def validate_query(engine: Engine, query: sa.Select, expectations: list, name: s
     finally:
         with engine.begin() as conn:
             conn.execute(sa.text(f"drop table if exists {table}"))
-    failures = [{
-        "expectation": r["expectation_config"]["type"],
-        "column": r["expectation_config"]["kwargs"].get("column"),
-        "unexpected_count": r["result"].get("unexpected_count", r["result"].get("observed_value")),
-        "sample": (r["result"].get("partial_unexpected_list") or [])[:5],
-        "error": (r.get("exception_info") or {}).get("exception_message"),
-    } for r in result["results"] if not r["success"]]
+    failures = [
+        {
+            "expectation": r["expectation_config"]["type"],
+            "column": r["expectation_config"]["kwargs"].get("column"),
+            "unexpected_count": r["result"].get("unexpected_count", r["result"].get("observed_value")),
+            "sample": (r["result"].get("partial_unexpected_list") or [])[:5],
+            "error": (r.get("exception_info") or {}).get("exception_message"),
+        }
+        for r in result["results"]
+        if not r["success"]
+    ]
     return bool(result["success"]), result["statistics"], failures
 
 
-def run_gate(engine: Engine, run_id: str, gate: str, scope: str, query: sa.Select, expectations: list,
-             measured: dict | None = None) -> GateResult:
+def run_gate(
+    engine: Engine,
+    run_id: str,
+    gate: str,
+    scope: str,
+    query: sa.Select,
+    expectations: list,
+    measured: dict | None = None,
+) -> GateResult:
     """Validate, store the result (with what the gate `measured` outside GX, beside GX's statistics), and
     raise GateFailed if it failed."""
     success, statistics, failures = validate_query(engine, query, expectations, gate, run_id)
     statistics = {**statistics, **(measured or {})}
     result = GateResult(gate, scope, success, statistics, failures)
     with engine.begin() as conn:
-        conn.execute(sa.text(
-            "insert into gate_results (run_id, gate, scope, success, statistics, failures)"
-            " values (:run, :gate, :scope, :success, cast(:statistics as jsonb), cast(:failures as jsonb))"),
-            {"run": run_id, "gate": gate, "scope": scope, "success": success,
-             "statistics": json.dumps(statistics), "failures": json.dumps(failures, default=str)})
+        conn.execute(
+            sa.text(
+                "insert into gate_results (run_id, gate, scope, success, statistics, failures)"
+                " values (:run, :gate, :scope, :success, cast(:statistics as jsonb), cast(:failures as jsonb))"
+            ),
+            {
+                "run": run_id,
+                "gate": gate,
+                "scope": scope,
+                "success": success,
+                "statistics": json.dumps(statistics),
+                "failures": json.dumps(failures, default=str),
+            },
+        )
     log.info(result.summary())
     if not success:
         raise GateFailed(result.summary())
@@ -192,19 +247,29 @@ def check_ingested(engine: Engine, recipe: Recipe, run_id: str) -> GateResult:
     when they were ingested). One validation for all of them: GX costs seconds to import per process.
     The first task after the bulk load of records: it refreshes their statistics for every stage after it."""
     refresh_statistics(engine, "records")
-    query = (sa.select(records.c.record_id, records.c.instruction_key, records.c.role_pattern, records.c.min_turn_chars,
-                       records.c.total_chars)
-             .join(partitions, partitions.c.partition_id == records.c.partition_id)
-             .where(partitions.c.run_id == run_id))
+    query = (
+        sa.select(
+            records.c.record_id,
+            records.c.instruction_key,
+            records.c.role_pattern,
+            records.c.min_turn_chars,
+            records.c.total_chars,
+        )
+        .join(partitions, partitions.c.partition_id == records.c.partition_id)
+        .where(partitions.c.run_id == run_id)
+    )
     return run_gate(engine, run_id, "ingested", "partitions ingested by the run", query, record_expectations(recipe))
 
 
 def _copies(run_id: str, column: str) -> sa.ScalarSelect:
     """How many kept records of the run's release share this record's `column` (by index: records_<column>)."""
     other = records.alias("other")
-    return (sa.select(sa.func.count()).select_from(other)
-            .where(other.c[column] == records.c[column], in_run(run_id, other.c.partition_id), ~dropped(other))
-            .scalar_subquery())
+    return (
+        sa.select(sa.func.count())
+        .select_from(other)
+        .where(other.c[column] == records.c[column], in_run(run_id, other.c.partition_id), ~dropped(other))
+        .scalar_subquery()
+    )
 
 
 def check_release(engine: Engine, recipe: Recipe, run_id: str) -> GateResult:
@@ -215,47 +280,85 @@ def check_release(engine: Engine, recipe: Recipe, run_id: str) -> GateResult:
     counted against the whole release by id and by instruction. The release as a whole (not empty, the
     language mix) is checked from the parts' counts. A part that passes is marked validated."""
     key = release_gate_key(recipe)
-    refresh_statistics(engine, "decisions")   # every stage added some: plan the anti-joins on real counts
+    refresh_statistics(engine, "decisions")  # every stage added some: plan the anti-joins on real counts
     with engine.connect() as conn:
         parts = current_parts(conn, recipe, run_id)
     to_check = [p["partition_id"] for p in parts if p["checked_key"] != key]
-    after = [row for p in parts for row in p["summary"]["composition"] if not row[3]]   # released: not not_selected
+    after = [row for p in parts for row in p["summary"]["composition"] if not row[3]]  # released: not not_selected
     released = sum(row[4] for row in after)
     allowed = {*recipe.rules.allowed_languages, "und"}
     share = sum(row[4] for row in after if row[2] in allowed) / released if released else 0.0
     near = near_duplicate_audit.audit(engine, recipe, run_id, to_check)
     suspects = contamination_audit.audit(engine, recipe, run_id, to_check)
-    release_columns = (sa.literal(released, sa.BigInteger).label("release_records"),
-                       sa.literal(share, sa.Float).label("allowed_language_share"),
-                       sa.literal(near.share, sa.Float).label("near_duplicate_share"),
-                       sa.literal(suspects.share, sa.Float).label("contamination_suspect_share"))
+    release_columns = (
+        sa.literal(released, sa.BigInteger).label("release_records"),
+        sa.literal(share, sa.Float).label("allowed_language_share"),
+        sa.literal(near.share, sa.Float).label("near_duplicate_share"),
+        sa.literal(suspects.share, sa.Float).label("contamination_suspect_share"),
+    )
     expectations = release_level_expectations(recipe)
     if to_check and released:
         whole = len(to_check) == len(parts)
-        contaminated = sa.exists().where(contamination.c.partition_id == records.c.partition_id,
-                                         contamination.c.line_no == records.c.line_no)
-        copies = () if whole else (_copies(run_id, "record_id").label("record_id_copies"),
-                                   _copies(run_id, "instruction_key").label("instruction_key_copies"))
-        query = kept_records(run_id, records.c.record_id, records.c.instruction_key, records.c.role_pattern,
-                             records.c.min_turn_chars, records.c.total_chars, contaminated.label("contaminated"),
-                             *copies, *release_columns)
+        contaminated = sa.exists().where(
+            contamination.c.partition_id == records.c.partition_id, contamination.c.line_no == records.c.line_no
+        )
+        copies = (
+            ()
+            if whole
+            else (
+                _copies(run_id, "record_id").label("record_id_copies"),
+                _copies(run_id, "instruction_key").label("instruction_key_copies"),
+            )
+        )
+        query = kept_records(
+            run_id,
+            records.c.record_id,
+            records.c.instruction_key,
+            records.c.role_pattern,
+            records.c.min_turn_chars,
+            records.c.total_chars,
+            contaminated.label("contaminated"),
+            *copies,
+            *release_columns,
+        )
         if not whole:
             query = query.where(records.c.partition_id.in_(to_check))
         expectations += release_record_expectations(recipe, whole)
         scope = "release" if whole else f"release: {len(to_check)} new or changed of {len(parts)} parts"
-    else:   # one row of the release's own measures: an empty release fails `release_records >= 1` (not vacuously)
+    else:  # one row of the release's own measures: an empty release fails `release_records >= 1` (not vacuously)
         query = sa.select(*release_columns)
         scope = f"release: all {len(parts)} parts validated before" if released else "release: no record released"
-    result = run_gate(engine, run_id, "release", scope, query, expectations,
-                      {"near_duplicates": near.as_dict(), "contamination_suspects": suspects.as_dict()})
+    result = run_gate(
+        engine,
+        run_id,
+        "release",
+        scope,
+        query,
+        expectations,
+        {"near_duplicates": near.as_dict(), "contamination_suspects": suspects.as_dict()},
+    )
     if suspects.suspects:
-        log.warning("release gate of run %s: the independent contamination audit flags %d of %d sampled released"
-                    " records (e.g. %s)", run_id, suspects.suspects, suspects.sampled, suspects.examples[:2])
+        log.warning(
+            "release gate of run %s: the independent contamination audit flags %d of %d sampled released"
+            " records (e.g. %s)",
+            run_id,
+            suspects.suspects,
+            suspects.sampled,
+            suspects.examples[:2],
+        )
     with engine.begin() as conn:
-        conn.execute(sa.text("update release_parts set checked_key = :k where dataset = :d and partition_id = any(:ps)"
-                             " and fingerprint = any(:fs)"),
-                     {"k": key, "d": recipe.name, "ps": to_check,
-                      "fs": [p["fingerprint"] for p in parts if p["partition_id"] in to_check]})
+        conn.execute(
+            sa.text(
+                "update release_parts set checked_key = :k where dataset = :d and partition_id = any(:ps)"
+                " and fingerprint = any(:fs)"
+            ),
+            {
+                "k": key,
+                "d": recipe.name,
+                "ps": to_check,
+                "fs": [p["fingerprint"] for p in parts if p["partition_id"] in to_check],
+            },
+        )
     return result
 
 
@@ -270,26 +373,51 @@ def check_selection(engine: Engine, recipe: Recipe, run_id: str) -> GateResult |
     if settings is None:
         return None
     with engine.connect() as conn:
-        summary = conn.execute(sa.text(
-            "select s.result from selection_state s join runs r on r.dataset = s.dataset where r.run_id = :r"
-            " and s.run_id = :r"), {"r": run_id}).scalar()
+        summary = conn.execute(
+            sa.text(
+                "select s.result from selection_state s join runs r on r.dataset = s.dataset where r.run_id = :r"
+                " and s.run_id = :r"
+            ),
+            {"r": run_id},
+        ).scalar()
     if summary is None:
         raise GateFailed(f"gate selection: run {run_id!r} has no selection summary: run select_records first")
     planned = {d: e["planned_share"] for d, e in summary["domains"].items() if "planned_share" in e}
     scores = sa.table("record_scores", sa.column("record_id"), sa.column("domain"), sa.column("quality"))
-    contaminated = sa.exists().where(contamination.c.partition_id == records.c.partition_id,
-                                     contamination.c.line_no == records.c.line_no)
-    chosen = kept_records(run_id, records.c.record_id, records.c.instruction_key, contaminated.label("contaminated"),
-                          scores.c.domain, scores.c.quality,
-                          ).select_from(records.outerjoin(scores, scores.c.record_id == records.c.record_id)).subquery()
+    contaminated = sa.exists().where(
+        contamination.c.partition_id == records.c.partition_id, contamination.c.line_no == records.c.line_no
+    )
+    chosen = (
+        kept_records(
+            run_id,
+            records.c.record_id,
+            records.c.instruction_key,
+            contaminated.label("contaminated"),
+            scores.c.domain,
+            scores.c.quality,
+        )
+        .select_from(records.outerjoin(scores, scores.c.record_id == records.c.record_id))
+        .subquery()
+    )
     in_quota = chosen.c.domain.in_(list(planned)) if planned else sa.false()
     per_domain = sa.func.count().over(partition_by=chosen.c.domain)
     quota_total = sa.func.sum(sa.case((in_quota, 1), else_=0)).over()
-    expected = sa.case(*((chosen.c.domain == d, share) for d, share in planned.items()), else_=0.0) if planned else sa.literal(0.0)
-    gap = sa.case((in_quota, sa.func.abs(sa.cast(per_domain, sa.Float) / sa.func.nullif(quota_total, 0) - expected)),
-                  else_=0.0)
-    query = sa.select(chosen.c.record_id, chosen.c.instruction_key, chosen.c.contaminated, chosen.c.domain,
-                      chosen.c.quality, gap.label("share_gap"))
+    expected = (
+        sa.case(*((chosen.c.domain == d, share) for d, share in planned.items()), else_=0.0)
+        if planned
+        else sa.literal(0.0)
+    )
+    gap = sa.case(
+        (in_quota, sa.func.abs(sa.cast(per_domain, sa.Float) / sa.func.nullif(quota_total, 0) - expected)), else_=0.0
+    )
+    query = sa.select(
+        chosen.c.record_id,
+        chosen.c.instruction_key,
+        chosen.c.contaminated,
+        chosen.c.domain,
+        chosen.c.quality,
+        gap.label("share_gap"),
+    )
     minimum = (summary["pool_mean_quality"] or 0.0) + settings.min_quality_margin
     expectations = [
         gxe.ExpectTableRowCountToBeBetween(min_value=1),

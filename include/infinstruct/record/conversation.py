@@ -1,4 +1,5 @@
 """The one conversation schema every source is mapped into, its identity and its sanity checks."""
+
 from __future__ import annotations
 
 import hashlib
@@ -73,9 +74,11 @@ def instruction_sql(row: str = "r") -> str:
     answers, most of a record's bytes, never leave the server. tests/curate/test_neardup.py checks both agree."""
     if not re.fullmatch(r"[a-z_][a-z0-9_]*", row):
         raise ValueError(f"row alias must be a plain identifier, got {row!r}")
-    return (f"coalesce((select string_agg(t.turn->>'content', E'\\n' order by t.n)"
-            f" from json_array_elements({row}.conversation) with ordinality as t(turn, n)"
-            f" where t.turn->>'role' = '{USER}'), '')")
+    return (
+        f"coalesce((select string_agg(t.turn->>'content', E'\\n' order by t.n)"
+        f" from json_array_elements({row}.conversation) with ordinality as t(turn, n)"
+        f" where t.turn->>'role' = '{USER}'), '')"
+    )
 
 
 def instruction_key(turns: tuple[Turn, ...]) -> str:
@@ -105,8 +108,10 @@ def build_record(raw_turns: list[Turn], max_chars: int) -> Record:
     if not _ROLE_PATTERN.match(pattern):
         if _NO_RESPONSE.match(pattern):
             raise ConversationError(Quarantine.NO_RESPONSE, "conversation ends with a user turn and has no response")
-        raise ConversationError(Quarantine.BAD_ROLE_ORDER,
-                                f"roles must be [system] user, assistant, user, assistant ...; got {pattern!r} (s/u/a)")
+        raise ConversationError(
+            Quarantine.BAD_ROLE_ORDER,
+            f"roles must be [system] user, assistant, user, assistant ...; got {pattern!r} (s/u/a)",
+        )
     total = sum(len(c) for _, c in turns)
     if total > max_chars:
         raise ConversationError(Quarantine.TOO_LONG, f"conversation has {total} characters, more than {max_chars}")
@@ -114,7 +119,9 @@ def build_record(raw_turns: list[Turn], max_chars: int) -> Record:
     try:
         conversation = canonical_json(frozen)
     except TypeError:
-        raise ConversationError(Quarantine.INVALID_UNICODE, "text holds invalid code points (lone surrogates)") from None
+        raise ConversationError(
+            Quarantine.INVALID_UNICODE, "text holds invalid code points (lone surrogates)"
+        ) from None
     return Record(
         record_id=_digest(conversation),
         instruction_key=instruction_key(frozen),

@@ -22,6 +22,7 @@ What it does, and why each step is safe:
 
 The original text stays where the ledger points (file and line), so nothing is lost by normalising.
 """
+
 from __future__ import annotations
 
 import re
@@ -30,12 +31,15 @@ import unicodedata
 # ESC + CSI (`[` params final), OSC (`]` ... BEL or ST; unterminated, only the ESC goes), or a 2-3 byte escape
 _ANSI = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)|[ -/]*[0-~])")
 _LINE_CONTROLS = re.compile("[\x0b\x0c\x85]")
-_NONCHARACTERS = "\ufdd0-\ufdef" + "".join(f"{chr(plane + 0xfffe)}{chr(plane + 0xffff)}" for plane in range(0, 0x110000, 0x10000))
+_NONCHARACTERS = "\ufdd0-\ufdef" + "".join(
+    f"{chr(plane + 0xFFFE)}{chr(plane + 0xFFFF)}" for plane in range(0, 0x110000, 0x10000)
+)
 _CONTROLS = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u206f" + _NONCHARACTERS + "]")
 # _CONTROLS, or any character from U+1FFFE up (rare): a class of one astral range scans ~7x faster than one
 # naming the 32 astral noncharacters, and this guard runs on every turn
-_MAYBE_CONTROLS = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u206f\ufdd0-\ufdef\ufffe\uffff"
-                             "\U0001fffe-\U0010ffff]")
+_MAYBE_CONTROLS = re.compile(
+    "[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u206f\ufdd0-\ufdef\ufffe\uffff\U0001fffe-\U0010ffff]"
+)
 _SAFE_NFKC = re.compile("[\uff01-\uff5e\uffe0-\uffe6\u00a0\u2000-\u200a\u202f\u205f\u3000\ufb00-\ufb06]")
 _INVISIBLE = re.compile("[\u200b\u2060\ufeff]")
 _UNICODE_FIXES = re.compile(f"{_SAFE_NFKC.pattern}|{_INVISIBLE.pattern}")
@@ -51,7 +55,7 @@ _ARTEFACT_STARTS = frozenset("<[#HhAaUu")  # first characters of what _LEADING c
 def normalise_text(text: str) -> str:
     """Normalise one turn's text (see the module docstring for exactly what changes)."""
     # Cheap substring and character-class tests guard every regex: this runs on every turn of every record.
-    if _MAYBE_CONTROLS.search(text):   # before NFC: a removed control may have separated a letter from its accent
+    if _MAYBE_CONTROLS.search(text):  # before NFC: a removed control may have separated a letter from its accent
         text = _strip_controls(text)
     text = unicodedata.normalize("NFC", text)
     if not text.isascii() and _UNICODE_FIXES.search(text):

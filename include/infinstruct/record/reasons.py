@@ -3,6 +3,7 @@
 These codes are a public interface: they appear in the database, in each release's
 `ledger.parquet` and in the logs, and users filter and count on them. Add codes; never rename one.
 """
+
 from __future__ import annotations
 
 from enum import StrEnum
@@ -29,20 +30,20 @@ class Stage(StrEnum):
 class Quarantine(StrEnum):
     """Why an input line could not become a record (stored as `quarantine:<code>`)."""
 
-    BLANK_LINE = "blank_line"                # an empty line inside a JSONL file
-    INVALID_UTF8 = "invalid_utf8"            # bytes that are not UTF-8
-    INVALID_UNICODE = "invalid_unicode"      # JSON escapes that are not valid text (lone surrogates)
-    NUL_BYTE = "nul_byte"                    # a NUL character (PostgreSQL text cannot hold it)
-    TOO_LONG = "too_long"                    # over ingest.max_record_chars
+    BLANK_LINE = "blank_line"  # an empty line inside a JSONL file
+    INVALID_UTF8 = "invalid_utf8"  # bytes that are not UTF-8
+    INVALID_UNICODE = "invalid_unicode"  # JSON escapes that are not valid text (lone surrogates)
+    NUL_BYTE = "nul_byte"  # a NUL character (PostgreSQL text cannot hold it)
+    TOO_LONG = "too_long"  # over ingest.max_record_chars
     INVALID_JSON = "invalid_json"
-    NOT_AN_OBJECT = "not_an_object"          # valid JSON, but not a {...} record
-    MISSING_FIELD = "missing_field"          # a field the source format requires is absent or null
-    WRONG_TYPE = "wrong_type"                # a field has the wrong JSON type
-    BAD_ROLE = "bad_role"                    # a speaker role the format does not know
+    NOT_AN_OBJECT = "not_an_object"  # valid JSON, but not a {...} record
+    MISSING_FIELD = "missing_field"  # a field the source format requires is absent or null
+    WRONG_TYPE = "wrong_type"  # a field has the wrong JSON type
+    BAD_ROLE = "bad_role"  # a speaker role the format does not know
     EMPTY_CONVERSATION = "empty_conversation"
-    EMPTY_TURN = "empty_turn"                # a user or assistant turn with no text
-    BAD_ROLE_ORDER = "bad_role_order"        # turns do not alternate user/assistant (after an optional system turn)
-    NO_RESPONSE = "no_response"              # the conversation does not end with an assistant turn
+    EMPTY_TURN = "empty_turn"  # a user or assistant turn with no text
+    BAD_ROLE_ORDER = "bad_role_order"  # turns do not alternate user/assistant (after an optional system turn)
+    NO_RESPONSE = "no_response"  # the conversation does not end with an assistant turn
 
     @property
     def code(self) -> str:
@@ -52,10 +53,10 @@ class Quarantine(StrEnum):
 class Drop(StrEnum):
     """Why a parsed record was dropped from the release (besides `rule:<rule>` and `contaminated:<benchmark>`)."""
 
-    EXACT_DUPLICATE = "exact_duplicate"              # same normalised conversation as the kept record
+    EXACT_DUPLICATE = "exact_duplicate"  # same normalised conversation as the kept record
     DUPLICATE_INSTRUCTION = "duplicate_instruction"  # same user turns as the kept record, another answer
-    NEAR_DUPLICATE = "near_duplicate"                # MinHash-similar instruction to the kept record
-    SEMANTIC_DUPLICATE = "semantic_duplicate"        # embedding-similar instruction to an accepted record
+    NEAR_DUPLICATE = "near_duplicate"  # MinHash-similar instruction to the kept record
+    SEMANTIC_DUPLICATE = "semantic_duplicate"  # embedding-similar instruction to an accepted record
 
 
 def rule_reason(rule: str) -> str:

@@ -17,6 +17,7 @@ dataset; a run whose kept set and recipe are unchanged re-writes the same versio
 one. Files are put together in a temporary folder and moved into place, so a crash never leaves a
 half-written release behind.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -73,8 +74,10 @@ def _release_files(parts: list[dict], staging: Path, formats: list[str]) -> dict
                 name, relative = f"records{writer.suffix}", f"{writer.folder}/{part_name(part)}{writer.suffix}"
                 _link(folder / name, staging / relative)
                 files[relative] = {**summary["files"][name], "records": kept}
-    files["ledger.parquet"] = {"sha256": sha256_file(staging / "ledger.parquet"),
-                               "bytes": (staging / "ledger.parquet").stat().st_size}
+    files["ledger.parquet"] = {
+        "sha256": sha256_file(staging / "ledger.parquet"),
+        "bytes": (staging / "ledger.parquet").stat().st_size,
+    }
     return files
 
 
@@ -90,9 +93,11 @@ def _totals(parts: list[dict]) -> tuple[dict, dict, dict]:
             reasons[source].update(why)
         for stage, why in summary["stages"].items():
             stages[stage].update(why)
-    return ({source: {k: c[k] for k in ("lines", *(v.value for v in Verdict))} for source, c in sorted(counts.items())},
-            {k: dict(sorted(v.items())) for k, v in reasons.items()},
-            {k: dict(sorted(v.items())) for k, v in sorted(stages.items())})
+    return (
+        {source: {k: c[k] for k in ("lines", *(v.value for v in Verdict))} for source, c in sorted(counts.items())},
+        {k: dict(sorted(v.items())) for k, v in reasons.items()},
+        {k: dict(sorted(v.items())) for k, v in sorted(stages.items())},
+    )
 
 
 def _ids(folder: Path, relative_paths: list[str]) -> set[str]:
@@ -103,22 +108,36 @@ def _diff(previous: dict | None, parts: list[dict], staging: Path, kept: int) ->
     """added / removed / unchanged record ids against the previous release. Parts whose ids are the same
     in both releases count as unchanged without being read; only the other parts' id columns are."""
     unknown = {"previous_version": previous and previous["version"], "added": kept, "removed": None, "unchanged": None}
-    if previous is None or not Path(previous["path"]).is_dir():   # the first release, or the last one was deleted
+    if previous is None or not Path(previous["path"]).is_dir():  # the first release, or the last one was deleted
         return unknown
     folder, before_parts = Path(previous["path"]), previous["manifest"].get("parts", {})
-    same = {p["partition_id"] for p in parts if before_parts.get(p["partition_id"], {}).get("ids_hash") == p["summary"]["ids_hash"]}
-    before_files = ([f"data/{meta['name']}.parquet" for pid, meta in before_parts.items() if pid not in same and meta["kept"]]
-                    if before_parts else ["data.parquet"])   # a release written before parts: one data.parquet
-    after_files = [f"data/{part_name(p)}.parquet" for p in parts
-                   if p["partition_id"] not in same and p["summary"]["counts"][Verdict.KEPT.value]]
+    same = {
+        p["partition_id"]
+        for p in parts
+        if before_parts.get(p["partition_id"], {}).get("ids_hash") == p["summary"]["ids_hash"]
+    }
+    before_files = (
+        [f"data/{meta['name']}.parquet" for pid, meta in before_parts.items() if pid not in same and meta["kept"]]
+        if before_parts
+        else ["data.parquet"]
+    )  # a release written before parts: one data.parquet
+    after_files = [
+        f"data/{part_name(p)}.parquet"
+        for p in parts
+        if p["partition_id"] not in same and p["summary"]["counts"][Verdict.KEPT.value]
+    ]
     try:
         before = _ids(folder, before_files)
     except FileNotFoundError:
         return unknown
     after = _ids(staging, after_files)
     unchanged = sum(p["summary"]["counts"][Verdict.KEPT.value] for p in parts if p["partition_id"] in same)
-    return {"previous_version": previous["version"], "added": len(after - before), "removed": len(before - after),
-            "unchanged": unchanged + len(after & before)}
+    return {
+        "previous_version": previous["version"],
+        "added": len(after - before),
+        "removed": len(before - after),
+        "unchanged": unchanged + len(after & before),
+    }
 
 
 def _folder_versions(dataset_dir: Path) -> list[int]:
@@ -157,13 +176,22 @@ def restore_replaced(dataset_dir: Path) -> None:
 def store_release(conn, manifest: dict, folder: Path) -> None:
     """Record a release (its dataset, version, run, content hash and manifest) in `releases`; a version written
     again is replaced."""
-    conn.execute(sa.text(
-        "insert into releases (dataset, version, run_id, content_hash, path, manifest)"
-        " values (:d, :v, :run, :h, :path, cast(:m as jsonb))"
-        " on conflict (dataset, version) do update set run_id = excluded.run_id, path = excluded.path,"
-        " manifest = excluded.manifest, created_at = now()"),
-        {"d": manifest["dataset"], "v": manifest["version"], "run": manifest["run_id"], "h": manifest["content_hash"],
-         "path": str(folder), "m": json.dumps(manifest)})
+    conn.execute(
+        sa.text(
+            "insert into releases (dataset, version, run_id, content_hash, path, manifest)"
+            " values (:d, :v, :run, :h, :path, cast(:m as jsonb))"
+            " on conflict (dataset, version) do update set run_id = excluded.run_id, path = excluded.path,"
+            " manifest = excluded.manifest, created_at = now()"
+        ),
+        {
+            "d": manifest["dataset"],
+            "v": manifest["version"],
+            "run": manifest["run_id"],
+            "h": manifest["content_hash"],
+            "path": str(folder),
+            "m": json.dumps(manifest),
+        },
+    )
 
 
 def export_release(engine: Engine, recipe: Recipe, run_id: str, out_dir: str | os.PathLike) -> dict[str, Any]:
@@ -171,14 +199,22 @@ def export_release(engine: Engine, recipe: Recipe, run_id: str, out_dir: str | o
     with engine.connect() as conn:
         parts = current_parts(conn, recipe, run_id)
         selection = selection_summary(conn, run_id)
-        skipped = [dict(r) for r in conn.execute(sa.text(   # files the plan left out (empty, broken symlinks)
-            "select source, path, reason, detail from skipped_files where run_id = :run order by source, path"),
-            {"run": run_id}).mappings()]
+        skipped = [
+            dict(r)
+            for r in conn.execute(
+                sa.text(  # files the plan left out (empty, broken symlinks)
+                    "select source, path, reason, detail from skipped_files where run_id = :run order by source, path"
+                ),
+                {"run": run_id},
+            ).mappings()
+        ]
     key = release_gate_key(recipe)
     unchecked = [p["partition_id"] for p in parts if p["checked_key"] != key]
     if unchecked:
-        raise ReleasePartError(f"{len(unchecked)} release part(s) were not validated by check_release (e.g. "
-                               f"{unchecked[0]}): run check_release before export_release")
+        raise ReleasePartError(
+            f"{len(unchecked)} release part(s) were not validated by check_release (e.g. "
+            f"{unchecked[0]}): run check_release before export_release"
+        )
     dataset_dir = Path(out_dir).resolve() / recipe.name
     if dataset_dir.is_dir():
         restore_replaced(dataset_dir)
@@ -195,10 +231,21 @@ def export_release(engine: Engine, recipe: Recipe, run_id: str, out_dir: str | o
         conn.execute(sa.text("select pg_advisory_xact_lock(hashtext(:d))"), {"d": recipe.name})
         # the version is numbered under the run's lease of the dataset (released below, in this transaction)
         run_lease.claim_for_release(conn, recipe.name, run_id, "curation")
-        last = conn.execute(sa.text(
-            "select version, content_hash, path, manifest from releases where dataset = :d order by version desc limit 1"),
-            {"d": recipe.name}).mappings().first()
-        same = last is not None and last["content_hash"] == content_hash and _folder_holds(dataset_dir, last["version"], content_hash)
+        last = (
+            conn.execute(
+                sa.text(
+                    "select version, content_hash, path, manifest from releases where dataset = :d order by version desc limit 1"
+                ),
+                {"d": recipe.name},
+            )
+            .mappings()
+            .first()
+        )
+        same = (
+            last is not None
+            and last["content_hash"] == content_hash
+            and _folder_holds(dataset_dir, last["version"], content_hash)
+        )
         # a new version is numbered past both the store's and the folder's releases: never overwrite another's
         version = last["version"] if same else max([last["version"] if last else 0, *_folder_versions(dataset_dir)]) + 1
         folder = dataset_dir / f"v{version:04d}"
@@ -211,23 +258,33 @@ def export_release(engine: Engine, recipe: Recipe, run_id: str, out_dir: str | o
             "recipe_hash": recipe_hash(recipe),
             "content_hash": content_hash,
             "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "totals": {key: sum(c[key] for c in counts.values()) for key in ("lines", "kept", "dropped", "quarantined")},
+            "totals": {
+                key: sum(c[key] for c in counts.values()) for key in ("lines", "kept", "dropped", "quarantined")
+            },
             "sources": {source: {**c, "reasons": reasons.get(source, {})} for source, c in counts.items()},
             "stages": stages,
             "composition": composition((row for p in parts for row in p["summary"]["composition"]), selection),
             "diff": diff,
             **({"skipped_files": skipped} if skipped else {}),
             "files": files,
-            "parts": {p["partition_id"]: {"name": part_name(p), "source": p["summary"]["source"],
-                                          "kept": p["summary"]["counts"][Verdict.KEPT.value],
-                                          "ids_hash": p["summary"]["ids_hash"], "fingerprint": p["fingerprint"]}
-                      for p in parts},
+            "parts": {
+                p["partition_id"]: {
+                    "name": part_name(p),
+                    "source": p["summary"]["source"],
+                    "kept": p["summary"]["counts"][Verdict.KEPT.value],
+                    "ids_hash": p["summary"]["ids_hash"],
+                    "fingerprint": p["fingerprint"],
+                }
+                for p in parts
+            },
         }
         (staging / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
         (staging / "README.md").write_text(card.render(manifest))
         replace_folder(staging, folder)
         (dataset_dir / "LATEST").write_text(folder.name + "\n")
         store_release(conn, manifest, folder)
-        conn.execute(sa.text("update runs set status = 'succeeded', finished_at = now() where run_id = :run"), {"run": run_id})
+        conn.execute(
+            sa.text("update runs set status = 'succeeded', finished_at = now() where run_id = :run"), {"run": run_id}
+        )
         run_lease.release(conn, run_id, "curation")
     return {**manifest, "path": str(folder)}

@@ -5,24 +5,37 @@ folder finds the records) and, for a human: what the release holds, where it cam
 stage dropped and why, the composition before and after selection, and the diff to the last release.
 Everything in it is in manifest.json too; the card only lays it out.
 """
+
 from __future__ import annotations
 
 from typing import Any
 
 
 def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
-    out = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " if i == 0 else " ---: " for i in range(len(header))) + "|"]
+    out = [
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join(" --- " if i == 0 else " ---: " for i in range(len(header))) + "|",
+    ]
     out += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return out
 
 
 def _mix(composition: dict, dimension: str) -> list[str]:
     before, after = composition["before"][dimension], composition["after"][dimension]
-    rows = [[f"`{key}`", f"{before.get(key, {}).get('count', 0):,}", f"{before.get(key, {}).get('share', 0):.1%}",
-             f"{after.get(key, {}).get('count', 0):,}", f"{after.get(key, {}).get('share', 0):.1%}"]
-            # ties by standing count, then by name: a set's order changes from process to process (string hashing)
-            for key in sorted(set(before) | set(after), key=lambda k: (-after.get(k, {}).get("count", 0),
-                                                                       -before.get(k, {}).get("count", 0), k))]
+    rows = [
+        [
+            f"`{key}`",
+            f"{before.get(key, {}).get('count', 0):,}",
+            f"{before.get(key, {}).get('share', 0):.1%}",
+            f"{after.get(key, {}).get('count', 0):,}",
+            f"{after.get(key, {}).get('share', 0):.1%}",
+        ]
+        # ties by standing count, then by name: a set's order changes from process to process (string hashing)
+        for key in sorted(
+            set(before) | set(after),
+            key=lambda k: (-after.get(k, {}).get("count", 0), -before.get(k, {}).get("count", 0), k),
+        )
+    ]
     return _table([dimension, "standing", "share", "released", "share"], rows)
 
 
@@ -53,26 +66,42 @@ def render(manifest: dict) -> str:
         "",
         "## Sources",
         "",
-        *_table(["source", "lines", "kept", "dropped", "quarantined"],
-                [[f"`{s}`", f"{c['lines']:,}", f"{c['kept']:,}", f"{c['dropped']:,}", f"{c['quarantined']:,}"]
-                 for s, c in manifest["sources"].items()]),
+        *_table(
+            ["source", "lines", "kept", "dropped", "quarantined"],
+            [
+                [f"`{s}`", f"{c['lines']:,}", f"{c['kept']:,}", f"{c['dropped']:,}", f"{c['quarantined']:,}"]
+                for s, c in manifest["sources"].items()
+            ],
+        ),
         "",
         "## Why records were dropped",
         "",
-        *_table(["stage", "reason", "records"],
-                [[f"`{stage}`", f"`{reason}`", f"{n:,}"] for stage, reasons in manifest["stages"].items()
-                 for reason, n in sorted(reasons.items(), key=lambda kv: -kv[1])]),
+        *_table(
+            ["stage", "reason", "records"],
+            [
+                [f"`{stage}`", f"`{reason}`", f"{n:,}"]
+                for stage, reasons in manifest["stages"].items()
+                for reason, n in sorted(reasons.items(), key=lambda kv: -kv[1])
+            ],
+        ),
     ]
     composition = manifest.get("composition")
     if composition:
-        lines += ["", "## Composition", "",
-                  "Standing: the records every cleaning stage kept; released: those the selection kept too.", ""]
+        lines += [
+            "",
+            "## Composition",
+            "",
+            "Standing: the records every cleaning stage kept; released: those the selection kept too.",
+            "",
+        ]
         for dimension in ("domain", "language", "source"):
             lines += _mix(composition, dimension) + [""]
     lines += ["## Changes", ""]
     if diff.get("removed") is None:
         lines.append(f"{diff['added']:,} records; no earlier release to compare with.")
     else:
-        lines.append(f"Against v{diff['previous_version']:04d}: {diff['added']:,} added, {diff['removed']:,} removed, "
-                     f"{diff['unchanged']:,} unchanged.")
+        lines.append(
+            f"Against v{diff['previous_version']:04d}: {diff['added']:,} added, {diff['removed']:,} removed, "
+            f"{diff['unchanged']:,} unchanged."
+        )
     return "\n".join(lines) + "\n"

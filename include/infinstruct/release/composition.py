@@ -5,6 +5,7 @@ selection (the release manifest's `composition`).
 The domain is `record_scores.domain` (`unscored` when the recipe has no selection); the language is the
 rules stage's `record_language` (`und` when undetermined).
 """
+
 from __future__ import annotations
 
 from collections import Counter
@@ -18,8 +19,10 @@ DIMENSIONS = ("domain", "source", "language")
 
 def _shares(counter: Counter) -> dict[str, dict]:
     total = sum(counter.values())
-    return {key: {"count": n, "share": round(n / total, 4) if total else 0.0}
-            for key, n in sorted(counter.items(), key=lambda kv: (-kv[1], kv[0]))}
+    return {
+        key: {"count": n, "share": round(n / total, 4) if total else 0.0}
+        for key, n in sorted(counter.items(), key=lambda kv: (-kv[1], kv[0]))
+    }
 
 
 def composition(counts: Iterable[Sequence], selection: dict | None) -> dict[str, dict]:
@@ -33,14 +36,21 @@ def composition(counts: Iterable[Sequence], selection: dict | None) -> dict[str,
             before[dim][value] += n
             if not not_selected:
                 after[dim][value] += n
-    out = {name: {"total": sum(part["source"].values()), **{dim: _shares(part[dim]) for dim in DIMENSIONS}}
-           for name, part in (("before", before), ("after", after))}
-    if selection is not None:   # quotas, shares, DSIR shift per domain (select_records' summary)
+    out = {
+        name: {"total": sum(part["source"].values()), **{dim: _shares(part[dim]) for dim in DIMENSIONS}}
+        for name, part in (("before", before), ("after", after))
+    }
+    if selection is not None:  # quotas, shares, DSIR shift per domain (select_records' summary)
         out["selection"] = selection
     return out
 
 
 def selection_summary(conn: Connection, run_id: str) -> dict | None:
     """The summary select_records wrote for this run, if it ran."""
-    return conn.execute(sa.text("select s.result from selection_state s join runs r on r.dataset = s.dataset"
-                                " where r.run_id = :r and s.run_id = :r"), {"r": run_id}).scalar()
+    return conn.execute(
+        sa.text(
+            "select s.result from selection_state s join runs r on r.dataset = s.dataset"
+            " where r.run_id = :r and s.run_id = :r"
+        ),
+        {"r": run_id},
+    ).scalar()

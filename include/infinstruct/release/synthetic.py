@@ -16,6 +16,7 @@
 Versions are numbered in `releases` under the dataset name `<dataset>/synthetic`; a run whose files are the
 same as the last release's gives that version again.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -43,24 +44,45 @@ from infinstruct.synth.diagnosis.stage import diagnosis_report
 from infinstruct.synth.run import SynthesisRun, release_parts
 from infinstruct.synth.tagging.stage import tagger_of
 
-LEDGER_SCHEMA = pa.schema([
-    ("record_id", pa.string()), ("root_id", pa.string()), ("parent_id", pa.string()), ("round", pa.int64()),
-    ("operation", pa.string()), ("prompt_version", pa.string()), ("verdict", pa.string()), ("stage", pa.string()),
-    ("reason", pa.string()), ("score", pa.float64()), ("reward", pa.float64()), ("detail", pa.string()),
-    ("run_id", pa.string()),
-])
+LEDGER_SCHEMA = pa.schema(
+    [
+        ("record_id", pa.string()),
+        ("root_id", pa.string()),
+        ("parent_id", pa.string()),
+        ("round", pa.int64()),
+        ("operation", pa.string()),
+        ("prompt_version", pa.string()),
+        ("verdict", pa.string()),
+        ("stage", pa.string()),
+        ("reason", pa.string()),
+        ("score", pa.float64()),
+        ("reward", pa.float64()),
+        ("detail", pa.string()),
+        ("run_id", pa.string()),
+    ]
+)
 BATCH = 5_000
 
 
 def _labels(abilities: list[str] | None, categories: list[str] | None) -> dict[str, list[str]]:
-    return {**{f: [] for f in LABEL_FIELDS}, "ability_en": list(abilities or []), "cate_ability_en": list(categories or [])}
+    return {
+        **{f: [] for f in LABEL_FIELDS},
+        "ability_en": list(abilities or []),
+        "cate_ability_en": list(categories or []),
+    }
 
 
 def _tags(engine: Engine, tagger: str, ids: list[str]) -> dict[str, tuple[list[str], list[str]]]:
     with engine.connect() as conn:
-        return {r.record_id: (r.abilities, r.categories) for r in conn.execute(sa.text(
-            "select record_id, abilities, categories from record_tags where tagger = :t and record_id = any(:ids)"),
-            {"t": tagger, "ids": ids})}
+        return {
+            r.record_id: (r.abilities, r.categories)
+            for r in conn.execute(
+                sa.text(
+                    "select record_id, abilities, categories from record_tags where tagger = :t and record_id = any(:ids)"
+                ),
+                {"t": tagger, "ids": ids},
+            )
+        }
 
 
 def _write_synthetic(engine: Engine, run: SynthesisRun, staging: Path, tagger: str) -> tuple[int, Counter]:
@@ -68,9 +90,14 @@ def _write_synthetic(engine: Engine, run: SynthesisRun, staging: Path, tagger: s
     writer = RecordFiles(staging, "synthetic", run.recipe.release.formats, RECORD_SCHEMA, by_format=True)
     by_operation: Counter = Counter()
     with engine.connect() as conn:
-        rows = conn.execute(sa.text(
-            "select child_id, root_id, operation, conversation, reward from synth_children where run_id = :r"
-            " and verdict = 'kept' order by child_id"), {"r": run.run_id}, execution_options=stream(BATCH))
+        rows = conn.execute(
+            sa.text(
+                "select child_id, root_id, operation, conversation, reward from synth_children where run_id = :r"
+                " and verdict = 'kept' order by child_id"
+            ),
+            {"r": run.run_id},
+            execution_options=stream(BATCH),
+        )
         for children in rows.partitions(BATCH):
             tags = _tags(engine, tagger, sorted({c.root_id for c in children}))
             records = []
@@ -88,8 +115,9 @@ def _write_foundation(engine: Engine, run: SynthesisRun, staging: Path, tagger: 
     """The Phase-1 release's records, their labels filled in from record_tags (streamed, batch by batch)."""
     total = 0
     for part in release_parts(run.release_path):
-        writer = RecordFiles(staging, "foundation-" + Path(part).stem, run.recipe.release.formats, RECORD_SCHEMA,
-                             by_format=True)
+        writer = RecordFiles(
+            staging, "foundation-" + Path(part).stem, run.recipe.release.formats, RECORD_SCHEMA, by_format=True
+        )
         for batch in pq.ParquetFile(run.release_path / part).iter_batches(BATCH):
             records = batch.to_pylist()
             tags = _tags(engine, tagger, [r["id"] for r in records])
@@ -102,10 +130,17 @@ def _write_foundation(engine: Engine, run: SynthesisRun, staging: Path, tagger: 
 def _write_ledger(engine: Engine, run: SynthesisRun, staging: Path) -> tuple[Counter, str]:
     """Every child into ledger.parquet; returns the outcomes and a digest of the rows without their run id."""
     with engine.connect() as conn:
-        rows = conn.execute(sa.text(
-            "select child_id as record_id, root_id, parent_id, round, operation, prompt_version, verdict, stage, reason,"
-            " score, reward, detail, run_id from synth_children where run_id = :r order by round, child_id"),
-            {"r": run.run_id}).mappings().all()
+        rows = (
+            conn.execute(
+                sa.text(
+                    "select child_id as record_id, root_id, parent_id, round, operation, prompt_version, verdict, stage, reason,"
+                    " score, reward, detail, run_id from synth_children where run_id = :r order by round, child_id"
+                ),
+                {"r": run.run_id},
+            )
+            .mappings()
+            .all()
+        )
     pq.write_table(pa.Table.from_pylist([dict(r) for r in rows], schema=LEDGER_SCHEMA), staging / "ledger.parquet")
     digest = hashlib.sha256(orjson.dumps([[v for k, v in r.items() if k != "run_id"] for r in rows])).hexdigest()
     return Counter(r["reason"] or r["verdict"] for r in rows), digest
@@ -127,7 +162,7 @@ def phase1_weak_domains(run: SynthesisRun, report: list[dict]) -> dict[str, floa
 def export_synthesis(engine: Engine, run: SynthesisRun, out_dir: str | os.PathLike) -> dict[str, Any]:
     """Write the run's release folder and record it; returns its manifest (with `path`)."""
     tagger = tagger_of(run.recipe)
-    name = run_lease.lease_name(run.dataset, "synthesis")   # `<dataset>/synthetic`: its releases and its lease
+    name = run_lease.lease_name(run.dataset, "synthesis")  # `<dataset>/synthetic`: its releases and its lease
     root = Path(out_dir).resolve() / run.dataset / "synthetic"
     if root.is_dir():
         restore_replaced(root)
@@ -141,27 +176,44 @@ def export_synthesis(engine: Engine, run: SynthesisRun, out_dir: str | os.PathLi
     report = diagnosis_report(engine, run.run_id)
     (staging / "diagnosis.json").write_text(json.dumps(report, indent=2) + "\n")
     (staging / "weak_domains.json").write_text(json.dumps(phase1_weak_domains(run, report), indent=2) + "\n")
-    files = {str(p.relative_to(staging)): {"sha256": sha256_file(p), "bytes": p.stat().st_size}
-             for p in sorted(staging.rglob("*")) if p.is_file()}
+    files = {
+        str(p.relative_to(staging)): {"sha256": sha256_file(p), "bytes": p.stat().st_size}
+        for p in sorted(staging.rglob("*"))
+        if p.is_file()
+    }
     # the same records and outcomes from another run are the same release (the ledger's run ids aside)
     content = {k: v["sha256"] for k, v in files.items() if k != "ledger.parquet"} | {"ledger": ledger_digest}
     content_hash = hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:16]
     with engine.begin() as conn:
         conn.execute(sa.text("select pg_advisory_xact_lock(hashtext(:d))"), {"d": name})
-        run_lease.claim_for_release(conn, name, run.run_id, "synthesis")   # numbered under the run's lease
-        last = conn.execute(sa.text("select version, content_hash from releases where dataset = :d"
-                                    " order by version desc limit 1"), {"d": name}).first()
+        run_lease.claim_for_release(conn, name, run.run_id, "synthesis")  # numbered under the run's lease
+        last = conn.execute(
+            sa.text("select version, content_hash from releases where dataset = :d order by version desc limit 1"),
+            {"d": name},
+        ).first()
         on_disk = [int(p.name[1:]) for p in root.glob("v[0-9][0-9][0-9][0-9]*") if p.name[1:].isdigit()]
         same = last is not None and last.content_hash == content_hash
         version = last.version if same else max([last.version if last else 0, *on_disk]) + 1
         folder = root / f"v{version:04d}"
         manifest = {
-            "dataset": name, "version": version, "run_id": run.run_id, "content_hash": content_hash,
+            "dataset": name,
+            "version": version,
+            "run_id": run.run_id,
+            "content_hash": content_hash,
             "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "foundation": {"dataset": run.dataset, "version": run.release_version, "path": str(run.release_path),
-                           "records": foundation, "merged": run.settings.merge_foundation},
-            "totals": {"synthetic": synthetic, "foundation": foundation, "children": sum(outcomes.values()),
-                       "outcomes": dict(sorted(outcomes.items()))},
+            "foundation": {
+                "dataset": run.dataset,
+                "version": run.release_version,
+                "path": str(run.release_path),
+                "records": foundation,
+                "merged": run.settings.merge_foundation,
+            },
+            "totals": {
+                "synthetic": synthetic,
+                "foundation": foundation,
+                "children": sum(outcomes.values()),
+                "outcomes": dict(sorted(outcomes.items())),
+            },
             "operations": dict(sorted(by_operation.items())),
             "weak_categories": [r["category"] for r in report if r["weak"]],
             "files": files,
@@ -171,8 +223,10 @@ def export_synthesis(engine: Engine, run: SynthesisRun, out_dir: str | os.PathLi
         replace_folder(staging, folder)
         (root / "LATEST").write_text(folder.name + "\n")
         store_release(conn, manifest, folder)
-        conn.execute(sa.text("update synth_runs set status = 'succeeded', finished_at = now() where run_id = :r"),
-                     {"r": run.run_id})
+        conn.execute(
+            sa.text("update synth_runs set status = 'succeeded', finished_at = now() where run_id = :r"),
+            {"r": run.run_id},
+        )
         run_lease.release(conn, run.run_id, "synthesis")
     return {**manifest, "path": str(folder)}
 
@@ -180,21 +234,41 @@ def export_synthesis(engine: Engine, run: SynthesisRun, out_dir: str | os.PathLi
 def render_card(manifest: dict, report: list[dict]) -> str:
     totals, foundation = manifest["totals"], manifest["foundation"]
     lines = [
-        "---", "configs:", "- config_name: default", "  data_files: data/*.parquet", "license: other",
-        "task_categories:", "- text-generation", "---", "",
-        f"# {manifest['dataset']} v{manifest['version']:04d}", "",
+        "---",
+        "configs:",
+        "- config_name: default",
+        "  data_files: data/*.parquet",
+        "license: other",
+        "task_categories:",
+        "- text-generation",
+        "---",
+        "",
+        f"# {manifest['dataset']} v{manifest['version']:04d}",
+        "",
         f"Synthetic instruction-tuning conversations evolved by infinstruct's Phase 2 (run `{manifest['run_id']}`, "
-        f"{manifest['created_at']}) from seeds of `{foundation['dataset']}` v{foundation['version']:04d}.", "",
+        f"{manifest['created_at']}) from seeds of `{foundation['dataset']}` v{foundation['version']:04d}.",
+        "",
         f"**{totals['synthetic']:,} synthetic records** kept of {totals['children']:,} evolved children"
         + (f", with the {foundation['records']:,} foundational records, labelled" if foundation["merged"] else "")
         + ". `ledger.parquet` has one row per child: its parent, seed, operation, round, prompt version, and which "
-          "stage dropped it and why.", "",
-        "## What became of the children", "", "| outcome | children |", "|---|---|",
-        *(f"| `{k}` | {v:,} |" for k, v in totals["outcomes"].items()), "",
-        "## Diagnosis: where the student failed", "",
-        "| category | graded | failed | fail rate | weak |", "|---|---|---|---|---|",
-        *(f"| {r['category']} | {r['graded']} | {r['failed']} | {r['fail_rate']:.2f} | {'yes' if r['weak'] else ''} |"
-          for r in report), "",
-        "Weak categories steer the next run's seeds, and `weak_domains.json` is Phase 1's top-up input.", "",
+        "stage dropped it and why.",
+        "",
+        "## What became of the children",
+        "",
+        "| outcome | children |",
+        "|---|---|",
+        *(f"| `{k}` | {v:,} |" for k, v in totals["outcomes"].items()),
+        "",
+        "## Diagnosis: where the student failed",
+        "",
+        "| category | graded | failed | fail rate | weak |",
+        "|---|---|---|---|---|",
+        *(
+            f"| {r['category']} | {r['graded']} | {r['failed']} | {r['fail_rate']:.2f} | {'yes' if r['weak'] else ''} |"
+            for r in report
+        ),
+        "",
+        "Weak categories steer the next run's seeds, and `weak_domains.json` is Phase 1's top-up input.",
+        "",
     ]
     return "\n".join(lines)

@@ -6,6 +6,7 @@ lines in `jsonl/`. Every writer gets the same batches, as the JSON lines and as 
 from those bytes, so the formats cannot disagree. A new format is one `RecordWriter` subclass in
 `WRITERS`; parts, the release folder and the synthetic release take it from there.
 """
+
 from __future__ import annotations
 
 import io
@@ -33,7 +34,9 @@ class ReleaseSettings(Strict):
     @classmethod
     def _parquet_and_each_once(cls, formats: list[str]) -> list[str]:
         if "parquet" not in formats:
-            raise ValueError("parquet is required: the dataset card's load_dataset config and Phase 2 read data/*.parquet")
+            raise ValueError(
+                "parquet is required: the dataset card's load_dataset config and Phase 2 read data/*.parquet"
+            )
         if len(set(formats)) != len(formats):
             raise ValueError(f"a format is named twice: {formats}")
         return formats
@@ -43,7 +46,7 @@ class RecordWriter:
     """One file of records in one format."""
 
     format: ClassVar[str]
-    folder: ClassVar[str]    # where the release holds this format's files
+    folder: ClassVar[str]  # where the release holds this format's files
     suffix: ClassVar[str]
 
     def __init__(self, path: Path, schema: pa.Schema):
@@ -67,7 +70,7 @@ class ParquetWriter(RecordWriter):
         self._writer.write_table(table)
 
     def close(self, empty: bool) -> None:
-        if empty:   # an empty file still has the schema
+        if empty:  # an empty file still has the schema
             self._writer.write_table(self.schema.empty_table())
         self._writer.close()
 
@@ -99,8 +102,9 @@ class RecordFiles:
 
     def __init__(self, folder: Path, stem: str, formats: Sequence[str], schema: pa.Schema, *, by_format: bool = False):
         self.schema, self.count = schema, 0
-        self.paths = {fmt: (f"{WRITERS[fmt].folder}/" if by_format else "") + stem + WRITERS[fmt].suffix
-                      for fmt in formats}
+        self.paths = {
+            fmt: (f"{WRITERS[fmt].folder}/" if by_format else "") + stem + WRITERS[fmt].suffix for fmt in formats
+        }
         self.writers = [WRITERS[fmt](folder / path, schema) for fmt, path in self.paths.items()]
         self._read = pa_json.ReadOptions(block_size=64 << 20)
         self._parse = pa_json.ParseOptions(explicit_schema=schema)

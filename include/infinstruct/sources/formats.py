@@ -7,6 +7,7 @@ Formats:
 * custom   — a field mapping: {user: <path>, assistant: <path>, input?: <path>, system?: <path>},
              paths are dotted, list items by index (e.g. instances.0.output).
 """
+
 from __future__ import annotations
 
 from typing import Any, Callable
@@ -16,8 +17,15 @@ from infinstruct.record.conversation import ASSISTANT, SYSTEM, USER, Conversatio
 from infinstruct.record.reasons import Quarantine
 
 SHAREGPT_ROLES = {
-    "human": USER, "user": USER, "gpt": ASSISTANT, "assistant": ASSISTANT, "chatgpt": ASSISTANT,
-    "bard": ASSISTANT, "bing": ASSISTANT, "model": ASSISTANT, "system": SYSTEM,
+    "human": USER,
+    "user": USER,
+    "gpt": ASSISTANT,
+    "assistant": ASSISTANT,
+    "chatgpt": ASSISTANT,
+    "bard": ASSISTANT,
+    "bing": ASSISTANT,
+    "model": ASSISTANT,
+    "system": SYSTEM,
 }
 MESSAGE_ROLES = {"system": SYSTEM, "developer": SYSTEM, "user": USER, "assistant": ASSISTANT}
 
@@ -29,7 +37,9 @@ def _text(raw: dict, key: str, *, required: bool = True, where: str = "") -> str
             raise ConversationError(Quarantine.MISSING_FIELD, f"missing field {where}{key!r}")
         return ""
     if not isinstance(value, str):
-        raise ConversationError(Quarantine.WRONG_TYPE, f"field {where}{key!r} must be a string, got {type(value).__name__}")
+        raise ConversationError(
+            Quarantine.WRONG_TYPE, f"field {where}{key!r} must be a string, got {type(value).__name__}"
+        )
     return value
 
 
@@ -81,7 +91,9 @@ def messages(raw: dict) -> list[Turn]:
             raise ConversationError(Quarantine.WRONG_TYPE, f"messages[{i}] must be an object")
         role = MESSAGE_ROLES.get(_text(message, "role", where=f"messages[{i}].").strip().lower())
         if role is None:
-            raise ConversationError(Quarantine.BAD_ROLE, f"messages[{i}].role={message.get('role')!r} is not system/user/assistant")
+            raise ConversationError(
+                Quarantine.BAD_ROLE, f"messages[{i}].role={message.get('role')!r} is not system/user/assistant"
+            )
         turns.append((role, _message_content(message, i)))
     return turns
 
@@ -107,10 +119,14 @@ def custom(fields: dict[str, str]) -> Callable[[dict], list[Turn]]:
             if value is None and name in (USER, ASSISTANT):
                 raise ConversationError(Quarantine.MISSING_FIELD, f"missing field {path!r} (mapped to {name})")
             if value is not None and not isinstance(value, str):
-                raise ConversationError(Quarantine.WRONG_TYPE, f"field {path!r} (mapped to {name}) must be a string, got {type(value).__name__}")
+                raise ConversationError(
+                    Quarantine.WRONG_TYPE,
+                    f"field {path!r} (mapped to {name}) must be a string, got {type(value).__name__}",
+                )
             values[name] = value or ""
         turns = [(SYSTEM, values["system"])] if values.get("system", "").strip() else []
         return turns + [(USER, _merge(values[USER], values.get("input", ""))), (ASSISTANT, values[ASSISTANT])]
+
     return mapper
 
 

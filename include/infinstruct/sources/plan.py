@@ -20,6 +20,7 @@ reuses a file's shards while its size, mtime, ctime and inode are unchanged, as 
 git, it distrusts a file modified within `RACY_NS` before it was scanned (a write in the same clock tick
 leaves the mtime unchanged); `touch` a file to have it read again.
 """
+
 from __future__ import annotations
 
 import glob
@@ -43,13 +44,14 @@ class SourceError(DataError, ValueError):
 
 
 class SkipReason(StrEnum):
-    EMPTY_FILE = "empty_file"            # 0 bytes: no line to account for
-    BROKEN_SYMLINK = "broken_symlink"    # matched by the source's path, but points to nothing
+    EMPTY_FILE = "empty_file"  # 0 bytes: no line to account for
+    BROKEN_SYMLINK = "broken_symlink"  # matched by the source's path, but points to nothing
 
 
 @dataclass(frozen=True)
 class SkippedFile:
     """A file a source matches that plan leaves out, and why (`pipeline.plan` logs and records it per run)."""
+
     source: str
     path: str
     reason: SkipReason
@@ -73,6 +75,7 @@ class PartitionPlan:
 @dataclass(frozen=True)
 class FileState:
     """What stat says about a file: equal states mean unchanged content, unless the file is racy."""
+
     size: int
     mtime_ns: int
     ctime_ns: int
@@ -87,6 +90,7 @@ class FileState:
 @dataclass(frozen=True)
 class ScannedFile:
     """A file's shards as one plan found them, with the file's state and the clock just before reading."""
+
     source: str
     path: str
     state: FileState
@@ -97,8 +101,7 @@ class ScannedFile:
     def reusable(self, state: FileState, shard_lines: int) -> bool:
         """The shards still describe the file: same state, same shard size, and not modified so close to
         the scan that a later write could have kept the same timestamps."""
-        return (state == self.state and shard_lines == self.shard_lines
-                and state.mtime_ns < self.scanned_at_ns - RACY_NS)
+        return state == self.state and shard_lines == self.shard_lines and state.mtime_ns < self.scanned_at_ns - RACY_NS
 
 
 def file_kind(path: str) -> str:
@@ -118,7 +121,7 @@ def partition_of(pattern: str, path: str) -> str:
     at = next(i for i, part in enumerate(parts) if PARTITION in part)
     prefix, suffix = parts[at].split(PARTITION)
     component = matched[at]
-    return component[len(prefix):len(component) - len(suffix)]
+    return component[len(prefix) : len(component) - len(suffix)]
 
 
 def matched_files(source: Source, partition: str | None = None) -> tuple[list[str], list[SkippedFile]]:
@@ -139,10 +142,13 @@ def matched_files(source: Source, partition: str | None = None) -> tuple[list[st
     for p in candidates:
         if Path(p).is_file():
             files.append(p)
-        elif Path(p).is_symlink():   # is_file follows the link: this one leads nowhere (or in a loop)
-            broken.append(SkippedFile(source.name, p, SkipReason.BROKEN_SYMLINK,
-                                      f"symlink to {os.readlink(p)}, which does not exist"))
-    files = sorted({os.path.realpath(p) for p in files})   # one file, one identity, however it is spelled
+        elif Path(p).is_symlink():  # is_file follows the link: this one leads nowhere (or in a loop)
+            broken.append(
+                SkippedFile(
+                    source.name, p, SkipReason.BROKEN_SYMLINK, f"symlink to {os.readlink(p)}, which does not exist"
+                )
+            )
+    files = sorted({os.path.realpath(p) for p in files})  # one file, one identity, however it is spelled
     if not files:
         why = f"; {broken[0].path} is a {broken[0].detail}" if broken else ""
         upto = f" for partitions up to {partition!r}" if template and partition is not None else ""
@@ -192,7 +198,7 @@ def parquet_shards(path: str, shard_lines: int) -> list[tuple[int, int, int, str
 
     try:
         meta = pq.ParquetFile(path).metadata
-    except (pa.ArrowException, OSError) as exc:   # pyarrow's OSError without an errno is a corrupt file, too
+    except (pa.ArrowException, OSError) as exc:  # pyarrow's OSError without an errno is a corrupt file, too
         if isinstance(exc, OSError) and exc.errno is not None:
             raise
         raise SourceError(f"{path}: not a readable Parquet file ({exc})") from None
@@ -219,8 +225,13 @@ def scan_file(source: str, path: str, shard_lines: int) -> ScannedFile:
     return ScannedFile(source, path, state, shard_lines, scanned_at, tuple(map(tuple, shards)))
 
 
-def plan_source(dataset: str, source: Source, shard_lines: int, known: Mapping[tuple[str, str], ScannedFile] | None = None,
-                partition: str | None = None) -> tuple[list[PartitionPlan], list[ScannedFile], list[SkippedFile]]:
+def plan_source(
+    dataset: str,
+    source: Source,
+    shard_lines: int,
+    known: Mapping[tuple[str, str], ScannedFile] | None = None,
+    partition: str | None = None,
+) -> tuple[list[PartitionPlan], list[ScannedFile], list[SkippedFile]]:
     """The source's partitions, each file's scan (reused from `known` when the file is unchanged), and the
     files left out (`partition`: the run's partition key, see `matched_files`)."""
     plans, scans = [], []
@@ -232,32 +243,51 @@ def plan_source(dataset: str, source: Source, shard_lines: int, known: Mapping[t
             if state.size == 0:
                 skipped.append(SkippedFile(source.name, path, SkipReason.EMPTY_FILE, "the file is empty (0 bytes)"))
                 continue
-            scan = before if before is not None and before.reusable(state, shard_lines) else (
-                scan_file(source.name, path, shard_lines))
+            scan = (
+                before
+                if before is not None and before.reusable(state, shard_lines)
+                else (scan_file(source.name, path, shard_lines))
+            )
         except OSError as exc:
             if not permanent_os_error(exc):
                 raise
             raise SourceError(f"source {source.name!r}: cannot read {path}: {exc.strerror}") from exc
         scans.append(scan)
         for shard, (start, end, first, checksum) in enumerate(scan.shards):
-            plans.append(PartitionPlan(partition_id(dataset, source.name, path, shard), dataset, source.name,
-                                       path, shard, file_kind(path), start, end, first, checksum))
+            plans.append(
+                PartitionPlan(
+                    partition_id(dataset, source.name, path, shard),
+                    dataset,
+                    source.name,
+                    path,
+                    shard,
+                    file_kind(path),
+                    start,
+                    end,
+                    first,
+                    checksum,
+                )
+            )
     return plans, scans, skipped
 
 
-def plan_recipe(recipe: Recipe, known: Mapping[tuple[str, str], ScannedFile] | None = None,
-                partition: str | None = None) -> tuple[list[PartitionPlan], list[ScannedFile], list[SkippedFile]]:
+def plan_recipe(
+    recipe: Recipe, known: Mapping[tuple[str, str], ScannedFile] | None = None, partition: str | None = None
+) -> tuple[list[PartitionPlan], list[ScannedFile], list[SkippedFile]]:
     """Every partition the recipe's sources currently consist of (up to the run's `partition` key, for the
     sources whose path names it), the scans of their files, and the files the sources match that hold
     nothing to read."""
     plans, scans, skipped, owner = [], [], [], {}
     for source in recipe.sources:
-        source_plans, source_scans, source_skipped = plan_source(recipe.name, source, recipe.ingest.shard_lines, known,
-                                                                 partition)
-        for scan in source_scans:   # one file in two sources would be two partitions: each record twice
+        source_plans, source_scans, source_skipped = plan_source(
+            recipe.name, source, recipe.ingest.shard_lines, known, partition
+        )
+        for scan in source_scans:  # one file in two sources would be two partitions: each record twice
             if owner.setdefault(scan.path, source.name) != source.name:
-                raise SourceError(f"{scan.path} is a file of source {owner[scan.path]!r} and of source {source.name!r}:"
-                                  " a file belongs to one source; narrow the path or glob of one of them")
+                raise SourceError(
+                    f"{scan.path} is a file of source {owner[scan.path]!r} and of source {source.name!r}:"
+                    " a file belongs to one source; narrow the path or glob of one of them"
+                )
         plans += source_plans
         scans += source_scans
         skipped += source_skipped

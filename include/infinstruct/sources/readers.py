@@ -6,6 +6,7 @@ bad JSON, too long) is yielded as an `UnreadableElement` and reading goes on aft
 are found by counting brackets outside strings, without decoding. Only an array whose structure breaks
 (an element that never closes, a missing comma) yields one final error item for the unreadable rest.
 """
+
 from __future__ import annotations
 
 import codecs
@@ -20,8 +21,8 @@ from infinstruct.sources.plan import READ_CHUNK
 
 Item = tuple[int, Any]
 _NOT_UTF8 = re.compile("[\udc80-\udcff]")  # what surrogateescape makes of bytes that are not UTF-8
-_STRUCTURE = re.compile(r'["\[\]{},]')     # outside a string: what opens or closes a value, or separates
-_IN_STRING = re.compile(r'["\\]')          # inside a string: its end, or an escape
+_STRUCTURE = re.compile(r'["\[\]{},]')  # outside a string: what opens or closes a value, or separates
+_IN_STRING = re.compile(r'["\\]')  # inside a string: its end, or an escape
 _DECODER = json.JSONDecoder()
 EXCERPT_CHARS = 500
 
@@ -66,13 +67,13 @@ class _ArrayText:
         # a leading byte order mark is dropped; bytes that are not UTF-8 become lone surrogates, so one bad
         # byte spoils one element, not the file
         self.fh, self.decoder = fh, codecs.getincrementaldecoder("utf-8-sig")(errors="surrogateescape")
-        self.buf, self.pos, self.eof, self.dropped = "", 0, False, 0   # dropped: characters before buf
+        self.buf, self.pos, self.eof, self.dropped = "", 0, False, 0  # dropped: characters before buf
 
     def fill(self) -> bool:
         chunk = self.fh.read(READ_CHUNK)
         self.eof = not chunk
         self.dropped += self.pos
-        self.buf = self.buf[self.pos:] + self.decoder.decode(chunk, final=self.eof)
+        self.buf = self.buf[self.pos :] + self.decoder.decode(chunk, final=self.eof)
         self.pos = 0
         return not self.eof
 
@@ -94,32 +95,35 @@ class _ArrayText:
             start = self.pos
             try:
                 value, end = _DECODER.raw_decode(self.buf, start)
-            except (RecursionError, ValueError):   # not whole in the buffer yet, or bad: find where it ends,
-                return self._bounded_element(number, max_chars)   # then decode it alone
-            if end == len(self.buf) and self.fill():   # a value ending where the buffer does (a number) may go on
+            except (RecursionError, ValueError):  # not whole in the buffer yet, or bad: find where it ends,
+                return self._bounded_element(number, max_chars)  # then decode it alone
+            if end == len(self.buf) and self.fill():  # a value ending where the buffer does (a number) may go on
                 continue
             self.pos = end
             if _NOT_UTF8.search(self.buf, start, end):
-                return UnreadableElement(Quarantine.INVALID_UTF8, f"element {number} holds bytes that are not UTF-8",
-                                         self.buf[start:end])
+                return UnreadableElement(
+                    Quarantine.INVALID_UTF8, f"element {number} holds bytes that are not UTF-8", self.buf[start:end]
+                )
             return value
 
     def _bounded_element(self, number: int, max_chars: int) -> Any:
-        begin, head = self.offset(), self.buf[self.pos:self.pos + EXCERPT_CHARS]
+        begin, head = self.offset(), self.buf[self.pos : self.pos + EXCERPT_CHARS]
         end, whole = self._element_end(number, max_chars * 2 + READ_CHUNK)
-        raw, self.pos = self.buf[self.pos:end], end
+        raw, self.pos = self.buf[self.pos : end], end
         where = f"element {number} (from character {begin:,} of the file)"
         if not whole:
             return UnreadableElement(Quarantine.TOO_LONG, f"{where} exceeds {max_chars} characters", head)
-        if "\x00" in raw:   # a raw NUL (an escaped one, \u0000, is valid JSON and judged later)
+        if "\x00" in raw:  # a raw NUL (an escaped one, \u0000, is valid JSON and judged later)
             return UnreadableElement(Quarantine.NUL_BYTE, f"{where} contains a NUL byte", raw)
         try:
             value = json.loads(raw)
         except json.JSONDecodeError as exc:
-            return UnreadableElement(Quarantine.INVALID_JSON, f"{where}: {exc.msg} at character {begin + exc.pos:,}", raw)
+            return UnreadableElement(
+                Quarantine.INVALID_JSON, f"{where}: {exc.msg} at character {begin + exc.pos:,}", raw
+            )
         except RecursionError:
             return UnreadableElement(Quarantine.INVALID_JSON, f"{where}: nested too deeply to read", raw)
-        except ValueError as exc:   # e.g. an integer of more digits than Python converts
+        except ValueError as exc:  # e.g. an integer of more digits than Python converts
             return UnreadableElement(Quarantine.INVALID_JSON, f"{where}: {str(exc)[:200]}", raw)
         if _NOT_UTF8.search(raw):
             return UnreadableElement(Quarantine.INVALID_UTF8, f"element {number} holds bytes that are not UTF-8", raw)
@@ -135,7 +139,7 @@ class _ArrayText:
                 if m and m.group() == '"':
                     in_string, i = False, m.end()
                     continue
-                if m and m.end() < len(self.buf):   # a backslash and the character it escapes
+                if m and m.end() < len(self.buf):  # a backslash and the character it escapes
                     i = m.end() + 1
                     continue
                 i = m.start() if m else len(self.buf)
@@ -149,14 +153,16 @@ class _ArrayText:
                         depth += 1
                     elif depth > 0:
                         depth -= ch != ","
-                    elif ch != "}":   # ',' or ']' at the top: the element is over
+                    elif ch != "}":  # ',' or ']' at the top: the element is over
                         return m.start(), whole
                     continue
                 i = len(self.buf)
             if self.eof:
-                raise ConversationError(Quarantine.INVALID_JSON, f"element {number} (from character {begin:,} of "
-                                        "the file) never ends: the file ends inside it")
-            if self.offset(i) - begin > limit:   # too long to keep: scan on, holding no more than a chunk
+                raise ConversationError(
+                    Quarantine.INVALID_JSON,
+                    f"element {number} (from character {begin:,} of the file) never ends: the file ends inside it",
+                )
+            if self.offset(i) - begin > limit:  # too long to keep: scan on, holding no more than a chunk
                 whole, self.pos = False, i
             shift = self.pos
             self.fill()
@@ -165,7 +171,7 @@ class _ArrayText:
 
 def read_json_array(path: str, max_chars: int) -> Iterator[Item]:
     """Elements of a top-level JSON array, decoded incrementally from a buffered text stream."""
-    element = 1   # the number of the next item
+    element = 1  # the number of the next item
     with open(path, "rb") as fh:
         text = _ArrayText(fh)
         try:
@@ -183,7 +189,10 @@ def read_json_array(path: str, max_chars: int) -> Iterator[Item]:
                 if sep == "]":
                     return
                 if sep != ",":
-                    raise ConversationError(Quarantine.INVALID_JSON, f"after element {element - 1}: expected ',' or "
-                                            f"']', found {sep or 'end of file'!r}; rest of file unreadable")
+                    raise ConversationError(
+                        Quarantine.INVALID_JSON,
+                        f"after element {element - 1}: expected ',' or "
+                        f"']', found {sep or 'end of file'!r}; rest of file unreadable",
+                    )
         except ConversationError as exc:
             yield element, exc

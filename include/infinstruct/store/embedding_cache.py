@@ -19,6 +19,7 @@ Storage
     the keys in the same order and never deadlock, and whichever stores a vector first wins (both
     computed the same thing).
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -39,8 +40,9 @@ class EmbeddingCacheError(DataError, RuntimeError):
     """Cached vectors do not fit the model that the settings name."""
 
 
-def instruction_vectors(connectable: Engine | Connection, settings: EmbeddingSettings,
-                        record_ids: Sequence[str], texts: Sequence[str]) -> np.ndarray:
+def instruction_vectors(
+    connectable: Engine | Connection, settings: EmbeddingSettings, record_ids: Sequence[str], texts: Sequence[str]
+) -> np.ndarray:
     """The vectors of `texts` (row i embeds texts[i], the instruction of record_ids[i]), in input order.
 
     Cached vectors are read in one query; only the missing record ids are encoded (each once, and each
@@ -72,8 +74,10 @@ def read_vectors(conn: Connection, model: str, record_ids: Sequence[str]) -> dic
     """The cached vectors of `model` for those of `record_ids` that have one."""
     if not record_ids:
         return {}
-    rows = conn.execute(sa.text("select record_id, vector from embedding_cache where model = :m and record_id = any(:ids)"),
-                        {"m": model, "ids": list(dict.fromkeys(record_ids))})
+    rows = conn.execute(
+        sa.text("select record_id, vector from embedding_cache where model = :m and record_id = any(:ids)"),
+        {"m": model, "ids": list(dict.fromkeys(record_ids))},
+    )
     return {record_id: np.frombuffer(bytes(vector), dtype="<f4") for record_id, vector in rows}
 
 
@@ -94,9 +98,13 @@ def store_vectors(conn: Connection, model: str, vectors: dict[str, np.ndarray]) 
         copier.close(check=False)
         raise
     copier.close()
-    conn.execute(sa.text(
-        "insert into embedding_cache (model, record_id, vector) select :m, record_id, vector from new_embeddings"
-        " order by record_id on conflict (model, record_id) do nothing"), {"m": model})
+    conn.execute(
+        sa.text(
+            "insert into embedding_cache (model, record_id, vector) select :m, record_id, vector from new_embeddings"
+            " order by record_id on conflict (model, record_id) do nothing"
+        ),
+        {"m": model},
+    )
     conn.execute(sa.text("drop table new_embeddings"))
 
 
@@ -105,20 +113,22 @@ def _encode_once(texts_by_id: dict[str, str], settings: EmbeddingSettings) -> di
     if not texts_by_id:
         return {}
     distinct = list(dict.fromkeys(texts_by_id.values()))
-    encoded = embeddings.encode(distinct, settings)   # looked up at call time: a test can stand in for it
+    encoded = embeddings.encode(distinct, settings)  # looked up at call time: a test can stand in for it
     row = {text: i for i, text in enumerate(distinct)}
     return {record_id: encoded[row[text]] for record_id, text in texts_by_id.items()}
 
 
-def _in_order(record_ids: Sequence[str], cached: dict[str, np.ndarray], fresh: dict[str, np.ndarray],
-              settings: EmbeddingSettings) -> np.ndarray:
+def _in_order(
+    record_ids: Sequence[str], cached: dict[str, np.ndarray], fresh: dict[str, np.ndarray], settings: EmbeddingSettings
+) -> np.ndarray:
     found = {**cached, **fresh}
     dims = {v.shape[0] for v in found.values()}
     if len(dims) > 1:
         raise EmbeddingCacheError(
             f"vectors of different sizes {sorted(dims)} under model {settings.fingerprint!r}: the model at that "
             "name changed (a replaced local directory?); give it a new path, or delete its rows: "
-            f"delete from embedding_cache where model = '{settings.fingerprint}'")
+            f"delete from embedding_cache where model = '{settings.fingerprint}'"
+        )
     dim = dims.pop() if dims else embeddings.dimension(settings)
     out = np.empty((len(record_ids), dim), dtype=np.float32)
     for i, record_id in enumerate(record_ids):

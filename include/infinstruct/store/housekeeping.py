@@ -1,5 +1,6 @@
 """Clearing state no run will read again: partitions of a file's former spelling, runs a killed process left
 `running`. Both are called where a run starts its work, so the store never piles them up."""
+
 from __future__ import annotations
 
 import sqlalchemy as sa
@@ -20,15 +21,27 @@ def forget_spellings(conn: Connection, dataset: str, spellings: set[tuple[str, s
         return []
     sources, paths = zip(*sorted(spellings))
     pairs = {"d": dataset, "sources": list(sources), "paths": list(paths)}
-    gone = conn.execute(sa.text(
-        "select partition_id from partitions where dataset = :d and (source, path) in"
-        " (select * from unnest(cast(:sources as text[]), cast(:paths as text[])))"), pairs).scalars().all()
+    gone = (
+        conn.execute(
+            sa.text(
+                "select partition_id from partitions where dataset = :d and (source, path) in"
+                " (select * from unnest(cast(:sources as text[]), cast(:paths as text[])))"
+            ),
+            pairs,
+        )
+        .scalars()
+        .all()
+    )
     for table in _PARTITION_TABLES:
         conn.execute(sa.text(f"delete from {table} where partition_id = any(:ps)"), {"ps": gone})
     conn.execute(sa.text("delete from partitions where partition_id = any(:ps)"), {"ps": gone})
-    conn.execute(sa.text(
-        "delete from source_files where dataset = :d and (source, path) in"
-        " (select * from unnest(cast(:sources as text[]), cast(:paths as text[])))"), pairs)
+    conn.execute(
+        sa.text(
+            "delete from source_files where dataset = :d and (source, path) in"
+            " (select * from unnest(cast(:sources as text[]), cast(:paths as text[])))"
+        ),
+        pairs,
+    )
     if gone:
         conn.execute(sa.text("delete from dataset_stages where dataset = :d"), {"d": dataset})
     return gone
@@ -41,8 +54,18 @@ def abandon_stale_runs(conn: Connection, dataset: str, run_id: str) -> list[str]
     run lease), so another run still `running` was stopped without its failure callback (a killed
     `infinstruct run`, a lost worker). A run that was only waiting for the dataset sets itself `running`
     again when it gets it."""
-    return conn.execute(sa.text(
-        "update runs set status = 'failed', finished_at = now(), end_reason = :why"
-        " where dataset = :d and run_id <> :run and status = 'running' returning run_id"),
-        {"d": dataset, "run": run_id,
-         "why": f"abandoned: still recorded as running when run {run_id} of the dataset started"}).scalars().all()
+    return (
+        conn.execute(
+            sa.text(
+                "update runs set status = 'failed', finished_at = now(), end_reason = :why"
+                " where dataset = :d and run_id <> :run and status = 'running' returning run_id"
+            ),
+            {
+                "d": dataset,
+                "run": run_id,
+                "why": f"abandoned: still recorded as running when run {run_id} of the dataset started",
+            },
+        )
+        .scalars()
+        .all()
+    )

@@ -8,6 +8,7 @@ may drop that one too (an exact copy of a record that semantic dedup removed aft
 `representative` follows those drops to the record that stands for it after deduplication
 (`representatives`), which the release holds unless the selection left it out.
 """
+
 from __future__ import annotations
 
 from typing import Iterable, Iterator, Sequence
@@ -20,11 +21,23 @@ from infinstruct.record.reasons import Drop, Stage, Verdict
 from infinstruct.stages import ledger_order
 from infinstruct.store.db import decisions, partitions, quarantine, records, run_partitions
 
-STORED_COLUMNS = ("source", "file", "line", "partition_id", "record_id", "verdict", "stage", "reason", "score",
-                  "duplicate_of", "detail", "run_id")   # what `ledger_query` returns
-LEDGER_COLUMNS = (*STORED_COLUMNS, "representative")     # a release's ledger.parquet: `ledger_rows`
+STORED_COLUMNS = (
+    "source",
+    "file",
+    "line",
+    "partition_id",
+    "record_id",
+    "verdict",
+    "stage",
+    "reason",
+    "score",
+    "duplicate_of",
+    "detail",
+    "run_id",
+)  # what `ledger_query` returns
+LEDGER_COLUMNS = (*STORED_COLUMNS, "representative")  # a release's ledger.parquet: `ledger_rows`
 DUPLICATE_REASONS = frozenset(d.value for d in Drop)
-MAX_CHAIN = 32   # duplicate_of links followed at most; a longer chain is a defect, reported as such
+MAX_CHAIN = 32  # duplicate_of links followed at most; a longer chain is a defect, reported as such
 
 
 def in_run(run_id: str, partition_col):
@@ -36,8 +49,11 @@ def dropped(rec=records, stages: list[str] | None = None):
     """Some stage (of `stages`, when given) dropped the record line (of `records` or an alias of it).
     The same test in SQL text: `dropped_sql`; "standing before stage S" is its negation over
     `stages.decided_before(S)`."""
-    found = sa.exists().where(decisions.c.partition_id == rec.c.partition_id, decisions.c.line_no == rec.c.line_no,
-                              decisions.c.verdict == Verdict.DROPPED.value)
+    found = sa.exists().where(
+        decisions.c.partition_id == rec.c.partition_id,
+        decisions.c.line_no == rec.c.line_no,
+        decisions.c.verdict == Verdict.DROPPED.value,
+    )
     return found if stages is None else found.where(decisions.c.stage.in_(stages))
 
 
@@ -46,8 +62,10 @@ def dropped_sql(alias: str = "r", stages: str | None = ":earlier", *, fence: boo
     record line `alias`. `fence` adds `offset 0`, which keeps the test a per-row index lookup whatever the
     planner's statistics say (right after the stages' bulk writes they are often missing or stale)."""
     stage = f" and d.stage = any({stages})" if stages is not None else ""
-    return (f"exists (select 1 from decisions d where d.partition_id = {alias}.partition_id"
-            f" and d.line_no = {alias}.line_no and d.verdict = 'dropped'{stage}{' offset 0' if fence else ''})")
+    return (
+        f"exists (select 1 from decisions d where d.partition_id = {alias}.partition_id"
+        f" and d.line_no = {alias}.line_no and d.verdict = 'dropped'{stage}{' offset 0' if fence else ''})"
+    )
 
 
 def standing_sql(alias: str = "r", stages: str = ":earlier", *, fence: bool = False) -> str:
@@ -69,36 +87,67 @@ def ledger_query(run_id: str, partition_id: str | None = None) -> sa.Select:
     drop = sa.select(decisions).where(decisions.c.verdict == Verdict.DROPPED.value)
     if partition_id is not None:
         drop = drop.where(decisions.c.partition_id == partition_id)
-    drop = (drop
-            .order_by(decisions.c.partition_id, decisions.c.line_no, stage_rank)
-            .distinct(decisions.c.partition_id, decisions.c.line_no).subquery("drop"))
+    drop = (
+        drop.order_by(decisions.c.partition_id, decisions.c.line_no, stage_rank)
+        .distinct(decisions.c.partition_id, decisions.c.line_no)
+        .subquery("drop")
+    )
     parsed = (
         sa.select(
-            records.c.source, partitions.c.path.label("file"), records.c.line_no.label("line"), records.c.partition_id,
+            records.c.source,
+            partitions.c.path.label("file"),
+            records.c.line_no.label("line"),
+            records.c.partition_id,
             records.c.record_id,
             sa.case((drop.c.verdict.is_(None), Verdict.KEPT.value), else_=Verdict.DROPPED.value).label("verdict"),
-            drop.c.stage, drop.c.reason, drop.c.score, drop.c.duplicate_of, drop.c.detail, drop.c.run_id)
-        .select_from(records.join(partitions, partitions.c.partition_id == records.c.partition_id)
-                     .outerjoin(drop, sa.and_(drop.c.partition_id == records.c.partition_id, drop.c.line_no == records.c.line_no)))
-        .where(in_run(run_id, records.c.partition_id)))
+            drop.c.stage,
+            drop.c.reason,
+            drop.c.score,
+            drop.c.duplicate_of,
+            drop.c.detail,
+            drop.c.run_id,
+        )
+        .select_from(
+            records.join(partitions, partitions.c.partition_id == records.c.partition_id).outerjoin(
+                drop, sa.and_(drop.c.partition_id == records.c.partition_id, drop.c.line_no == records.c.line_no)
+            )
+        )
+        .where(in_run(run_id, records.c.partition_id))
+    )
     if partition_id is not None:
         parsed = parsed.where(records.c.partition_id == partition_id)
     quarantined = (
         sa.select(
-            quarantine.c.source, partitions.c.path.label("file"), quarantine.c.line_no.label("line"), quarantine.c.partition_id,
-            sa.null().label("record_id"), sa.literal(Verdict.QUARANTINED.value).label("verdict"),
-            sa.literal(Stage.INGEST.value).label("stage"), quarantine.c.reason, sa.null().label("score"),
-            sa.null().label("duplicate_of"), quarantine.c.error.label("detail"), partitions.c.run_id)
+            quarantine.c.source,
+            partitions.c.path.label("file"),
+            quarantine.c.line_no.label("line"),
+            quarantine.c.partition_id,
+            sa.null().label("record_id"),
+            sa.literal(Verdict.QUARANTINED.value).label("verdict"),
+            sa.literal(Stage.INGEST.value).label("stage"),
+            quarantine.c.reason,
+            sa.null().label("score"),
+            sa.null().label("duplicate_of"),
+            quarantine.c.error.label("detail"),
+            partitions.c.run_id,
+        )
         .select_from(quarantine.join(partitions, partitions.c.partition_id == quarantine.c.partition_id))
-        .where(in_run(run_id, quarantine.c.partition_id)))
+        .where(in_run(run_id, quarantine.c.partition_id))
+    )
     if partition_id is not None:
         quarantined = quarantined.where(quarantine.c.partition_id == partition_id)
     union = sa.union_all(parsed, quarantined).subquery("ledger")
     return sa.select(*(union.c[name] for name in STORED_COLUMNS)).order_by(union.c.source, union.c.file, union.c.line)
 
 
-def ledger_rows(conn: Connection, run_id: str, partition_id: str | None = None, *,
-                batch: int = 50_000, stream_options: dict | None = None) -> Iterator[list[tuple]]:
+def ledger_rows(
+    conn: Connection,
+    run_id: str,
+    partition_id: str | None = None,
+    *,
+    batch: int = 50_000,
+    stream_options: dict | None = None,
+) -> Iterator[list[tuple]]:
     """`ledger_query`'s rows with their `representative` (LEDGER_COLUMNS), in batches."""
     reason_at, of_at = STORED_COLUMNS.index("reason"), STORED_COLUMNS.index("duplicate_of")
     result = conn.execute(ledger_query(run_id, partition_id), execution_options=stream_options or {})
@@ -134,7 +183,9 @@ def representatives(conn: Connection, run_id: str, record_ids: Iterable[str]) ->
         if not todo:
             break
         fates: dict[str, list[tuple]] = {i: [] for i in todo}
-        for record_id, stage, reason, duplicate_of in conn.execute(_FATES, {"run": run_id, "ids": sorted(todo), "order": order}):
+        for record_id, stage, reason, duplicate_of in conn.execute(
+            _FATES, {"run": run_id, "ids": sorted(todo), "order": order}
+        ):
             fates[record_id].append((stage, reason, duplicate_of))
         for record_id, rows in fates.items():
             links[record_id] = _next(record_id, rows, order, last_dedup)
@@ -164,18 +215,24 @@ def accounting(engine: Engine, run_id: str) -> dict[str, dict[str, int]]:
     """Per source: lines (as ingest counted them), kept, dropped, quarantined; raises if they do not add up."""
     ledger = ledger_query(run_id).subquery()
     counted = sa.select(ledger.c.source, ledger.c.verdict, sa.func.count()).group_by(ledger.c.source, ledger.c.verdict)
-    lines = (sa.select(partitions.c.source, sa.func.sum(partitions.c.lines))
-             .select_from(partitions.join(run_partitions, run_partitions.c.partition_id == partitions.c.partition_id))
-             .where(run_partitions.c.run_id == run_id).group_by(partitions.c.source))
+    lines = (
+        sa.select(partitions.c.source, sa.func.sum(partitions.c.lines))
+        .select_from(partitions.join(run_partitions, run_partitions.c.partition_id == partitions.c.partition_id))
+        .where(run_partitions.c.run_id == run_id)
+        .group_by(partitions.c.source)
+    )
     with engine.connect() as conn:
         per_source: dict[str, dict[str, int]] = {
-            source: {"lines": int(n or 0), **{v.value: 0 for v in Verdict}} for source, n in conn.execute(lines)}
+            source: {"lines": int(n or 0), **{v.value: 0 for v in Verdict}} for source, n in conn.execute(lines)
+        }
         for source, verdict, n in conn.execute(counted):
             per_source[source][verdict] = n
     for source, counts in per_source.items():
         accounted = sum(counts[v.value] for v in Verdict)
         if accounted != counts["lines"]:
-            raise AccountingError(f"source {source!r}: {counts['lines']} input lines but {accounted} accounted for {counts}")
+            raise AccountingError(
+                f"source {source!r}: {counts['lines']} input lines but {accounted} accounted for {counts}"
+            )
     return per_source
 
 

@@ -3,6 +3,7 @@
 Parsing is Python on one core and loading is the server on the other; handing each finished batch
 to a thread lets the two overlap instead of taking turns (psycopg2 releases the GIL while it sends).
 """
+
 from __future__ import annotations
 
 import io

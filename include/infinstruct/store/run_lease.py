@@ -17,6 +17,7 @@ A run that finds the lease held waits, polling every `poll` seconds, up to `wait
 `DatasetBusy` naming the holder (not a `DataError`: Airflow's retries wait again). `wait = 0` fails at once.
 Settings come from the environment (`LeaseSettings.from_env`).
 """
+
 from __future__ import annotations
 
 import logging
@@ -43,10 +44,10 @@ class DatasetBusy(RuntimeError):
 
 @dataclass(frozen=True)
 class LeaseSettings:
-    wait: float = 5 * 3600   # how long a run waits for the dataset (under the tasks' 6-hour execution_timeout)
-    poll: float = 15.0       # seconds between tries while waiting
-    stale: float = 900.0     # a holder whose tasks have not touched the lease for this long is dead
-    beat: float = 30.0       # seconds between heartbeats while a task runs
+    wait: float = 5 * 3600  # how long a run waits for the dataset (under the tasks' 6-hour execution_timeout)
+    poll: float = 15.0  # seconds between tries while waiting
+    stale: float = 900.0  # a holder whose tasks have not touched the lease for this long is dead
+    beat: float = 30.0  # seconds between heartbeats while a task runs
 
     @classmethod
     def from_env(cls) -> LeaseSettings:
@@ -58,24 +59,29 @@ class LeaseSettings:
                 try:
                     values[field] = float(raw)
                 except ValueError:
-                    raise ValueError(f"INFINSTRUCT_RUN_LOCK_{field.upper()}={raw!r} is not a number of seconds") from None
+                    raise ValueError(
+                        f"INFINSTRUCT_RUN_LOCK_{field.upper()}={raw!r} is not a number of seconds"
+                    ) from None
         return cls(**values)
 
 
 @dataclass(frozen=True)
 class Holder:
     """The run holding a lease, as a waiting run sees it."""
+
     dataset: str
     run_id: str
     phase: str
     holder: str
     acquired_at: object
-    idle_seconds: float     # since its last heartbeat
+    idle_seconds: float  # since its last heartbeat
     run_status: str | None  # its run's status (None: its run row is not written yet)
 
     def describe(self) -> str:
-        return (f"{self.phase} run {self.run_id!r} holds dataset {self.dataset!r} (since {self.acquired_at}, last "
-                f"heartbeat {self.idle_seconds:.0f}s ago from {self.holder})")
+        return (
+            f"{self.phase} run {self.run_id!r} holds dataset {self.dataset!r} (since {self.acquired_at}, last "
+            f"heartbeat {self.idle_seconds:.0f}s ago from {self.holder})"
+        )
 
 
 def lease_name(dataset: str, phase: str) -> str:
@@ -90,18 +96,25 @@ def _holder_name() -> str:
 def try_acquire(conn: Connection, dataset: str, run_id: str, phase: str, stale: float) -> Holder | None:
     """One atomic attempt (commit after it): take the lease if free, ours, or its holder is dead; None when
     taken, else the live holder."""
-    taken = conn.execute(sa.text(
-        "insert into run_leases (dataset, run_id, phase, holder) values (:d, :run, :phase, :who)"
-        " on conflict (dataset) do nothing returning run_id"),
-        {"d": dataset, "run": run_id, "phase": phase, "who": _holder_name()}).first()
+    taken = conn.execute(
+        sa.text(
+            "insert into run_leases (dataset, run_id, phase, holder) values (:d, :run, :phase, :who)"
+            " on conflict (dataset) do nothing returning run_id"
+        ),
+        {"d": dataset, "run": run_id, "phase": phase, "who": _holder_name()},
+    ).first()
     if taken:
         return None
-    row = conn.execute(sa.text(
-        "select l.run_id, l.phase, l.holder, l.acquired_at, extract(epoch from now() - l.heartbeat_at) as idle,"
-        " case l.phase when 'curation' then (select status from runs where run_id = l.run_id)"
-        "              when 'synthesis' then (select status from synth_runs where run_id = l.run_id) end as status"
-        " from run_leases l where l.dataset = :d for update"), {"d": dataset}).first()
-    if row is None:   # released between the two statements: try again
+    row = conn.execute(
+        sa.text(
+            "select l.run_id, l.phase, l.holder, l.acquired_at, extract(epoch from now() - l.heartbeat_at) as idle,"
+            " case l.phase when 'curation' then (select status from runs where run_id = l.run_id)"
+            "              when 'synthesis' then (select status from synth_runs where run_id = l.run_id) end as status"
+            " from run_leases l where l.dataset = :d for update"
+        ),
+        {"d": dataset},
+    ).first()
+    if row is None:  # released between the two statements: try again
         return try_acquire(conn, dataset, run_id, phase, stale)
     holder = Holder(dataset, row.run_id, row.phase, row.holder, row.acquired_at, float(row.idle), row.status)
     ours = row.run_id == run_id and row.phase == phase
@@ -109,12 +122,19 @@ def try_acquire(conn: Connection, dataset: str, run_id: str, phase: str, stale: 
     if not (ours or dead):
         return holder
     if not ours:
-        log.warning("taking over the lease of dataset %r from a dead holder: %s (its run: %s)", dataset,
-                    holder.describe(), row.status or "not recorded")
-    conn.execute(sa.text(
-        "update run_leases set run_id = :run, phase = :phase, holder = :who, heartbeat_at = now(),"
-        " acquired_at = case when :ours then acquired_at else now() end where dataset = :d"),
-        {"d": dataset, "run": run_id, "phase": phase, "who": _holder_name(), "ours": ours})
+        log.warning(
+            "taking over the lease of dataset %r from a dead holder: %s (its run: %s)",
+            dataset,
+            holder.describe(),
+            row.status or "not recorded",
+        )
+    conn.execute(
+        sa.text(
+            "update run_leases set run_id = :run, phase = :phase, holder = :who, heartbeat_at = now(),"
+            " acquired_at = case when :ours then acquired_at else now() end where dataset = :d"
+        ),
+        {"d": dataset, "run": run_id, "phase": phase, "who": _holder_name(), "ours": ours},
+    )
     return None
 
 
@@ -135,7 +155,8 @@ def acquire(engine: Engine, dataset: str, run_id: str, phase: str, settings: Lea
                 f"{phase} run {run_id!r} cannot start: {holder.describe()}. Runs of one dataset never overlap; this "
                 f"one waited {settings.wait:.0f}s (INFINSTRUCT_RUN_LOCK_WAIT). Retry once that run has finished; a "
                 f"holder that stops heart-beating for {settings.stale:.0f}s (INFINSTRUCT_RUN_LOCK_STALE) is taken "
-                f"over, and `infinstruct leases --release {dataset}` frees it by hand")
+                f"over, and `infinstruct leases --release {dataset}` frees it by hand"
+            )
         if not waited:
             log.info("%s run %s waits for the dataset: %s", phase, run_id, holder.describe())
             waited = True
@@ -144,17 +165,22 @@ def acquire(engine: Engine, dataset: str, run_id: str, phase: str, settings: Lea
 
 def release(conn: Connection, run_id: str, phase: str) -> None:
     """Give up the run's lease (in the transaction that records the run's end)."""
-    conn.execute(sa.text("delete from run_leases where run_id = :run and phase = :phase"), {"run": run_id, "phase": phase})
+    conn.execute(
+        sa.text("delete from run_leases where run_id = :run and phase = :phase"), {"run": run_id, "phase": phase}
+    )
 
 
 def claim_for_release(conn: Connection, dataset: str, run_id: str, phase: str) -> None:
     """Lock the dataset's lease row for the transaction that numbers a release; refuse when another run holds
     it (no lease at all is allowed: a step called outside a DAG task, as the tests do)."""
-    row = conn.execute(sa.text("select run_id, phase from run_leases where dataset = :d for update"),
-                       {"d": dataset}).first()
+    row = conn.execute(
+        sa.text("select run_id, phase from run_leases where dataset = :d for update"), {"d": dataset}
+    ).first()
     if row is not None and (row.run_id, row.phase) != (run_id, phase):
-        raise DatasetBusy(f"{phase} run {run_id!r} may not number a release of {dataset!r}: {row.phase} run "
-                          f"{row.run_id!r} holds the dataset (it took over after this run stopped heart-beating)")
+        raise DatasetBusy(
+            f"{phase} run {run_id!r} may not number a release of {dataset!r}: {row.phase} run "
+            f"{row.run_id!r} holds the dataset (it took over after this run stopped heart-beating)"
+        )
 
 
 def _dataset_of_run(conn: Connection, run_id: str, phase: str) -> str | None:
@@ -166,20 +192,25 @@ def _beat(engine: Engine, run_id: str, phase: str, every: float, stop: threading
     while not stop.wait(every):
         try:
             with engine.begin() as conn:
-                touched = conn.execute(sa.text(
-                    "update run_leases set heartbeat_at = now() where run_id = :run and phase = :phase"),
-                    {"run": run_id, "phase": phase}).rowcount
-        except sa.exc.SQLAlchemyError as exc:   # the next beat tries again; the step itself will see a dead store
+                touched = conn.execute(
+                    sa.text("update run_leases set heartbeat_at = now() where run_id = :run and phase = :phase"),
+                    {"run": run_id, "phase": phase},
+                ).rowcount
+        except sa.exc.SQLAlchemyError as exc:  # the next beat tries again; the step itself will see a dead store
             log.warning("%s run %s: lease heartbeat failed: %s", phase, run_id, exc)
             continue
         if not touched:
-            log.error("%s run %s no longer holds its dataset's lease (taken over after a silence of its tasks?)",
-                      phase, run_id)
+            log.error(
+                "%s run %s no longer holds its dataset's lease (taken over after a silence of its tasks?)",
+                phase,
+                run_id,
+            )
 
 
 @contextmanager
-def task_lease(engine: Engine, run_id: str, phase: str, dataset: str | None = None,
-               settings: LeaseSettings | None = None) -> Iterator[str | None]:
+def task_lease(
+    engine: Engine, run_id: str, phase: str, dataset: str | None = None, settings: LeaseSettings | None = None
+) -> Iterator[str | None]:
     """Around one task of a run: hold the lease of the run's dataset (waiting for it if another live run has
     it) and heart-beat while the task runs. `dataset` names it before the run is recorded (the first task);
     later tasks find it from the run's row, and a run with no row yet is left to its step to report."""
@@ -192,12 +223,18 @@ def task_lease(engine: Engine, run_id: str, phase: str, dataset: str | None = No
             return
     name = lease_name(dataset, phase)
     acquire(engine, name, run_id, phase, settings)
-    with engine.begin() as conn:   # a run re-started by a cleared task is running again (others must not take over)
-        conn.execute(sa.text(f"update {PHASES[phase][0]} set status = 'running', finished_at = null"
-                             " where run_id = :run and status <> 'running'"), {"run": run_id})
+    with engine.begin() as conn:  # a run re-started by a cleared task is running again (others must not take over)
+        conn.execute(
+            sa.text(
+                f"update {PHASES[phase][0]} set status = 'running', finished_at = null"
+                " where run_id = :run and status <> 'running'"
+            ),
+            {"run": run_id},
+        )
     stop = threading.Event()
-    beater = threading.Thread(target=_beat, args=(engine, run_id, phase, settings.beat, stop), daemon=True,
-                              name=f"lease-heartbeat-{run_id}")
+    beater = threading.Thread(
+        target=_beat, args=(engine, run_id, phase, settings.beat, stop), daemon=True, name=f"lease-heartbeat-{run_id}"
+    )
     beater.start()
     try:
         yield name
@@ -209,16 +246,25 @@ def task_lease(engine: Engine, run_id: str, phase: str, dataset: str | None = No
 def leases(engine: Engine) -> list[dict]:
     """Every lease held, with its run's status and seconds since its heartbeat."""
     with engine.connect() as conn:
-        rows = conn.execute(sa.text(
-            "select l.dataset, l.run_id, l.phase, l.holder, l.acquired_at, l.heartbeat_at,"
-            " round(extract(epoch from now() - l.heartbeat_at)) as idle_seconds,"
-            " case l.phase when 'curation' then (select status from runs where run_id = l.run_id)"
-            "              when 'synthesis' then (select status from synth_runs where run_id = l.run_id) end as run_status"
-            " from run_leases l order by l.dataset")).mappings().all()
+        rows = (
+            conn.execute(
+                sa.text(
+                    "select l.dataset, l.run_id, l.phase, l.holder, l.acquired_at, l.heartbeat_at,"
+                    " round(extract(epoch from now() - l.heartbeat_at)) as idle_seconds,"
+                    " case l.phase when 'curation' then (select status from runs where run_id = l.run_id)"
+                    "              when 'synthesis' then (select status from synth_runs where run_id = l.run_id) end as run_status"
+                    " from run_leases l order by l.dataset"
+                )
+            )
+            .mappings()
+            .all()
+        )
     return [dict(r) for r in rows]
 
 
 def force_release(engine: Engine, dataset: str) -> str | None:
     """Delete a dataset's lease by hand (its holder is known dead); returns the run that held it."""
     with engine.begin() as conn:
-        return conn.execute(sa.text("delete from run_leases where dataset = :d returning run_id"), {"d": dataset}).scalar()
+        return conn.execute(
+            sa.text("delete from run_leases where dataset = :d returning run_id"), {"d": dataset}
+        ).scalar()

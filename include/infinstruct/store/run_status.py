@@ -2,6 +2,7 @@
 the release a run produced. A run with a release shows the counts its release recorded (manifest.json, as the
 run saw them); any other run its ledger as the store holds it now.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -18,11 +19,17 @@ def last_runs(engine: Engine, dataset: str | None = None, limit: int = 5) -> lis
     """Newest first: each run with its release (version, path) and funnel (lines, kept, dropped, quarantined,
     `dropped_by_stage`, and `as_of`: "release" or "now")."""
     with engine.connect() as conn:
-        runs = [dict(r) for r in conn.execute(sa.text(
-            "select r.run_id, r.dataset, r.status, r.end_reason, r.started_at, r.finished_at, rel.version, rel.path,"
-            " rel.manifest from runs r left join releases rel on rel.run_id = r.run_id"
-            " where cast(:d as text) is null or r.dataset = :d order by r.started_at desc limit :n"),
-            {"d": dataset, "n": limit}).mappings()]
+        runs = [
+            dict(r)
+            for r in conn.execute(
+                sa.text(
+                    "select r.run_id, r.dataset, r.status, r.end_reason, r.started_at, r.finished_at, rel.version, rel.path,"
+                    " rel.manifest from runs r left join releases rel on rel.run_id = r.run_id"
+                    " where cast(:d as text) is null or r.dataset = :d order by r.started_at desc limit :n"
+                ),
+                {"d": dataset, "n": limit},
+            ).mappings()
+        ]
         for run in runs:
             manifest = run.pop("manifest")
             run["funnel"] = _from_manifest(manifest) if manifest else _from_ledger(conn, run["run_id"])
@@ -32,17 +39,21 @@ def last_runs(engine: Engine, dataset: str | None = None, limit: int = 5) -> lis
 def _from_manifest(manifest: dict) -> dict[str, Any]:
     totals = manifest["totals"]
     by_stage = {stage: sum(reasons.values()) for stage, reasons in manifest.get("stages", {}).items()}
-    by_stage.pop("ingest", None)   # quarantined lines, counted apart
-    return {**{k: totals[k] for k in ("lines", "kept", "dropped", "quarantined")}, "dropped_by_stage": _ordered(by_stage),
-            "as_of": "release"}
+    by_stage.pop("ingest", None)  # quarantined lines, counted apart
+    return {
+        **{k: totals[k] for k in ("lines", "kept", "dropped", "quarantined")},
+        "dropped_by_stage": _ordered(by_stage),
+        "as_of": "release",
+    }
 
 
 def _from_ledger(conn, run_id: str) -> dict[str, Any]:
     ledger = ledger_query(run_id).subquery()
     counts = {v.value: 0 for v in Verdict}
     by_stage: dict[str, int] = {}
-    for verdict, stage, n in conn.execute(sa.select(ledger.c.verdict, ledger.c.stage, sa.func.count())
-                                          .group_by(ledger.c.verdict, ledger.c.stage)):
+    for verdict, stage, n in conn.execute(
+        sa.select(ledger.c.verdict, ledger.c.stage, sa.func.count()).group_by(ledger.c.verdict, ledger.c.stage)
+    ):
         counts[verdict] += n
         if verdict == Verdict.DROPPED.value:
             by_stage[stage] = by_stage.get(stage, 0) + n
@@ -51,7 +62,12 @@ def _from_ledger(conn, run_id: str) -> dict[str, Any]:
 
 def _ordered(by_stage: dict[str, int]) -> dict[str, int]:
     order = ledger_order()
-    return dict(sorted(((s, n) for s, n in by_stage.items() if n), key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order)))
+    return dict(
+        sorted(
+            ((s, n) for s, n in by_stage.items() if n),
+            key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order),
+        )
+    )
 
 
 def render(runs: list[dict[str, Any]]) -> str:
@@ -65,6 +81,8 @@ def render(runs: list[dict[str, Any]]) -> str:
         why = f" ({run['end_reason']})" if run["end_reason"] else ""
         out.append(f"{run['run_id']}  {run['dataset']}  {run['status']}{why}  {str(run['started_at'])[:19]}  {release}")
         stages = ", ".join(f"{s} {n}" for s, n in f["dropped_by_stage"].items())
-        out.append(f"  {f['lines']} lines: {f['kept']} kept, {f['dropped']} dropped{f' ({stages})' if stages else ''},"
-                   f" {f['quarantined']} quarantined" + ("" if f["as_of"] == "release" else "  [ledger now]"))
+        out.append(
+            f"  {f['lines']} lines: {f['kept']} kept, {f['dropped']} dropped{f' ({stages})' if stages else ''},"
+            f" {f['quarantined']} quarantined" + ("" if f["as_of"] == "release" else "  [ledger now]")
+        )
     return "\n".join(out)

@@ -8,6 +8,7 @@ Chosen over usearch and faiss (bench/RESULTS.md, "Vector index choice"): the sta
 and pgvector saves the key mapping, persistence and transactional replace. For a first full load, insert
 before creating the index (`schema_sql(with_index=False)`, then `index_sql()`): 50x faster.
 """
+
 from __future__ import annotations
 
 import io
@@ -39,11 +40,13 @@ def _check_ident(name: str) -> None:
 def schema_sql(dim: int = DEFAULT_DIM, table: str = DEFAULT_TABLE, with_index: bool = True) -> str:
     """DDL of a vector table (and its HNSW index): what a migration creates."""
     _check_ident(table)
-    ddl = (f"create extension if not exists vector;\n"
-           f"create table if not exists {table} (\n"
-           f"    record_key text primary key,   -- the record id (content hash) the vector embeds\n"
-           f"    embedding vector({int(dim)}) not null\n"
-           f");\n")
+    ddl = (
+        f"create extension if not exists vector;\n"
+        f"create table if not exists {table} (\n"
+        f"    record_key text primary key,   -- the record id (content hash) the vector embeds\n"
+        f"    embedding vector({int(dim)}) not null\n"
+        f");\n"
+    )
     return ddl + (index_sql(table) if with_index else "")
 
 
@@ -74,11 +77,18 @@ class VectorIndex:
     Every method opens its own transaction on `engine`; pass a `conn` to take part in the caller's.
     """
 
-    def __init__(self, engine: Engine, dim: int = DEFAULT_DIM, table: str = DEFAULT_TABLE, *,
-                 ef_search: int = 100, batch: int = 2_000):
+    def __init__(
+        self,
+        engine: Engine,
+        dim: int = DEFAULT_DIM,
+        table: str = DEFAULT_TABLE,
+        *,
+        ef_search: int = 100,
+        batch: int = 2_000,
+    ):
         _check_ident(table)
         self.engine, self.dim, self.table = engine, dim, table
-        self.ef_search = ef_search   # HNSW candidate list per query: 40 (pgvector's default) gave lower recall
+        self.ef_search = ef_search  # HNSW candidate list per query: 40 (pgvector's default) gave lower recall
         self.batch = batch
 
     def create(self) -> None:
@@ -89,8 +99,10 @@ class VectorIndex:
                     conn.execute(sa.text(statement))
         except sa.exc.DBAPIError as exc:
             if "vector" in str(exc.orig):
-                raise VectorIndexError("this PostgreSQL has no pgvector extension: use the embedded server "
-                                       "or install pgvector on the server") from exc
+                raise VectorIndexError(
+                    "this PostgreSQL has no pgvector extension: use the embedded server "
+                    "or install pgvector on the server"
+                ) from exc
             raise
 
     def _vectors(self, vectors: np.ndarray) -> np.ndarray:
@@ -104,12 +116,14 @@ class VectorIndex:
         vectors = self._vectors(vectors)
         if len(keys) != len(vectors):
             raise VectorIndexError(f"{len(keys)} keys for {len(vectors)} vectors")
-        statement = sa.text(f"insert into {self.table} (record_key, embedding) values (:k, cast(:v as vector))"
-                            f" on conflict (record_key) do update set embedding = excluded.embedding")
+        statement = sa.text(
+            f"insert into {self.table} (record_key, embedding) values (:k, cast(:v as vector))"
+            f" on conflict (record_key) do update set embedding = excluded.embedding"
+        )
         with _connection(self.engine, conn) as c:
             for s in range(0, len(keys), self.batch):
-                literals = vector_literal(vectors[s:s + self.batch])
-                c.execute(statement, [{"k": k, "v": v} for k, v in zip(keys[s:s + self.batch], literals)])
+                literals = vector_literal(vectors[s : s + self.batch])
+                c.execute(statement, [{"k": k, "v": v} for k, v in zip(keys[s : s + self.batch], literals)])
         return len(keys)
 
     def remove(self, keys: Sequence[str], conn: sa.Connection | None = None) -> None:
@@ -121,8 +135,9 @@ class VectorIndex:
         with self.engine.connect() as conn:
             return int(conn.execute(sa.text(f"select count(*) from {self.table}")).scalar_one())
 
-    def neighbours(self, vectors: np.ndarray, k: int = 5, min_cosine: float = 0.0,
-                   conn: sa.Connection | None = None) -> list[tuple[int, str, float]]:
+    def neighbours(
+        self, vectors: np.ndarray, k: int = 5, min_cosine: float = 0.0, conn: sa.Connection | None = None
+    ) -> list[tuple[int, str, float]]:
         """The k nearest stored rows of each query vector (approximate: HNSW), those with cosine ≥
         `min_cosine`, as (query row, record key, cosine), by row then by descending cosine."""
         vectors = self._vectors(vectors)
@@ -141,14 +156,15 @@ class VectorIndex:
         with _connection(self.engine, conn) as c:
             c.execute(sa.text("select set_config('hnsw.ef_search', :ef, true)"), {"ef": str(max(self.ef_search, k))})
             for s in range(0, len(vectors), self.batch):
-                rows = c.execute(query, {"vs": vector_literal(vectors[s:s + self.batch]), "k": k,
-                                         "min_cosine": min_cosine}).all()
+                rows = c.execute(
+                    query, {"vs": vector_literal(vectors[s : s + self.batch]), "k": k, "min_cosine": min_cosine}
+                ).all()
                 out.extend((s + row, key, float(cos)) for row, key, cos in rows)
         return out
 
 
 def index_kind(conn: sa.Connection, wanted: str, setting: str) -> str:
-    """"pgvector" or "exact" for a recipe's `index` setting (auto: pgvector when it works on this server).
+    """ "pgvector" or "exact" for a recipe's `index` setting (auto: pgvector when it works on this server).
 
     Whether it works is the probe's answer (`vector_probe`), remembered for this server start: a
     pgvector that would crash the server is never used. Stages call `vector_support` before opening the
@@ -159,9 +175,11 @@ def index_kind(conn: sa.Connection, wanted: str, setting: str) -> str:
     if support.ok:
         return "pgvector"
     if wanted == "pgvector":
-        raise VectorIndexError(f"{setting} is 'pgvector' but pgvector does not work on this server: {support.detail}. "
-                               "Install a pgvector built for this CPU (Debian: postgresql-NN-pgvector), use the "
-                               "embedded server, or set index: auto (exact search)")
+        raise VectorIndexError(
+            f"{setting} is 'pgvector' but pgvector does not work on this server: {support.detail}. "
+            "Install a pgvector built for this CPU (Debian: postgresql-NN-pgvector), use the "
+            "embedded server, or set index: auto (exact search)"
+        )
     return "exact"
 
 
@@ -179,8 +197,10 @@ class StoredIndex:
         _check_ident(table)
         self.conn, self.table, self.kind, self.ef_search = conn, table, kind, ef_search
         self._memory: ExactIndex | None = None
-        self._exists = kind == "pgvector" and conn.execute(
-            sa.text("select to_regclass(:t) is not null"), {"t": table}).scalar_one()
+        self._exists = (
+            kind == "pgvector"
+            and conn.execute(sa.text("select to_regclass(:t) is not null"), {"t": table}).scalar_one()
+        )
 
     @property
     def persistent(self) -> bool:
@@ -234,13 +254,19 @@ class StoredIndex:
             self.conn.execute(sa.text(statement))
         cursor = self.conn.connection.dbapi_connection.cursor()
         for s in range(0, len(ids), 50_000):
-            cursor.copy_expert(f"copy {self.table} (record_key, embedding) from stdin with (format binary)",
-                               io.BytesIO(_binary_rows(ids[s:s + 50_000], vectors[s:s + 50_000])))
+            cursor.copy_expert(
+                f"copy {self.table} (record_key, embedding) from stdin with (format binary)",
+                io.BytesIO(_binary_rows(ids[s : s + 50_000], vectors[s : s + 50_000])),
+            )
         # the build is fast only while the graph fits in maintenance_work_mem (default 64 MB: ~30k MiniLM rows)
         needed = len(ids) * (vectors.shape[1] * 4 + 512) + (64 << 20)
-        self.conn.execute(sa.text("select set_config('maintenance_work_mem', :m, true)"
-                                  " where pg_size_bytes(current_setting('maintenance_work_mem')) < :b"),
-                          {"m": f"{min(needed, 1 << 30) >> 20}MB", "b": min(needed, 1 << 30)})
+        self.conn.execute(
+            sa.text(
+                "select set_config('maintenance_work_mem', :m, true)"
+                " where pg_size_bytes(current_setting('maintenance_work_mem')) < :b"
+            ),
+            {"m": f"{min(needed, 1 << 30) >> 20}MB", "b": min(needed, 1 << 30)},
+        )
         self.conn.execute(sa.text(index_sql(self.table)))
         self._exists = True
 
@@ -258,7 +284,9 @@ class StoredIndex:
         """Per query row, up to k members (record id, cosine) with cosine >= min_cosine, best first
         (pgvector: approximate, HNSW)."""
         if self.kind == "exact":
-            return self._memory.neighbours(vectors, k, min_cosine) if self._memory is not None else [[] for _ in vectors]
+            return (
+                self._memory.neighbours(vectors, k, min_cosine) if self._memory is not None else [[] for _ in vectors]
+            )
         found: list[list[tuple[str, float]]] = [[] for _ in range(len(vectors))]
         if self._exists:
             index = VectorIndex(self.conn.engine, vectors.shape[1], self.table, ef_search=self.ef_search)
@@ -288,7 +316,7 @@ def _binary_rows(ids: Sequence[str], vectors: np.ndarray) -> bytes:
     parts = [b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0)]
     for i, key in enumerate(ids):
         raw = key.encode()
-        parts.append(struct.pack(">hi", 2, len(raw)) + raw + head + floats[i * width:(i + 1) * width])
+        parts.append(struct.pack(">hi", 2, len(raw)) + raw + head + floats[i * width : (i + 1) * width])
     parts.append(struct.pack(">h", -1))
     return b"".join(parts)
 

@@ -7,6 +7,7 @@ work is done once first, in a throwaway database: a 384-dimension distance and a
 searched. The answer is kept per server start (`vector_support`, keyed by pg_postmaster_start_time),
 so every task process of every run reads it instead of probing again; a restarted server probes again.
 """
+
 from __future__ import annotations
 
 import functools
@@ -25,20 +26,23 @@ from sqlalchemy.pool import NullPool
 log = logging.getLogger(__name__)
 
 PROBE_DATABASE = "infinstruct_vector_probe"
-PROBE_LOCK = 72_114_2002   # advisory lock id: one process probes, the others wait for its answer
-DIM = 384                  # MiniLM's size: long enough to reach pgvector's vectorised loops
+PROBE_LOCK = 72_114_2002  # advisory lock id: one process probes, the others wait for its answer
+DIM = 384  # MiniLM's size: long enough to reach pgvector's vectorised loops
 
 # (what it shows, SQL): every kind of vector work the pipeline does. The search must find the row it asks for.
 PROBE_STEPS: tuple[tuple[str, str], ...] = (
     ("create extension vector", "create extension if not exists vector"),
-    ("store 300 vectors of 384 dimensions",
-     f"create table probe as select i as id, (select array_agg(random()) from generate_series(1, {DIM}) where i > 0)"
-     f"::vector({DIM}) as v from generate_series(1, 300) i"),   # `where i > 0`: a new random vector per row
-    ("384-dimension cosine, L2 and inner-product distances",
-     "select (a.v <=> b.v) + (a.v <-> b.v) + (a.v <#> b.v) from probe a, probe b where a.id = 1 and b.id = 2"),
+    (
+        "store 300 vectors of 384 dimensions",
+        f"create table probe as select i as id, (select array_agg(random()) from generate_series(1, {DIM}) where i > 0)"
+        f"::vector({DIM}) as v from generate_series(1, 300) i",
+    ),  # `where i > 0`: a new random vector per row
+    (
+        "384-dimension cosine, L2 and inner-product distances",
+        "select (a.v <=> b.v) + (a.v <-> b.v) + (a.v <#> b.v) from probe a, probe b where a.id = 1 and b.id = 2",
+    ),
     ("build an HNSW index (vector_cosine_ops)", "create index on probe using hnsw (v vector_cosine_ops)"),
-    ("search the HNSW index",
-     "select id from probe order by v <=> (select v from probe where id = 7) limit 1"),
+    ("search the HNSW index", "select id from probe order by v <=> (select v from probe where id = 7) limit 1"),
 )
 
 
@@ -49,6 +53,7 @@ class VectorProbeError(RuntimeError):
 @dataclass(frozen=True)
 class VectorSupport:
     """Whether pgvector works on the server started at `server_started_at`, and what showed it."""
+
     ok: bool
     detail: str
     server_started_at: datetime
@@ -93,9 +98,13 @@ def _probe_version() -> str:
 
 
 def _remembered(conn: sa.Connection) -> VectorSupport | None:
-    row = conn.execute(sa.text(
-        "select ok, detail, server_started_at from vector_support"
-        " where server_started_at = pg_postmaster_start_time() and probe = :p"), {"p": _probe_version()}).first()
+    row = conn.execute(
+        sa.text(
+            "select ok, detail, server_started_at from vector_support"
+            " where server_started_at = pg_postmaster_start_time() and probe = :p"
+        ),
+        {"p": _probe_version()},
+    ).first()
     return VectorSupport(row.ok, row.detail, row.server_started_at) if row else None
 
 
@@ -115,7 +124,7 @@ def _remembered_or_probed(engine: Engine) -> VectorSupport:
                 try:
                     lock.execute(sa.text("select pg_advisory_unlock(:k)"), {"k": PROBE_LOCK})
                     lock.commit()
-                except sa.exc.OperationalError:   # the session died with a crashed probe: so did its lock
+                except sa.exc.OperationalError:  # the session died with a crashed probe: so did its lock
                     lock.invalidate()
     _warn_once(found)
     return found
@@ -124,10 +133,13 @@ def _remembered_or_probed(engine: Engine) -> VectorSupport:
 def _probe_and_remember(engine: Engine) -> VectorSupport:
     ok, detail = probe(engine)
     with engine.begin() as conn:
-        conn.execute(sa.text(
-            "insert into vector_support (server_started_at, probe, ok, detail, cpu)"
-            " values (pg_postmaster_start_time(), :p, :ok, :d, :c) on conflict do nothing"),
-            {"p": _probe_version(), "ok": ok, "d": detail, "c": cpu_description()})
+        conn.execute(
+            sa.text(
+                "insert into vector_support (server_started_at, probe, ok, detail, cpu)"
+                " values (pg_postmaster_start_time(), :p, :ok, :d, :c) on conflict do nothing"
+            ),
+            {"p": _probe_version(), "ok": ok, "d": detail, "c": cpu_description()},
+        )
         return _remembered(conn)
 
 
@@ -135,15 +147,16 @@ def probe(engine: Engine) -> tuple[bool, str]:
     """Run PROBE_STEPS on the server now: (works, what it showed or what failed). Never raises for a
     failing step, a crashed backend included (it waits for the server to recover)."""
     with engine.connect() as conn:
-        version = conn.execute(sa.text(
-            "select default_version from pg_available_extensions where name = 'vector'")).scalar()
+        version = conn.execute(
+            sa.text("select default_version from pg_available_extensions where name = 'vector'")
+        ).scalar()
     if version is None:
         return False, "this PostgreSQL has no pgvector extension (Debian: postgresql-NN-pgvector)"
     target, throwaway = _probe_engine(engine)
     step = "connect"
     try:
         with target.connect() as conn:
-            if not throwaway:   # no right to create a database: in the project's, rolled back
+            if not throwaway:  # no right to create a database: in the project's, rolled back
                 conn.execute(sa.text("create temp table probe_marker ()"))
             for step, sql in PROBE_STEPS:
                 if not throwaway and sql.startswith("create table probe "):
@@ -158,8 +171,10 @@ def probe(engine: Engine) -> tuple[bool, str]:
         message = str(exc.orig).strip().splitlines()[0] if exc.orig is not None else str(exc)
         if crashed:
             _wait_for_server(engine)
-            message = (f"the server process died ({message}); a pgvector built for another CPU "
-                       "(e.g. AVX-512 code on an AVX2-only machine) dies this way")
+            message = (
+                f"the server process died ({message}); a pgvector built for another CPU "
+                "(e.g. AVX-512 code on an AVX2-only machine) dies this way"
+            )
         return False, f"pgvector {version}: {step}: {message}"
     finally:
         target.dispose()
@@ -175,9 +190,12 @@ def _probe_engine(engine: Engine) -> tuple[Engine, bool]:
         with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
             conn.execute(sa.text(f"create database {PROBE_DATABASE}"))
         return sa.create_engine(engine.url.set(database=PROBE_DATABASE), poolclass=NullPool), True
-    except sa.exc.ProgrammingError as exc:   # insufficient privilege
-        log.info("cannot create a throwaway database for the pgvector probe (%s): probing in a rolled-back "
-                 "transaction instead", str(exc.orig).strip())
+    except sa.exc.ProgrammingError as exc:  # insufficient privilege
+        log.info(
+            "cannot create a throwaway database for the pgvector probe (%s): probing in a rolled-back "
+            "transaction instead",
+            str(exc.orig).strip(),
+        )
         return sa.create_engine(engine.url, poolclass=NullPool), False
 
 
@@ -188,17 +206,19 @@ def _drop_probe_database(engine: Engine) -> None:
 
 def _wait_for_server(engine: Engine, timeout: float = 120.0) -> None:
     """After a backend crash PostgreSQL resets and replays its log: wait until it accepts connections."""
-    engine.dispose()   # every pooled connection died with the reset
+    engine.dispose()  # every pooled connection died with the reset
     deadline, last = time.monotonic() + timeout, None
     while time.monotonic() < deadline:
         try:
             with engine.connect() as conn:
                 conn.execute(sa.text("select 1"))
             return
-        except sa.exc.OperationalError as exc:   # "the database system is in recovery mode", refused, ...
+        except sa.exc.OperationalError as exc:  # "the database system is in recovery mode", refused, ...
             last = exc
             time.sleep(0.5)
-    raise VectorProbeError(f"the database server did not come back within {timeout:.0f} s of the pgvector probe: {last}")
+    raise VectorProbeError(
+        f"the database server did not come back within {timeout:.0f} s of the pgvector probe: {last}"
+    )
 
 
 @functools.cache
@@ -206,9 +226,13 @@ def _warn_once_for(ok: bool, detail: str, started: datetime) -> None:
     if ok:
         log.info("pgvector works on this server: %s", detail)
     else:
-        log.warning("pgvector does not work on this server: %s. CPU: %s. Semantic dedup and selection search "
-                    "exactly, in memory (no approximation; slower past a few hundred thousand records); "
-                    "a recipe with index: pgvector fails until it works", detail, cpu_description())
+        log.warning(
+            "pgvector does not work on this server: %s. CPU: %s. Semantic dedup and selection search "
+            "exactly, in memory (no approximation; slower past a few hundred thousand records); "
+            "a recipe with index: pgvector fails until it works",
+            detail,
+            cpu_description(),
+        )
 
 
 def _warn_once(support: VectorSupport) -> None:

@@ -3,6 +3,7 @@
 Like `infinstruct.pipeline`: each takes the run id (and a release part or a seed batch where it is mapped),
 reads the run's recipe snapshot and release from `synth_runs`, and returns a small JSON-able summary.
 """
+
 from __future__ import annotations
 
 import logging
@@ -45,10 +46,16 @@ def tag_release_part(run_id: str, part: str) -> dict[str, Any]:
     engine, run = get_engine(), synthesis_run(get_engine(), run_id)
     records = [(r["id"], r["instruction"]) for r in released_records(run.release_path, [part])]
     with engine.begin() as conn:
-        conn.execute(sa.text("delete from synth_release_records where run_id = :r and part = :p"), {"r": run_id, "p": part})
-        conn.execute(sa.text("insert into synth_release_records (run_id, record_id, part)"
-                             " select :r, unnest(cast(:ids as text[])), :p on conflict do nothing"),
-                     {"r": run_id, "ids": [i for i, _ in records], "p": part})   # one statement, not one per record
+        conn.execute(
+            sa.text("delete from synth_release_records where run_id = :r and part = :p"), {"r": run_id, "p": part}
+        )
+        conn.execute(
+            sa.text(
+                "insert into synth_release_records (run_id, record_id, part)"
+                " select :r, unnest(cast(:ids as text[])), :p on conflict do nothing"
+            ),
+            {"r": run_id, "ids": [i for i, _ in records], "p": part},
+        )  # one statement, not one per record
     settings = run.recipe.tagging or TaggingSettings()
     chat = chat_for(run.recipe.llm, Role.TAGGER, engine, run_id=run_id)
     return {"part": part, "records": len(records), **tag_records(engine, settings, chat, run_id, records)}
@@ -65,8 +72,10 @@ def select_seeds(run_id: str) -> list[int]:
     run = synthesis_run(get_engine(), run_id)
     batches = seeds.select_seeds(get_engine(), run)
     if not batches:
-        raise SynthesisError("no informative seed among the release's tagged records (see synth_seeds and the "
-                             "`synthesis.seeds` thresholds; the tags gate's statistics say how many were labelled)")
+        raise SynthesisError(
+            "no informative seed among the release's tagged records (see synth_seeds and the "
+            "`synthesis.seeds` thresholds; the tags gate's statistics say how many were labelled)"
+        )
     return batches
 
 
@@ -104,12 +113,19 @@ def export_synthesis(run_id: str, out_dir: str | os.PathLike) -> dict[str, Any]:
     from infinstruct.release.synthetic import export_synthesis as export
 
     manifest = export(get_engine(), synthesis_run(get_engine(), run_id), out_dir)
-    log.info("synthesis %s: release %s v%04d at %s: %s", run_id, manifest["dataset"], manifest["version"],
-             manifest["path"], manifest["totals"])
+    log.info(
+        "synthesis %s: release %s v%04d at %s: %s",
+        run_id,
+        manifest["dataset"],
+        manifest["version"],
+        manifest["path"],
+        manifest["totals"],
+    )
     return {"path": manifest["path"], "version": manifest["version"], "totals": manifest["totals"]}
 
 
 @logged_if_store_unreachable
 def mark_failed(run_id: str) -> None:
     from infinstruct.synth.run import finish_synthesis
+
     finish_synthesis(get_engine(), run_id, "failed")

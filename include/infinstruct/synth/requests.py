@@ -1,4 +1,5 @@
 """What every Phase-2 LLM step shares about its requests: a seed per record, and a clean stop at a budget cap."""
+
 from __future__ import annotations
 
 import hashlib

@@ -4,6 +4,7 @@ The release is a folder `<out>/<dataset>/vNNNN` written by the curation DAG (its
 dataset and version); its record files (`data/*.parquet`) are what Phase 2 tags and picks seeds from, so
 Phase 2 works on exactly what was released, whatever the store has decided since.
 """
+
 from __future__ import annotations
 
 import json
@@ -55,42 +56,68 @@ def release_folder(path: str | os.PathLike, dataset: str | None = None) -> Path:
         latest = candidate / "LATEST"
         if latest.is_file():
             return (candidate / latest.read_text().strip()).resolve()
-    raise SynthesisError(f"no release at {folder}: give a release folder (with manifest.json), or the folder that "
-                         f"holds <dataset>/LATEST; run the curation DAG first (infinstruct run)")
+    raise SynthesisError(
+        f"no release at {folder}: give a release folder (with manifest.json), or the folder that "
+        f"holds <dataset>/LATEST; run the curation DAG first (infinstruct run)"
+    )
 
 
 def start_synthesis(engine: Engine, run_id: str, recipe_path: str | os.PathLike, release: str | os.PathLike) -> dict:
     """Record the run: its release and a snapshot of the recipe (a retry replaces them)."""
     recipe, _ = load_recipe(recipe_path)
     if recipe.synthesis is None:
-        raise SynthesisError(f"recipe {recipe.name!r} has no `synthesis` section: add one (`synthesis: {{}}` takes "
-                             "every default) to run Phase 2")
+        raise SynthesisError(
+            f"recipe {recipe.name!r} has no `synthesis` section: add one (`synthesis: {{}}` takes "
+            "every default) to run Phase 2"
+        )
     folder = release_folder(release, recipe.name)
     manifest = json.loads((folder / "manifest.json").read_text())
     if manifest["dataset"] != recipe.name:
         raise SynthesisError(f"release {folder} is of dataset {manifest['dataset']!r}, the recipe is {recipe.name!r}")
     with engine.begin() as conn:
-        conn.execute(sa.text(
-            "insert into synth_runs (run_id, dataset, release_version, release_path, recipe, recipe_hash)"
-            " values (:run, :d, :v, :p, cast(:r as jsonb), :h) on conflict (run_id) do update set"
-            " release_version = excluded.release_version, release_path = excluded.release_path,"
-            " recipe = excluded.recipe, recipe_hash = excluded.recipe_hash, status = 'running', finished_at = null"),
-            {"run": run_id, "d": recipe.name, "v": manifest["version"], "p": str(folder),
-             "r": json.dumps(recipe.model_dump(mode="json")), "h": recipe_hash(recipe, phase2=True)})
-    log.info("synthesis %s: release %s v%04d (%s records)", run_id, recipe.name, manifest["version"],
-             manifest["totals"]["kept"])
-    return {"run_id": run_id, "dataset": recipe.name, "release_version": manifest["version"],
-            "release_path": str(folder), "records": manifest["totals"]["kept"]}
+        conn.execute(
+            sa.text(
+                "insert into synth_runs (run_id, dataset, release_version, release_path, recipe, recipe_hash)"
+                " values (:run, :d, :v, :p, cast(:r as jsonb), :h) on conflict (run_id) do update set"
+                " release_version = excluded.release_version, release_path = excluded.release_path,"
+                " recipe = excluded.recipe, recipe_hash = excluded.recipe_hash, status = 'running', finished_at = null"
+            ),
+            {
+                "run": run_id,
+                "d": recipe.name,
+                "v": manifest["version"],
+                "p": str(folder),
+                "r": json.dumps(recipe.model_dump(mode="json")),
+                "h": recipe_hash(recipe, phase2=True),
+            },
+        )
+    log.info(
+        "synthesis %s: release %s v%04d (%s records)",
+        run_id,
+        recipe.name,
+        manifest["version"],
+        manifest["totals"]["kept"],
+    )
+    return {
+        "run_id": run_id,
+        "dataset": recipe.name,
+        "release_version": manifest["version"],
+        "release_path": str(folder),
+        "records": manifest["totals"]["kept"],
+    }
 
 
 def synthesis_run(engine: Engine, run_id: str) -> SynthesisRun:
     with engine.connect() as conn:
-        row = conn.execute(sa.text("select dataset, release_version, release_path, recipe from synth_runs"
-                                   " where run_id = :r"), {"r": run_id}).first()
+        row = conn.execute(
+            sa.text("select dataset, release_version, release_path, recipe from synth_runs where run_id = :r"),
+            {"r": run_id},
+        ).first()
     if row is None:
         raise LookupError(f"synthesis run {run_id!r} was never started (no row in synth_runs): start_synthesis first")
-    return SynthesisRun(run_id, row.dataset, row.release_version, Path(row.release_path),
-                        Recipe.model_validate(row.recipe))
+    return SynthesisRun(
+        run_id, row.dataset, row.release_version, Path(row.release_path), Recipe.model_validate(row.recipe)
+    )
 
 
 def release_parts(folder: Path) -> list[str]:
@@ -104,12 +131,20 @@ def released_records(folder: Path, parts: list[str] | None = None, batch_size: i
         for batch in pq.ParquetFile(folder / name).iter_batches(batch_size, columns=["id", "conversations"]):
             for row in batch.to_pylist():
                 turns = [(_ROLE_OF_EXPORTED[t["from"]], t["value"]) for t in row["conversations"]]
-                yield {"id": row["id"], "turns": turns, "instruction": instruction_text(turns),
-                       "response": next((c for r, c in turns if r == ASSISTANT), "")}   # the first answer
+                yield {
+                    "id": row["id"],
+                    "turns": turns,
+                    "instruction": instruction_text(turns),
+                    "response": next((c for r, c in turns if r == ASSISTANT), ""),
+                }  # the first answer
 
 
 def finish_synthesis(engine: Engine, run_id: str, status: str) -> None:
     with engine.begin() as conn:
-        conn.execute(sa.text("update synth_runs set status = :s, finished_at = now() where run_id = :r"
-                             " and status <> 'succeeded'"), {"s": status, "r": run_id})
-        run_lease.release(conn, run_id, "synthesis")   # the next synthesis run of the dataset may start
+        conn.execute(
+            sa.text(
+                "update synth_runs set status = :s, finished_at = now() where run_id = :r and status <> 'succeeded'"
+            ),
+            {"s": status, "r": run_id},
+        )
+        run_lease.release(conn, run_id, "synthesis")  # the next synthesis run of the dataset may start

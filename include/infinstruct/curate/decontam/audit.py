@@ -19,6 +19,7 @@ with examples) and, when the recipe sets `gates.max_contamination_suspect_share`
 false alarms (a question on the same topic as a benchmark item): it is a rate to watch, not a filter.
 Known limit: MiniLM embeds English; a translation of an item is not found by either check.
 """
+
 from __future__ import annotations
 
 import functools
@@ -40,25 +41,33 @@ from infinstruct.store.records import parse_turns
 
 @dataclass
 class ContaminationAudit:
-    sampled: int                 # released records audited
-    of: int                      # released records of the audited parts
-    suspects: int                # sampled records with a looser match
-    examples: list[dict] = field(default_factory=list)   # a few: record id, item, method, score
+    sampled: int  # released records audited
+    of: int  # released records of the audited parts
+    suspects: int  # sampled records with a looser match
+    examples: list[dict] = field(default_factory=list)  # a few: record id, item, method, score
 
     @property
     def share(self) -> float:
         return self.suspects / self.sampled if self.sampled else 0.0
 
     def as_dict(self) -> dict:
-        return {"sampled": self.sampled, "of": self.of, "suspects": self.suspects, "share": round(self.share, 6),
-                "examples": self.examples}
+        return {
+            "sampled": self.sampled,
+            "of": self.of,
+            "suspects": self.suspects,
+            "share": round(self.share, 6),
+            "examples": self.examples,
+        }
 
 
 def audit_settings(settings: DecontamSettings, cosine: float) -> DecontamSettings:
     """The looser settings the audit matches with (see the module's docstring)."""
-    ngram = settings.ngram.model_copy(update={"n": max(5, settings.ngram.n // 2), "threshold": settings.ngram.threshold / 2})
+    ngram = settings.ngram.model_copy(
+        update={"n": max(5, settings.ngram.n // 2), "threshold": settings.ngram.threshold / 2}
+    )
     embedding = (settings.embedding or EmbeddingMatchSettings()).model_copy(
-        update={"threshold": cosine, "evidence_threshold": None})
+        update={"threshold": cosine, "evidence_threshold": None}
+    )
     return settings.model_copy(update={"ngram": ngram, "embedding": embedding})
 
 
@@ -84,13 +93,16 @@ def audit(engine: Engine, recipe: Recipe, run_id: str, partition_ids: list[str])
     gates, settings = recipe.gates, recipe.decontamination
     if not settings.benchmarks or not partition_ids:
         return ContaminationAudit(0, 0, 0)
-    released = (sa.select(records.c.record_id, records.c.conversation)
-                .where(records.c.partition_id.in_(partition_ids), ~dropped()))
+    released = sa.select(records.c.record_id, records.c.conversation).where(
+        records.c.partition_id.in_(partition_ids), ~dropped()
+    )
     with engine.connect() as conn:
         of = conn.execute(sa.select(sa.func.count()).select_from(released.subquery())).scalar_one()
-        rows = conn.execute(released.with_only_columns(records.c.record_id, sa.cast(records.c.conversation, sa.Text))
-                            .order_by(sa.func.md5(records.c.record_id), records.c.partition_id, records.c.line_no)
-                            .limit(gates.contamination_sample)).all()
+        rows = conn.execute(
+            released.with_only_columns(records.c.record_id, sa.cast(records.c.conversation, sa.Text))
+            .order_by(sa.func.md5(records.c.record_id), records.c.partition_id, records.c.line_no)
+            .limit(gates.contamination_sample)
+        ).all()
     if not rows:
         return ContaminationAudit(0, of, 0)
     index, matcher = matchers(settings, gates.contamination_audit_cosine)
@@ -103,6 +115,8 @@ def audit(engine: Engine, recipe: Recipe, run_id: str, partition_ids: list[str])
         for n, matches in enumerate(matcher.match_vectors(vectors, instructions)):
             found[n] = found[n] + matches
     suspects = [(ids[n], best_matches(m)[0]) for n, m in enumerate(found) if m]
-    examples = [{"record_id": rid, "item": f"{m.benchmark}:{m.item_id}", "method": m.method.value,
-                 "score": round(m.score, 4)} for rid, m in suspects[:5]]
+    examples = [
+        {"record_id": rid, "item": f"{m.benchmark}:{m.item_id}", "method": m.method.value, "score": round(m.score, 4)}
+        for rid, m in suspects[:5]
+    ]
     return ContaminationAudit(len(rows), of, len(suspects), examples)

@@ -23,6 +23,7 @@ phrasing. So the band can start lower than the old single threshold and recall r
 
 The measurements behind these thresholds: bench/RESULTS.md, "Embedding decontamination thresholds".
 """
+
 from __future__ import annotations
 
 from typing import Sequence
@@ -58,12 +59,12 @@ class EmbeddingMatchSettings(Strict):
     """Recipe settings of the embedding-cosine decontamination matcher (module docstring: the rule)."""
 
     embedding: EmbeddingSettings = EmbeddingSettings()
-    threshold: float = Field(0.9, ge=-1, le=1)   # cosine at which a text contains an item on its own
+    threshold: float = Field(0.9, ge=-1, le=1)  # cosine at which a text contains an item on its own
     # cosine from which a text contains an item when it also reuses the item's wording: a share ≥
     # min_pair_share of the item's word pairs (`pair_share`). null, or ≥ threshold: cosine alone decides
     evidence_threshold: float | None = Field(0.7, ge=-1, le=1)
     min_pair_share: float = Field(0.45, ge=0, le=1)
-    max_matches: int = Field(5, ge=1)            # matches reported per text (best first)
+    max_matches: int = Field(5, ge=1)  # matches reported per text (best first)
 
     @property
     def lowest(self) -> float:
@@ -82,8 +83,11 @@ class EmbeddingMatcher:
         self._pairs = [word_pairs(item.text) for item in items]
 
     @classmethod
-    def build(cls, items: Sequence[BenchmarkItem], settings: EmbeddingMatchSettings = EmbeddingMatchSettings(),
-              ) -> EmbeddingMatcher:
+    def build(
+        cls,
+        items: Sequence[BenchmarkItem],
+        settings: EmbeddingMatchSettings = EmbeddingMatchSettings(),
+    ) -> EmbeddingMatcher:
         """Embed the benchmark items (normalised, whatever the embedding settings say)."""
         embedding = settings.embedding.model_copy(update={"normalize": True})
         settings = settings.model_copy(update={"embedding": embedding})
@@ -118,12 +122,13 @@ class EmbeddingMatcher:
             pairs = None
             found = []
             for i in candidates.tolist():
-                if row[i] < s.threshold:   # the evidence band: the text must reuse the item's wording
+                if row[i] < s.threshold:  # the evidence band: the text must reuse the item's wording
                     pairs = word_pairs(text) if pairs is None else pairs
                     if pair_share(self._pairs[i], pairs) < s.min_pair_share:
                         continue
-                found.append(Match(self.items[i].benchmark, self.items[i].item_id, MatchMethod.EMBEDDING,
-                                   float(row[i]), 0))
+                found.append(
+                    Match(self.items[i].benchmark, self.items[i].item_id, MatchMethod.EMBEDDING, float(row[i]), 0)
+                )
                 if len(found) == s.max_matches:
                     break
             out.append(found)

@@ -59,6 +59,7 @@ on copies and changed numbers, giving up some on heavier edits.
 The measurements behind these defaults (recall per edit, false drops, speed): bench/RESULTS.md,
 "N-gram decontamination defaults".
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -93,10 +94,10 @@ class BenchmarkSpec(Strict):
     """One benchmark to decontaminate against: a JSONL file and where each item's prompt text is."""
 
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
-    path: str                                  # JSONL; relative paths resolve against load_items' base_dir
-    fields: list[str] = Field(min_length=1)    # dotted paths (list indices allowed: `choices.0`)
-    id_field: str | None = None                # default: the 1-based line number
-    split_values: bool = True                  # each text value its own item (see the module docstring)
+    path: str  # JSONL; relative paths resolve against load_items' base_dir
+    fields: list[str] = Field(min_length=1)  # dotted paths (list indices allowed: `choices.0`)
+    id_field: str | None = None  # default: the 1-based line number
+    split_values: bool = True  # each text value its own item (see the module docstring)
 
 
 class NgramSettings(Strict):
@@ -105,7 +106,7 @@ class NgramSettings(Strict):
     n: int = Field(DEFAULT_N, ge=2)
     threshold: float = Field(DEFAULT_THRESHOLD, gt=0, le=1)
     min_short_words: int = Field(DEFAULT_MIN_SHORT_WORDS, ge=1)
-    mask_numbers: bool = True     # every all-digit word reads as "0": changed numbers still match
+    mask_numbers: bool = True  # every all-digit word reads as "0": changed numbers still match
     mask_identifiers: bool = True  # names a code prompt defines read as their order: renamed code still matches
 
 
@@ -117,9 +118,9 @@ class BenchmarkItem:
 
 
 class MatchMethod(StrEnum):
-    NGRAM = "ngram"                # a share of the item's n-grams occurs in the text
-    CONTAINMENT = "containment"    # a short item occurs whole in the text
-    EMBEDDING = "embedding"        # reserved for the embedding-cosine matcher
+    NGRAM = "ngram"  # a share of the item's n-grams occurs in the text
+    CONTAINMENT = "containment"  # a short item occurs whole in the text
+    EMBEDDING = "embedding"  # reserved for the embedding-cosine matcher
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,11 +130,12 @@ class Match:
     benchmark: str
     item_id: str
     method: MatchMethod
-    score: float     # ngram: share of the item's n-grams found; containment: 1.0
-    shared: int      # ngram: how many of the item's n-grams were found; containment: the item's words
+    score: float  # ngram: share of the item's n-grams found; containment: 1.0
+    shared: int  # ngram: how many of the item's n-grams were found; containment: the item's words
 
 
 # --- loading -----------------------------------------------------------------------------------
+
 
 def _resolve(record: object, dotted: str) -> object:
     value = record
@@ -171,7 +173,7 @@ def iter_items(spec: BenchmarkSpec, base_dir: Path | None = None) -> Iterator[Be
                 if not line.strip():
                     continue
                 yield from _line_items(spec, line, line_no, f"{path}:{line_no}")
-    except OSError as exc:   # e.g. unreadable, or gone since the check above: the same on a retry
+    except OSError as exc:  # e.g. unreadable, or gone since the check above: the same on a retry
         if not permanent_os_error(exc):
             raise
         raise BenchmarkError(f"benchmark {spec.name!r}: cannot read {str(path)!r}: {exc.strerror}") from None
@@ -192,7 +194,7 @@ def _line_items(spec: BenchmarkSpec, line: str, line_no: int, where: str) -> Ite
         raise BenchmarkError(f"{where}: no field {exc.args[0]!r} (benchmark {spec.name!r})") from None
     except RecursionError:
         raise BenchmarkError(f"{where}: nested too deeply to read (benchmark {spec.name!r})") from None
-    except ValueError as exc:   # e.g. an integer of more digits than Python converts
+    except ValueError as exc:  # e.g. an integer of more digits than Python converts
         raise BenchmarkError(f"{where}: {str(exc)[:200]} (benchmark {spec.name!r})") from None
     texts = [t for t in texts if t.strip()]
     if not spec.split_values:
@@ -211,11 +213,11 @@ def load_items(spec: BenchmarkSpec, base_dir: Path | None = None) -> list[Benchm
 _WORD = re.compile(r"\w+")
 # ASCII text (most records) takes a faster path with the same result as _WORD: non-word → space
 _ASCII_BREAKS = str.maketrans({c: " " for c in map(chr, range(128)) if not (c.isalnum() or c == "_")})
-_P = 0x9E3779B97F4A7C15                      # odd: multiplication by it is a bijection mod 2^64
+_P = 0x9E3779B97F4A7C15  # odd: multiplication by it is a bijection mod 2^64
 _M1, _M2 = np.uint64(0xFF51AFD7ED558CCD), np.uint64(0xC4CEB9FE1A85EC53)
 _S33 = np.uint64(33)
-_UNKNOWN = 0x6A09E667F3BCC908                 # a word in no benchmark item (fixed, not a BLAKE2b value)
-_NUMBER = "0"                                 # what every number reads as under mask_numbers
+_UNKNOWN = 0x6A09E667F3BCC908  # a word in no benchmark item (fixed, not a BLAKE2b value)
+_NUMBER = "0"  # what every number reads as under mask_numbers
 
 
 def normalise_words(text: str) -> list[str]:
@@ -269,9 +271,9 @@ def word_hash(word: str) -> int:
 
 def _combine(a: np.ndarray, len_a: int, b: np.ndarray, len_b: int) -> np.ndarray:
     """Polynomials of the windows of length len_a + len_b, from those of len_a and of len_b."""
-    m = len(a) - len_b                       # windows of the combined length
+    m = len(a) - len_b  # windows of the combined length
     out = a[:m] * np.uint64(pow(_P, len_b, 1 << 64))
-    out += b[len_a:len_a + m]
+    out += b[len_a : len_a + m]
     return out
 
 
@@ -327,7 +329,7 @@ class _KeyTable:
 
     def __init__(self, keys: np.ndarray):
         self.keys = keys
-        bits = int(np.clip(np.ceil(np.log2(max(keys.size, 1) * 64)), 16, 26))   # ≤ 1/64 occupancy up to 1M keys
+        bits = int(np.clip(np.ceil(np.log2(max(keys.size, 1) * 64)), 16, 26))  # ≤ 1/64 occupancy up to 1M keys
         self._mask = np.uint64((1 << bits) - 1)
         self._bitmap = np.zeros(1 << bits, dtype=bool)
         self._bitmap[(keys & self._mask).astype(np.intp)] = True
@@ -367,14 +369,15 @@ class _Vocabulary(dict):
 
 # --- the index ---------------------------------------------------------------------------------
 
+
 class NgramIndex:
     """Benchmark items indexed by word n-grams (and short items by their first words)."""
 
     def __init__(self, items: list[BenchmarkItem], settings: NgramSettings):
         self.settings = settings
-        self.items: list[BenchmarkItem] = []          # indexed items
-        self.skipped: list[BenchmarkItem] = []        # shorter than min_short_words: not indexed
-        self._vocab = _Vocabulary(settings.mask_numbers)   # benchmark word → word hash
+        self.items: list[BenchmarkItem] = []  # indexed items
+        self.skipped: list[BenchmarkItem] = []  # shorter than min_short_words: not indexed
+        self._vocab = _Vocabulary(settings.mask_numbers)  # benchmark word → word hash
         n, k = settings.n, min(settings.min_short_words, settings.n)
         grams, gram_owner, totals = [], [], []
         heads, head_owner, self._short_words = [], [], {}
@@ -404,16 +407,25 @@ class NgramIndex:
         self._heads = _KeyTable(heads)
 
     @classmethod
-    def build(cls, items: Iterable[BenchmarkItem], n: int = DEFAULT_N, *,
-              threshold: float = DEFAULT_THRESHOLD, min_short_words: int = DEFAULT_MIN_SHORT_WORDS,
-              mask_numbers: bool = True) -> NgramIndex:
+    def build(
+        cls,
+        items: Iterable[BenchmarkItem],
+        n: int = DEFAULT_N,
+        *,
+        threshold: float = DEFAULT_THRESHOLD,
+        min_short_words: int = DEFAULT_MIN_SHORT_WORDS,
+        mask_numbers: bool = True,
+    ) -> NgramIndex:
         """Index benchmark items: n-grams of items with ≥ n words, heads of the shorter ones."""
-        return cls(list(items), NgramSettings(n=n, threshold=threshold, min_short_words=min_short_words,
-                                              mask_numbers=mask_numbers))
+        return cls(
+            list(items),
+            NgramSettings(n=n, threshold=threshold, min_short_words=min_short_words, mask_numbers=mask_numbers),
+        )
 
     @classmethod
-    def from_specs(cls, specs: Iterable[BenchmarkSpec], settings: NgramSettings = NgramSettings(),
-                   base_dir: Path | None = None) -> NgramIndex:
+    def from_specs(
+        cls, specs: Iterable[BenchmarkSpec], settings: NgramSettings = NgramSettings(), base_dir: Path | None = None
+    ) -> NgramIndex:
         """Load every benchmark and index its items."""
         return cls([item for spec in specs for item in iter_items(spec, base_dir)], settings)
 
@@ -433,7 +445,7 @@ class NgramIndex:
         n, k = self.settings.n, self._k
         polys = _window_polys(wh, {n, k})
         heads = polys[k].copy() if polys[k] is wh else polys[k]
-        grams = _fmix(polys[n]) if n != k else heads   # fmix in place: every poly is computed by now
+        grams = _fmix(polys[n]) if n != k else heads  # fmix in place: every poly is computed by now
         heads = _fmix(heads)
         matches = self._ngram_matches(grams) + self._containment_matches(wh, heads)
         matches.sort(key=lambda m: (-m.score, m.benchmark, m.item_id))
@@ -456,9 +468,12 @@ class NgramIndex:
             return out
         sizes = np.array([len(words[i]) for i in long_enough], dtype=np.int64)
         ends = np.cumsum(sizes)
-        owner = np.repeat(np.arange(len(long_enough)), sizes)        # which text each word position is in
-        wh = np.fromiter(map(self._vocab.__getitem__, chain.from_iterable(words[i] for i in long_enough)),
-                         dtype=np.uint64, count=int(ends[-1]))
+        owner = np.repeat(np.arange(len(long_enough)), sizes)  # which text each word position is in
+        wh = np.fromiter(
+            map(self._vocab.__getitem__, chain.from_iterable(words[i] for i in long_enough)),
+            dtype=np.uint64,
+            count=int(ends[-1]),
+        )
         polys = _window_polys(wh, {n, k})
         hit_texts: set[int] = set()
         for length, table in ((n, self._keys), (k, self._heads)):
@@ -481,23 +496,28 @@ class NgramIndex:
             return []
         starts, owners = self._starts, self._owners
         # a repeated n-gram counts once: unique keys, then one owner entry per (key, item)
-        found = np.concatenate([owners[starts[i]:starts[i + 1]] for i in np.unique(key).tolist()])
+        found = np.concatenate([owners[starts[i] : starts[i + 1]] for i in np.unique(key).tolist()])
         indices, shared = np.unique(found, return_counts=True)
-        return [Match(self.items[i].benchmark, self.items[i].item_id, MatchMethod.NGRAM,
-                      float(s / self._totals[i]), s)
-                for i, s in zip(indices.tolist(), shared.tolist())]
+        return [
+            Match(self.items[i].benchmark, self.items[i].item_id, MatchMethod.NGRAM, float(s / self._totals[i]), s)
+            for i, s in zip(indices.tolist(), shared.tolist())
+        ]
 
     def _containment_matches(self, wh: np.ndarray, heads: np.ndarray) -> list[Match]:
         positions, key = self._heads.find(heads)
         found: set[int] = set()
         starts, owners = self._head_starts, self._head_owners
         for p, i in zip(positions.tolist(), key.tolist()):
-            for owner in owners[starts[i]:starts[i + 1]].tolist():
+            for owner in owners[starts[i] : starts[i + 1]].tolist():
                 words = self._short_words[owner]
-                if owner not in found and np.array_equal(wh[p:p + words.size], words):
+                if owner not in found and np.array_equal(wh[p : p + words.size], words):
                     found.add(owner)
-        return [Match(self.items[i].benchmark, self.items[i].item_id, MatchMethod.CONTAINMENT, 1.0,
-                      self._short_words[i].size) for i in sorted(found)]
+        return [
+            Match(
+                self.items[i].benchmark, self.items[i].item_id, MatchMethod.CONTAINMENT, 1.0, self._short_words[i].size
+            )
+            for i in sorted(found)
+        ]
 
 
 def best_matches(*match_lists: Iterable[Match]) -> list[Match]:

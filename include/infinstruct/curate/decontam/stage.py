@@ -6,6 +6,7 @@ the instruction of every record still standing by MiniLM cosine (`embedding.Embe
 vectors are cached per record id (`embedding_cache`), so a record is encoded once whatever file, run or
 stage it comes back in. Every match goes to the `contamination` audit table.
 """
+
 from __future__ import annotations
 
 import functools
@@ -43,7 +44,7 @@ def benchmark_index(settings: DecontamSettings) -> NgramIndex:
     return _benchmark_index(settings.model_dump_json(), benchmark_digests(settings))
 
 
-@functools.lru_cache(maxsize=2)   # holds every item's vector: a few MB per recipe
+@functools.lru_cache(maxsize=2)  # holds every item's vector: a few MB per recipe
 def _embedding_matcher(settings_json: str, digests: tuple[str, ...]) -> EmbeddingMatcher:
     settings = DecontamSettings.model_validate_json(settings_json)
     items = [item for spec in settings.benchmarks for item in iter_items(spec)]
@@ -65,10 +66,12 @@ def benchmark_digests(settings: DecontamSettings) -> tuple[str, ...]:
     for benchmark in settings.benchmarks:
         try:
             digests.append(_file_digest(benchmark.path))
-        except OSError as exc:   # gone or unreadable since the run started: a retry finds it the same
+        except OSError as exc:  # gone or unreadable since the run started: a retry finds it the same
             if not permanent_os_error(exc):
                 raise
-            raise BenchmarkError(f"benchmark {benchmark.name!r}: cannot read {benchmark.path!r}: {exc.strerror}") from None
+            raise BenchmarkError(
+                f"benchmark {benchmark.name!r}: cannot read {benchmark.path!r}: {exc.strerror}"
+            ) from None
     return tuple(digests)
 
 
@@ -80,17 +83,30 @@ def match_text(turns: tuple, include_response: bool) -> str:
 
 def _dropped_earlier(conn: Connection, partition_id: str) -> list[int]:
     """Lines of the partition that a stage before decontamination dropped (they are out of the release)."""
-    return conn.execute(sa.text(
-        "select line_no from decisions where partition_id = :p and verdict = :v and stage = any(:earlier)"
-        " order by line_no"), {"p": partition_id, "v": Verdict.DROPPED.value, "earlier": decided_before(Stage.DECONTAM)}).scalars().all()
+    return (
+        conn.execute(
+            sa.text(
+                "select line_no from decisions where partition_id = :p and verdict = :v and stage = any(:earlier)"
+                " order by line_no"
+            ),
+            {"p": partition_id, "v": Verdict.DROPPED.value, "earlier": decided_before(Stage.DECONTAM)},
+        )
+        .scalars()
+        .all()
+    )
 
 
-def _batch_matches(engine: Engine, batch: list, settings: DecontamSettings, index: NgramIndex,
-                   matcher: EmbeddingMatcher | None) -> dict[int, list[Match]]:
+def _batch_matches(
+    engine: Engine, batch: list, settings: DecontamSettings, index: NgramIndex, matcher: EmbeddingMatcher | None
+) -> dict[int, list[Match]]:
     """Every contaminating match of every matcher, per line of the batch (lines without any left out):
     n-grams over the text, embeddings by the instruction's vector from the embedding cache."""
-    found = dict(zip((line_no for line_no, _, _ in batch),
-                     index.contaminating_many([match_text(turns, settings.include_response) for _, _, turns in batch])))
+    found = dict(
+        zip(
+            (line_no for line_no, _, _ in batch),
+            index.contaminating_many([match_text(turns, settings.include_response) for _, _, turns in batch]),
+        )
+    )
     if matcher is not None and batch:
         texts = [instruction_text(turns) for _, _, turns in batch]
         record_ids = [record_id for _, record_id, _ in batch]
@@ -130,26 +146,52 @@ class DecontamStage(PartitionStage):
                 outcome.numbers["embedding_checked"] += len(batch) if matcher is not None else 0
                 for line_no, matches in _batch_matches(self.engine, batch, settings, index, matcher).items():
                     best = best_matches(matches)[0]
-                    outcome.decisions.append(Decision(
-                        self.partition_id, line_no, contamination_reason(best.benchmark), score=best.score,
-                        detail=f"{best.method.value} match", duplicate_of=f"{best.benchmark}:{best.item_id}"))
+                    outcome.decisions.append(
+                        Decision(
+                            self.partition_id,
+                            line_no,
+                            contamination_reason(best.benchmark),
+                            score=best.score,
+                            detail=f"{best.method.value} match",
+                            duplicate_of=f"{best.benchmark}:{best.item_id}",
+                        )
+                    )
                     # the evidence of both matchers: an item found by n-grams and by embedding has two rows
-                    self.audit += [{"p": self.partition_id, "l": line_no, "b": m.benchmark, "i": m.item_id,
-                                    "m": m.method.value, "s": m.score, "r": self.run_id} for m in matches]
+                    self.audit += [
+                        {
+                            "p": self.partition_id,
+                            "l": line_no,
+                            "b": m.benchmark,
+                            "i": m.item_id,
+                            "m": m.method.value,
+                            "s": m.score,
+                            "r": self.run_id,
+                        }
+                        for m in matches
+                    ]
         return outcome
 
     def write(self, conn: Connection, outcome: Outcome) -> None:
         conn.execute(sa.text("delete from contamination where partition_id = :p"), {"p": self.partition_id})
         if self.audit:
-            conn.execute(sa.text(
-                "insert into contamination (partition_id, line_no, benchmark, item_id, method, score, run_id)"
-                " values (:p, :l, :b, :i, :m, :s, :r)"), self.audit)
+            conn.execute(
+                sa.text(
+                    "insert into contamination (partition_id, line_no, benchmark, item_id, method, score, run_id)"
+                    " values (:p, :l, :b, :i, :m, :s, :r)"
+                ),
+                self.audit,
+            )
 
 
 def decontaminate(engine: Engine, recipe: Recipe, run_id: str, partition_id: str) -> StageResult:
     result = DecontamStage(engine, recipe, run_id, partition_id).run()
-    log.info("decontamination of %s: %s", partition_id, "unchanged input, settings and benchmarks, skipped"
-             if result.skipped else f"{result.decided} records checked, dropped {result.by_reason}")
+    log.info(
+        "decontamination of %s: %s",
+        partition_id,
+        "unchanged input, settings and benchmarks, skipped"
+        if result.skipped
+        else f"{result.decided} records checked, dropped {result.by_reason}",
+    )
     return result
 
 

@@ -12,6 +12,7 @@ It re-derives pairs over the whole release instead of trusting the stage's own b
 what an incremental pass could miss (a new record that meets an old one only through a band of keys the
 pass never read) and what the stages after near-dedup never look at.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -28,18 +29,23 @@ from infinstruct.curate.near_dedup.stage import INSTRUCTION_SQL, dropped_lines, 
 
 @dataclass
 class Audit:
-    audited: int                       # records of the audited parts, after sampling
-    of: int                            # records of the audited parts
-    with_near_duplicate: int           # audited records with a confirmed near-duplicate in the release
-    examples: list[list[str]] = field(default_factory=list)   # [record id, its near-duplicate's id], a few
+    audited: int  # records of the audited parts, after sampling
+    of: int  # records of the audited parts
+    with_near_duplicate: int  # audited records with a confirmed near-duplicate in the release
+    examples: list[list[str]] = field(default_factory=list)  # [record id, its near-duplicate's id], a few
 
     @property
     def share(self) -> float:
         return self.with_near_duplicate / self.audited if self.audited else 0.0
 
     def as_dict(self) -> dict:
-        return {"audited": self.audited, "of": self.of, "with_near_duplicate": self.with_near_duplicate,
-                "share": round(self.share, 6), "examples": self.examples}
+        return {
+            "audited": self.audited,
+            "of": self.of,
+            "with_near_duplicate": self.with_near_duplicate,
+            "share": round(self.share, 6),
+            "examples": self.examples,
+        }
 
 
 def _released(conn: Connection, partition_id: str, rows: np.ndarray) -> np.ndarray:
@@ -55,8 +61,13 @@ def _sample(partition_ids: list[str], lines: list[np.ndarray], size: int) -> lis
     rows with the smallest hashes of (partition, line), so the same rows give the same sample."""
     if sum(len(x) for x in lines) <= size:
         return [np.ones(len(x), dtype=bool) for x in lines]
-    ranks = [np.array([int.from_bytes(hashlib.blake2b(f"{p}:{n}".encode(), digest_size=8).digest(), "big")
-                       for n in x.tolist()], dtype=np.uint64) for p, x in zip(partition_ids, lines)]
+    ranks = [
+        np.array(
+            [int.from_bytes(hashlib.blake2b(f"{p}:{n}".encode(), digest_size=8).digest(), "big") for n in x.tolist()],
+            dtype=np.uint64,
+        )
+        for p, x in zip(partition_ids, lines)
+    ]
     cut = np.sort(np.concatenate(ranks))[size - 1]
     return [r <= cut for r in ranks]
 
@@ -68,9 +79,13 @@ def _texts(conn: Connection, rows: list[tuple[str, int]]) -> list[tuple[str, str
         by_partition.setdefault(partition_id, []).append(line)
     found = {}
     for partition_id, lines in by_partition.items():
-        for line, record_id, text in conn.execute(sa.text(
+        for line, record_id, text in conn.execute(
+            sa.text(
                 f"select r.line_no, r.record_id, {INSTRUCTION_SQL} from records r"
-                " where r.partition_id = :p and r.line_no = any(:lines)"), {"p": partition_id, "lines": lines}):
+                " where r.partition_id = :p and r.line_no = any(:lines)"
+            ),
+            {"p": partition_id, "lines": lines},
+        ):
             found[(partition_id, line)] = (record_id, text)
     return [found[row] for row in rows]
 
@@ -80,11 +95,16 @@ def audit(engine: Engine, recipe: Recipe, run_id: str, audited_partitions: list[
     settings, gates = recipe.near_dedup, recipe.gates
     bands = settings.bands
     with engine.connect() as conn:
-        partitions = conn.execute(sa.text("select partition_id from run_partitions where run_id = :r order by 1"),
-                                  {"r": run_id}).scalars().all()
+        partitions = (
+            conn.execute(sa.text("select partition_id from run_partitions where run_id = :r order by 1"), {"r": run_id})
+            .scalars()
+            .all()
+        )
         audited_set = set(audited_partitions)
         mine = [p for p in partitions if p in audited_set]
-        released = dict(zip(mine, map_partitions(engine, mine, lambda c, p: _released(c, p, partition_keys(c, p, bands)))))
+        released = dict(
+            zip(mine, map_partitions(engine, mine, lambda c, p: _released(c, p, partition_keys(c, p, bands))))
+        )
         rows = list(released.values())
         of = sum(len(r) for r in rows)
         picked = _sample(mine, [r["line_no"] for r in rows], gates.near_duplicate_sample)

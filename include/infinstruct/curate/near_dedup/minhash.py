@@ -31,6 +31,7 @@ the semantic stage is there to recover the rest of the recall.
 The measurements behind these choices (speed against datasketch, recall per edit kind, the essential-word
 guard): bench/RESULTS.md, "MinHash core".
 """
+
 from __future__ import annotations
 
 import gc
@@ -50,7 +51,7 @@ from rensa import RMinHash
 from infinstruct.strict import Strict  # not .config: config may embed NearDupSettings without an import cycle
 
 ALGORITHM_VERSION = 1  # bump when shingle_text or band_keys change what they produce
-_BAND_BITS = 7             # band index in bits 56..62 of a key; bit 63 stays 0, so keys are >= 0
+_BAND_BITS = 7  # band index in bits 56..62 of a key; bit 63 stays 0, so keys are >= 0
 _HASH_BITS = 63 - _BAND_BITS
 _MASK64 = (1 << 64) - 1
 
@@ -58,11 +59,11 @@ _MASK64 = (1 << 64) - 1
 class NearDupSettings(Strict):
     """MinHash LSH settings (recipe section `near_dedup`). Defaults chosen by bench/bench_minhash.py."""
 
-    shingle: int = Field(2, ge=1, le=16)          # words per shingle
-    num_perm: int = Field(96, ge=8, le=1024)      # MinHash permutations (signature length)
+    shingle: int = Field(2, ge=1, le=16)  # words per shingle
+    num_perm: int = Field(96, ge=8, le=1024)  # MinHash permutations (signature length)
     bands: int = Field(32, ge=1, le=1 << _BAND_BITS)  # = key rows per record in the store
-    rows: int = Field(3, ge=1)                    # permutations per band: bands * rows == num_perm
-    threshold: float = Field(0.6, gt=0, le=1)     # estimated Jaccard that confirms a candidate pair
+    rows: int = Field(3, ge=1)  # permutations per band: bands * rows == num_perm
+    threshold: float = Field(0.6, gt=0, le=1)  # estimated Jaccard that confirms a candidate pair
     # reject a pair whose texts each have a number, quoted word or name the other lacks
     # ("capital of France?" vs "... of Spain?"), see `differs_in_essential_words`
     essential_word_guard: bool = True
@@ -83,15 +84,16 @@ class NearDupSettings(Strict):
     @property
     def index_fingerprint(self) -> str:
         """Identifies everything that determines band keys; store it beside them."""
-        return (f"rensa{version('rensa')}-rmh{RMinHash.ALGORITHM_VERSION}-v{ALGORITHM_VERSION}"
-                f"-w{self.shingle}-p{self.num_perm}-b{self.bands}x{self.rows}-s{self.seed}")
+        return (
+            f"rensa{version('rensa')}-rmh{RMinHash.ALGORITHM_VERSION}-v{ALGORITHM_VERSION}"
+            f"-w{self.shingle}-p{self.num_perm}-b{self.bands}x{self.rows}-s{self.seed}"
+        )
 
 
 # --- 1. shingles -------------------------------------------------------------------------------------
 
 # ASCII fast path: one bytes.translate lowercases and turns everything but letters and digits into spaces.
-_ASCII_TABLE = bytes(c + 32 if 65 <= c <= 90 else c if (97 <= c <= 122 or 48 <= c <= 57) else 32
-                     for c in range(256))
+_ASCII_TABLE = bytes(c + 32 if 65 <= c <= 90 else c if (97 <= c <= 122 or 48 <= c <= 57) else 32 for c in range(256))
 _CJK = ((0x3040, 0x30FF), (0x3400, 0x4DBF), (0x4E00, 0x9FFF), (0xF900, 0xFAFF), (0x20000, 0x2FFFF))
 
 
@@ -119,13 +121,26 @@ _QUOTED = re.compile(r"""(?:^|(?<=[\s(\[:=]))['"“‘`]([^'"”’`\n]{1,200})[
 _MID_SENTENCE_CAPITALISED = re.compile(r"(?<=[^\s.!?:\n>*#-] )[A-Z][\w'-]*")
 # programming languages, which shingles cannot tell apart ("C", "C++" and "C#" all become the word "c"):
 # names that are also English words count only as written ("Go", "Rust", "C"), the others in any case
-_LANGUAGE_ALIASES = {"c++": "cpp", "c#": "csharp", "f#": "fsharp", "js": "javascript", "golang": "go",
-                     "objective-c": "objc", "node.js": "javascript", "ts": "typescript", "vb.net": "vbnet"}
+_LANGUAGE_ALIASES = {
+    "c++": "cpp",
+    "c#": "csharp",
+    "f#": "fsharp",
+    "js": "javascript",
+    "golang": "go",
+    "objective-c": "objc",
+    "node.js": "javascript",
+    "ts": "typescript",
+    "vb.net": "vbnet",
+}
 _LANGUAGE_ANY_CASE = re.compile(
     r"(?<![\w+#.-])(c\+\+|c#|f#|objective-c|node\.js|vb\.net|javascript|typescript|python|java|kotlin|haskell|"
     r"php|perl|scala|fortran|cobol|matlab|golang|elixir|erlang|clojure|ocaml|powershell|bash|sql|html|css|lua|"
-    r"solidity|verilog|vhdl|lisp|prolog|cpp|csharp)(?:\d(?:\.\d+)?)?(?![\w+#])", re.IGNORECASE)
-_LANGUAGE_AS_WRITTEN = re.compile(r"(?<![\w+#.-])(C|R|Go|Rust|Swift|Ruby|Dart|Julia|Scheme|Racket|Groovy|JS|TS)(?![\w+#])")
+    r"solidity|verilog|vhdl|lisp|prolog|cpp|csharp)(?:\d(?:\.\d+)?)?(?![\w+#])",
+    re.IGNORECASE,
+)
+_LANGUAGE_AS_WRITTEN = re.compile(
+    r"(?<![\w+#.-])(C|R|Go|Rust|Swift|Ruby|Dart|Julia|Scheme|Racket|Groovy|JS|TS)(?![\w+#])"
+)
 
 
 def text_words(text: str) -> list[str]:
@@ -149,6 +164,7 @@ def shingle_text(text: str, size: int = 2) -> list[str]:
 
 
 # --- 2. signatures -----------------------------------------------------------------------------------
+
 
 @contextmanager
 def _gc_paused() -> Iterator[None]:
@@ -174,12 +190,13 @@ def signatures(texts: Sequence[str], settings: NearDupSettings, *, chunk: int = 
     rensa version always give the same row. Works in chunks to bound the Python lists rensa returns."""
     out = np.empty((len(texts), settings.num_perm), dtype=np.uint32)
     for start in range(0, len(texts), chunk):
-        shingles = [shingle_text(t, settings.shingle) for t in texts[start:start + chunk]]
-        out[start:start + len(shingles)] = _signature_rows(shingles, settings)
+        shingles = [shingle_text(t, settings.shingle) for t in texts[start : start + chunk]]
+        out[start : start + len(shingles)] = _signature_rows(shingles, settings)
     return out
 
 
 # --- 3. band keys ------------------------------------------------------------------------------------
+
 
 def _splitmix64(x: int) -> int:
     x = (x + 0x9E3779B97F4A7C15) & _MASK64
@@ -209,20 +226,21 @@ def band_keys(sigs: np.ndarray, settings: NearDupSettings) -> np.ndarray:
     for s in range(0, n, 32_768):  # chunks keep the uint64 temporaries in cache
         h = np.zeros((min(n - s, 32_768), settings.bands), dtype=np.uint64)
         for j in range(settings.rows):  # multiply-add with a distinct odd constant per position
-            h += per_row[s:s + len(h), :, j]
+            h += per_row[s : s + len(h), :, j]
             h += np.uint64(1)
             h *= np.uint64(_splitmix64(j) | 1)
-        out[s:s + len(h)] = ((_mix64(h) >> np.uint64(64 - _HASH_BITS)) | band).view(np.int64)
+        out[s : s + len(h)] = ((_mix64(h) >> np.uint64(64 - _HASH_BITS)) | band).view(np.int64)
     return out
 
 
 # --- 4. candidate pairs ------------------------------------------------------------------------------
 
+
 class Candidates(NamedTuple):
     """Row-index pairs sharing at least one band key, each pair once, sorted."""
 
-    within: np.ndarray   # (p, 2) int64: [i, j] with i < j, both rows of the new batch
-    across: np.ndarray   # (q, 2) int64: [new row, existing row]
+    within: np.ndarray  # (p, 2) int64: [i, j] with i < j, both rows of the new batch
+    across: np.ndarray  # (q, 2) int64: [new row, existing row]
 
 
 def _unique_pairs(a: np.ndarray, b: np.ndarray, width: int) -> np.ndarray:
@@ -230,8 +248,7 @@ def _unique_pairs(a: np.ndarray, b: np.ndarray, width: int) -> np.ndarray:
     return np.stack([codes // width, codes % width], axis=1)
 
 
-def candidate_pairs(keys_new: np.ndarray, keys_existing: np.ndarray | None = None, *,
-                    window: int = 64) -> Candidates:
+def candidate_pairs(keys_new: np.ndarray, keys_existing: np.ndarray | None = None, *, window: int = 64) -> Candidates:
     """Pairs of rows that share a band key: among `keys_new`, and between `keys_new` and `keys_existing`.
 
     A bucket (rows with one key) of g rows gives all g(g-1)/2 pairs while g <= `window`; a larger
@@ -247,7 +264,7 @@ def candidate_pairs(keys_new: np.ndarray, keys_existing: np.ndarray | None = Non
         values = np.sort(flat)
         twice = KeySet(values[1:][values[1:] == values[:-1]])
         entries = np.flatnonzero(twice.contains(flat))
-        order = entries[np.argsort(flat[entries], kind="stable")]   # stable: rows ascending inside a bucket
+        order = entries[np.argsort(flat[entries], kind="stable")]  # stable: rows ascending inside a bucket
         k, r = flat[order], order // bands
     else:
         order = np.argsort(flat, kind="stable")
@@ -264,8 +281,11 @@ def candidate_pairs(keys_new: np.ndarray, keys_existing: np.ndarray | None = Non
             break
         firsts.append(r[:-d][hit])
         seconds.append(r[d:][hit])
-    within = (_unique_pairs(np.concatenate(firsts), np.concatenate(seconds), max(n, 1)) if firsts
-              else np.empty((0, 2), dtype=np.int64))
+    within = (
+        _unique_pairs(np.concatenate(firsts), np.concatenate(seconds), max(n, 1))
+        if firsts
+        else np.empty((0, 2), dtype=np.int64)
+    )
     if keys_existing is None or len(keys_existing) == 0:
         return Candidates(within, np.empty((0, 2), dtype=np.int64))
     if keys_existing.shape[1] != bands:
@@ -273,10 +293,10 @@ def candidate_pairs(keys_new: np.ndarray, keys_existing: np.ndarray | None = Non
     ex_flat = keys_existing.ravel()
     lo = np.searchsorted(keys, ex_flat, side="left")
     hi = np.searchsorted(keys, ex_flat, side="right")
-    hit = np.flatnonzero(hi > lo)                 # existing (row, band) entries whose key is new too
+    hit = np.flatnonzero(hi > lo)  # existing (row, band) entries whose key is new too
     hit = hit[np.argsort(ex_flat[hit], kind="stable")]
     hk = ex_flat[hit]
-    starts = np.r_[True, hk[1:] != hk[:-1]]       # rank each hit inside its key; keep `window`
+    starts = np.r_[True, hk[1:] != hk[:-1]]  # rank each hit inside its key; keep `window`
     first_of_key = np.maximum.accumulate(np.where(starts, np.arange(len(hk)), 0))
     hit = hit[np.arange(len(hk)) - first_of_key < window]
     lo, count = lo[hit], (hi - lo)[hit]
@@ -316,25 +336,29 @@ class KeySet:
 
 # --- 5. confirmation ---------------------------------------------------------------------------------
 
+
 def jaccard_estimate(sig_a: np.ndarray, sig_b: np.ndarray) -> np.ndarray:
     """Estimated Jaccard similarity: the share of equal signature positions (row by row for 2-D input)."""
     return (sig_a == sig_b).mean(axis=-1)
 
 
-def pair_jaccard(sigs: np.ndarray, pairs: np.ndarray, other: np.ndarray | None = None,
-                 *, chunk: int = 100_000) -> np.ndarray:
+def pair_jaccard(
+    sigs: np.ndarray, pairs: np.ndarray, other: np.ndarray | None = None, *, chunk: int = 100_000
+) -> np.ndarray:
     """`jaccard_estimate` for each pair [i, j] of rows sigs[i] and (other or sigs)[j], in chunks."""
     other = sigs if other is None else other
     out = np.empty(len(pairs), dtype=np.float64)
     for s in range(0, len(pairs), chunk):
-        p = pairs[s:s + chunk]
-        out[s:s + chunk] = jaccard_estimate(sigs[p[:, 0]], other[p[:, 1]])
+        p = pairs[s : s + chunk]
+        out[s : s + chunk] = jaccard_estimate(sigs[p[:, 0]], other[p[:, 1]])
     return out
 
 
 def languages(text: str) -> set[str]:
     """The programming languages a text names, as `lang:<name>` tokens (never equal to a word)."""
-    found = {m.lower() for m in _LANGUAGE_ANY_CASE.findall(text)} | {m.lower() for m in _LANGUAGE_AS_WRITTEN.findall(text)}
+    found = {m.lower() for m in _LANGUAGE_ANY_CASE.findall(text)} | {
+        m.lower() for m in _LANGUAGE_AS_WRITTEN.findall(text)
+    }
     return {"lang:" + _LANGUAGE_ALIASES.get(name, name) for name in found}
 
 
@@ -365,9 +389,14 @@ def differs_in_essential_words(text_a: str, text_b: str) -> bool:
     return bool(essential_words(text_a) - words_b) and bool(essential_words(text_b) - words_a)
 
 
-def confirm_pairs(pairs: np.ndarray, sigs: np.ndarray, texts: Sequence[str], settings: NearDupSettings,
-                  other_sigs: np.ndarray | None = None, other_texts: Sequence[str] | None = None,
-                  ) -> tuple[np.ndarray, np.ndarray]:
+def confirm_pairs(
+    pairs: np.ndarray,
+    sigs: np.ndarray,
+    texts: Sequence[str],
+    settings: NearDupSettings,
+    other_sigs: np.ndarray | None = None,
+    other_texts: Sequence[str] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
     """Candidate pairs that are near-duplicates: estimated Jaccard >= threshold, both texts of at least
     `min_words` words, and (with the guard on) not `differs_in_essential_words`. Returns (confirmed pairs, their Jaccard estimates).
     For pairs across batches pass the existing rows' signatures and texts as `other_*`."""
@@ -377,8 +406,11 @@ def confirm_pairs(pairs: np.ndarray, sigs: np.ndarray, texts: Sequence[str], set
     for k in np.flatnonzero(keep):
         i, j = pairs[k]
         a, b = texts[i], other_texts[j]
-        keep[k] = (len(text_words(a)) >= settings.min_words and len(text_words(b)) >= settings.min_words
-                   and not (settings.essential_word_guard and differs_in_essential_words(a, b)))
+        keep[k] = (
+            len(text_words(a)) >= settings.min_words
+            and len(text_words(b)) >= settings.min_words
+            and not (settings.essential_word_guard and differs_in_essential_words(a, b))
+        )
     return pairs[keep], estimate[keep]
 
 
@@ -395,8 +427,9 @@ def _frequent(counts: Counter[str], settings: NearDupSettings) -> set[str]:
     return {shingle for shingle, n in counts.items() if n > settings.max_shingle_df}
 
 
-def without_boilerplate(pairs: np.ndarray, estimates: np.ndarray, texts: Sequence[str], settings: NearDupSettings,
-                        boilerplate: set[str]) -> tuple[np.ndarray, np.ndarray]:
+def without_boilerplate(
+    pairs: np.ndarray, estimates: np.ndarray, texts: Sequence[str], settings: NearDupSettings, boilerplate: set[str]
+) -> tuple[np.ndarray, np.ndarray]:
     """The pairs whose exact Jaccard over non-boilerplate shingles still reaches `threshold`
     (pairs with nothing left but boilerplate fall back to the MinHash estimate)."""
     keep = np.ones(len(pairs), dtype=bool)
@@ -419,9 +452,9 @@ class PairJudge:
         self.sigs = np.empty((len(texts), settings.num_perm), dtype=np.uint32)
         counts: Counter[str] = Counter()
         for start in range(0, len(texts), chunk):
-            shingles = [shingle_text(t, settings.shingle) for t in texts[start:start + chunk]]
+            shingles = [shingle_text(t, settings.shingle) for t in texts[start : start + chunk]]
             counts.update(chain.from_iterable(map(set, shingles)))
-            self.sigs[start:start + len(shingles)] = _signature_rows(shingles, settings)
+            self.sigs[start : start + len(shingles)] = _signature_rows(shingles, settings)
         self.boilerplate = _frequent(counts, settings)
 
     def confirm(self, pairs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -444,6 +477,7 @@ def confirm(pairs: np.ndarray, texts: Sequence[str], settings: NearDupSettings) 
 
 # --- 6. the keep rule and the representatives ---------------------------------------------------------
 
+
 def clusters(n: int, pairs: np.ndarray) -> np.ndarray:
     """Connected components of the pairs (union-find, hooking on the smaller index).
     Returns per row its cluster id: the smallest row index in its cluster (a lone row is its own)."""
@@ -456,9 +490,9 @@ def clusters(n: int, pairs: np.ndarray) -> np.ndarray:
         if np.array_equal(ra, rb):
             return parent
         low = np.minimum(ra, rb)
-        np.minimum.at(parent, ra, low)            # hook both roots under the smaller one
+        np.minimum.at(parent, ra, low)  # hook both roots under the smaller one
         np.minimum.at(parent, rb, low)
-        while True:                               # compress paths until every row points at a root
+        while True:  # compress paths until every row points at a root
             nxt = parent[parent]
             if np.array_equal(nxt, parent):
                 break
@@ -470,8 +504,8 @@ class Member:
     """A record in a confirmed pair, with what the keep rule looks at."""
 
     record_id: str
-    priority: int        # source priority from the recipe: lower wins
-    completeness: int    # e.g. total characters of the conversation: longer (more complete) wins
+    priority: int  # source priority from the recipe: lower wins
+    completeness: int  # e.g. total characters of the conversation: longer (more complete) wins
     accepted: bool = False  # kept by an earlier run: an incremental run never swaps it for a new record
 
 
@@ -489,9 +523,14 @@ class Representative(NamedTuple):
     jaccard: float
 
 
-def representatives(members: Sequence[Member], pairs: np.ndarray, estimates: np.ndarray,
-                    similar: Callable[[int, Sequence[int]], list[float | None]] | None = None, *,
-                    max_checks: int = 64) -> list[Representative | None]:
+def representatives(
+    members: Sequence[Member],
+    pairs: np.ndarray,
+    estimates: np.ndarray,
+    similar: Callable[[int, Sequence[int]], list[float | None]] | None = None,
+    *,
+    max_checks: int = 64,
+) -> list[Representative | None]:
     """Per member: None when it is accepted, else the accepted member it duplicates.
 
     Members are walked in keep order (`keep_rank`). One is dropped only when it is a confirmed pair with
@@ -514,7 +553,7 @@ def representatives(members: Sequence[Member], pairs: np.ndarray, estimates: np.
     position = {row: n for n, row in enumerate(order)}
     out: list[Representative | None] = [None] * len(members)
     accepted = np.zeros(len(members), dtype=bool)
-    accepted_in: dict[int, list[int]] = {}   # cluster -> its accepted rows, in keep order
+    accepted_in: dict[int, list[int]] = {}  # cluster -> its accepted rows, in keep order
     for row in order:
         if not members[row].accepted:
             found = [(e, other) for other, e in neighbours[row] if accepted[other]]

@@ -27,6 +27,7 @@ bytes: 256 B each at the defaults, ~0.25 GB at a million) plus a line number and
 ids are read only for the candidate rows. An incremental pass holds one old partition's keys at a time.
 The decisions of the partitions a pass decides are replaced in one transaction.
 """
+
 from __future__ import annotations
 
 import io
@@ -53,10 +54,10 @@ log = logging.getLogger(__name__)
 BATCH = 5_000
 T = TypeVar("T")
 KEY_STAGE = "lsh_keys"  # stage_completions row for a partition's band keys
-DECISION_VERSION = 2    # bump when the same pairs would be decided differently (2: accepted representatives)
+DECISION_VERSION = 2  # bump when the same pairs would be decided differently (2: accepted representatives)
 
 
-INSTRUCTION_SQL = instruction_sql("r")   # the instructions come out of PostgreSQL without their answers
+INSTRUCTION_SQL = instruction_sql("r")  # the instructions come out of PostgreSQL without their answers
 
 
 def store_keys(engine: Engine, recipe: Recipe, run_id: str, partition_id: str) -> bool:
@@ -74,9 +75,13 @@ def store_keys(engine: Engine, recipe: Recipe, run_id: str, partition_id: str) -
         table = CopyTable(copier, "lsh_keys", ("partition_id", "line_no", "keys"), BATCH)
         pid = partition_id.encode()
         try:
-            result = reader.execute(sa.text(
-                f"select r.line_no, {INSTRUCTION_SQL} from records r where r.partition_id = :p order by r.line_no"),
-                {"p": partition_id}, execution_options=stream(BATCH))
+            result = reader.execute(
+                sa.text(
+                    f"select r.line_no, {INSTRUCTION_SQL} from records r where r.partition_id = :p order by r.line_no"
+                ),
+                {"p": partition_id},
+                execution_options=stream(BATCH),
+            )
             for rows in result.partitions(BATCH):
                 keys = minhash.band_keys(minhash.signatures([text for _, text in rows], settings), settings)
                 for (line_no, _), row_keys in zip(rows, keys.astype("<i8")):
@@ -95,21 +100,34 @@ class Standing(NamedTuple):
     """Records still standing, as compact arrays: row i is (partitions[part[i]], line[i])."""
 
     partitions: list[str]
-    part: np.ndarray   # int32 index into partitions
-    line: np.ndarray   # int64 line numbers
-    keys: np.ndarray   # (n, bands) int64 band keys
-    new: np.ndarray    # bool: decided in this pass (else an old record that stands)
+    part: np.ndarray  # int32 index into partitions
+    line: np.ndarray  # int64 line numbers
+    keys: np.ndarray  # (n, bands) int64 band keys
+    new: np.ndarray  # bool: decided in this pass (else an old record that stands)
 
 
-def dropped_lines(conn: Connection, partition_id: str, lines: np.ndarray, stages: list[str] | None = None) -> np.ndarray:
+def dropped_lines(
+    conn: Connection, partition_id: str, lines: np.ndarray, stages: list[str] | None = None
+) -> np.ndarray:
     """Those of the partition's `lines` that a decision of `stages` (None: of any stage) drops. A few lines
     are looked up by key; for many, the partition's dropped lines are read whole."""
     few = len(lines) <= 5_000
-    return np.fromiter(conn.execute(sa.text(
-        "select distinct line_no from decisions where partition_id = :p and verdict = :dropped"
-        + (" and stage = any(:stages)" if stages is not None else "") + (" and line_no = any(:lines)" if few else "")),
-        {"p": partition_id, "dropped": Verdict.DROPPED.value, "stages": stages,
-         "lines": lines.tolist() if few else None}).scalars(), dtype=np.int64)
+    return np.fromiter(
+        conn.execute(
+            sa.text(
+                "select distinct line_no from decisions where partition_id = :p and verdict = :dropped"
+                + (" and stage = any(:stages)" if stages is not None else "")
+                + (" and line_no = any(:lines)" if few else "")
+            ),
+            {
+                "p": partition_id,
+                "dropped": Verdict.DROPPED.value,
+                "stages": stages,
+                "lines": lines.tolist() if few else None,
+            },
+        ).scalars(),
+        dtype=np.int64,
+    )
 
 
 def _standing_rows(conn: Connection, partition_id: str, deciding: bool, rows: np.ndarray) -> np.ndarray:
@@ -125,8 +143,9 @@ def _standing_rows(conn: Connection, partition_id: str, deciding: bool, rows: np
     return rows[order[~np.isin(lines[order], gone)]]
 
 
-def map_partitions(engine: Engine, partition_ids: list[str], fn: Callable[[Connection, str], T],
-                   threads: int = 2) -> Iterator[T]:
+def map_partitions(
+    engine: Engine, partition_ids: list[str], fn: Callable[[Connection, str], T], threads: int = 2
+) -> Iterator[T]:
     """fn(connection, partition_id) for each partition, in order, on `threads` threads with a connection each:
     a COPY waits on the server and numpy works without the GIL, so one thread reads while another tests
     (reading and testing every band key of 1M records: ~1.6x faster on 2 cores). Sees committed data only."""
@@ -155,16 +174,24 @@ def _standing(conn: Connection, engine: Engine, run_id: str, bands: int, *, incr
     `incremental`: of the other (old) partitions, only the rows that share a band key with a new row,
     every row a candidate pair can contain: each old partition's keys are read once and tested against
     the new keys (`minhash.KeySet`), and only the hits are looked up in the decisions."""
-    partitions = conn.execute(sa.text(
-        "select rp.partition_id, dp.partition_id is not null from run_partitions rp"
-        " left join deciding dp on dp.partition_id = rp.partition_id where rp.run_id = :run order by 1"),
-        {"run": run_id}).all()
+    partitions = conn.execute(
+        sa.text(
+            "select rp.partition_id, dp.partition_id is not null from run_partitions rp"
+            " left join deciding dp on dp.partition_id = rp.partition_id where rp.run_id = :run order by 1"
+        ),
+        {"run": run_id},
+    ).all()
     deciding = [p for p, new in partitions if new]
-    standing = dict(zip(deciding, map_partitions(
-        engine, deciding, lambda c, p: _standing_rows(c, p, True, partition_keys(c, p, bands)))))
+    standing = dict(
+        zip(
+            deciding,
+            map_partitions(engine, deciding, lambda c, p: _standing_rows(c, p, True, partition_keys(c, p, bands))),
+        )
+    )
     if incremental:
-        new_keys = minhash.KeySet(np.concatenate([r["keys"] for r in standing.values()]) if standing
-                                  else np.empty((0, bands), np.int64))
+        new_keys = minhash.KeySet(
+            np.concatenate([r["keys"] for r in standing.values()]) if standing else np.empty((0, bands), np.int64)
+        )
 
     def old_rows(c: Connection, partition_id: str) -> np.ndarray:
         rows = partition_keys(c, partition_id, bands)
@@ -193,18 +220,24 @@ def partition_keys(conn: Connection, partition_id: str, bands: int) -> np.ndarra
     """(line_no, keys) of every row the partition has in `lsh_keys`, as a numpy record array straight from
     COPY's binary format: rows of fixed width (two columns, an int8 and `bands` x 8 bytes), so no Python
     object per row and no hex encoding of the bytea on either side."""
-    row = np.dtype([("columns", ">i2"), ("line_size", ">i4"), ("line_no", ">i8"),
-                    ("keys_size", ">i4"), ("keys", "<i8", (bands,))])    # keys as stored: little-endian
+    row = np.dtype(
+        [("columns", ">i2"), ("line_size", ">i4"), ("line_no", ">i8"), ("keys_size", ">i4"), ("keys", "<i8", (bands,))]
+    )  # keys as stored: little-endian
     cursor = conn.connection.dbapi_connection.cursor()
     try:
         out = io.BytesIO()
-        cursor.copy_expert(cursor.mogrify("copy (select line_no, keys from lsh_keys where partition_id = %s)"
-                                          " to stdout (format binary)", (partition_id,)).decode(), out)
+        cursor.copy_expert(
+            cursor.mogrify(
+                "copy (select line_no, keys from lsh_keys where partition_id = %s) to stdout (format binary)",
+                (partition_id,),
+            ).decode(),
+            out,
+        )
     finally:
         cursor.close()
     data = out.getbuffer()
     start = 19 + int.from_bytes(data[15:19], "big")  # signature (11 bytes), flags, header extension length
-    body = data[start:-2]                            # the last 2 bytes: the -1 trailer
+    body = data[start:-2]  # the last 2 bytes: the -1 trailer
     rows = np.frombuffer(body, dtype=row)
     if len(rows) and (rows["keys_size"] != bands * 8).any():
         raise ValueError(f"lsh_keys of partition {partition_id} do not hold {bands} bands: rebuild them")
@@ -219,8 +252,9 @@ def _candidates(standing: Standing) -> np.ndarray:
     """Pairs [i, j] (i < j, standing rows) sharing a band key, with at least one new row."""
     new_rows, old_rows = np.flatnonzero(standing.new), np.flatnonzero(~standing.new)
     found = minhash.candidate_pairs(standing.keys[new_rows], standing.keys[old_rows] if len(old_rows) else None)
-    pairs = np.concatenate([new_rows[found.within],
-                            np.stack([new_rows[found.across[:, 0]], old_rows[found.across[:, 1]]], axis=1)])
+    pairs = np.concatenate(
+        [new_rows[found.within], np.stack([new_rows[found.across[:, 0]], old_rows[found.across[:, 1]]], axis=1)]
+    )
     return np.sort(pairs, axis=1)
 
 
@@ -236,9 +270,12 @@ def _details(conn: Connection, standing: Standing, rows: np.ndarray) -> list:
         table.flush()
     finally:
         copier.close()
-    return conn.execute(sa.text(
-        f"select r.record_id, r.source, r.total_chars, {INSTRUCTION_SQL} from wanted w"
-        " join records r using (partition_id, line_no) order by w.n")).all()
+    return conn.execute(
+        sa.text(
+            f"select r.record_id, r.source, r.total_chars, {INSTRUCTION_SQL} from wanted w"
+            " join records r using (partition_id, line_no) order by w.n"
+        )
+    ).all()
 
 
 class NearDedupStage(DatasetStage):
@@ -250,14 +287,20 @@ class NearDedupStage(DatasetStage):
         return [self.recipe.near_dedup, self.recipe.priorities, {"decision": DECISION_VERSION}]
 
     def upstream(self) -> list[str]:
-        return [*decided_before(self.ledger), KEY_STAGE]   # new band keys of a partition mean a full pass
+        return [*decided_before(self.ledger), KEY_STAGE]  # new band keys of a partition mean a full pass
 
     def prepare(self) -> dict:
         with self.engine.connect() as conn:
-            partitions = conn.execute(sa.text("select partition_id from run_partitions where run_id = :r"),
-                                      {"r": self.run_id}).scalars().all()
-        return {"keys_computed_for_partitions":
-                sum(store_keys(self.engine, self.recipe, self.run_id, p) for p in partitions)}
+            partitions = (
+                conn.execute(sa.text("select partition_id from run_partitions where run_id = :r"), {"r": self.run_id})
+                .scalars()
+                .all()
+            )
+        return {
+            "keys_computed_for_partitions": sum(
+                store_keys(self.engine, self.recipe, self.run_id, p) for p in partitions
+            )
+        }
 
     def decide(self, conn: Connection, scope: Scope) -> Outcome:
         settings, recipe = self.recipe.near_dedup, self.recipe
@@ -268,23 +311,32 @@ class NearDedupStage(DatasetStage):
             standing = _standing(conn, self.engine, self.run_id, settings.bands, incremental=not scope.full)
         pairs = _candidates(standing)
         involved = np.unique(pairs)
-        outcome = Outcome(decided=int(standing.new.sum()),
-                          numbers={"standing": len(standing.line), "candidates": len(pairs)})
+        outcome = Outcome(
+            decided=int(standing.new.sum()), numbers={"standing": len(standing.line), "candidates": len(pairs)}
+        )
         if not len(involved):
             return outcome
-        local = np.searchsorted(involved, pairs)         # pairs over the involved rows only
+        local = np.searchsorted(involved, pairs)  # pairs over the involved rows only
         details = _details(conn, standing, involved)
         judge = minhash.PairJudge([d[3] for d in details], settings)
         confirmed, estimates = judge.confirm(local)
         accepted = ~standing.new[involved]
-        members = [minhash.Member(record_id, recipe.priority(source), total, bool(old))
-                   for (record_id, source, total, _), old in zip(details, accepted)]
+        members = [
+            minhash.Member(record_id, recipe.priority(source), total, bool(old))
+            for (record_id, source, total, _), old in zip(details, accepted)
+        ]
         for n, duplicate in enumerate(minhash.representatives(members, confirmed, estimates, judge.similar)):
             if duplicate is not None:
                 i = involved[n]
-                outcome.decisions.append(Decision(
-                    standing.partitions[standing.part[i]], int(standing.line[i]), Drop.NEAR_DUPLICATE.value,
-                    score=duplicate.jaccard, duplicate_of=members[duplicate.row].record_id))
+                outcome.decisions.append(
+                    Decision(
+                        standing.partitions[standing.part[i]],
+                        int(standing.line[i]),
+                        Drop.NEAR_DUPLICATE.value,
+                        score=duplicate.jaccard,
+                        duplicate_of=members[duplicate.row].record_id,
+                    )
+                )
         return outcome
 
 

@@ -62,6 +62,7 @@ Statistics of `measure` (stable names: they are stored and compared):
 Token estimate: whitespace-separated words, each CJK character one word (close to a BPE count
 for Chinese, ~0.75 of it for English); 0 for a turn without any letter, digit or emoji ("...", "-").
 """
+
 from __future__ import annotations
 
 import re
@@ -87,15 +88,15 @@ class Rule(StrEnum):
     """The rules, in the order `judge` applies them: the first failing one is the drop reason."""
 
     EMPTY_OR_SHORT = "empty_or_short"  # min_user_tokens / min_response_tokens under the minimum
-    TOO_LONG = "too_long"              # total_tokens over the maximum
-    GARBAGE = "garbage"                # text_ratio under the minimum: mostly symbols
-    LANGUAGE = "language"              # neither side in an allowed language, one confidently outside
-    REFUSAL = "refusal"                # an answer opens with refusal / "as an AI" boilerplate
-    ECHO = "echo"                      # the answer mostly repeats the question
-    REPETITION = "repetition"          # dup_ngram_ratio or loop_words over the maximum: a generation loop
+    TOO_LONG = "too_long"  # total_tokens over the maximum
+    GARBAGE = "garbage"  # text_ratio under the minimum: mostly symbols
+    LANGUAGE = "language"  # neither side in an allowed language, one confidently outside
+    REFUSAL = "refusal"  # an answer opens with refusal / "as an AI" boilerplate
+    ECHO = "echo"  # the answer mostly repeats the question
+    REPETITION = "repetition"  # dup_ngram_ratio or loop_words over the maximum: a generation loop
     #                                    (a loop of whole lines that repeated_lines also fails goes there)
     REPEATED_LINES = "repeated_lines"  # dup_line_ratio over the maximum
-    TRUNCATED = "truncated"            # response_ending in truncated_endings
+    TRUNCATED = "truncated"  # response_ending in truncated_endings
 
     @property
     def code(self) -> str:
@@ -107,9 +108,9 @@ class Ending(StrEnum):
     """How an answer ends. Digits (``#### 72``), closing brackets/quotes and emoji are complete."""
 
     COMPLETE = "complete"
-    OPEN_CODE_FENCE = "open_code_fence"              # an odd number of ``` fence lines
-    DANGLING_PUNCTUATION = "dangling_punctuation"    # , : ; = – — ( [ { and CJK ，：；、（
-    DANGLING_WORD = "dangling_word"                  # and, the, of, because ... 和, 以及 ...
+    OPEN_CODE_FENCE = "open_code_fence"  # an odd number of ``` fence lines
+    DANGLING_PUNCTUATION = "dangling_punctuation"  # , : ; = – — ( [ { and CJK ，：；、（
+    DANGLING_WORD = "dangling_word"  # and, the, of, because ... 和, 以及 ...
     UNTERMINATED_SENTENCE = "unterminated_sentence"  # 12+ words of prose after the last sentence end,
     # on a line that is no list item, title, code or verse (the line before it did end a sentence);
     # 4+ words when the line before ends with . ! ? ("...= 1500 people.\nThe total entry fees collected")
@@ -119,16 +120,16 @@ class RuleSettings(Strict):
     """Thresholds over the `measure` statistics (the recipe's rule section)."""
 
     enabled: list[Rule] = list(Rule)
-    min_user_tokens: int = Field(1, ge=0)          # "Hi" is a question
-    min_response_tokens: int = Field(1, ge=0)      # "Canberra." and "72" are answers
+    min_user_tokens: int = Field(1, ge=0)  # "Hi" is a question
+    min_response_tokens: int = Field(1, ge=0)  # "Canberra." and "72" are answers
     max_total_tokens: int = Field(16_384, ge=1)
     min_text_ratio: float = Field(0.3, ge=0, le=1)
     allowed_languages: list[str] = Field(["en", "zh"], min_length=1)
     min_language_confidence: float = Field(0.5, ge=0, le=1)  # less sure: never drop
-    max_echo_ratio: float = Field(0.6, ge=0, le=1)        # echoes 0.66+; answers picked from an input <= 0.45
+    max_echo_ratio: float = Field(0.6, ge=0, le=1)  # echoes 0.66+; answers picked from an input <= 0.45
     max_dup_ngram_ratio: float = Field(0.6, ge=0, le=1)
-    max_loop_words: int = Field(12, ge=0)                 # loops 15+ words; code, tables, refrains <= 5
-    max_dup_line_ratio: float = Field(0.5, ge=0, le=1)    # a song repeats its chorus (~0.3-0.5)
+    max_loop_words: int = Field(12, ge=0)  # loops 15+ words; code, tables, refrains <= 5
+    max_dup_line_ratio: float = Field(0.5, ge=0, le=1)  # a song repeats its chorus (~0.3-0.5)
     truncated_endings: list[Ending] = [e for e in Ending if e is not Ending.COMPLETE]
 
     @field_validator("allowed_languages")
@@ -137,8 +138,10 @@ class RuleSettings(Strict):
         """A code the language identifier never reports ("english", "xx") would silently allow nothing."""
         unknown = [code for code in codes if code not in languages()]
         if unknown:
-            raise ValueError(f"unknown language code(s) {unknown}: use the ISO 639-1 codes the language identifier "
-                             f"reports (e.g. en, zh, fr, de, es, ja; see infinstruct.ml.langid.MODEL_LABELS)")
+            raise ValueError(
+                f"unknown language code(s) {unknown}: use the ISO 639-1 codes the language identifier "
+                f"reports (e.g. en, zh, fr, de, es, ja; see infinstruct.ml.langid.MODEL_LABELS)"
+            )
         return codes
 
 
@@ -158,7 +161,7 @@ KEEP = Verdict(True)
 _CJK = r"\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uac00-\ud7af"
 _CJK_CHAR = re.compile(f"[{_CJK}]")
 _WORD_OR_CJK = re.compile(f"[{_CJK}]|[^\\s{_CJK}]+")
-_EMOJI = re.compile("[\U0001F000-\U0001FAFF\u2600-\u27BF]")
+_EMOJI = re.compile("[\U0001f000-\U0001faff\u2600-\u27bf]")
 
 
 def estimate_tokens(text: str, words: list[str] | None = None) -> int:
@@ -206,7 +209,7 @@ def _loop_words(words: list[str]) -> int:
     for end in (n, n - 1):  # n - 1: the generation stopped inside the last word ("... Veggie plat")
         if end < LOOP_MIN_COPIES:
             break
-        backwards = words[end - 1::-1]  # backwards[period] == words[end - 1 - period]
+        backwards = words[end - 1 :: -1]  # backwards[period] == words[end - 1 - period]
         period = 0
         while True:
             try:
@@ -218,7 +221,7 @@ def _loop_words(words: list[str]) -> int:
             if end < n and (words[n - 1] == words[end - period] or not words[end - period].startswith(words[n - 1])):
                 continue
             span = (LOOP_MIN_COPIES - 1) * period
-            if backwards[:span] != backwards[period:period + span]:
+            if backwards[:span] != backwards[period : period + span]:
                 continue
             k = end - span - 1
             while k >= period and words[k] == words[k - period]:
@@ -240,7 +243,9 @@ def dup_line_ratio(text: str) -> float:
     lines = [line.rstrip() for line in _without_fenced_code(text).splitlines() if line]
     if len(set(lines)) == len(lines):
         return 0.0  # no line repeats (the usual answer), so no prose line does: the per-line tests below cost more
-    lines = [line for line in lines if line and line[0] not in " \t" and _CODE_LINE_CHARS.isdisjoint(line)]  # indented: code
+    lines = [
+        line for line in lines if line and line[0] not in " \t" and _CODE_LINE_CHARS.isdisjoint(line)
+    ]  # indented: code
     if len(set(lines)) == len(lines):
         return 0.0
     seen: set[str] = set()
@@ -261,7 +266,8 @@ _CODE_SIGNAL = re.compile(
     r"\w\([^()\n]*\)|[;{]\s*$|^\s*(?:def|class|import|return|function|const|let|var|public|private|static"
     r"|void|int|char|SELECT|INSERT|UPDATE|CREATE|#include)\b|^\^|\$$|</?[a-zA-Z][\w-]*[^<>]*>"
     r"|^\s*\|.*\w.*\|\s*$|^\s*[\[{(].*\w.*[\]})]\s*$|-->|->|=>|==|:=",
-    re.MULTILINE)
+    re.MULTILINE,
+)
 
 
 def looks_like_code(text: str) -> bool:
@@ -335,58 +341,102 @@ REFUSAL_WINDOW = 300  # characters: a refusal or disclaimer opens the answer; la
 # that request", "I do not feel comfortable providing ...") or a missing capacity ("I don't have access
 # to ...", "I don't have personal opinions"); or it appeals to its guidelines. Phrase families, not
 # sentences: "I can't help but ...", "I'm sorry to hear ..." and "We apologize for the delay" stay.
-_AI = (r"(?:an? )?(?:ai|a\.i\.|artificial intelligence|(?:large )?language model|llm|chatbot|virtual assistant"
-       r"|digital assistant|text-based (?:ai|assistant|model))(?: (?:language model|model|assistant|chatbot|system))?")
-_INABLE = (r"(?:can ?not|can't|won't|will not|(?:am|'m) (?:not able|unable|not allowed|not permitted|not programmed"
-           r"|not designed|not in a position)(?: to)?|(?:must|have to) (?:respectfully |politely )?(?:decline|refuse"
-           r"|refrain from)(?: to)?|(?:do not|don't) feel comfortable)")
+_AI = (
+    r"(?:an? )?(?:ai|a\.i\.|artificial intelligence|(?:large )?language model|llm|chatbot|virtual assistant"
+    r"|digital assistant|text-based (?:ai|assistant|model))(?: (?:language model|model|assistant|chatbot|system))?"
+)
+_INABLE = (
+    r"(?:can ?not|can't|won't|will not|(?:am|'m) (?:not able|unable|not allowed|not permitted|not programmed"
+    r"|not designed|not in a position)(?: to)?|(?:must|have to) (?:respectfully |politely )?(?:decline|refuse"
+    r"|refrain from)(?: to)?|(?:do not|don't) feel comfortable)"
+)
 _ADVERB = r"(?:(?:really|actually|directly|personally|truly|physically|fully|currently|in good conscience) )?"
 # not the idioms "I can't help but", "help thinking", "recommend it enough", "give up", nor "express how
 # grateful", "feel my legs", "offer you a refund" of letters and stories
-_TASK_VERB = (r"(?:help(?! but\b| \w+ing\b)|recommend(?![^.!?\n]* enough\b)|do (?:that|so)\b"
-              r"|giv(?:e|ing)\b(?! up| in\b)|(?:assist|provid|fulfil+|comply|answer|complet|creat|writ|generat"
-              r"|produc|engag|support|shar|brows|access|perform|respond|discuss|participat|process|accommodat"
-              r"|condon|endors|encourag|promot|facilitat|role-?play|pretend|predict|form|experienc)(?:e|es|s|ing)?\b)")
-_NO_CAPACITY = (r"(?:do not|don't) (?:actually )?(?:have|possess) (?:the (?:ability|capability|capacity|means)"
-                r"|access to|direct access|real-time|personal (?:opinions|feelings|experiences?|emotions|beliefs"
-                r"|preferences|views|thoughts)|(?:opinions|feelings|emotions|beliefs|preferences|a physical)\b"
-                r"|(?:browsing|internet) (?:access|capabilit))")
+_TASK_VERB = (
+    r"(?:help(?! but\b| \w+ing\b)|recommend(?![^.!?\n]* enough\b)|do (?:that|so)\b"
+    r"|giv(?:e|ing)\b(?! up| in\b)|(?:assist|provid|fulfil+|comply|answer|complet|creat|writ|generat"
+    r"|produc|engag|support|shar|brows|access|perform|respond|discuss|participat|process|accommodat"
+    r"|condon|endors|encourag|promot|facilitat|role-?play|pretend|predict|form|experienc)(?:e|es|s|ing)?\b)"
+)
+_NO_CAPACITY = (
+    r"(?:do not|don't) (?:actually )?(?:have|possess) (?:the (?:ability|capability|capacity|means)"
+    r"|access to|direct access|real-time|personal (?:opinions|feelings|experiences?|emotions|beliefs"
+    r"|preferences|views|thoughts)|(?:opinions|feelings|emotions|beliefs|preferences|a physical)\b"
+    r"|(?:browsing|internet) (?:access|capabilit))"
+)
 _AI_SPEAKER = re.compile(
     rf"\b(?:as|being) {_AI}\b(?=[,;:]| (?:i|my|created|developed|trained|designed|built|made|without)\b)"
     rf"|\bi(?:'m| am) (?:just|only|merely|simply) {_AI}\b"
     r"|\bagainst (?:my|openai's) (?:ethical )?(?:guidelines|programming|principles|content polic|usage polic)"
-    r"|openai's (?:content|usage) polic")
+    r"|openai's (?:content|usage) polic"
+)
 _AI_SPEAKER_WORDS = (" ai", "a.i.", "intelligence", "model", "llm", "chatbot", "assistant", "against", "openai")
 _ZH_REFUSAL = re.compile(
     r"作为(?:一个|一名)?(?:人工智能|ai)(?:语言模型|助手|模型)|我(?:只是|是)一个(?:人工智能|ai|语言模型)"
-    r"|(?:很|非常)?(?:抱歉|对不起)[，,]?(?:但是?)?我(?:无法|不能|没有办法|没办法)|我无法回答这个问题")
+    r"|(?:很|非常)?(?:抱歉|对不起)[，,]?(?:但是?)?我(?:无法|不能|没有办法|没办法)|我无法回答这个问题"
+)
 # "i" first, its word boundary checked after it: a literal prefix lets the regex engine skip ahead fast
 _I_CANNOT = re.compile(rf"i(?<![\w']i)\s*(?:{_INABLE} {_ADVERB}{_TASK_VERB}|{_NO_CAPACITY})")
 # what may precede "I cannot ..." in its sentence: nothing, an apology, or a short clause and a comma
-_LEAD_IN = re.compile(r"(?:[^.!?\n]{0,40},\s*(?:but\s*)?|(?:(?:i'm|i am) (?:so |very |really )?)?(?:sorry|afraid)"
-                      r"(?:,? but)?\s*|(?:unfortunately|regrettably),?\s*)?")
+_LEAD_IN = re.compile(
+    r"(?:[^.!?\n]{0,40},\s*(?:but\s*)?|(?:(?:i'm|i am) (?:so |very |really )?)?(?:sorry|afraid)"
+    r"(?:,? but)?\s*|(?:unfortunately|regrettably),?\s*)?"
+)
 _SENTENCE_MARKS = ".!?:\n"
 
 
 REFUSAL_PHRASES: tuple[str, ...] = (  # the commonest wordings, reported by these names (matched lower-cased)
-    "as an ai language model", "as a large language model", "as an ai assistant", "as an ai model",
-    "i'm just an ai", "i am just an ai", "i'm only an ai",
-    "i cannot assist with that", "i can't assist with that", "i cannot help with that",
-    "i can't help with that", "i'm unable to assist", "i am unable to assist",
-    "i'm sorry, but i can't", "i'm sorry, but i cannot", "i am sorry, but i cannot",
-    "i'm sorry, i can't", "i'm sorry, i cannot", "i apologize, but i cannot", "i apologize, but i can't",
-    "i cannot fulfill", "i can't fulfill", "i cannot comply", "i can't comply",
-    "i'm not able to provide", "i cannot provide assistance",
-    "it is not appropriate for me to", "it's not appropriate for me to", "openai's content policy",
-    "作为一个人工智能语言模型", "作为人工智能语言模型", "作为一个ai语言模型", "作为ai语言模型", "作为一个语言模型",
-    "作为一个人工智能助手", "作为一个ai助手", "我只是一个人工智能", "我只是一个ai",
-    "很抱歉，我无法", "抱歉，我无法", "很抱歉，我不能", "抱歉，我不能", "我无法回答这个问题",
+    "as an ai language model",
+    "as a large language model",
+    "as an ai assistant",
+    "as an ai model",
+    "i'm just an ai",
+    "i am just an ai",
+    "i'm only an ai",
+    "i cannot assist with that",
+    "i can't assist with that",
+    "i cannot help with that",
+    "i can't help with that",
+    "i'm unable to assist",
+    "i am unable to assist",
+    "i'm sorry, but i can't",
+    "i'm sorry, but i cannot",
+    "i am sorry, but i cannot",
+    "i'm sorry, i can't",
+    "i'm sorry, i cannot",
+    "i apologize, but i cannot",
+    "i apologize, but i can't",
+    "i cannot fulfill",
+    "i can't fulfill",
+    "i cannot comply",
+    "i can't comply",
+    "i'm not able to provide",
+    "i cannot provide assistance",
+    "it is not appropriate for me to",
+    "it's not appropriate for me to",
+    "openai's content policy",
+    "作为一个人工智能语言模型",
+    "作为人工智能语言模型",
+    "作为一个ai语言模型",
+    "作为ai语言模型",
+    "作为一个语言模型",
+    "作为一个人工智能助手",
+    "作为一个ai助手",
+    "我只是一个人工智能",
+    "我只是一个ai",
+    "很抱歉，我无法",
+    "抱歉，我无法",
+    "很抱歉，我不能",
+    "抱歉，我不能",
+    "我无法回答这个问题",
 )
 
 
 _PHRASE_MARKERS = ("as a", "i'm", "i am", "i can", "not appropriate", "openai", "作为", "我")
-assert all(any(marker in phrase for marker in _PHRASE_MARKERS) for phrase in REFUSAL_PHRASES), \
+assert all(any(marker in phrase for marker in _PHRASE_MARKERS) for phrase in REFUSAL_PHRASES), (
     "every refusal phrase must contain one of _PHRASE_MARKERS (the cheap test that no phrase is present)"
+)
 
 
 def refusal_phrase(text: str) -> str:
@@ -397,7 +447,9 @@ def refusal_phrase(text: str) -> str:
     if any(marker in opening for marker in _PHRASE_MARKERS):  # 8 substring tests rule out all 45 phrases
         phrase = next((phrase for phrase in REFUSAL_PHRASES if phrase in opening), "")
         if phrase:
-            return phrase  # the stable names of the common wordings, as stored since the refusal measurement's version 1
+            return (
+                phrase  # the stable names of the common wordings, as stored since the refusal measurement's version 1
+            )
     # substring gates first: the regexes cost ~10x more than `in` on the typical answer that has no refusal
     found = _AI_SPEAKER.search(opening) if any(word in opening for word in _AI_SPEAKER_WORDS) else None
     if not opening.isascii() and "我" in opening:
@@ -406,15 +458,17 @@ def refusal_phrase(text: str) -> str:
         at = match.start()
         sentence = max(map(opening.rfind, _SENTENCE_MARKS, repeat(0), repeat(at))) + 1
         if _LEAD_IN.fullmatch(opening[sentence:at].strip()):
-            return " ".join(opening[sentence:match.end()].split())
+            return " ".join(opening[sentence : match.end()].split())
     return " ".join(found.group().split()) if found else ""
 
 
 _DANGLING_PUNCTUATION = frozenset(",:;=–—([{，：；、（【《“‘")
 _OPENING_BRACKETS = frozenset("([{")
-_DANGLING_WORDS = frozenset("and or but nor the an of with because than whose their its your my our "
-                            "is are was were such whereas although though via including "
-                            "to from into as that which who whom these those this any some each every both".split())
+_DANGLING_WORDS = frozenset(
+    "and or but nor the an of with because than whose their its your my our "
+    "is are was were such whereas although though via including "
+    "to from into as that which who whom these those this any some each every both".split()
+)
 # not "for"/"on"/"in": phrases end with them ("what we have hoped for", "and so on", "log in"); "a" only in lower case
 _CJK_DANGLING = ("和", "与", "或", "或者", "以及", "因为", "但是", "并且", "例如", "比如", "由于")
 _SENTENCE_END = re.compile(r"[.!?…][\"'”’)\]*]*(?=\s|$)|[。！？][」』”’）]*")
@@ -423,7 +477,7 @@ _CODE_CHARS = frozenset("=(){}[]<>;\\/_#@")  # not $: money is prose ("... have 
 _FENCE_LINE = re.compile(r"^[ \t]*(?:```|~~~)", re.MULTILINE)
 
 
-UNTERMINATED_WORDS = 12       # an unterminated last line this long is cut (unless verse, list, title, code)
+UNTERMINATED_WORDS = 12  # an unterminated last line this long is cut (unless verse, list, title, code)
 UNTERMINATED_SHORT_WORDS = 4  # ... and this long when the line before ends with . ! ? (measured: 3 also flags
 # a compiler's output line, 6 misses GSM8K steps cut short; a single-line answer needs UNTERMINATED_WORDS)
 _FULL_STOPS = frozenset(".!?。！？")
@@ -462,7 +516,7 @@ def response_ending(text: str) -> Ending:
     if sum(w[:1].isupper() for w in fragment) >= 0.6 * len(fragment):
         return Ending.COMPLETE  # Title Case: a title or a name
     previous = text[:start].rstrip()
-    previous = previous[previous.rfind("\n") + 1:]
+    previous = previous[previous.rfind("\n") + 1 :]
     if len(fragment) < UNTERMINATED_WORDS:  # a short line: only after a line that ends with . ! ?
         return Ending.UNTERMINATED_SENTENCE if previous.rstrip(_CLOSERS)[-1:] in _FULL_STOPS else Ending.COMPLETE
     if previous and not _ends_sentence(previous):
@@ -519,8 +573,11 @@ def _tokens(c: Conversation) -> Stats:
             if role == USER:
                 user_tokens.append(tokens)
         total += tokens
-    return {"min_user_tokens": min(user_tokens, default=0), "min_response_tokens": min(answer_tokens, default=0),
-            "total_tokens": total}
+    return {
+        "min_user_tokens": min(user_tokens, default=0),
+        "min_response_tokens": min(answer_tokens, default=0),
+        "total_tokens": total,
+    }
 
 
 def _text_ratio(c: Conversation) -> Stats:
@@ -530,11 +587,15 @@ def _text_ratio(c: Conversation) -> Stats:
 def _language(c: Conversation) -> Stats:
     language, confidence = detect(c.user_text, LANGUAGE_SAMPLE_CHARS)
     response_language, response_confidence = detect(c.answer_text, LANGUAGE_SAMPLE_CHARS)
-    return {"language": language, "language_confidence": confidence, "response_language": response_language,
-            "response_language_confidence": response_confidence,
-            # the record's language (the release's `langdetect`): the instruction's, unless the response is
-            # identified more surely and the instruction not surely (short prompts are often misread)
-            "record_language": language if confidence >= min(response_confidence, SURE_LANGUAGE) else response_language}
+    return {
+        "language": language,
+        "language_confidence": confidence,
+        "response_language": response_language,
+        "response_language_confidence": response_confidence,
+        # the record's language (the release's `langdetect`): the instruction's, unless the response is
+        # identified more surely and the instruction not surely (short prompts are often misread)
+        "record_language": language if confidence >= min(response_confidence, SURE_LANGUAGE) else response_language,
+    }
 
 
 def _refusal_phrase(c: Conversation) -> Stats:
@@ -579,16 +640,19 @@ class Measurement:
 
 
 # versions start at 2: the statistics' single STATS_VERSION they were stored under before
-MEASUREMENTS: dict[str, Measurement] = {m.name: m for m in (
-    Measurement("tokens", 2, _tokens),
-    Measurement("text_ratio", 2, _text_ratio),
-    Measurement("language", 2, _language),
-    Measurement("refusal", 2, _refusal_phrase),   # 2: refusal grammar
-    Measurement("echo", 2, _echo_ratio_stat),      # 2: echo by paragraph
-    Measurement("repetition", 2, _repetition_stats),   # 2: loop_words
-    Measurement("dup_lines", 2, _dup_line_ratio),
-    Measurement("response_ending", 2, _response_ending),   # 2: shorter unterminated lines
-)}
+MEASUREMENTS: dict[str, Measurement] = {
+    m.name: m
+    for m in (
+        Measurement("tokens", 2, _tokens),
+        Measurement("text_ratio", 2, _text_ratio),
+        Measurement("language", 2, _language),
+        Measurement("refusal", 2, _refusal_phrase),  # 2: refusal grammar
+        Measurement("echo", 2, _echo_ratio_stat),  # 2: echo by paragraph
+        Measurement("repetition", 2, _repetition_stats),  # 2: loop_words
+        Measurement("dup_lines", 2, _dup_line_ratio),
+        Measurement("response_ending", 2, _response_ending),  # 2: shorter unterminated lines
+    )
+}
 
 
 def measurement_versions() -> dict[str, int]:
@@ -609,12 +673,20 @@ def _language_failure(stats: Stats, s: RuleSettings) -> str | None:
     """A side fails when it is confidently in a language outside the allowed list; the record fails
     when a side fails and no side is in an allowed language, so an English instruction answered
     with its French translation stays."""
-    sides = ((stats["language"], stats["language_confidence"]),
-             (stats["response_language"], stats["response_language_confidence"]))
+    sides = (
+        (stats["language"], stats["language_confidence"]),
+        (stats["response_language"], stats["response_language_confidence"]),
+    )
     if any(language in s.allowed_languages for language, _ in sides):
         return None
-    return next((language for language, confidence in sides
-                 if language != UNDETERMINED and confidence >= s.min_language_confidence), None)
+    return next(
+        (
+            language
+            for language, confidence in sides
+            if language != UNDETERMINED and confidence >= s.min_language_confidence
+        ),
+        None,
+    )
 
 
 def _fails_repeated_lines(stats: Stats, s: RuleSettings) -> bool:
@@ -623,6 +695,7 @@ def _fails_repeated_lines(stats: Stats, s: RuleSettings) -> bool:
 
 # One function per rule: the measured value that fails it, or None when the stats pass it. (A dict
 # lookup per rule: a `match` over the Rule members cost ~2.5 us per rule, more than measuring some stats.)
+
 
 def _empty_or_short(stats: Stats, s: RuleSettings) -> float | None:
     if stats["min_user_tokens"] < s.min_user_tokens:
@@ -674,7 +747,7 @@ class RuleFilter:
     fails: Callable[[Stats, RuleSettings], float | str | None]
 
 
-RULES: tuple[RuleFilter, ...] = (   # in Rule order: the first failing rule is the drop reason
+RULES: tuple[RuleFilter, ...] = (  # in Rule order: the first failing rule is the drop reason
     RuleFilter(Rule.EMPTY_OR_SHORT, ("tokens",), _empty_or_short),
     RuleFilter(Rule.TOO_LONG, ("tokens",), _too_long),
     RuleFilter(Rule.GARBAGE, ("text_ratio",), _garbage),

@@ -6,6 +6,7 @@ record id in `record_stats`, each with its version: a threshold change in the re
 re-measuring, a new or changed measurement is the only one taken again, and the same conversation in
 another file is measured once.
 """
+
 from __future__ import annotations
 
 import logging
@@ -34,7 +35,7 @@ def missing_measurements(versions: dict | None) -> list[str]:
     current = filters.measurement_versions()
     if versions is None:
         return list(current)
-    if "*" in versions:   # stored under the former single version: each measurement at that version
+    if "*" in versions:  # stored under the former single version: each measurement at that version
         versions = dict.fromkeys(LEGACY[1], LEGACY[0]) if versions["*"] == LEGACY[0] else {}
     return [name for name, version in current.items() if versions.get(name) != version]
 
@@ -45,8 +46,11 @@ def _save_stats(engine: Engine, fresh: dict[str, dict]) -> None:
     if not fresh:
         return
     with engine.begin() as conn:
-        conn.execute(sa.text("create temp table new_stats (record_id text, version int, stats jsonb, versions jsonb)"
-                             " on commit drop"))
+        conn.execute(
+            sa.text(
+                "create temp table new_stats (record_id text, version int, stats jsonb, versions jsonb) on commit drop"
+            )
+        )
         copier = Copier(conn.connection.dbapi_connection.cursor())
         table = CopyTable(copier, "new_stats", ("record_id", "version", "stats", "versions"), len(fresh))
         versions = json_field(orjson.dumps(filters.measurement_versions()))
@@ -56,11 +60,14 @@ def _save_stats(engine: Engine, fresh: dict[str, dict]) -> None:
             table.flush()
         finally:
             copier.close()
-        conn.execute(sa.text(
-            # in record-id order: parallel partitions sharing records then lock them in the same order (no deadlock)
-            "insert into record_stats (record_id, version, stats, versions) select record_id, version, stats, versions"
-            " from new_stats order by record_id on conflict (record_id) do update set version = excluded.version,"
-            " stats = excluded.stats, versions = excluded.versions, measured_at = now()"))
+        conn.execute(
+            sa.text(
+                # in record-id order: parallel partitions sharing records then lock them in the same order (no deadlock)
+                "insert into record_stats (record_id, version, stats, versions) select record_id, version, stats, versions"
+                " from new_stats order by record_id on conflict (record_id) do update set version = excluded.version,"
+                " stats = excluded.stats, versions = excluded.versions, measured_at = now()"
+            )
+        )
 
 
 class RulesStage(PartitionStage):
@@ -84,9 +91,15 @@ class RulesStage(PartitionStage):
                     verdict = filters.judge(stats, self.recipe.rules)
                     if not verdict.keep:
                         numeric = isinstance(verdict.value, (int, float))
-                        outcome.decisions.append(Decision(
-                            self.partition_id, line_no, verdict.rule.code, score=verdict.value if numeric else None,
-                            detail=None if numeric else str(verdict.value)))
+                        outcome.decisions.append(
+                            Decision(
+                                self.partition_id,
+                                line_no,
+                                verdict.rule.code,
+                                score=verdict.value if numeric else None,
+                                detail=None if numeric else str(verdict.value),
+                            )
+                        )
                 _save_stats(self.engine, fresh)
                 outcome.decided += len(batch)
                 outcome.numbers["measured"] += len(fresh)
@@ -95,6 +108,11 @@ class RulesStage(PartitionStage):
 
 def apply_rules(engine: Engine, recipe: Recipe, run_id: str, partition_id: str) -> StageResult:
     result = RulesStage(engine, recipe, run_id, partition_id).run()
-    log.info("rules on %s: %s", partition_id, "unchanged input and settings, skipped" if result.skipped else
-             f"{result.numbers['measured']} measured, dropped {result.by_reason}")
+    log.info(
+        "rules on %s: %s",
+        partition_id,
+        "unchanged input and settings, skipped"
+        if result.skipped
+        else f"{result.numbers['measured']} measured, dropped {result.by_reason}",
+    )
     return result

@@ -35,6 +35,7 @@ questions with numbers (→ math) and humanities essays (→ chat), the boundary
 The temperature (0.08) and rule scale (1.0) were chosen on these sets from a 4 × 3 grid, where
 accuracy moved by at most 0.07 on code_alpaca and 0.05 on mt_bench.
 """
+
 from __future__ import annotations
 
 import re
@@ -67,8 +68,9 @@ class DomainSpec(Strict):
             except re.error as e:
                 raise ValueError(f"pattern {pattern!r} is not a valid regular expression: {e}") from None
             if any(c.isupper() for c in re.sub(r"\\.", "", pattern)):
-                raise ValueError(f"pattern {pattern!r}: patterns match the lower-cased instruction, "
-                                 "so write them in lower case")
+                raise ValueError(
+                    f"pattern {pattern!r}: patterns match the lower-cased instruction, so write them in lower case"
+                )
         return patterns
 
 
@@ -83,7 +85,7 @@ BUILTIN_DOMAINS: dict[str, DomainSpec] = {
             r"\d\s*[-+*/×÷^]\s*\(?\d|\b[a-z]\s*[-+*/^=]\s*\d": 1.0,
             r"\$\s?\d|\d\s*%|\b\d[\d,.]*\s*(?:percent|dollars?|cents?|hours?|minutes?|days?|weeks?|months?"
             r"|years?|miles?|km|kilometers?|meters?|feet|inches|pounds?|kg|grams?|liters?|times)\b": 1.0,
-            r"(?:\d[^\d]+){3}": 1.0,   # three or more numbers
+            r"(?:\d[^\d]+){3}": 1.0,  # three or more numbers
         },
         exemplars=[
             "A baker sells 12 muffins per hour for 6 hours. How many muffins does she sell in total?",
@@ -102,7 +104,8 @@ BUILTIN_DOMAINS: dict[str, DomainSpec] = {
             "Sarah earns $15 an hour and works 32 hours a week. How much does she earn in 4 weeks?",
             "Find the greatest common divisor of 48 and 180.",
             "The ratio of boys to girls in a class is 3:5. If there are 40 students, how many are girls?",
-        ]),
+        ],
+    ),
     CODE: DomainSpec(
         patterns={
             r"\b(?:python|javascript|typescript|java|c\+\+|c#|golang|rust|ruby|php|swift|kotlin|scala|sql"
@@ -111,7 +114,7 @@ BUILTIN_DOMAINS: dict[str, DomainSpec] = {
             r"\b(?:write|create|implement|generate|design|develop|construct|modify|edit|fix|debug|rewrite"
             r"|refactor|complete|optimi[sz]e)\b.{0,60}\b(?:functions?|programs?|code|scripts?|query|queries"
             r"|class|method|algorithm|loop|api|app|application|web ?page|website)\b": 2.0,
-            r"^\s*[a-z_]\w*\s*=\s*[\w\[\"'{(-]": 1.0,   # an assignment line: x = [1, 2]
+            r"^\s*[a-z_]\w*\s*=\s*[\w\[\"'{(-]": 1.0,  # an assignment line: x = [1, 2]
             r"\b(?:function|program|code|script|algorithm|class|method|array|api|compile|debug|variable|loop"
             r"|recursion|recursive|data structure|linked list|binary tree|hash ?map|json|query|string"
             r"|integer|boolean|syntax|implement|object-oriented|database|stack|queue)\b": 1.0,
@@ -135,7 +138,8 @@ BUILTIN_DOMAINS: dict[str, DomainSpec] = {
             "Optimize this function so that it runs in linear time.",
             "Create a REST API endpoint in Flask that returns a list of users as JSON.",
             "Sort an array of objects by their 'age' property in JavaScript.",
-        ]),
+        ],
+    ),
     KNOWLEDGE: DomainSpec(
         patterns={
             r"^\s*(?:what (?:is|are|was|were)|who|when|where|which|why|how (?:does|do|did|is|are)|explain"
@@ -162,7 +166,8 @@ BUILTIN_DOMAINS: dict[str, DomainSpec] = {
             "How does a bill become a law in the United States?",
             "What is the role of mitochondria in a cell?",
             "Define supply and demand.",
-        ]),
+        ],
+    ),
     CHAT: DomainSpec(
         patterns={
             r"\b(?:write|compose|draft|create)\b.{0,40}\b(?:poem|story|song|lyrics|letter|email|essay|speech"
@@ -190,7 +195,8 @@ BUILTIN_DOMAINS: dict[str, DomainSpec] = {
             "My roommate keeps leaving dishes in the sink. How should I talk to them about it?",
             "Write a product description for handmade scented candles.",
             "Give me a motivational quote to start the week.",
-        ]),
+        ],
+    ),
 }
 
 
@@ -198,10 +204,10 @@ class DomainSettings(Strict):
     """Recipe section `domains`. Entries of `domains` with a built-in name add their patterns and
     exemplars to it; other names are new domains (they need exemplars)."""
 
-    builtin: bool = True                       # start from BUILTIN_DOMAINS
+    builtin: bool = True  # start from BUILTIN_DOMAINS
     domains: dict[str, DomainSpec] = {}
-    temperature: float = Field(0.08, gt=0)     # cosine difference worth one e-fold of odds
-    rule_scale: float = Field(1.0, ge=0)       # 0: centroids only
+    temperature: float = Field(0.08, gt=0)  # cosine difference worth one e-fold of odds
+    rule_scale: float = Field(1.0, ge=0)  # 0: centroids only
     max_chars: int = Field(1000, ge=16)
 
     @model_validator(mode="after")
@@ -222,8 +228,9 @@ class DomainSettings(Strict):
         for name, spec in self.domains.items():
             if name in out:
                 base = out[name]
-                spec = DomainSpec(patterns={**base.patterns, **spec.patterns},
-                                  exemplars=[*base.exemplars, *spec.exemplars])
+                spec = DomainSpec(
+                    patterns={**base.patterns, **spec.patterns}, exemplars=[*base.exemplars, *spec.exemplars]
+                )
             out[name] = spec
         return out
 
@@ -237,14 +244,16 @@ class DomainLabel:
 class DomainClassifier:
     """Rules + nearest-centroid classifier of the module docstring; built once per settings."""
 
-    def __init__(self, settings: DomainSettings = DomainSettings(),
-                 embeddings: EmbeddingSettings = EmbeddingSettings()):
+    def __init__(
+        self, settings: DomainSettings = DomainSettings(), embeddings: EmbeddingSettings = EmbeddingSettings()
+    ):
         self.settings = settings
         self.embeddings = embeddings.model_copy(update={"normalize": True})
         specs = settings.resolved()
         self.names: list[str] = list(specs)
-        self._patterns = [[(re.compile(p, re.MULTILINE), w) for p, w in spec.patterns.items()]
-                          for spec in specs.values()]
+        self._patterns = [
+            [(re.compile(p, re.MULTILINE), w) for p, w in spec.patterns.items()] for spec in specs.values()
+        ]
         self._exemplars = [spec.exemplars for spec in specs.values()]
 
     @cached_property
@@ -260,7 +269,7 @@ class DomainClassifier:
         """(n, domains): the summed weights of each domain's patterns found in each text."""
         out = np.zeros((len(texts), len(self.names)), dtype=np.float64)
         for i, text in enumerate(texts):
-            text = text[:self.settings.max_chars].lower()   # 1.7x faster than re.IGNORECASE
+            text = text[: self.settings.max_chars].lower()  # 1.7x faster than re.IGNORECASE
             for d, patterns in enumerate(self._patterns):
                 out[i, d] = sum(w for rx, w in patterns if rx.search(text))
         return out
@@ -268,7 +277,7 @@ class DomainClassifier:
     def probabilities(self, texts: Sequence[str], vectors: np.ndarray | None = None) -> np.ndarray:
         """(n, domains): softmax(cosine to centroid / temperature + rule_scale · evidence)."""
         if vectors is None:
-            vectors = encode([t[:self.settings.max_chars] for t in texts], self.embeddings)
+            vectors = encode([t[: self.settings.max_chars] for t in texts], self.embeddings)
         if len(vectors) != len(texts):
             raise ValueError(f"{len(texts)} texts but {len(vectors)} vectors")
         logits = (np.asarray(vectors, dtype=np.float32) @ self.centroids.T) / self.settings.temperature

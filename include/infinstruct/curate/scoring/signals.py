@@ -66,6 +66,7 @@ the question, not whether it is right; `openai` (`LLMJudgeScorer`) asks a chat m
 OpenAI-compatible endpoint to rate helpfulness and correctness on 1-10 (`JUDGE_PROMPT`), through `llm`'s
 retried, cached client. (No cross-encoder ships offline with the project: not a kind yet.)
 """
+
 from __future__ import annotations
 
 import json
@@ -101,7 +102,7 @@ class QualityWeights(Strict):
     elaboration: float = Field(0.1, ge=0)
     structure: float = Field(0.25, ge=0)
     reasoning: float = Field(0.3, ge=0)
-    model: float = Field(0.0, ge=0)   # > 0 needs a `scorer` (signals["model_score"] on every record)
+    model: float = Field(0.0, ge=0)  # > 0 needs a `scorer` (signals["model_score"] on every record)
 
 
 class DifficultyWeights(Strict):
@@ -130,7 +131,7 @@ class JudgeScorerSettings(ChatSettings):
     max_retries, backoff_seconds, max_backoff_seconds, concurrency)."""
 
     kind: Literal["openai"]
-    max_chars: int = Field(4000, ge=1)   # of the instruction and of the response in the prompt
+    max_chars: int = Field(4000, ge=1)  # of the instruction and of the response in the prompt
 
 
 def _scorer_kind(value: Any) -> str:
@@ -138,17 +139,19 @@ def _scorer_kind(value: Any) -> str:
     return (value.get("kind") if isinstance(value, dict) else getattr(value, "kind", None)) or "embedding"
 
 
-AnyScorerSettings = Annotated[Annotated[ScorerSettings, Tag("embedding")] | Annotated[JudgeScorerSettings, Tag("openai")],
-                              Discriminator(_scorer_kind)]
+AnyScorerSettings = Annotated[
+    Annotated[ScorerSettings, Tag("embedding")] | Annotated[JudgeScorerSettings, Tag("openai")],
+    Discriminator(_scorer_kind),
+]
 
 
 class ScoringSettings(Strict):
     """Recipe section `scoring`: component weights and the scales of the saturating curves."""
 
-    scorer: AnyScorerSettings | None = None   # measured whenever set, counted in quality only when quality.model > 0
+    scorer: AnyScorerSettings | None = None  # measured whenever set, counted in quality only when quality.model > 0
     quality: QualityWeights = QualityWeights()
     difficulty: DifficultyWeights = DifficultyWeights()
-    target_response_words: int = Field(300, ge=1)      # logsat reaches 1 here
+    target_response_words: int = Field(300, ge=1)  # logsat reaches 1 here
     target_instruction_words: int = Field(150, ge=1)
     target_ratio: float = Field(4.0, gt=0)
     structure_scale: float = Field(4.0, gt=0)
@@ -163,8 +166,10 @@ class ScoringSettings(Strict):
             if sum(weights.model_dump().values()) <= 0:
                 raise ValueError(f"scoring.{name}: at least one weight must be > 0")
         if self.quality.model > 0 and self.scorer is None:
-            raise ValueError("scoring.quality.model > 0 needs a model to score with: add "
-                             "scoring.scorer (e.g. scorer: {kind: embedding}), or set the weight to 0")
+            raise ValueError(
+                "scoring.quality.model > 0 needs a model to score with: add "
+                "scoring.scorer (e.g. scorer: {kind: embedding}), or set the weight to 0"
+            )
         return self
 
 
@@ -173,37 +178,44 @@ class ScoringSettings(Strict):
 _FENCE = re.compile(r"^[ \t]*(?:```|~~~)", re.MULTILINE)
 _LIST_ITEM = re.compile(r"^[ \t]*(?:[-*+•]\s+\S|\d{1,3}[.)]\s+\S)", re.MULTILINE)
 _HEADING = re.compile(  # "#### 72" (GSM8K's answer line) has no letter: not a heading
-    r"^[ \t]*(?:#{1,6}\s+(?=[^\n]*[^\W\d_])\S.*|\*\*[^*\n]{1,80}\*\*:?)[ \t]*$", re.MULTILINE)
+    r"^[ \t]*(?:#{1,6}\s+(?=[^\n]*[^\W\d_])\S.*|\*\*[^*\n]{1,80}\*\*:?)[ \t]*$", re.MULTILINE
+)
 _NUMBERED_STEP = re.compile(r"^[ \t]*(?:step\s*\d+|\d{1,3}[.)]\s)", re.MULTILINE | re.IGNORECASE)
 _REASONING = re.compile(  # on lower-cased text
     r"\b(?:step|steps|therefore|thus|hence|because|since|so|first|firstly|second|secondly|third|next"
-    r"|finally|then|consequently|which means|this means|we get|we have|we know|let's|let us)\b")
+    r"|finally|then|consequently|which means|this means|we get|we have|we know|let's|let us)\b"
+)
 _EQUATION = re.compile(
-    r"<<[^<>\n]*=[^<>\n]*>>"                                   # GSM8K calculator annotations
+    r"<<[^<>\n]*=[^<>\n]*>>"  # GSM8K calculator annotations
     r"|\d[\d.,]*\s*[-+*/×x÷^]\s*\(?\d[\d.,]*\)?(?:\s*[-+*/×x÷^]\s*\(?\d[\d.,]*\)?)*\s*=\s*-?\$?\d"
     r"|\\(?:frac|sqrt|sum|int|times|cdot|pi|alpha|beta|theta|leq|geq|neq)\b"
-    r"|\$[^$\n]{1,80}\$|\\\(|\\\[")
+    r"|\$[^$\n]{1,80}\$|\\\(|\\\["
+)
 _CODE_TERMS = re.compile(
     r"\b(?:python|javascript|typescript|java|c\+\+|c#|golang|rust|ruby|php|swift|kotlin|scala|sql|html"
     r"|css|bash|shell|regex|function|functions|program|programming|code|coding|script|algorithm"
     r"|compile|debug|api|array|arrays|class|method|variable|loop|recursion|recursive|linked list"
-    r"|binary tree|hash ?map|json|query|database|string|integer)\b")
+    r"|binary tree|hash ?map|json|query|database|string|integer)\b"
+)
 _MATH_TERMS = re.compile(
     r"\b(?:calculate|compute|solve|evaluate|simplify|equation|equations|how many|how much|total|sum"
     r"|product|percent|percentage|average|mean|median|probability|ratio|fraction|integer|prime"
-    r"|area|perimeter|volume|derivative|integral|polynomial|theorem|prove|remainder|divisible)\b|%")
+    r"|area|perimeter|volume|derivative|integral|polynomial|theorem|prove|remainder|divisible)\b|%"
+)
 _NUMBER = re.compile(r"(?<![\w.])\d+(?:[.,]\d+)*")
 _CONSTRAINTS = re.compile(
     r"\b(?:must|should|at least|at most|no more than|no less than|fewer than|less than|more than"
     r"|exactly|without|only|do not|don't|avoid|never|make sure|ensure|include|including|limit|within"
     r"|in the style of|step by step|in (?:\d+|one|two|three|four|five|ten) (?:words|sentences|paragraphs"
-    r"|lines|bullet points)|(?:in|as) (?:a )?(?:json|table|list|bullet points)|format)\b")
+    r"|lines|bullet points)|(?:in|as) (?:a )?(?:json|table|list|bullet points)|format)\b"
+)
 
 
 _CODE_START = re.compile(  # case-sensitive: "Return the..." and "Let's" are prose
     r"[ \t]*(?:(?:def|class|import|return|function|const|var|public|private|static|void|int|char|elif|else)\s"
     r"|from \S+ import|let \w+ ?=|(?:for|while|if|switch) ?\(|(?:SELECT|INSERT|UPDATE|DELETE|CREATE TABLE)\s"
-    r"|#include|print\(|console\.)")
+    r"|#include|print\(|console\.)"
+)
 _CODE_INFIX = ("=>", "==", "!=", ":=", "+=", "</", "/>", "();")
 _CALL_AT_END = re.compile(r"[A-Za-z_][\w.]*\([^()\n]*\)[;:,]?$")
 
@@ -211,8 +223,12 @@ _CALL_AT_END = re.compile(r"[A-Za-z_][\w.]*\([^()\n]*\)[;:,]?$")
 def _is_code_line(line: str) -> bool:
     """A keyword opening, a statement or block end (; { }), a call ending the line: f(x), an operator."""
     s = line.rstrip()
-    return bool(s) and (s[-1] in ";{}" or _CODE_START.match(s) is not None
-                        or any(t in s for t in _CODE_INFIX) or _CALL_AT_END.search(s) is not None)
+    return bool(s) and (
+        s[-1] in ";{}"
+        or _CODE_START.match(s) is not None
+        or any(t in s for t in _CODE_INFIX)
+        or _CALL_AT_END.search(s) is not None
+    )
 
 
 def _code_lines(text: str) -> int:
@@ -269,6 +285,7 @@ def measure_signals(turns: Turns) -> Signals:
 
 # --- formulas --------------------------------------------------------------------------------
 
+
 def _sat(x: float, scale: float) -> float:
     return 1.0 - math.exp(-max(x, 0.0) / scale)
 
@@ -288,15 +305,19 @@ def quality_components(signals: Mapping[str, float], settings: ScoringSettings) 
     out = {
         "length": _logsat(signals["response_words"], s.target_response_words),
         "elaboration": min(1.0, signals["response_ratio"] / s.target_ratio),
-        "structure": _sat(signals["list_items"] + 2 * signals["headings"] + 3 * signals["code_blocks"],
-                          s.structure_scale),
-        "reasoning": _sat(signals["reasoning_markers"] + signals["numbered_steps"] + signals["equations"],
-                          s.reasoning_scale),
+        "structure": _sat(
+            signals["list_items"] + 2 * signals["headings"] + 3 * signals["code_blocks"], s.structure_scale
+        ),
+        "reasoning": _sat(
+            signals["reasoning_markers"] + signals["numbered_steps"] + signals["equations"], s.reasoning_scale
+        ),
     }
     if s.quality.model > 0:
         if "model_score" not in signals:
-            raise ScoringError("scoring.quality.model > 0 but the signals have no model_score "
-                               "(score the records with the configured ModelScorer first)")
+            raise ScoringError(
+                "scoring.quality.model > 0 but the signals have no model_score "
+                "(score the records with the configured ModelScorer first)"
+            )
         out["model"] = min(1.0, max(0.0, float(signals["model_score"])))
     return out
 
@@ -308,10 +329,13 @@ def difficulty_components(signals: Mapping[str, float], settings: ScoringSetting
         "instruction_length": _logsat(signals["instruction_words"], s.target_instruction_words),
         "constraints": _sat(signals["constraints"], s.constraint_scale),
         "multi_part": _sat(max(signals["questions"] - 1, 0) + signals["user_turns"] - 1, s.multi_part_scale),
-        "reasoning": _sat(signals["reasoning_markers"] + signals["numbered_steps"] + signals["equations"],
-                          s.reasoning_scale),
-        "technical": _sat(signals["code_terms"] + signals["math_terms"] + signals["code_blocks"]
-                          + signals["equations"], s.technical_scale),
+        "reasoning": _sat(
+            signals["reasoning_markers"] + signals["numbered_steps"] + signals["equations"], s.reasoning_scale
+        ),
+        "technical": _sat(
+            signals["code_terms"] + signals["math_terms"] + signals["code_blocks"] + signals["equations"],
+            s.technical_scale,
+        ),
         "answer_length": _logsat(signals["response_words"], s.target_response_words),
     }
 
@@ -327,6 +351,7 @@ def difficulty_score(signals: Mapping[str, float], settings: ScoringSettings = S
 
 
 # --- model score hook ------------------------------------------------------------------------
+
 
 class ModelScorer(Protocol):
     """A model that scores (instruction, response) pairs in [0, 1]; its `name` is stored beside
@@ -344,7 +369,7 @@ class EmbeddingRelevanceScorer:
     when the instruction's vector is already cached (`score_vectors`)."""
 
     def __init__(self, settings: EmbeddingSettings = EmbeddingSettings()):
-        self.settings = settings.model_copy(update={"normalize": True})   # unit vectors: dot = cosine
+        self.settings = settings.model_copy(update={"normalize": True})  # unit vectors: dot = cosine
         self.name = f"relevance:{self.settings.fingerprint}"
 
     def score(self, instructions: Sequence[str], responses: Sequence[str]) -> np.ndarray:
@@ -372,13 +397,15 @@ JUDGE_PROMPT = (
     "assistant's response. Rate how well the response answers the instruction: whether it is helpful (does what "
     "was asked, completely and clearly) and correct (facts, reasoning, code and arithmetic are right). "
     "Use an integer from 1 (useless, wrong or off-topic) to 10 (excellent: complete, correct and clear). "
-    'Reply with JSON only, exactly of the form {"score": <integer 1-10>}, and nothing else.')
+    'Reply with JSON only, exactly of the form {"score": <integer 1-10>}, and nothing else.'
+)
 
 
 def _judge_messages(instruction: str, response: str, max_chars: int) -> list[dict[str, str]]:
-    return [{"role": "system", "content": JUDGE_PROMPT},
-            {"role": "user", "content": f"[Instruction]\n{instruction[:max_chars]}\n\n"
-                                        f"[Response]\n{response[:max_chars]}"}]
+    return [
+        {"role": "system", "content": JUDGE_PROMPT},
+        {"role": "user", "content": f"[Instruction]\n{instruction[:max_chars]}\n\n[Response]\n{response[:max_chars]}"},
+    ]
 
 
 def parse_judge_score(content: str) -> int:
@@ -389,7 +416,7 @@ def parse_judge_score(content: str) -> int:
         raise InvalidAnswer("not JSON") from None
     score = answer.get("score") if isinstance(answer, dict) else None
     if isinstance(score, float) and score.is_integer():
-        score = int(score)   # 7.0 is the integer 7; 7.5 is not a score
+        score = int(score)  # 7.0 is the integer 7; 7.5 is not a score
     if isinstance(score, bool) or not isinstance(score, int) or not 1 <= score <= 10:
         raise InvalidAnswer(f"score {score!r} is not an integer from 1 to 10")
     return score
@@ -414,8 +441,9 @@ class LLMJudgeScorer:
         return (np.asarray(scores, dtype=np.float64) - 1.0) / 9.0
 
 
-def model_scorer(settings: ScoringSettings, embedding: EmbeddingSettings,
-                 engine: Engine | None = None) -> EmbeddingRelevanceScorer | LLMJudgeScorer | None:
+def model_scorer(
+    settings: ScoringSettings, embedding: EmbeddingSettings, engine: Engine | None = None
+) -> EmbeddingRelevanceScorer | LLMJudgeScorer | None:
     """The scorer the settings name (None without a `scorer`); `embedding` is the selection's, the default;
     `engine` holds the LLM judge's response cache (needed to score, not to name). Building a scorer loads
     nothing and calls nothing: the model loads, or the endpoint is resolved, on the first score."""

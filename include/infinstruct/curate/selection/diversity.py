@@ -23,6 +23,7 @@ another member; the report gives their mean and 95th percentile (lower = more di
 set, report a seeded sample (`sample_positions`): its members' nearest neighbours within the sample sit
 a little further apart than within the whole set, so compare samples of one size; `sampled` says so.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
@@ -73,7 +74,7 @@ class ExactIndex:
             grown = np.empty((max(2 * len(self._matrix), n + m), self._matrix.shape[1]), dtype=np.float32)
             grown[:n] = self._matrix[:n]
             self._matrix = grown
-        self._matrix[n:n + m] = vectors
+        self._matrix[n : n + m] = vectors
         self._ids.extend(ids)
 
     @property
@@ -83,21 +84,21 @@ class ExactIndex:
     @property
     def vectors(self) -> np.ndarray:
         """The stored rows, in the order they were added (a view)."""
-        return self._matrix[:len(self._ids)]
+        return self._matrix[: len(self._ids)]
 
     def remove(self, ids: Sequence[str]) -> None:
         """Forget the rows of `ids` (the others keep their order)."""
         gone = set(ids)
         keep = [i for i, rid in enumerate(self._ids) if rid not in gone]
         if len(keep) < len(self._ids):
-            self._matrix[:len(keep)] = self._matrix[keep]
+            self._matrix[: len(keep)] = self._matrix[keep]
             self._ids = [self._ids[i] for i in keep]
 
     def neighbours(self, queries: np.ndarray, k: int, min_cosine: float) -> list[list[tuple[str, float]]]:
         """Per query, up to k (id, cosine) with cosine >= min_cosine, best first (ties: by id)."""
         found: list[list[tuple[str, float]]] = [[] for _ in range(len(queries))]
-        for s in range(0, len(self._ids), 20_000):   # bounded memory: queries x 20k cosines at a time
-            sims = queries @ self._matrix[s:min(s + 20_000, len(self._ids))].T
+        for s in range(0, len(self._ids), 20_000):  # bounded memory: queries x 20k cosines at a time
+            sims = queries @ self._matrix[s : min(s + 20_000, len(self._ids))].T
             rows, cols = np.nonzero(sims >= min_cosine)
             for row, col in zip(rows.tolist(), cols.tolist()):
                 found[row].append((self._ids[s + col], float(sims[row, col])))
@@ -106,7 +107,7 @@ class ExactIndex:
     def nearest(self, queries: np.ndarray) -> tuple[np.ndarray, list[str | None]]:
         if not self._ids:
             return np.full(len(queries), -np.inf, dtype=np.float32), [None] * len(queries)
-        sims = queries @ self._matrix[:len(self._ids)].T
+        sims = queries @ self._matrix[: len(self._ids)].T
         best = sims.argmax(axis=1)
         return sims[np.arange(len(queries)), best], [self._ids[b] for b in best]
 
@@ -140,9 +141,9 @@ class LayeredIndex:
 class Decision:
     record_id: str
     outcome: Outcome
-    rank: int                   # 1-based position in the walk (descending score, then id)
-    max_cosine: float | None    # to the selected set when compared; None for quota_full / empty set
-    similar_to: str | None      # the selected record with that cosine
+    rank: int  # 1-based position in the walk (descending score, then id)
+    max_cosine: float | None  # to the selected set when compared; None for quota_full / empty set
+    similar_to: str | None  # the selected record with that cosine
 
 
 @dataclass(frozen=True)
@@ -150,8 +151,8 @@ class GreedySelection:
     """Decisions in rank order, as columns (ids[i] has rank i + 1)."""
 
     ids: list[str]
-    outcomes: np.ndarray         # int8 index into Outcome
-    max_cosine: np.ndarray       # float32, NaN where not compared
+    outcomes: np.ndarray  # int8 index into Outcome
+    max_cosine: np.ndarray  # float32, NaN where not compared
     similar_to: list[str | None]
 
     @property
@@ -173,9 +174,16 @@ def walk_order(ids: Sequence[str], scores: np.ndarray) -> np.ndarray:
     return np.lexsort((np.asarray(ids), -np.asarray(scores, dtype=np.float64)))
 
 
-def greedy_select(ids: Sequence[str], scores: Sequence[float] | np.ndarray, vectors: np.ndarray,
-                  threshold: float, quota: int, *, existing: NearestIndex | None = None,
-                  batch_size: int = 256) -> GreedySelection:
+def greedy_select(
+    ids: Sequence[str],
+    scores: Sequence[float] | np.ndarray,
+    vectors: np.ndarray,
+    threshold: float,
+    quota: int,
+    *,
+    existing: NearestIndex | None = None,
+    batch_size: int = 256,
+) -> GreedySelection:
     """DEITA greedy selection (module docstring). `existing`: the records selected before, which
     candidates must also differ from; it grows by the accepted vectors (pass a copy to keep it)."""
     n = len(ids)
@@ -199,7 +207,7 @@ def greedy_select(ids: Sequence[str], scores: Sequence[float] | np.ndarray, vect
         stop = min(start + batch_size, n)
         batch = vectors[order[start:stop]]
         best, best_id = index.nearest(batch)
-        inside = batch @ batch.T          # for candidates accepted earlier in this batch
+        inside = batch @ batch.T  # for candidates accepted earlier in this batch
         taken: list[int] = []
         for j in range(stop - start):
             if accepted == quota:
@@ -233,10 +241,10 @@ def nearest_neighbour_cosines(vectors: np.ndarray, block: int = 2048) -> np.ndar
     if n < 2:
         return out
     for s in range(0, n, block):
-        sims = vectors[s:s + block] @ vectors.T
+        sims = vectors[s : s + block] @ vectors.T
         rows = np.arange(len(sims))
-        sims[rows, s + rows] = -np.inf    # not oneself
-        out[s:s + block] = sims.max(axis=1)
+        sims[rows, s + rows] = -np.inf  # not oneself
+        out[s : s + block] = sims.max(axis=1)
     return out
 
 
@@ -256,4 +264,8 @@ def diversity_report(vectors: np.ndarray, *, of: int | None = None) -> dict[str,
     if len(vectors) < 2:
         return {**report, "mean_nn_cosine": float("nan"), "p95_nn_cosine": float("nan")}
     nn = nearest_neighbour_cosines(vectors)
-    return {**report, "mean_nn_cosine": round(float(nn.mean()), 4), "p95_nn_cosine": round(float(np.percentile(nn, 95)), 4)}
+    return {
+        **report,
+        "mean_nn_cosine": round(float(nn.mean()), 4),
+        "p95_nn_cosine": round(float(np.percentile(nn, 95)), 4),
+    }

@@ -22,6 +22,7 @@ Language Models via Importance Resampling").
 Featurising is the cost (Python tokenising and a dict lookup per word); everything after is numpy.
 bench/bench_selection.py measures the throughput and the KL shift.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -47,10 +48,10 @@ class DsirSettings(Strict):
     """Recipe section `dsir`: the hashed feature space, smoothing and batching."""
 
     num_buckets: int = Field(10_000, ge=16)
-    seed: int = Field(0, ge=0)                 # the hash key: changing it changes every bucket
-    smoothing: float = Field(1.0, gt=0)        # pseudo-count per bucket
-    length_normalise: bool = False             # the paper: False
-    max_chars: int = Field(20_000, ge=1)       # texts are cut first (bounds the cost of a huge record)
+    seed: int = Field(0, ge=0)  # the hash key: changing it changes every bucket
+    smoothing: float = Field(1.0, gt=0)  # pseudo-count per bucket
+    length_normalise: bool = False  # the paper: False
+    max_chars: int = Field(20_000, ge=1)  # texts are cut first (bounds the cost of a huge record)
     batch_size: int = Field(10_000, ge=1)
 
 
@@ -74,7 +75,7 @@ class HashedNgrams:
 
     def words(self, text: str) -> list[bytes]:
         """The lower-cased words of `text` (UTF-8): letter/digit runs, each CJK character alone."""
-        text = text[:self.settings.max_chars].lower()
+        text = text[: self.settings.max_chars].lower()
         if text.isascii():
             return text.encode("ascii").translate(_ASCII_TO_SPACE).split()
         return [w.encode("utf-8", "surrogatepass") for w in _TOKEN.findall(text)]
@@ -94,7 +95,7 @@ class HashedNgrams:
             cache[w] = self._word_hash(w)
         h = np.fromiter(map(cache.__getitem__, words), dtype=np.uint64, count=len(words))
         doc_of = np.repeat(np.arange(len(docs), dtype=np.int64), lengths)
-        same_doc = doc_of[1:] == doc_of[:-1]            # bigrams never cross documents
+        same_doc = doc_of[1:] == doc_of[:-1]  # bigrams never cross documents
         with np.errstate(over="ignore"):
             bigrams = _splitmix(h[:-1][same_doc] * np.uint64(0x9E3779B97F4A7C15) ^ h[1:][same_doc])
         buckets = np.concatenate([h, bigrams]) % np.uint64(self.settings.num_buckets)
@@ -137,19 +138,25 @@ class ImportanceModel:
     settings: DsirSettings
 
     @classmethod
-    def fit(cls, target_texts: Iterable[str], raw_texts: Iterable[str],
-            settings: DsirSettings = DsirSettings()) -> ImportanceModel:
+    def fit(
+        cls, target_texts: Iterable[str], raw_texts: Iterable[str], settings: DsirSettings = DsirSettings()
+    ) -> ImportanceModel:
         """Count both corpora (streamed) and smooth them into distributions."""
         ngrams = HashedNgrams(settings)
-        return cls(distribution(ngrams.counts(target_texts), settings.smoothing),
-                   distribution(ngrams.counts(raw_texts), settings.smoothing), settings)
+        return cls(
+            distribution(ngrams.counts(target_texts), settings.smoothing),
+            distribution(ngrams.counts(raw_texts), settings.smoothing),
+            settings,
+        )
 
     @classmethod
-    def from_counts(cls, target_counts: np.ndarray, raw_counts: np.ndarray,
-                    settings: DsirSettings = DsirSettings()) -> ImportanceModel:
+    def from_counts(
+        cls, target_counts: np.ndarray, raw_counts: np.ndarray, settings: DsirSettings = DsirSettings()
+    ) -> ImportanceModel:
         """From stored bucket counts (e.g. summed per partition), without re-reading the texts."""
-        return cls(distribution(target_counts, settings.smoothing), distribution(raw_counts, settings.smoothing),
-                   settings)
+        return cls(
+            distribution(target_counts, settings.smoothing), distribution(raw_counts, settings.smoothing), settings
+        )
 
     @property
     def log_ratio(self) -> np.ndarray:
@@ -174,8 +181,11 @@ class ImportanceModel:
         s = self.settings.smoothing
         before = kl_divergence(self.target, distribution(raw_counts, s))
         after = kl_divergence(self.target, distribution(selected_counts, s))
-        return {"kl_before": round(before, 6), "kl_after": round(after, 6),
-                "kl_reduction": round(1 - after / before, 6) if before > 0 else 0.0}
+        return {
+            "kl_before": round(before, 6),
+            "kl_after": round(after, 6),
+            "kl_reduction": round(1 - after / before, 6) if before > 0 else 0.0,
+        }
 
 
 def uniforms(n: int, seed: int, ids: Sequence[str] | None = None) -> np.ndarray:
@@ -185,8 +195,11 @@ def uniforms(n: int, seed: int, ids: Sequence[str] | None = None) -> np.ndarray:
     if len(ids) != n:
         raise ValueError(f"{n} weights but {len(ids)} ids")
     key = seed.to_bytes(8, "little")
-    raw = np.fromiter((int.from_bytes(hashlib.blake2b(i.encode(), digest_size=8, key=key).digest(), "little")
-                       for i in ids), dtype=np.uint64, count=n)
+    raw = np.fromiter(
+        (int.from_bytes(hashlib.blake2b(i.encode(), digest_size=8, key=key).digest(), "little") for i in ids),
+        dtype=np.uint64,
+        count=n,
+    )
     return ((raw >> np.uint64(11)).astype(np.float64) + 0.5) * 2.0**-53
 
 

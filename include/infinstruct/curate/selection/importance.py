@@ -10,6 +10,7 @@ domain's records, where ``log w`` is DSIR's log importance weight and G seeded G
 walking by that key *is* DSIR resampling without replacement; the percentile puts it on the scale of the
 quality and difficulty scores it is mixed with.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence

@@ -18,6 +18,7 @@ dedup), per domain:
   difficulty and, when the domain has a DSIR `target`, the importance: the percentile of the record's
   Gumbel-top-k key ``log w + G`` (DSIR resampling toward the target, seeded per record id).
 """
+
 from __future__ import annotations
 
 import json
@@ -50,36 +51,40 @@ class TargetSpec(Strict):
 class RankWeights(Strict):
     quality: float = Field(1.0, ge=0)
     difficulty: float = Field(0.0, ge=0)
-    importance: float = Field(1.0, ge=0)   # DSIR toward the domain's target; ignored without a target
+    importance: float = Field(1.0, ge=0)  # DSIR toward the domain's target; ignored without a target
 
 
 class SelectionSettings(Strict):
     """Recipe section `selection` (null or absent: every standing record is released)."""
 
-    scoring: ScoringSettings = ScoringSettings()   # with `scorer`: a model score too (its embedding defaults to ours)
+    scoring: ScoringSettings = ScoringSettings()  # with `scorer`: a model score too (its embedding defaults to ours)
     domains: DomainSettings = DomainSettings()
-    embedding: EmbeddingSettings = EmbeddingSettings()   # vectors for domains and diversity (cached per record)
-    size: float = Field(1.0, gt=0)            # ≤ 1: share of the standing records of `shares` domains; > 1: a count
-    shares: dict[str, float] = {}             # domain -> proportion of the selection (normalised)
-    counts: dict[str, int] = {}               # domain -> absolute quota
-    keep_all: list[str] = []                  # domains selected whole, outside the quotas (Phase 2 seeds)
+    embedding: EmbeddingSettings = EmbeddingSettings()  # vectors for domains and diversity (cached per record)
+    size: float = Field(1.0, gt=0)  # ≤ 1: share of the standing records of `shares` domains; > 1: a count
+    shares: dict[str, float] = {}  # domain -> proportion of the selection (normalised)
+    counts: dict[str, int] = {}  # domain -> absolute quota
+    keep_all: list[str] = []  # domains selected whole, outside the quotas (Phase 2 seeds)
     tolerance: float = Field(0.05, ge=0, le=1)  # gate: |achieved share - planned share| per quota domain
-    targets: dict[str, TargetSpec] = {}       # domain -> DSIR target
+    targets: dict[str, TargetSpec] = {}  # domain -> DSIR target
     dsir: DsirSettings = DsirSettings()
     rank: RankWeights = RankWeights()
     diversity_threshold: float = Field(0.9, ge=-1, le=1)  # cosine to the selected set at which a record is redundant
     # the selected set's persistent index, as semantic_dedup.index (auto: pgvector HNSW when the server has it)
     index: Literal["auto", "pgvector", "exact"] = "auto"
     seed: int = Field(0, ge=0)
-    weak_domains: str | None = None           # path of a weak-domain report (JSON), relative to the recipe
-    min_quality_margin: float = 0.0           # gate: selected mean quality >= pool mean + margin
+    weak_domains: str | None = None  # path of a weak-domain report (JSON), relative to the recipe
+    min_quality_margin: float = 0.0  # gate: selected mean quality >= pool mean + margin
 
     @model_validator(mode="after")
     def _every_domain_once(self) -> SelectionSettings:
         names = list(self.domains.resolved())
         places: dict[str, list[str]] = {}
-        for key, domains in (("shares", self.shares), ("counts", self.counts), ("keep_all", self.keep_all),
-                             ("targets", self.targets)):
+        for key, domains in (
+            ("shares", self.shares),
+            ("counts", self.counts),
+            ("keep_all", self.keep_all),
+            ("targets", self.targets),
+        ):
             for d in domains:
                 if d not in names:
                     raise ValueError(f"selection.{key}: unknown domain {d!r}; domains: {names}")
@@ -99,8 +104,10 @@ class SelectionSettings(Strict):
 
     def ranking(self) -> dict:
         """What the order of candidates depends on: a change starts the persisted selection over."""
-        return self.model_dump(mode="json", include={"scoring", "domains", "embedding", "targets", "dsir", "rank",
-                                                     "diversity_threshold", "seed"})
+        return self.model_dump(
+            mode="json",
+            include={"scoring", "domains", "embedding", "targets", "dsir", "rank", "diversity_threshold", "seed"},
+        )
 
 
 class Boost(Strict):
@@ -131,8 +138,9 @@ def load_boosts(path: str | None, domains: list[str]) -> dict[str, Boost]:
     return out
 
 
-def plan_quotas(settings: SelectionSettings, available: dict[str, int],
-                boosts: dict[str, Boost] | None = None) -> dict[str, int]:
+def plan_quotas(
+    settings: SelectionSettings, available: dict[str, int], boosts: dict[str, Boost] | None = None
+) -> dict[str, int]:
     """Quota per quota domain (not keep_all) before fitting: shares of `size`, counts, then boosts."""
     boosts = boosts or {}
     quotas: dict[str, int] = {}

@@ -40,6 +40,7 @@ the domain's walk order among its N records and why is ``quota full`` (never com
 ``too similar (cosine C)`` (duplicate_of: the selected record it resembles) or ``quota shrank`` (selected
 before). The stage replaces all of its decisions on every run, in one transaction.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -85,18 +86,22 @@ from infinstruct.store.vector_probe import vector_support
 
 log = logging.getLogger(__name__)
 
-CHUNK = 20_000   # candidates whose vectors are read per step of the walk
-DIVERSITY_SAMPLE = 2_000   # selected records per diversity report (NN cosines cost sample^2 x dim)
+CHUNK = 20_000  # candidates whose vectors are read per step of the walk
+DIVERSITY_SAMPLE = 2_000  # selected records per diversity report (NN cosines cost sample^2 x dim)
 
-_POOL = sa.text("""
+_POOL = sa.text(
+    """
 create temp table pool on commit drop as
 select r.partition_id, r.line_no, r.record_id, s.domain, s.quality, s.difficulty,
        (s.record_id is null or s.scores_key <> :sk or s.domain_key <> :dk) as unscored
 from records r
 join run_partitions rp on rp.partition_id = r.partition_id and rp.run_id = :run
 left join record_scores s on s.record_id = r.record_id
-where """ + standing_sql("r") + """
-""")
+where """
+    + standing_sql("r")
+    + """
+"""
+)
 
 
 class Domain:
@@ -105,13 +110,13 @@ class Domain:
     def __init__(self, name: str, ids: list[str], quality: np.ndarray, difficulty: np.ndarray):
         self.name, self.ids, self.quality, self.difficulty = name, ids, quality, difficulty
         self.rank = np.zeros(len(ids))
-        self.kept: list[str] = []          # selected before, still in the quota
-        self.let_go: list[str] = []        # selected before, over the quota
-        self.accepted: list[str] = []      # newly accepted, in order
+        self.kept: list[str] = []  # selected before, still in the quota
+        self.let_go: list[str] = []  # selected before, over the quota
+        self.accepted: list[str] = []  # newly accepted, in order
         self.why: dict[str, tuple[str, str | None]] = {}
-        self.dsir: DomainImportance | None = None   # when ranked toward a target
-        self.index: StoredIndex | None = None       # the kept records, once opened (quota domains)
-        self.walked: LayeredIndex | None = None     # + this run's accepted vectors, in acceptance order
+        self.dsir: DomainImportance | None = None  # when ranked toward a target
+        self.index: StoredIndex | None = None  # the kept records, once opened (quota domains)
+        self.walked: LayeredIndex | None = None  # + this run's accepted vectors, in acceptance order
 
     @property
     def selected(self) -> list[str]:
@@ -132,8 +137,12 @@ def _fingerprint(settings: SelectionSettings) -> str:
 def target_texts(settings: SelectionSettings, domain: str) -> list[str]:
     spec = settings.targets[domain]
     try:
-        return [item.text for item in iter_items(BenchmarkSpec(name=f"target_{domain}", path=spec.path,
-                                                               fields=spec.fields, split_values=False))]
+        return [
+            item.text
+            for item in iter_items(
+                BenchmarkSpec(name=f"target_{domain}", path=spec.path, fields=spec.fields, split_values=False)
+            )
+        ]
     except BenchmarkError as exc:
         raise SelectionError(f"selection.targets.{domain}: {exc}") from None
 
@@ -141,10 +150,19 @@ def target_texts(settings: SelectionSettings, domain: str) -> list[str]:
 def _instructions(conn: Connection, domain: str) -> list[str]:
     """The instructions (user turns joined by a newline) of the domain's pool records, in record-id order.
     Extracted by the server: parsing the JSON conversations in Python cost more than the rest of the step."""
-    return conn.execute(sa.text(
-        f"select distinct on (p.record_id) {instruction_sql('r')}"
-        " from pool p join records r on r.partition_id = p.partition_id and r.line_no = p.line_no"
-        " where p.domain = :d order by p.record_id"), {"d": domain}, execution_options=stream(50_000)).scalars().all()
+    return (
+        conn.execute(
+            sa.text(
+                f"select distinct on (p.record_id) {instruction_sql('r')}"
+                " from pool p join records r on r.partition_id = p.partition_id and r.line_no = p.line_no"
+                " where p.domain = :d order by p.record_id"
+            ),
+            {"d": domain},
+            execution_options=stream(50_000),
+        )
+        .scalars()
+        .all()
+    )
 
 
 def rank(conn: Connection, settings: SelectionSettings, domain: Domain) -> None:
@@ -166,16 +184,26 @@ def _vectors(conn: Connection, model: str, ids: list[str]) -> np.ndarray:
     found = read_vectors(conn, model, ids)
     missing = [i for i in ids if i not in found]
     if missing:
-        raise SelectionError(f"{len(missing)} candidates have no cached vector under {model!r} (e.g. {missing[0]}): "
-                             "run score_records for the run's partitions first")
+        raise SelectionError(
+            f"{len(missing)} candidates have no cached vector under {model!r} (e.g. {missing[0]}): "
+            "run score_records for the run's partitions first"
+        )
     return np.stack([found[i] for i in ids]).astype(np.float32) if ids else np.empty((0, 0), np.float32)
 
 
 class SelectedIndexes:
     """The persistent index of each quota domain's selected records (module docstring), for one run."""
 
-    def __init__(self, conn: Connection, dataset: str, settings: SelectionSettings, fingerprint: str, *,
-                 fresh: bool, domains: list[str]):
+    def __init__(
+        self,
+        conn: Connection,
+        dataset: str,
+        settings: SelectionSettings,
+        fingerprint: str,
+        *,
+        fresh: bool,
+        domains: list[str],
+    ):
         self.conn, self.model = conn, settings.embedding.fingerprint
         self.kind = index_kind(conn, settings.index, "selection.index")
         self.tables = {d: _table(dataset, self.model, fingerprint, d) for d in domains}
@@ -194,7 +222,7 @@ class SelectedIndexes:
             return index
         kept = set(domain.kept)
         index.remove([rid for rid in previous if rid not in kept])
-        if len(index) != len(kept):   # missing or out of step: rebuild from the kept records
+        if len(index) != len(kept):  # missing or out of step: rebuild from the kept records
             index.reset()
             if domain.kept:
                 index.add(domain.kept, _vectors(self.conn, self.model, domain.kept))
@@ -208,7 +236,7 @@ class SelectedIndexes:
         chosen = set(domain.kept)
         index.remove([rid for rid in previous if rid not in chosen])
         if domain.accepted:
-            index.add(domain.accepted, domain.walked.accepted.vectors[:len(domain.accepted)])
+            index.add(domain.accepted, domain.walked.accepted.vectors[: len(domain.accepted)])
 
 
 def _table(dataset: str, model: str, fingerprint: str, domain: str) -> str:
@@ -221,15 +249,29 @@ def _table_prefix(dataset: str) -> str:
 
 def drop_tables(conn: Connection, dataset: str, keep: set[str] = frozenset()) -> None:
     """Drop the dataset's selection index tables except `keep`."""
-    names = conn.execute(sa.text("select tablename from pg_tables where schemaname = current_schema()"
-                                 " and starts_with(tablename, :p)"), {"p": _table_prefix(dataset)}).scalars().all()
+    names = (
+        conn.execute(
+            sa.text(
+                "select tablename from pg_tables where schemaname = current_schema() and starts_with(tablename, :p)"
+            ),
+            {"p": _table_prefix(dataset)},
+        )
+        .scalars()
+        .all()
+    )
     for name in names:
         if name not in keep:
             conn.execute(sa.text(f'drop table "{name}"'))
 
 
-def fill(conn: Connection, settings: SelectionSettings, domain: Domain, previous: list[str], quota: int,
-         indexes: SelectedIndexes) -> None:
+def fill(
+    conn: Connection,
+    settings: SelectionSettings,
+    domain: Domain,
+    previous: list[str],
+    quota: int,
+    indexes: SelectedIndexes,
+) -> None:
     """Steps 2 and 3 of the module docstring for one domain."""
     standing = set(domain.ids)
     before = [rid for rid in previous if rid in standing]
@@ -247,19 +289,23 @@ def fill(conn: Connection, settings: SelectionSettings, domain: Domain, previous
     start = 0
     while need > 0 and start < len(order):
         # vectors are read only as far as the walk goes: a little more than what the quota still needs
-        chunk = order[start:start + min(CHUNK, max(1024, need + need // 4))]
+        chunk = order[start : start + min(CHUNK, max(1024, need + need // 4))]
         start += len(chunk)
         chunk_ids = [ids[i] for i in chunk]
         vectors = _vectors(conn, model, chunk_ids)
         if domain.walked is None:
             domain.walked = LayeredIndex(stored, vectors.shape[1])
-        walk = greedy_select(chunk_ids, scores[chunk], vectors, settings.diversity_threshold, need,
-                             existing=domain.walked)
+        walk = greedy_select(
+            chunk_ids, scores[chunk], vectors, settings.diversity_threshold, need, existing=domain.walked
+        )
         for decision in walk.decisions():
             if decision.outcome == Outcome.SELECTED:
                 domain.accepted.append(decision.record_id)
             elif decision.outcome == Outcome.TOO_SIMILAR:
-                domain.why[decision.record_id] = (f"too similar (cosine {decision.max_cosine:.4f})", decision.similar_to)
+                domain.why[decision.record_id] = (
+                    f"too similar (cosine {decision.max_cosine:.4f})",
+                    decision.similar_to,
+                )
         need = quota - len(domain.selected)
 
 
@@ -268,7 +314,7 @@ def _cut(domain: Domain, quota: int) -> None:
     if len(domain.selected) <= quota:
         return
     over = domain.selected[quota:]
-    domain.accepted = domain.accepted[:max(0, quota - len(domain.kept))]
+    domain.accepted = domain.accepted[: max(0, quota - len(domain.kept))]
     domain.let_go += [rid for rid in domain.kept[quota:]]
     domain.kept = domain.kept[:quota]
     for rid in over:
@@ -285,32 +331,48 @@ def select_records(engine: Engine, recipe: Recipe, run_id: str) -> dict[str, Any
     scores_key, domain_key = keys(settings)
     print_ = _fingerprint(settings)
     if settings.index != "exact":
-        vector_support(engine)   # probed (once per server start) outside the stage's transaction
+        vector_support(engine)  # probed (once per server start) outside the stage's transaction
     with engine.begin() as conn:
         dataset = conn.execute(sa.text("select dataset from runs where run_id = :r"), {"r": run_id}).scalar_one()
-        conn.execute(_POOL, {"run": run_id, "earlier": decided_before(Stage.SELECT), "sk": scores_key, "dk": domain_key})
+        conn.execute(
+            _POOL, {"run": run_id, "earlier": decided_before(Stage.SELECT), "sk": scores_key, "dk": domain_key}
+        )
         unscored = conn.execute(sa.text("select count(*) from pool where unscored")).scalar_one()
         if unscored:
             raise SelectionError(f"{unscored} standing records have no current scores: run score_records first")
-        rows = conn.execute(sa.text(
-            "select distinct on (record_id) record_id, domain, quality, difficulty from pool order by record_id")).all()
+        rows = conn.execute(
+            sa.text(
+                "select distinct on (record_id) record_id, domain, quality, difficulty from pool order by record_id"
+            )
+        ).all()
         columns: dict[str, list] = defaultdict(list)
         for rid, domain, quality, difficulty in rows:
             columns[domain].append((rid, quality, difficulty))
-        state = conn.execute(sa.text("select fingerprint from selection_state where dataset = :d"), {"d": dataset}).scalar()
+        state = conn.execute(
+            sa.text("select fingerprint from selection_state where dataset = :d"), {"d": dataset}
+        ).scalar()
         full = state != print_
         previous: dict[str, list[str]] = defaultdict(list)
         if not full:
-            for rid, domain in conn.execute(sa.text(
-                    "select record_id, domain from selection where dataset = :d order by domain, position"), {"d": dataset}):
+            for rid, domain in conn.execute(
+                sa.text("select record_id, domain from selection where dataset = :d order by domain, position"),
+                {"d": dataset},
+            ):
                 previous[domain].append(rid)
-        domains = {d: Domain(d, [r[0] for r in columns[d]], np.array([r[1] for r in columns[d]], dtype=np.float64),
-                             np.array([r[2] for r in columns[d]], dtype=np.float64)) for d in names}
+        domains = {
+            d: Domain(
+                d,
+                [r[0] for r in columns[d]],
+                np.array([r[1] for r in columns[d]], dtype=np.float64),
+                np.array([r[2] for r in columns[d]], dtype=np.float64),
+            )
+            for d in names
+        }
         available = {d: len(dom.ids) for d, dom in domains.items()}
         requested = plan_quotas(settings, available, boosts)
         indexes = SelectedIndexes(conn, dataset, settings, print_, fresh=full, domains=list(requested))
         for d in names:
-            if d in settings.keep_all:   # all of it, those selected before first
+            if d in settings.keep_all:  # all of it, those selected before first
                 dom, standing = domains[d], set(domains[d].ids)
                 dom.kept = [rid for rid in previous[d] if rid in standing]
                 dom.accepted = sorted(standing.difference(dom.kept))
@@ -331,20 +393,38 @@ def select_records(engine: Engine, recipe: Recipe, run_id: str) -> dict[str, Any
     return result
 
 
-def _write(conn: Connection, settings: SelectionSettings, dataset: str, run_id: str, domains: dict[str, Domain],
-           quotas: dict[str, int], full: bool, boosts: dict, requested: dict[str, int]) -> dict[str, Any]:
+def _write(
+    conn: Connection,
+    settings: SelectionSettings,
+    dataset: str,
+    run_id: str,
+    domains: dict[str, Domain],
+    quotas: dict[str, int],
+    full: bool,
+    boosts: dict,
+    requested: dict[str, int],
+) -> dict[str, Any]:
     """Persist the selection, its ledger rows and its summary (in the caller's transaction)."""
-    since = dict(conn.execute(sa.text("select record_id, run_id from selection where dataset = :d"), {"d": dataset}).all())
+    since = dict(
+        conn.execute(sa.text("select record_id, run_id from selection where dataset = :d"), {"d": dataset}).all()
+    )
     conn.execute(sa.text("delete from selection where dataset = :d"), {"d": dataset})
-    conn.execute(sa.text("delete from decisions d using run_partitions rp where rp.run_id = :r"
-                         " and d.partition_id = rp.partition_id and d.stage = :s"), {"r": run_id, "s": Stage.SELECT.value})
+    conn.execute(
+        sa.text(
+            "delete from decisions d using run_partitions rp where rp.run_id = :r"
+            " and d.partition_id = rp.partition_id and d.stage = :s"
+        ),
+        {"r": run_id, "s": Stage.SELECT.value},
+    )
     # read before COPY starts: the copier thread and a server-side cursor must not share the connection
     lines = conn.execute(sa.text("select partition_id, line_no, record_id from pool")).all()
     # COPY lines, built as bytes: a million rows through generic per-value formatting took a minute
     tail = b"\t" + text_field(run_id) + b"\n"
-    verdicts: dict[str, bytes] = {}    # record id -> the decision's columns after (partition_id, line_no)
+    verdicts: dict[str, bytes] = {}  # record id -> the decision's columns after (partition_id, line_no)
     copier = Copier(conn.connection.dbapi_connection.cursor())
-    chosen_table = CopyTable(copier, "selection", ("dataset", "record_id", "domain", "position", "rank_score", "run_id"), 50_000)
+    chosen_table = CopyTable(
+        copier, "selection", ("dataset", "record_id", "domain", "position", "rank_score", "run_id"), 50_000
+    )
     try:
         for d, dom in domains.items():
             order = walk_order(dom.ids, dom.rank) if dom.ids else []
@@ -352,22 +432,38 @@ def _write(conn: Connection, settings: SelectionSettings, dataset: str, run_id: 
             place[order] = np.arange(1, len(dom.ids) + 1)
             row = {rid: i for i, rid in enumerate(dom.ids)}
             for position, rid in enumerate(dom.selected, 1):
-                chosen_table.add(text_field(dataset), rid.encode(), text_field(d), b"%d" % position,
-                                 repr(float(dom.rank[row[rid]])).encode(),
-                                 text_field(since.get(rid, run_id) if not full else run_id))
+                chosen_table.add(
+                    text_field(dataset),
+                    rid.encode(),
+                    text_field(d),
+                    b"%d" % position,
+                    repr(float(dom.rank[row[rid]])).encode(),
+                    text_field(since.get(rid, run_id) if not full else run_id),
+                )
             for rid in dom.let_go:
                 dom.why[rid] = ("quota shrank", None)
             chosen = set(dom.selected)
-            head = b"\t".join([Stage.SELECT.value.encode(), Verdict.DROPPED.value.encode(),
-                                text_field(not_selected_reason(d))]) + b"\t"
+            head = (
+                b"\t".join(
+                    [Stage.SELECT.value.encode(), Verdict.DROPPED.value.encode(), text_field(not_selected_reason(d))]
+                )
+                + b"\t"
+            )
             quota = quotas.get(d, len(dom.ids))
             for i, rid in enumerate(dom.ids):
                 if rid not in chosen:
                     why, near = dom.why.get(rid, ("quota full", None))
                     detail = f"rank {place[i]} of {len(dom.ids)} in {d} (quota {quota}): {why}"
                     # columns: stage, verdict, reason, score, detail, duplicate_of, run_id
-                    verdicts[rid] = (head + repr(float(dom.rank[i])).encode() + b"\t" + text_field(detail) + b"\t"
-                                     + (near.encode() if near else b"\\N") + tail)
+                    verdicts[rid] = (
+                        head
+                        + repr(float(dom.rank[i])).encode()
+                        + b"\t"
+                        + text_field(detail)
+                        + b"\t"
+                        + (near.encode() if near else b"\\N")
+                        + tail
+                    )
         chosen_table.flush()
         decided = CopyTable(copier, "decisions", DECISION_COLUMNS, 50_000)
         for partition_id, line_no, rid in lines:
@@ -384,11 +480,14 @@ def _write(conn: Connection, settings: SelectionSettings, dataset: str, run_id: 
 
 
 def _save_state(conn: Connection, dataset: str, fingerprint: str, run_id: str, result: dict[str, Any]) -> None:
-    conn.execute(sa.text(
-        "insert into selection_state (dataset, fingerprint, run_id, result) values (:d, :f, :r, cast(:res as jsonb))"
-        " on conflict (dataset) do update set fingerprint = excluded.fingerprint, run_id = excluded.run_id,"
-        " result = excluded.result, updated_at = now()"),
-        {"d": dataset, "f": fingerprint, "r": run_id, "res": json.dumps(result)})
+    conn.execute(
+        sa.text(
+            "insert into selection_state (dataset, fingerprint, run_id, result) values (:d, :f, :r, cast(:res as jsonb))"
+            " on conflict (dataset) do update set fingerprint = excluded.fingerprint, run_id = excluded.run_id,"
+            " result = excluded.result, updated_at = now()"
+        ),
+        {"d": dataset, "f": fingerprint, "r": run_id, "res": json.dumps(result)},
+    )
 
 
 def _diversity(conn: Connection, settings: SelectionSettings, domains: dict[str, Domain]) -> dict[str | None, dict]:
@@ -403,8 +502,10 @@ def _diversity(conn: Connection, settings: SelectionSettings, domains: dict[str,
     held: dict[str, np.ndarray] = {}
     wanted = {rid for ids in samples.values() for rid in ids}
     for dom in domains.values():
-        for memory in (dom.index.memory if dom.index is not None else None,
-                       dom.walked.accepted if dom.walked is not None else None):
+        for memory in (
+            dom.index.memory if dom.index is not None else None,
+            dom.walked.accepted if dom.walked is not None else None,
+        ):
             if memory is not None:
                 held.update((rid, memory.vectors[i]) for i, rid in enumerate(memory.ids) if rid in wanted)
     missing = sorted(wanted.difference(held))
@@ -414,8 +515,9 @@ def _diversity(conn: Connection, settings: SelectionSettings, domains: dict[str,
     sizes[None] = len(everything)
     out = {}
     for key, ids in samples.items():
-        report = diversity_report(np.stack([held[rid] for rid in ids]) if ids else np.empty((0, 1), np.float32),
-                                  of=sizes[key])
+        report = diversity_report(
+            np.stack([held[rid] for rid in ids]) if ids else np.empty((0, 1), np.float32), of=sizes[key]
+        )
         out[key] = {k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in report.items()}
     return out
 
@@ -425,16 +527,30 @@ def _summary(conn, settings, domains, quotas, full, boosts, requested, not_selec
     in_quota = sum(len(domains[d].selected) for d in quotas)
     pool_quality = np.concatenate([dom.quality for dom in domains.values()]) if domains else np.empty(0)
     out: dict[str, Any] = {
-        "full_pass": full, "pool": sum(len(dom.ids) for dom in domains.values()),
-        "selected": sum(len(dom.selected) for dom in domains.values()), "not_selected": not_selected,
+        "full_pass": full,
+        "pool": sum(len(dom.ids) for dom in domains.values()),
+        "selected": sum(len(dom.selected) for dom in domains.values()),
+        "not_selected": not_selected,
         "pool_mean_quality": round(float(pool_quality.mean()), 6) if len(pool_quality) else None,
-        "tolerance": settings.tolerance, "boosts": {d: b.model_dump() for d, b in boosts.items()}, "domains": {}}
+        "tolerance": settings.tolerance,
+        "boosts": {d: b.model_dump() for d, b in boosts.items()},
+        "domains": {},
+    }
     for d, dom in domains.items():
-        entry = {"available": len(dom.ids), "selected": len(dom.selected), "kept_from_before": len(dom.kept),
-                 "new": len(dom.accepted), "let_go": len(dom.let_go)}
+        entry = {
+            "available": len(dom.ids),
+            "selected": len(dom.selected),
+            "kept_from_before": len(dom.kept),
+            "new": len(dom.accepted),
+            "let_go": len(dom.let_go),
+        }
         if d in quotas:
-            entry.update(requested=requested[d], quota=quotas[d], planned_share=round(planned[d], 6),
-                         share=round(len(dom.selected) / in_quota, 6) if in_quota else 0.0)
+            entry.update(
+                requested=requested[d],
+                quota=quotas[d],
+                planned_share=round(planned[d], 6),
+                share=round(len(dom.selected) / in_quota, 6) if in_quota else 0.0,
+            )
         else:
             entry["keep_all"] = True
         if dom.dsir is not None:

@@ -4,6 +4,7 @@ Within a batch: exact cosine (numpy, chunked), every pair at or above `min_cosin
 existing rows: the index's k nearest per new vector. Query before adding the batch (hits whose
 key is in the batch are ignored either way). Cluster the pairs with `minhash.clusters`.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ from infinstruct.strict import Strict
 class SemanticPairs:
     """Pairs at or above the cosine threshold: within the batch and against stored rows."""
 
-    within: np.ndarray        # (p, 2) int64, [i, j] with i < j, rows of the batch
+    within: np.ndarray  # (p, 2) int64, [i, j] with i < j, rows of the batch
     within_cosine: np.ndarray  # (p,) float32
     across: list[tuple[int, str, float]]  # (batch row, stored record key, cosine)
 
@@ -32,7 +33,7 @@ def pairs_within(vectors: np.ndarray, min_cosine: float, *, chunk: int = 2_048) 
     vectors = np.asarray(vectors, dtype=np.float32)
     firsts, seconds, sims = [], [], []
     for s in range(0, len(vectors), chunk):
-        block = vectors[s:s + chunk] @ vectors.T
+        block = vectors[s : s + chunk] @ vectors.T
         i, j = np.nonzero(block >= min_cosine)
         i = i + s
         upper = i < j
@@ -43,8 +44,15 @@ def pairs_within(vectors: np.ndarray, min_cosine: float, *, chunk: int = 2_048) 
     return pairs, np.concatenate(sims).astype(np.float32)
 
 
-def semantic_pairs(keys: Sequence[str], vectors: np.ndarray, index: VectorIndex | None, *,
-                   min_cosine: float, k: int = 5, conn: sa.Connection | None = None) -> SemanticPairs:
+def semantic_pairs(
+    keys: Sequence[str],
+    vectors: np.ndarray,
+    index: VectorIndex | None,
+    *,
+    min_cosine: float,
+    k: int = 5,
+    conn: sa.Connection | None = None,
+) -> SemanticPairs:
     """Near-duplicate pairs of a new batch by cosine: among its rows (exact) and against the stored
     rows of `index` (k nearest each, approximate). Stored rows whose key is in the batch are ignored."""
     within, cos = pairs_within(vectors, min_cosine)
@@ -59,8 +67,8 @@ class SemanticDedupSettings(Strict):
     """Recipe section `semantic_dedup`: embedding near-duplicates of the instructions (null: off)."""
 
     embedding: EmbeddingSettings = EmbeddingSettings()
-    threshold: float = Field(0.9, ge=-1, le=1)   # cosine at which two instructions are the same request
-    neighbours: int = Field(10, ge=1, le=1000)   # accepted records compared per new record (nearest first)
-    min_words: int = Field(4, ge=0)              # shorter instructions are left to exact dedup
+    threshold: float = Field(0.9, ge=-1, le=1)  # cosine at which two instructions are the same request
+    neighbours: int = Field(10, ge=1, le=1000)  # accepted records compared per new record (nearest first)
+    min_words: int = Field(4, ge=0)  # shorter instructions are left to exact dedup
     index: Literal["auto", "pgvector", "exact"] = "auto"  # auto: pgvector when the server has it
-    batch_size: int = Field(1000, ge=1)          # records decided per step (each step sees the ones before)
+    batch_size: int = Field(1000, ge=1)  # records decided per step (each step sees the ones before)

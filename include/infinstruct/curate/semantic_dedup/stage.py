@@ -27,6 +27,7 @@ Embeddings and search
     extension (`index: auto` or `pgvector`), else exact: all accepted vectors in memory (dim x 4 bytes
     each, 1.5 KB for MiniLM: fine to a few hundred thousand records; install pgvector beyond).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -53,14 +54,17 @@ log = logging.getLogger(__name__)
 
 
 # standing records of the partitions being decided (temp table `deciding`), in the keep rule's order
-_TODO = sa.text("""
+_TODO = sa.text(
+    """
 create temp table todo on commit drop as
 select row_number() over (order by sp.priority, r.total_chars desc, r.record_id, r.partition_id, r.line_no) as n,
        r.partition_id, r.line_no, r.record_id
 from records r
 join deciding dp on dp.partition_id = r.partition_id
 join source_priority sp on sp.source = r.source
-where """ + standing_sql("r"))
+where """
+    + standing_sql("r")
+)
 
 
 class AcceptedSet:
@@ -79,19 +83,27 @@ class AcceptedSet:
 
     def _reset(self) -> None:
         """Forget every accepted record (a full pass starts over)."""
-        self.conn.execute(sa.text("delete from semantic_accepted where dataset = :d and model = :m"),
-                          {"d": self.dataset, "m": self.model})
+        self.conn.execute(
+            sa.text("delete from semantic_accepted where dataset = :d and model = :m"),
+            {"d": self.dataset, "m": self.model},
+        )
         self.index.reset()
 
     def _load(self) -> None:
-        result = self.conn.execute(sa.text(
-            "select a.record_id, c.vector from semantic_accepted a left join embedding_cache c"
-            " on c.model = a.model and c.record_id = a.record_id where a.dataset = :d and a.model = :m order by a.record_id"),
-            {"d": self.dataset, "m": self.model}, execution_options=stream(20_000))
+        result = self.conn.execute(
+            sa.text(
+                "select a.record_id, c.vector from semantic_accepted a left join embedding_cache c"
+                " on c.model = a.model and c.record_id = a.record_id where a.dataset = :d and a.model = :m order by a.record_id"
+            ),
+            {"d": self.dataset, "m": self.model},
+            execution_options=stream(20_000),
+        )
         for rows in result.partitions(20_000):
             if any(vector is None for _, vector in rows):
-                raise VectorIndexError(f"accepted records of {self.dataset!r} lost their cached vectors "
-                                       "(embedding_cache rows deleted?): re-run with changed semantic_dedup settings")
+                raise VectorIndexError(
+                    f"accepted records of {self.dataset!r} lost their cached vectors "
+                    "(embedding_cache rows deleted?): re-run with changed semantic_dedup settings"
+                )
             vectors = np.frombuffer(b"".join(bytes(v) for _, v in rows), dtype="<f4").reshape(len(rows), -1)
             self.index.load([record_id for record_id, _ in rows], vectors)
 
@@ -102,25 +114,34 @@ class AcceptedSet:
     def instructions(self, record_ids: list[str]) -> dict[str, str]:
         if not record_ids:
             return {}
-        return dict(self.conn.execute(sa.text(
-            "select record_id, instruction from semantic_accepted where dataset = :d and model = :m and record_id = any(:ids)"),
-            {"d": self.dataset, "m": self.model, "ids": record_ids}).all())
+        return dict(
+            self.conn.execute(
+                sa.text(
+                    "select record_id, instruction from semantic_accepted where dataset = :d and model = :m and record_id = any(:ids)"
+                ),
+                {"d": self.dataset, "m": self.model, "ids": record_ids},
+            ).all()
+        )
 
     def add(self, record_ids: list[str], vectors: np.ndarray, texts: list[str], run_id: str) -> None:
         if not record_ids:
             return
-        self.conn.execute(sa.text(
-            "insert into semantic_accepted (dataset, model, record_id, instruction, run_id) values (:d, :m, :r, :t, :run)"
-            " on conflict do nothing"),
-            [{"d": self.dataset, "m": self.model, "r": r, "t": t, "run": run_id} for r, t in zip(record_ids, texts)])
+        self.conn.execute(
+            sa.text(
+                "insert into semantic_accepted (dataset, model, record_id, instruction, run_id) values (:d, :m, :r, :t, :run)"
+                " on conflict do nothing"
+            ),
+            [{"d": self.dataset, "m": self.model, "r": r, "t": t, "run": run_id} for r, t in zip(record_ids, texts)],
+        )
         self.index.add(record_ids, np.ascontiguousarray(vectors, dtype=np.float32))
 
 
 def _prepare(conn: Connection, recipe: Recipe, run_id: str):
     """The pass's scope, with temp tables `deciding`, `source_priority` and `todo` (records to decide, in order)."""
     settings = recipe.semantic_dedup
-    scope = whole_dataset_scope(conn, run_id, Stage.SEMANTIC_DEDUP, [settings, recipe.priorities],
-                                decided_before(Stage.SEMANTIC_DEDUP))
+    scope = whole_dataset_scope(
+        conn, run_id, Stage.SEMANTIC_DEDUP, [settings, recipe.priorities], decided_before(Stage.SEMANTIC_DEDUP)
+    )
     deciding_table(conn, scope, recipe.priorities)
     conn.execute(_TODO, {"earlier": decided_before(Stage.SEMANTIC_DEDUP)})
     return scope
@@ -130,10 +151,14 @@ def _todo(conn: Connection, batch: int):
     """(n, partition_id, line_no, record_id, instruction) of the records to decide, in batches, in order."""
     total = conn.execute(sa.text("select count(*) from todo")).scalar_one()
     for start in range(0, total, batch):
-        rows = conn.execute(sa.text(
-            "select t.partition_id, t.line_no, t.record_id, r.conversation from todo t"
-            " join records r on r.partition_id = t.partition_id and r.line_no = t.line_no"
-            " where t.n > :a and t.n <= :b order by t.n"), {"a": start, "b": start + batch}).all()
+        rows = conn.execute(
+            sa.text(
+                "select t.partition_id, t.line_no, t.record_id, r.conversation from todo t"
+                " join records r on r.partition_id = t.partition_id and r.line_no = t.line_no"
+                " where t.n > :a and t.n <= :b order by t.n"
+            ),
+            {"a": start, "b": start + batch},
+        ).all()
         yield [(p, line, rid, instruction_text((t["role"], t["content"]) for t in conv)) for p, line, rid, conv in rows]
 
 
@@ -141,7 +166,7 @@ def embed_standing(engine: Engine, recipe: Recipe, run_id: str) -> int:
     """Compute and commit the missing vectors of the records the pass will decide; returns how many."""
     settings = recipe.semantic_dedup
     missing = 0
-    with engine.begin() as conn:   # read-only: temp tables only, dropped at commit
+    with engine.begin() as conn:  # read-only: temp tables only, dropped at commit
         _prepare(conn, recipe, run_id)
         for batch in _todo(conn, settings.batch_size):
             ids = [rid for _, _, rid, _ in batch]
@@ -155,12 +180,12 @@ def embed_standing(engine: Engine, recipe: Recipe, run_id: str) -> int:
 
 def _same_request(a: str, b: str, min_words: int) -> bool:
     """Close in embedding space and allowed to count as one request (see the module docstring)."""
-    return (len(text_words(a)) >= min_words and len(text_words(b)) >= min_words
-            and not differs_in_essential_words(a, b))
+    return len(text_words(a)) >= min_words and len(text_words(b)) >= min_words and not differs_in_essential_words(a, b)
 
 
-def decide_batch(vectors: np.ndarray, texts: list[str], accepted: AcceptedSet, settings: SemanticDedupSettings,
-                 ids: list[str]) -> list[tuple[str, float] | None]:
+def decide_batch(
+    vectors: np.ndarray, texts: list[str], accepted: AcceptedSet, settings: SemanticDedupSettings, ids: list[str]
+) -> list[tuple[str, float] | None]:
     """Per row of a batch (in keep order): None to accept it, else (record id it duplicates, cosine)."""
     hits = accepted.nearest(vectors, settings.neighbours, settings.threshold)
     known = accepted.instructions(sorted({rid for row in hits for rid, _ in row}))
@@ -172,8 +197,14 @@ def decide_batch(vectors: np.ndarray, texts: list[str], accepted: AcceptedSet, s
     for j, text in enumerate(texts):
         candidates = [(cos, rid, known[rid]) for rid, cos in hits[j] if rid in known]
         candidates += [(cos, ids[i], texts[i]) for i, cos in earlier.get(j, []) if out[i] is None]
-        match = next(((rid, cos) for cos, rid, other in sorted(candidates, key=lambda c: (-c[0], c[1]))
-                      if rid != ids[j] and _same_request(text, other, settings.min_words)), None)
+        match = next(
+            (
+                (rid, cos)
+                for cos, rid, other in sorted(candidates, key=lambda c: (-c[0], c[1]))
+                if rid != ids[j] and _same_request(text, other, settings.min_words)
+            ),
+            None,
+        )
         out.append(match)
     return out
 
@@ -184,7 +215,7 @@ class SemanticDedupStage(DatasetStage):
     ledger = Stage.SEMANTIC_DEDUP
 
     def enabled(self) -> bool:
-        return self.recipe.semantic_dedup is not None   # `semantic_dedup: null` turns it off
+        return self.recipe.semantic_dedup is not None  # `semantic_dedup: null` turns it off
 
     def forget(self, conn: Connection, dataset: str) -> None:
         conn.execute(sa.text("delete from semantic_accepted where dataset = :d"), {"d": dataset})
@@ -195,7 +226,7 @@ class SemanticDedupStage(DatasetStage):
     def prepare(self) -> dict:
         embedded = embed_standing(self.engine, self.recipe, self.run_id)
         if self.recipe.semantic_dedup.index != "exact":
-            vector_support(self.engine)   # probed (once per server start) outside the stage's transaction
+            vector_support(self.engine)  # probed (once per server start) outside the stage's transaction
         return {"embedded": embedded}
 
     def decide(self, conn: Connection, scope: Scope) -> Outcome:
@@ -211,8 +242,15 @@ class SemanticDedupStage(DatasetStage):
             accepted.add([ids[n] for n in keep], vectors[keep], [texts[n] for n in keep], self.run_id)
             for (partition_id, line_no, _, _), verdict in zip(batch, verdicts):
                 if verdict is not None:
-                    outcome.decisions.append(Decision(partition_id, line_no, Drop.SEMANTIC_DUPLICATE.value,
-                                                      score=round(verdict[1], 4), duplicate_of=verdict[0]))
+                    outcome.decisions.append(
+                        Decision(
+                            partition_id,
+                            line_no,
+                            Drop.SEMANTIC_DUPLICATE.value,
+                            score=round(verdict[1], 4),
+                            duplicate_of=verdict[0],
+                        )
+                    )
             outcome.decided += len(batch)
         return outcome
 

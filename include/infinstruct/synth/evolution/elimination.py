@@ -1,12 +1,13 @@
 """Evol-Instruct's elimination of failed evolutions (pure): why an evolved instruction is not kept.
 
-    evolution:empty        nothing left after the evolver's wrapping is removed, or only stop words
-    evolution:scaffolding  the evolver copied the words of its own prompt into the output
-    evolution:refusal      the evolver refused instead of rewriting
-    evolution:unrelated    MiniLM cosine to the parent under the threshold (lower for in-breadth)
-    evolution:no_gain      the same as the parent: identical text, cosine over `max_parent_similarity`,
-                           or the judge's equality check says it asks for nothing new
+evolution:empty        nothing left after the evolver's wrapping is removed, or only stop words
+evolution:scaffolding  the evolver copied the words of its own prompt into the output
+evolution:refusal      the evolver refused instead of rewriting
+evolution:unrelated    MiniLM cosine to the parent under the threshold (lower for in-breadth)
+evolution:no_gain      the same as the parent: identical text, cosine over `max_parent_similarity`,
+                       or the judge's equality check says it asks for nothing new
 """
+
 from __future__ import annotations
 
 import re
@@ -30,12 +31,16 @@ STOP_WORDS = frozenset(
     "a an the and or but if then else of to in on at by for with about from into over under as is are was were be "
     "been being it its this that these those there here what which who whom whose when where why how i you he she "
     "we they me him her us them my your his our their do does did done can could will would shall should may might "
-    "must not no yes so very too just also than such please".split())
+    "must not no yes so very too just also than such please".split()
+)
 
 # the evolver's wrapping around its answer: a leading label ("#Rewritten Prompt#:", "Rewritten prompt:",
 # "Here is the rewritten prompt:") and quotes around the whole
-_LEADING_LABEL = re.compile(r"^\s*(?:#+\s*)?(?:here(?:'s| is) (?:the |a |my )?)?(?:rewritten|new|created|evolved)"
-                            r"\s+(?:prompt|instruction)\s*#*\s*[:：]?\s*", re.IGNORECASE)
+_LEADING_LABEL = re.compile(
+    r"^\s*(?:#+\s*)?(?:here(?:'s| is) (?:the |a |my )?)?(?:rewritten|new|created|evolved)"
+    r"\s+(?:prompt|instruction)\s*#*\s*[:：]?\s*",
+    re.IGNORECASE,
+)
 _WORD = re.compile(r"\w+", re.UNICODE)
 
 

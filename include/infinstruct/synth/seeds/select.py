@@ -11,6 +11,7 @@ A candidate earns a signal for each way it is informative, as Infinity-Instruct 
 Its score is the sum of its signals' weights; candidates without a signal are not seeds. Ties go by a hash of
 the record id, so the order is the same on every run and does not favour any source.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -27,7 +28,7 @@ class Candidate:
     instruction: str
     labels: tuple[str, ...]
     categories: tuple[str, ...]
-    hardness: float | None = None     # IFD, or the proxy (hardness_kind says which)
+    hardness: float | None = None  # IFD, or the proxy (hardness_kind says which)
     hardness_kind: str | None = None  # ifd | proxy
 
 
@@ -43,8 +44,12 @@ def label_counts(candidates: Iterable[Candidate]) -> Counter:
     return Counter(label for c in candidates for label in set(c.labels))
 
 
-def signals(candidate: Candidate, counts: Mapping[str, int], settings: SeedSettings,
-            weak_categories: frozenset[str] = frozenset()) -> tuple[str, ...]:
+def signals(
+    candidate: Candidate,
+    counts: Mapping[str, int],
+    settings: SeedSettings,
+    weak_categories: frozenset[str] = frozenset(),
+) -> tuple[str, ...]:
     """The ways a candidate is informative (module docstring), in a fixed order."""
     found = []
     if any(counts.get(label, 0) <= settings.rare_label_max_count for label in candidate.labels):
@@ -64,13 +69,18 @@ def _tie_break(record_id: str) -> str:
     return hashlib.sha256(record_id.encode()).hexdigest()
 
 
-def rank_seeds(candidates: Iterable[Candidate], counts: Mapping[str, int], settings: SeedSettings,
-               weak_categories: frozenset[str] = frozenset(), limit: int | None = None) -> list[Seed]:
+def rank_seeds(
+    candidates: Iterable[Candidate],
+    counts: Mapping[str, int],
+    settings: SeedSettings,
+    weak_categories: frozenset[str] = frozenset(),
+    limit: int | None = None,
+) -> list[Seed]:
     """Candidates with at least one signal, best first (score, then the id's hash), at most `limit`."""
     seeds = []
     for candidate in candidates:
         if not candidate.labels:
-            continue   # untagged (the tagger's answer did not fit): nothing to say it is informative
+            continue  # untagged (the tagger's answer did not fit): nothing to say it is informative
         why = signals(candidate, counts, settings, weak_categories)
         if why:
             seeds.append(Seed(candidate, sum(settings.weights.get(w, 0.0) for w in why), why))

@@ -11,6 +11,7 @@ The tagger (an LLM role) names the fine-grained abilities and knowledge an instr
 3. mapped to the nearest of the recipe's coarse categories (`coarse_category`: MiniLM cosine to the
    category's name and the words it covers), the Infinity-Instruct `cate_ability_en` vocabulary by default.
 """
+
 from __future__ import annotations
 
 import re
@@ -60,9 +61,9 @@ class TaggingSettings(Strict):
     """Recipe section of the tagging stage."""
 
     categories: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_CATEGORIES), min_length=1)  # name: words
-    synonyms: dict[str, str] = Field(default_factory=dict)   # normalised label -> the label it means
-    merge_threshold: float = Field(0.9, gt=0, le=1)           # MiniLM cosine at which two labels are one
-    max_labels: int = Field(8, ge=1)                          # per instruction, the tagger's first ones
+    synonyms: dict[str, str] = Field(default_factory=dict)  # normalised label -> the label it means
+    merge_threshold: float = Field(0.9, gt=0, le=1)  # MiniLM cosine at which two labels are one
+    max_labels: int = Field(8, ge=1)  # per instruction, the tagger's first ones
     embedding: EmbeddingSettings = EmbeddingSettings()
 
 
@@ -80,10 +81,10 @@ class TagAnswer(BaseModel):
         return kept
 
 
-_PUNCTUATION = re.compile(r"[^\w\s&+#/-]+")   # keep c++, c#, q&a, ci/cd, self-driving
+_PUNCTUATION = re.compile(r"[^\w\s&+#/-]+")  # keep c++, c#, q&a, ci/cd, self-driving
 _SPACES = re.compile(r"\s+")
-_MARKDOWN_LEAD = re.compile(r"^(?:#+\s+|[-*>]+\s*)+")   # "### French", "- algebra", "> logic"
-MAX_LABEL_WORDS = 6   # longer is a sentence, not an ability
+_MARKDOWN_LEAD = re.compile(r"^(?:#+\s+|[-*>]+\s*)+")  # "### French", "- algebra", "> logic"
+MAX_LABEL_WORDS = 6  # longer is a sentence, not an ability
 
 
 def normalise_label(label: str, synonyms: dict[str, str] | None = None) -> str:
