@@ -255,3 +255,43 @@ def index(request, engine):
     if request.param == "pgvector" and not has_pgvector(engine):
         pytest.skip("pgvector does not work on this PostgreSQL (the embedded server has it)")
     return request.param
+
+
+# a release's ledger columns that say what happened to each line (the file path, partition and run ids name the run)
+LEDGER_OUTCOME = [
+    "source",
+    "line",
+    "record_id",
+    "verdict",
+    "stage",
+    "reason",
+    "score",
+    "duplicate_of",
+    "detail",
+    "representative",
+]
+
+
+def release_outcome(out: Path, dataset: str):
+    """The newest release of `dataset` under `out`, as two runs of the same content must agree on it: its record
+    files (source + sha256) and its ledger rows without the run-specific columns."""
+    import hashlib
+
+    import pandas as pd
+
+    folder = out / dataset / (out / dataset / "LATEST").read_text().strip()
+    records = {
+        p.name.split("-", 1)[0] + "/" + hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in (folder / "data").glob("*.parquet")
+    }
+    ledger = pd.read_parquet(folder / "ledger.parquet")[LEDGER_OUTCOME]
+    return records, ledger.sort_values(["source", "line"]).reset_index(drop=True)
+
+
+def write_sample_recipe(folder: Path, name: str) -> Path:
+    """The bundled sample recipe, renamed, without its Phase 2 section, written into `folder`."""
+    import yaml
+
+    path = folder / f"{name}.yaml"
+    path.write_text(yaml.safe_dump({**sample_recipe(name), "synthesis": None}))
+    return path

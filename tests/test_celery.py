@@ -13,7 +13,6 @@ instances' `hostname` (`[core] hostname_callable`), as two machines would. Skipp
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import os
@@ -31,26 +30,13 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import sqlalchemy as sa
-import yaml
 
-from conftest import ROOT, sample_recipe
+from conftest import ROOT, release_outcome, write_sample_recipe
 
 REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
 DAG_ID = "infinstruct_curation"
 WORKERS = ("celery-w1", "celery-w2")
 BIN = Path(sys.executable).parent
-LEDGER_SAME = [
-    "source",
-    "line",
-    "record_id",
-    "verdict",
-    "stage",
-    "reason",
-    "score",
-    "duplicate_of",
-    "detail",
-    "representative",
-]  # the file path, partition and run ids name the run, not its outcome
 RUN_TIMEOUT = 1200  # seconds for the Celery run: 2.5-3.5 min here (2 cores shared with other work)
 
 
@@ -85,25 +71,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def _write_recipe(folder: Path, name: str) -> Path:
-    path = folder / f"{name}.yaml"
-    path.write_text(yaml.safe_dump({**sample_recipe(name), "synthesis": None}))
-    return path
-
-
-def _release(out: Path, dataset: str) -> tuple[set[str], pd.DataFrame]:
-    """The release's record files (name prefix + sha256) and its ledger rows without run-specific columns."""
-    folder = out / dataset / (out / dataset / "LATEST").read_text().strip()
-    records = {
-        p.name.split("-", 1)[0] + "/" + hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in (folder / "data").glob("*.parquet")
-    }
-    ledger = (
-        pd.read_parquet(folder / "ledger.parquet")[LEDGER_SAME].sort_values(["source", "line"]).reset_index(drop=True)
-    )
-    return records, ledger
 
 
 class Cluster:
@@ -301,7 +268,7 @@ def test_mapped_partitions_run_on_two_celery_workers_and_the_release_equals_a_lo
                     str(BIN / "infinstruct"),
                     "run",
                     "--recipe",
-                    str(_write_recipe(tmp_path, local_name)),
+                    str(write_sample_recipe(tmp_path, local_name)),
                     "--out",
                     str(tmp_path / "local"),
                 ],
@@ -323,7 +290,7 @@ def test_mapped_partitions_run_on_two_celery_workers_and_the_release_equals_a_lo
 
         _wait(f"the dag-processor to parse {DAG_ID}", parsed, cluster, 300)
 
-        conf = {"recipe": str(_write_recipe(tmp_path, celery_name)), "out_dir": str(tmp_path / "celery")}
+        conf = {"recipe": str(write_sample_recipe(tmp_path, celery_name)), "out_dir": str(tmp_path / "celery")}
         cluster.run("airflow dags unpause", [str(BIN / "airflow"), "dags", "unpause", DAG_ID])
         cluster.run(
             "airflow dags trigger",
@@ -361,8 +328,8 @@ def test_mapped_partitions_run_on_two_celery_workers_and_the_release_equals_a_lo
         assert local.wait(timeout=1200) == 0, (
             f"the local `infinstruct run` failed:\n{(tmp_path / 'local-run.log').read_text(errors='replace')[-4000:]}"
         )
-        local_records, local_ledger = _release(tmp_path / "local", local_name)
-        records, ledger = _release(tmp_path / "celery", celery_name)
+        local_records, local_ledger = release_outcome(tmp_path / "local", local_name)
+        records, ledger = release_outcome(tmp_path / "celery", celery_name)
         assert records and records == local_records
         pd.testing.assert_frame_equal(ledger, local_ledger)
     finally:

@@ -15,6 +15,7 @@ from together import run_together
 
 from conftest import SAMPLE_RECIPE, write_recipe
 from infinstruct.cli import main
+from infinstruct.stages import STAGES
 
 
 def record_rows(engine) -> tuple[int, int]:
@@ -96,24 +97,7 @@ def test_two_first_runs_on_a_fresh_airflow_home_both_migrate_it(tmp_path):
 
 # --- what a person sees: progress, a summary, the logs in a file; status, explain, diff ------------------------
 
-STAGE_TASKS = [
-    "start_run",
-    "plan_partitions",
-    "ingest",
-    "check_ingested",
-    "apply_rules",
-    "decontaminate",
-    "minhash",
-    "deduplicate",
-    "near_deduplicate",
-    "semantic_deduplicate",
-    "score_records",
-    "select_records",
-    "check_selection",
-    "write_release_part",
-    "check_release",
-    "export_release",
-]
+STAGE_TASKS = [spec.task for spec in STAGES]  # progress lines come in the declared order
 
 
 def _cli(*args: str):
@@ -180,8 +164,8 @@ def test_run_shows_a_line_per_stage_and_a_summary_while_airflow_s_logs_go_to_a_f
     assert len(shown) < 30  # not thousands of Airflow log lines
     # first, where the logs go; then a line per stage, in the declared order, as each finishes
     log = Path(shown[0].split(" logs go to ")[1])
-    assert [line.split()[0] for line in shown[1:17]] == STAGE_TASKS
-    stage = {line.split()[0]: line for line in shown[1:17]}
+    assert [line.split()[0] for line in shown[1 : 1 + len(STAGE_TASKS)]] == STAGE_TASKS
+    stage = {line.split()[0]: line for line in shown[1 : 1 + len(STAGE_TASKS)]}
     assert "8/8 ok" in stage["ingest"] and "lines 45, records 34, quarantined 11" in stage["ingest"]
     assert "dropped 1 (rule:refusal 1)" in stage["apply_rules"]
     assert "gate ingested: passed" in stage["check_ingested"] and "gate release: passed" in stage["check_release"]

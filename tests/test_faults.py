@@ -19,20 +19,7 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
-from conftest import sample_recipe
-
-LEDGER_SAME = [
-    "source",
-    "line",
-    "record_id",
-    "verdict",
-    "stage",
-    "reason",
-    "score",
-    "duplicate_of",
-    "detail",
-    "representative",
-]  # the file path, partition and run ids name the run, not its outcome
+from conftest import release_outcome, write_sample_recipe
 
 
 def start(recipe: Path, out: Path) -> subprocess.Popen:
@@ -52,28 +39,6 @@ def start(recipe: Path, out: Path) -> subprocess.Popen:
     )
 
 
-def release(out: Path, dataset: str) -> tuple[dict[str, str], pd.DataFrame]:
-    folder = out / dataset / (out / dataset / "LATEST").read_text().strip()
-    import hashlib
-
-    records = {
-        p.name.split("-", 1)[0] + "/" + hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in (folder / "data").glob("*.parquet")
-    }
-    ledger = (
-        pd.read_parquet(folder / "ledger.parquet")[LEDGER_SAME].sort_values(["source", "line"]).reset_index(drop=True)
-    )
-    return records, ledger
-
-
-def write(tmp_path: Path, name: str) -> Path:
-    import yaml
-
-    path = tmp_path / f"{name}.yaml"
-    path.write_text(yaml.safe_dump({**sample_recipe(name), "synthesis": None}))
-    return path
-
-
 MOMENTS = {  # a query that turns true at the moment to kill the run
     "during ingest": "select count(*) > 0 from records r join partitions p using (partition_id) where p.dataset = :d",
     "while writing the release parts": "select count(*) > 0 from release_parts where dataset = :d",
@@ -83,10 +48,10 @@ MOMENTS = {  # a query that turns true at the moment to kill the run
 @pytest.mark.parametrize("moment", list(MOMENTS))
 def test_a_run_killed_then_run_again_gives_the_release_of_a_clean_run(airflow_home, engine, tmp_path, moment):
     clean_name, killed_name = f"clean-{uuid.uuid4().hex[:6]}", f"killed-{uuid.uuid4().hex[:6]}"
-    clean = start(write(tmp_path, clean_name), tmp_path / "clean")
+    clean = start(write_sample_recipe(tmp_path, clean_name), tmp_path / "clean")
     assert clean.wait(timeout=900) == 0
 
-    recipe = write(tmp_path, killed_name)
+    recipe = write_sample_recipe(tmp_path, killed_name)
     victim = start(recipe, tmp_path / "killed")
     deadline = time.monotonic() + 600
     with engine.connect() as conn:
@@ -99,7 +64,7 @@ def test_a_run_killed_then_run_again_gives_the_release_of_a_clean_run(airflow_ho
     victim.wait()
 
     assert start(recipe, tmp_path / "killed").wait(timeout=900) == 0
-    clean_records, clean_ledger = release(tmp_path / "clean", clean_name)
-    records, ledger = release(tmp_path / "killed", killed_name)
+    clean_records, clean_ledger = release_outcome(tmp_path / "clean", clean_name)
+    records, ledger = release_outcome(tmp_path / "killed", killed_name)
     assert records == clean_records
     pd.testing.assert_frame_equal(ledger, clean_ledger)
