@@ -108,3 +108,26 @@ def test_a_retried_stage_replaces_its_counts(engine, tmp_path):
             {"r": run_id},
         ).one()
     assert tuple(rows) == (1, 2)
+
+
+def test_status_shows_a_run_without_a_release_as_the_run_saw_it(engine, tmp_path):
+    """`infinstruct status` reads the same stored counts for a run that made no release (yet): the stages
+    done, the drops they made, and no kept count until every stage is done."""
+    from infinstruct.store.run_status import last_runs, render
+
+    recipe = _start(tmp_path, [GOOD[0], GOOD[0], REFUSAL, "not json"])
+    run_id, _ = _run(recipe, upto="apply_rules")
+    [run] = last_runs(engine, recipe.stem, limit=1)
+    funnel = run["funnel"]
+    assert (funnel["lines"], funnel["quarantined"], funnel["kept"], funnel["dropped_by_stage"]) == (
+        4,
+        1,
+        None,
+        {"rules": 1},
+    )
+    assert funnel["pending"][:2] == ["decontam", "dedup"] and funnel["as_of"] == "run"
+    assert (
+        render([run])
+        .splitlines()[1]
+        .startswith("  4 lines: ? kept, 1 dropped (rules 1), 1 quarantined  [not done: decontam, dedup")
+    )

@@ -1,6 +1,7 @@
 """The last runs and their funnels (`infinstruct status`): input lines, kept, dropped by stage, quarantined, and
-the release a run produced. A run with a release shows the counts its release recorded (manifest.json, as the
-run saw them); any other run its ledger as the store holds it now.
+the release a run produced. A run with a release shows the counts its release recorded (manifest.json); any other
+run the counts it stored as each stage finished (`run_stage_counts`, as the UI shows them: kept is unknown until
+every stage is done), or, for a run from before those were stored, its ledger as the store holds it now.
 """
 
 from __future__ import annotations
@@ -10,9 +11,10 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from infinstruct.record.reasons import Verdict
+from infinstruct.record.reasons import Stage, Verdict
 from infinstruct.stages import ledger_order
 from infinstruct.store.ledger import ledger_query
+from infinstruct.store.stage_counts import run_funnels
 
 
 def last_runs(engine: Engine, dataset: str | None = None, limit: int = 5) -> list[dict[str, Any]]:
@@ -32,8 +34,32 @@ def last_runs(engine: Engine, dataset: str | None = None, limit: int = 5) -> lis
         ]
         for run in runs:
             manifest = run.pop("manifest")
-            run["funnel"] = _from_manifest(manifest) if manifest else _from_ledger(conn, run["run_id"])
+            run["funnel"] = _from_manifest(manifest) if manifest else None
+    counted = run_funnels(engine, [r["run_id"] for r in runs if r["funnel"] is None])
+    with engine.connect() as conn:
+        for run in runs:
+            if run["funnel"] is None:
+                funnel = counted.get(run["run_id"])
+                run["funnel"] = (
+                    _from_counts(funnel) if funnel and funnel["recorded"] else _from_ledger(conn, run["run_id"])
+                )
     return runs
+
+
+def _from_counts(funnel: dict) -> dict[str, Any]:
+    """A run's stored per-stage counts as a funnel; stages not done yet are `pending`."""
+    stages = {s["stage"]: s for s in funnel["stages"]}
+    ingest = stages.get(Stage.INGEST.value) or {}
+    by_stage = {name: sum(s["dropped"].values()) for name, s in stages.items() if name != Stage.INGEST.value}
+    return {
+        "lines": ingest.get("standing_in"),
+        "kept": funnel["kept"],
+        "dropped": sum(by_stage.values()),
+        "quarantined": sum((ingest.get("dropped") or {}).values()) if ingest.get("standing_in") is not None else None,
+        "dropped_by_stage": _ordered(by_stage),
+        "pending": [name for name, s in stages.items() if s["state"] != "done"],
+        "as_of": "run",
+    }
 
 
 def _from_manifest(manifest: dict) -> dict[str, Any]:
@@ -82,7 +108,9 @@ def render(runs: list[dict[str, Any]]) -> str:
         out.append(f"{run['run_id']}  {run['dataset']}  {run['status']}{why}  {str(run['started_at'])[:19]}  {release}")
         stages = ", ".join(f"{s} {n}" for s, n in f["dropped_by_stage"].items())
         out.append(
-            f"  {f['lines']} lines: {f['kept']} kept, {f['dropped']} dropped{f' ({stages})' if stages else ''},"
-            f" {f['quarantined']} quarantined" + ("" if f["as_of"] == "release" else "  [ledger now]")
+            f"  {f['lines']} lines: {'?' if f['kept'] is None else f['kept']} kept, {f['dropped']} dropped{f' ({stages})' if stages else ''},"
+            f" {f['quarantined']} quarantined"
+            + {"release": "", "run": "", "now": "  [ledger now]"}[f["as_of"]]
+            + (f"  [not done: {', '.join(f['pending'])}]" if f.get("pending") else "")
         )
     return "\n".join(out)
