@@ -39,10 +39,9 @@ def _mix(composition: dict, dimension: str) -> list[str]:
     return _table([dimension, "standing", "share", "released", "share"], rows)
 
 
-def render(manifest: dict) -> str:
-    """The card's Markdown for a release manifest."""
-    totals, diff = manifest["totals"], manifest["diff"]
-    lines = [
+def heading(manifest: dict) -> list[str]:
+    """Hugging Face's YAML header (`load_dataset` reads data/*.parquet) and the title: every release card's start."""
+    return [
         "---",
         "configs:",
         "- config_name: default",
@@ -54,6 +53,14 @@ def render(manifest: dict) -> str:
         "",
         f"# {manifest['dataset']} v{manifest['version']:04d}",
         "",
+    ]
+
+
+def render(manifest: dict) -> str:
+    """The card's Markdown for a release manifest."""
+    totals, diff = manifest["totals"], manifest["diff"]
+    lines = [
+        *heading(manifest),
         f"Instruction-tuning conversations in the Infinity-Instruct record shape, curated by infinstruct "
         f"(run `{manifest['run_id']}`, recipe `{manifest['recipe_hash']}`, {manifest['created_at']}).",
         "",

@@ -35,6 +35,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from infinstruct.ml.langid import detect
+from infinstruct.release import card
 from infinstruct.release.assemble import replace_folder, restore_replaced, store_release
 from infinstruct.release.parts import LABEL_FIELDS, RECORD_SCHEMA, release_record, sha256_file
 from infinstruct.release.writers import RecordFiles, writer_class
@@ -234,17 +235,7 @@ def export_synthesis(engine: Engine, run: SynthesisRun, out_dir: str | os.PathLi
 def render_card(manifest: dict, report: list[dict]) -> str:
     totals, foundation = manifest["totals"], manifest["foundation"]
     lines = [
-        "---",
-        "configs:",
-        "- config_name: default",
-        "  data_files: data/*.parquet",
-        "license: other",
-        "task_categories:",
-        "- text-generation",
-        "---",
-        "",
-        f"# {manifest['dataset']} v{manifest['version']:04d}",
-        "",
+        *card.heading(manifest),
         f"Synthetic instruction-tuning conversations evolved by infinstruct's Phase 2 (run `{manifest['run_id']}`, "
         f"{manifest['created_at']}) from seeds of `{foundation['dataset']}` v{foundation['version']:04d}.",
         "",
