@@ -44,6 +44,7 @@ def test_a_backfill_of_a_night_reproduces_that_nights_release(airflow_home, tmp_
         assert main(["run", "--recipe", str(recipe), "--out", str(out), "--partition", night]) == 0
     first, second = manifest(out, name, 1), manifest(out, name, 2)
     assert (first["totals"]["lines"], second["totals"]["lines"]) == (2, 4)  # night 2 holds both nights' files
+    assert (first["partition"], second["partition"]) == tuple(NIGHTS)  # which night each version is
 
     assert main(["run", "--recipe", str(recipe), "--out", str(out), "--partition", "2026-12-01"]) == 0  # backfill
     again = manifest(out, name, 3)

@@ -208,6 +208,9 @@ def export_release(engine: Engine, recipe: Recipe, run_id: str, out_dir: str | o
                 {"run": run_id},
             ).mappings()
         ]
+        partition = conn.execute(  # the night a scheduled or backfilled run read up to, if any
+            sa.text("select partition_key from runs where run_id = :run"), {"run": run_id}
+        ).scalar()
     key = release_gate_key(recipe)
     unchecked = [p["partition_id"] for p in parts if p["checked_key"] != key]
     if unchecked:
@@ -255,6 +258,7 @@ def export_release(engine: Engine, recipe: Recipe, run_id: str, out_dir: str | o
             "dataset": recipe.name,
             "version": version,
             "run_id": run_id,
+            **({"partition": partition} if partition else {}),
             "recipe_hash": recipe_hash(recipe),
             "content_hash": content_hash,
             "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),

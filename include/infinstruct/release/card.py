@@ -59,10 +59,11 @@ def heading(manifest: dict) -> list[str]:
 def render(manifest: dict) -> str:
     """The card's Markdown for a release manifest."""
     totals, diff = manifest["totals"], manifest["diff"]
+    partition = f", partition `{manifest['partition']}`" if manifest.get("partition") else ""
     lines = [
         *heading(manifest),
         f"Instruction-tuning conversations in the Infinity-Instruct record shape, curated by infinstruct "
-        f"(run `{manifest['run_id']}`, recipe `{manifest['recipe_hash']}`, {manifest['created_at']}).",
+        f"(run `{manifest['run_id']}`{partition}, recipe `{manifest['recipe_hash']}`, {manifest['created_at']}).",
         "",
         f"**{totals['kept']:,} records** released of {totals['lines']:,} input lines: {totals['dropped']:,} dropped "
         f"with a reason, {totals['quarantined']:,} quarantined as unreadable. `ledger.parquet` has one row per input "
