@@ -398,14 +398,22 @@ def measure_minhash(texts: list[str], folder: Path, skip: set[str], baseline_lim
 # --- the pipeline through `infinstruct run` -------------------------------------------------------
 
 
-def cli(args: list[str], env: dict[str, str], log_path: Path) -> tuple[float, int, str]:
-    with open(log_path, "w") as fh:
-        s, proc = timed(
-            lambda: subprocess.run(
+def cli(args: list[str], env: dict[str, str], log_path: Path) -> tuple[float, int, str, float]:
+    """Seconds, return code, output and peak resident memory (MiB) of one `infinstruct` command. The peak is
+    wait4's ru_maxrss: the largest of the process and the children it waited for (not the PostgreSQL server,
+    which pg_ctl detaches)."""
+
+    def run() -> tuple[int, float]:
+        with open(log_path, "w") as fh:
+            proc = subprocess.Popen(
                 [str(ROOT / ".venv/bin/infinstruct"), *args], env=env, cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT
             )
-        )
-    return s, proc.returncode, log_path.read_text(errors="replace")
+            _, status, usage = os.wait4(proc.pid, 0)
+            proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here: Popen must not wait again
+        return proc.returncode, usage.ru_maxrss / 1024  # Linux: KiB
+
+    s, (rc, peak_mib) = timed(run)
+    return s, rc, log_path.read_text(errors="replace"), peak_mib
 
 
 # what `infinstruct run` prints: its per-task table and totals (newer CLI), or dag.test's own lines and a JSON summary
@@ -461,15 +469,18 @@ def measure_pipeline(recipe: Path, folder: Path) -> dict[str, Any]:
     env.update(INFINSTRUCT_HOME=str(home), XDG_RUNTIME_DIR=str(home), PYTHONUNBUFFERED="1")
     out: dict[str, Any] = {"home": str(home)}
     try:
-        s1, rc1, _ = cli(["setup-airflow"], env, folder / "setup-airflow.log")
-        s2, rc2, _ = cli(["migrate"], env, folder / "migrate.log")
+        s1, rc1, _, _ = cli(["setup-airflow"], env, folder / "setup-airflow.log")
+        s2, rc2, _, _ = cli(["migrate"], env, folder / "migrate.log")
         out["setup"] = {"seconds": s1 + s2, "returncodes": [rc1, rc2]}
         stop_postgres(home / "pgdata")  # the cold run starts the server, as a first run does
         for name in ("cold", "warm"):
-            s, rc, text = cli(["run", "--recipe", str(recipe), "--out", str(releases)], env, folder / f"run-{name}.log")
+            s, rc, text, peak = cli(
+                ["run", "--recipe", str(recipe), "--out", str(releases)], env, folder / f"run-{name}.log"
+            )
             summary = run_summary(text)
             out[name] = {
                 "seconds": s,
+                "peak_rss_mib": peak,
                 "returncode": rc,
                 "summary": summary,
                 "tasks": task_seconds(text),
@@ -680,6 +691,12 @@ def slowest(run: dict[str, Any], k: int = 3) -> str:
     return ", ".join(f"{task} {sec:.1f} s" for task, sec in list(tasks.items())[:k]) or "?"
 
 
+def peak_memory(run: dict[str, Any]) -> str:
+    """The run's peak resident memory, for the row's description (older results have none)."""
+    peak = run.get("peak_rss_mib")
+    return f"; peak memory of the run's process {peak:,.0f} MiB (ru_maxrss; PostgreSQL not included)" if peak else ""
+
+
 def rows_for(label: str, r: dict[str, Any]) -> list[Row]:
     """The table rows of one size (also fills r["per_record"]: seconds per record of each timed metric)."""
     rows, per = [], {}
@@ -760,7 +777,7 @@ def rows_for(label: str, r: dict[str, Any]) -> list[Row]:
             Row(
                 f"pipeline `infinstruct run` (dag.test, embedding stages off), cold: empty store{state}; "
                 f"{kept}; setup (Airflow + store migration) {p['setup']['seconds']:.1f} s not included; "
-                f"slowest tasks: {slowest(cold)}",
+                f"slowest tasks: {slowest(cold)}{peak_memory(cold)}",
                 label,
                 rate(n, cold["seconds"]),
                 "",
