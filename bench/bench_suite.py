@@ -417,7 +417,7 @@ def cli(args: list[str], env: dict[str, str], log_path: Path) -> tuple[float, in
 
 
 # what `infinstruct run` prints: its per-task table and totals (newer CLI), or dag.test's own lines and a JSON summary
-TASK_ROW = re.compile(r"^  (\w+) +(?:\d+/\d+ )?\w+ +([\d.]+)s(?: |$)", re.MULTILINE)
+TASK_ROW = re.compile(r"^  (\w+) +(?:\d+/\d+ )?(?!running )\w+ +([\d.]+)s(?: |$)", re.MULTILINE)  # not "running" lines
 TOTALS = re.compile(r"^ *(\d+) lines: (\d+) kept, (\d+) dropped.*?(\d+) quarantined", re.MULTILINE)
 TASK_START = re.compile(r"^(\S+Z) .*\[DAG TEST\] running task <TaskInstance: \w+\.(\w+) ")
 RUN_END = re.compile(r"^(\S+Z) .*Marking run <DagRun")

@@ -90,3 +90,31 @@ def test_a_batch_index_is_not_a_count():
         describe("judge", [{"batch": 0, "kept": 1, "judged": 2}, {"batch": 1, "kept": 0, "judged": 1}])
         == "kept 1, judged 3"
     )
+
+
+def test_a_long_stage_says_it_is_running_at_30_seconds_then_every_minute():
+    import io
+    from datetime import datetime, timedelta, timezone
+    from types import SimpleNamespace
+
+    from infinstruct.progress import DagRunProgress, running_line, running_seconds
+
+    now = datetime.now(timezone.utc)
+    rows = [  # a mapped stage: one instance done, one running for 95 s, one queued
+        SimpleNamespace(map_index=0, state="success", start_date=now - timedelta(seconds=95)),
+        SimpleNamespace(map_index=1, state="running", start_date=now - timedelta(seconds=40)),
+        SimpleNamespace(map_index=2, state="queued", start_date=None),
+    ]
+    assert round(running_seconds(rows, now)) == 95
+    assert running_seconds(rows[2:], now) is None  # nothing started yet: no line
+    assert running_line("minhash", rows, 95.2) == "  minhash                running        95s  1/3 done"
+    assert running_line("minhash", rows[:1], 95.2).endswith("95s  1/1 done")
+
+    progress = DagRunProgress.__new__(DagRunProgress)  # its watcher, without a DAG run to watch
+    progress.out, progress.still_due = io.StringIO(), {}
+    for seconds in (10, 29, 31, 45, 89, 91, 95, 200):  # polls of one stage that started `seconds` ago
+        progress._still_running(
+            "minhash", [SimpleNamespace(map_index=-1, state="running", start_date=now - timedelta(seconds=seconds))]
+        )
+    lines = progress.out.getvalue().splitlines()
+    assert [line.split()[-1] for line in lines] == ["31s", "91s", "200s"]  # due at 30, 90, then 150 s (seen at 200)

@@ -1,5 +1,6 @@
 """What `infinstruct run` and `infinstruct synthesize` show while a DAG runs in-process (dag.test): one line per
-stage when it is done (its instances, elapsed time and the counts its step returned), then a summary; Airflow's
+stage when it is done (its instances, elapsed time and the counts its step returned), a "running" line now and
+then while a long stage works (at 30 s, then every minute), then a summary; Airflow's
 and the tasks' own log lines go to a log file whose path is printed (`--verbose`: to the terminal as well).
 
 The watcher reads Airflow's metadata database (task instances and their XCom return values) from a thread,
@@ -12,7 +13,7 @@ import os
 import sys
 import threading
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator, TextIO
 
@@ -38,6 +39,8 @@ FIRST = (
     "seeds",
 )
 MAX_COUNTS = 6
+# seconds into a stage at which a "still running" line is printed: the first, then one every STILL_EVERY
+STILL_FIRST, STILL_EVERY = 30.0, 60.0
 
 
 def log_path(command: str) -> Path:
@@ -171,6 +174,7 @@ class DagRunProgress:
     def __init__(self, dag_id: str, tasks: list[str], out: TextIO, interval: float = 1.0):
         self.dag_id, self.tasks, self.out, self.interval = dag_id, tasks, out, interval
         self.reported: set[str] = set()
+        self.still_due: dict[str, float] = {}  # task -> seconds into it at which its next "running" line is due
         self.not_run: list[str] = []  # said in one line at the end
         self.run_id: str | None = None
         self._stop = threading.Event()
@@ -239,6 +243,7 @@ class DagRunProgress:
                     continue
                 rows = by_task.get(task)
                 if not rows or any(r.state is None or str(r.state) not in DONE for r in rows):
+                    self._still_running(task, rows or [])
                     return  # in declared order: a later task waits for this one's line
                 values = session.execute(
                     sa.select(XComModel.map_index, XComModel.value).where(
@@ -255,6 +260,30 @@ class DagRunProgress:
                     continue
                 self.out.write(stage_line(task, rows, results) + "\n")
                 self.out.flush()
+
+    def _still_running(self, task: str, rows: list) -> None:
+        """A line for a stage that has worked for a while without a line of its own yet (a long stage is not a
+        hung one): at STILL_FIRST seconds, then every STILL_EVERY."""
+        seconds = running_seconds(rows, datetime.now(timezone.utc))
+        due = self.still_due.get(task, STILL_FIRST)
+        if seconds is None or seconds < due:
+            return
+        self.still_due[task] = due + STILL_EVERY * (1 + (seconds - due) // STILL_EVERY)
+        self.out.write(running_line(task, rows, seconds) + "\n")
+        self.out.flush()
+
+
+def running_seconds(rows: list, now: datetime) -> float | None:
+    """Seconds since the stage's first instance started, or None before any did."""
+    starts = [r.start_date for r in rows if r.start_date]
+    return (now - min(starts)).total_seconds() if starts else None
+
+
+def running_line(task: str, rows: list, seconds: float) -> str:
+    """`  minhash                running       95s  3/8 done` (a mapped stage says how many instances are done)."""
+    mapped = any(r.map_index >= 0 for r in rows)
+    done = sum(1 for r in rows if r.state is not None and str(r.state) in DONE)
+    return f"  {task:<22} {'running':<10} {seconds:>6.0f}s" + (f"  {done}/{len(rows)} done" if mapped else "")
 
 
 def stage_line(task: str, rows: list, results: list[Any]) -> str:
