@@ -181,7 +181,9 @@ def _release_of(run_id: str) -> dict | None:
     with get_engine().connect() as conn:
         row = (
             conn.execute(
-                sa.text("select version, path, manifest from releases where run_id = :r order by version desc limit 1"),
+                sa.text(
+                    "select version, path, manifest from run_releases where run_id = :r order by version desc limit 1"
+                ),
                 {"r": run_id},
             )
             .mappings()

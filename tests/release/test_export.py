@@ -12,6 +12,8 @@ import pytest
 from conftest import publish, write_jsonl, write_recipe
 from infinstruct import pipeline
 from infinstruct.release.parts import ReleasePartError, sha256_file
+from infinstruct.store.run_report import run_release
+from infinstruct.store.run_status import last_runs
 
 ROWS = [{"instruction": f"Task {i}?", "input": "", "output": f"Done {i}."} for i in range(4)]
 
@@ -41,6 +43,10 @@ def test_versions_and_diffs(engine, tmp_path):
 
     again = release(recipe, out)
     assert again["version"] == 1 and again["manifest"]["content_hash"] == first["manifest"]["content_hash"]
+    # both runs made v0001: each one's page and `status` still show it
+    for made in (first, again):
+        assert run_release(engine, made["manifest"]["run_id"])["version"] == 1
+    assert [r["version"] for r in last_runs(engine, recipe.stem)] == [1, 1]
 
     write_jsonl(source, ROWS + [{"instruction": "Task new?", "input": "", "output": "Done new."}])
     grown = release(recipe, out)

@@ -174,8 +174,8 @@ def restore_replaced(dataset_dir: Path) -> None:
 
 
 def store_release(conn, manifest: dict, folder: Path) -> None:
-    """Record a release (its dataset, version, run, content hash and manifest) in `releases`; a version written
-    again is replaced."""
+    """Record a release (its dataset, version, run, content hash and manifest) in `releases`, and the run that made
+    it in `release_runs`; a version written again is replaced (and keeps the runs that made it before)."""
     conn.execute(
         sa.text(
             "insert into releases (dataset, version, run_id, content_hash, path, manifest)"
@@ -191,6 +191,13 @@ def store_release(conn, manifest: dict, folder: Path) -> None:
             "path": str(folder),
             "m": json.dumps(manifest),
         },
+    )
+    conn.execute(  # every run that made the version (the newest is releases.run_id): migrations/0023
+        sa.text(
+            "insert into release_runs (run_id, dataset, version) values (:run, :d, :v)"
+            " on conflict (run_id, dataset) do update set version = excluded.version, made_at = now()"
+        ),
+        {"run": manifest["run_id"], "d": manifest["dataset"], "v": manifest["version"]},
     )
 
 

@@ -22,7 +22,7 @@ def recent_runs(engine: Engine, limit: int = 50) -> list[dict[str, Any]]:
                     "select r.run_id, r.dataset, r.status, r.end_reason, r.started_at, r.finished_at, r.recipe_hash, rel.version,"
                     " (select count(*) from run_partitions rp where rp.run_id = r.run_id) as partitions,"
                     " (select count(*) from gate_results g where g.run_id = r.run_id and not g.success) as failed_gates"
-                    " from runs r left join releases rel on rel.run_id = r.run_id"
+                    " from runs r left join run_releases rel on rel.run_id = r.run_id"
                     " order by r.started_at desc limit :n"
                 ),
                 {"n": limit},
@@ -79,7 +79,7 @@ def run_release(engine: Engine, run_id: str) -> dict[str, Any] | None:
         release = (
             conn.execute(
                 sa.text(
-                    "select dataset, version, path, manifest, created_at from releases"
+                    "select dataset, version, path, manifest, created_at from run_releases"
                     " where run_id = :r order by version desc limit 1"
                 ),
                 {"r": run_id},
@@ -154,7 +154,7 @@ def funnel_history(engine: Engine, dataset: str, limit: int = 20) -> list[dict[s
             for r in conn.execute(
                 sa.text(
                     "select r.run_id, r.status, r.started_at, rel.version from runs r"
-                    " left join releases rel on rel.run_id = r.run_id where r.dataset = :d"
+                    " left join run_releases rel on rel.run_id = r.run_id where r.dataset = :d"
                     " order by r.started_at desc limit :n"
                 ),
                 {"d": dataset, "n": limit},

@@ -26,7 +26,7 @@ def last_runs(engine: Engine, dataset: str | None = None, limit: int = 5) -> lis
             for r in conn.execute(
                 sa.text(
                     "select r.run_id, r.dataset, r.status, r.end_reason, r.started_at, r.finished_at, rel.version, rel.path,"
-                    " rel.manifest from runs r left join releases rel on rel.run_id = r.run_id"
+                    " rel.manifest from runs r left join run_releases rel on rel.run_id = r.run_id"
                     " where cast(:d as text) is null or r.dataset = :d order by r.started_at desc limit :n"
                 ),
                 {"d": dataset, "n": limit},

@@ -19,7 +19,7 @@ def recent_synthesis_runs(engine: Engine, limit: int = 50) -> list[dict[str, Any
                    (select count(*) from synth_seeds x where x.run_id = s.run_id) as seeds,
                    (select count(*) from synth_children c where c.run_id = s.run_id) as children,
                    (select count(*) from synth_children c where c.run_id = s.run_id and c.verdict = 'kept') as kept,
-                   (select max(version) from releases r where r.run_id = s.run_id) as version
+                   (select max(version) from run_releases r where r.run_id = s.run_id) as version
             from synth_runs s order by s.started_at desc limit :n"""),
                 {"n": limit},
             ).mappings()
