@@ -118,3 +118,24 @@ def test_a_long_stage_says_it_is_running_at_30_seconds_then_every_minute():
         )
     lines = progress.out.getvalue().splitlines()
     assert [line.split()[-1] for line in lines] == ["31s", "91s", "200s"]  # due at 30, 90, then 150 s (seen at 200)
+
+
+def test_the_summary_names_the_files_the_run_left_out(engine):
+    from types import SimpleNamespace
+
+    from infinstruct.progress import run_summary
+
+    manifest = {
+        "dataset": "nightly",
+        "totals": {"lines": 3, "kept": 3, "dropped": 0, "quarantined": 0},
+        "stages": {},
+        "skipped_files": [
+            {"source": "chat", "path": "/data/in/b.jsonl", "reason": "empty_file", "detail": "0 bytes"},
+            {"source": "chat", "path": "/data/in/c.jsonl", "reason": "broken_symlink", "detail": "to nowhere"},
+        ],
+        "diff": {},
+    }
+    release = {"manifest": manifest, "version": 1, "path": "/out/nightly/v0001"}
+    dag_run = SimpleNamespace(run_id="no-such-run", state="success")
+    lines = run_summary(engine, dag_run, release, None, 12.0).splitlines()
+    assert "  2 file(s) left out, not read: b.jsonl (empty_file), c.jsonl (broken_symlink)" in lines

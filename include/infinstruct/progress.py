@@ -350,6 +350,10 @@ def run_summary(engine, dag_run, release: dict | None, log: Path | None, elapsed
             )
         else:
             lines.append("  " + ", ".join(f"{k} {v}" for k, v in manifest["totals"].items()))
+        skipped = manifest.get("skipped_files") or []
+        if skipped:
+            names = ", ".join(f"{Path(f['path']).name} ({f['reason']})" for f in skipped[:3])
+            lines.append(f"  {len(skipped)} file(s) left out, not read: {names}{' …' if len(skipped) > 3 else ''}")
         diff = manifest.get("diff") or {}
         if diff.get("previous_version"):
             lines.append(

@@ -329,6 +329,10 @@ def test_the_release_manifest_lists_the_files_left_out_and_only_then(engine, tmp
 
     assert "skipped_files" not in manifest()  # good input: the manifest as before
     (tmp_path / "b.jsonl").write_bytes(b"")
-    assert [(Path(s["path"]).name, s["source"], s["reason"]) for s in manifest()["skipped_files"]] == [
+    left_out = manifest()
+    assert [(Path(s["path"]).name, s["source"], s["reason"]) for s in left_out["skipped_files"]] == [
         ("b.jsonl", "s", "empty_file")
     ]
+    card = (tmp_path / "out" / left_out["dataset"] / f"v{left_out['version']:04d}" / "README.md").read_text()
+    assert "1 file(s) matched by the sources were left out, not read:" in card
+    assert "| `s` | `b.jsonl` | `empty_file` |" in card

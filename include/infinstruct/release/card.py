@@ -8,6 +8,7 @@ Everything in it is in manifest.json too; the card only lays it out.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 
@@ -56,6 +57,22 @@ def heading(manifest: dict) -> list[str]:
     ]
 
 
+def _skipped(files: list[dict]) -> list[str]:
+    """The files the sources matched but the plan left out (empty, broken symlinks), by name: the full paths are
+    in manifest.json."""
+    if not files:
+        return []
+    return [
+        "",
+        f"{len(files):,} file(s) matched by the sources were left out, not read:",
+        "",
+        *_table(
+            ["source", "file", "reason"],
+            [[f"`{f['source']}`", f"`{Path(f['path']).name}`", f"`{f['reason']}`"] for f in files],
+        ),
+    ]
+
+
 def render(manifest: dict) -> str:
     """The card's Markdown for a release manifest."""
     totals, diff = manifest["totals"], manifest["diff"]
@@ -81,6 +98,7 @@ def render(manifest: dict) -> str:
                 for s, c in manifest["sources"].items()
             ],
         ),
+        *_skipped(manifest.get("skipped_files") or []),
         "",
         "## Why records were dropped",
         "",
