@@ -11,6 +11,7 @@ Specification:
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -91,6 +92,41 @@ def test_a_weak_domain_report_raises_quotas(tmp_path):
         load_boosts(str(report), ["math"])
     with pytest.raises(SelectionError, match="not found"):
         load_boosts(str(tmp_path / "absent.json"), ["math"])
+    report.write_bytes(b'{"math": "\xff"}')  # not UTF-8: a data error naming the report, not a crash
+    with pytest.raises(SelectionError, match="weak.json.* is not JSON"):
+        load_boosts(str(report), ["math"])
+
+
+def test_reading_selection_files_only_a_transient_os_error_is_left_to_the_retries(tmp_path, monkeypatch):
+    import errno
+    from pathlib import Path
+
+    from infinstruct.curate.selection.stage import _fingerprint
+
+    report = tmp_path / "weak.json"
+    report.write_text("{}")
+    settings = SelectionSettings(**PAPER, targets={"math": {"path": str(report), "fields": ["q"]}})
+
+    def fails(code):
+        def read(self, *args, **kwargs):
+            raise OSError(code, os.strerror(code))
+
+        return read
+
+    monkeypatch.setattr(Path, "read_bytes", fails(errno.EIO))
+    monkeypatch.setattr(Path, "read_text", fails(errno.EIO))
+    with pytest.raises(OSError) as raised:  # EIO may pass: retried, not a SelectionError
+        _fingerprint(settings)
+    assert not isinstance(raised.value, SelectionError)
+    with pytest.raises(OSError) as raised:
+        load_boosts(str(report), ["math"])
+    assert not isinstance(raised.value, SelectionError)
+    monkeypatch.setattr(Path, "read_bytes", fails(errno.EACCES))
+    monkeypatch.setattr(Path, "read_text", fails(errno.EACCES))
+    with pytest.raises(SelectionError, match="selection.targets.math: cannot read .*Permission denied"):
+        _fingerprint(settings)
+    with pytest.raises(SelectionError, match="selection.weak_domains: cannot read .*Permission denied"):
+        load_boosts(str(report), ["math"])
 
 
 def test_a_short_domain_shrinks_every_share_quota_together():

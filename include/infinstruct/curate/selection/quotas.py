@@ -31,7 +31,7 @@ from pydantic import Field, model_validator
 from infinstruct.curate.scoring.domains import DomainSettings
 from infinstruct.curate.scoring.signals import ScoringSettings
 from infinstruct.curate.selection.dsir import DsirSettings
-from infinstruct.errors import DataError
+from infinstruct.errors import DataError, permanent_os_error
 from infinstruct.ml.embeddings import EmbeddingSettings
 from infinstruct.strict import Strict
 
@@ -120,11 +120,15 @@ def load_boosts(path: str | None, domains: list[str]) -> dict[str, Boost]:
     if path is None:
         return {}
     try:
-        raw = json.loads(Path(path).read_text())
+        raw = json.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise SelectionError(f"selection.weak_domains: report {path!r} not found (write {{}} for no boosts)") from None
-    except json.JSONDecodeError as exc:
-        raise SelectionError(f"selection.weak_domains: {path!r} is not JSON: {exc}") from None
+    except OSError as exc:
+        if not permanent_os_error(exc):
+            raise  # EIO, a stale NFS handle: the task's retry may read it
+        raise SelectionError(f"selection.weak_domains: cannot read {path!r}: {exc.strerror}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise SelectionError(f"selection.weak_domains: {path!r} is not JSON (UTF-8): {exc}") from None
     if not isinstance(raw, dict):
         raise SelectionError(f"selection.weak_domains: {path!r} must be a JSON object of domain -> boost")
     out = {}

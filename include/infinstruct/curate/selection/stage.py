@@ -74,6 +74,7 @@ from infinstruct.curate.selection.quotas import (
     plan_quotas,
     planned_shares,
 )
+from infinstruct.errors import permanent_os_error
 from infinstruct.record.conversation import instruction_sql
 from infinstruct.record.reasons import Stage, Verdict, not_selected_reason
 from infinstruct.stages import decided_before
@@ -130,6 +131,8 @@ def _fingerprint(settings: SelectionSettings) -> str:
         try:
             digests[domain] = hashlib.sha256(Path(target.path).read_bytes()).hexdigest()
         except OSError as exc:
+            if not permanent_os_error(exc):
+                raise  # EIO, a stale NFS handle: the task's retry may read it
             raise SelectionError(f"selection.targets.{domain}: cannot read {target.path!r}: {exc.strerror}") from None
     return hashlib.sha256(json.dumps([settings.ranking(), digests], sort_keys=True).encode()).hexdigest()[:24]
 
