@@ -398,22 +398,39 @@ def measure_minhash(texts: list[str], folder: Path, skip: set[str], baseline_lim
 # --- the pipeline through `infinstruct run` -------------------------------------------------------
 
 
-def cli(args: list[str], env: dict[str, str], log_path: Path) -> tuple[float, int, str, float]:
-    """Seconds, return code, output and peak resident memory (MiB) of one `infinstruct` command. The peak is
-    wait4's ru_maxrss: the largest of the process and the children it waited for (not the PostgreSQL server,
-    which pg_ctl detaches)."""
+def cli(args: list[str], env: dict[str, str], log_path: Path) -> tuple[float, int, str, float | None]:
+    """Seconds, return code, output and peak resident memory (MiB) of one `infinstruct` command. The peak is the
+    process's VmHWM, read every half second while it runs (the last reading before it exits): dag.test runs every
+    task in this one process. Not wait4's ru_maxrss, which counts the fork of this (large) bench process before
+    exec; not the PostgreSQL server, which pg_ctl detaches."""
 
-    def run() -> tuple[int, float]:
+    def run() -> tuple[int, float | None]:
+        peak_kib = None
         with open(log_path, "w") as fh:
             proc = subprocess.Popen(
                 [str(ROOT / ".venv/bin/infinstruct"), *args], env=env, cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT
             )
-            _, status, usage = os.wait4(proc.pid, 0)
-            proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here: Popen must not wait again
-        return proc.returncode, usage.ru_maxrss / 1024  # Linux: KiB
+            while True:
+                try:
+                    rc = proc.wait(timeout=0.5)
+                    break
+                except subprocess.TimeoutExpired:
+                    peak_kib = vm_hwm_kib(proc.pid) or peak_kib
+        return rc, peak_kib / 1024 if peak_kib else None
 
     s, (rc, peak_mib) = timed(run)
     return s, rc, log_path.read_text(errors="replace"), peak_mib
+
+
+def vm_hwm_kib(pid: int) -> int | None:
+    """The process's peak resident set so far (Linux /proc/<pid>/status VmHWM), or None once it is gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return None
 
 
 # what `infinstruct run` prints: its per-task table and totals (newer CLI), or dag.test's own lines and a JSON summary
@@ -694,7 +711,7 @@ def slowest(run: dict[str, Any], k: int = 3) -> str:
 def peak_memory(run: dict[str, Any]) -> str:
     """The run's peak resident memory, for the row's description (older results have none)."""
     peak = run.get("peak_rss_mib")
-    return f"; peak memory of the run's process {peak:,.0f} MiB (ru_maxrss; PostgreSQL not included)" if peak else ""
+    return f"; peak memory of the run's process {peak:,.0f} MiB (VmHWM; PostgreSQL not included)" if peak else ""
 
 
 def rows_for(label: str, r: dict[str, Any]) -> list[Row]:

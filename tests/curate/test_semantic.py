@@ -138,6 +138,33 @@ def test_adding_the_same_keys_again_replaces_rows_instead_of_duplicating(engine,
     assert len(index) == len(PROMPTS)
 
 
+@pytest.mark.parametrize("adding", [3, 1], ids=["many new rows: index rebuilt", "few new rows: inserted"])
+def test_a_stored_index_grows_by_rebuild_or_insert_and_finds_every_row(engine, vector_table, adding, monkeypatch):
+    """StoredIndex.add into an existing table: many rows next to the stored ones rebuild the HNSW index, a few are
+    inserted into it; either way every row is found, a key added again is replaced, and the index is there."""
+    from infinstruct.store.vector_index import REBUILD_FACTOR, StoredIndex
+
+    rng = np.random.default_rng(adding)
+    stored = adding * REBUILD_FACTOR + (REBUILD_FACTOR * 2 if adding == 1 else 0)  # rebuild iff new x factor >= stored
+    unit = rng.standard_normal((stored + adding, 384)).astype(np.float32)
+    unit /= np.linalg.norm(unit, axis=1, keepdims=True)
+    keys = [f"k{i}" for i in range(stored + adding)]
+    table = f"stored_test_{uuid.uuid4().hex[:8]}"
+    builds = []
+    build = StoredIndex._build_index
+    monkeypatch.setattr(StoredIndex, "_build_index", lambda self, *a: builds.append(a) or build(self, *a))
+    with engine.begin() as conn:
+        index = StoredIndex(conn, table, "pgvector")
+        index.add(keys[:stored], unit[:stored])  # a new table: bulk-loaded
+        index.add(keys[stored:] + ["k0"], np.vstack([unit[stored:], -unit[:1]]))  # k0 replaced by its opposite
+        assert len(index) == stored + adding
+        found = index.neighbours(unit, 1, 0.99)
+        assert [hits[0][0] if hits else None for hits in found] == [None, *keys[1:]]  # k0 moved away
+        assert conn.execute(sa.text("select to_regclass(:i) is not null"), {"i": f"{table}_hnsw"}).scalar_one()
+        assert len(builds) == (2 if adding > 1 else 1)  # the first load's build, and the rebuild
+        index.reset()
+
+
 def test_wrong_vector_width_is_an_error(engine, vector_table):
     with pytest.raises(VectorIndexError, match="shape"):
         VectorIndex(engine, table=vector_table).add(["x"], np.zeros((1, 10), np.float32))

@@ -28,6 +28,9 @@ from infinstruct.store.vector_probe import vector_support
 log = logging.getLogger(__name__)
 
 DEFAULT_TABLE = "semantic_vectors"
+# StoredIndex.add rebuilds the HNSW index instead of inserting into it when new rows x this >= stored rows: an insert
+# costs 5-8x a build per row (bench/RESULTS.md, "Vector index inserts")
+REBUILD_FACTOR = 5
 DEFAULT_DIM = 384  # all-MiniLM-L6-v2
 _IDENT = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 
@@ -244,22 +247,50 @@ class StoredIndex:
         if self.kind == "exact":
             self._exact(vectors).add(ids, vectors)
         elif self._exists:
-            VectorIndex(self.conn.engine, np.asarray(vectors).shape[1], self.table).add(ids, vectors, conn=self.conn)
+            self._insert(ids, np.asarray(vectors, dtype=np.float32))
         else:
             self._bulk_load(ids, np.asarray(vectors, dtype=np.float32))
+
+    def _copy(self, table: str, ids: Sequence[str], vectors: np.ndarray) -> None:
+        cursor = self.conn.connection.dbapi_connection.cursor()
+        for s in range(0, len(ids), 50_000):
+            cursor.copy_expert(
+                f"copy {table} (record_key, embedding) from stdin with (format binary)",
+                io.BytesIO(_binary_rows(ids[s : s + 50_000], vectors[s : s + 50_000])),
+            )
 
     def _bulk_load(self, ids: Sequence[str], vectors: np.ndarray) -> None:
         """Create the table, COPY the rows in binary, then build the HNSW index over them."""
         for statement in filter(str.strip, schema_sql(vectors.shape[1], self.table, with_index=False).split(";")):
             self.conn.execute(sa.text(statement))
-        cursor = self.conn.connection.dbapi_connection.cursor()
-        for s in range(0, len(ids), 50_000):
-            cursor.copy_expert(
-                f"copy {self.table} (record_key, embedding) from stdin with (format binary)",
-                io.BytesIO(_binary_rows(ids[s : s + 50_000], vectors[s : s + 50_000])),
+        self._copy(self.table, ids, vectors)
+        self._build_index(len(ids), vectors.shape[1])
+        self._exists = True
+
+    def _insert(self, ids: Sequence[str], vectors: np.ndarray) -> None:
+        """Upsert rows into the existing table through a binary COPY. Inserting into an HNSW graph costs far more
+        per row than building it: when the new rows are many next to the stored ones, the index is dropped and
+        built again over all of them (bench/RESULTS.md, "Vector index inserts")."""
+        stored = len(self)
+        rebuild = len(ids) * REBUILD_FACTOR >= stored
+        if rebuild:
+            self.conn.execute(sa.text(f"drop index if exists {self.table}_hnsw"))
+        staging = f"{self.table}_adding"
+        self.conn.execute(sa.text(f"create temp table {staging} (like {self.table})"))
+        self._copy(staging, ids, vectors)
+        self.conn.execute(
+            sa.text(
+                f"insert into {self.table} (record_key, embedding) select record_key, embedding from {staging}"
+                f" on conflict (record_key) do update set embedding = excluded.embedding"
             )
+        )
+        self.conn.execute(sa.text(f"drop table {staging}"))
+        if rebuild:
+            self._build_index(stored + len(ids), vectors.shape[1])
+
+    def _build_index(self, rows: int, dim: int) -> None:
         # the build is fast only while the graph fits in maintenance_work_mem (default 64 MB: ~30k MiniLM rows)
-        needed = len(ids) * (vectors.shape[1] * 4 + 512) + (64 << 20)
+        needed = rows * (dim * 4 + 512) + (64 << 20)
         self.conn.execute(
             sa.text(
                 "select set_config('maintenance_work_mem', :m, true)"
@@ -268,7 +299,6 @@ class StoredIndex:
             {"m": f"{min(needed, 1 << 30) >> 20}MB", "b": min(needed, 1 << 30)},
         )
         self.conn.execute(sa.text(index_sql(self.table)))
-        self._exists = True
 
     def remove(self, ids: Sequence[str]) -> None:
         """Forget the members `ids` (the others keep their place)."""
