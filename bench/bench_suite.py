@@ -127,6 +127,20 @@ def scaling_rows(results: dict[str, dict[str, Any]]) -> list[Row]:
                         flag,
                     )
                 )
+        pa, pb = results[small].get("per_pair"), results[big].get("per_pair")
+        if pa and pb:
+            ratio = pb["seconds"] / pa["seconds"]
+            rows.append(
+                Row(
+                    "per-candidate time, MinHash library (candidate pairs + confirmation); the data's candidate pairs "
+                    f"per record: {pa['per_record']:.2f} at {small}, {pb['per_record']:.2f} at {big}",
+                    f"{small}→{big}",
+                    f"{pb['seconds'] * 1e6:,.2f} µs/pair",
+                    f"{pa['seconds'] * 1e6:,.2f} µs/pair at {small}",
+                    ratio,
+                    "SUPER-LINEAR" if ratio > SUPER_LINEAR else "linear or better",
+                )
+            )
     return rows
 
 
@@ -782,6 +796,9 @@ def rows_for(label: str, r: dict[str, Any]) -> list[Row]:
                 )
             )
         per["MinHash, library"] = lib["seconds"] / nt
+        pair_steps = lib["steps"].get("candidate pairs", 0) + lib["steps"].get("confirmation", 0)
+        if lib["candidates"] and pair_steps > 0:  # candidates per record are the data's: time per pair the algorithm's
+            r["per_pair"] = {"seconds": pair_steps / lib["candidates"], "per_record": lib["candidates"] / nt}
         per["MinHash, datasketch loop"] = ds["seconds"] / nb
     if "pipeline" in r:
         p = r["pipeline"]

@@ -74,6 +74,23 @@ def test_rows_ratios_and_the_super_linear_flag():
     assert scaling["per-record time, pipeline cold run"].note == "linear or better"
 
 
+def test_minhash_time_per_candidate_pair_tells_the_data_from_the_algorithm():
+    """Ten times the records and forty times the candidate pairs: per record super-linear, per pair linear."""
+    small, big = measured(1000, 1.0, 0.1, 10.0), measured(10_000, 10.0, 2.0, 100.0)
+    for r, candidates, pair_seconds in ((small, 100, 0.05), (big, 4000, 1.6)):
+        r["minhash"]["library"].update(
+            candidates=candidates, steps={"candidate pairs": pair_seconds / 2, "confirmation": pair_seconds / 2}
+        )
+    results = {"1k": small, "10k": big}
+    for label, r in results.items():
+        bench_suite.rows_for(label, r)
+    scaling = {r.metric.split(";")[0]: r for r in bench_suite.scaling_rows(results)}
+    assert scaling["per-record time, MinHash, library"].note == "SUPER-LINEAR"
+    pairs = scaling["per-candidate time, MinHash library (candidate pairs + confirmation)"]
+    assert pairs.ratio == pytest.approx(0.8) and pairs.note == "linear or better"
+    assert "0.10 at 1k, 0.40 at 10k" in pairs.metric
+
+
 def test_rewrite_keeps_the_hand_kept_table_and_moves_the_old_block_to_history():
     text = (
         "# Benchmarks\n\nintro\n\n## Current figures\n\n"
