@@ -35,7 +35,7 @@ test: install
 
 # `make bench`: the benchmark suite (bench/bench_suite.py) on seeded synthetic pools of SIZES records and on
 # ../shared/data/pool; rewrites the top of bench/RESULTS.md. The default takes ~16 min on 2 cores; with 1M
-# (about 1 h): make bench SIZES=10000,100000,1000000. Single benchmarks: python bench/bench_<name>.py
+# (~40 min): make bench SIZES=10000,100000,1000000. Single benchmarks: python bench/bench_<name>.py
 SIZES ?= 10000,100000
 
 $(VENV)/.bench-installed: bench/requirements.txt | $(VENV)/.installed

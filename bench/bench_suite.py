@@ -2,7 +2,7 @@
 
     make bench                                   # SIZES=10000,100000: ~16 min on the shared 2-core machine
     make bench SIZES=10000                       # the smallest size only: ~10 min (the pool and embedding parts stay)
-    make bench SIZES=10000,100000,1000000        # with 1M: about 1 h (estimated from 100k; not run yet)
+    make bench SIZES=10000,100000,1000000        # with 1M: ~40 min (1M alone ~30 of them; peak memory in the table)
     python bench/bench_suite.py --sizes 10000 [--embed-n 2000] [--no-write] [--skip datatrove,pool] [--render-only]
 
 Per size N (a seeded synthetic Alpaca pool made by bench_cleaning.prepare_data: generate_pool's records with
