@@ -142,6 +142,7 @@ def test_adding_the_same_keys_again_replaces_rows_instead_of_duplicating(engine,
 def test_a_stored_index_grows_by_rebuild_or_insert_and_finds_every_row(engine, vector_table, adding, monkeypatch):
     """StoredIndex.add into an existing table: many rows next to the stored ones rebuild the HNSW index, a few are
     inserted into it; either way every row is found, a key added again is replaced, and the index is there."""
+    from infinstruct.store import vector_index
     from infinstruct.store.vector_index import REBUILD_FACTOR, StoredIndex
 
     rng = np.random.default_rng(adding)
@@ -149,6 +150,7 @@ def test_a_stored_index_grows_by_rebuild_or_insert_and_finds_every_row(engine, v
     unit = rng.standard_normal((stored + adding, 384)).astype(np.float32)
     unit /= np.linalg.norm(unit, axis=1, keepdims=True)
     keys = [f"k{i}" for i in range(stored + adding)]
+    monkeypatch.setattr(vector_index, "MIRROR_MAX_ROWS", 0)  # the HNSW path, however few rows
     table = f"stored_test_{uuid.uuid4().hex[:8]}"
     builds = []
     build = StoredIndex._build_index
@@ -163,6 +165,42 @@ def test_a_stored_index_grows_by_rebuild_or_insert_and_finds_every_row(engine, v
         assert conn.execute(sa.text("select to_regclass(:i) is not null"), {"i": f"{table}_hnsw"}).scalar_one()
         assert len(builds) == (2 if adding > 1 else 1)  # the first load's build, and the rebuild
         index.reset()
+
+
+def test_a_small_stored_index_is_searched_exactly_in_memory_and_indexed_once_it_grows(
+    engine, vector_table, monkeypatch
+):
+    """Up to MIRROR_MAX_ROWS rows: no HNSW index, exact answers from a mirror of the table (read back by another
+    StoredIndex on the same table); past it, the index is built and searches go through it."""
+    from infinstruct.store import vector_index
+    from infinstruct.store.vector_index import StoredIndex
+
+    monkeypatch.setattr(vector_index, "MIRROR_MAX_ROWS", 10)
+    rng = np.random.default_rng(7)
+    unit = rng.standard_normal((14, 384)).astype(np.float32)
+    unit /= np.linalg.norm(unit, axis=1, keepdims=True)
+    keys = [f"k{i:02d}" for i in range(14)]
+    table = f"mirror_test_{uuid.uuid4().hex[:8]}"
+
+    def indexed(conn) -> bool:
+        return conn.execute(sa.text("select to_regclass(:i) is not null"), {"i": f"{table}_hnsw"}).scalar_one()
+
+    with engine.begin() as conn:
+        index = StoredIndex(conn, table, "pgvector")
+        index.add(keys[:6], unit[:6])
+        index.add(keys[6:9], unit[6:9])
+        assert not indexed(conn) and len(index) == 9
+        exact = [[(keys[i], pytest.approx(1.0, abs=1e-5))] for i in range(9)]
+        assert index.neighbours(unit[:9], 1, 0.5) == exact
+        again = StoredIndex(conn, table, "pgvector")  # a later transaction's view: the mirror read from the table
+        assert again.neighbours(unit[:9], 1, 0.5) == exact
+        assert again.nearest(unit[3:4])[1] == ["k03"]
+        again.remove(["k03"])
+        assert again.neighbours(unit[3:4], 1, 0.9) == [[]] and len(again) == 8
+        again.add(keys[9:], unit[9:])  # 13 rows: past the mirror's limit
+        assert indexed(conn) and len(again) == 13
+        assert [hits[0][0] for hits in again.neighbours(unit[9:], 1, 0.9)] == keys[9:]  # through HNSW now
+        again.reset()
 
 
 def test_wrong_vector_width_is_an_error(engine, vector_table):

@@ -31,6 +31,10 @@ DEFAULT_TABLE = "semantic_vectors"
 # StoredIndex.add rebuilds the HNSW index instead of inserting into it when new rows x this >= stored rows: an insert
 # costs 5-8x a build per row (bench/RESULTS.md, "Vector index inserts")
 REBUILD_FACTOR = 5
+# A pgvector table of at most this many rows is searched exactly, in memory (a mirror of its rows, 30 MB for
+# MiniLM), and gets its HNSW index only when it grows past it: exact search of 1,000 queries costs less there than
+# HNSW's (bench/RESULTS.md, "Vector index inserts"), and a small set needs no index build.
+MIRROR_MAX_ROWS = 20_000
 DEFAULT_DIM = 384  # all-MiniLM-L6-v2
 _IDENT = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 
@@ -190,16 +194,21 @@ class StoredIndex:
     """A persistent set of (record id, unit vector) searched by cosine, inside the caller's transaction:
     semantic dedup's accepted records and each domain of the selection are one.
 
-    kind "pgvector": the rows of `table` (HNSW over cosine distance), created on the first `add`; a new
-    table is bulk-loaded by binary COPY before its index is built (50x faster than inserting into a built
-    index). kind "exact": the vectors in memory (`ExactIndex`); what is stored elsewhere (e.g. the vectors
-    of the members in embedding_cache) the caller hands to `load`.
+    kind "pgvector": the rows of `table`, created on the first `add` and bulk-loaded by binary COPY. Up to
+    MIRROR_MAX_ROWS rows it is searched exactly, over a mirror of its rows in memory; past that, through an HNSW
+    index over cosine distance, built once the rows are in (far faster than inserting into a built index), and
+    rebuilt rather than inserted into when many rows come at once. kind "exact": the vectors in memory
+    (`ExactIndex`); what is stored elsewhere (e.g. the vectors of the members in embedding_cache) the caller
+    hands to `load`.
     """
 
     def __init__(self, conn: sa.Connection, table: str, kind: str, *, ef_search: int = 100):
         _check_ident(table)
         self.conn, self.table, self.kind, self.ef_search = conn, table, kind, ef_search
         self._memory: ExactIndex | None = None
+        # pgvector: the table's rows in memory while it has at most MIRROR_MAX_ROWS (`_mirrored`)
+        self._mirror: ExactIndex | None = None
+        self._mirroring: bool | None = None  # None: not known yet (the table is counted on first use)
         self._exists = (
             kind == "pgvector"
             and conn.execute(sa.text("select to_regclass(:t) is not null"), {"t": table}).scalar_one()
@@ -228,6 +237,7 @@ class StoredIndex:
             self.conn.execute(sa.text(f"drop table if exists {self.table}"))
             self._exists = False
         self._memory = None
+        self._mirror, self._mirroring = None, True  # no table: an empty mirror
 
     def load(self, ids: Sequence[str], vectors: np.ndarray) -> None:
         """Exact kind: members stored elsewhere, into memory (in order: ties go to the earlier)."""
@@ -246,10 +256,18 @@ class StoredIndex:
             return
         if self.kind == "exact":
             self._exact(vectors).add(ids, vectors)
-        elif self._exists:
-            self._insert(ids, np.asarray(vectors, dtype=np.float32))
         else:
-            self._bulk_load(ids, np.asarray(vectors, dtype=np.float32))
+            vectors = np.asarray(vectors, dtype=np.float32)
+            mirror = self._mirrored(vectors.shape[1])
+            if self._exists:
+                self._insert(ids, vectors)
+            else:
+                self._bulk_load(ids, vectors)
+            if mirror is not None:
+                mirror.remove(ids)  # an upsert: a key added again is replaced
+                mirror.add(ids, vectors)
+                if len(mirror) > MIRROR_MAX_ROWS:  # grown past it: HNSW from now on (the index is built by now)
+                    self._mirror, self._mirroring = None, False
 
     def _copy(self, table: str, ids: Sequence[str], vectors: np.ndarray) -> None:
         cursor = self.conn.connection.dbapi_connection.cursor()
@@ -264,7 +282,8 @@ class StoredIndex:
         for statement in filter(str.strip, schema_sql(vectors.shape[1], self.table, with_index=False).split(";")):
             self.conn.execute(sa.text(statement))
         self._copy(self.table, ids, vectors)
-        self._build_index(len(ids), vectors.shape[1])
+        if len(ids) > MIRROR_MAX_ROWS:
+            self._build_index(len(ids), vectors.shape[1])
         self._exists = True
 
     def _insert(self, ids: Sequence[str], vectors: np.ndarray) -> None:
@@ -272,7 +291,8 @@ class StoredIndex:
         per row than building it: when the new rows are many next to the stored ones, the index is dropped and
         built again over all of them (bench/RESULTS.md, "Vector index inserts")."""
         stored = len(self)
-        rebuild = len(ids) * REBUILD_FACTOR >= stored
+        indexed = self._has_index()
+        rebuild = indexed and len(ids) * REBUILD_FACTOR >= stored
         if rebuild:
             self.conn.execute(sa.text(f"drop index if exists {self.table}_hnsw"))
         staging = f"{self.table}_adding"
@@ -285,8 +305,37 @@ class StoredIndex:
             )
         )
         self.conn.execute(sa.text(f"drop table {staging}"))
-        if rebuild:
+        if rebuild or (not indexed and stored + len(ids) > MIRROR_MAX_ROWS):
             self._build_index(stored + len(ids), vectors.shape[1])
+
+    def _has_index(self) -> bool:
+        return self.conn.execute(
+            sa.text("select to_regclass(:i) is not null"), {"i": f"{self.table}_hnsw"}
+        ).scalar_one()
+
+    def _mirrored(self, dim: int | None = None) -> ExactIndex | None:
+        """pgvector: the in-memory mirror of the table's rows while it has at most MIRROR_MAX_ROWS (read from the
+        table on first use, then kept in step by add and remove), else None. `dim` makes an empty one."""
+        if self.kind != "pgvector":
+            return None
+        if self._mirroring is None:
+            rows = len(self)
+            self._mirroring = rows <= MIRROR_MAX_ROWS
+            if self._mirroring and rows:
+                ids, vectors = self._read_rows()
+                self._mirror = ExactIndex(vectors.shape[1], ids, vectors)
+        if self._mirroring and self._mirror is None and dim is not None:
+            self._mirror = ExactIndex(dim)
+        return self._mirror if self._mirroring else None
+
+    def _read_rows(self) -> tuple[list[str], np.ndarray]:
+        """Every (key, vector) of the table, in key order; pgvector's binary form: int16 dim, int16 0, float4 x dim."""
+        rows = self.conn.execute(
+            sa.text(f"select record_key, vector_send(embedding) from {self.table} order by record_key")
+        ).all()
+        dim = struct.unpack(">h", bytes(rows[0][1])[:2])[0]
+        raw = b"".join(bytes(v)[4:] for _, v in rows)
+        return [k for k, _ in rows], np.frombuffer(raw, dtype=">f4").astype(np.float32).reshape(len(rows), dim)
 
     def _build_index(self, rows: int, dim: int) -> None:
         # the build is fast only while the graph fits in maintenance_work_mem (default 64 MB: ~30k MiniLM rows)
@@ -308,7 +357,10 @@ class StoredIndex:
             if self._memory is not None:
                 self._memory.remove(ids)
         elif self._exists:
+            mirror = self._mirrored()
             self.conn.execute(sa.text(f"delete from {self.table} where record_key = any(:keys)"), {"keys": list(ids)})
+            if mirror is not None:
+                mirror.remove(ids)
 
     def neighbours(self, vectors: np.ndarray, k: int, min_cosine: float) -> list[list[tuple[str, float]]]:
         """Per query row, up to k members (record id, cosine) with cosine >= min_cosine, best first
@@ -317,6 +369,9 @@ class StoredIndex:
             return (
                 self._memory.neighbours(vectors, k, min_cosine) if self._memory is not None else [[] for _ in vectors]
             )
+        mirror = self._mirrored(vectors.shape[1])
+        if mirror is not None:
+            return mirror.neighbours(vectors, k, min_cosine)
         found: list[list[tuple[str, float]]] = [[] for _ in range(len(vectors))]
         if self._exists:
             index = VectorIndex(self.conn.engine, vectors.shape[1], self.table, ef_search=self.ef_search)
@@ -328,6 +383,9 @@ class StoredIndex:
         """`diversity.NearestIndex`: the most similar member per query (-inf and None when there is none)."""
         if self.kind == "exact" and self._memory is not None:
             return self._memory.nearest(queries)
+        mirror = self._mirrored(np.asarray(queries).shape[1])
+        if mirror is not None:
+            return mirror.nearest(queries)
         best = np.full(len(queries), -np.inf, dtype=np.float32)
         best_id: list[str | None] = [None] * len(queries)
         if self.kind == "pgvector":
