@@ -23,8 +23,9 @@ Embeddings and search
     Vectors come from `embedding_cache` (computed once per record and model; the decontamination stage
     usually computed them already). Before the deciding transaction, missing vectors are computed and
     committed in their own transactions, so a failure never throws encoding work away. The search over
-    the accepted set is pgvector's HNSW index (a table per dataset and model) when the server has the
-    extension (`index: auto` or `pgvector`), else exact: all accepted vectors in memory (dim x 4 bytes
+    the accepted set is a pgvector table per dataset and model when the server has the extension (`index:
+    auto` or `pgvector`; searched exactly in memory up to 20,000 rows, through its HNSW index beyond:
+    `vector_index.StoredIndex`), else exact: all accepted vectors in memory (dim x 4 bytes
     each, 1.5 KB for MiniLM: fine to a few hundred thousand records; install pgvector beyond).
 """
 
