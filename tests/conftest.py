@@ -21,6 +21,8 @@ os.environ.pop("AIRFLOW_HOME", None)
 from infinstruct.cli import _airflow_env  # noqa: E402  (no Airflow import; sets AIRFLOW_HOME etc. for whatever imports it)
 
 _airflow_env()
+from infinstruct.store.ledger import LEDGER_COLUMNS  # noqa: E402
+
 os.environ.setdefault("XDG_RUNTIME_DIR", str(_SESSION_HOME))  # quiets platformdirs warnings of the embedded server
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -258,18 +260,7 @@ def index(request, engine):
 
 
 # a release's ledger columns that say what happened to each line (the file path, partition and run ids name the run)
-LEDGER_OUTCOME = [
-    "source",
-    "line",
-    "record_id",
-    "verdict",
-    "stage",
-    "reason",
-    "score",
-    "duplicate_of",
-    "detail",
-    "representative",
-]
+LEDGER_OUTCOME = [c for c in LEDGER_COLUMNS if c not in ("file", "partition_id", "run_id")]
 
 
 def release_outcome(out: Path, dataset: str):
